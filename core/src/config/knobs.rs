@@ -1,0 +1,201 @@
+//! origdst's own knobs: the one place for what Envoy's schema has no field for. Each has a default,
+//! a bound, and an error that names it.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::{ConfigError, envoy, parse_duration};
+
+/// How a shard moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// io_uring readiness (`POLL_ADD`), then inline non-blocking `splice(2)` through pooled pipes;
+    /// copies when the pool is empty.
+    UringSplice,
+    /// Multishot recv into a per-shard provided-buffer ring, send, recycle.
+    UringCopy,
+}
+
+impl DataPath {
+    /// The config/CLI spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::UringSplice => "uring-splice",
+            Self::UringCopy => "uring-copy",
+        }
+    }
+
+    /// Parses the config/CLI spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "uring-splice" => Some(Self::UringSplice),
+            "uring-copy" => Some(Self::UringCopy),
+            _ => None,
+        }
+    }
+}
+
+/// Validated knobs (`origdst:` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knobs {
+    /// Shard threads; `None`: one per CPU.
+    pub shards: Option<NonZeroU32>,
+    /// The data path.
+    pub data_path: DataPath,
+    /// Bytes of pipe capacity the whole process may hold (split evenly between shards).
+    pub pipe_budget_bytes: u64,
+    /// Requested capacity of each pooled pipe (`F_SETPIPE_SZ`).
+    pub pipe_size_bytes: u32,
+    /// Size of each relay buffer (provided-buffer ring, copy fallback).
+    pub buffer_size_bytes: u32,
+    /// Relay buffers per shard (a power of two: the provided-buffer ring requires it).
+    pub buffer_count: u32,
+    /// `SO_MARK` on upstream sockets; `None`: unmarked.
+    pub upstream_mark: Option<u32>,
+    /// How long open connections may finish after SIGTERM/SIGINT before they are reset.
+    pub drain_timeout: Duration,
+    /// Open connections per shard before new ones are reset and counted.
+    pub connections_per_shard_max: u32,
+    /// io-wq worker cap per ring (bounded, unbound): a guard-rail, origdst issues no blocking op.
+    pub iowq_workers_max: u32,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            data_path: DataPath::UringSplice,
+            pipe_budget_bytes: PIPE_BUDGET_BYTES_DEFAULT,
+            pipe_size_bytes: PIPE_SIZE_BYTES_DEFAULT,
+            buffer_size_bytes: BUFFER_SIZE_BYTES_DEFAULT,
+            buffer_count: BUFFER_COUNT_DEFAULT,
+            upstream_mark: Some(UPSTREAM_MARK_DEFAULT),
+            drain_timeout: DRAIN_TIMEOUT_DEFAULT,
+            connections_per_shard_max: CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+            iowq_workers_max: IOWQ_WORKERS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Knobs {
+    pub(super) fn from_raw(raw: envoy::Knobs) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let shards = match raw.shards {
+            None | Some(0) => None,
+            Some(n) => Some(in_range("origdst.shards", n, 1, SHARDS_MAX).and_then(|n| {
+                NonZeroU32::new(n)
+                    .ok_or_else(|| ConfigError::new("origdst.shards", "must not be 0"))
+            })?),
+        };
+        let data_path = match raw.data_path {
+            None => d.data_path,
+            Some(text) => DataPath::parse(&text).ok_or_else(|| {
+                ConfigError::new(
+                    "origdst.data_path",
+                    format!("{text:?} is not one of uring-splice, uring-copy"),
+                )
+            })?,
+        };
+        let pipe_size_bytes = raw.pipe_size_bytes.unwrap_or(d.pipe_size_bytes);
+        power_of_two(
+            "origdst.pipe_size_bytes",
+            pipe_size_bytes,
+            PAGE_BYTES,
+            PIPE_SIZE_BYTES_MAX,
+        )?;
+        let buffer_size_bytes = raw.buffer_size_bytes.unwrap_or(d.buffer_size_bytes);
+        in_range(
+            "origdst.buffer_size_bytes",
+            buffer_size_bytes,
+            PAGE_BYTES,
+            BUFFER_SIZE_BYTES_MAX,
+        )?;
+        let buffer_count = raw.buffer_count.unwrap_or(d.buffer_count);
+        power_of_two("origdst.buffer_count", buffer_count, 1, BUFFER_COUNT_MAX)?;
+        let pipe_budget_bytes = raw.pipe_budget_bytes.unwrap_or(d.pipe_budget_bytes);
+        if pipe_budget_bytes > PIPE_BUDGET_BYTES_MAX {
+            return Err(ConfigError::new(
+                "origdst.pipe_budget_bytes",
+                format!("{pipe_budget_bytes} is over the maximum {PIPE_BUDGET_BYTES_MAX}"),
+            ));
+        }
+        let drain_timeout = match raw.drain_timeout {
+            None => d.drain_timeout,
+            Some(text) => parse_duration("origdst.drain_timeout", &text)?,
+        };
+        let connections_per_shard_max = in_range(
+            "origdst.connections_per_shard_max",
+            raw.connections_per_shard_max
+                .unwrap_or(d.connections_per_shard_max),
+            1,
+            CONNECTIONS_PER_SHARD_MAX_LIMIT,
+        )?;
+        let iowq_workers_max = in_range(
+            "origdst.iowq_workers_max",
+            raw.iowq_workers_max.unwrap_or(d.iowq_workers_max),
+            1,
+            IOWQ_WORKERS_LIMIT,
+        )?;
+        Ok(Self {
+            shards,
+            data_path,
+            pipe_budget_bytes,
+            pipe_size_bytes,
+            buffer_size_bytes,
+            buffer_count,
+            upstream_mark: raw.upstream_mark.unwrap_or(d.upstream_mark),
+            drain_timeout,
+            connections_per_shard_max,
+            iowq_workers_max,
+        })
+    }
+}
+
+fn in_range(path: &str, value: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("{value} is outside {min}..={max}"),
+        ))
+    }
+}
+
+fn power_of_two(path: &str, value: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+    in_range(path, value, min, max)?;
+    if value.is_power_of_two() {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("{value} is not a power of two"),
+        ))
+    }
+}
+
+const PAGE_BYTES: u32 = 4096;
+const SHARDS_MAX: u32 = 256;
+/// 256 KiB pipes: the measured sweet spot between 64 KiB (16 slots ≈ 23 KB of MSS-sized skbs)
+/// and 1 MiB (which hits the per-UID soft limit after 16 pipes).
+const PIPE_SIZE_BYTES_DEFAULT: u32 = 256 * 1024;
+/// `fs.pipe-max-size`'s default: unprivileged F_SETPIPE_SZ cannot exceed it.
+const PIPE_SIZE_BYTES_MAX: u32 = 1024 * 1024;
+/// 32 MiB = 8192 pages: half of `fs.pipe-user-pages-soft` (16384), so a non-root origdst never
+/// drives its own pipes into the silent 8 KiB shrink.
+const PIPE_BUDGET_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+const PIPE_BUDGET_BYTES_MAX: u64 = 1 << 30;
+/// 64 KiB buffers: measured to match forced splice on bulk (8 KiB reached only 0.32× of direct).
+const BUFFER_SIZE_BYTES_DEFAULT: u32 = 64 * 1024;
+const BUFFER_SIZE_BYTES_MAX: u32 = 1024 * 1024;
+/// 512 × 64 KiB = 32 MiB of address space per shard; pages are touched only when bytes are in flight.
+const BUFFER_COUNT_DEFAULT: u32 = 512;
+/// The provided-buffer ring's limit.
+const BUFFER_COUNT_MAX: u32 = 32768;
+const UPSTREAM_MARK_DEFAULT: u32 = 1337;
+/// Under Kubernetes' 30 s default termination grace period, with room for the final reset.
+const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
+const CONNECTIONS_PER_SHARD_MAX_DEFAULT: u32 = 65536;
+const CONNECTIONS_PER_SHARD_MAX_LIMIT: u32 = 1 << 20;
+const IOWQ_WORKERS_MAX_DEFAULT: u32 = 2;
+const IOWQ_WORKERS_LIMIT: u32 = 64;

@@ -1,0 +1,268 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+static_resources:
+  listeners:
+  - name: out
+    address: { socket_address: { address: 127.0.0.1, port_value: 15001 } }
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: out
+          cluster: pass
+  clusters:
+  - { name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }
+"#;
+
+fn err(yaml: &str) -> ConfigError {
+    Config::from_yaml(yaml).expect_err("config must be refused")
+}
+
+#[test]
+fn embedded_default_is_istio_style_dual_stack_15001() {
+    let config = Config::default_config();
+    let [listener] = config.listeners.as_slice() else {
+        panic!("one listener")
+    };
+    assert_eq!(listener.name, "virtualOutbound");
+    assert_eq!(
+        listener.addresses,
+        vec![
+            "0.0.0.0:15001".parse::<SocketAddr>().unwrap(),
+            "[::]:15001".parse().unwrap()
+        ]
+    );
+    assert!(!listener.transparent);
+    assert_eq!(listener.params.connect_timeout, Duration::from_secs(10));
+    assert_eq!(
+        listener.params.idle_timeout,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(listener.params.upstream_mark, Some(1337));
+    assert_eq!(config.knobs.data_path, DataPath::UringSplice);
+    assert_eq!(config.knobs.shards, None);
+}
+
+#[test]
+fn minimal_config_takes_envoy_defaults() {
+    let config = Config::from_yaml(MINIMAL).unwrap();
+    let listener = &config.listeners[0];
+    assert_eq!(listener.params.connect_timeout, Duration::from_secs(5));
+    assert_eq!(
+        listener.params.idle_timeout,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(config.knobs, Knobs::default());
+}
+
+#[test]
+fn knobs_are_read() {
+    let yaml = format!(
+        "origdst:\n  shards: 3\n  data_path: uring-copy\n  upstream_mark: null\n  drain_timeout: 1.5s\n  pipe_size_bytes: 65536\n{MINIMAL}"
+    );
+    let knobs = Config::from_yaml(&yaml).unwrap().knobs;
+    assert_eq!(knobs.shards.map(|n| n.get()), Some(3));
+    assert_eq!(knobs.data_path, DataPath::UringCopy);
+    assert_eq!(knobs.upstream_mark, None);
+    assert_eq!(knobs.drain_timeout, Duration::from_millis(1500));
+    assert_eq!(knobs.pipe_size_bytes, 65536);
+}
+
+#[test]
+fn idle_timeout_zero_disables_it() {
+    let yaml = MINIMAL.replace("cluster: pass", "cluster: pass\n          idle_timeout: 0s");
+    assert_eq!(
+        Config::from_yaml(&yaml).unwrap().listeners[0]
+            .params
+            .idle_timeout,
+        None
+    );
+}
+
+#[test]
+fn unknown_field_is_named_with_its_path() {
+    let e = err(&MINIMAL.replace("port_value: 15001", "port_value: 15001, portt: 1"));
+    assert_eq!(
+        e.path,
+        "static_resources.listeners[0].address.socket_address.portt"
+    );
+    assert!(e.reason.contains("unknown field `portt`"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "cluster: pass",
+        "cluster: pass\n          max_connect_attempts: 3",
+    ));
+    assert_eq!(
+        e.path,
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.max_connect_attempts"
+    );
+    assert!(
+        e.reason.contains("unknown field `max_connect_attempts`"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("config field `static_resources.listeners[0]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_name_the_field_and_the_reason() {
+    let cases = [
+        (
+            MINIMAL.replace("port_value: 15001", "port_value: 70000"),
+            "static_resources.listeners[0].address.socket_address.port_value",
+            "70000 is not a port",
+        ),
+        (
+            MINIMAL.replace("127.0.0.1", "localhost"),
+            "static_resources.listeners[0].address.socket_address.address",
+            "is not an IP address",
+        ),
+        (
+            MINIMAL.replace("type: ORIGINAL_DST", "type: STRICT_DNS"),
+            "static_resources.clusters[0].type",
+            "not supported",
+        ),
+        (
+            MINIMAL.replace("lb_policy: CLUSTER_PROVIDED", "lb_policy: ROUND_ROBIN"),
+            "static_resources.clusters[0].lb_policy",
+            "CLUSTER_PROVIDED",
+        ),
+        (
+            MINIMAL.replace("cluster: pass", "cluster: nope"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster",
+            "no cluster named \"nope\"",
+        ),
+        (
+            MINIMAL.replace(
+                "    listener_filters:\n    - name: envoy.filters.listener.original_dst\n",
+                "",
+            ),
+            "static_resources.listeners[0].listener_filters",
+            "original_dst",
+        ),
+        (
+            MINIMAL.replace(
+                "envoy.filters.listener.original_dst",
+                "envoy.filters.listener.tls_inspector",
+            ),
+            "static_resources.listeners[0].listener_filters[0].name",
+            "not supported",
+        ),
+        (
+            MINIMAL.replace("v3.TcpProxy", "v3.HttpConnectionManager"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.@type",
+            "expected",
+        ),
+        (
+            MINIMAL.replace(
+                "lb_policy: CLUSTER_PROVIDED }",
+                "lb_policy: CLUSTER_PROVIDED, connect_timeout: 5 }",
+            ),
+            "static_resources.clusters[0].connect_timeout",
+            "not a duration",
+        ),
+        (
+            MINIMAL.replace(
+                "lb_policy: CLUSTER_PROVIDED }",
+                "lb_policy: CLUSTER_PROVIDED, connect_timeout: 0s }",
+            ),
+            "static_resources.clusters[0].connect_timeout",
+            "greater than 0s",
+        ),
+        (
+            format!("origdst: {{ data_path: splice }}\n{MINIMAL}"),
+            "origdst.data_path",
+            "not one of",
+        ),
+        (
+            format!("origdst: {{ pipe_size_bytes: 100000 }}\n{MINIMAL}"),
+            "origdst.pipe_size_bytes",
+            "power of two",
+        ),
+        (
+            format!("origdst: {{ buffer_count: 0 }}\n{MINIMAL}"),
+            "origdst.buffer_count",
+            "outside",
+        ),
+        (
+            format!("origdst: {{ shards: 1000 }}\n{MINIMAL}"),
+            "origdst.shards",
+            "outside",
+        ),
+        (
+            format!("origdst: {{ colour: blue }}\n{MINIMAL}"),
+            "origdst.colour",
+            "unknown field `colour`",
+        ),
+        (
+            "static_resources: { listeners: [] }".to_string(),
+            "static_resources.listeners",
+            "at least one",
+        ),
+    ];
+    for (yaml, path, reason) in cases {
+        let e = err(&yaml);
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.reason.contains(reason), "{e} (wanted {reason:?})");
+    }
+}
+
+#[test]
+fn duplicate_names_and_addresses_are_refused() {
+    let two = MINIMAL.replace(
+        "  clusters:",
+        "  - name: out\n    address: { socket_address: { address: 127.0.0.1, port_value: 15002 } }\n    listener_filters: [ { name: envoy.filters.listener.original_dst } ]\n    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: b, cluster: pass } } ] } ]\n  clusters:",
+    );
+    let e = err(&two);
+    assert_eq!(e.path, "static_resources.listeners[1].name");
+    let e = err(&two.replace(
+        "name: out\n    address: { socket_address: { address: 127.0.0.1, port_value: 15002",
+        "name: other\n    address: { socket_address: { address: 127.0.0.1, port_value: 15001",
+    ));
+    assert_eq!(e.path, "static_resources.listeners[1].address");
+}
+
+#[test]
+fn malformed_yaml_is_an_error_not_a_panic() {
+    for text in [
+        "",
+        ":",
+        "static_resources: [",
+        "\u{0}",
+        "static_resources: 5",
+    ] {
+        let e = err(text);
+        assert!(!e.reason.is_empty(), "{text:?}");
+    }
+}
+
+#[test]
+fn durations_parse_like_protobuf_json() {
+    assert_eq!(parse_duration("x", "10s").unwrap(), Duration::from_secs(10));
+    assert_eq!(
+        parse_duration("x", "0.250s").unwrap(),
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        parse_duration("x", "1.000000001s").unwrap(),
+        Duration::new(1, 1)
+    );
+    for bad in [
+        "10",
+        "s",
+        "-1s",
+        "1.s.s",
+        "1.0000000001s",
+        "1e3s",
+        " 1s",
+        "99999999999s",
+    ] {
+        assert!(parse_duration("x", bad).is_err(), "{bad:?}");
+    }
+}

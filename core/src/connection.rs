@@ -1,0 +1,446 @@
+//! The per-connection state machine, sans-IO.
+//!
+//! The runtime reports what happened (`handle_*`, always with `now` and the shard's counters) and
+//! then drains what to do (`poll_action`) and when to wake (`next_timeout`). After *every*
+//! `handle_*` call and after `accept`, the runtime must drain `poll_action` until `None` and then
+//! re-read `next_timeout`.
+//!
+//! ```text
+//!   accept ──refused──────────────────────────────────▶ Closed(Refused)   [Reset client, Close]
+//!     │ resolved
+//!     ▼             connect failed / timeout
+//!  Connecting ─────────────────────────────────────────▶ Closed(...)      [Reset client, Close]
+//!     │ connected
+//!     ▼            both directions WriteShut
+//!  Relaying ───────────────────────────────────────────▶ Closed(Completed) [Close]
+//!     │ error on a side / idle timeout / drain deadline
+//!     └────────────────────────────────────────────────▶ Closed(...)      [Reset peer(s), Close]
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
+use crate::orig_dst::{self, AcceptEvidence, Provenance, RedirectRecord, RefuseReason, SelfAddrs};
+use crate::relay::{Dir, HalfDuplex, HalfState, Side};
+use crate::stats::{Counter, Counters};
+use crate::time::Instant;
+
+/// Per-connection knobs, from the listener's tcp_proxy and the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnParams {
+    /// How long the upstream connect may take before the client is reset.
+    pub connect_timeout: Duration,
+    /// How long both directions may stay silent before both sides are reset (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// `SO_MARK` for the upstream socket (`None`: leave unmarked).
+    pub upstream_mark: Option<u32>,
+}
+
+/// What the runtime must do next. Executed in the order polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Open the upstream socket (marked, optionally bound to `source`, with the redirect record
+    /// applied) and connect it to `upstream`; report `handle_connected` or `handle_connect_failed`.
+    Connect {
+        /// Where to connect.
+        upstream: UpstreamAddr,
+        /// `SO_MARK` to set before connecting.
+        mark: Option<u32>,
+        /// Local address to bind first (source preservation); `None`: let the kernel choose.
+        source: Option<SocketAddr>,
+        /// Platform redirect record to apply to the upstream socket before connecting.
+        record: Option<RedirectRecord>,
+    },
+    /// Start relaying `dir`: read its source, write its sink, report `handle_transferred` as bytes
+    /// are written and `handle_eof` once the source hit EOF *and* every byte read was written.
+    Transfer {
+        /// The direction to start.
+        dir: Dir,
+    },
+    /// `shutdown(SHUT_WR)` on `side`.
+    ShutdownWrite {
+        /// The side whose write half to shut.
+        side: Side,
+    },
+    /// Close `side` with a reset (`SO_LINGER` 0): its peer must see an error, never a clean EOF.
+    /// Nothing else is done with that socket afterwards.
+    Reset {
+        /// The side to reset.
+        side: Side,
+    },
+    /// Release everything the connection holds. Always the last action.
+    Close,
+}
+
+/// An I/O failure as core needs to know it (the runtime maps errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoErrorKind {
+    /// ECONNREFUSED.
+    Refused,
+    /// ECONNRESET / ECONNABORTED.
+    Reset,
+    /// ETIMEDOUT (the kernel's own timeout).
+    TimedOut,
+    /// EHOSTUNREACH / ENETUNREACH.
+    Unreachable,
+    /// EPIPE.
+    BrokenPipe,
+    /// Anything else, with its errno.
+    Other {
+        /// The raw errno.
+        errno: i32,
+    },
+}
+
+impl IoErrorKind {
+    /// Stable name for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Reset => "reset",
+            Self::TimedOut => "timed_out",
+            Self::Unreachable => "unreachable",
+            Self::BrokenPipe => "broken_pipe",
+            Self::Other { .. } => "other",
+        }
+    }
+}
+
+/// How a connection ended. Exactly one per accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Both directions finished with EOF and were half-closed through.
+    Completed,
+    /// Refused at accept.
+    Refused(RefuseReason),
+    /// The upstream connect failed; the client was reset.
+    ConnectFailed(IoErrorKind),
+    /// The upstream connect timed out; the client was reset.
+    ConnectTimeout,
+    /// The upstream failed mid-stream; the client was reset.
+    UpstreamFailed(IoErrorKind),
+    /// The client failed mid-stream; the upstream was reset.
+    ClientFailed(IoErrorKind),
+    /// Nothing moved for the idle timeout; both sides were reset.
+    IdleTimeout,
+    /// Still open at the drain deadline; both sides were reset.
+    DrainAborted,
+    /// The shard was at its connection limit; the client was reset.
+    Overflow,
+}
+
+impl Outcome {
+    /// Stable name for logs (the termination reason).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Refused(reason) => reason.name(),
+            Self::ConnectFailed(_) => "upstream_connect_failed",
+            Self::ConnectTimeout => "upstream_connect_timeout",
+            Self::UpstreamFailed(_) => "upstream_failed",
+            Self::ClientFailed(_) => "client_failed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::DrainAborted => "drain_aborted",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting { deadline: Instant },
+    Relaying,
+    Closed(Outcome),
+}
+
+/// One accepted connection: its destination, its phase, its two directions, its timers.
+#[derive(Debug)]
+pub struct Connection {
+    client: ClientAddr,
+    orig_dst: Option<OrigDstAddr>,
+    provenance: Option<Provenance>,
+    phase: Phase,
+    halves: [HalfDuplex; 2],
+    accepted_at: Instant,
+    last_activity: Instant,
+    idle_timeout: Option<Duration>,
+    actions: VecDeque<Action>,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Decides an accepted connection: resolves its original destination once, applies the
+    /// refusal rules and queues either `Connect` or `Reset{Client}, Close`.
+    pub fn accept(
+        now: Instant,
+        evidence: &AcceptEvidence,
+        me: &SelfAddrs,
+        params: &ConnParams,
+        stats: &mut Counters,
+    ) -> Self {
+        stats.incr(Counter::DownstreamCxTotal);
+        let mut conn = Self::new(now, evidence.client, params);
+        match orig_dst::resolve(evidence, me) {
+            Ok(resolution) => {
+                stats.record_provenance(resolution.provenance);
+                stats.incr(Counter::UpstreamCxTotal);
+                conn.orig_dst = Some(resolution.orig_dst);
+                conn.provenance = Some(resolution.provenance);
+                conn.phase = Phase::Connecting {
+                    deadline: now + params.connect_timeout,
+                };
+                conn.push(Action::Connect {
+                    upstream: UpstreamAddr::new(resolution.orig_dst.get()),
+                    mark: params.upstream_mark,
+                    source: None,
+                    record: evidence.redirect_record.clone(),
+                });
+            }
+            Err(reason) => conn.fail(Outcome::Refused(reason), &[Side::Client], stats),
+        }
+        conn
+    }
+
+    /// A connection the runtime accepted but cannot keep (shard at its limit): counted and reset.
+    pub fn overflow(
+        now: Instant,
+        client: ClientAddr,
+        params: &ConnParams,
+        stats: &mut Counters,
+    ) -> Self {
+        stats.incr(Counter::DownstreamCxTotal);
+        let mut conn = Self::new(now, client, params);
+        conn.fail(Outcome::Overflow, &[Side::Client], stats);
+        conn
+    }
+
+    /// The upstream connect succeeded: both directions start.
+    pub fn handle_connected(&mut self, now: Instant) {
+        assert!(
+            matches!(self.phase, Phase::Connecting { .. }),
+            "connected while {:?}",
+            self.phase
+        );
+        self.phase = Phase::Relaying;
+        self.last_activity = now;
+        for dir in Dir::ALL {
+            self.push(Action::Transfer { dir });
+        }
+    }
+
+    /// The upstream connect failed: the client is reset.
+    pub fn handle_connect_failed(
+        &mut self,
+        _now: Instant,
+        kind: IoErrorKind,
+        stats: &mut Counters,
+    ) {
+        assert!(
+            matches!(self.phase, Phase::Connecting { .. }),
+            "connect failed while {:?}",
+            self.phase
+        );
+        self.fail(Outcome::ConnectFailed(kind), &[Side::Client], stats);
+    }
+
+    /// `n` bytes of `dir` were written to its sink.
+    pub fn handle_transferred(&mut self, now: Instant, dir: Dir, n: u64, stats: &mut Counters) {
+        assert_eq!(self.phase, Phase::Relaying, "bytes moved outside Relaying");
+        let half = &mut self.halves[dir.index()];
+        assert!(
+            half.is_open(),
+            "bytes moved on a finished direction {dir:?}"
+        );
+        half.bytes += n;
+        stats.record_bytes(dir, n);
+        self.last_activity = now;
+    }
+
+    /// `dir`'s source reached EOF and every byte read from it was written: shut the sink's write
+    /// half; once both directions are finished, close.
+    pub fn handle_eof(&mut self, now: Instant, dir: Dir, stats: &mut Counters) {
+        assert_eq!(self.phase, Phase::Relaying, "EOF outside Relaying");
+        self.halves[dir.index()].read_eof();
+        self.last_activity = now;
+        self.push(Action::ShutdownWrite { side: dir.sink() });
+        let other = &self.halves[1 - dir.index()];
+        if other.is_open() {
+            stats.incr(match dir.source() {
+                Side::Client => Counter::HalfCloseFromClient,
+                Side::Upstream => Counter::HalfCloseFromUpstream,
+            });
+            return;
+        }
+        self.finish(Outcome::Completed, stats);
+        self.push(Action::Close);
+    }
+
+    /// I/O on `side` failed. Whatever the phase, the *other* side is reset so it can never mistake
+    /// a truncated stream for a complete one. Errors after the connection closed are ignored (a
+    /// late completion racing the close).
+    pub fn handle_error(
+        &mut self,
+        _now: Instant,
+        side: Side,
+        kind: IoErrorKind,
+        stats: &mut Counters,
+    ) {
+        let outcome = match (self.phase, side) {
+            (Phase::Closed(_), _) => return,
+            (Phase::Connecting { .. }, Side::Upstream) => Outcome::ConnectFailed(kind),
+            (_, Side::Upstream) => Outcome::UpstreamFailed(kind),
+            (_, Side::Client) => Outcome::ClientFailed(kind),
+        };
+        self.fail(outcome, &[side.peer()], stats);
+    }
+
+    /// Fires whichever timer is due at `now` (connect or idle); a no-op if none is.
+    pub fn handle_timeout(&mut self, now: Instant, stats: &mut Counters) {
+        match self.phase {
+            Phase::Connecting { deadline } if now >= deadline => {
+                self.fail(Outcome::ConnectTimeout, &[Side::Client], stats);
+            }
+            Phase::Relaying if self.idle_deadline().is_some_and(|deadline| now >= deadline) => {
+                self.fail(Outcome::IdleTimeout, &[Side::Client, Side::Upstream], stats);
+            }
+            _ => {}
+        }
+    }
+
+    /// The drain deadline passed with this connection still open: reset what is open and close.
+    pub fn abort_for_drain(&mut self, _now: Instant, stats: &mut Counters) {
+        match self.phase {
+            Phase::Closed(_) => {}
+            Phase::Connecting { .. } => self.fail(Outcome::DrainAborted, &[Side::Client], stats),
+            Phase::Relaying => {
+                self.fail(
+                    Outcome::DrainAborted,
+                    &[Side::Client, Side::Upstream],
+                    stats,
+                );
+            }
+        }
+    }
+
+    /// The next action to execute, in order. `ShutdownWrite` moves its direction to `WriteShut`.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let action = self.actions.pop_front()?;
+        if let Action::ShutdownWrite { side } = action {
+            self.halves[Dir::from_source(side.peer()).index()].write_shut();
+        }
+        Some(action)
+    }
+
+    /// When `handle_timeout` must be called next (`None`: no timer armed).
+    #[must_use]
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Connecting { deadline } => Some(deadline),
+            Phase::Relaying => self.idle_deadline(),
+            Phase::Closed(_) => None,
+        }
+    }
+
+    /// How the connection ended, once it has.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.phase {
+            Phase::Closed(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection has ended (its remaining actions end with `Close`).
+    pub fn is_closed(&self) -> bool {
+        self.outcome().is_some()
+    }
+
+    /// The client's address.
+    pub fn client(&self) -> ClientAddr {
+        self.client
+    }
+
+    /// The resolved original destination (`None` when refused).
+    pub fn orig_dst(&self) -> Option<OrigDstAddr> {
+        self.orig_dst
+    }
+
+    /// Where the original destination came from (`None` when refused).
+    pub fn provenance(&self) -> Option<Provenance> {
+        self.provenance
+    }
+
+    /// Bytes written so far in `dir`.
+    pub fn bytes(&self, dir: Dir) -> u64 {
+        self.halves[dir.index()].bytes
+    }
+
+    /// The half-close state of `dir`.
+    pub fn half_state(&self, dir: Dir) -> HalfState {
+        self.halves[dir.index()].state
+    }
+
+    /// How long the connection has existed at `now`.
+    pub fn age(&self, now: Instant) -> Duration {
+        now - self.accepted_at
+    }
+
+    fn new(now: Instant, client: ClientAddr, params: &ConnParams) -> Self {
+        Self {
+            client,
+            orig_dst: None,
+            provenance: None,
+            phase: Phase::Connecting {
+                deadline: now + params.connect_timeout,
+            },
+            halves: [HalfDuplex::new(), HalfDuplex::new()],
+            accepted_at: now,
+            last_activity: now,
+            idle_timeout: params.idle_timeout,
+            actions: VecDeque::with_capacity(ACTIONS_MAX),
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.idle_timeout.map(|idle| self.last_activity + idle)
+    }
+
+    fn fail(&mut self, outcome: Outcome, reset: &[Side], stats: &mut Counters) {
+        self.finish(outcome, stats);
+        for &side in reset {
+            self.push(Action::Reset { side });
+        }
+        self.push(Action::Close);
+    }
+
+    fn finish(&mut self, outcome: Outcome, stats: &mut Counters) {
+        assert!(!self.is_closed(), "connection finished twice");
+        self.phase = Phase::Closed(outcome);
+        stats.record_outcome(outcome);
+    }
+
+    fn push(&mut self, action: Action) {
+        // A shutdown queued behind a Close would never run: Close is always last.
+        debug_assert!(
+            self.actions.back() != Some(&Action::Close),
+            "action queued after Close"
+        );
+        self.actions.push_back(action);
+        assert!(
+            self.actions.len() <= ACTIONS_MAX,
+            "action queue over its bound"
+        );
+    }
+}
+
+/// The most actions one event can queue: ShutdownWrite + Reset ×2 + Close, with slack.
+const ACTIONS_MAX: usize = 6;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,438 @@
+//! Connection state machine tests through a harness with virtual time. The harness plays the
+//! runtime: it feeds events, drains actions into a log, and jumps time to `next_timeout`.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::addr::{ListenerAddr, LocalAddr};
+use crate::orig_dst::SockOptAnswer;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const C2U: Dir = Dir::ClientToUpstream;
+const U2C: Dir = Dir::UpstreamToClient;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn params() -> ConnParams {
+    ConnParams {
+        connect_timeout: CONNECT_TIMEOUT,
+        idle_timeout: Some(IDLE_TIMEOUT),
+        upstream_mark: Some(1337),
+    }
+}
+
+fn me() -> SelfAddrs {
+    SelfAddrs {
+        listeners: vec![ListenerAddr::new(sa("0.0.0.0:15001"))],
+        local_ips: vec!["10.0.0.1".parse().unwrap()],
+        own_mark: Some(1337),
+    }
+}
+
+fn evidence(dst: &str) -> AcceptEvidence {
+    AcceptEvidence {
+        client: ClientAddr::new(sa("10.0.0.2:40000")),
+        local: LocalAddr::new(sa("10.0.0.1:15001")),
+        transparent: false,
+        sockopt: SockOptAnswer::V4(sa(dst)),
+        mark: None,
+        internal: None,
+        redirect_record: None,
+    }
+}
+
+struct Harness {
+    now: Instant,
+    conn: Connection,
+    stats: Counters,
+}
+
+impl Harness {
+    fn accept(evidence: &AcceptEvidence) -> Self {
+        let mut stats = Counters::default();
+        let now = Instant::from_nanos(1_000);
+        let conn = Connection::accept(now, evidence, &me(), &params(), &mut stats);
+        Self { now, conn, stats }
+    }
+
+    /// Accepted, connected, both directions transferring; the actions so far are checked.
+    fn relaying() -> Self {
+        let mut h = Self::accept(&evidence("192.0.2.7:80"));
+        assert_eq!(
+            h.actions(),
+            vec![Action::Connect {
+                upstream: UpstreamAddr::new(sa("192.0.2.7:80")),
+                mark: Some(1337),
+                source: None,
+                record: None,
+            }]
+        );
+        h.conn.handle_connected(h.now);
+        assert_eq!(
+            h.actions(),
+            vec![Action::Transfer { dir: C2U }, Action::Transfer { dir: U2C }]
+        );
+        h
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.conn.poll_action()).collect()
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now = self.now + by;
+        self.conn.handle_timeout(self.now, &mut self.stats);
+    }
+
+    /// Jumps to the next deadline, as a runtime's timer would.
+    fn fire_next_timeout(&mut self) {
+        let deadline = self.conn.next_timeout().expect("a timer is armed");
+        assert!(deadline >= self.now);
+        self.now = deadline;
+        self.conn.handle_timeout(self.now, &mut self.stats);
+    }
+
+    fn send(&mut self, dir: Dir, n: u64) {
+        self.conn
+            .handle_transferred(self.now, dir, n, &mut self.stats);
+    }
+
+    fn eof(&mut self, dir: Dir) {
+        self.conn.handle_eof(self.now, dir, &mut self.stats);
+    }
+
+    fn error(&mut self, side: Side, kind: IoErrorKind) {
+        self.conn
+            .handle_error(self.now, side, kind, &mut self.stats);
+    }
+}
+
+#[test]
+fn half_close_client_first_keeps_upstream_flowing() {
+    let mut h = Harness::relaying();
+    h.send(C2U, 100);
+    h.eof(C2U);
+    assert_eq!(
+        h.actions(),
+        vec![Action::ShutdownWrite {
+            side: Side::Upstream
+        }]
+    );
+    assert_eq!(h.conn.half_state(C2U), HalfState::WriteShut);
+    assert!(!h.conn.is_closed(), "the other direction is still open");
+    // The response keeps flowing after the client's FIN.
+    h.send(U2C, 5_000);
+    h.send(U2C, 7);
+    h.eof(U2C);
+    assert_eq!(
+        h.actions(),
+        vec![Action::ShutdownWrite { side: Side::Client }, Action::Close]
+    );
+    assert_eq!(h.conn.outcome(), Some(Outcome::Completed));
+    assert_eq!(h.conn.bytes(C2U), 100);
+    assert_eq!(h.conn.bytes(U2C), 5_007);
+    assert_eq!(h.stats.get(Counter::HalfCloseFromClient), 1);
+    assert_eq!(h.stats.get(Counter::Completed), 1);
+    assert_eq!(h.stats.get(Counter::DownstreamCxRxBytesTotal), 100);
+    assert_eq!(h.stats.get(Counter::DownstreamCxTxBytesTotal), 5_007);
+    assert_eq!(h.stats.active(), 0);
+    assert_eq!(h.conn.next_timeout(), None);
+}
+
+#[test]
+fn half_close_upstream_first_keeps_client_flowing() {
+    let mut h = Harness::relaying();
+    h.send(U2C, 10);
+    h.eof(U2C);
+    assert_eq!(
+        h.actions(),
+        vec![Action::ShutdownWrite { side: Side::Client }]
+    );
+    h.send(C2U, 4096);
+    assert!(!h.conn.is_closed());
+    h.eof(C2U);
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::ShutdownWrite {
+                side: Side::Upstream
+            },
+            Action::Close
+        ]
+    );
+    assert_eq!(h.conn.outcome(), Some(Outcome::Completed));
+    assert_eq!(h.stats.get(Counter::HalfCloseFromUpstream), 1);
+}
+
+#[test]
+fn upstream_reset_mid_stream_resets_the_client() {
+    let mut h = Harness::relaying();
+    h.send(U2C, 1000);
+    h.error(Side::Upstream, IoErrorKind::Reset);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Reset { side: Side::Client }, Action::Close]
+    );
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::UpstreamFailed(IoErrorKind::Reset))
+    );
+    assert_eq!(h.stats.get(Counter::UpstreamCxReset), 1);
+    // A late completion after the close changes nothing.
+    h.error(Side::Client, IoErrorKind::BrokenPipe);
+    assert_eq!(h.actions(), vec![]);
+    assert_eq!(h.stats.get(Counter::DownstreamCxDestroy), 1);
+}
+
+#[test]
+fn upstream_reset_after_client_half_close_still_resets_the_client() {
+    // The client finished sending and waits for the reply: a reset must reach it as a reset,
+    // never as the clean EOF it would otherwise take for a complete (truncated) reply.
+    let mut h = Harness::relaying();
+    h.eof(C2U);
+    assert_eq!(
+        h.actions(),
+        vec![Action::ShutdownWrite {
+            side: Side::Upstream
+        }]
+    );
+    h.error(Side::Upstream, IoErrorKind::Reset);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Reset { side: Side::Client }, Action::Close]
+    );
+}
+
+#[test]
+fn client_reset_mid_upload_resets_the_upstream() {
+    let mut h = Harness::relaying();
+    h.send(C2U, 1 << 20);
+    h.error(Side::Client, IoErrorKind::Reset);
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::Reset {
+                side: Side::Upstream
+            },
+            Action::Close
+        ]
+    );
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::ClientFailed(IoErrorKind::Reset))
+    );
+    assert_eq!(h.stats.get(Counter::DownstreamCxReset), 1);
+}
+
+#[test]
+fn client_reset_while_connecting_abandons_the_connect() {
+    let mut h = Harness::accept(&evidence("192.0.2.7:80"));
+    let _connect = h.actions();
+    h.error(Side::Client, IoErrorKind::Reset);
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::Reset {
+                side: Side::Upstream
+            },
+            Action::Close
+        ]
+    );
+    assert_eq!(h.conn.next_timeout(), None, "no connect timer left behind");
+}
+
+#[test]
+fn connect_refused_resets_the_client() {
+    let mut h = Harness::accept(&evidence("192.0.2.7:80"));
+    let _connect = h.actions();
+    h.conn
+        .handle_connect_failed(h.now, IoErrorKind::Refused, &mut h.stats);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Reset { side: Side::Client }, Action::Close]
+    );
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::ConnectFailed(IoErrorKind::Refused))
+    );
+    assert_eq!(h.stats.get(Counter::UpstreamCxConnectFail), 1);
+}
+
+#[test]
+fn connect_timeout_resets_the_client_at_the_deadline() {
+    let mut h = Harness::accept(&evidence("192.0.2.7:80"));
+    let start = h.now;
+    let _connect = h.actions();
+    assert_eq!(h.conn.next_timeout(), Some(start + CONNECT_TIMEOUT));
+    h.advance(CONNECT_TIMEOUT - Duration::from_nanos(1));
+    assert_eq!(h.actions(), vec![], "one nanosecond early: nothing happens");
+    h.fire_next_timeout();
+    assert_eq!(h.now, start + CONNECT_TIMEOUT);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Reset { side: Side::Client }, Action::Close]
+    );
+    assert_eq!(h.conn.outcome(), Some(Outcome::ConnectTimeout));
+    assert_eq!(h.stats.get(Counter::UpstreamCxConnectTimeout), 1);
+}
+
+#[test]
+fn idle_timeout_resets_both_sides_and_traffic_postpones_it() {
+    let mut h = Harness::relaying();
+    let connected_at = h.now;
+    assert_eq!(h.conn.next_timeout(), Some(connected_at + IDLE_TIMEOUT));
+    h.advance(Duration::from_secs(50));
+    h.send(C2U, 1);
+    assert_eq!(
+        h.conn.next_timeout(),
+        Some(h.now + IDLE_TIMEOUT),
+        "activity pushes it back"
+    );
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.actions(), vec![]);
+    h.fire_next_timeout();
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::Reset { side: Side::Client },
+            Action::Reset {
+                side: Side::Upstream
+            },
+            Action::Close
+        ]
+    );
+    assert_eq!(h.conn.outcome(), Some(Outcome::IdleTimeout));
+    assert_eq!(h.stats.get(Counter::IdleTimeout), 1);
+}
+
+#[test]
+fn idle_timeout_covers_a_half_closed_connection() {
+    // One direction finished, the other went silent: without the idle timer this is the
+    // FIN_WAIT_2 / CLOSE_WAIT leak Envoy and ztunnel users hit.
+    let mut h = Harness::relaying();
+    h.eof(C2U);
+    let _shutdown = h.actions();
+    h.fire_next_timeout();
+    assert_eq!(h.conn.outcome(), Some(Outcome::IdleTimeout));
+}
+
+#[test]
+fn no_idle_timeout_means_no_timer() {
+    let mut stats = Counters::default();
+    let mut p = params();
+    p.idle_timeout = None;
+    let mut conn = Connection::accept(
+        Instant::ZERO,
+        &evidence("192.0.2.7:80"),
+        &me(),
+        &p,
+        &mut stats,
+    );
+    conn.handle_connected(Instant::ZERO);
+    assert_eq!(conn.next_timeout(), None);
+}
+
+#[test]
+fn drain_abort_resets_what_is_open() {
+    let mut h = Harness::relaying();
+    h.conn.abort_for_drain(h.now, &mut h.stats);
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::Reset { side: Side::Client },
+            Action::Reset {
+                side: Side::Upstream
+            },
+            Action::Close
+        ]
+    );
+    assert_eq!(h.stats.get(Counter::DrainAborted), 1);
+}
+
+#[test]
+fn refused_connections_reset_the_client_and_count_their_reason() {
+    let cases: [(AcceptEvidence, RefuseReason, Counter); 4] = [
+        (
+            AcceptEvidence {
+                sockopt: SockOptAnswer::NotFound,
+                ..evidence("192.0.2.7:80")
+            },
+            RefuseReason::NoOriginalDst,
+            Counter::RefusedNoOriginalDst,
+        ),
+        (
+            evidence("10.0.0.1:15001"),
+            RefuseReason::NoOriginalDst,
+            Counter::RefusedNoOriginalDst,
+        ),
+        (
+            evidence("127.0.0.1:15001"),
+            RefuseReason::DestinationIsListener,
+            Counter::RefusedDestinationIsListener,
+        ),
+        (
+            AcceptEvidence {
+                mark: Some(1337),
+                ..evidence("192.0.2.7:80")
+            },
+            RefuseReason::OwnMark { mark: 1337 },
+            Counter::RefusedOwnMark,
+        ),
+    ];
+    for (ev, reason, counter) in cases {
+        let mut h = Harness::accept(&ev);
+        assert_eq!(
+            h.actions(),
+            vec![Action::Reset { side: Side::Client }, Action::Close],
+            "{reason:?}"
+        );
+        assert_eq!(h.conn.outcome(), Some(Outcome::Refused(reason)));
+        assert_eq!(h.stats.get(counter), 1, "{reason:?}");
+        assert_eq!(
+            h.stats.get(Counter::UpstreamCxTotal),
+            0,
+            "no upstream attempt for {reason:?}"
+        );
+        assert_eq!(h.stats.active(), 0);
+        assert_eq!(h.conn.next_timeout(), None);
+    }
+}
+
+#[test]
+fn overflow_is_counted_and_reset() {
+    let mut stats = Counters::default();
+    let mut conn = Connection::overflow(
+        Instant::ZERO,
+        ClientAddr::new(sa("10.0.0.2:1")),
+        &params(),
+        &mut stats,
+    );
+    assert_eq!(
+        conn.poll_action(),
+        Some(Action::Reset { side: Side::Client })
+    );
+    assert_eq!(conn.poll_action(), Some(Action::Close));
+    assert_eq!(conn.poll_action(), None);
+    assert_eq!(stats.get(Counter::RefusedOverflow), 1);
+    assert_eq!(stats.active(), 0);
+}
+
+#[test]
+fn provenance_is_recorded_and_counted() {
+    let h = Harness::accept(&evidence("192.0.2.7:80"));
+    assert_eq!(h.conn.provenance(), Some(Provenance::SockOptV4));
+    assert_eq!(h.conn.orig_dst().unwrap().get(), sa("192.0.2.7:80"));
+    assert_eq!(h.stats.get(Counter::OrigDstSockOptV4), 1);
+    assert_eq!(h.stats.get(Counter::UpstreamCxTotal), 1);
+}
+
+#[test]
+#[should_panic(expected = "bytes moved on a finished direction")]
+fn bytes_after_eof_are_a_bug() {
+    let mut h = Harness::relaying();
+    h.eof(C2U);
+    h.send(C2U, 1);
+}

@@ -1,0 +1,245 @@
+//! Original-destination resolution: what the runtime read from the accepted socket (once), turned
+//! into one destination with its provenance, or a refusal.
+//!
+//! The runtime does the getsockopt/getsockname calls; the *policy* — which source wins, what counts
+//! as "not redirected", what is a loop — lives here so it is unit-tested and runs unchanged in the
+//! simulator.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::addr::{ClientAddr, ListenerAddr, LocalAddr, OrigDstAddr};
+
+/// Which source the original destination came from. Recorded per connection for stats and the
+/// access log, so an operator can tell a TPROXY hit from a REDIRECT hit from a metadata hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Provenance {
+    /// `SO_ORIGINAL_DST` on an IPv4 socket (iptables/nftables REDIRECT or DNAT).
+    SockOptV4,
+    /// `IP6T_SO_ORIGINAL_DST` on an IPv6 socket.
+    SockOptV6,
+    /// The accepted socket's local address on a transparent (TPROXY) listener.
+    TransparentLocal,
+    /// Dynamic metadata `envoy.filters.listener.original_dst` field `local` (internal listeners).
+    InternalMetadata,
+    /// Filter state `envoy.filters.listener.original_dst.local_ip` (internal listeners).
+    InternalFilterState,
+}
+
+impl Provenance {
+    /// Stable snake_case name used in logs and counters.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SockOptV4 => "sockopt_v4",
+            Self::SockOptV6 => "sockopt_v6",
+            Self::TransparentLocal => "transparent_local",
+            Self::InternalMetadata => "internal_metadata",
+            Self::InternalFilterState => "internal_filter_state",
+        }
+    }
+}
+
+/// The answer to `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, as the runtime got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SockOptAnswer {
+    /// The option returned this address on an IPv4 socket.
+    V4(SocketAddr),
+    /// The option returned this address on an IPv6 socket.
+    V6(SocketAddr),
+    /// `ENOENT`: conntrack has no NAT entry for this connection (it was never redirected, or the
+    /// entry is gone).
+    NotFound,
+    /// Any other errno.
+    Failed {
+        /// The raw errno, for the log line.
+        errno: i32,
+    },
+    /// The runtime did not ask (transparent or internal listeners).
+    NotQueried,
+}
+
+/// What an internal listener's user-space connection carries instead of socket options.
+/// Strings as the upstream endpoint put them; parsed (and refused when malformed) here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InternalMetadata {
+    /// Dynamic metadata `envoy.filters.listener.original_dst`, field `local` ("ip:port").
+    pub dynamic_local: Option<String>,
+    /// Filter state `envoy.filters.listener.original_dst.local_ip` ("ip:port").
+    pub filter_state_local: Option<String>,
+    /// Filter state `envoy.filters.listener.original_dst.remote_ip` (or the documented alias
+    /// `...source_ip`) ("ip:port").
+    pub filter_state_remote: Option<String>,
+}
+
+/// An opaque Windows-style (HNS/WFP) redirect record attached to an accepted connection. It must be
+/// applied to the upstream socket so the platform does not redirect the proxy's own connection again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedirectRecord(pub Vec<u8>);
+
+/// Everything the runtime read from an accepted connection, once, before core decides anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptEvidence {
+    /// The peer as the kernel reports it.
+    pub client: ClientAddr,
+    /// `getsockname` of the accepted socket.
+    pub local: LocalAddr,
+    /// Whether the listener is transparent (TPROXY): then `local` *is* the original destination.
+    pub transparent: bool,
+    /// The socket-option answer (`NotQueried` on transparent and internal listeners).
+    pub sockopt: SockOptAnswer,
+    /// `SO_MARK` of the accepted socket, when the runtime could read it.
+    pub mark: Option<u32>,
+    /// Present only on connections that arrived through an internal listener.
+    pub internal: Option<InternalMetadata>,
+    /// Present only where the platform attaches redirect records.
+    pub redirect_record: Option<RedirectRecord>,
+}
+
+/// A resolved original destination and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    /// The destination the client dialled.
+    pub orig_dst: OrigDstAddr,
+    /// Which source won.
+    pub provenance: Provenance,
+}
+
+/// Why a connection is refused instead of relayed. Each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// Nobody redirected this connection: the kernel has no NAT entry, or the "original"
+    /// destination is just the socket's own local address (someone dialled the proxy port).
+    #[error("no original destination (the connection was not redirected)")]
+    NoOriginalDst,
+    /// The original-destination query failed with an unexpected errno.
+    #[error("original-destination query failed (errno {errno})")]
+    QueryFailed {
+        /// The raw errno.
+        errno: i32,
+    },
+    /// The destination is one of the proxy's own listeners: relaying would loop.
+    #[error("original destination is one of origdst's own listeners (loop)")]
+    DestinationIsListener,
+    /// The connection carries the mark the proxy puts on its own upstream sockets: it is the
+    /// proxy's own traffic redirected back to it.
+    #[error("connection carries origdst's own mark {mark:#x} (loop)")]
+    OwnMark {
+        /// The mark seen.
+        mark: u32,
+    },
+    /// Internal-listener metadata was present but not an "ip:port".
+    #[error("internal-listener metadata is not an ip:port")]
+    InvalidMetadata,
+}
+
+impl RefuseReason {
+    /// Stable snake_case name used in logs and counters.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoOriginalDst => "no_original_dst",
+            Self::QueryFailed { .. } => "orig_dst_query_failed",
+            Self::DestinationIsListener => "destination_is_listener",
+            Self::OwnMark { .. } => "own_mark",
+            Self::InvalidMetadata => "invalid_metadata",
+        }
+    }
+}
+
+/// What the proxy knows about itself, to refuse loops. Built once by the runtime at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelfAddrs {
+    /// Every address a listener of this process is bound to.
+    pub listeners: Vec<ListenerAddr>,
+    /// The host's own IP addresses (for wildcard listeners); loopback is always included.
+    pub local_ips: Vec<IpAddr>,
+    /// The mark origdst puts on its upstream sockets (`None`: marking is off).
+    pub own_mark: Option<u32>,
+}
+
+impl SelfAddrs {
+    /// Whether a connection to `dst` would reach one of our own listeners.
+    pub fn is_listener(&self, dst: SocketAddr) -> bool {
+        self.listeners.iter().any(|listener| {
+            if listener.port() != dst.port() {
+                return false;
+            }
+            let bound = listener.ip();
+            if bound.is_unspecified() {
+                dst.ip().is_loopback()
+                    || dst.ip().is_unspecified()
+                    || self.local_ips.contains(&dst.ip())
+            } else {
+                bound == dst.ip()
+            }
+        })
+    }
+}
+
+/// Resolves the original destination from `evidence` and applies the refusal rules, in this
+/// order: own mark, destination source (internal metadata > transparent local > socket option),
+/// "not restored", destination is a listener.
+pub fn resolve(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<Resolution, RefuseReason> {
+    if let (Some(mark), Some(own)) = (evidence.mark, me.own_mark) {
+        if mark == own {
+            return Err(RefuseReason::OwnMark { mark });
+        }
+    }
+    let resolution = destination(evidence)?;
+    let dst = resolution.orig_dst.get();
+    // A socket-option answer equal to our own local address means conntrack saw no NAT: the client
+    // dialled us directly. Envoy recursed on this until it ran out of connections (envoy#2346).
+    let restored = matches!(
+        resolution.provenance,
+        Provenance::SockOptV4 | Provenance::SockOptV6
+    );
+    if restored && dst == evidence.local.get() {
+        return Err(RefuseReason::NoOriginalDst);
+    }
+    if me.is_listener(dst) {
+        return Err(RefuseReason::DestinationIsListener);
+    }
+    Ok(resolution)
+}
+
+fn destination(evidence: &AcceptEvidence) -> Result<Resolution, RefuseReason> {
+    if let Some(internal) = &evidence.internal {
+        return internal_destination(internal);
+    }
+    if evidence.transparent {
+        return Ok(Resolution {
+            orig_dst: OrigDstAddr::new(evidence.local.get()),
+            provenance: Provenance::TransparentLocal,
+        });
+    }
+    let (addr, provenance) = match evidence.sockopt {
+        SockOptAnswer::V4(addr) => (addr, Provenance::SockOptV4),
+        SockOptAnswer::V6(addr) => (addr, Provenance::SockOptV6),
+        SockOptAnswer::NotFound | SockOptAnswer::NotQueried => {
+            return Err(RefuseReason::NoOriginalDst);
+        }
+        SockOptAnswer::Failed { errno } => return Err(RefuseReason::QueryFailed { errno }),
+    };
+    Ok(Resolution {
+        orig_dst: OrigDstAddr::new(addr),
+        provenance,
+    })
+}
+
+/// Dynamic metadata wins over filter state, as in Envoy's original_dst listener filter.
+fn internal_destination(internal: &InternalMetadata) -> Result<Resolution, RefuseReason> {
+    let (text, provenance) = match (&internal.dynamic_local, &internal.filter_state_local) {
+        (Some(text), _) => (text, Provenance::InternalMetadata),
+        (None, Some(text)) => (text, Provenance::InternalFilterState),
+        (None, None) => return Err(RefuseReason::NoOriginalDst),
+    };
+    let addr: SocketAddr = text.parse().map_err(|_| RefuseReason::InvalidMetadata)?;
+    Ok(Resolution {
+        orig_dst: OrigDstAddr::new(addr),
+        provenance,
+    })
+}
+
+#[cfg(test)]
+mod tests;

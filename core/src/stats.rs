@@ -1,0 +1,216 @@
+//! Per-shard counters. Each shard owns one `Counters` and is its only writer; merging shards is a
+//! plain element-wise sum, so aggregation needs no lock (the runtime publishes snapshots).
+
+use crate::connection::Outcome;
+use crate::orig_dst::{Provenance, RefuseReason};
+use crate::relay::Dir;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// One counter. Names follow Envoy's where an equivalent exists.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum Counter {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+            /// How many counters there are.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The exported name.
+            pub const fn name(self) -> &'static str {
+                match self { $(Self::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted from downstream.
+    DownstreamCxTotal => "downstream_cx_total",
+    /// Downstream connections that ended (any outcome, refusals included).
+    DownstreamCxDestroy => "downstream_cx_destroy",
+    /// Bytes read from clients and relayed upstream.
+    DownstreamCxRxBytesTotal => "downstream_cx_rx_bytes_total",
+    /// Bytes read from upstreams and relayed to clients.
+    DownstreamCxTxBytesTotal => "downstream_cx_tx_bytes_total",
+    /// Upstream connection attempts.
+    UpstreamCxTotal => "upstream_cx_total",
+    /// Upstream connects that failed (refused, unreachable, ...).
+    UpstreamCxConnectFail => "upstream_cx_connect_fail",
+    /// Upstream connects that did not finish within the connect timeout.
+    UpstreamCxConnectTimeout => "upstream_cx_connect_timeout",
+    /// Connections ended because the upstream reset or failed mid-stream.
+    UpstreamCxReset => "upstream_cx_reset",
+    /// Connections ended because the client reset or failed mid-stream.
+    DownstreamCxReset => "downstream_cx_reset",
+    /// Connections closed by the idle timeout.
+    IdleTimeout => "idle_timeout",
+    /// Connections reset because the drain deadline passed.
+    DrainAborted => "drain_aborted",
+    /// Connections where both directions finished cleanly.
+    Completed => "completed",
+    /// Half-closes started by the client (client EOF relayed upstream).
+    HalfCloseFromClient => "half_close_from_client",
+    /// Half-closes started by the upstream.
+    HalfCloseFromUpstream => "half_close_from_upstream",
+    /// Original destinations from SO_ORIGINAL_DST.
+    OrigDstSockOptV4 => "orig_dst_sockopt_v4",
+    /// Original destinations from IP6T_SO_ORIGINAL_DST.
+    OrigDstSockOptV6 => "orig_dst_sockopt_v6",
+    /// Original destinations from a transparent listener's local address.
+    OrigDstTransparent => "orig_dst_transparent_local",
+    /// Original destinations from internal-listener dynamic metadata.
+    OrigDstInternalMetadata => "orig_dst_internal_metadata",
+    /// Original destinations from internal-listener filter state.
+    OrigDstInternalFilterState => "orig_dst_internal_filter_state",
+    /// Refused: not redirected (no original destination).
+    RefusedNoOriginalDst => "refused_no_original_dst",
+    /// Refused: the original-destination query failed.
+    RefusedQueryFailed => "refused_orig_dst_query_failed",
+    /// Refused: the destination is one of our own listeners.
+    RefusedDestinationIsListener => "refused_destination_is_listener",
+    /// Refused: the connection carries our own mark.
+    RefusedOwnMark => "refused_own_mark",
+    /// Refused: malformed internal-listener metadata.
+    RefusedInvalidMetadata => "refused_invalid_metadata",
+    /// Refused: the shard's connection limit was reached.
+    RefusedOverflow => "downstream_cx_overflow",
+    /// Accepts that failed in the kernel (EMFILE, ENFILE, ENOMEM, ...).
+    AcceptFail => "downstream_cx_accept_fail",
+}
+
+/// A shard's counters, indexed by [`Counter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters([u64; Counter::COUNT]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self([0; Counter::COUNT])
+    }
+}
+
+impl Counters {
+    /// Adds `n` to `counter`.
+    pub fn add(&mut self, counter: Counter, n: u64) {
+        let slot = &mut self.0[counter as usize];
+        *slot = slot.wrapping_add(n);
+    }
+
+    /// Adds one to `counter`.
+    pub fn incr(&mut self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// Downstream connections accepted and not yet destroyed.
+    pub fn active(&self) -> u64 {
+        self.get(Counter::DownstreamCxTotal)
+            .saturating_sub(self.get(Counter::DownstreamCxDestroy))
+    }
+
+    /// Element-wise sum: how shards are aggregated.
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
+            *mine = mine.wrapping_add(*theirs);
+        }
+    }
+
+    /// All counters as (name, value), in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|&c| (c.name(), self.get(c)))
+    }
+
+    /// Raw values in index order, for lock-free publication.
+    pub fn as_array(&self) -> &[u64; Counter::COUNT] {
+        &self.0
+    }
+
+    /// Rebuilds counters from raw values in index order.
+    pub fn from_array(values: [u64; Counter::COUNT]) -> Self {
+        Self(values)
+    }
+
+    pub(crate) fn record_provenance(&mut self, provenance: Provenance) {
+        self.incr(match provenance {
+            Provenance::SockOptV4 => Counter::OrigDstSockOptV4,
+            Provenance::SockOptV6 => Counter::OrigDstSockOptV6,
+            Provenance::TransparentLocal => Counter::OrigDstTransparent,
+            Provenance::InternalMetadata => Counter::OrigDstInternalMetadata,
+            Provenance::InternalFilterState => Counter::OrigDstInternalFilterState,
+        });
+    }
+
+    pub(crate) fn record_bytes(&mut self, dir: Dir, n: u64) {
+        self.add(
+            match dir {
+                Dir::ClientToUpstream => Counter::DownstreamCxRxBytesTotal,
+                Dir::UpstreamToClient => Counter::DownstreamCxTxBytesTotal,
+            },
+            n,
+        );
+    }
+
+    pub(crate) fn record_outcome(&mut self, outcome: Outcome) {
+        self.incr(Counter::DownstreamCxDestroy);
+        self.incr(match outcome {
+            Outcome::Completed => Counter::Completed,
+            Outcome::Refused(reason) => refusal_counter(reason),
+            Outcome::ConnectFailed(_) => Counter::UpstreamCxConnectFail,
+            Outcome::ConnectTimeout => Counter::UpstreamCxConnectTimeout,
+            Outcome::UpstreamFailed(_) => Counter::UpstreamCxReset,
+            Outcome::ClientFailed(_) => Counter::DownstreamCxReset,
+            Outcome::IdleTimeout => Counter::IdleTimeout,
+            Outcome::DrainAborted => Counter::DrainAborted,
+            Outcome::Overflow => Counter::RefusedOverflow,
+        });
+    }
+}
+
+fn refusal_counter(reason: RefuseReason) -> Counter {
+    match reason {
+        RefuseReason::NoOriginalDst => Counter::RefusedNoOriginalDst,
+        RefuseReason::QueryFailed { .. } => Counter::RefusedQueryFailed,
+        RefuseReason::DestinationIsListener => Counter::RefusedDestinationIsListener,
+        RefuseReason::OwnMark { .. } => Counter::RefusedOwnMark,
+        RefuseReason::InvalidMetadata => Counter::RefusedInvalidMetadata,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_indexes_dense() {
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::COUNT);
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
+    }
+
+    #[test]
+    fn merge_sums_and_active_is_total_minus_destroyed() {
+        let mut a = Counters::default();
+        a.add(Counter::DownstreamCxTotal, 5);
+        a.add(Counter::DownstreamCxDestroy, 2);
+        let mut b = Counters::default();
+        b.add(Counter::DownstreamCxTotal, 1);
+        b.add(Counter::DownstreamCxRxBytesTotal, 10);
+        a.merge(&b);
+        assert_eq!(a.get(Counter::DownstreamCxTotal), 6);
+        assert_eq!(a.get(Counter::DownstreamCxRxBytesTotal), 10);
+        assert_eq!(a.active(), 4);
+        assert_eq!(Counters::from_array(*a.as_array()), a);
+    }
+}
