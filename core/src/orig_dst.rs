@@ -181,10 +181,10 @@ impl SelfAddrs {
 /// order: own mark, destination source (internal metadata > transparent local > socket option),
 /// "not restored", destination is a listener.
 pub fn resolve(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<Resolution, RefuseReason> {
-    if let (Some(mark), Some(own)) = (evidence.mark, me.own_mark) {
-        if mark == own {
-            return Err(RefuseReason::OwnMark { mark });
-        }
+    if let (Some(mark), Some(own)) = (evidence.mark, me.own_mark)
+        && mark == own
+    {
+        return Err(RefuseReason::OwnMark { mark });
     }
     let resolution = destination(evidence)?;
     let dst = resolution.orig_dst.get();

@@ -210,13 +210,11 @@ fn validate_listener(
 }
 
 fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, ConfigError> {
-    if let Some(protocol) = &raw.protocol {
-        if protocol != "TCP" {
-            return Err(ConfigError::new(
-                format!("{path}.protocol"),
-                format!("only TCP is supported, got {protocol:?}"),
-            ));
-        }
+    if let Some(protocol) = raw.protocol.as_deref().filter(|&p| p != "TCP") {
+        return Err(ConfigError::new(
+            format!("{path}.protocol"),
+            format!("only TCP is supported, got {protocol:?}"),
+        ));
     }
     let ip: IpAddr = raw.address.parse().map_err(|_| {
         ConfigError::new(

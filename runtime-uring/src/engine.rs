@@ -1,0 +1,308 @@
+//! Start-up, the shard threads, signals, drain and the final tally. The main thread never touches
+//! the data path: it spawns shards, waits for signals or shard exits, and reads published counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, select};
+use origdst_core::addr::ListenerAddr;
+use origdst_core::config::{Config, DataPath};
+use origdst_core::orig_dst::SelfAddrs;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+use crate::published::{ShardRow, render};
+use crate::shard::{Shard, ShardControl, ShardSetup};
+use crate::sys;
+
+/// Why the engine stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A shard could not start (bind failed, io_uring refused, ...).
+    #[error("shard {shard} failed to start: {reason}")]
+    Startup {
+        /// Which shard.
+        shard: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A shard stopped with an error or panicked while running.
+    #[error("shard {shard} failed: {reason}")]
+    ShardFailed {
+        /// Which shard.
+        shard: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Process-level set-up failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Settings resolved from config and command line.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// The validated config.
+    pub config: Config,
+    /// Shard count (resolved: never 0).
+    pub shards: usize,
+    /// The data path.
+    pub data_path: DataPath,
+}
+
+enum ShardEvent {
+    Started(usize, Result<(), String>),
+    Exited(usize, Result<(), String>),
+}
+
+/// Sends `Exited` even when the shard thread unwinds from a panic.
+struct ExitGuard {
+    shard: usize,
+    events: crossbeam_channel::Sender<ShardEvent>,
+    result: Option<Result<(), String>>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err("shard thread panicked".into()));
+        let _ = self.events.send(ShardEvent::Exited(self.shard, result));
+    }
+}
+
+/// Runs origdst until SIGTERM/SIGINT and a finished drain. Blocks the calling thread.
+pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
+    ignore_sigpipe()?;
+    raise_nofile_limit();
+    let config = Arc::new(settings.config.clone());
+    let me = Arc::new(self_addrs(&config));
+    let origin = std::time::Instant::now();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let signals = signal_channel()?;
+    let mut controls = Vec::new();
+    let mut rows = Vec::new();
+    let mut handles = Vec::new();
+    for id in 0..settings.shards {
+        let control =
+            Arc::new(ShardControl::new().map_err(|e| EngineError::Setup(format!("eventfd: {e}")))?);
+        let row = Arc::new(ShardRow::default());
+        let setup = ShardSetup {
+            id,
+            config: Arc::clone(&config),
+            data_path: settings.data_path,
+            me: Arc::clone(&me),
+            control: Arc::clone(&control),
+            row: Arc::clone(&row),
+            pipe_budget_bytes: config.knobs.pipe_budget_bytes / settings.shards as u64,
+            origin,
+        };
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let events = events_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("origdst-shard-{id}"))
+            .spawn(move || shard_main(setup, core, events))
+            .map_err(|e| EngineError::Setup(format!("spawning shard {id}: {e}")))?;
+        controls.push(control);
+        rows.push(row);
+        handles.push(handle);
+    }
+    drop(events_tx);
+    let result = supervise(&settings, &config, &controls, &rows, &events, &signals);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    tracing::info!("final stats: {}", render(&rows));
+    result
+}
+
+fn shard_main(
+    setup: ShardSetup,
+    core: Option<core_affinity::CoreId>,
+    events: crossbeam_channel::Sender<ShardEvent>,
+) {
+    let id = setup.id;
+    if let Some(core) = core {
+        // Pinning is an optimisation; an unpinned shard still works (e.g. restricted cpusets).
+        let _ = core_affinity::set_for_current(core);
+    }
+    let mut guard = ExitGuard {
+        shard: id,
+        events: events.clone(),
+        result: None,
+    };
+    let shard = match Shard::new(setup) {
+        Ok(shard) => shard,
+        Err(reason) => {
+            let _ = events.send(ShardEvent::Started(id, Err(reason)));
+            guard.result = Some(Ok(()));
+            return;
+        }
+    };
+    let _ = events.send(ShardEvent::Started(id, Ok(())));
+    guard.result = Some(shard.run());
+}
+
+fn supervise(
+    settings: &EngineSettings,
+    config: &Config,
+    controls: &[Arc<ShardControl>],
+    rows: &[Arc<ShardRow>],
+    events: &Receiver<ShardEvent>,
+    signals: &Receiver<i32>,
+) -> Result<(), EngineError> {
+    let mut started = 0;
+    let mut running = settings.shards;
+    let mut failure: Option<EngineError> = None;
+    while started < settings.shards && failure.is_none() {
+        match events.recv() {
+            Ok(ShardEvent::Started(_, Ok(()))) => started += 1,
+            Ok(ShardEvent::Started(shard, Err(reason))) => {
+                running -= 1;
+                failure = Some(EngineError::Startup { shard, reason });
+            }
+            Ok(ShardEvent::Exited(shard, result)) => {
+                running -= 1;
+                failure = Some(EngineError::ShardFailed {
+                    shard,
+                    reason: result.err().unwrap_or_default(),
+                });
+            }
+            Err(_) => return Err(EngineError::Setup("every shard thread vanished".into())),
+        }
+    }
+    if let Some(err) = failure {
+        controls.iter().for_each(|c| c.abort());
+        wait_exits(events, running);
+        return Err(err);
+    }
+    print_startup(settings, config);
+    let mut signalled = false;
+    while running > 0 {
+        select! {
+            recv(signals) -> signal => match signal {
+                Ok(SIGUSR1) => tracing::info!("stats: {}", render(rows)),
+                Ok(signal) if !signalled => {
+                    signalled = true;
+                    tracing::info!(signal, deadline = ?config.knobs.drain_timeout,
+                        "draining: no new connections; open ones may finish until the deadline");
+                    controls.iter().for_each(|c| c.drain());
+                }
+                Ok(_) => {
+                    tracing::warn!("second signal: resetting every open connection now");
+                    controls.iter().for_each(|c| c.abort());
+                }
+                Err(_) => {}
+            },
+            recv(events) -> event => match event {
+                Ok(ShardEvent::Exited(shard, result)) => {
+                    running -= 1;
+                    if let Err(reason) = result {
+                        tracing::error!(shard, %reason, "shard failed; stopping the others");
+                        controls.iter().for_each(|c| c.abort());
+                        failure.get_or_insert(EngineError::ShardFailed { shard, reason });
+                    }
+                }
+                Ok(ShardEvent::Started(..)) => {}
+                Err(_) => break,
+            },
+        }
+    }
+    if failure.is_none() {
+        tracing::info!("drained; exiting");
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn wait_exits(events: &Receiver<ShardEvent>, mut running: usize) {
+    while running > 0 {
+        match events.recv_timeout(Duration::from_secs(30)) {
+            Ok(ShardEvent::Exited(..)) => running -= 1,
+            Ok(ShardEvent::Started(_, Ok(()))) => {}
+            Ok(ShardEvent::Started(_, Err(_))) => running -= 1,
+            Err(_) => return,
+        }
+    }
+}
+
+fn print_startup(settings: &EngineSettings, config: &Config) {
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let addrs: Vec<String> = l.addresses.iter().map(SocketAddr::to_string).collect();
+            format!(
+                "{}[{}{}]",
+                l.name,
+                addrs.join(","),
+                if l.transparent { ",transparent" } else { "" }
+            )
+        })
+        .collect();
+    let mark = config
+        .knobs
+        .upstream_mark
+        .map_or("off".to_string(), |m| m.to_string());
+    tracing::info!(
+        "origdst {} started: backend=io_uring data_path={} shards={} listeners={} upstream_mark={}",
+        env!("CARGO_PKG_VERSION"),
+        settings.data_path.name(),
+        settings.shards,
+        listeners.join(" "),
+        mark,
+    );
+}
+
+fn self_addrs(config: &Config) -> SelfAddrs {
+    SelfAddrs {
+        listeners: config.listen_addrs().map(ListenerAddr::new).collect(),
+        local_ips: sys::local_ips(),
+        own_mark: config.knobs.upstream_mark,
+    }
+}
+
+fn signal_channel() -> Result<Receiver<i32>, EngineError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .map_err(|e| EngineError::Setup(format!("signal handlers: {e}")))?;
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    thread::Builder::new()
+        .name("origdst-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| EngineError::Setup(format!("signal thread: {e}")))?;
+    Ok(rx)
+}
+
+/// A peer that resets while we write would otherwise kill the process with SIGPIPE (splice(2) and
+/// write(2) have no MSG_NOSIGNAL).
+fn ignore_sigpipe() -> Result<(), EngineError> {
+    // SAFETY: installing SIG_IGN has no handler code to be unsafe about.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .map(drop)
+    .map_err(|e| EngineError::Setup(format!("ignoring SIGPIPE: {e}")))
+}
+
+/// Two descriptors per connection: raise the soft limit to the hard one, as Envoy and HAProxy do.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
+    {
+        tracing::debug!(from = soft, to = hard, "raised RLIMIT_NOFILE");
+    }
+}

@@ -1,0 +1,14 @@
+//! origdst's real engine: one io_uring shard per core relaying redirected TCP connections, driving
+//! the sans-IO `origdst-core`. All `unsafe` of the project lives in this crate (ring memory, SQE
+//! submission, adopting descriptors from completions), each block with its reason.
+
+#![warn(missing_docs)]
+
+mod buf_ring;
+pub mod engine;
+mod pipe_pool;
+pub mod published;
+mod shard;
+mod sys;
+mod timers;
+mod token;

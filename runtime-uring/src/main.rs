@@ -1,0 +1,146 @@
+//! The `origdst` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath};
+use origdst_runtime_uring::engine::{self, EngineSettings};
+
+/// origdst — a transparent TCP proxy for traffic that iptables/nftables redirects.
+///
+/// Every connection redirected to origdst (REDIRECT, or TPROXY on a transparent listener) is
+/// relayed to the destination the client originally dialled, byte for byte, with half-close and
+/// resets carried through. One io_uring shard per CPU does the work.
+#[derive(Parser)]
+#[command(name = "origdst", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy. Without --config it runs the embedded default: an Istio-style outbound
+    /// capture listener on port 15001 (IPv4 and IPv6) relaying to each original destination.
+    /// SIGTERM/SIGINT drain (no new connections; open ones finish until origdst.drain_timeout),
+    /// a second signal resets what is left; SIGUSR1 logs the counters.
+    Run {
+        /// Config file (Envoy v3 static bootstrap YAML, plus an `origdst:` section).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override origdst.data_path.
+        #[arg(long, value_enum)]
+        data_path: Option<DataPathArg>,
+        /// Override origdst.shards (0: one per CPU).
+        #[arg(long)]
+        shards: Option<u32>,
+        /// Log level: error, warn, info, debug, trace.
+        #[arg(long, default_value = "info")]
+        log_level: tracing::Level,
+    },
+    /// Validate a config file and exit: 0 if valid, 2 with the offending field if not.
+    Check {
+        /// Config file to validate.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the embedded default config (a starting point for your own).
+    DefaultConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DataPathArg {
+    /// io_uring readiness + inline splice(2) through pooled pipes.
+    UringSplice,
+    /// io_uring multishot recv into provided buffers + send.
+    UringCopy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            data_path,
+            shards,
+            log_level,
+        } => {
+            init_logging(log_level);
+            let config = match load(config.as_ref()) {
+                Ok(config) => config,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let data_path = data_path.map_or(config.knobs.data_path, |arg| match arg {
+                DataPathArg::UringSplice => DataPath::UringSplice,
+                DataPathArg::UringCopy => DataPath::UringCopy,
+            });
+            let shards = match shards.or(config.knobs.shards.map(|n| n.get())) {
+                Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n) => n as usize,
+            };
+            match engine::run(EngineSettings {
+                config,
+                shards,
+                data_path,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => match load(Some(&config)) {
+            Ok(config) => {
+                let listeners: usize = config.listeners.iter().map(|l| l.addresses.len()).sum();
+                println!(
+                    "{}: valid ({} listeners, {listeners} addresses)",
+                    config_name(&config),
+                    config.listeners.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{DEFAULT_YAML}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn config_name(config: &Config) -> String {
+    config.listeners.first().map_or_else(
+        || "config".into(),
+        |l| format!("config (first listener {:?})", l.name),
+    )
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    let Some(path) = path else {
+        return Ok(Config::default_config());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+    Config::from_yaml(&text).map_err(|err: ConfigError| format!("{}: {err}", path.display()))
+}
+
+fn init_logging(level: tracing::Level) {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Exit status for an invalid config (distinct from runtime failure, 1).
+const EXIT_CONFIG: u8 = 2;

@@ -1,0 +1,105 @@
+//! Lock-free publication of per-shard counters: each shard is the only writer of its row and
+//! stores relaxed snapshots; readers (the main thread, later the admin endpoint) merge rows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use origdst_core::stats::{Counter, Counters};
+
+/// Gauges the runtime owns (core knows nothing of pipes and buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Gauge {
+    /// Open connections on the shard.
+    ConnectionsActive,
+    /// Pipes leased from the shard's pool.
+    PipesLeased,
+    /// Pipes that came out smaller than requested.
+    PipesShrunk,
+    /// Pipes discarded with bytes in them.
+    PipesDiscarded,
+    /// Provided buffers holding bytes in flight.
+    BuffersInFlight,
+    /// Directions that fell back to copying because no pipe was available.
+    SpliceFallbackCopies,
+}
+
+impl Gauge {
+    /// Every gauge, in index order.
+    pub const ALL: [Self; 6] = [
+        Self::ConnectionsActive,
+        Self::PipesLeased,
+        Self::PipesShrunk,
+        Self::PipesDiscarded,
+        Self::BuffersInFlight,
+        Self::SpliceFallbackCopies,
+    ];
+
+    /// The exported name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConnectionsActive => "connections_active",
+            Self::PipesLeased => "pipes_leased",
+            Self::PipesShrunk => "pipes_shrunk",
+            Self::PipesDiscarded => "pipes_discarded",
+            Self::BuffersInFlight => "buffers_in_flight",
+            Self::SpliceFallbackCopies => "splice_fallback_copies",
+        }
+    }
+}
+
+/// One shard's published row.
+pub struct ShardRow {
+    counters: [AtomicU64; Counter::COUNT],
+    gauges: [AtomicU64; Gauge::ALL.len()],
+}
+
+impl Default for ShardRow {
+    fn default() -> Self {
+        Self {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            gauges: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ShardRow {
+    /// Called by the owning shard only.
+    pub(crate) fn publish(&self, counters: &Counters, gauges: &[u64; Gauge::ALL.len()]) {
+        for (slot, value) in self.counters.iter().zip(counters.as_array()) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+        for (slot, value) in self.gauges.iter().zip(gauges) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        Counters::from_array(std::array::from_fn(|i| {
+            self.counters[i].load(Ordering::Relaxed)
+        }))
+    }
+
+    /// A gauge's value.
+    pub fn gauge(&self, gauge: Gauge) -> u64 {
+        self.gauges[gauge as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Renders merged counters and summed gauges as one `name=value` line.
+pub fn render(rows: &[std::sync::Arc<ShardRow>]) -> String {
+    let mut total = Counters::default();
+    for row in rows {
+        total.merge(&row.counters());
+    }
+    let mut out = String::new();
+    for (name, value) in total.iter() {
+        out.push_str(&format!("{name}={value} "));
+    }
+    for gauge in Gauge::ALL {
+        let sum: u64 = rows.iter().map(|row| row.gauge(gauge)).sum();
+        out.push_str(&format!("{}={sum} ", gauge.name()));
+    }
+    out.pop();
+    out
+}

@@ -1,0 +1,96 @@
+//! A connection as the shard holds it: core's state machine plus the sockets and the two
+//! directions' I/O state.
+
+use std::os::fd::{OwnedFd, RawFd};
+
+use origdst_core::config::DataPath;
+use origdst_core::connection::Connection;
+use origdst_core::relay::{Dir, Side};
+use origdst_core::time::Instant;
+
+use super::copy::CopyDir;
+use super::io::{DirKey, Io};
+use super::progress::Progress;
+use super::splice::SpliceDir;
+use crate::sys::raw;
+
+/// One direction's data path state.
+#[derive(Debug)]
+pub(crate) enum DirIo {
+    Copy(CopyDir),
+    Splice(SpliceDir),
+}
+
+impl DirIo {
+    fn new(path: DataPath) -> Self {
+        match path {
+            DataPath::UringCopy => Self::Copy(CopyDir::default()),
+            DataPath::UringSplice => Self::Splice(SpliceDir::default()),
+        }
+    }
+
+    /// `Transfer{dir}`.
+    pub(crate) fn start(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+        match self {
+            Self::Copy(copy) => {
+                copy.start(io, fds.0, key);
+                Progress::default()
+            }
+            Self::Splice(splice) => splice.pump(io, fds, key),
+        }
+    }
+
+    /// Woken from the ready queue (yielded, or a buffer/pipe came back).
+    pub(crate) fn resume(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+        match self {
+            Self::Copy(copy) => {
+                copy.resume(io, fds.0, key);
+                Progress::default()
+            }
+            Self::Splice(splice) => splice.pump(io, fds, key),
+        }
+    }
+
+    pub(crate) fn release(&mut self, io: &mut Io) {
+        match self {
+            Self::Copy(copy) => copy.release(io),
+            Self::Splice(splice) => splice.release(io),
+        }
+    }
+}
+
+pub(crate) struct ConnIo {
+    pub(crate) core: Connection,
+    pub(crate) generation: u16,
+    pub(crate) client: OwnedFd,
+    pub(crate) upstream: Option<OwnedFd>,
+    pub(crate) dirs: [DirIo; 2],
+    /// The deadline of this connection's live entry in the timer heap, if any.
+    pub(crate) timer_at: Option<Instant>,
+}
+
+impl ConnIo {
+    pub(crate) fn new(core: Connection, generation: u16, client: OwnedFd, path: DataPath) -> Self {
+        Self {
+            core,
+            generation,
+            client,
+            upstream: None,
+            dirs: [DirIo::new(path), DirIo::new(path)],
+            timer_at: None,
+        }
+    }
+
+    pub(crate) fn fd(&self, side: Side) -> Option<&OwnedFd> {
+        match side {
+            Side::Client => Some(&self.client),
+            Side::Upstream => self.upstream.as_ref(),
+        }
+    }
+
+    /// (source, sink) descriptors of `dir`. Only called while relaying, when both exist.
+    pub(crate) fn fds(&self, dir: Dir) -> (RawFd, RawFd) {
+        let fd = |side| raw(self.fd(side).expect("both sockets exist while relaying"));
+        (fd(dir.source()), fd(dir.sink()))
+    }
+}

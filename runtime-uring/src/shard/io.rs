@@ -1,0 +1,114 @@
+//! The shard's I/O context: the ring and everything pumps borrow while a connection is borrowed
+//! too (buffer ring, pipe pool, fallback buffers, the ready and waiter queues).
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
+use io_uring::{IoUring, squeue};
+use origdst_core::relay::Dir;
+
+use crate::buf_ring::BufRing;
+use crate::pipe_pool::PipePool;
+
+/// Identifies one direction of one live connection; stale keys are detected by generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirKey {
+    pub(crate) slot: usize,
+    pub(crate) generation: u16,
+    pub(crate) dir: Dir,
+}
+
+/// Heap buffers for the splice path's copy fallback (when the pipe pool is empty). Bounded.
+pub(crate) struct BufferPool {
+    free: Vec<Box<[u8]>>,
+    allocated: u32,
+    max: u32,
+    size_bytes: usize,
+}
+
+impl BufferPool {
+    pub(crate) fn new(max: u32, size_bytes: u32) -> Self {
+        Self {
+            free: Vec::new(),
+            allocated: 0,
+            max,
+            size_bytes: size_bytes as usize,
+        }
+    }
+
+    pub(crate) fn lease(&mut self) -> Option<Box<[u8]>> {
+        if let Some(buf) = self.free.pop() {
+            return Some(buf);
+        }
+        if self.allocated >= self.max {
+            return None;
+        }
+        self.allocated += 1;
+        Some(vec![0; self.size_bytes].into_boxed_slice())
+    }
+
+    pub(crate) fn give_back(&mut self, buf: Box<[u8]>) {
+        assert_eq!(buf.len(), self.size_bytes);
+        assert!(
+            self.free.len() < self.allocated as usize,
+            "more buffers returned than leased"
+        );
+        self.free.push(buf);
+    }
+}
+
+/// Declared first in `Shard` so the ring is dropped before the buffers it may reference.
+pub(crate) struct Io {
+    pub(crate) ring: IoUring,
+    /// SQEs that did not fit the submission queue; flushed before anything else each turn.
+    pub(crate) backlog: VecDeque<squeue::Entry>,
+    pub(crate) buf_ring: Option<BufRing>,
+    pub(crate) pipes: PipePool,
+    pub(crate) fallback: BufferPool,
+    /// Directions to pump again this turn (yielded after their round budget, or resumed).
+    pub(crate) ready: VecDeque<DirKey>,
+    /// Directions waiting for a buffer or pipe to come back.
+    pub(crate) waiters: VecDeque<DirKey>,
+    /// Descriptors to close once the cancels queued for them have been submitted.
+    pub(crate) closing: Vec<OwnedFd>,
+    /// Times a splice direction had to copy because no pipe was available.
+    pub(crate) fallback_copies: u64,
+}
+
+impl Io {
+    /// Queues an SQE; if the submission queue is full, submits what is there and retries, and only
+    /// if that fails too keeps it in the backlog for the next turn.
+    pub(crate) fn push(&mut self, entry: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(entry);
+            return;
+        }
+        // SAFETY (for every push in this crate): SQEs reference only memory that outlives the
+        // operation — descriptors kept open until their cancels are submitted, buffer-ring memory
+        // dropped after the ring, and no stack memory.
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            return;
+        }
+        let _ = self.ring.submit();
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.backlog.push_back(entry);
+        }
+    }
+
+    /// Moves backlogged SQEs into the submission queue, as many as fit.
+    pub(crate) fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                return;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// A buffer or pipe came back: let one waiting direction try again.
+    pub(crate) fn wake_waiter(&mut self) {
+        if let Some(key) = self.waiters.pop_front() {
+            self.ready.push_back(key);
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! A shard: one thread, one io_uring, one `SO_REUSEPORT` listener per configured address, its own
+//! connections, buffers, pipes and counters. Nothing here is shared with other shards except the
+//! published counter row and the control flags (atomics).
+
+mod conn;
+mod copy;
+mod io;
+mod progress;
+mod splice;
+
+use std::collections::VecDeque;
+use std::io as stdio;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, types};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use origdst_core::config::{Config, DataPath};
+use origdst_core::connection::{Action, Connection, Outcome};
+use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::relay::{Dir, HalfState};
+use origdst_core::stats::{Counter, Counters};
+use origdst_core::time::Instant;
+use slab::Slab;
+use socket2::Socket;
+
+use self::conn::{ConnIo, DirIo};
+use self::io::{BufferPool, DirKey, Io};
+use self::progress::{DirEnd, Progress};
+use crate::buf_ring::BufRing;
+use crate::pipe_pool::PipePool;
+use crate::published::{Gauge, ShardRow};
+use crate::sys::{self, ConnectStart};
+use crate::timers::{TimerKey, Timers};
+use crate::token::{Kind, SLOT_LIMIT, Token};
+
+/// Cross-thread control of one shard: the main thread sets a flag and writes the eventfd.
+pub(crate) struct ShardControl {
+    wake: EventFd,
+    drain: AtomicBool,
+    abort: AtomicBool,
+}
+
+impl ShardControl {
+    pub(crate) fn new() -> stdio::Result<Self> {
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Self {
+            wake,
+            drain: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        })
+    }
+
+    /// Stop accepting and let open connections finish until the drain deadline.
+    pub(crate) fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+    }
+
+    /// Reset whatever is still open, now.
+    pub(crate) fn abort(&self) {
+        self.abort.store(true, Ordering::Release);
+        self.drain();
+    }
+}
+
+/// Everything a shard needs to start.
+pub(crate) struct ShardSetup {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) data_path: DataPath,
+    pub(crate) me: Arc<SelfAddrs>,
+    pub(crate) control: Arc<ShardControl>,
+    pub(crate) row: Arc<ShardRow>,
+    pub(crate) pipe_budget_bytes: u64,
+    pub(crate) origin: std::time::Instant,
+}
+
+struct ListenerIo {
+    socket: Option<Socket>,
+    /// Index into `config.listeners`.
+    config_index: usize,
+    armed: bool,
+}
+
+/// Field order matters: `io` (and with it the ring) is dropped before anything it references.
+pub(crate) struct Shard {
+    io: Io,
+    setup: ShardSetup,
+    listeners: Vec<ListenerIo>,
+    conns: Slab<ConnIo>,
+    generations: Vec<u16>,
+    timers: Timers,
+    stats: Counters,
+    draining: bool,
+    completions: Vec<(u64, i32, u32)>,
+    log_budget: LogBudget,
+}
+
+impl Shard {
+    /// Creates the ring, the listeners and the pools. Errors here stop start-up with a message.
+    pub(crate) fn new(setup: ShardSetup) -> Result<Self, String> {
+        let knobs = &setup.config.knobs;
+        let ring = new_ring().map_err(|err| format!("io_uring set-up failed: {err}"))?;
+        check_opcodes(&ring)?;
+        let mut workers = [knobs.iowq_workers_max, knobs.iowq_workers_max];
+        ring.submitter()
+            .register_iowq_max_workers(&mut workers)
+            .map_err(|err| format!("capping io-wq workers failed: {err}"))?;
+        let buf_ring = match setup.data_path {
+            DataPath::UringCopy => Some(
+                BufRing::new(
+                    &ring.submitter(),
+                    knobs.buffer_count,
+                    knobs.buffer_size_bytes,
+                    BUFFER_GROUP,
+                )
+                .map_err(|err| format!("registering the provided-buffer ring failed: {err}"))?,
+            ),
+            DataPath::UringSplice => None,
+        };
+        let mut listeners = Vec::new();
+        for (config_index, listener) in setup.config.listeners.iter().enumerate() {
+            for &addr in &listener.addresses {
+                let socket =
+                    sys::listener(addr, listener.transparent, LISTEN_BACKLOG).map_err(|err| {
+                        format!(
+                            "listener {:?}: cannot listen on {addr}: {err}",
+                            listener.name
+                        )
+                    })?;
+                listeners.push(ListenerIo {
+                    socket: Some(socket),
+                    config_index,
+                    armed: false,
+                });
+            }
+        }
+        let io = Io {
+            ring,
+            backlog: VecDeque::new(),
+            buf_ring,
+            pipes: PipePool::new(setup.pipe_budget_bytes, knobs.pipe_size_bytes),
+            fallback: BufferPool::new(FALLBACK_BUFFERS_MAX, knobs.buffer_size_bytes),
+            ready: VecDeque::new(),
+            waiters: VecDeque::new(),
+            closing: Vec::new(),
+            fallback_copies: 0,
+        };
+        Ok(Self {
+            io,
+            setup,
+            listeners,
+            conns: Slab::new(),
+            generations: Vec::new(),
+            timers: Timers::default(),
+            stats: Counters::default(),
+            draining: false,
+            completions: Vec::with_capacity(CQ_ENTRIES as usize),
+            log_budget: LogBudget::default(),
+        })
+    }
+
+    /// Runs until drained. Returns an error only for a ring failure it cannot recover from.
+    pub(crate) fn run(mut self) -> Result<(), String> {
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
+        }
+        self.arm_wake();
+        loop {
+            let now = self.now();
+            self.run_ready(now);
+            self.fire_timers(now);
+            if self.draining && self.conns.is_empty() {
+                break;
+            }
+            self.publish();
+            self.wait()?;
+            let now = self.now();
+            self.handle_completions(now);
+        }
+        self.publish();
+        // Submit the final cancels before the descriptors they name are closed.
+        let _ = self.io.ring.submit();
+        self.io.closing.clear();
+        tracing::debug!(shard = self.setup.id, "shard stopped");
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(
+            u64::try_from(self.setup.origin.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// Submits, then waits for at least one completion unless work is ready, bounded by the next
+    /// timer.
+    fn wait(&mut self) -> Result<(), String> {
+        self.io.flush_backlog();
+        let want = usize::from(self.io.ready.is_empty());
+        let timeout = self.timers.next().map(|at| at - self.now());
+        let result = match (want, timeout) {
+            (0, _) => self.io.ring.submit(),
+            (_, Some(timeout)) => {
+                let ts = types::Timespec::from(timeout.max(Duration::from_micros(1)));
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.io.ring.submitter().submit_with_args(want, &args)
+            }
+            (_, None) => self.io.ring.submit_and_wait(want),
+        };
+        if self.io.backlog.is_empty() {
+            // Every cancel naming these descriptors has been submitted: closing them is safe now.
+            self.io.closing.clear();
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(format!("io_uring_enter failed: {err}")),
+            },
+        }
+    }
+
+    fn handle_completions(&mut self, now: Instant) {
+        let mut batch = std::mem::take(&mut self.completions);
+        batch.clear();
+        batch.extend(
+            self.io
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for &(data, res, flags) in &batch {
+            self.handle_completion(now, Token::decode(data), res, flags);
+        }
+        self.completions = batch;
+    }
+
+    fn handle_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
+        match token.kind {
+            Kind::Accept => self.on_accept(now, token.slot as usize, res, flags),
+            Kind::Wake => self.on_wake(now, flags),
+            Kind::Cancel => {}
+            _ => self.on_conn_completion(now, token, res, flags),
+        }
+    }
+
+    // === accept ===
+
+    fn arm_accept(&mut self, index: usize) {
+        let listener = &mut self.listeners[index];
+        let Some(socket) = &listener.socket else {
+            return;
+        };
+        if listener.armed || self.draining {
+            return;
+        }
+        let token = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream);
+        let accept = opcode::AcceptMulti::new(types::Fd(socket.as_raw_fd()))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build();
+        listener.armed = true;
+        self.io.push(accept.user_data(token.encode()));
+    }
+
+    fn on_accept(&mut self, now: Instant, index: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.listeners[index].armed = false;
+        }
+        if res < 0 {
+            if res == -libc::ECANCELED || self.draining {
+                return;
+            }
+            self.stats.incr(Counter::AcceptFail);
+            if self.log_budget.take(now) {
+                tracing::warn!(shard = self.setup.id, errno = -res, error = %stdio::Error::from_raw_os_error(-res),
+                    "accept failed; backing off {ACCEPT_BACKOFF:?}");
+            }
+            if !more {
+                self.timers.push(
+                    now + ACCEPT_BACKOFF,
+                    TimerKey::AcceptBackoff { listener: index },
+                );
+            }
+            return;
+        }
+        if !more {
+            self.arm_accept(index);
+        }
+        self.accept_one(now, index, sys::own_fd(res));
+    }
+
+    fn accept_one(&mut self, now: Instant, index: usize, fd: OwnedFd) {
+        let listener = &self.setup.config.listeners[self.listeners[index].config_index];
+        let params = listener.params.clone();
+        sys::set_nodelay(&fd);
+        let evidence = match sys::accept_evidence(&fd, listener.transparent) {
+            Ok(evidence) => evidence,
+            Err(err) => {
+                // The client left between accept and getpeername: nothing to relay or reset.
+                self.stats.incr(Counter::AcceptFail);
+                tracing::debug!(error = %err, "accepted socket unusable");
+                return;
+            }
+        };
+        let limit = self.setup.config.knobs.connections_per_shard_max as usize;
+        if self.conns.len() >= limit.min(SLOT_LIMIT) {
+            let mut core = Connection::overflow(now, evidence.client, &params, &mut self.stats);
+            while core.poll_action().is_some() {}
+            sys::arm_reset(&fd);
+            if self.log_budget.take(now) {
+                tracing::warn!(shard = self.setup.id, client = %evidence.client, limit, "connection limit reached; reset");
+            }
+            return;
+        }
+        let core = Connection::accept(now, &evidence, &self.setup.me, &params, &mut self.stats);
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if self.generations.len() <= slot {
+            self.generations.resize(slot + 1, 0);
+        }
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let generation = self.generations[slot];
+        entry.insert(ConnIo::new(core, generation, fd, self.setup.data_path));
+        self.drive(now, slot);
+    }
+
+    // === connection events ===
+
+    fn on_conn_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
+        let slot = token.slot as usize;
+        let live = self
+            .conns
+            .get(slot)
+            .is_some_and(|c| c.generation == token.generation);
+        if !live {
+            self.recycle_stale(token, flags);
+            return;
+        }
+        let key = DirKey {
+            slot,
+            generation: token.generation,
+            dir: token.dir,
+        };
+        let conn = &mut self.conns[slot];
+        let progress = match token.kind {
+            Kind::ConnectPoll => {
+                self.finish_connect(now, slot, res);
+                return;
+            }
+            Kind::Recv | Kind::Send | Kind::PollIn | Kind::PollOut => {
+                let fds = conn.fds(token.dir);
+                match (&mut conn.dirs[token.dir.index()], token.kind) {
+                    (DirIo::Copy(copy), Kind::Recv) => {
+                        copy.on_recv(&mut self.io, fds, key, res, flags)
+                    }
+                    (DirIo::Copy(copy), Kind::Send) => copy.on_send(&mut self.io, fds, key, res),
+                    (DirIo::Copy(copy), Kind::PollOut) => {
+                        copy.on_pollout(&mut self.io, fds.1, key);
+                        Progress::default()
+                    }
+                    (DirIo::Splice(splice), Kind::PollIn | Kind::PollOut) => {
+                        splice.on_poll(&mut self.io, fds, key)
+                    }
+                    (dir, kind) => unreachable!("{kind:?} completion on {dir:?}"),
+                }
+            }
+            Kind::Accept | Kind::Wake | Kind::Cancel => unreachable!("not a connection completion"),
+        };
+        self.apply(now, key, progress);
+    }
+
+    /// A completion for a connection that is gone: give back the buffer it carries, if any.
+    fn recycle_stale(&mut self, token: Token, flags: u32) {
+        let Some(ring) = self.io.buf_ring.as_mut() else {
+            return;
+        };
+        match token.kind {
+            Kind::Recv => {
+                if let Some(id) = cqueue::buffer_select(flags) {
+                    ring.taken();
+                    ring.give_back(id);
+                }
+            }
+            // A send's buffer was kept back at release because the kernel still owned it.
+            Kind::Send => ring.give_back(token.buf),
+            _ => {}
+        }
+    }
+
+    fn finish_connect(&mut self, now: Instant, slot: usize, res: i32) {
+        let conn = &mut self.conns[slot];
+        let upstream = conn
+            .upstream
+            .as_ref()
+            .expect("connect poll for a socket we created");
+        let failure = if res < 0 {
+            Some(sys::errno_kind(-res))
+        } else {
+            sys::connect_result(upstream)
+        };
+        match failure {
+            None => conn.core.handle_connected(now),
+            Some(kind) => conn.core.handle_connect_failed(now, kind, &mut self.stats),
+        }
+        self.drive(now, slot);
+    }
+
+    /// Feeds a pump's progress to core and executes what core asks for.
+    fn apply(&mut self, now: Instant, key: DirKey, progress: Progress) {
+        self.feed(now, key.slot, key.dir, progress);
+        self.drive(now, key.slot);
+    }
+
+    /// Turns a pump's progress into core events (no actions executed yet).
+    fn feed(&mut self, now: Instant, slot: usize, dir: Dir, progress: Progress) {
+        let core = &mut self.conns[slot].core;
+        if progress.bytes > 0 {
+            core.handle_transferred(now, dir, progress.bytes, &mut self.stats);
+        }
+        match progress.end {
+            None => {}
+            Some(DirEnd::Eof) => core.handle_eof(now, dir, &mut self.stats),
+            Some(DirEnd::Failed(side, kind)) => core.handle_error(now, side, kind, &mut self.stats),
+        }
+    }
+
+    /// Executes core's actions until it has none, then re-arms the connection's timer.
+    fn drive(&mut self, now: Instant, slot: usize) {
+        loop {
+            let conn = &mut self.conns[slot];
+            let Some(action) = conn.core.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Connect {
+                    upstream,
+                    mark,
+                    source,
+                    record: _,
+                } => {
+                    self.start_connect(now, slot, upstream.get(), mark, source);
+                }
+                Action::Transfer { dir } => {
+                    let key = DirKey {
+                        slot,
+                        generation: conn.generation,
+                        dir,
+                    };
+                    let fds = conn.fds(dir);
+                    let progress = conn.dirs[dir.index()].start(&mut self.io, fds, key);
+                    self.feed(now, slot, dir, progress);
+                }
+                Action::ShutdownWrite { side } => {
+                    let fd = conn.fd(side).expect("shutdown of a socket that exists");
+                    if let Err(kind) = sys::shutdown_write(fd) {
+                        conn.core.handle_error(now, side, kind, &mut self.stats);
+                    }
+                }
+                Action::Reset { side } => {
+                    if let Some(fd) = conn.fd(side) {
+                        sys::arm_reset(fd);
+                    }
+                }
+                Action::Close => {
+                    self.release(now, slot);
+                    return;
+                }
+                other => unreachable!("action {other:?} is not produced by this core version"),
+            }
+        }
+        self.rearm_timer(slot);
+    }
+
+    fn start_connect(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        upstream: std::net::SocketAddr,
+        mark: Option<u32>,
+        source: Option<std::net::SocketAddr>,
+    ) {
+        let conn = &mut self.conns[slot];
+        match sys::connect(upstream, mark, source) {
+            Ok(ConnectStart::Done(fd)) => {
+                conn.upstream = Some(fd);
+                conn.core.handle_connected(now);
+            }
+            Ok(ConnectStart::InProgress(fd)) => {
+                let token = Token::new(
+                    Kind::ConnectPoll,
+                    slot,
+                    conn.generation,
+                    Dir::ClientToUpstream,
+                );
+                let poll =
+                    opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLOUT as u32).build();
+                conn.upstream = Some(fd);
+                self.io.push(poll.user_data(token.encode()));
+            }
+            Ok(ConnectStart::Failed(kind)) => {
+                conn.core.handle_connect_failed(now, kind, &mut self.stats)
+            }
+            // Socket creation itself failed (EMFILE, EPERM on SO_MARK without CAP_NET_ADMIN).
+            Err(err) => {
+                conn.core
+                    .handle_connect_failed(now, sys::error_kind(&err), &mut self.stats)
+            }
+        }
+    }
+
+    /// The connection is closed in core: cancel its in-flight operations, give back its buffers
+    /// and pipes, and close its sockets once the cancels are submitted.
+    fn release(&mut self, now: Instant, slot: usize) {
+        let mut conn = self.conns.remove(slot);
+        for fd in [Some(&conn.client), conn.upstream.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let cancel = opcode::AsyncCancel2::new(
+                types::CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all(),
+            );
+            let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
+            self.io.push(cancel.build().user_data(token.encode()));
+        }
+        for dir in &mut conn.dirs {
+            dir.release(&mut self.io);
+        }
+        let outcome = conn.core.outcome().expect("released only once closed");
+        self.log_close(now, &conn.core, outcome);
+        self.io.closing.push(conn.client);
+        if let Some(upstream) = conn.upstream {
+            self.io.closing.push(upstream);
+        }
+    }
+
+    fn log_close(&mut self, now: Instant, core: &Connection, outcome: Outcome) {
+        let c2u = core.bytes(Dir::ClientToUpstream);
+        let u2c = core.bytes(Dir::UpstreamToClient);
+        let orig_dst = core
+            .orig_dst()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        let provenance = core.provenance().map_or("-", |p| p.name());
+        let age_ms = core.age(now).as_millis();
+        if outcome == Outcome::Completed {
+            tracing::debug!(client = %core.client(), %orig_dst, provenance, c2u, u2c, age_ms, "connection completed");
+        } else if self.log_budget.take(now) {
+            tracing::info!(client = %core.client(), %orig_dst, provenance, reason = outcome.name(), c2u, u2c, age_ms,
+                "connection closed");
+        }
+    }
+
+    fn rearm_timer(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let Some(at) = conn.core.next_timeout() else {
+            return;
+        };
+        if conn.timer_at.is_none_or(|armed| at < armed) {
+            conn.timer_at = Some(at);
+            self.timers.push(
+                at,
+                TimerKey::Conn {
+                    slot,
+                    generation: conn.generation,
+                },
+            );
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Conn { slot, generation } => {
+                    let Some(conn) = self
+                        .conns
+                        .get_mut(slot)
+                        .filter(|c| c.generation == generation)
+                    else {
+                        continue;
+                    };
+                    if conn.timer_at == Some(at) {
+                        conn.timer_at = None;
+                    }
+                    conn.core.handle_timeout(now, &mut self.stats);
+                    self.drive(now, slot);
+                }
+                TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
+                TimerKey::Drain => self.abort_all(now),
+            }
+        }
+    }
+
+    /// Pumps directions that yielded or were woken. Bounded to one pass over what was queued.
+    fn run_ready(&mut self, now: Instant) {
+        for _ in 0..self.io.ready.len() {
+            let Some(key) = self.io.ready.pop_front() else {
+                break;
+            };
+            let Some(conn) = self
+                .conns
+                .get_mut(key.slot)
+                .filter(|c| c.generation == key.generation)
+            else {
+                continue;
+            };
+            if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
+                continue;
+            }
+            let fds = conn.fds(key.dir);
+            let progress = conn.dirs[key.dir.index()].resume(&mut self.io, fds, key);
+            self.apply(now, key, progress);
+        }
+    }
+
+    // === drain ===
+
+    fn arm_wake(&mut self) {
+        let token = Token::new(Kind::Wake, 0, 0, Dir::ClientToUpstream);
+        let fd = self.setup.control.wake.as_fd().as_raw_fd();
+        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build();
+        self.io.push(poll.user_data(token.encode()));
+    }
+
+    fn on_wake(&mut self, now: Instant, flags: u32) {
+        let _ = self.setup.control.wake.read();
+        if !cqueue::more(flags) {
+            self.arm_wake();
+        }
+        if self.setup.control.drain.load(Ordering::Acquire) && !self.draining {
+            self.start_drain(now);
+        }
+        if self.setup.control.abort.load(Ordering::Acquire) {
+            self.abort_all(now);
+        }
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        self.draining = true;
+        for (index, listener) in self.listeners.iter_mut().enumerate() {
+            let Some(socket) = listener.socket.take() else {
+                continue;
+            };
+            let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
+            let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
+            self.io.push(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(token.encode()),
+            );
+            self.io.closing.push(OwnedFd::from(socket));
+        }
+        let deadline = now + self.setup.config.knobs.drain_timeout;
+        self.timers.push(deadline, TimerKey::Drain);
+        tracing::debug!(shard = self.setup.id, open = self.conns.len(), "draining");
+    }
+
+    fn abort_all(&mut self, now: Instant) {
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.conns[slot].core.abort_for_drain(now, &mut self.stats);
+            self.drive(now, slot);
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut gauges = [0u64; Gauge::ALL.len()];
+        gauges[Gauge::ConnectionsActive as usize] = self.conns.len() as u64;
+        gauges[Gauge::PipesLeased as usize] = u64::from(self.io.pipes.leased());
+        gauges[Gauge::PipesShrunk as usize] = self.io.pipes.shrunk;
+        gauges[Gauge::PipesDiscarded as usize] = self.io.pipes.discarded;
+        gauges[Gauge::BuffersInFlight as usize] = self
+            .io
+            .buf_ring
+            .as_ref()
+            .map_or(0, |r| u64::from(r.in_flight()));
+        gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
+        self.setup.row.publish(&self.stats, &gauges);
+    }
+}
+
+fn new_ring() -> stdio::Result<IoUring> {
+    // SINGLE_ISSUER + DEFER_TASKRUN (6.1): completions run only when this thread waits, so no
+    // interrupts mid-loop. COOP_TASKRUN on older kernels; plain as a last resort.
+    let attempts: [fn(&mut io_uring::Builder) -> &mut io_uring::Builder; 3] = [
+        |b| b.setup_single_issuer().setup_defer_taskrun(),
+        |b| b.setup_coop_taskrun(),
+        |b| b,
+    ];
+    let mut last = None;
+    for attempt in attempts {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(CQ_ENTRIES).setup_submit_all();
+        attempt(&mut builder);
+        match builder.build(SQ_ENTRIES) {
+            Ok(ring) => return Ok(ring),
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => last = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| stdio::Error::other("no io_uring set-up accepted")))
+}
+
+fn check_opcodes(ring: &IoUring) -> Result<(), String> {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|err| format!("io_uring probe failed: {err}"))?;
+    let needed = [
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(format!("this kernel's io_uring lacks IORING_OP_{name}"));
+        }
+    }
+    Ok(())
+}
+
+/// At most this many "connection closed" / error lines per second per shard; the counters keep
+/// the full tally.
+#[derive(Default)]
+struct LogBudget {
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn take(&mut self, now: Instant) -> bool {
+        if now - self.window_start >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::info!(
+                    suppressed = self.suppressed,
+                    "log lines suppressed in the last second (see counters)"
+                );
+            }
+            self.window_start = now;
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < LOG_LINES_PER_SECOND_MAX {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+const SQ_ENTRIES: u32 = 4096;
+/// Completions can outnumber submissions (multishot): a deep CQ keeps overflow rare.
+const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
+const LISTEN_BACKLOG: i32 = 4096;
+const BUFFER_GROUP: u16 = 0;
+/// Fallback copy buffers per shard (splice path, pool empty): 256 × 64 KiB at most.
+const FALLBACK_BUFFERS_MAX: u32 = 256;
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const LOG_LINES_PER_SECOND_MAX: u32 = 20;

@@ -1,0 +1,231 @@
+//! The uring-splice data path for one direction, HAProxy's model on io_uring readiness:
+//! non-blocking `splice(2)` socket → pipe → socket called inline on the shard thread, a pipe
+//! leased from the shard's pool only while bytes are in flight, one-shot `POLL_ADD` when the
+//! source is empty (POLLIN) or the sink is full (POLLOUT). No `IORING_OP_SPLICE`: on a socket
+//! that can block it parks a kernel worker per idle direction.
+//!
+//! The pipe is always drained before reading again, so an EAGAIN from `splice(sock → pipe)` always
+//! means "socket empty", never the ambiguous "pipe full".
+
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+
+use io_uring::{opcode, types};
+use nix::errno::Errno;
+use nix::fcntl::{SpliceFFlags, splice};
+
+use super::io::{DirKey, Io};
+use super::progress::{DirEnd, Progress};
+use crate::pipe_pool::Pipe;
+use crate::sys::errno_kind;
+use crate::token::{Kind, Token};
+
+#[derive(Debug, Default)]
+pub(crate) struct SpliceDir {
+    pipe: Option<Pipe>,
+    /// Copy fallback: a buffer and the (offset, len) of unsent bytes in it.
+    buf: Option<(Box<[u8]>, usize, usize)>,
+    src_eof: bool,
+    poll_armed: bool,
+    /// splice(2) refused this socket pair (EINVAL/ENOSYS): copy from now on.
+    splice_refused: bool,
+}
+
+impl SpliceDir {
+    /// Moves bytes until the source is empty, the sink is full, the direction ends, or the round
+    /// budget is spent (then it re-queues itself so other connections get a turn).
+    pub(crate) fn pump(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+        assert!(!self.poll_armed, "pumped while waiting for readiness");
+        // SAFETY: the shard keeps both descriptors open for as long as the connection exists, and
+        // a pump runs only for a live connection.
+        let (src, sink) = unsafe { (BorrowedFd::borrow_raw(fds.0), BorrowedFd::borrow_raw(fds.1)) };
+        let mut bytes = 0u64;
+        for _ in 0..PUMP_ROUNDS_MAX {
+            match self.flush(sink) {
+                Ok(0) => {}
+                Ok(n) => {
+                    bytes += n;
+                    continue;
+                }
+                Err(Errno::EAGAIN) => {
+                    self.arm_poll(io, fds.1, key, Kind::PollOut, libc::POLLOUT);
+                    return Progress::bytes(bytes);
+                }
+                Err(errno) => {
+                    return Progress::ended(
+                        bytes,
+                        DirEnd::Failed(key.dir.sink(), errno_kind(errno as i32)),
+                    );
+                }
+            }
+            if self.src_eof {
+                self.give_back(io);
+                return Progress::ended(bytes, DirEnd::Eof);
+            }
+            match self.fill(io, src) {
+                Ok(Fill::Read) => {}
+                Ok(Fill::Eof) => self.src_eof = true,
+                Ok(Fill::NoBuffer) => {
+                    io.waiters.push_back(key);
+                    return Progress::bytes(bytes);
+                }
+                Err(Errno::EAGAIN) => {
+                    self.give_back(io);
+                    self.arm_poll(io, fds.0, key, Kind::PollIn, libc::POLLIN);
+                    return Progress::bytes(bytes);
+                }
+                Err(errno) => {
+                    return Progress::ended(
+                        bytes,
+                        DirEnd::Failed(key.dir.source(), errno_kind(errno as i32)),
+                    );
+                }
+            }
+        }
+        io.ready.push_back(key);
+        Progress::bytes(bytes)
+    }
+
+    /// A readiness completion (POLLIN or POLLOUT, or an error bit): pump again.
+    pub(crate) fn on_poll(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+        assert!(self.poll_armed, "poll completion with no poll armed");
+        self.poll_armed = false;
+        self.pump(io, fds, key)
+    }
+
+    /// The connection is closing: an empty pipe goes back to the pool, a full one is discarded.
+    pub(crate) fn release(&mut self, io: &mut Io) {
+        if let Some(pipe) = self.pipe.take() {
+            if pipe.data == 0 {
+                io.pipes.give_back(pipe);
+            } else {
+                io.pipes.discard(pipe);
+            }
+            io.wake_waiter();
+        }
+        if let Some((buf, _, _)) = self.buf.take() {
+            io.fallback.give_back(buf);
+            io.wake_waiter();
+        }
+    }
+
+    /// Writes what the pipe or buffer holds. `Ok(0)`: nothing was held.
+    fn flush(&mut self, sink: BorrowedFd<'_>) -> Result<u64, Errno> {
+        if let Some(pipe) = self.pipe.as_mut().filter(|p| p.data > 0) {
+            let n = splice(
+                pipe.read.as_fd(),
+                None,
+                sink,
+                None,
+                pipe.data as usize,
+                splice_flags(),
+            )?;
+            assert!(
+                n <= pipe.data as usize,
+                "spliced out more than the pipe held"
+            );
+            pipe.data -= n as u32;
+            return Ok(n as u64);
+        }
+        if let Some((buf, offset, len)) = self.buf.as_mut().filter(|b| b.2 > 0) {
+            let n = nix::sys::socket::send(
+                sink_raw(sink),
+                &buf[*offset..*offset + *len],
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            )?;
+            *offset += n;
+            *len -= n;
+            return Ok(n as u64);
+        }
+        Ok(0)
+    }
+
+    /// Reads into a pipe (preferred) or a fallback buffer. Everything held is flushed already.
+    fn fill(&mut self, io: &mut Io, src: BorrowedFd<'_>) -> Result<Fill, Errno> {
+        if !self.splice_refused && self.pipe.is_none() {
+            self.pipe = io.pipes.lease();
+            if self.pipe.is_none() {
+                io.fallback_copies += 1;
+            }
+        }
+        if let Some(pipe) = self.pipe.as_mut() {
+            debug_assert_eq!(pipe.data, 0);
+            match splice(
+                src,
+                None,
+                pipe.write.as_fd(),
+                None,
+                pipe.capacity as usize,
+                splice_flags(),
+            ) {
+                Ok(0) => return Ok(Fill::Eof),
+                Ok(n) => {
+                    pipe.data = n as u32;
+                    return Ok(Fill::Read);
+                }
+                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                    tracing::warn!("splice(2) refused on this socket pair; copying instead");
+                    self.splice_refused = true;
+                    self.give_back(io);
+                }
+                Err(errno) => return Err(errno),
+            }
+        }
+        if self.buf.is_none() {
+            let Some(buf) = io.fallback.lease() else {
+                return Ok(Fill::NoBuffer);
+            };
+            self.buf = Some((buf, 0, 0));
+        }
+        let (buf, offset, len) = self.buf.as_mut().expect("leased above");
+        debug_assert_eq!(*len, 0);
+        let n = nix::unistd::read(src, buf)?;
+        if n == 0 {
+            return Ok(Fill::Eof);
+        }
+        *offset = 0;
+        *len = n;
+        Ok(Fill::Read)
+    }
+
+    /// Returns an empty pipe or buffer: idle directions hold neither.
+    fn give_back(&mut self, io: &mut Io) {
+        if let Some(pipe) = self.pipe.take() {
+            io.pipes.give_back(pipe);
+            io.wake_waiter();
+        }
+        if let Some((buf, _, len)) = self.buf.take() {
+            assert_eq!(len, 0, "a buffer with unsent bytes is never returned");
+            io.fallback.give_back(buf);
+            io.wake_waiter();
+        }
+    }
+
+    fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
+        let token = Token::new(kind, key.slot, key.generation, key.dir);
+        io.push(
+            opcode::PollAdd::new(types::Fd(fd), events as u32)
+                .build()
+                .user_data(token.encode()),
+        );
+        self.poll_armed = true;
+    }
+}
+
+enum Fill {
+    Read,
+    Eof,
+    NoBuffer,
+}
+
+fn splice_flags() -> SpliceFFlags {
+    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
+}
+
+fn sink_raw(fd: BorrowedFd<'_>) -> RawFd {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+/// Rounds (one flush + one fill each, up to a pipe's capacity) before a pump yields: with 256 KiB
+/// pipes, 4 MiB per turn keeps one bulk stream from starving the shard's other connections.
+const PUMP_ROUNDS_MAX: usize = 32;

@@ -1,0 +1,200 @@
+//! Thin, safe helpers over socket calls: listener set-up, what is read from an accepted socket,
+//! errno to core's error kinds. Everything here is a direct non-blocking syscall.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use origdst_core::addr::{ClientAddr, LocalAddr};
+use origdst_core::connection::IoErrorKind;
+use origdst_core::orig_dst::{AcceptEvidence, SockOptAnswer};
+use socket2::{Domain, SockRef, Socket, Type};
+
+/// Opens a non-blocking `SO_REUSEPORT` listener on `addr` (one per shard share the port).
+pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // [::] and 0.0.0.0 are separate listeners in config; never let one swallow the other.
+        socket.set_only_v6(true)?;
+    }
+    if transparent {
+        match addr {
+            SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+            SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+/// Takes ownership of a descriptor the kernel returned in a CQE.
+pub(crate) fn own_fd(fd: RawFd) -> OwnedFd {
+    assert!(fd >= 0, "negative fd {fd}");
+    // SAFETY: the accept CQE's result is a fresh descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Reads, once, everything core needs to decide an accepted connection.
+pub(crate) fn accept_evidence(fd: &OwnedFd, transparent: bool) -> io::Result<AcceptEvidence> {
+    let socket = SockRef::from(fd);
+    let peer = socket.peer_addr()?.as_socket().ok_or_else(not_inet)?;
+    let local = socket.local_addr()?.as_socket().ok_or_else(not_inet)?;
+    let sockopt = if transparent {
+        SockOptAnswer::NotQueried
+    } else {
+        original_dst(&socket, local)
+    };
+    Ok(AcceptEvidence {
+        client: ClientAddr::new(peer),
+        local: LocalAddr::new(local),
+        transparent,
+        sockopt,
+        // Reflects the SYN's mark only where net.ipv4.tcp_fwmark_accept=1 (else the listener's, 0).
+        mark: socket.mark().ok().filter(|&mark| mark != 0),
+        internal: None,
+        redirect_record: None,
+    })
+}
+
+fn original_dst(socket: &SockRef<'_>, local: SocketAddr) -> SockOptAnswer {
+    let answer = match local {
+        SocketAddr::V4(_) => socket.original_dst_v4(),
+        SocketAddr::V6(_) => socket.original_dst_v6(),
+    };
+    match answer {
+        Ok(addr) => match (addr.as_socket(), local) {
+            (Some(dst), SocketAddr::V4(_)) => SockOptAnswer::V4(dst),
+            (Some(dst), SocketAddr::V6(_)) => SockOptAnswer::V6(dst),
+            (None, _) => SockOptAnswer::Failed {
+                errno: libc::EAFNOSUPPORT,
+            },
+        },
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => SockOptAnswer::NotFound,
+        Err(err) => SockOptAnswer::Failed {
+            errno: err.raw_os_error().unwrap_or(0),
+        },
+    }
+}
+
+fn not_inet() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket")
+}
+
+/// Outcome of starting a non-blocking connect.
+pub(crate) enum ConnectStart {
+    /// Connected at once (loopback can).
+    Done(OwnedFd),
+    /// In progress: wait for POLLOUT, then read `SO_ERROR`.
+    InProgress(OwnedFd),
+    /// Failed at once.
+    Failed(IoErrorKind),
+}
+
+/// Creates the upstream socket (non-blocking, marked, `TCP_NODELAY`) and starts connecting.
+pub(crate) fn connect(
+    upstream: SocketAddr,
+    mark: Option<u32>,
+    source: Option<SocketAddr>,
+) -> io::Result<ConnectStart> {
+    let socket = Socket::new(
+        Domain::for_address(upstream),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source {
+        socket.bind(&source.into())?;
+    }
+    Ok(match socket.connect(&upstream.into()) {
+        Ok(()) => ConnectStart::Done(socket.into()),
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {
+            ConnectStart::InProgress(socket.into())
+        }
+        Err(err) => ConnectStart::Failed(error_kind(&err)),
+    })
+}
+
+/// After POLLOUT on a connecting socket: `None` if connected, else why not.
+pub(crate) fn connect_result(fd: &OwnedFd) -> Option<IoErrorKind> {
+    match SockRef::from(fd).take_error() {
+        Ok(None) => None,
+        Ok(Some(err)) | Err(err) => Some(error_kind(&err)),
+    }
+}
+
+/// Arms a reset: with `SO_LINGER` {on, 0} the final close sends RST instead of FIN.
+pub(crate) fn arm_reset(fd: &OwnedFd) {
+    // Failure leaves a FIN instead of RST; there is nothing better to do with a dying socket.
+    let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
+}
+
+/// `shutdown(SHUT_WR)`: sends FIN after queued bytes.
+pub(crate) fn shutdown_write(fd: &OwnedFd) -> Result<(), IoErrorKind> {
+    SockRef::from(fd)
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|err| error_kind(&err))
+}
+
+/// `TCP_NODELAY` on an accepted socket: a relay forwards what it has; Nagle would only add delay.
+pub(crate) fn set_nodelay(fd: &OwnedFd) {
+    let _ = SockRef::from(fd).set_tcp_nodelay(true);
+}
+
+/// Maps an I/O error to core's kinds.
+pub(crate) fn error_kind(err: &io::Error) -> IoErrorKind {
+    errno_kind(err.raw_os_error().unwrap_or(0))
+}
+
+/// Maps a positive errno to core's kinds.
+pub(crate) fn errno_kind(errno: i32) -> IoErrorKind {
+    match errno {
+        libc::ECONNREFUSED => IoErrorKind::Refused,
+        libc::ECONNRESET | libc::ECONNABORTED => IoErrorKind::Reset,
+        libc::ETIMEDOUT => IoErrorKind::TimedOut,
+        libc::EHOSTUNREACH | libc::ENETUNREACH => IoErrorKind::Unreachable,
+        libc::EPIPE => IoErrorKind::BrokenPipe,
+        errno => IoErrorKind::Other { errno },
+    }
+}
+
+/// The host's addresses, for the "destination is one of our wildcard listeners" rule.
+pub(crate) fn local_ips() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = vec![
+        "127.0.0.1".parse().expect("literal"),
+        "::1".parse().expect("literal"),
+    ];
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifaddr in addrs {
+            let Some(address) = ifaddr.address else {
+                continue;
+            };
+            let ip = if let Some(v4) = address.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = address.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    ips
+}
+
+/// Raw fd of anything that has one (for SQE building).
+pub(crate) fn raw(fd: &impl AsFd) -> RawFd {
+    fd.as_fd().as_raw_fd()
+}

@@ -1,0 +1,78 @@
+//! The shard's timer heap. Core says when each connection wants `handle_timeout`; the heap holds
+//! at most one live entry per connection (the earliest it asked for). Entries that went stale —
+//! the connection closed or its deadline moved later — are recognised when popped and re-armed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use origdst_core::time::Instant;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerKey {
+    /// A connection's `next_timeout`.
+    Conn { slot: usize, generation: u16 },
+    /// Re-arm a listener's accept after an error back-off (EMFILE, ENFILE).
+    AcceptBackoff { listener: usize },
+    /// The drain deadline.
+    Drain,
+}
+
+#[derive(Default)]
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+}
+
+impl Timers {
+    pub(crate) fn push(&mut self, at: Instant, key: TimerKey) {
+        self.heap.push(Reverse((at, key)));
+    }
+
+    /// The earliest deadline, if any.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Pops one entry due at `now`, with the deadline it was pushed for.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKey)> {
+        let Reverse((at, _)) = self.heap.peek()?;
+        if *at > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(entry)| entry)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_deadline_order_and_only_when_due() {
+        let mut timers = Timers::default();
+        timers.push(Instant::from_nanos(30), TimerKey::Drain);
+        timers.push(
+            Instant::from_nanos(10),
+            TimerKey::AcceptBackoff { listener: 1 },
+        );
+        assert_eq!(timers.next(), Some(Instant::from_nanos(10)));
+        assert_eq!(timers.pop_due(Instant::from_nanos(9)), None);
+        assert_eq!(
+            timers.pop_due(Instant::from_nanos(30)),
+            Some((
+                Instant::from_nanos(10),
+                TimerKey::AcceptBackoff { listener: 1 }
+            ))
+        );
+        assert_eq!(
+            timers.pop_due(Instant::from_nanos(30)),
+            Some((Instant::from_nanos(30), TimerKey::Drain))
+        );
+        assert_eq!(timers.len(), 0);
+    }
+}
