@@ -45,13 +45,12 @@ impl BufRing {
         let memory_layout =
             Layout::from_size_align(count as usize * buffer_bytes as usize, PAGE_BYTES)
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: both layouts have non-zero size (count ≥ 1, buffer_bytes ≥ 1). Zeroed memory comes
-        // from fresh anonymous pages, so untouched buffers cost no resident memory.
+        // SAFETY: the entries layout has non-zero size (count ≥ 1).
         let entries = unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<BufRingEntry>();
-        let memory = unsafe { alloc::alloc_zeroed(memory_layout) };
-        if entries.is_null() || memory.is_null() {
+        if entries.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
+        let memory = map_anonymous(memory_layout.size())?;
         let mut ring = Self {
             entries,
             entries_layout,
@@ -135,9 +134,29 @@ impl Drop for BufRing {
         // SAFETY: allocated in `new` with exactly these layouts; the ring that referenced them is gone.
         unsafe {
             alloc::dealloc(self.entries.cast(), self.entries_layout);
-            alloc::dealloc(self.memory, self.memory_layout);
+            libc::munmap(self.memory.cast(), self.memory_layout.size());
         }
     }
+}
+
+/// Buffer memory comes straight from anonymous pages: the allocator would zero (and so touch) every
+/// page of a large aligned allocation, making the whole pool resident at start-up.
+fn map_anonymous(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
 }
 
 const PAGE_BYTES: usize = 4096;

@@ -188,8 +188,9 @@ const PIPE_BUDGET_BYTES_MAX: u64 = 1 << 30;
 /// 64 KiB buffers: measured to match forced splice on bulk (8 KiB reached only 0.32× of direct).
 const BUFFER_SIZE_BYTES_DEFAULT: u32 = 64 * 1024;
 const BUFFER_SIZE_BYTES_MAX: u32 = 1024 * 1024;
-/// 512 × 64 KiB = 32 MiB of address space per shard; pages are touched only when bytes are in flight.
-const BUFFER_COUNT_DEFAULT: u32 = 512;
+/// 256 × 64 KiB = 16 MiB per shard. The kernel takes buffers from the ring in FIFO order, so after
+/// enough traffic every buffer has been touched once: the count bounds the copy path's RSS.
+const BUFFER_COUNT_DEFAULT: u32 = 256;
 /// The provided-buffer ring's limit.
 const BUFFER_COUNT_MAX: u32 = 32768;
 const UPSTREAM_MARK_DEFAULT: u32 = 1337;

@@ -1,0 +1,208 @@
+//! The real origdst binary as a child process inside a namespace.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::netns::Netns;
+
+/// Path of the binary under test (runtime-uring's main.rs, built by this package). A macro
+/// because cargo defines the variable only when compiling the integration tests.
+#[macro_export]
+macro_rules! origdst_bin {
+    () => {
+        env!("CARGO_BIN_EXE_origdst-under-test")
+    };
+}
+
+/// A running origdst. Killed (SIGKILL) on drop if the test did not stop it.
+pub struct Proxy {
+    binary: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// What origdst left behind when it exited.
+#[derive(Debug)]
+pub struct ProxyExit {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it logged.
+    pub log: String,
+    /// The counters from its "final stats" line.
+    pub stats: HashMap<String, u64>,
+}
+
+impl Proxy {
+    /// Starts `<binary> run <args>` inside `ns` and waits for its start-up line.
+    pub fn start(binary: &str, ns: &Netns, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}-origdst.log", ns.name()));
+        let file = fs::File::create(&log).expect("create proxy log");
+        let child = ns
+            .command(binary)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let mut proxy = Self {
+            binary: binary.to_string(),
+            child: Some(child),
+            log,
+        };
+        proxy.wait_for_log("started:", Duration::from_secs(20));
+        proxy
+    }
+
+    /// The process id (the same process after `ip netns exec` execs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if the process exits or the
+    /// time runs out.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.binary,
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "origdst did not log {needle:?} within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `iou-wrk` kernel threads currently attached to the process.
+    pub fn iou_worker_threads(&self) -> usize {
+        let tasks = format!("/proc/{}/task", self.pid());
+        fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+            .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("iou-wrk"))
+            .count()
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Asks for the counters (SIGUSR1) and returns the line origdst logs in answer.
+    pub fn live_stats(&mut self) -> String {
+        let before = self.log().matches(" stats: ").count();
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGUSR1).expect("SIGUSR1 origdst");
+        let start = Instant::now();
+        while self.log().matches(" stats: ").count() == before
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains(" stats: "))
+            .unwrap_or("no stats line")
+            .to_string()
+    }
+
+    /// SIGTERM, then waits for exit (drain) and parses the final counters.
+    pub fn stop(mut self) -> ProxyExit {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM origdst");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait origdst") {
+                break status;
+            }
+            if start.elapsed() > STOP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "origdst did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = self.log();
+        let stats = parse_stats(&log);
+        ProxyExit { status, log, stats }
+    }
+}
+
+impl ProxyExit {
+    /// A counter from the final stats; panics (with the log) if it is missing.
+    pub fn stat(&self, name: &str) -> u64 {
+        *self
+            .stats
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name:?} in final stats:\n{}", self.log))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: show what origdst said, the last lines first to matter.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- last {LOG_TAIL_LINES} lines of the origdst log ---\n{}",
+                tail.join("\n")
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+fn parse_stats(log: &str) -> HashMap<String, u64> {
+    let Some(line) = log.lines().rev().find(|l| l.contains("final stats:")) else {
+        return HashMap::new();
+    };
+    let tail = &line[line.find("final stats:").expect("found above") + "final stats:".len()..];
+    tail.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+const LOG_TAIL_LINES: usize = 40;

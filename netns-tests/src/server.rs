@@ -1,0 +1,74 @@
+//! Upstream servers inside a namespace: one listener per address, each accepted connection handed
+//! to a handler with the address it was accepted on (to prove the destination was preserved).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::Netns;
+
+/// Handles one accepted connection: (stream, local address it was accepted on, peer).
+pub type Handler = Arc<dyn Fn(TcpStream, SocketAddr, SocketAddr) + Send + Sync>;
+
+/// Running listeners; stopped on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on every address in `addrs` inside `ns`; the handler runs on the accept thread
+    /// (handlers that block spawn their own thread).
+    pub fn start(ns: &Netns, addrs: &[SocketAddr], handler: Handler) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &addr in addrs {
+            let listener = ns.run(move || {
+                // std's backlog (128) overflows when thousands of connections arrive at once; the
+                // kernel then drops handshakes and the test would measure its own server.
+                let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                    .expect("server socket");
+                socket.set_reuse_address(true).expect("SO_REUSEADDR");
+                socket
+                    .bind(&addr.into())
+                    .unwrap_or_else(|e| panic!("server bind {addr}: {e}"));
+                socket.listen(BACKLOG).expect("server listen");
+                socket.set_nonblocking(true).expect("nonblocking listener");
+                TcpListener::from(socket)
+            });
+            let stop = Arc::clone(&stop);
+            let handler = Arc::clone(&handler);
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            stream.set_nonblocking(false).expect("blocking stream");
+                            let local = stream.local_addr().expect("local addr");
+                            handler(stream, local, peer);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(e) => panic!("server accept on {addr}: {e}"),
+                    }
+                }
+            }));
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+const BACKLOG: i32 = 8192;

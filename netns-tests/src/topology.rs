@@ -1,0 +1,124 @@
+//! The gateway topology: client → router (origdst, REDIRECT on the client-facing interface) →
+//! server with two addresses per family, so a wrong destination cannot pass unnoticed.
+//!
+//! ```text
+//!   client ns                 router ns (origdst :15001)                 server ns
+//!   c0 10.11.1.2 ──veth── rc 10.11.1.1 │ rs 10.11.2.1 ──veth── s0 10.11.2.10, 10.11.2.11
+//!      fd11:1::2                fd11:1::1 │ fd11:2::1              fd11:2::10, fd11:2::11
+//!                 nat PREROUTING -i rc -p tcp (not to the router itself) → REDIRECT :15001
+//! ```
+
+use std::net::SocketAddr;
+
+use crate::netns::{Netns, veth};
+
+/// The three namespaces; dropped (and deleted) together.
+pub struct Gateway {
+    /// Where test clients run.
+    pub client: Netns,
+    /// Where origdst runs.
+    pub router: Netns,
+    /// Where upstream servers run.
+    pub server: Netns,
+}
+
+/// Server addresses by family: two each.
+pub const SERVER_V4: [&str; 2] = ["10.11.2.10", "10.11.2.11"];
+/// IPv6 server addresses.
+pub const SERVER_V6: [&str; 2] = ["fd11:2::10", "fd11:2::11"];
+/// The router's address facing the client (where origdst's port is reachable directly).
+pub const ROUTER_CLIENT_SIDE_V4: &str = "10.11.1.1";
+/// The router's address facing the server (the source of origdst's upstream connections).
+pub const ROUTER_SERVER_SIDE_V4: &str = "10.11.2.1";
+/// IPv6 counterpart of `ROUTER_SERVER_SIDE_V4`.
+pub const ROUTER_SERVER_SIDE_V6: &str = "fd11:2::1";
+/// origdst's capture port (the embedded default's).
+pub const PROXY_PORT: u16 = 15001;
+
+impl Gateway {
+    /// Builds the topology and the REDIRECT rules (iptables and ip6tables).
+    pub fn new(tag: &str) -> Self {
+        let client = Netns::new(&format!("{tag}-c"));
+        let router = Netns::new(&format!("{tag}-r"));
+        let server = Netns::new(&format!("{tag}-s"));
+        veth(&client, "c0", &router, "rc");
+        veth(&server, "s0", &router, "rs");
+        client.ip(&["addr", "add", "10.11.1.2/24", "dev", "c0"]);
+        client.ip(&["-6", "addr", "add", "fd11:1::2/64", "dev", "c0", "nodad"]);
+        router.ip(&["addr", "add", "10.11.1.1/24", "dev", "rc"]);
+        router.ip(&["-6", "addr", "add", "fd11:1::1/64", "dev", "rc", "nodad"]);
+        router.ip(&["addr", "add", "10.11.2.1/24", "dev", "rs"]);
+        router.ip(&["-6", "addr", "add", "fd11:2::1/64", "dev", "rs", "nodad"]);
+        for addr in SERVER_V4 {
+            server.ip(&["addr", "add", &format!("{addr}/24"), "dev", "s0"]);
+        }
+        for addr in SERVER_V6 {
+            server.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "s0",
+                "nodad",
+            ]);
+        }
+        client.ip(&["route", "add", "default", "via", "10.11.1.1"]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd11:1::1"]);
+        server.ip(&["route", "add", "default", "via", "10.11.2.1"]);
+        server.ip(&["-6", "route", "add", "default", "via", "fd11:2::1"]);
+        router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        router.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+        for tables in ["iptables", "ip6tables"] {
+            // A gateway does not hijack connections to its own addresses: those reach origdst's
+            // port un-redirected, which origdst must refuse.
+            router.exec(
+                tables,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    "rc",
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    "RETURN",
+                ],
+            );
+            router.exec(
+                tables,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    "rc",
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    &PROXY_PORT.to_string(),
+                ],
+            );
+        }
+        Self {
+            client,
+            router,
+            server,
+        }
+    }
+}
+
+/// `ip:port` for either family.
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+    SocketAddr::new(ip, port)
+}

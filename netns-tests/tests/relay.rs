@@ -1,0 +1,427 @@
+//! The real origdst binary relaying iptables/ip6tables-REDIRECTed traffic in network namespaces
+//! (gateway topology, see `topology.rs`). Each test builds and removes its own namespaces.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use origdst_netns_tests::netns::raise_nofile_limit;
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::pattern::{Pattern, Verified};
+use origdst_netns_tests::proxy::{Proxy, ProxyExit};
+use origdst_netns_tests::server::Server;
+use origdst_netns_tests::topology::{
+    Gateway, PROXY_PORT, ROUTER_CLIENT_SIDE_V4, ROUTER_SERVER_SIDE_V4, ROUTER_SERVER_SIDE_V6,
+    SERVER_V4, SERVER_V6, addr,
+};
+
+const UP: Pattern = Pattern::new(0x5eed_0001);
+const DOWN: Pattern = Pattern::new(0x5eed_0002);
+const BULK_BYTES: u64 = 64 * 1024 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+const SERVER_PORT: u16 = 8080;
+
+/// What a server saw on one connection.
+#[derive(Debug)]
+struct Seen {
+    local: SocketAddr,
+    peer: SocketAddr,
+    upload: Verified,
+}
+
+fn start_proxy(gw: &Gateway, data_path: &str) -> Proxy {
+    Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &[
+            "--data-path",
+            data_path,
+            "--shards",
+            "2",
+            "--log-level",
+            "debug",
+        ],
+    )
+}
+
+fn stop_clean(proxy: Proxy) -> ProxyExit {
+    let exit = proxy.stop();
+    assert!(
+        exit.status.success(),
+        "origdst exited with {}:\n{}",
+        exit.status,
+        exit.log
+    );
+    exit
+}
+
+fn timeouts(stream: &TcpStream) {
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("write timeout");
+}
+
+/// A server that sends `download` bytes of DOWN while verifying the client's UP upload, then
+/// reports what it saw.
+fn bulk_server(gw: &Gateway, ips: [&str; 2], download: u64) -> (Server, mpsc::Receiver<Seen>) {
+    let (tx, rx) = mpsc::channel();
+    let handler = Arc::new(
+        move |stream: TcpStream, local: SocketAddr, peer: SocketAddr| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                timeouts(&stream);
+                let mut writer = stream.try_clone().expect("clone");
+                let sending = thread::spawn(move || {
+                    DOWN.write_to(&mut writer, download).expect("server send");
+                    writer.shutdown(Shutdown::Write).expect("server shutdown");
+                });
+                let upload = UP.verify_from(&mut &stream).expect("server receive");
+                sending.join().expect("server sender");
+                let _ = tx.send(Seen {
+                    local,
+                    peer,
+                    upload,
+                });
+            });
+        },
+    );
+    let addrs: Vec<SocketAddr> = ips.iter().map(|ip| addr(ip, SERVER_PORT)).collect();
+    (Server::start(&gw.server, &addrs, handler), rx)
+}
+
+/// Uploads `upload` bytes of UP while verifying the DOWN download; returns what came down.
+fn bulk_client(gw: &Gateway, dst: SocketAddr, upload: u64) -> Verified {
+    gw.client.run(move || {
+        let stream = TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        timeouts(&stream);
+        let mut writer = stream.try_clone().expect("clone");
+        let sending = thread::spawn(move || {
+            UP.write_to(&mut writer, upload).expect("client send");
+            writer.shutdown(Shutdown::Write).expect("client shutdown");
+        });
+        let download = DOWN.verify_from(&mut &stream).expect("client receive");
+        sending.join().expect("client sender");
+        download
+    })
+}
+
+fn bulk_each_way(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) {
+    let gw = Gateway::new(tag);
+    let (_server, seen) = bulk_server(&gw, ips, BULK_BYTES);
+    let proxy = start_proxy(&gw, data_path);
+    let dst = addr(ips[1], SERVER_PORT);
+    let started = Instant::now();
+    let download = bulk_client(&gw, dst, BULK_BYTES);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        download,
+        Verified {
+            bytes: BULK_BYTES,
+            mismatch_at: None
+        },
+        "download through origdst"
+    );
+    let seen = seen.recv_timeout(IO_TIMEOUT).expect("server report");
+    assert_eq!(
+        seen.upload,
+        Verified {
+            bytes: BULK_BYTES,
+            mismatch_at: None
+        },
+        "upload through origdst"
+    );
+    assert_eq!(
+        seen.local, dst,
+        "the server must see the address the client dialled"
+    );
+    assert_eq!(
+        seen.peer.ip(),
+        addr(router_ip, 0).ip(),
+        "the upstream connection must come from origdst"
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("completed"), 1);
+    assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), BULK_BYTES);
+    assert_eq!(exit.stat("downstream_cx_tx_bytes_total"), BULK_BYTES);
+    assert_eq!(
+        exit.stat("pipes_leased"),
+        0,
+        "no pipe stays leased after the connection ends"
+    );
+    assert_eq!(
+        exit.stat("buffers_in_flight"),
+        0,
+        "no buffer stays out after the connection ends"
+    );
+    println!("{tag}: 2 × 64 MiB through origdst ({data_path}) in {elapsed:?}");
+}
+
+#[test]
+fn ipv4_64mib_each_way_byte_exact_splice() {
+    bulk_each_way("v4splice", "uring-splice", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+}
+
+#[test]
+fn ipv4_64mib_each_way_byte_exact_copy() {
+    bulk_each_way("v4copy", "uring-copy", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+}
+
+#[test]
+fn ipv6_64mib_each_way_byte_exact_splice() {
+    bulk_each_way("v6splice", "uring-splice", SERVER_V6, ROUTER_SERVER_SIDE_V6);
+}
+
+#[test]
+fn ipv6_64mib_each_way_byte_exact_copy() {
+    bulk_each_way("v6copy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
+}
+
+#[test]
+fn server_sees_the_address_the_client_dialled() {
+    let gw = Gateway::new("dst");
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(
+        move |mut stream: TcpStream, local: SocketAddr, _peer: SocketAddr| {
+            // Answer with the address this connection was accepted on.
+            stream
+                .write_all(local.to_string().as_bytes())
+                .expect("server write");
+            let _ = tx.send(local);
+        },
+    );
+    let all: Vec<SocketAddr> = SERVER_V4
+        .iter()
+        .chain(SERVER_V6.iter())
+        .map(|ip| addr(ip, SERVER_PORT))
+        .collect();
+    let _server = Server::start(&gw.server, &all, handler);
+    let proxy = start_proxy(&gw, "uring-splice");
+    for &dst in &all {
+        let answer = gw.client.run(move || {
+            let mut stream = TcpStream::connect(dst).expect("connect");
+            timeouts(&stream);
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("read answer");
+            answer
+        });
+        assert_eq!(
+            answer,
+            dst.to_string(),
+            "connection to {dst} arrived elsewhere"
+        );
+        assert_eq!(seen.recv_timeout(IO_TIMEOUT).expect("server saw it"), dst);
+    }
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("orig_dst_sockopt_v4"), 2);
+    assert_eq!(exit.stat("orig_dst_sockopt_v6"), 2);
+}
+
+#[test]
+fn half_close_client_first_response_still_flows() {
+    let gw = Gateway::new("hcc");
+    let (tx, done) = mpsc::channel();
+    // The server reads the whole request (to the client's FIN), then answers.
+    let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            timeouts(&stream);
+            let request = UP.verify_from(&mut &stream).expect("server read request");
+            DOWN.write_to(&mut &stream, 4 << 20)
+                .expect("server send response");
+            stream.shutdown(Shutdown::Write).expect("server shutdown");
+            let _ = tx.send(request);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
+    let proxy = start_proxy(&gw, "uring-splice");
+    let dst = addr(SERVER_V4[0], SERVER_PORT);
+    let response = gw.client.run(move || {
+        let stream = TcpStream::connect(dst).expect("connect");
+        timeouts(&stream);
+        UP.write_to(&mut &stream, 1 << 20).expect("client send");
+        stream.shutdown(Shutdown::Write).expect("client half-close");
+        DOWN.verify_from(&mut &stream)
+            .expect("client read response")
+    });
+    assert_eq!(
+        response,
+        Verified {
+            bytes: 4 << 20,
+            mismatch_at: None
+        }
+    );
+    assert_eq!(
+        done.recv_timeout(IO_TIMEOUT).unwrap(),
+        Verified {
+            bytes: 1 << 20,
+            mismatch_at: None
+        }
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("half_close_from_client"), 1);
+    assert_eq!(exit.stat("completed"), 1);
+}
+
+#[test]
+fn half_close_server_first_upload_still_flows() {
+    let gw = Gateway::new("hcs");
+    let (tx, done) = mpsc::channel();
+    // The server sends everything and shuts its write half first, then reads the upload.
+    let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            timeouts(&stream);
+            DOWN.write_to(&mut &stream, 4 << 20).expect("server send");
+            stream.shutdown(Shutdown::Write).expect("server half-close");
+            let upload = UP.verify_from(&mut &stream).expect("server read upload");
+            let _ = tx.send(upload);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
+    let proxy = start_proxy(&gw, "uring-copy");
+    let dst = addr(SERVER_V4[0], SERVER_PORT);
+    let download = gw.client.run(move || {
+        let stream = TcpStream::connect(dst).expect("connect");
+        timeouts(&stream);
+        let download = DOWN.verify_from(&mut &stream).expect("client read");
+        // Only after the server's EOF arrived does the client start uploading.
+        UP.write_to(&mut &stream, 1 << 20)
+            .expect("client send after server EOF");
+        stream.shutdown(Shutdown::Write).expect("client shutdown");
+        download
+    });
+    assert_eq!(
+        download,
+        Verified {
+            bytes: 4 << 20,
+            mismatch_at: None
+        }
+    );
+    assert_eq!(
+        done.recv_timeout(IO_TIMEOUT).unwrap(),
+        Verified {
+            bytes: 1 << 20,
+            mismatch_at: None
+        }
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("half_close_from_upstream"), 1);
+    assert_eq!(exit.stat("completed"), 1);
+}
+
+#[test]
+fn upstream_refused_resets_the_client() {
+    let gw = Gateway::new("refused");
+    let proxy = start_proxy(&gw, "uring-splice");
+    // Nothing listens on the server: the kernel there answers the proxy's SYN with RST.
+    let dst = addr(SERVER_V4[0], 9);
+    let outcome = gw.client.run(move || {
+        let mut stream =
+            TcpStream::connect(dst).expect("the proxy accepts before it connects upstream");
+        timeouts(&stream);
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        outcome,
+        Err(ErrorKind::ConnectionReset),
+        "a refused upstream must reach the client as a reset"
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("upstream_cx_connect_fail"), 1);
+    assert_eq!(exit.stat("completed"), 0);
+}
+
+#[test]
+fn direct_connection_to_the_proxy_port_is_refused_and_counted() {
+    let gw = Gateway::new("direct");
+    let proxy = start_proxy(&gw, "uring-splice");
+    // Dialling origdst's own port: no REDIRECT happened, so there is no original destination.
+    let dst = addr(ROUTER_CLIENT_SIDE_V4, PROXY_PORT);
+    let outcome = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect to the proxy port");
+        timeouts(&stream);
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).map_err(|e| e.kind())
+    });
+    assert_eq!(outcome, Err(ErrorKind::ConnectionReset));
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("refused_no_original_dst"), 1, "{}", exit.log);
+    assert_eq!(
+        exit.stat("upstream_cx_total"),
+        0,
+        "a refused connection must not be relayed"
+    );
+    assert!(
+        exit.log.contains("reason=\"no_original_dst\""),
+        "the refusal is logged:\n{}",
+        exit.log
+    );
+}
+
+fn idle_connections_leave_no_iou_workers(tag: &str, data_path: &str) {
+    raise_nofile_limit();
+    let gw = Gateway::new(tag);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+    let handler = {
+        let accepted = Arc::clone(&accepted);
+        let held = Arc::clone(&held);
+        Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+            held.lock().expect("held").push(stream);
+            accepted.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
+    let mut proxy = start_proxy(&gw, data_path);
+    let dst = addr(SERVER_V4[0], SERVER_PORT);
+    let clients = gw.client.run(move || {
+        (0..IDLE_CONNECTIONS)
+            .map(|_| TcpStream::connect(dst).expect("connect"))
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted.load(Ordering::Relaxed) < IDLE_CONNECTIONS {
+        if Instant::now() > deadline {
+            let stats = proxy.live_stats();
+            panic!(
+                "only {} of {IDLE_CONNECTIONS} relayed; origdst {stats}",
+                accepted.load(Ordering::Relaxed)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Give any would-be io-wq worker time to appear (the naive IORING_OP_SPLICE design spawns one
+    // per idle direction within milliseconds).
+    thread::sleep(Duration::from_millis(500));
+    let workers = proxy.iou_worker_threads();
+    let rss = proxy.rss_kib();
+    println!(
+        "{tag}: {IDLE_CONNECTIONS} idle relayed connections: {workers} iou-wrk threads, RSS {rss} KiB"
+    );
+    assert_eq!(workers, 0, "idle connections must not park io-wq workers");
+    drop(clients);
+    held.lock().expect("held").clear();
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("downstream_cx_total"), IDLE_CONNECTIONS as u64);
+    assert_eq!(exit.stat("upstream_cx_total"), IDLE_CONNECTIONS as u64);
+}
+
+const IDLE_CONNECTIONS: usize = 2000;
+
+#[test]
+fn idle_2000_connections_zero_iou_wrk_threads_splice() {
+    idle_connections_leave_no_iou_workers("idlesplice", "uring-splice");
+}
+
+#[test]
+fn idle_2000_connections_zero_iou_wrk_threads_copy() {
+    idle_connections_leave_no_iou_workers("idlecopy", "uring-copy");
+}
