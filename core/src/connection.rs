@@ -135,6 +135,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The I/O error behind the outcome, where there is one.
+    pub const fn error(self) -> Option<IoErrorKind> {
+        match self {
+            Self::ConnectFailed(kind) | Self::UpstreamFailed(kind) | Self::ClientFailed(kind) => {
+                Some(kind)
+            }
+            _ => None,
+        }
+    }
+
     /// Stable name for logs (the termination reason).
     pub const fn name(self) -> &'static str {
         match self {

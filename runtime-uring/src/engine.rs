@@ -78,6 +78,14 @@ impl Drop for ExitGuard {
 pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     ignore_sigpipe()?;
     raise_nofile_limit();
+    if let Some(mark) = settings.config.knobs.upstream_mark {
+        sys::check_mark_allowed(mark).map_err(|err| {
+            EngineError::Setup(format!(
+                "origdst.upstream_mark={mark} cannot be set on upstream sockets ({err}): SO_MARK needs \
+                 CAP_NET_ADMIN; run with that capability, or set `upstream_mark: null` in the origdst: section"
+            ))
+        })?;
+    }
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));
     let origin = std::time::Instant::now();

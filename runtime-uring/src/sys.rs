@@ -125,6 +125,11 @@ pub(crate) fn connect(
     })
 }
 
+/// Whether this process may set `mark` on its sockets (SO_MARK needs CAP_NET_ADMIN).
+pub(crate) fn check_mark_allowed(mark: u32) -> io::Result<()> {
+    Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?.set_mark(mark)
+}
+
 /// After POLLOUT on a connecting socket: `None` if connected, else why not.
 pub(crate) fn connect_result(fd: &OwnedFd) -> Option<IoErrorKind> {
     match SockRef::from(fd).take_error() {

@@ -21,11 +21,23 @@ struct Chunk {
     len: u32,
 }
 
+/// Where the head chunk's send stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    /// No send outstanding.
+    #[default]
+    Idle,
+    /// A send SQE owns the head chunk's buffer until its completion.
+    Sending,
+    /// A send hit EAGAIN; a POLLOUT is armed (it references no buffer).
+    AwaitingWritable,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct CopyDir {
     recv_armed: bool,
     cancelling: bool,
-    send_inflight: bool,
+    send: SendState,
     /// The recv ended with ENOBUFS; we sit in the shard's waiter queue.
     starved: bool,
     eof: bool,
@@ -64,7 +76,7 @@ impl CopyDir {
                 offset: 0,
                 len: res as u32,
             });
-            if !self.send_inflight {
+            if self.send == SendState::Idle {
                 self.send_head(io, sink, key);
             }
             if self.recv_armed && !self.cancelling && self.queue.len() >= QUEUE_HIGH {
@@ -106,15 +118,19 @@ impl CopyDir {
         res: i32,
     ) -> Progress {
         let (src, sink) = fds;
-        assert!(self.send_inflight, "send completion with no send in flight");
-        self.send_inflight = false;
+        assert_eq!(
+            self.send,
+            SendState::Sending,
+            "send completion with no send in flight"
+        );
+        self.send = SendState::Idle;
         if res < 0 {
             return match -res {
                 libc::EAGAIN => {
                     let token = Token::new(Kind::PollOut, key.slot, key.generation, key.dir);
                     let poll = opcode::PollAdd::new(types::Fd(sink), libc::POLLOUT as u32).build();
                     io.push(poll.user_data(token.encode()));
-                    self.send_inflight = true;
+                    self.send = SendState::AwaitingWritable;
                     Progress::default()
                 }
                 errno => Progress::ended(0, DirEnd::Failed(key.dir.sink(), errno_kind(errno))),
@@ -146,8 +162,12 @@ impl CopyDir {
 
     /// POLLOUT after a send hit EAGAIN: send the head again.
     pub(crate) fn on_pollout(&mut self, io: &mut Io, sink: RawFd, key: DirKey) {
-        assert!(self.send_inflight);
-        self.send_inflight = false;
+        assert_eq!(
+            self.send,
+            SendState::AwaitingWritable,
+            "POLLOUT completion with no send waiting"
+        );
+        self.send = SendState::Idle;
         self.send_head(io, sink, key);
     }
 
@@ -162,7 +182,7 @@ impl CopyDir {
     /// The connection is closing: give back every buffer not owned by an in-flight send (that one
     /// comes back with its completion, whose token carries the buffer id).
     pub(crate) fn release(&mut self, io: &mut Io) {
-        let skip = usize::from(self.send_inflight);
+        let skip = usize::from(self.send == SendState::Sending);
         let ring = io.buf_ring.as_mut().expect("copy path has a buffer ring");
         for chunk in self.queue.drain(..).skip(skip) {
             ring.give_back(chunk.id);
@@ -170,7 +190,7 @@ impl CopyDir {
     }
 
     fn check_eof(&self, bytes: u64) -> Progress {
-        if self.eof && self.queue.is_empty() && !self.send_inflight {
+        if self.eof && self.queue.is_empty() && self.send == SendState::Idle {
             Progress::ended(bytes, DirEnd::Eof)
         } else {
             Progress::bytes(bytes)
@@ -200,8 +220,9 @@ impl CopyDir {
     }
 
     fn send_head(&mut self, io: &mut Io, sink: RawFd, key: DirKey) {
-        assert!(
-            !self.send_inflight,
+        assert_eq!(
+            self.send,
+            SendState::Idle,
             "one send in flight per direction keeps bytes in order"
         );
         let head = *self.queue.front().expect("send_head with an empty queue");
@@ -212,7 +233,7 @@ impl CopyDir {
             .flags(libc::MSG_NOSIGNAL)
             .build();
         io.push(send.user_data(token.encode()));
-        self.send_inflight = true;
+        self.send = SendState::Sending;
     }
 }
 

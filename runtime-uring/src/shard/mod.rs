@@ -18,7 +18,7 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, types};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::config::{Config, DataPath};
-use origdst_core::connection::{Action, Connection, Outcome};
+use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::relay::{Dir, HalfState};
 use origdst_core::stats::{Counter, Counters};
@@ -550,8 +550,15 @@ impl Shard {
         if outcome == Outcome::Completed {
             tracing::debug!(client = %core.client(), %orig_dst, provenance, c2u, u2c, age_ms, "connection completed");
         } else if self.log_budget.take(now) {
-            tracing::info!(client = %core.client(), %orig_dst, provenance, reason = outcome.name(), c2u, u2c, age_ms,
-                "connection closed");
+            let error = match outcome.error() {
+                Some(IoErrorKind::Other { errno }) => {
+                    stdio::Error::from_raw_os_error(errno).to_string()
+                }
+                Some(kind) => kind.name().to_string(),
+                None => "-".to_string(),
+            };
+            tracing::info!(client = %core.client(), %orig_dst, provenance, reason = outcome.name(), error, c2u, u2c,
+                age_ms, "connection closed");
         }
     }
 
