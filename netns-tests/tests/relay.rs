@@ -34,18 +34,30 @@ struct Seen {
 }
 
 fn start_proxy(gw: &Gateway, data_path: &str) -> Proxy {
-    Proxy::start(
-        origdst_bin!(),
-        &gw.router,
-        &[
-            "--data-path",
-            data_path,
-            "--shards",
-            "2",
-            "--log-level",
-            "debug",
-        ],
-    )
+    start_proxy_with(gw, data_path, &[])
+}
+
+fn start_proxy_with(gw: &Gateway, data_path: &str, extra: &[&str]) -> Proxy {
+    let mut args = vec![
+        "--data-path",
+        data_path,
+        "--shards",
+        "2",
+        "--log-level",
+        "debug",
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(origdst_bin!(), &gw.router, &args)
+}
+
+/// The embedded default config with extra `origdst:` knobs, written where origdst can read it.
+fn config_with_knobs(tag: &str, knobs: &str) -> std::path::PathBuf {
+    let default = origdst_core::config::DEFAULT_YAML;
+    let yaml = default.replacen("origdst:\n", &format!("origdst:\n{knobs}"), 1);
+    assert_ne!(yaml, default, "the default config has an origdst: section");
+    let path = std::env::temp_dir().join(format!("origdst-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).expect("write config");
+    path
 }
 
 fn stop_clean(proxy: Proxy) -> ProxyExit {
@@ -112,10 +124,20 @@ fn bulk_client(gw: &Gateway, dst: SocketAddr, upload: u64) -> Verified {
     })
 }
 
-fn bulk_each_way(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) {
+fn bulk_each_way(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) -> ProxyExit {
+    bulk_each_way_with(tag, data_path, ips, router_ip, &[])
+}
+
+fn bulk_each_way_with(
+    tag: &str,
+    data_path: &str,
+    ips: [&str; 2],
+    router_ip: &str,
+    extra: &[&str],
+) -> ProxyExit {
     let gw = Gateway::new(tag);
     let (_server, seen) = bulk_server(&gw, ips, BULK_BYTES);
-    let proxy = start_proxy(&gw, data_path);
+    let proxy = start_proxy_with(&gw, data_path, extra);
     let dst = addr(ips[1], SERVER_PORT);
     let started = Instant::now();
     let download = bulk_client(&gw, dst, BULK_BYTES);
@@ -161,6 +183,7 @@ fn bulk_each_way(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) {
         "no buffer stays out after the connection ends"
     );
     println!("{tag}: 2 × 64 MiB through origdst ({data_path}) in {elapsed:?}");
+    exit
 }
 
 #[test]
@@ -181,6 +204,24 @@ fn ipv6_64mib_each_way_byte_exact_splice() {
 #[test]
 fn ipv6_64mib_each_way_byte_exact_copy() {
     bulk_each_way("v6copy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
+}
+
+#[test]
+fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
+    // No pipe budget at all: every splice direction must copy through pooled buffers instead.
+    let config = config_with_knobs("nopipes", "  pipe_budget_bytes: 0\n");
+    let exit = bulk_each_way_with(
+        "nopipes",
+        "uring-splice",
+        SERVER_V4,
+        ROUTER_SERVER_SIDE_V4,
+        &["--config", config.to_str().expect("utf-8 path")],
+    );
+    let _ = std::fs::remove_file(&config);
+    assert!(
+        exit.stat("splice_fallback_copies") > 0,
+        "the copy fallback must have been used"
+    );
 }
 
 #[test]
