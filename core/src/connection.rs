@@ -18,6 +18,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -168,12 +169,51 @@ enum Phase {
     Closed(Outcome),
 }
 
+/// The milestones of a connection, independent of how bytes were chunked: what two runtimes must
+/// agree on when they drive the same scenario (the sim/uring conformance test compares these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct History {
+    /// Where the destination came from (`None`: refused before resolving).
+    pub provenance: Option<Provenance>,
+    /// Whether the upstream connect succeeded.
+    pub connected: bool,
+    /// Directions that reached EOF, in the order they did.
+    pub eofs: [Option<Dir>; 2],
+    /// The side whose I/O error ended the connection, if one did.
+    pub failed_side: Option<Side>,
+    /// How it ended (`None` while open).
+    pub outcome: Option<Outcome>,
+}
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.provenance {
+            Some(provenance) => write!(f, "accept({})", provenance.name())?,
+            None => write!(f, "accept(-)")?,
+        }
+        if self.connected {
+            write!(f, " connected")?;
+        }
+        for dir in self.eofs.iter().flatten() {
+            write!(f, " eof({})", dir.name())?;
+        }
+        if let Some(side) = self.failed_side {
+            write!(f, " error({})", side.name())?;
+        }
+        if let Some(outcome) = self.outcome {
+            write!(f, " close({})", outcome.name())?;
+        }
+        Ok(())
+    }
+}
+
 /// One accepted connection: its destination, its phase, its two directions, its timers.
 #[derive(Debug)]
 pub struct Connection {
     client: ClientAddr,
     orig_dst: Option<OrigDstAddr>,
     provenance: Option<Provenance>,
+    history: History,
     phase: Phase,
     halves: [HalfDuplex; 2],
     accepted_at: Instant,
@@ -202,6 +242,7 @@ impl Connection {
                 stats.incr(Counter::UpstreamCxTotal);
                 conn.orig_dst = Some(resolution.orig_dst);
                 conn.provenance = Some(resolution.provenance);
+                conn.history.provenance = Some(resolution.provenance);
                 conn.phase = Phase::Connecting {
                     deadline: now + params.connect_timeout,
                 };
@@ -238,6 +279,7 @@ impl Connection {
             self.phase
         );
         self.phase = Phase::Relaying;
+        self.history.connected = true;
         self.last_activity = now;
         for dir in Dir::ALL {
             self.push(Action::Transfer { dir });
@@ -277,6 +319,8 @@ impl Connection {
     pub fn handle_eof(&mut self, now: Instant, dir: Dir, stats: &mut Counters) {
         assert_eq!(self.phase, Phase::Relaying, "EOF outside Relaying");
         self.halves[dir.index()].read_eof();
+        let slot = usize::from(self.history.eofs[0].is_some());
+        self.history.eofs[slot] = Some(dir);
         self.last_activity = now;
         self.push(Action::ShutdownWrite { side: dir.sink() });
         let other = &self.halves[1 - dir.index()];
@@ -307,6 +351,7 @@ impl Connection {
             (_, Side::Upstream) => Outcome::UpstreamFailed(kind),
             (_, Side::Client) => Outcome::ClientFailed(kind),
         };
+        self.history.failed_side = Some(side);
         self.fail(outcome, &[side.peer()], stats);
     }
 
@@ -391,6 +436,11 @@ impl Connection {
         self.halves[dir.index()].bytes
     }
 
+    /// The connection's milestones so far.
+    pub fn history(&self) -> History {
+        self.history
+    }
+
     /// The half-close state of `dir`.
     pub fn half_state(&self, dir: Dir) -> HalfState {
         self.halves[dir.index()].state
@@ -406,6 +456,7 @@ impl Connection {
             client,
             orig_dst: None,
             provenance: None,
+            history: History::default(),
             phase: Phase::Connecting {
                 deadline: now + params.connect_timeout,
             },
@@ -432,6 +483,7 @@ impl Connection {
     fn finish(&mut self, outcome: Outcome, stats: &mut Counters) {
         assert!(!self.is_closed(), "connection finished twice");
         self.phase = Phase::Closed(outcome);
+        self.history.outcome = Some(outcome);
         stats.record_outcome(outcome);
     }
 

@@ -140,6 +140,10 @@ fn half_close_client_first_keeps_upstream_flowing() {
     assert_eq!(h.stats.get(Counter::DownstreamCxTxBytesTotal), 5_007);
     assert_eq!(h.stats.active(), 0);
     assert_eq!(h.conn.next_timeout(), None);
+    assert_eq!(
+        h.conn.history().to_string(),
+        "accept(sockopt_v4) connected eof(client_to_upstream) eof(upstream_to_client) close(completed)"
+    );
 }
 
 #[test]

@@ -547,8 +547,10 @@ impl Shard {
             .unwrap_or_else(|| "-".into());
         let provenance = core.provenance().map_or("-", |p| p.name());
         let age_ms = core.age(now).as_millis();
+        let history = core.history();
         if outcome == Outcome::Completed {
-            tracing::debug!(client = %core.client(), %orig_dst, provenance, c2u, u2c, age_ms, "connection completed");
+            tracing::debug!(client = %core.client(), %orig_dst, provenance, c2u, u2c, age_ms, %history,
+                "connection completed");
         } else if self.log_budget.take(now) {
             let error = match outcome.error() {
                 Some(IoErrorKind::Other { errno }) => {
@@ -558,7 +560,7 @@ impl Shard {
                 None => "-".to_string(),
             };
             tracing::info!(client = %core.client(), %orig_dst, provenance, reason = outcome.name(), error, c2u, u2c,
-                age_ms, "connection closed");
+                age_ms, %history, "connection closed");
         }
     }
 

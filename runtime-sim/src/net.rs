@@ -1,0 +1,322 @@
+//! The model of the kernel's (and the platform's) redirect machinery, shared by every host of one
+//! simulation. turmoil runs all hosts on one thread, so `Rc<RefCell<_>>` is sound here.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use origdst_core::addr::{ClientAddr, LocalAddr};
+use origdst_core::orig_dst::{AcceptEvidence, InternalMetadata, RedirectRecord, SockOptAnswer};
+use turmoil::net::TcpStream;
+
+/// How a client's connection reaches the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// NAT REDIRECT to the capture port; conntrack remembers the original destination.
+    Redirect,
+    /// REDIRECT, and the platform attaches this redirect record (Windows HNS/WFP style).
+    RedirectWithRecord(Vec<u8>),
+    /// TPROXY to the transparent listener: the accepted socket's local address is the destination.
+    Tproxy,
+    /// To the internal listener, carrying this metadata.
+    Internal(InternalMetadata),
+    /// Straight to the capture port, no rule matched: conntrack has no NAT entry. With `unrestored`,
+    /// the query answers the socket's own address (conntrack loaded, nothing rewritten); without,
+    /// it answers ENOENT.
+    Direct {
+        /// Which of the two kernel answers to give.
+        unrestored: bool,
+    },
+    /// REDIRECT, but the conntrack entry is gone (expired, flushed) by the time the proxy asks.
+    StaleConntrack,
+}
+
+/// Which kind of proxy listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// REDIRECT target (`SO_ORIGINAL_DST`).
+    Redirect,
+    /// TPROXY target (transparent).
+    Transparent,
+    /// Internal listener (metadata).
+    Internal,
+}
+
+/// Rules on the proxy's own host, for its outbound connections (sidecar-style OUTPUT rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyHostRules {
+    /// A REDIRECT rule captures the proxy's own outbound connections...
+    pub redirect_outbound: bool,
+    /// ...unless they carry this mark (Istio's `-m mark --mark 1337 -j RETURN`). `None`: the rule
+    /// set forgot the exclusion.
+    pub exclude_mark: Option<u32>,
+    /// A Windows-style redirect policy re-redirects any proxy connection without its flow's record.
+    pub require_records: bool,
+}
+
+/// Ports on the proxy host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPorts {
+    /// REDIRECT capture listener.
+    pub capture: u16,
+    /// Transparent (TPROXY) listener.
+    pub transparent: u16,
+    /// Internal listener.
+    pub internal: u16,
+}
+
+#[derive(Debug, Clone)]
+struct CtEntry {
+    orig_dst: SocketAddr,
+    record: Option<Vec<u8>>,
+    /// The SYN's mark, reflected on the accepted socket (as with `net.ipv4.tcp_fwmark_accept=1`).
+    mark: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    proxy_ip: Option<IpAddr>,
+    ports: Option<ProxyPorts>,
+    rules: ProxyHostRules,
+    conntrack: BTreeMap<SocketAddr, CtEntry>,
+    metadata: BTreeMap<SocketAddr, InternalMetadata>,
+    aborted: BTreeSet<(SocketAddr, SocketAddr)>,
+    /// Wakes writers blocked on flow control when a reset is recorded (turmoil does not).
+    aborts: Rc<tokio::sync::Notify>,
+    /// Every original-destination answer given, per accepted peer: the oracle checks "exactly once".
+    queries: BTreeMap<SocketAddr, u32>,
+    /// Records handed out to client flows and still live.
+    live_records: BTreeSet<Vec<u8>>,
+    /// The proxy's own connections that were redirected back to it.
+    self_redirects: u32,
+    /// Upstream connects the proxy made, with the record it applied: (destination, record).
+    upstream_connects: Vec<(SocketAddr, Option<Vec<u8>>)>,
+}
+
+/// Handle to the shared model.
+#[derive(Debug, Clone, Default)]
+pub struct SimNet(Rc<RefCell<State>>);
+
+impl SimNet {
+    /// A model for a proxy at `proxy_ip` with these ports and host rules.
+    pub fn new(proxy_ip: IpAddr, ports: ProxyPorts, rules: ProxyHostRules) -> Self {
+        let net = Self::default();
+        {
+            let mut state = net.0.borrow_mut();
+            state.proxy_ip = Some(proxy_ip);
+            state.ports = Some(ports);
+            state.rules = rules;
+        }
+        net
+    }
+
+    fn proxy(&self, port: impl Fn(ProxyPorts) -> u16) -> SocketAddr {
+        let state = self.0.borrow();
+        let ports = state.ports.expect("model initialised");
+        SocketAddr::new(state.proxy_ip.expect("model initialised"), port(ports))
+    }
+
+    /// A client dials `orig_dst`; the route says what the kernel does with it.
+    pub async fn dial(&self, route: &Route, orig_dst: SocketAddr) -> io::Result<TcpStream> {
+        let target = match route {
+            Route::Tproxy => self.proxy(|p| p.transparent),
+            Route::Internal(_) => self.proxy(|p| p.internal),
+            _ => self.proxy(|p| p.capture),
+        };
+        let stream = TcpStream::connect(target).await?;
+        let local = stream.local_addr()?;
+        let mut state = self.0.borrow_mut();
+        match route {
+            Route::Redirect | Route::Tproxy => {
+                state.conntrack.insert(
+                    local,
+                    CtEntry {
+                        orig_dst,
+                        record: None,
+                        mark: None,
+                    },
+                );
+            }
+            Route::RedirectWithRecord(record) => {
+                state.live_records.insert(record.clone());
+                state.conntrack.insert(
+                    local,
+                    CtEntry {
+                        orig_dst,
+                        record: Some(record.clone()),
+                        mark: None,
+                    },
+                );
+            }
+            Route::Internal(metadata) => {
+                state.metadata.insert(local, metadata.clone());
+            }
+            Route::Direct { unrestored: true } => {
+                state.conntrack.insert(
+                    local,
+                    CtEntry {
+                        orig_dst: target,
+                        record: None,
+                        mark: None,
+                    },
+                );
+            }
+            Route::Direct { unrestored: false } | Route::StaleConntrack => {}
+        }
+        Ok(stream)
+    }
+
+    /// What the proxy's accept adapter reads from an accepted socket — once. Waits (bounded,
+    /// virtual time) for the dialer to register its conntrack entry, because turmoil completes a
+    /// connect only inside `accept`.
+    pub async fn accept_evidence(
+        &self,
+        kind: ListenerKind,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> AcceptEvidence {
+        for _ in 0..EVIDENCE_WAIT_TICKS {
+            let ready = {
+                let state = self.0.borrow();
+                match kind {
+                    ListenerKind::Internal => state.metadata.contains_key(&peer),
+                    _ => state.conntrack.contains_key(&peer),
+                }
+            };
+            if ready {
+                break;
+            }
+            tokio::time::sleep(EVIDENCE_WAIT_TICK).await;
+        }
+        let mut state = self.0.borrow_mut();
+        *state.queries.entry(peer).or_default() += 1;
+        let entry = state.conntrack.get(&peer).cloned();
+        let mut evidence = AcceptEvidence {
+            client: ClientAddr::new(peer),
+            local: LocalAddr::new(local),
+            transparent: false,
+            sockopt: SockOptAnswer::NotQueried,
+            mark: entry.as_ref().and_then(|e| e.mark),
+            internal: None,
+            redirect_record: entry
+                .as_ref()
+                .and_then(|e| e.record.clone())
+                .map(RedirectRecord),
+        };
+        match kind {
+            ListenerKind::Redirect => {
+                evidence.sockopt = match entry {
+                    Some(entry) if entry.orig_dst.is_ipv4() => SockOptAnswer::V4(entry.orig_dst),
+                    Some(entry) => SockOptAnswer::V6(entry.orig_dst),
+                    None => SockOptAnswer::NotFound,
+                };
+            }
+            ListenerKind::Transparent => {
+                evidence.transparent = true;
+                if let Some(entry) = entry {
+                    evidence.local = LocalAddr::new(entry.orig_dst);
+                }
+            }
+            ListenerKind::Internal => {
+                evidence.internal = Some(state.metadata.get(&peer).cloned().unwrap_or_default());
+            }
+        }
+        evidence
+    }
+
+    /// The proxy connects upstream. The proxy host's rules may redirect the connection back to the
+    /// proxy: when it lacks the excluded mark, or lacks a live redirect record under a record policy.
+    pub async fn proxy_connect(
+        &self,
+        dst: SocketAddr,
+        mark: Option<u32>,
+        record: Option<&RedirectRecord>,
+    ) -> io::Result<TcpStream> {
+        let redirected = {
+            let mut state = self.0.borrow_mut();
+            state
+                .upstream_connects
+                .push((dst, record.map(|r| r.0.clone())));
+            let rules = state.rules;
+            let by_mark = rules.redirect_outbound
+                && (rules.exclude_mark.is_none() || rules.exclude_mark != mark);
+            let by_record =
+                rules.require_records && !record.is_some_and(|r| state.live_records.contains(&r.0));
+            if by_mark || by_record {
+                state.self_redirects += 1;
+            }
+            by_mark || by_record
+        };
+        if !redirected {
+            return TcpStream::connect(dst).await;
+        }
+        let capture = self.proxy(|p| p.capture);
+        let stream = TcpStream::connect(capture).await?;
+        let local = stream.local_addr()?;
+        // The looped connection carries the proxy's mark, visible on the accepted socket.
+        self.0.borrow_mut().conntrack.insert(
+            local,
+            CtEntry {
+                orig_dst: dst,
+                record: None,
+                mark,
+            },
+        );
+        Ok(stream)
+    }
+
+    /// A flow's conntrack entry vanishes (expiry, `conntrack -F`): later queries answer ENOENT.
+    pub fn expire(&self, client_local: SocketAddr) {
+        self.0.borrow_mut().conntrack.remove(&client_local);
+    }
+
+    /// Records that the socket (`local`, `peer`) was closed with a reset.
+    pub fn record_abort(&self, local: SocketAddr, peer: SocketAddr) {
+        let mut state = self.0.borrow_mut();
+        state.aborted.insert((local, peer));
+        state.aborts.notify_waiters();
+    }
+
+    /// Notified whenever a reset is recorded.
+    pub fn aborts(&self) -> Rc<tokio::sync::Notify> {
+        Rc::clone(&self.0.borrow().aborts)
+    }
+
+    /// Whether the peer of the socket (`local`, `peer`) reset the connection.
+    pub fn peer_aborted(&self, local: SocketAddr, peer: SocketAddr) -> bool {
+        self.0.borrow().aborted.contains(&(peer, local))
+    }
+
+    /// How often the original destination was queried for the connection from `peer`.
+    pub fn queries(&self, peer: SocketAddr) -> u32 {
+        self.0.borrow().queries.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Every original-destination query, per peer.
+    pub fn all_queries(&self) -> Vec<(SocketAddr, u32)> {
+        self.0
+            .borrow()
+            .queries
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// How many of the proxy's own connections were redirected back to it.
+    pub fn self_redirects(&self) -> u32 {
+        self.0.borrow().self_redirects
+    }
+
+    /// Upstream connects the proxy made: (destination, applied record).
+    pub fn upstream_connects(&self) -> Vec<(SocketAddr, Option<Vec<u8>>)> {
+        self.0.borrow().upstream_connects.clone()
+    }
+}
+
+/// How long the accept adapter waits for a dialer's conntrack entry: generous against latency, so
+/// only a real missing entry answers ENOENT.
+const EVIDENCE_WAIT_TICKS: u32 = 200;
+const EVIDENCE_WAIT_TICK: Duration = Duration::from_millis(1);

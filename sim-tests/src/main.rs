@@ -1,0 +1,141 @@
+//! The sweep: many seeds across the families, with seeds/s, failures (with their seeds) and the
+//! coverage report; exits non-zero on a failure or on a required counter never hit.
+//!
+//! ```text
+//! cargo run -p origdst-sim-tests --release -- --seeds 100000          # all families
+//! cargo run -p origdst-sim-tests --release -- --family resets --seeds 5000 --start 7 --jobs 2
+//! cargo run -p origdst-sim-tests --release -- --family resets --seed 1000042 --trace
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use origdst_sim_tests::coverage::Coverage;
+use origdst_sim_tests::runner::{self, Failure};
+use origdst_sim_tests::scenario::Family;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let families: Vec<Family> = match value("--family") {
+        Some(name) => match Family::parse(&name) {
+            Some(family) => vec![family],
+            None => {
+                eprintln!(
+                    "unknown family {name:?}; one of: {}",
+                    Family::ALL.map(Family::name).join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => Family::ALL.to_vec(),
+    };
+    if let Some(seed) = value("--seed").and_then(|s| s.parse().ok()) {
+        return replay(families[0], seed, args.iter().any(|a| a == "--trace"));
+    }
+    let total: u64 = value("--seeds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let start: u64 = value("--start").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let jobs: u64 = value("--jobs")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+        .max(1);
+    let per_family = total.div_ceil(families.len() as u64);
+    let planned = per_family * families.len() as u64;
+    let began = Instant::now();
+    // Work items: (family, first seed, end seed), handed out to `jobs` threads; each turmoil sim
+    // lives on one thread, so seeds parallelise without sharing anything.
+    let mut chunks = Vec::new();
+    for (index, family) in families.iter().enumerate() {
+        let first = start + index as u64 * per_family;
+        for chunk_start in (first..first + per_family).step_by(CHUNK_SEEDS as usize) {
+            chunks.push((
+                *family,
+                chunk_start,
+                (chunk_start + CHUNK_SEEDS).min(first + per_family),
+            ));
+        }
+    }
+    let queue = std::sync::Mutex::new(chunks.into_iter());
+    let results = std::sync::Mutex::new((Coverage::default(), Vec::<Failure>::new(), 0u64));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let Some((family, from, to)) = queue.lock().expect("queue").next() else {
+                        return;
+                    };
+                    let mut coverage = Coverage::default();
+                    let found = runner::sweep(family, from..to, &mut coverage);
+                    let mut results = results.lock().expect("results");
+                    results.0.merge(&coverage);
+                    results.1.extend(found);
+                    results.2 += to - from;
+                    let rate = results.2 as f64 / began.elapsed().as_secs_f64();
+                    if results.2 % PROGRESS_EVERY < to - from {
+                        eprintln!(
+                            "{}/{planned} seeds, {rate:.0} seeds/s, {} failures",
+                            results.2,
+                            results.1.len()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let (coverage, mut failures, done) = results.into_inner().expect("results");
+    failures.sort_by_key(|f| (f.scenario.family, f.scenario.seed));
+    let elapsed = began.elapsed().as_secs_f64();
+    println!(
+        "sweep: {done} seeds in {elapsed:.1} s = {:.0} seeds/s, {} failures",
+        done as f64 / elapsed,
+        failures.len()
+    );
+    for failure in failures.iter().take(FAILURES_SHOWN) {
+        println!("{failure}\n");
+    }
+    println!("coverage (sometimes counters):");
+    for (name, count) in coverage.iter() {
+        println!("  {name:<58} {count}");
+    }
+    let missing = coverage.missing();
+    if !missing.is_empty() && families.len() == Family::ALL.len() {
+        println!("NEVER HIT: {}", missing.join(", "));
+        return ExitCode::FAILURE;
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn replay(family: Family, seed: u64, trace: bool) -> ExitCode {
+    let (scenario, report, violations) = runner::run_seed(seed, family, trace);
+    print!("{scenario}");
+    for line in &report.trace {
+        println!("{line}");
+    }
+    println!("trace hash {:016x}", report.trace_hash);
+    for (id, flow) in report.flows.iter().enumerate() {
+        println!("flow {id}: {flow:?}");
+    }
+    if violations.is_empty() {
+        println!("ok");
+        return ExitCode::SUCCESS;
+    }
+    for violation in &violations {
+        println!("VIOLATION {violation}");
+    }
+    ExitCode::FAILURE
+}
+
+const PROGRESS_EVERY: u64 = 1000;
+const CHUNK_SEEDS: u64 = 100;
+const FAILURES_SHOWN: usize = 20;
