@@ -27,3 +27,6 @@ pub mod orig_dst;
 pub mod relay;
 pub mod stats;
 pub mod time;
+
+#[cfg(test)]
+mod proptests;

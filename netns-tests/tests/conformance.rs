@@ -13,7 +13,9 @@ use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::proxy::Proxy;
 use origdst_netns_tests::server::Server;
 use origdst_netns_tests::topology::{Gateway, PROXY_PORT, ROUTER_CLIENT_SIDE_V4, SERVER_V4, addr};
-use origdst_sim_tests::scenario::{Fault, Family, Flow, Order, RouteKind, Scenario, TCP_CAPACITY, Upstream};
+use origdst_sim_tests::scenario::{
+    Family, Fault, Flow, Order, RouteKind, Scenario, TCP_CAPACITY, Upstream,
+};
 use origdst_sim_tests::world;
 
 /// The scripts, in the order both drivers run them, with the milestones core must record.
@@ -59,8 +61,18 @@ fn sim_histories() -> Vec<String> {
             flow(0, Order::ClientFirst, Fault::None, RouteKind::Redirect),
             flow(1, Order::UpstreamFirst, Fault::None, RouteKind::Redirect),
             flow(2, Order::ClientFirst, Fault::Refused, RouteKind::Redirect),
-            flow(3, Order::ClientFirst, Fault::ClientReset(100), RouteKind::Redirect),
-            flow(4, Order::ClientFirst, Fault::None, RouteKind::Direct { unrestored: true }),
+            flow(
+                3,
+                Order::ClientFirst,
+                Fault::ClientReset(100),
+                RouteKind::Redirect,
+            ),
+            flow(
+                4,
+                Order::ClientFirst,
+                Fault::None,
+                RouteKind::Direct { unrestored: true },
+            ),
         ],
         latency_ms: (1, 1),
         tcp_capacity: TCP_CAPACITY,
@@ -80,7 +92,9 @@ fn uring_histories() -> Vec<String> {
     let gw = Gateway::new("conform");
     let handler = Arc::new(|stream: TcpStream, local: SocketAddr, _: SocketAddr| {
         thread::spawn(move || {
-            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let mut stream = stream;
             match local.port() {
                 // Script 1: read the request to EOF, then answer.
@@ -106,7 +120,11 @@ fn uring_histories() -> Vec<String> {
     });
     let ports = [8080, 8081, 8083].map(|port| addr(SERVER_V4[0], port));
     let _server = Server::start(&gw.server, &ports, handler);
-    let proxy = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "1", "--log-level", "debug"]);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--shards", "1", "--log-level", "debug"],
+    );
     gw.client.run(|| {
         let timeout = Some(Duration::from_secs(10));
         // 1: client-first half-close.
@@ -137,7 +155,9 @@ fn uring_histories() -> Vec<String> {
         let s = TcpStream::connect(addr(SERVER_V4[0], 8083)).unwrap();
         (&s).write_all(&[1u8; 100]).unwrap();
         thread::sleep(Duration::from_millis(50));
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
         settle();
         // 5: the proxy port itself, no redirect.
@@ -150,7 +170,10 @@ fn uring_histories() -> Vec<String> {
     assert!(exit.status.success(), "{}", exit.log);
     exit.log
         .lines()
-        .filter_map(|line| line.split_once("history=").map(|(_, history)| history.trim().to_string()))
+        .filter_map(|line| {
+            line.split_once("history=")
+                .map(|(_, history)| history.trim().to_string())
+        })
         .collect()
 }
 
