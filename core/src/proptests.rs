@@ -82,10 +82,8 @@ fn evidence() -> impl Strategy<Value = AcceptEvidence> {
 
 /// The documented precedence, written independently of the implementation.
 fn model(ev: &AcceptEvidence, me: &SelfAddrs) -> Result<(SocketAddr, Provenance), RefuseReason> {
-    if ev.mark.is_some() && ev.mark == me.own_mark {
-        return Err(RefuseReason::OwnMark {
-            mark: ev.mark.unwrap(),
-        });
+    if let Some(mark) = ev.mark.filter(|&m| Some(m) == me.own_mark) {
+        return Err(RefuseReason::OwnMark { mark });
     }
     let (dst, provenance) = if let Some(meta) = &ev.internal {
         let (text, provenance) = if let Some(text) = &meta.dynamic_local {
