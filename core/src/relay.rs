@@ -140,6 +140,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_are_the_log_spelling() {
+        assert_eq!(
+            [Side::Client.name(), Side::Upstream.name()],
+            ["client", "upstream"]
+        );
+        assert_eq!(
+            Dir::ALL.map(Dir::name),
+            ["client_to_upstream", "upstream_to_client"]
+        );
+    }
+
+    #[test]
     fn directions_are_mirror_images() {
         for dir in Dir::ALL {
             assert_ne!(dir.source(), dir.sink());

@@ -212,5 +212,12 @@ mod tests {
         assert_eq!(a.get(Counter::DownstreamCxRxBytesTotal), 10);
         assert_eq!(a.active(), 4);
         assert_eq!(Counters::from_array(*a.as_array()), a);
+        let listed: Vec<_> = a.iter().collect();
+        assert_eq!(listed.len(), Counter::COUNT);
+        assert_eq!(listed[0], ("downstream_cx_total", 6));
+        assert_eq!(
+            listed[Counter::DownstreamCxRxBytesTotal as usize],
+            ("downstream_cx_rx_bytes_total", 10)
+        );
     }
 }

@@ -72,6 +72,16 @@ pub struct Verified {
     pub mismatch_at: Option<u64>,
 }
 
+impl Verified {
+    /// What a complete, intact stream of `bytes` verifies as.
+    pub const fn intact(bytes: u64) -> Self {
+        Self {
+            bytes,
+            mismatch_at: None,
+        }
+    }
+}
+
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

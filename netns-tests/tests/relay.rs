@@ -144,19 +144,13 @@ fn bulk_each_way_with(
     let elapsed = started.elapsed();
     assert_eq!(
         download,
-        Verified {
-            bytes: BULK_BYTES,
-            mismatch_at: None
-        },
+        Verified::intact(BULK_BYTES),
         "download through origdst"
     );
     let seen = seen.recv_timeout(IO_TIMEOUT).expect("server report");
     assert_eq!(
         seen.upload,
-        Verified {
-            bytes: BULK_BYTES,
-            mismatch_at: None
-        },
+        Verified::intact(BULK_BYTES),
         "upload through origdst"
     );
     assert_eq!(
@@ -291,19 +285,10 @@ fn half_close_client_first_response_still_flows() {
         DOWN.verify_from(&mut &stream)
             .expect("client read response")
     });
-    assert_eq!(
-        response,
-        Verified {
-            bytes: 4 << 20,
-            mismatch_at: None
-        }
-    );
+    assert_eq!(response, Verified::intact(4 << 20));
     assert_eq!(
         done.recv_timeout(IO_TIMEOUT).unwrap(),
-        Verified {
-            bytes: 1 << 20,
-            mismatch_at: None
-        }
+        Verified::intact(1 << 20)
     );
     let exit = stop_clean(proxy);
     assert_eq!(exit.stat("half_close_from_client"), 1);
@@ -338,19 +323,10 @@ fn half_close_server_first_upload_still_flows() {
         stream.shutdown(Shutdown::Write).expect("client shutdown");
         download
     });
-    assert_eq!(
-        download,
-        Verified {
-            bytes: 4 << 20,
-            mismatch_at: None
-        }
-    );
+    assert_eq!(download, Verified::intact(4 << 20));
     assert_eq!(
         done.recv_timeout(IO_TIMEOUT).unwrap(),
-        Verified {
-            bytes: 1 << 20,
-            mismatch_at: None
-        }
+        Verified::intact(1 << 20)
     );
     let exit = stop_clean(proxy);
     assert_eq!(exit.stat("half_close_from_upstream"), 1);

@@ -280,7 +280,20 @@ fn draw_flow(rng: &mut Rng, family: Family, id: usize, scenario: &mut Scenario) 
     }
     draw_family(rng, family, id, scenario, &mut flow);
     fit_slow_readers(&mut flow);
+    fit_window(&mut flow);
     flow
+}
+
+/// Each write is one turmoil segment: a flow must never have more segments in flight than the
+/// window holds, or a writer whose peer vanished (crash, reset) would block forever — turmoil
+/// does not wake it the way a kernel's RST would.
+fn fit_window(flow: &mut Flow) {
+    let max_bytes = (TCP_CAPACITY / 2 * flow.chunk) as u64;
+    flow.upload = flow.upload.min(max_bytes);
+    flow.download = flow.download.min(max_bytes);
+    if let Fault::UpstreamReset(k) | Fault::ClientReset(k) = &mut flow.fault {
+        *k = (*k).min(flow.upload.saturating_sub(1));
+    }
 }
 
 /// A slow reader pauses after every segment it reads. Once the proxy has handed everything to the

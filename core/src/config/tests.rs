@@ -266,3 +266,99 @@ fn durations_parse_like_protobuf_json() {
         assert!(parse_duration("x", bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn documented_defaults_are_the_defaults() {
+    // README's knob table promises these numbers.
+    let knobs = Knobs::default();
+    assert_eq!(knobs.pipe_budget_bytes, 32 * 1024 * 1024);
+    assert_eq!(knobs.pipe_size_bytes, 256 * 1024);
+    assert_eq!(knobs.buffer_size_bytes, 64 * 1024);
+    assert_eq!(knobs.buffer_count, 256);
+    assert_eq!(knobs.upstream_mark, Some(1337));
+    assert_eq!(knobs.drain_timeout, Duration::from_secs(20));
+    assert_eq!(knobs.connections_per_shard_max, 65536);
+    assert_eq!(knobs.iowq_workers_max, 2);
+    assert_eq!(
+        [DataPath::UringSplice.name(), DataPath::UringCopy.name()],
+        ["uring-splice", "uring-copy"]
+    );
+    for path in [DataPath::UringSplice, DataPath::UringCopy] {
+        assert_eq!(DataPath::parse(path.name()), Some(path));
+    }
+}
+
+#[test]
+fn limits_are_enforced_at_their_edges() {
+    // A sign is not part of the format, though u64 parsing would take it.
+    assert!(parse_duration("x", "+5s").is_err());
+    let with = |knobs: &str| Config::from_yaml(&format!("origdst: {{ {knobs} }}\n{MINIMAL}"));
+    assert!(with("pipe_budget_bytes: 1073741824").is_ok());
+    assert_eq!(
+        with("pipe_budget_bytes: 1073741825").unwrap_err().path,
+        "origdst.pipe_budget_bytes"
+    );
+    assert!(
+        with("pipe_budget_bytes: 0").is_ok(),
+        "0 disables splice pipes (copy fallback only)"
+    );
+    // The longest accepted duration is a year.
+    assert_eq!(
+        parse_duration("x", "31536000s").unwrap(),
+        Duration::from_secs(31_536_000)
+    );
+    assert!(parse_duration("x", "31536001s").is_err());
+    assert!(
+        parse_duration("x", "1.5xs").is_err(),
+        "a non-digit fraction"
+    );
+    assert!(
+        parse_duration("x", "a.5s").is_err(),
+        "a non-digit whole part"
+    );
+}
+
+#[test]
+fn protocol_other_than_tcp_and_duplicate_clusters_are_refused() {
+    let e = err(&MINIMAL.replace("port_value: 15001", "port_value: 15001, protocol: UDP"));
+    assert_eq!(
+        e.path,
+        "static_resources.listeners[0].address.socket_address.protocol"
+    );
+    assert!(
+        Config::from_yaml(
+            &MINIMAL.replace("port_value: 15001", "port_value: 15001, protocol: TCP")
+        )
+        .is_ok()
+    );
+    let e = err(&format!(
+        "{MINIMAL}  - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }}\n"
+    ));
+    assert_eq!(e.path, "static_resources.clusters[1].name");
+    assert!(e.reason.contains("duplicate cluster"), "{e}");
+}
+
+#[test]
+fn listen_addrs_lists_every_bound_address() {
+    let config = Config::default_config();
+    let addrs: Vec<SocketAddr> = config.listen_addrs().collect();
+    assert_eq!(
+        addrs,
+        vec![
+            "0.0.0.0:15001".parse::<SocketAddr>().unwrap(),
+            "[::]:15001".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn error_display_names_the_field_or_says_config() {
+    let field = ConfigError::new("origdst.shards", "too many");
+    assert_eq!(field.to_string(), "config field `origdst.shards`: too many");
+    for path in ["", "."] {
+        assert_eq!(
+            ConfigError::new(path, "empty document").to_string(),
+            "config: empty document"
+        );
+    }
+}

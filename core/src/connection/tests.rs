@@ -185,6 +185,10 @@ fn upstream_reset_mid_stream_resets_the_client() {
         Some(Outcome::UpstreamFailed(IoErrorKind::Reset))
     );
     assert_eq!(h.stats.get(Counter::UpstreamCxReset), 1);
+    assert_eq!(
+        h.conn.history().to_string(),
+        "accept(sockopt_v4) connected error(upstream) close(upstream_failed)"
+    );
     // A late completion after the close changes nothing.
     h.error(Side::Client, IoErrorKind::BrokenPipe);
     assert_eq!(h.actions(), vec![]);
@@ -262,6 +266,10 @@ fn connect_refused_resets_the_client() {
         h.conn.outcome(),
         Some(Outcome::ConnectFailed(IoErrorKind::Refused))
     );
+    assert_eq!(
+        h.conn.outcome().and_then(Outcome::error),
+        Some(IoErrorKind::Refused)
+    );
     assert_eq!(h.stats.get(Counter::UpstreamCxConnectFail), 1);
 }
 
@@ -275,6 +283,11 @@ fn connect_timeout_resets_the_client_at_the_deadline() {
     assert_eq!(h.actions(), vec![], "one nanosecond early: nothing happens");
     h.fire_next_timeout();
     assert_eq!(h.now, start + CONNECT_TIMEOUT);
+    assert_eq!(
+        h.conn.age(h.now),
+        CONNECT_TIMEOUT,
+        "age counts from the accept"
+    );
     assert_eq!(
         h.actions(),
         vec![Action::Reset { side: Side::Client }, Action::Close]
@@ -439,4 +452,62 @@ fn bytes_after_eof_are_a_bug() {
     let mut h = Harness::relaying();
     h.eof(C2U);
     h.send(C2U, 1);
+}
+
+#[test]
+fn log_names_are_distinct_and_stable() {
+    // Operators grep logs and alert on these: they are part of the interface.
+    let kinds = [
+        IoErrorKind::Refused,
+        IoErrorKind::Reset,
+        IoErrorKind::TimedOut,
+        IoErrorKind::Unreachable,
+        IoErrorKind::BrokenPipe,
+        IoErrorKind::Other { errno: 5 },
+    ];
+    let names: Vec<_> = kinds.iter().map(|k| k.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "refused",
+            "reset",
+            "timed_out",
+            "unreachable",
+            "broken_pipe",
+            "other"
+        ]
+    );
+    let outcomes = [
+        Outcome::Completed,
+        Outcome::Refused(RefuseReason::OwnMark { mark: 1 }),
+        Outcome::ConnectFailed(IoErrorKind::Refused),
+        Outcome::ConnectTimeout,
+        Outcome::UpstreamFailed(IoErrorKind::Reset),
+        Outcome::ClientFailed(IoErrorKind::Reset),
+        Outcome::IdleTimeout,
+        Outcome::DrainAborted,
+        Outcome::Overflow,
+    ];
+    let names: Vec<_> = outcomes.iter().map(|o| o.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "completed",
+            "own_mark",
+            "upstream_connect_failed",
+            "upstream_connect_timeout",
+            "upstream_failed",
+            "client_failed",
+            "idle_timeout",
+            "drain_aborted",
+            "overflow"
+        ]
+    );
+    for outcome in outcomes {
+        let has_error = matches!(
+            outcome,
+            Outcome::ConnectFailed(_) | Outcome::UpstreamFailed(_) | Outcome::ClientFailed(_)
+        );
+        assert_eq!(outcome.error().is_some(), has_error, "{outcome:?}");
+    }
 }
