@@ -57,6 +57,17 @@ pub struct ProxyHostRules {
     pub require_records: bool,
 }
 
+impl ProxyHostRules {
+    /// Whether these rules send a proxy connection carrying `mark` (and, if `record_live`, its
+    /// flow's live redirect record) back to the proxy.
+    pub fn redirects(self, mark: Option<u32>, record_live: bool) -> bool {
+        let by_mark =
+            self.redirect_outbound && (self.exclude_mark.is_none() || self.exclude_mark != mark);
+        let by_record = self.require_records && !record_live;
+        by_mark || by_record
+    }
+}
+
 /// Ports on the proxy host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyPorts {
@@ -240,15 +251,12 @@ impl SimNet {
             state
                 .upstream_connects
                 .push((dst, record.map(|r| r.0.clone())));
-            let rules = state.rules;
-            let by_mark = rules.redirect_outbound
-                && (rules.exclude_mark.is_none() || rules.exclude_mark != mark);
-            let by_record =
-                rules.require_records && !record.is_some_and(|r| state.live_records.contains(&r.0));
-            if by_mark || by_record {
+            let live = record.is_some_and(|r| state.live_records.contains(&r.0));
+            let redirected = state.rules.redirects(mark, live);
+            if redirected {
                 state.self_redirects += 1;
             }
-            by_mark || by_record
+            redirected
         };
         if !redirected {
             return TcpStream::connect(dst).await;
@@ -320,3 +328,63 @@ impl SimNet {
 /// only a real missing entry answers ENOENT.
 const EVIDENCE_WAIT_TICKS: u32 = 200;
 const EVIDENCE_WAIT_TICK: Duration = Duration::from_millis(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_redirect_only_what_they_should() {
+        let istio = ProxyHostRules {
+            redirect_outbound: true,
+            exclude_mark: Some(1337),
+            require_records: false,
+        };
+        assert!(
+            !istio.redirects(Some(1337), false),
+            "marked traffic bypasses the capture"
+        );
+        assert!(
+            istio.redirects(None, false),
+            "unmarked proxy traffic is captured again"
+        );
+        assert!(istio.redirects(Some(7), false));
+        let forgot = ProxyHostRules {
+            exclude_mark: None,
+            ..istio
+        };
+        assert!(
+            forgot.redirects(Some(1337), false),
+            "a rule set without the exclusion loops"
+        );
+        let windows = ProxyHostRules {
+            redirect_outbound: false,
+            exclude_mark: None,
+            require_records: true,
+        };
+        assert!(
+            !windows.redirects(None, true),
+            "a live record lets the connection out"
+        );
+        assert!(windows.redirects(None, false));
+        assert!(
+            !ProxyHostRules::default().redirects(None, false),
+            "no rules, no redirect"
+        );
+    }
+
+    #[test]
+    fn a_reset_is_seen_by_the_peer_only() {
+        let net = SimNet::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:1000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        net.record_abort(a, b);
+        assert!(net.peer_aborted(b, a), "b's peer (a) reset");
+        assert!(
+            !net.peer_aborted(a, b),
+            "a did the reset; it does not see one"
+        );
+    }
+}
