@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod netns;
 pub mod pattern;
 pub mod proxy;

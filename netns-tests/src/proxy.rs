@@ -138,20 +138,30 @@ impl Proxy {
             .to_string()
     }
 
+    /// Sends SIGTERM (starts the drain) without waiting.
+    pub fn signal_term(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM).expect("SIGTERM origdst");
+    }
+
     /// SIGTERM, then waits for exit (drain) and parses the final counters.
-    pub fn stop(mut self) -> ProxyExit {
+    pub fn stop(self) -> ProxyExit {
+        self.signal_term();
+        self.wait_exit(STOP_TIMEOUT)
+    }
+
+    /// Waits for the process to exit by itself (after a signal) and parses the final counters.
+    pub fn wait_exit(mut self, timeout: Duration) -> ProxyExit {
         let mut child = self.child.take().expect("running");
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM origdst");
         let start = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait origdst") {
                 break status;
             }
-            if start.elapsed() > STOP_TIMEOUT {
+            if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "origdst did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                    "origdst did not exit within {timeout:?} of SIGTERM:\n{}",
                     self.log()
                 );
             }

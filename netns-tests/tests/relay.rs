@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::netns::raise_nofile_limit;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::pattern::{Pattern, Verified};
@@ -48,16 +49,6 @@ fn start_proxy_with(gw: &Gateway, data_path: &str, extra: &[&str]) -> Proxy {
     ];
     args.extend_from_slice(extra);
     Proxy::start(origdst_bin!(), &gw.router, &args)
-}
-
-/// The embedded default config with extra `origdst:` knobs, written where origdst can read it.
-fn config_with_knobs(tag: &str, knobs: &str) -> std::path::PathBuf {
-    let default = origdst_core::config::DEFAULT_YAML;
-    let yaml = default.replacen("origdst:\n", &format!("origdst:\n{knobs}"), 1);
-    assert_ne!(yaml, default, "the default config has an origdst: section");
-    let path = std::env::temp_dir().join(format!("origdst-{tag}-{}.yaml", std::process::id()));
-    std::fs::write(&path, yaml).expect("write config");
-    path
 }
 
 fn stop_clean(proxy: Proxy) -> ProxyExit {
@@ -203,15 +194,17 @@ fn ipv6_64mib_each_way_byte_exact_copy() {
 #[test]
 fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
     // No pipe budget at all: every splice direction must copy through pooled buffers instead.
-    let config = config_with_knobs("nopipes", "  pipe_budget_bytes: 0\n");
+    let config = ConfigFile::default_with(
+        "nopipes",
+        &[("origdst:\n", "origdst:\n  pipe_budget_bytes: 0\n")],
+    );
     let exit = bulk_each_way_with(
         "nopipes",
         "uring-splice",
         SERVER_V4,
         ROUTER_SERVER_SIDE_V4,
-        &["--config", config.to_str().expect("utf-8 path")],
+        &["--config", config.arg()],
     );
-    let _ = std::fs::remove_file(&config);
     assert!(
         exit.stat("splice_fallback_copies") > 0,
         "the copy fallback must have been used"

@@ -1,0 +1,260 @@
+//! Faults on the real kernel: what a client and an upstream see when the other side or the path
+//! fails, and what origdst counts. Every failure must reach the peer as a reset — never as a clean
+//! EOF after a truncated stream — within a bound.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use origdst_netns_tests::config::ConfigFile;
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::pattern::{Pattern, Verified};
+use origdst_netns_tests::proxy::{Proxy, ProxyExit};
+use origdst_netns_tests::server::Server;
+use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const DATA: Pattern = Pattern::new(0xfa17);
+
+fn start(gw: &Gateway, config: &ConfigFile) -> Proxy {
+    Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &[
+            "--config",
+            config.arg(),
+            "--shards",
+            "2",
+            "--log-level",
+            "debug",
+        ],
+    )
+}
+
+fn stop_clean(proxy: Proxy) -> ProxyExit {
+    let exit = proxy.stop();
+    assert!(
+        exit.status.success(),
+        "origdst exited with {}:\n{}",
+        exit.status,
+        exit.log
+    );
+    exit
+}
+
+/// Reads until EOF or error: (bytes read, how it ended).
+fn read_until_end(stream: &mut TcpStream) -> (u64, Result<(), ErrorKind>) {
+    let mut buf = [0u8; 65536];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, Ok(())),
+            Ok(n) => total += n as u64,
+            Err(e) => return (total, Err(e.kind())),
+        }
+    }
+}
+
+fn reset_on_close(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+}
+
+#[test]
+fn black_holed_upstream_resets_the_client_at_the_connect_timeout() {
+    let gw = Gateway::new("blackhole");
+    // The server silently drops SYNs to this port: the connect neither succeeds nor fails.
+    gw.server.exec(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "8090", "-j", "DROP"],
+    );
+    let config = ConfigFile::default_with(
+        "blackhole",
+        &[("connect_timeout: 10s", "connect_timeout: 1s")],
+    );
+    let proxy = start(&gw, &config);
+    let dst = addr(SERVER_V4[0], 8090);
+    let (waited, outcome) = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("the proxy accepts");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let started = Instant::now();
+        let outcome = stream.read(&mut [0u8; 8]).map_err(|e| e.kind());
+        (started.elapsed(), outcome)
+    });
+    assert_eq!(outcome, Err(ErrorKind::ConnectionReset));
+    assert!(
+        waited >= Duration::from_millis(900),
+        "reset before the connect timeout: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the client waited {waited:?} for a 1 s connect timeout"
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("upstream_cx_connect_timeout"), 1);
+}
+
+#[test]
+fn upstream_reset_mid_stream_reaches_the_client_as_a_reset() {
+    let gw = Gateway::new("upreset");
+    let handler = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        thread::spawn(move || {
+            DATA.write_to(&mut &stream, 256 * 1024)
+                .expect("server send");
+            thread::sleep(Duration::from_millis(100));
+            reset_on_close(&stream);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8091)], handler);
+    let config = ConfigFile::default_with("upreset", &[]);
+    let proxy = start(&gw, &config);
+    let dst = addr(SERVER_V4[0], 8091);
+    let (got, end) = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        read_until_end(&mut stream)
+    });
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "after {got} bytes the client saw {end:?}, not a reset"
+    );
+    assert!(got <= 256 * 1024);
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("upstream_cx_reset"), 1, "{}", exit.log);
+}
+
+#[test]
+fn client_reset_mid_upload_reaches_the_upstream_as_a_reset() {
+    let gw = Gateway::new("clreset");
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let _ = tx.send(read_until_end(&mut stream));
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8092)], handler);
+    let config = ConfigFile::default_with("clreset", &[]);
+    let proxy = start(&gw, &config);
+    let dst = addr(SERVER_V4[0], 8092);
+    gw.client.run(move || {
+        let stream = TcpStream::connect(dst).expect("connect");
+        DATA.write_to(&mut &stream, 1 << 20).expect("client send");
+        thread::sleep(Duration::from_millis(200));
+        reset_on_close(&stream);
+    });
+    let (got, end) = seen.recv_timeout(IO_TIMEOUT).expect("server result");
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "after {got} bytes the upstream saw {end:?}, not a reset"
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("downstream_cx_reset"), 1, "{}", exit.log);
+}
+
+#[test]
+fn idle_timeout_resets_both_sides() {
+    let gw = Gateway::new("idle");
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let started = Instant::now();
+            let end = read_until_end(&mut stream);
+            let _ = tx.send((started.elapsed(), end));
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8093)], handler);
+    let config = ConfigFile::default_with("idle", &[("idle_timeout: 3600s", "idle_timeout: 1s")]);
+    let proxy = start(&gw, &config);
+    let dst = addr(SERVER_V4[0], 8093);
+    let (waited, end) = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let started = Instant::now();
+        let end = read_until_end(&mut stream);
+        (started.elapsed(), end)
+    });
+    assert_eq!(end, (0, Err(ErrorKind::ConnectionReset)), "client");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "client waited {waited:?}"
+    );
+    let (server_waited, server_end) = seen.recv_timeout(IO_TIMEOUT).expect("server result");
+    assert_eq!(server_end, (0, Err(ErrorKind::ConnectionReset)), "upstream");
+    assert!(
+        server_waited < Duration::from_secs(5),
+        "upstream waited {server_waited:?}"
+    );
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("idle_timeout"), 1);
+}
+
+#[test]
+fn sigterm_drains_an_open_transfer_byte_exact_and_refuses_new_connections() {
+    let gw = Gateway::new("drain");
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let got = DATA.verify_from(&mut &stream).expect("server receive");
+            DATA.write_to(&mut &stream, 1 << 20).expect("server answer");
+            stream.shutdown(Shutdown::Write).expect("server shutdown");
+            let _ = tx.send(got);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8094)], handler);
+    let config = ConfigFile::default_with("drain", &[]);
+    let mut proxy = start(&gw, &config);
+    let dst = addr(SERVER_V4[0], 8094);
+    let (ready_tx, ready) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let client = gw.client.spawn(move || {
+        let stream = TcpStream::connect(dst).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        DATA.write_to(&mut &stream, 1 << 20).expect("first half");
+        ready_tx.send(()).unwrap();
+        // The proxy is draining now: the open connection must still carry everything.
+        go.recv().unwrap();
+        let mut rest = Vec::new();
+        DATA.write_to(&mut rest, 2 << 20).unwrap();
+        (&stream)
+            .write_all(&rest[1 << 20..])
+            .expect("second half during the drain");
+        stream.shutdown(Shutdown::Write).unwrap();
+        DATA.verify_from(&mut &stream)
+            .expect("answer during the drain")
+    });
+    ready.recv_timeout(IO_TIMEOUT).expect("client started");
+    proxy.signal_term();
+    proxy.wait_for_log("draining", Duration::from_secs(10));
+    // New connections are refused while the open one drains.
+    let refused = gw
+        .client
+        .run(move || TcpStream::connect(dst).map(|_| ()).map_err(|e| e.kind()));
+    go_tx.send(()).unwrap();
+    let answer = client.join().expect("client thread");
+    assert_eq!(
+        refused,
+        Err(ErrorKind::ConnectionRefused),
+        "a draining proxy must not accept"
+    );
+    assert_eq!(answer, Verified::intact(1 << 20));
+    assert_eq!(
+        seen.recv_timeout(IO_TIMEOUT).unwrap(),
+        Verified::intact(2 << 20)
+    );
+    let exit = proxy.wait_exit(Duration::from_secs(30));
+    assert!(exit.status.success(), "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 1);
+    assert_eq!(exit.stat("drain_aborted"), 0);
+}
