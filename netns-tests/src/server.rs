@@ -62,6 +62,41 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A server that answers each connection with the address it was accepted on, then closes —
+    /// the proof that a connection reached the destination its client dialled.
+    pub fn echo_local(
+        ns: &Netns,
+        addrs: &[SocketAddr],
+    ) -> (Self, std::sync::mpsc::Receiver<SocketAddr>) {
+        let (tx, seen) = std::sync::mpsc::channel();
+        let handler = Arc::new(
+            move |mut stream: TcpStream, local: SocketAddr, _peer: SocketAddr| {
+                use std::io::Write;
+                let _ = stream.write_all(local.to_string().as_bytes());
+                let _ = tx.send(local);
+            },
+        );
+        (Self::start(ns, addrs, handler), seen)
+    }
+}
+
+/// Dials `dst` from inside `ns` and returns what an `echo_local` server answered.
+pub fn ask_local(ns: &Netns, dst: SocketAddr) -> String {
+    ns.run(move || {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("read from {dst}: {e}"));
+        answer
+    })
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

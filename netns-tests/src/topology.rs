@@ -69,52 +69,107 @@ impl Gateway {
         server.ip(&["-6", "route", "add", "default", "via", "fd11:2::1"]);
         router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         router.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
-        for tables in ["iptables", "ip6tables"] {
-            // A gateway does not hijack connections to its own addresses: those reach origdst's
-            // port un-redirected, which origdst must refuse.
-            router.exec(
-                tables,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-i",
-                    "rc",
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    "RETURN",
-                ],
-            );
-            router.exec(
-                tables,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-i",
-                    "rc",
-                    "-p",
-                    "tcp",
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    &PROXY_PORT.to_string(),
-                ],
-            );
-        }
-        Self {
+        let gateway = Self {
             client,
             router,
             server,
+        };
+        gateway.install(Interception::IptablesRedirect);
+        gateway
+    }
+
+    /// Builds the topology with another interception rule set instead of iptables REDIRECT.
+    pub fn with(tag: &str, interception: Interception) -> Self {
+        let gateway = Self::new(tag);
+        for tables in ["iptables", "ip6tables"] {
+            rule(&gateway.router, tables, "-t nat -F PREROUTING");
+        }
+        gateway.install(interception);
+        gateway
+    }
+
+    fn install(&self, interception: Interception) {
+        let router = &self.router;
+        match interception {
+            Interception::IptablesRedirect => {
+                for tables in ["iptables", "ip6tables"] {
+                    // A gateway does not hijack connections to its own addresses: those reach
+                    // origdst's port un-redirected, which origdst must refuse.
+                    let local =
+                        "-t nat -A PREROUTING -i rc -p tcp -m addrtype --dst-type LOCAL -j RETURN";
+                    rule(router, tables, local);
+                    let redirect = format!(
+                        "-t nat -A PREROUTING -i rc -p tcp -j REDIRECT --to-ports {PROXY_PORT}"
+                    );
+                    rule(router, tables, &redirect);
+                }
+            }
+            Interception::NftablesRedirect => {
+                let rules = format!(
+                    "table inet origdst_test {{
+                       chain prerouting {{
+                         type nat hook prerouting priority dstnat; policy accept;
+                         iifname \"rc\" fib daddr type local return
+                         iifname \"rc\" meta l4proto tcp redirect to :{PROXY_PORT}
+                       }}
+                     }}
+                    "
+                );
+                let path = std::env::temp_dir().join(format!("{}-rules.nft", router.name()));
+                std::fs::write(&path, rules).expect("write nft rules");
+                router.exec("nft", &["-f", path.to_str().expect("UTF-8 temp path")]);
+                let _ = std::fs::remove_file(&path);
+            }
+            Interception::IptablesTproxy => {
+                // Istio's TPROXY shape: mangle PREROUTING marks and diverts to the transparent
+                // listener; policy routing delivers marked packets locally (table 133). The divert
+                // mark must not overlap origdst's upstream mark (1337 = 0x539): a shared bit would
+                // route origdst's own upstream SYNs into the local table (EHOSTUNREACH).
+                for (tables, family, any) in
+                    [("iptables", "-4", "0.0.0.0/0"), ("ip6tables", "-6", "::/0")]
+                {
+                    let local = "-t mangle -A PREROUTING -i rc -p tcp -m addrtype --dst-type LOCAL -j RETURN";
+                    rule(router, tables, local);
+                    let divert = format!(
+                        "-t mangle -A PREROUTING -i rc -p tcp -j TPROXY --on-port {TPROXY_PORT} --tproxy-mark 0x1000/0x1000"
+                    );
+                    rule(router, tables, &divert);
+                    router.ip(&[
+                        family,
+                        "rule",
+                        "add",
+                        "fwmark",
+                        "0x1000/0x1000",
+                        "lookup",
+                        "133",
+                    ]);
+                    router.ip(&[
+                        family, "route", "add", "local", any, "dev", "lo", "table", "133",
+                    ]);
+                }
+            }
         }
     }
+}
+
+/// How the router diverts client traffic to origdst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// `iptables`/`ip6tables -t nat … -j REDIRECT --to-ports 15001`.
+    IptablesRedirect,
+    /// The same with an `nft` ruleset (inet family: one rule set for both).
+    NftablesRedirect,
+    /// `-t mangle … -j TPROXY --on-port 15006` with fwmark policy routing.
+    IptablesTproxy,
+}
+
+/// The port of the transparent (TPROXY) listener in tests.
+pub const TPROXY_PORT: u16 = 15006;
+
+/// Runs one iptables rule written as a line.
+fn rule(ns: &Netns, tables: &str, line: &str) {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    ns.exec(tables, &args);
 }
 
 /// `ip:port` for either family.

@@ -1,7 +1,7 @@
 //! The real origdst binary relaying iptables/ip6tables-REDIRECTed traffic in network namespaces
 //! (gateway topology, see `topology.rs`). Each test builds and removes its own namespaces.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +14,7 @@ use origdst_netns_tests::netns::raise_nofile_limit;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::pattern::{Pattern, Verified};
 use origdst_netns_tests::proxy::{Proxy, ProxyExit};
-use origdst_netns_tests::server::Server;
+use origdst_netns_tests::server::{Server, ask_local};
 use origdst_netns_tests::topology::{
     Gateway, PROXY_PORT, ROUTER_CLIENT_SIDE_V4, ROUTER_SERVER_SIDE_V4, ROUTER_SERVER_SIDE_V6,
     SERVER_V4, SERVER_V6, addr,
@@ -214,33 +214,16 @@ fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
 #[test]
 fn server_sees_the_address_the_client_dialled() {
     let gw = Gateway::new("dst");
-    let (tx, seen) = mpsc::channel();
-    let handler = Arc::new(
-        move |mut stream: TcpStream, local: SocketAddr, _peer: SocketAddr| {
-            // Answer with the address this connection was accepted on.
-            stream
-                .write_all(local.to_string().as_bytes())
-                .expect("server write");
-            let _ = tx.send(local);
-        },
-    );
     let all: Vec<SocketAddr> = SERVER_V4
         .iter()
         .chain(SERVER_V6.iter())
         .map(|ip| addr(ip, SERVER_PORT))
         .collect();
-    let _server = Server::start(&gw.server, &all, handler);
+    let (_server, seen) = Server::echo_local(&gw.server, &all);
     let proxy = start_proxy(&gw, "uring-splice");
     for &dst in &all {
-        let answer = gw.client.run(move || {
-            let mut stream = TcpStream::connect(dst).expect("connect");
-            timeouts(&stream);
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).expect("read answer");
-            answer
-        });
         assert_eq!(
-            answer,
+            ask_local(&gw.client, dst),
             dst.to_string(),
             "connection to {dst} arrived elsewhere"
         );

@@ -1,0 +1,129 @@
+//! Interception modes a node proxy meets in production, on the real kernel: the same relay
+//! reached through nftables REDIRECT, through TPROXY with a transparent listener and policy
+//! routing, and through sidecar-style OUTPUT rules that exclude origdst's own mark — IPv4 and IPv6.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use origdst_netns_tests::config::ConfigFile;
+use origdst_netns_tests::netns::{Netns, veth};
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::proxy::{Proxy, ProxyExit};
+use origdst_netns_tests::server::{Server, ask_local};
+use origdst_netns_tests::topology::{
+    Gateway, Interception, SERVER_V4, SERVER_V6, TPROXY_PORT, addr,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn stop_clean(proxy: Proxy) -> ProxyExit {
+    let exit = proxy.stop();
+    assert!(
+        exit.status.success(),
+        "origdst exited with {}:\n{}",
+        exit.status,
+        exit.log
+    );
+    exit
+}
+
+/// Dials the second address of each family (a wrong destination cannot pass) and checks the
+/// server saw the dialled address.
+fn relays_to_dialled(
+    client: &Netns,
+    seen: &std::sync::mpsc::Receiver<SocketAddr>,
+    dsts: &[SocketAddr],
+) {
+    for &dst in dsts {
+        assert_eq!(
+            ask_local(client, dst),
+            dst.to_string(),
+            "connection to {dst} arrived elsewhere"
+        );
+        assert_eq!(seen.recv_timeout(TIMEOUT).expect("server saw it"), dst);
+    }
+}
+
+#[test]
+fn nftables_redirect_relays_v4_and_v6() {
+    let gw = Gateway::with("nft", Interception::NftablesRedirect);
+    let dsts = [addr(SERVER_V4[1], 8080), addr(SERVER_V6[1], 8080)];
+    let (_server, seen) = Server::echo_local(&gw.server, &dsts);
+    let proxy = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
+    relays_to_dialled(&gw.client, &seen, &dsts);
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("orig_dst_sockopt_v4"), 1);
+    assert_eq!(exit.stat("orig_dst_sockopt_v6"), 1);
+}
+
+#[test]
+fn tproxy_transparent_listener_relays_v4_and_v6() {
+    let gw = Gateway::with("tproxy", Interception::IptablesTproxy);
+    let dsts = [addr(SERVER_V4[1], 8080), addr(SERVER_V6[1], 8080)];
+    let (_server, seen) = Server::echo_local(&gw.server, &dsts);
+    let port = format!("port_value: {TPROXY_PORT} }}");
+    let config = ConfigFile::default_with(
+        "tproxy",
+        &[
+            ("port_value: 15001 }", &port),
+            ("port_value: 15001 }", &port),
+            (
+                "  - name: virtualOutbound\n",
+                "  - name: virtualInbound\n    transparent: true\n",
+            ),
+        ],
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    relays_to_dialled(&gw.client, &seen, &dsts);
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("orig_dst_transparent_local"), 2, "{}", exit.log);
+    assert_eq!(
+        exit.stat("orig_dst_sockopt_v4") + exit.stat("orig_dst_sockopt_v6"),
+        0
+    );
+}
+
+#[test]
+fn sidecar_output_redirect_excludes_the_proxy_mark() {
+    // One pod namespace holds the application and origdst; its OUTPUT rules capture every TCP
+    // connection except origdst's own (mark 1337) and loopback, Istio-style.
+    let pod = Netns::new("sidecar-pod");
+    let server = Netns::new("sidecar-srv");
+    veth(&pod, "eth0", &server, "s0");
+    pod.ip(&["addr", "add", "10.12.1.2/24", "dev", "eth0"]);
+    pod.ip(&["-6", "addr", "add", "fd12:1::2/64", "dev", "eth0", "nodad"]);
+    for ip in ["10.12.1.10/24", "10.12.1.11/24"] {
+        server.ip(&["addr", "add", ip, "dev", "s0"]);
+    }
+    for ip in ["fd12:1::10/64", "fd12:1::11/64"] {
+        server.ip(&["-6", "addr", "add", ip, "dev", "s0", "nodad"]);
+    }
+    for tables in ["iptables", "ip6tables"] {
+        for line in [
+            "-t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN",
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ] {
+            pod.exec(tables, &line.split_whitespace().collect::<Vec<_>>());
+        }
+    }
+    let dsts: [SocketAddr; 2] = [
+        "10.12.1.11:8080".parse().unwrap(),
+        "[fd12:1::11]:8080".parse().unwrap(),
+    ];
+    let (_server, seen) = Server::echo_local(&server, &dsts);
+    let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
+    relays_to_dialled(&pod, &seen, &dsts);
+    let exit = stop_clean(proxy);
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        2,
+        "no connection looped back:\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), 2);
+}
