@@ -41,7 +41,9 @@ pub struct ProxyExit {
 impl Proxy {
     /// Starts `<binary> run <args>` inside `ns` and waits for its start-up line.
     pub fn start(binary: &str, ns: &Netns, args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}-origdst.log", ns.name()));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("{}-origdst-{n}.log", ns.name()));
         let file = fs::File::create(&log).expect("create proxy log");
         let child = ns
             .command(binary)

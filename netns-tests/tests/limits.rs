@@ -1,0 +1,113 @@
+//! Limits on the real kernel: a slow reader must not grow origdst's memory (backpressure, which
+//! the simulator cannot show), and a second instance on the same port shares the load through
+//! SO_REUSEPORT.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::pattern::{Pattern, Verified};
+use origdst_netns_tests::proxy::Proxy;
+use origdst_netns_tests::server::{Server, ask_local};
+use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
+
+const DATA: Pattern = Pattern::new(0x510e);
+const BULK_BYTES: u64 = 256 * 1024 * 1024;
+/// A slow reader may not make origdst hold more than this (its own buffers, not the kernel's).
+const RSS_KIB_MAX: u64 = 64 * 1024;
+
+fn slow_reader_keeps_memory_bounded(tag: &str, data_path: &str) {
+    let gw = Gateway::new(tag);
+    let handler = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        thread::spawn(move || {
+            // Blocks as soon as the path is full: that pressure must reach the server, not pile
+            // up in origdst.
+            let _ = DATA.write_to(&mut &stream, BULK_BYTES);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8095)], handler);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--data-path", data_path, "--shards", "2"],
+    );
+    let dst = addr(SERVER_V4[0], 8095);
+    let rss_before = proxy.rss_kib();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let client = gw.client.spawn(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        // Read a trickle, then stall, then read everything and verify it.
+        let mut first = vec![0u8; 64 * 1024];
+        stream.read_exact(&mut first).expect("first bytes");
+        ready_tx.send(()).unwrap();
+        go.recv().unwrap();
+        let mut rest = (&first[..]).chain(&stream);
+        DATA.verify_from(&mut rest).expect("read the rest")
+    });
+    ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("client started reading");
+    // While the client stalls, sample origdst's memory for two seconds.
+    let mut rss_max = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        rss_max = rss_max.max(proxy.rss_kib());
+        thread::sleep(Duration::from_millis(50));
+    }
+    go_tx.send(()).unwrap();
+    let got = client.join().expect("client");
+    println!("{tag}: RSS {rss_before} KiB before, {rss_max} KiB max while the client stalled");
+    assert_eq!(
+        got,
+        Verified::intact(BULK_BYTES),
+        "the stalled stream still arrives whole"
+    );
+    assert!(
+        rss_max < RSS_KIB_MAX,
+        "origdst grew to {rss_max} KiB behind a slow reader"
+    );
+    let exit = proxy.stop();
+    assert!(exit.status.success(), "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 1);
+}
+
+#[test]
+fn slow_reader_keeps_memory_bounded_splice() {
+    slow_reader_keeps_memory_bounded("slowsplice", "uring-splice");
+}
+
+#[test]
+fn slow_reader_keeps_memory_bounded_copy() {
+    slow_reader_keeps_memory_bounded("slowcopy", "uring-copy");
+}
+
+#[test]
+fn second_instance_on_the_same_port_shares_the_load() {
+    // SO_REUSEPORT lets a second origdst (same user) bind the capture port: the kernel spreads new
+    // connections over every listener of both, which is how a rolling restart hands over.
+    let gw = Gateway::new("reuseport");
+    let dst = addr(SERVER_V4[0], 8096);
+    let (_server, seen) = Server::echo_local(&gw.server, &[dst]);
+    let first = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
+    let second = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
+    for _ in 0..CONNECTIONS {
+        assert_eq!(ask_local(&gw.client, dst), dst.to_string());
+        seen.recv_timeout(Duration::from_secs(30))
+            .expect("server saw it");
+    }
+    let (a, b) = (first.stop(), second.stop());
+    assert!(a.status.success() && b.status.success());
+    let (a, b) = (a.stat("completed"), b.stat("completed"));
+    assert_eq!(a + b, CONNECTIONS, "every connection relayed once");
+    // All 40 on one instance would happen with probability 2 × 2^-40: a real imbalance.
+    assert!(a > 0 && b > 0, "one instance took everything: {a} / {b}");
+}
+
+const CONNECTIONS: u64 = 40;
