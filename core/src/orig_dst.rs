@@ -92,6 +92,9 @@ pub struct AcceptEvidence {
     pub mark: Option<u32>,
     /// Present only on connections that arrived through an internal listener.
     pub internal: Option<InternalMetadata>,
+    /// The peer is one of this process's own upstream sockets (same source address and original
+    /// destination): our own connection was redirected back to us. Works without marks or sysctls.
+    pub own_upstream: bool,
     /// Present only where the platform attaches redirect records.
     pub redirect_record: Option<RedirectRecord>,
 }
@@ -129,6 +132,9 @@ pub enum RefuseReason {
         /// The mark seen.
         mark: u32,
     },
+    /// The connection comes from one of the proxy's own upstream sockets: a redirect loop.
+    #[error("connection comes from origdst's own upstream socket (loop)")]
+    OwnUpstream,
     /// Internal-listener metadata was present but not an "ip:port".
     #[error("internal-listener metadata is not an ip:port")]
     InvalidMetadata,
@@ -142,6 +148,7 @@ impl RefuseReason {
             Self::QueryFailed { .. } => "orig_dst_query_failed",
             Self::DestinationIsListener => "destination_is_listener",
             Self::OwnMark { .. } => "own_mark",
+            Self::OwnUpstream => "own_upstream",
             Self::InvalidMetadata => "invalid_metadata",
         }
     }
@@ -185,6 +192,9 @@ pub fn resolve(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<Resolution, 
         && mark == own
     {
         return Err(RefuseReason::OwnMark { mark });
+    }
+    if evidence.own_upstream {
+        return Err(RefuseReason::OwnUpstream);
     }
     let resolution = destination(evidence)?;
     let dst = resolution.orig_dst.get();

@@ -67,14 +67,16 @@ fn evidence() -> impl Strategy<Value = AcceptEvidence> {
         )),
     ];
     let mark = prop_oneof![Just(None), Just(Some(1337u32)), any::<u32>().prop_map(Some)];
-    (addr(), any::<bool>(), sockopt, mark, internal).prop_map(
-        |(local, transparent, sockopt, mark, internal)| AcceptEvidence {
+    let own_upstream = prop_oneof![9 => Just(false), 1 => Just(true)];
+    (addr(), any::<bool>(), sockopt, mark, internal, own_upstream).prop_map(
+        |(local, transparent, sockopt, mark, internal, own_upstream)| AcceptEvidence {
             client: ClientAddr::new("10.0.0.2:40000".parse().unwrap()),
             local: LocalAddr::new(local),
             transparent,
             sockopt,
             mark,
             internal,
+            own_upstream,
             redirect_record: None,
         },
     )
@@ -84,6 +86,9 @@ fn evidence() -> impl Strategy<Value = AcceptEvidence> {
 fn model(ev: &AcceptEvidence, me: &SelfAddrs) -> Result<(SocketAddr, Provenance), RefuseReason> {
     if let Some(mark) = ev.mark.filter(|&m| Some(m) == me.own_mark) {
         return Err(RefuseReason::OwnMark { mark });
+    }
+    if ev.own_upstream {
+        return Err(RefuseReason::OwnUpstream);
     }
     let (dst, provenance) = if let Some(meta) = &ev.internal {
         let (text, provenance) = if let Some(text) = &meta.dynamic_local {
@@ -201,6 +206,7 @@ fn check_ops(ops: &[Op]) {
         sockopt: SockOptAnswer::V4("192.0.2.7:80".parse().unwrap()),
         mark: None,
         internal: None,
+        own_upstream: false,
         redirect_record: None,
     };
     let mut stats = Counters::default();

@@ -75,6 +75,8 @@ counters! {
     RefusedDestinationIsListener => "refused_destination_is_listener",
     /// Refused: the connection carries our own mark.
     RefusedOwnMark => "refused_own_mark",
+    /// Refused: the connection comes from our own upstream socket (loop).
+    RefusedOwnUpstream => "refused_own_upstream",
     /// Refused: malformed internal-listener metadata.
     RefusedInvalidMetadata => "refused_invalid_metadata",
     /// Refused: the shard's connection limit was reached.
@@ -180,6 +182,7 @@ fn refusal_counter(reason: RefuseReason) -> Counter {
         RefuseReason::QueryFailed { .. } => Counter::RefusedQueryFailed,
         RefuseReason::DestinationIsListener => Counter::RefusedDestinationIsListener,
         RefuseReason::OwnMark { .. } => Counter::RefusedOwnMark,
+        RefuseReason::OwnUpstream => Counter::RefusedOwnUpstream,
         RefuseReason::InvalidMetadata => Counter::RefusedInvalidMetadata,
     }
 }

@@ -29,6 +29,7 @@ fuzz_target!(|input: ([u8; 16], u16, &str, &str)| {
             filter_state_local: Some(state.to_string()),
             filter_state_remote: None,
         }),
+        own_upstream: false,
         redirect_record: None,
     };
     if let Ok(resolution) = resolve(&evidence, &SelfAddrs::default()) {

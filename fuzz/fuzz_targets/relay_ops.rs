@@ -33,6 +33,7 @@ fuzz_target!(|ops: Vec<Op>| {
         sockopt: SockOptAnswer::V4("192.0.2.7:80".parse().unwrap()),
         mark: None,
         internal: None,
+        own_upstream: false,
         redirect_record: None,
     };
     let mut stats = Counters::default();

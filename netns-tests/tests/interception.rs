@@ -87,12 +87,11 @@ fn tproxy_transparent_listener_relays_v4_and_v6() {
     );
 }
 
-#[test]
-fn sidecar_output_redirect_excludes_the_proxy_mark() {
-    // One pod namespace holds the application and origdst; its OUTPUT rules capture every TCP
-    // connection except origdst's own (mark 1337) and loopback, Istio-style.
-    let pod = Netns::new("sidecar-pod");
-    let server = Netns::new("sidecar-srv");
+/// One pod namespace holding the application and origdst, with these OUTPUT rules, and a server
+/// namespace answering on two addresses per family.
+fn sidecar(tag: &str, rules: &[&str]) -> (Netns, Netns) {
+    let pod = Netns::new(&format!("{tag}-pod"));
+    let server = Netns::new(&format!("{tag}-srv"));
     veth(&pod, "eth0", &server, "s0");
     pod.ip(&["addr", "add", "10.12.1.2/24", "dev", "eth0"]);
     pod.ip(&["-6", "addr", "add", "fd12:1::2/64", "dev", "eth0", "nodad"]);
@@ -103,18 +102,28 @@ fn sidecar_output_redirect_excludes_the_proxy_mark() {
         server.ip(&["-6", "addr", "add", ip, "dev", "s0", "nodad"]);
     }
     for tables in ["iptables", "ip6tables"] {
-        for line in [
-            "-t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN",
-            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
-            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-        ] {
+        for line in rules {
             pod.exec(tables, &line.split_whitespace().collect::<Vec<_>>());
         }
     }
-    let dsts: [SocketAddr; 2] = [
-        "10.12.1.11:8080".parse().unwrap(),
-        "[fd12:1::11]:8080".parse().unwrap(),
-    ];
+    (pod, server)
+}
+
+const SIDECAR_DSTS: [&str; 2] = ["10.12.1.11:8080", "[fd12:1::11]:8080"];
+
+#[test]
+fn sidecar_output_redirect_excludes_the_proxy_mark() {
+    // Istio-style: capture every TCP connection of the pod except origdst's own (mark 1337) and
+    // loopback.
+    let (pod, server) = sidecar(
+        "sidecar",
+        &[
+            "-t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN",
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ],
+    );
+    let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
     let (_server, seen) = Server::echo_local(&server, &dsts);
     let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
     relays_to_dialled(&pod, &seen, &dsts);
@@ -126,4 +135,39 @@ fn sidecar_output_redirect_excludes_the_proxy_mark() {
         exit.log
     );
     assert_eq!(exit.stat("completed"), 2);
+}
+
+#[test]
+fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
+    // The rule set captures origdst's own upstream connections too. Each comes straight back;
+    // origdst recognises its own socket, refuses it, and the client is reset — one extra
+    // connection per attempt, never a storm.
+    let (pod, server) = sidecar(
+        "loop",
+        &[
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ],
+    );
+    let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
+    let (_server, seen) = Server::echo_local(&server, &dsts);
+    let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
+    for dst in dsts {
+        let outcome = pod.run(move || {
+            use std::io::Read;
+            let mut stream = std::net::TcpStream::connect(dst).expect("the proxy accepts");
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream.read(&mut [0u8; 64]).map_err(|e| e.kind())
+        });
+        assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset), "{dst}");
+    }
+    assert!(seen.try_recv().is_err(), "nothing reached the server");
+    let exit = stop_clean(proxy);
+    assert_eq!(exit.stat("refused_own_upstream"), 2, "{}", exit.log);
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        4,
+        "each attempt looped exactly once"
+    );
+    assert_eq!(exit.stat("upstream_cx_total"), 2);
 }

@@ -212,6 +212,7 @@ impl SimNet {
             sockopt: SockOptAnswer::NotQueried,
             mark: entry.as_ref().and_then(|e| e.mark),
             internal: None,
+            own_upstream: false,
             redirect_record: entry
                 .as_ref()
                 .and_then(|e| e.record.clone())

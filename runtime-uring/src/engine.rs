@@ -13,6 +13,7 @@ use origdst_core::orig_dst::SelfAddrs;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
+use crate::own_upstreams::OwnUpstreams;
 use crate::published::{ShardRow, render};
 use crate::shard::{Shard, ShardControl, ShardSetup};
 use crate::sys;
@@ -89,6 +90,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));
     let origin = std::time::Instant::now();
+    let own_upstreams = Arc::new(OwnUpstreams::new());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (events_tx, events) = crossbeam_channel::unbounded();
     let signals = signal_channel()?;
@@ -108,6 +110,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             row: Arc::clone(&row),
             pipe_budget_bytes: config.knobs.pipe_budget_bytes / settings.shards as u64,
             origin,
+            own_upstreams: Arc::clone(&own_upstreams),
         };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let events = events_tx.clone();

@@ -6,6 +6,7 @@
 
 mod buf_ring;
 pub mod engine;
+mod own_upstreams;
 mod pipe_pool;
 pub mod published;
 mod shard;

@@ -60,6 +60,7 @@ pub(crate) fn accept_evidence(fd: &OwnedFd, transparent: bool) -> io::Result<Acc
         // Reflects the SYN's mark only where net.ipv4.tcp_fwmark_accept=1 (else the listener's, 0).
         mark: socket.mark().ok().filter(|&mark| mark != 0),
         internal: None,
+        own_upstream: false,
         redirect_record: None,
     })
 }
@@ -128,6 +129,14 @@ pub(crate) fn connect(
 /// Whether this process may set `mark` on its sockets (SO_MARK needs CAP_NET_ADMIN).
 pub(crate) fn check_mark_allowed(mark: u32) -> io::Result<()> {
     Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?.set_mark(mark)
+}
+
+/// The local address a socket is bound to (after connect: the kernel-chosen source).
+pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(not_inet)
 }
 
 /// After POLLOUT on a connecting socket: `None` if connected, else why not.

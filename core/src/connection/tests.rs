@@ -40,6 +40,7 @@ fn evidence(dst: &str) -> AcceptEvidence {
         sockopt: SockOptAnswer::V4(sa(dst)),
         mark: None,
         internal: None,
+        own_upstream: false,
         redirect_record: None,
     }
 }

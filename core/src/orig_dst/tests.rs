@@ -12,6 +12,7 @@ fn evidence(sockopt: SockOptAnswer) -> AcceptEvidence {
         sockopt,
         mark: None,
         internal: None,
+        own_upstream: false,
         redirect_record: None,
     }
 }
@@ -149,4 +150,12 @@ fn internal_metadata_beats_filter_state() {
         resolve(&ev, &me()).unwrap_err(),
         RefuseReason::NoOriginalDst
     );
+}
+
+#[test]
+fn own_upstream_connection_is_a_loop() {
+    let mut ev = evidence(SockOptAnswer::V4(sa("192.0.2.7:80")));
+    ev.own_upstream = true;
+    assert_eq!(resolve(&ev, &me()).unwrap_err(), RefuseReason::OwnUpstream);
+    assert_eq!(RefuseReason::OwnUpstream.name(), "own_upstream");
 }

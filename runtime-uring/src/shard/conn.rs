@@ -67,6 +67,8 @@ pub(crate) struct ConnIo {
     pub(crate) dirs: [DirIo; 2],
     /// The deadline of this connection's live entry in the timer heap, if any.
     pub(crate) timer_at: Option<Instant>,
+    /// (local port, key) of the upstream socket in the shared loop registry.
+    pub(crate) own_upstream: Option<(u16, u64)>,
 }
 
 impl ConnIo {
@@ -78,6 +80,7 @@ impl ConnIo {
             upstream: None,
             dirs: [DirIo::new(path), DirIo::new(path)],
             timer_at: None,
+            own_upstream: None,
         }
     }
 

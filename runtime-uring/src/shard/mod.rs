@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, types};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use origdst_core::addr::canonical;
 use origdst_core::config::{Config, DataPath};
 use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
-use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::orig_dst::{SelfAddrs, SockOptAnswer};
 use origdst_core::relay::{Dir, HalfState};
 use origdst_core::stats::{Counter, Counters};
 use origdst_core::time::Instant;
@@ -30,6 +31,7 @@ use self::conn::{ConnIo, DirIo};
 use self::io::{BufferPool, DirKey, Io};
 use self::progress::{DirEnd, Progress};
 use crate::buf_ring::BufRing;
+use crate::own_upstreams::OwnUpstreams;
 use crate::pipe_pool::PipePool;
 use crate::published::{Gauge, ShardRow};
 use crate::sys::{self, ConnectStart};
@@ -77,6 +79,8 @@ pub(crate) struct ShardSetup {
     pub(crate) row: Arc<ShardRow>,
     pub(crate) pipe_budget_bytes: u64,
     pub(crate) origin: std::time::Instant,
+    /// Every shard's upstream sockets, for loop detection.
+    pub(crate) own_upstreams: Arc<OwnUpstreams>,
 }
 
 struct ListenerIo {
@@ -299,7 +303,19 @@ impl Shard {
         let params = listener.params.clone();
         sys::set_nodelay(&fd);
         let evidence = match sys::accept_evidence(&fd, listener.transparent) {
-            Ok(evidence) => evidence,
+            Ok(mut evidence) => {
+                let dst = match evidence.sockopt {
+                    SockOptAnswer::V4(dst) | SockOptAnswer::V6(dst) => Some(canonical(dst)),
+                    _ if evidence.transparent => Some(evidence.local.get()),
+                    _ => None,
+                };
+                evidence.own_upstream = dst.is_some_and(|dst| {
+                    self.setup
+                        .own_upstreams
+                        .contains(evidence.client.get(), dst)
+                });
+                evidence
+            }
             Err(err) => {
                 // The client left between accept and getpeername: nothing to relay or reset.
                 self.stats.incr(Counter::AcceptFail);
@@ -485,7 +501,14 @@ impl Shard {
         source: Option<std::net::SocketAddr>,
     ) {
         let conn = &mut self.conns[slot];
-        match sys::connect(upstream, mark, source) {
+        let started = sys::connect(upstream, mark, source);
+        if let Ok(ConnectStart::Done(fd) | ConnectStart::InProgress(fd)) = &started
+            && let Ok(local) = sys::local_addr(fd)
+        {
+            let key = self.setup.own_upstreams.insert(local, upstream);
+            conn.own_upstream = Some((local.port(), key));
+        }
+        match started {
             Ok(ConnectStart::Done(fd)) => {
                 conn.upstream = Some(fd);
                 conn.core.handle_connected(now);
@@ -517,6 +540,9 @@ impl Shard {
     /// and pipes, and close its sockets once the cancels are submitted.
     fn release(&mut self, now: Instant, slot: usize) {
         let mut conn = self.conns.remove(slot);
+        if let Some((port, key)) = conn.own_upstream {
+            self.setup.own_upstreams.remove(port, key);
+        }
         for fd in [Some(&conn.client), conn.upstream.as_ref()]
             .into_iter()
             .flatten()

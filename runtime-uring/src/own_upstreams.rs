@@ -1,0 +1,91 @@
+//! Loop detection without marks or sysctls: every upstream socket origdst opens is recorded by its
+//! local port (with its source IP and destination); a redirected connection whose peer is one of
+//! those sockets, going to the same destination, is origdst's own connection come back.
+//!
+//! One atomic per port, shared by all shards: a store on connect, a compare-and-clear on close, a
+//! load on accept — no lock on the data path. Two live upstream sockets sharing a local port
+//! (different destinations) overwrite each other's slot; the loser is then not recognised (a missed
+//! loop, never a false refusal, since the key also holds source and destination).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) struct OwnUpstreams(Box<[AtomicU64]>);
+
+impl OwnUpstreams {
+    pub(crate) fn new() -> Self {
+        Self((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Records an upstream socket bound to `local` and connecting to `dst`; returns its key.
+    pub(crate) fn insert(&self, local: SocketAddr, dst: SocketAddr) -> u64 {
+        let key = key(local.ip(), dst);
+        self.0[usize::from(local.port())].store(key, Ordering::Release);
+        key
+    }
+
+    /// Forgets the socket recorded under `port` with `key` (if nobody overwrote it since).
+    pub(crate) fn remove(&self, port: u16, key: u64) {
+        let _ =
+            self.0[usize::from(port)].compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Whether `peer` is one of our upstream sockets connecting to `dst`.
+    pub(crate) fn contains(&self, peer: SocketAddr, dst: SocketAddr) -> bool {
+        self.0[usize::from(peer.port())].load(Ordering::Acquire) == key(peer.ip(), dst)
+    }
+}
+
+/// FNV-1a over source IP and destination; never 0 (0 marks an empty slot).
+fn key(source: IpAddr, dst: SocketAddr) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let source = match source {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let dst_ip = match dst.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    for byte in source
+        .iter()
+        .chain(dst_ip.iter())
+        .chain(dst.port().to_be_bytes().iter())
+    {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_the_same_socket_and_destination() {
+        let own = OwnUpstreams::new();
+        let local: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let dst: SocketAddr = "192.0.2.7:80".parse().unwrap();
+        let key = own.insert(local, dst);
+        assert!(own.contains(local, dst));
+        assert!(
+            !own.contains(local, "192.0.2.7:81".parse().unwrap()),
+            "another destination"
+        );
+        assert!(
+            !own.contains("10.0.0.3:40000".parse().unwrap(), dst),
+            "another source address"
+        );
+        assert!(
+            !own.contains("10.0.0.2:40001".parse().unwrap(), dst),
+            "another port"
+        );
+        own.remove(40000, key ^ 2);
+        assert!(
+            own.contains(local, dst),
+            "a stale key does not clear a newer entry"
+        );
+        own.remove(40000, key);
+        assert!(!own.contains(local, dst));
+    }
+}
