@@ -140,6 +140,18 @@ impl Proxy {
             .to_string()
     }
 
+    /// Stops origdst (SIGTERM) and asserts it exited 0, showing its log otherwise.
+    pub fn stop_clean(self) -> ProxyExit {
+        let exit = self.stop();
+        assert!(
+            exit.status.success(),
+            "origdst exited with {}:\n{}",
+            exit.status,
+            exit.log
+        );
+        exit
+    }
+
     /// Sends SIGTERM (starts the drain) without waiting.
     pub fn signal_term(&self) {
         kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM).expect("SIGTERM origdst");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::pattern::{Pattern, Verified};
-use origdst_netns_tests::proxy::{Proxy, ProxyExit};
+use origdst_netns_tests::proxy::Proxy;
 use origdst_netns_tests::server::Server;
 use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
 
@@ -32,17 +32,6 @@ fn start(gw: &Gateway, config: &ConfigFile) -> Proxy {
             "debug",
         ],
     )
-}
-
-fn stop_clean(proxy: Proxy) -> ProxyExit {
-    let exit = proxy.stop();
-    assert!(
-        exit.status.success(),
-        "origdst exited with {}:\n{}",
-        exit.status,
-        exit.log
-    );
-    exit
 }
 
 /// Reads until EOF or error: (bytes read, how it ended).
@@ -94,7 +83,7 @@ fn black_holed_upstream_resets_the_client_at_the_connect_timeout() {
         waited < Duration::from_secs(5),
         "the client waited {waited:?} for a 1 s connect timeout"
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("upstream_cx_connect_timeout"), 1);
 }
 
@@ -124,7 +113,7 @@ fn upstream_reset_mid_stream_reaches_the_client_as_a_reset() {
         "after {got} bytes the client saw {end:?}, not a reset"
     );
     assert!(got <= 256 * 1024);
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("upstream_cx_reset"), 1, "{}", exit.log);
 }
 
@@ -155,7 +144,7 @@ fn client_reset_mid_upload_reaches_the_upstream_as_a_reset() {
         Err(ErrorKind::ConnectionReset),
         "after {got} bytes the upstream saw {end:?}, not a reset"
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("downstream_cx_reset"), 1, "{}", exit.log);
 }
 
@@ -194,7 +183,7 @@ fn idle_timeout_resets_both_sides() {
         server_waited < Duration::from_secs(5),
         "upstream waited {server_waited:?}"
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("idle_timeout"), 1);
 }
 

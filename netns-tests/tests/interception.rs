@@ -8,24 +8,13 @@ use std::time::Duration;
 use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::netns::{Netns, veth};
 use origdst_netns_tests::origdst_bin;
-use origdst_netns_tests::proxy::{Proxy, ProxyExit};
+use origdst_netns_tests::proxy::Proxy;
 use origdst_netns_tests::server::{Server, ask_local};
 use origdst_netns_tests::topology::{
     Gateway, Interception, SERVER_V4, SERVER_V6, TPROXY_PORT, addr,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn stop_clean(proxy: Proxy) -> ProxyExit {
-    let exit = proxy.stop();
-    assert!(
-        exit.status.success(),
-        "origdst exited with {}:\n{}",
-        exit.status,
-        exit.log
-    );
-    exit
-}
 
 /// Dials the second address of each family (a wrong destination cannot pass) and checks the
 /// server saw the dialled address.
@@ -51,7 +40,7 @@ fn nftables_redirect_relays_v4_and_v6() {
     let (_server, seen) = Server::echo_local(&gw.server, &dsts);
     let proxy = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
     relays_to_dialled(&gw.client, &seen, &dsts);
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("orig_dst_sockopt_v4"), 1);
     assert_eq!(exit.stat("orig_dst_sockopt_v6"), 1);
 }
@@ -79,7 +68,7 @@ fn tproxy_transparent_listener_relays_v4_and_v6() {
         &["--config", config.arg(), "--shards", "2"],
     );
     relays_to_dialled(&gw.client, &seen, &dsts);
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("orig_dst_transparent_local"), 2, "{}", exit.log);
     assert_eq!(
         exit.stat("orig_dst_sockopt_v4") + exit.stat("orig_dst_sockopt_v6"),
@@ -127,7 +116,7 @@ fn sidecar_output_redirect_excludes_the_proxy_mark() {
     let (_server, seen) = Server::echo_local(&server, &dsts);
     let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
     relays_to_dialled(&pod, &seen, &dsts);
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(
         exit.stat("downstream_cx_total"),
         2,
@@ -162,7 +151,7 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
         assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset), "{dst}");
     }
     assert!(seen.try_recv().is_err(), "nothing reached the server");
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("refused_own_upstream"), 2, "{}", exit.log);
     assert_eq!(
         exit.stat("downstream_cx_total"),

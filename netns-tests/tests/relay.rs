@@ -51,17 +51,6 @@ fn start_proxy_with(gw: &Gateway, data_path: &str, extra: &[&str]) -> Proxy {
     Proxy::start(origdst_bin!(), &gw.router, &args)
 }
 
-fn stop_clean(proxy: Proxy) -> ProxyExit {
-    let exit = proxy.stop();
-    assert!(
-        exit.status.success(),
-        "origdst exited with {}:\n{}",
-        exit.status,
-        exit.log
-    );
-    exit
-}
-
 fn timeouts(stream: &TcpStream) {
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -153,7 +142,7 @@ fn bulk_each_way_with(
         addr(router_ip, 0).ip(),
         "the upstream connection must come from origdst"
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("completed"), 1);
     assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), BULK_BYTES);
     assert_eq!(exit.stat("downstream_cx_tx_bytes_total"), BULK_BYTES);
@@ -229,7 +218,7 @@ fn server_sees_the_address_the_client_dialled() {
         );
         assert_eq!(seen.recv_timeout(IO_TIMEOUT).expect("server saw it"), dst);
     }
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("orig_dst_sockopt_v4"), 2);
     assert_eq!(exit.stat("orig_dst_sockopt_v6"), 2);
 }
@@ -266,7 +255,7 @@ fn half_close_client_first_response_still_flows() {
         done.recv_timeout(IO_TIMEOUT).unwrap(),
         Verified::intact(1 << 20)
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("half_close_from_client"), 1);
     assert_eq!(exit.stat("completed"), 1);
 }
@@ -304,7 +293,7 @@ fn half_close_server_first_upload_still_flows() {
         done.recv_timeout(IO_TIMEOUT).unwrap(),
         Verified::intact(1 << 20)
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("half_close_from_upstream"), 1);
     assert_eq!(exit.stat("completed"), 1);
 }
@@ -327,7 +316,7 @@ fn upstream_refused_resets_the_client() {
         Err(ErrorKind::ConnectionReset),
         "a refused upstream must reach the client as a reset"
     );
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("upstream_cx_connect_fail"), 1);
     assert_eq!(exit.stat("completed"), 0);
 }
@@ -345,7 +334,7 @@ fn direct_connection_to_the_proxy_port_is_refused_and_counted() {
         stream.read(&mut buf).map_err(|e| e.kind())
     });
     assert_eq!(outcome, Err(ErrorKind::ConnectionReset));
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("refused_no_original_dst"), 1, "{}", exit.log);
     assert_eq!(
         exit.stat("upstream_cx_total"),
@@ -402,7 +391,7 @@ fn idle_connections_leave_no_iou_workers(tag: &str, data_path: &str) {
     assert_eq!(workers, 0, "idle connections must not park io-wq workers");
     drop(clients);
     held.lock().expect("held").clear();
-    let exit = stop_clean(proxy);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("downstream_cx_total"), IDLE_CONNECTIONS as u64);
     assert_eq!(exit.stat("upstream_cx_total"), IDLE_CONNECTIONS as u64);
 }
