@@ -78,6 +78,75 @@ fn slow_reader_keeps_memory_bounded(tag: &str, data_path: &str) {
     assert_eq!(exit.stat("completed"), 1);
 }
 
+/// The mirror image: the client uploads as fast as it can while the upstream stalls.
+fn slow_upstream_keeps_memory_bounded(tag: &str, data_path: &str) {
+    let gw = Gateway::new(tag);
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let go = Arc::new(std::sync::Mutex::new(Some(go)));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let go = go.lock().unwrap().take().expect("one connection");
+        let done_tx = done_tx.clone();
+        thread::spawn(move || {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let mut first = vec![0u8; 64 * 1024];
+            (&stream).read_exact(&mut first).expect("first bytes");
+            go.recv().unwrap();
+            let mut rest = (&first[..]).chain(&stream);
+            let _ = done_tx.send(DATA.verify_from(&mut rest).expect("read the rest"));
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8097)], handler);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--data-path", data_path, "--shards", "2"],
+    );
+    let dst = addr(SERVER_V4[0], 8097);
+    let client = gw.client.spawn(move || {
+        let stream = TcpStream::connect(dst).expect("connect");
+        DATA.write_to(&mut &stream, BULK_BYTES).expect("upload");
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let rss_before = proxy.rss_kib();
+    thread::sleep(Duration::from_millis(300));
+    let mut rss_max = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        rss_max = rss_max.max(proxy.rss_kib());
+        thread::sleep(Duration::from_millis(50));
+    }
+    go_tx.send(()).unwrap();
+    let got = done
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server result");
+    client.join().expect("client");
+    println!("{tag}: RSS {rss_before} KiB before, {rss_max} KiB max while the upstream stalled");
+    assert_eq!(
+        got,
+        Verified::intact(BULK_BYTES),
+        "the stalled upload still arrives whole"
+    );
+    assert!(
+        rss_max < RSS_KIB_MAX,
+        "origdst grew to {rss_max} KiB behind a slow upstream"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("completed"), 1);
+}
+
+#[test]
+fn slow_upstream_keeps_memory_bounded_splice() {
+    slow_upstream_keeps_memory_bounded("slowupsplice", "uring-splice");
+}
+
+#[test]
+fn slow_upstream_keeps_memory_bounded_copy() {
+    slow_upstream_keeps_memory_bounded("slowupcopy", "uring-copy");
+}
+
 #[test]
 fn slow_reader_keeps_memory_bounded_splice() {
     slow_reader_keeps_memory_bounded("slowsplice", "uring-splice");
