@@ -39,14 +39,40 @@ pub struct ProxyExit {
 }
 
 impl Proxy {
-    /// Starts `<binary> run <args>` inside `ns` and waits for its start-up line.
+    /// Starts `<binary> run <args>` inside `ns` as root and waits for its start-up line.
     pub fn start(binary: &str, ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, None, args)
+    }
+
+    /// Like `start`, as an unprivileged `uid` (gid the same, no supplementary groups, no
+    /// capabilities) — how a sidecar runs.
+    pub fn start_as(binary: &str, ns: &Netns, uid: u32, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, Some(uid), args)
+    }
+
+    fn spawn(binary: &str, ns: &Netns, uid: Option<u32>, args: &[&str]) -> Self {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("{}-origdst-{n}.log", ns.name()));
         let file = fs::File::create(&log).expect("create proxy log");
-        let child = ns
-            .command(binary)
+        let mut command = match uid {
+            None => ns.command(binary),
+            Some(uid) => {
+                let mut command = ns.command("setpriv");
+                let id = uid.to_string();
+                command.args([
+                    "--reuid",
+                    &id,
+                    "--regid",
+                    &id,
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    binary,
+                ]);
+                command
+            }
+        };
+        let child = command
             .arg("run")
             .args(args)
             .stdin(Stdio::null())
@@ -109,6 +135,17 @@ impl Proxy {
             .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
             .filter(|comm| comm.starts_with("iou-wrk"))
             .count()
+    }
+
+    /// The process's real uid.
+    pub fn uid(&self) -> u32 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("Uid in /proc/PID/status")
     }
 
     /// Resident set size in KiB.

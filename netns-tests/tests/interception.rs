@@ -160,3 +160,40 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
     );
     assert_eq!(exit.stat("upstream_cx_total"), 2);
 }
+
+#[test]
+fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
+    // The other Istio convention: origdst runs as uid 1337 without privileges (so no SO_MARK:
+    // `upstream_mark: null`), and the rules exclude that uid's traffic instead of a mark. The
+    // splice path's pipes then count against uid 1337's per-user pipe limit.
+    let (pod, server) = sidecar(
+        "uid",
+        &[
+            "-t nat -A OUTPUT -p tcp -m owner --uid-owner 1337 -j RETURN",
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ],
+    );
+    let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
+    let (_server, seen) = Server::echo_local(&server, &dsts);
+    let config = ConfigFile::default_with("uid", &[("upstream_mark: 1337", "upstream_mark: null")]);
+    let proxy = Proxy::start_as(
+        origdst_bin!(),
+        &pod,
+        1337,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    relays_to_dialled(&pod, &seen, &dsts);
+    let exit = proxy.stop_clean();
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        2,
+        "no connection looped back:\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), 2);
+    assert!(
+        exit.log.contains("upstream_mark=off"),
+        "the start-up line says marking is off"
+    );
+}
