@@ -115,38 +115,36 @@ impl Gateway {
                      }}
                     "
                 );
-                let path = std::env::temp_dir().join(format!("{}-rules.nft", router.name()));
-                std::fs::write(&path, rules).expect("write nft rules");
-                router.exec("nft", &["-f", path.to_str().expect("UTF-8 temp path")]);
-                let _ = std::fs::remove_file(&path);
+                load_nft(router, &rules);
+            }
+            Interception::NftablesTproxy => {
+                let rules = format!(
+                    "table inet origdst_test {{
+                       chain prerouting {{
+                         type filter hook prerouting priority mangle; policy accept;
+                         iifname \"rc\" fib daddr type local return
+                         iifname \"rc\" meta l4proto tcp tproxy to :{TPROXY_PORT} meta mark set 0x1000 accept
+                       }}
+                     }}
+                    "
+                );
+                load_nft(router, &rules);
+                local_delivery(router);
             }
             Interception::IptablesTproxy => {
                 // Istio's TPROXY shape: mangle PREROUTING marks and diverts to the transparent
                 // listener; policy routing delivers marked packets locally (table 133). The divert
                 // mark must not overlap origdst's upstream mark (1337 = 0x539): a shared bit would
                 // route origdst's own upstream SYNs into the local table (EHOSTUNREACH).
-                for (tables, family, any) in
-                    [("iptables", "-4", "0.0.0.0/0"), ("ip6tables", "-6", "::/0")]
-                {
+                for tables in ["iptables", "ip6tables"] {
                     let local = "-t mangle -A PREROUTING -i rc -p tcp -m addrtype --dst-type LOCAL -j RETURN";
                     rule(router, tables, local);
                     let divert = format!(
                         "-t mangle -A PREROUTING -i rc -p tcp -j TPROXY --on-port {TPROXY_PORT} --tproxy-mark 0x1000/0x1000"
                     );
                     rule(router, tables, &divert);
-                    router.ip(&[
-                        family,
-                        "rule",
-                        "add",
-                        "fwmark",
-                        "0x1000/0x1000",
-                        "lookup",
-                        "133",
-                    ]);
-                    router.ip(&[
-                        family, "route", "add", "local", any, "dev", "lo", "table", "133",
-                    ]);
                 }
+                local_delivery(router);
             }
         }
     }
@@ -161,10 +159,37 @@ pub enum Interception {
     NftablesRedirect,
     /// `-t mangle … -j TPROXY --on-port 15006` with fwmark policy routing.
     IptablesTproxy,
+    /// The same with an `nft` ruleset (`tproxy to :15006`).
+    NftablesTproxy,
 }
 
 /// The port of the transparent (TPROXY) listener in tests.
 pub const TPROXY_PORT: u16 = 15006;
+
+fn load_nft(ns: &Netns, rules: &str) {
+    let path = std::env::temp_dir().join(format!("{}-rules.nft", ns.name()));
+    std::fs::write(&path, rules).expect("write nft rules");
+    ns.exec("nft", &["-f", path.to_str().expect("UTF-8 temp path")]);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Policy routing for TPROXY: packets carrying the divert mark are delivered locally (table 133).
+fn local_delivery(ns: &Netns) {
+    for (family, any) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        ns.ip(&[
+            family,
+            "rule",
+            "add",
+            "fwmark",
+            "0x1000/0x1000",
+            "lookup",
+            "133",
+        ]);
+        ns.ip(&[
+            family, "route", "add", "local", any, "dev", "lo", "table", "133",
+        ]);
+    }
+}
 
 /// Runs one iptables rule written as a line.
 fn rule(ns: &Netns, tables: &str, line: &str) {

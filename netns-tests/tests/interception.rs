@@ -45,14 +45,13 @@ fn nftables_redirect_relays_v4_and_v6() {
     assert_eq!(exit.stat("orig_dst_sockopt_v6"), 1);
 }
 
-#[test]
-fn tproxy_transparent_listener_relays_v4_and_v6() {
-    let gw = Gateway::with("tproxy", Interception::IptablesTproxy);
+fn tproxy_relays_v4_and_v6(tag: &str, interception: Interception) {
+    let gw = Gateway::with(tag, interception);
     let dsts = [addr(SERVER_V4[1], 8080), addr(SERVER_V6[1], 8080)];
     let (_server, seen) = Server::echo_local(&gw.server, &dsts);
     let port = format!("port_value: {TPROXY_PORT} }}");
     let config = ConfigFile::default_with(
-        "tproxy",
+        tag,
         &[
             ("port_value: 15001 }", &port),
             ("port_value: 15001 }", &port),
@@ -74,6 +73,16 @@ fn tproxy_transparent_listener_relays_v4_and_v6() {
         exit.stat("orig_dst_sockopt_v4") + exit.stat("orig_dst_sockopt_v6"),
         0
     );
+}
+
+#[test]
+fn tproxy_transparent_listener_relays_v4_and_v6() {
+    tproxy_relays_v4_and_v6("tproxy", Interception::IptablesTproxy);
+}
+
+#[test]
+fn nftables_tproxy_relays_v4_and_v6() {
+    tproxy_relays_v4_and_v6("nfttproxy", Interception::NftablesTproxy);
 }
 
 /// One pod namespace holding the application and origdst, with these OUTPUT rules, and a server
