@@ -41,23 +41,29 @@ pub struct ProxyExit {
 impl Proxy {
     /// Starts `<binary> run <args>` inside `ns` as root and waits for its start-up line.
     pub fn start(binary: &str, ns: &Netns, args: &[&str]) -> Self {
-        Self::spawn(binary, ns, None, args)
+        Self::spawn(binary, ns, Wrapper::None, args)
+    }
+
+    /// Like `start`, with the descriptor limit (soft and hard) set to `nofile` — origdst cannot
+    /// raise it.
+    pub fn start_with_nofile(binary: &str, ns: &Netns, nofile: u32, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, Wrapper::Nofile(nofile), args)
     }
 
     /// Like `start`, as an unprivileged `uid` (gid the same, no supplementary groups, no
     /// capabilities) — how a sidecar runs.
     pub fn start_as(binary: &str, ns: &Netns, uid: u32, args: &[&str]) -> Self {
-        Self::spawn(binary, ns, Some(uid), args)
+        Self::spawn(binary, ns, Wrapper::User(uid), args)
     }
 
-    fn spawn(binary: &str, ns: &Netns, uid: Option<u32>, args: &[&str]) -> Self {
+    fn spawn(binary: &str, ns: &Netns, wrapper: Wrapper, args: &[&str]) -> Self {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("{}-origdst-{n}.log", ns.name()));
         let file = fs::File::create(&log).expect("create proxy log");
-        let mut command = match uid {
-            None => ns.command(binary),
-            Some(uid) => {
+        let mut command = match wrapper {
+            Wrapper::None => ns.command(binary),
+            Wrapper::User(uid) => {
                 let mut command = ns.command("setpriv");
                 let id = uid.to_string();
                 command.args([
@@ -69,6 +75,11 @@ impl Proxy {
                     "--inh-caps=-all",
                     binary,
                 ]);
+                command
+            }
+            Wrapper::Nofile(limit) => {
+                let mut command = ns.command("prlimit");
+                command.arg(format!("--nofile={limit}:{limit}")).arg(binary);
                 command
             }
         };
@@ -222,6 +233,13 @@ impl Proxy {
         let stats = parse_stats(&log);
         ProxyExit { status, log, stats }
     }
+}
+
+/// How the binary is started (each wrapper execs it, so the pid stays origdst's).
+enum Wrapper {
+    None,
+    User(u32),
+    Nofile(u32),
 }
 
 impl ProxyExit {
