@@ -1,6 +1,6 @@
 //! Config files for a test: the embedded default with edits, deleted when the test ends.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A config file on disk; removed on drop.
 pub struct ConfigFile(PathBuf);
@@ -22,11 +22,6 @@ impl ConfigFile {
     /// Its path, as a string for the command line.
     pub fn arg(&self) -> &str {
         self.0.to_str().expect("temp paths are UTF-8")
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::netns::{Netns, veth};
 use origdst_netns_tests::origdst_bin;
-use origdst_netns_tests::proxy::Proxy;
+use origdst_netns_tests::proxy::{Proxy, ProxyExit};
 use origdst_netns_tests::server::{Server, ask_local};
 use origdst_netns_tests::topology::{
     Gateway, Interception, SERVER_V4, SERVER_V6, TPROXY_PORT, addr,
@@ -107,6 +107,17 @@ fn sidecar(tag: &str, rules: &[&str]) -> (Netns, Netns) {
     (pod, server)
 }
 
+/// Every connection was relayed once: none came back to origdst as a second connection.
+fn assert_relayed_without_loop(exit: &ProxyExit, connections: u64) {
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        connections,
+        "a connection looped back:\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), connections);
+}
+
 const SIDECAR_DSTS: [&str; 2] = ["10.12.1.11:8080", "[fd12:1::11]:8080"];
 
 #[test]
@@ -126,13 +137,7 @@ fn sidecar_output_redirect_excludes_the_proxy_mark() {
     let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
     relays_to_dialled(&pod, &seen, &dsts);
     let exit = proxy.stop_clean();
-    assert_eq!(
-        exit.stat("downstream_cx_total"),
-        2,
-        "no connection looped back:\n{}",
-        exit.log
-    );
-    assert_eq!(exit.stat("completed"), 2);
+    assert_relayed_without_loop(&exit, 2);
 }
 
 #[test]
@@ -194,13 +199,7 @@ fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
     );
     relays_to_dialled(&pod, &seen, &dsts);
     let exit = proxy.stop_clean();
-    assert_eq!(
-        exit.stat("downstream_cx_total"),
-        2,
-        "no connection looped back:\n{}",
-        exit.log
-    );
-    assert_eq!(exit.stat("completed"), 2);
+    assert_relayed_without_loop(&exit, 2);
     assert!(
         exit.log.contains("upstream_mark=off"),
         "the start-up line says marking is off"

@@ -55,12 +55,7 @@ fn slow_reader_keeps_memory_bounded(tag: &str, data_path: &str) {
         .recv_timeout(Duration::from_secs(30))
         .expect("client started reading");
     // While the client stalls, sample origdst's memory for two seconds.
-    let mut rss_max = 0;
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        rss_max = rss_max.max(proxy.rss_kib());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let rss_max = peak_rss_kib(&proxy, Duration::from_secs(2));
     go_tx.send(()).unwrap();
     let got = client.join().expect("client");
     println!("{tag}: RSS {rss_before} KiB before, {rss_max} KiB max while the client stalled");
@@ -73,8 +68,7 @@ fn slow_reader_keeps_memory_bounded(tag: &str, data_path: &str) {
         rss_max < RSS_KIB_MAX,
         "origdst grew to {rss_max} KiB behind a slow reader"
     );
-    let exit = proxy.stop();
-    assert!(exit.status.success(), "{}", exit.log);
+    let exit = proxy.stop_clean();
     assert_eq!(exit.stat("completed"), 1);
 }
 
@@ -112,12 +106,7 @@ fn slow_upstream_keeps_memory_bounded(tag: &str, data_path: &str) {
     });
     let rss_before = proxy.rss_kib();
     thread::sleep(Duration::from_millis(300));
-    let mut rss_max = 0;
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        rss_max = rss_max.max(proxy.rss_kib());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let rss_max = peak_rss_kib(&proxy, Duration::from_secs(2));
     go_tx.send(()).unwrap();
     let got = done
         .recv_timeout(Duration::from_secs(120))
@@ -135,6 +124,17 @@ fn slow_upstream_keeps_memory_bounded(tag: &str, data_path: &str) {
     );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("completed"), 1);
+}
+
+/// The highest RSS origdst shows while sampled every 50 ms for `window`.
+fn peak_rss_kib(proxy: &Proxy, window: Duration) -> u64 {
+    let until = Instant::now() + window;
+    let mut peak = 0;
+    while Instant::now() < until {
+        peak = peak.max(proxy.rss_kib());
+        thread::sleep(Duration::from_millis(50));
+    }
+    peak
 }
 
 #[test]

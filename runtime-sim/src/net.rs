@@ -277,11 +277,6 @@ impl SimNet {
         Ok(stream)
     }
 
-    /// A flow's conntrack entry vanishes (expiry, `conntrack -F`): later queries answer ENOENT.
-    pub fn expire(&self, client_local: SocketAddr) {
-        self.0.borrow_mut().conntrack.remove(&client_local);
-    }
-
     /// Records that the socket (`local`, `peer`) was closed with a reset.
     pub fn record_abort(&self, local: SocketAddr, peer: SocketAddr) {
         let mut state = self.0.borrow_mut();
@@ -297,11 +292,6 @@ impl SimNet {
     /// Whether the peer of the socket (`local`, `peer`) reset the connection.
     pub fn peer_aborted(&self, local: SocketAddr, peer: SocketAddr) -> bool {
         self.0.borrow().aborted.contains(&(peer, local))
-    }
-
-    /// How often the original destination was queried for the connection from `peer`.
-    pub fn queries(&self, peer: SocketAddr) -> u32 {
-        self.0.borrow().queries.get(&peer).copied().unwrap_or(0)
     }
 
     /// Every original-destination query, per peer.
