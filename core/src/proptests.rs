@@ -198,6 +198,7 @@ fn check_ops(ops: &[Op]) {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Some(Duration::from_secs(60)),
         upstream_mark: Some(1337),
+        original_src: None,
     };
     let ev = AcceptEvidence {
         client: ClientAddr::new("10.0.0.2:1".parse().unwrap()),

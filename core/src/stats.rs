@@ -83,6 +83,10 @@ counters! {
     RefusedOverflow => "downstream_cx_overflow",
     /// Accepts that failed in the kernel (EMFILE, ENFILE, ENOMEM, ...).
     AcceptFail => "downstream_cx_accept_fail",
+    /// Upstream sockets bound to the client's address (`original_src`).
+    OriginalSrcBound => "original_src_bound",
+    /// `original_src` skipped: the client and the destination are of different IP families.
+    OriginalSrcFamilyMismatch => "original_src_family_mismatch",
 }
 
 /// A shard's counters, indexed by [`Counter`].

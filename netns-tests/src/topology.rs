@@ -22,6 +22,10 @@ pub struct Gateway {
     pub server: Netns,
 }
 
+/// The client's addresses.
+pub const CLIENT_V4: &str = "10.11.1.2";
+/// The client's IPv6 address.
+pub const CLIENT_V6: &str = "fd11:1::2";
 /// Server addresses by family: two each.
 pub const SERVER_V4: [&str; 2] = ["10.11.2.10", "10.11.2.11"];
 /// IPv6 server addresses.
@@ -43,8 +47,16 @@ impl Gateway {
         let server = Netns::new(&format!("{tag}-s"));
         veth(&client, "c0", &router, "rc");
         veth(&server, "s0", &router, "rs");
-        client.ip(&["addr", "add", "10.11.1.2/24", "dev", "c0"]);
-        client.ip(&["-6", "addr", "add", "fd11:1::2/64", "dev", "c0", "nodad"]);
+        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "c0"]);
+        client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            "c0",
+            "nodad",
+        ]);
         router.ip(&["addr", "add", "10.11.1.1/24", "dev", "rc"]);
         router.ip(&["-6", "addr", "add", "fd11:1::1/64", "dev", "rc", "nodad"]);
         router.ip(&["addr", "add", "10.11.2.1/24", "dev", "rs"]);
@@ -147,6 +159,23 @@ impl Gateway {
                 local_delivery(router);
             }
         }
+    }
+}
+
+impl Gateway {
+    /// Source preservation's return path: the server answers the *client's* address, so the
+    /// router must deliver those replies to origdst's transparent upstream socket instead of
+    /// forwarding them to the client. `-m socket --transparent` finds that socket; the mark sends
+    /// the packet through the local-delivery table (the kernel's TPROXY recipe).
+    pub fn route_replies_to_transparent_sockets(&self) {
+        for tables in ["iptables", "ip6tables"] {
+            rule(
+                &self.router,
+                tables,
+                "-t mangle -A PREROUTING -i rs -p tcp -m socket --transparent -j MARK --set-xmark 0x1000/0x1000",
+            );
+        }
+        local_delivery(&self.router);
     }
 }
 

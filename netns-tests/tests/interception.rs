@@ -11,7 +11,7 @@ use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::proxy::{Proxy, ProxyExit};
 use origdst_netns_tests::server::{Server, ask_local};
 use origdst_netns_tests::topology::{
-    Gateway, Interception, SERVER_V4, SERVER_V6, TPROXY_PORT, addr,
+    CLIENT_V4, CLIENT_V6, Gateway, Interception, SERVER_V4, SERVER_V6, TPROXY_PORT, addr,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,4 +204,42 @@ fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
         exit.log.contains("upstream_mark=off"),
         "the start-up line says marking is off"
     );
+}
+
+/// Opt-in source preservation (Envoy's `original_src` listener filter): the upstream connection
+/// leaves the router with the client's address, and the server sees the client, not the router.
+#[test]
+fn original_src_upstream_sees_the_client_address_v4_and_v6() {
+    let gw = Gateway::new("origsrc");
+    gw.route_replies_to_transparent_sockets();
+    let dsts = [addr(SERVER_V4[1], 8080), addr(SERVER_V6[1], 8080)];
+    let handler = std::sync::Arc::new(
+        |mut stream: std::net::TcpStream, _local: SocketAddr, peer: SocketAddr| {
+            use std::io::Write;
+            let _ = stream.write_all(peer.ip().to_string().as_bytes());
+        },
+    );
+    let _server = Server::start(&gw.server, &dsts, handler);
+    let config = ConfigFile::default_with(
+        "origsrc",
+        &[(
+            "    listener_filters:\n",
+            "    listener_filters:\n    - name: envoy.filters.listener.original_src\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n",
+        )],
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    for (dst, client) in dsts.into_iter().zip([CLIENT_V4, CLIENT_V6]) {
+        assert_eq!(
+            ask_local(&gw.client, dst),
+            client,
+            "the server at {dst} saw another source"
+        );
+    }
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("original_src_bound"), 2, "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 2, "{}", exit.log);
 }

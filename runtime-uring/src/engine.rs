@@ -75,11 +75,10 @@ impl Drop for ExitGuard {
     }
 }
 
-/// Runs origdst until SIGTERM/SIGINT and a finished drain. Blocks the calling thread.
-pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
-    ignore_sigpipe()?;
-    raise_nofile_limit();
-    if let Some(mark) = settings.config.knobs.upstream_mark {
+/// Fails start-up, naming the config field, when a configured feature needs a capability this
+/// process lacks; otherwise the first connection would find out, and every one after it.
+fn check_privileges(config: &Config) -> Result<(), EngineError> {
+    if let Some(mark) = config.knobs.upstream_mark {
         sys::check_mark_allowed(mark).map_err(|err| {
             EngineError::Setup(format!(
                 "origdst.upstream_mark={mark} cannot be set on upstream sockets ({err}): SO_MARK needs \
@@ -87,6 +86,37 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             ))
         })?;
     }
+    for listener in config
+        .listeners
+        .iter()
+        .filter(|l| l.params.original_src.is_some())
+    {
+        let filter = format!(
+            "listener {:?}: envoy.filters.listener.original_src",
+            listener.name
+        );
+        if let Some(mark) = listener.params.upstream_mark {
+            sys::check_mark_allowed(mark).map_err(|err| {
+                EngineError::Setup(format!(
+                    "{filter}: mark {mark} cannot be set ({err}): SO_MARK needs CAP_NET_ADMIN"
+                ))
+            })?;
+        }
+        sys::check_transparent_allowed().map_err(|err| {
+            EngineError::Setup(format!(
+                "{filter}: the upstream socket cannot take the client's address ({err}): \
+                 IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs origdst until SIGTERM/SIGINT and a finished drain. Blocks the calling thread.
+pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
+    ignore_sigpipe()?;
+    raise_nofile_limit();
+    check_privileges(&settings.config)?;
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));
     let origin = std::time::Instant::now();

@@ -99,7 +99,8 @@ pub(crate) enum ConnectStart {
     Failed(IoErrorKind),
 }
 
-/// Creates the upstream socket (non-blocking, marked, `TCP_NODELAY`) and starts connecting.
+/// Creates the upstream socket (non-blocking, marked, `TCP_NODELAY`), binds it to `source` when
+/// preserving the client's address, and starts connecting.
 pub(crate) fn connect(
     upstream: SocketAddr,
     mark: Option<u32>,
@@ -115,6 +116,21 @@ pub(crate) fn connect(
     }
     socket.set_tcp_nodelay(true)?;
     if let Some(source) = source {
+        // The client's address is not ours: binding it needs IP_TRANSPARENT.
+        match source {
+            SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+            SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+        }
+        if source.port() == 0 {
+            // Defer the port choice to connect(), which picks it per 4-tuple instead of per
+            // source address: without this, every client IP gets only ~28k upstream ports in
+            // total (the ephemeral-port exhaustion Envoy fixed in envoyproxy/envoy#38288).
+            set_bind_address_no_port(&socket)?;
+        } else {
+            // bind_port: a TIME_WAIT remnant of the client's earlier connection must not block
+            // the bind (cilium/proxy#53).
+            socket.set_reuse_address(true)?;
+        }
         socket.bind(&source.into())?;
     }
     Ok(match socket.connect(&upstream.into()) {
@@ -124,6 +140,33 @@ pub(crate) fn connect(
         }
         Err(err) => ConnectStart::Failed(error_kind(&err)),
     })
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: socket2 has no setter for it. Harmless on IPv6 sockets (the kernel
+/// reads the IPv4-level flag for both families).
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a c_int option value and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this process may bind non-local addresses (`IP_TRANSPARENT` needs CAP_NET_ADMIN or
+/// CAP_NET_RAW).
+pub(crate) fn check_transparent_allowed() -> io::Result<()> {
+    Socket::new(Domain::IPV4, Type::STREAM.cloexec(), None)?.set_ip_transparent_v4(true)
 }
 
 /// Whether this process may set `mark` on its sockets (SO_MARK needs CAP_NET_ADMIN).

@@ -200,6 +200,7 @@ pub fn run(scenario: &Scenario, keep_trace: bool) -> Report {
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout: Some(IDLE_TIMEOUT),
             upstream_mark: Some(MARK),
+            original_src: None,
         },
         me: SelfAddrs {
             listeners: [PORTS.capture, PORTS.transparent, PORTS.internal]

@@ -100,6 +100,18 @@ pub(crate) struct OriginalDst {
     pub(crate) _type: String,
 }
 
+/// Envoy's `original_src` listener filter: bind the upstream socket to the client's address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OriginalSrc {
+    #[serde(rename = "@type")]
+    pub(crate) _type: String,
+    #[serde(default)]
+    pub(crate) bind_port: Option<bool>,
+    #[serde(default)]
+    pub(crate) mark: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TcpProxy {
@@ -125,5 +137,7 @@ pub(crate) struct Cluster {
 
 pub(crate) const TYPE_ORIGINAL_DST: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+pub(crate) const TYPE_ORIGINAL_SRC: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 pub(crate) const TYPE_TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub use error::ConfigError;
 pub use knobs::{DataPath, Knobs};
 
-use crate::connection::ConnParams;
+use crate::connection::{ConnParams, OriginalSrc};
 
 /// The embedded default config (`origdst run` with no `--config`).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -187,7 +187,7 @@ fn validate_listener(
         }
         addresses.push(addr);
     }
-    validate_listener_filters(path, &raw.listener_filters)?;
+    let original_src = validate_listener_filters(path, &raw.listener_filters)?;
     let (stat_prefix, cluster_name, idle_timeout) = tcp_proxy(path, &raw.filter_chains)?;
     let Some(cluster) = clusters.iter().find(|c| c.name == cluster_name) else {
         return Err(ConfigError::new(
@@ -204,7 +204,13 @@ fn validate_listener(
         params: ConnParams {
             connect_timeout: cluster.connect_timeout,
             idle_timeout,
-            upstream_mark: knobs.upstream_mark,
+            // Envoy's original_src `mark` (non-zero) replaces the upstream mark for this
+            // listener: a socket carries one SO_MARK, and the policy route that brings the
+            // replies back to the transparent socket keys on it.
+            upstream_mark: original_src
+                .and_then(|(_, mark)| mark)
+                .or(knobs.upstream_mark),
+            original_src: original_src.map(|(src, _)| src),
         },
     })
 }
@@ -234,11 +240,14 @@ fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, 
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Checks the listener filters; returns the `original_src` settings (with its mark, if non-zero)
+/// when that filter is present.
 fn validate_listener_filters(
     path: &str,
     filters: &[envoy::TypedFilter],
-) -> Result<(), ConfigError> {
+) -> Result<Option<(OriginalSrc, Option<u32>)>, ConfigError> {
     let mut has_original_dst = false;
+    let mut original_src = None;
     for (index, filter) in filters.iter().enumerate() {
         let filter_path = format!("{path}.listener_filters[{index}]");
         match filter.name.as_str() {
@@ -252,11 +261,37 @@ fn validate_listener_filters(
                 }
                 has_original_dst = true;
             }
+            "envoy.filters.listener.original_src" => {
+                let config_path = format!("{filter_path}.typed_config");
+                let Some(config) = &filter.typed_config else {
+                    return Err(ConfigError::new(
+                        config_path,
+                        format!(
+                            "original_src needs a typed_config with @type {:?}",
+                            envoy::TYPE_ORIGINAL_SRC
+                        ),
+                    ));
+                };
+                let src: envoy::OriginalSrc =
+                    typed(&config_path, config, envoy::TYPE_ORIGINAL_SRC)?;
+                if original_src.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{filter_path}.name"),
+                        "envoy.filters.listener.original_src is listed twice",
+                    ));
+                }
+                original_src = Some((
+                    OriginalSrc {
+                        bind_port: src.bind_port.unwrap_or(false),
+                    },
+                    src.mark.filter(|&mark| mark != 0),
+                ));
+            }
             other => {
                 return Err(ConfigError::new(
                     format!("{filter_path}.name"),
                     format!(
-                        "listener filter {other:?} is not supported (supported: envoy.filters.listener.original_dst)"
+                        "listener filter {other:?} is not supported (supported: envoy.filters.listener.original_dst, envoy.filters.listener.original_src)"
                     ),
                 ));
             }
@@ -269,7 +304,7 @@ fn validate_listener_filters(
              (without it the destination is the proxy itself)",
         ));
     }
-    Ok(())
+    Ok(original_src)
 }
 
 fn tcp_proxy(

@@ -362,3 +362,64 @@ fn error_display_names_the_field_or_says_config() {
         );
     }
 }
+
+fn with_original_src(typed_config: &str) -> String {
+    MINIMAL.replace(
+        "    - name: envoy.filters.listener.original_dst\n",
+        &format!(
+            "    - name: envoy.filters.listener.original_dst\n    - name: envoy.filters.listener.original_src\n{typed_config}"
+        ),
+    )
+}
+
+#[test]
+fn original_src_filter_turns_on_source_preservation() {
+    let plain = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(plain.listeners[0].params.original_src, None);
+
+    let yaml = with_original_src(
+        "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n",
+    );
+    let params = &Config::from_yaml(&yaml).unwrap().listeners[0].params;
+    assert_eq!(params.original_src, Some(OriginalSrc { bind_port: false }));
+    assert_eq!(
+        params.upstream_mark,
+        Some(1337),
+        "no mark: the origdst mark stays"
+    );
+
+    let yaml = with_original_src(
+        "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n        bind_port: true\n        mark: 123\n",
+    );
+    let params = &Config::from_yaml(&yaml).unwrap().listeners[0].params;
+    assert_eq!(params.original_src, Some(OriginalSrc { bind_port: true }));
+    assert_eq!(
+        params.upstream_mark,
+        Some(123),
+        "original_src's mark replaces it"
+    );
+}
+
+#[test]
+fn original_src_errors_name_the_field() {
+    let missing = err(&with_original_src(""));
+    assert_eq!(
+        missing.path,
+        "static_resources.listeners[0].listener_filters[1].typed_config"
+    );
+    let unknown = err(&with_original_src(
+        "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n        bind_ports: true\n",
+    ));
+    assert_eq!(
+        unknown.path,
+        "static_resources.listeners[0].listener_filters[1].typed_config.bind_ports"
+    );
+    assert!(unknown.reason.contains("unknown field"), "{unknown}");
+    let wrong_type = err(&with_original_src(
+        "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst\n",
+    ));
+    assert_eq!(
+        wrong_type.path,
+        "static_resources.listeners[0].listener_filters[1].typed_config.@type"
+    );
+}

@@ -21,6 +21,7 @@ fn params() -> ConnParams {
         connect_timeout: CONNECT_TIMEOUT,
         idle_timeout: Some(IDLE_TIMEOUT),
         upstream_mark: Some(1337),
+        original_src: None,
     }
 }
 
@@ -511,4 +512,53 @@ fn log_names_are_distinct_and_stable() {
         );
         assert_eq!(outcome.error().is_some(), has_error, "{outcome:?}");
     }
+}
+
+fn accept_with_original_src(dst: SockOptAnswer, bind_port: bool) -> (Vec<Action>, Counters) {
+    let mut stats = Counters::default();
+    let params = ConnParams {
+        original_src: Some(OriginalSrc { bind_port }),
+        ..params()
+    };
+    let mut ev = evidence("192.0.2.7:80");
+    ev.sockopt = dst;
+    let mut conn = Connection::accept(Instant::from_nanos(1), &ev, &me(), &params, &mut stats);
+    (std::iter::from_fn(|| conn.poll_action()).collect(), stats)
+}
+
+#[test]
+fn original_src_binds_the_client_ip_with_a_kernel_chosen_port_by_default() {
+    let (actions, stats) = accept_with_original_src(SockOptAnswer::V4(sa("192.0.2.7:80")), false);
+    let [Action::Connect { source, .. }] = actions.as_slice() else {
+        panic!("expected one connect, got {actions:?}");
+    };
+    assert_eq!(*source, Some(sa("10.0.0.2:0")));
+    assert_eq!(stats.get(Counter::OriginalSrcBound), 1);
+}
+
+#[test]
+fn original_src_bind_port_keeps_the_client_port() {
+    let (actions, _) = accept_with_original_src(SockOptAnswer::V4(sa("192.0.2.7:80")), true);
+    let [Action::Connect { source, .. }] = actions.as_slice() else {
+        panic!("expected one connect, got {actions:?}");
+    };
+    assert_eq!(*source, Some(sa("10.0.0.2:40000")));
+}
+
+#[test]
+fn original_src_across_families_lets_the_kernel_choose_and_counts_it() {
+    let (actions, stats) =
+        accept_with_original_src(SockOptAnswer::V6(sa("[2001:db8::7]:80")), false);
+    let [
+        Action::Connect {
+            source, upstream, ..
+        },
+    ] = actions.as_slice()
+    else {
+        panic!("expected one connect, got {actions:?}");
+    };
+    assert_eq!(upstream.get(), sa("[2001:db8::7]:80"));
+    assert_eq!(*source, None);
+    assert_eq!(stats.get(Counter::OriginalSrcFamilyMismatch), 1);
+    assert_eq!(stats.get(Counter::OriginalSrcBound), 0);
 }
