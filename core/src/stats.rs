@@ -83,6 +83,9 @@ counters! {
     RefusedOverflow => "downstream_cx_overflow",
     /// Accepts that failed in the kernel (EMFILE, ENFILE, ENOMEM, ...).
     AcceptFail => "downstream_cx_accept_fail",
+    /// Times a shard ran out of file descriptors and paused accepting (connections wait in the
+    /// kernel's listen backlog meanwhile).
+    AcceptPausedNoFd => "downstream_cx_accept_paused_no_fd",
     /// Upstream sockets bound to the client's address (`original_src`).
     OriginalSrcBound => "original_src_bound",
     /// `original_src` skipped: the client and the destination are of different IP families.

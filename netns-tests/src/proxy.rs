@@ -44,6 +44,12 @@ impl Proxy {
         Self::spawn(binary, ns, Wrapper::None, args)
     }
 
+    /// Like `start`, with the descriptor limit (soft and hard) set to `nofile`, so origdst cannot
+    /// raise it.
+    pub fn start_with_nofile(binary: &str, ns: &Netns, nofile: u32, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, Wrapper::Nofile(nofile), args)
+    }
+
     /// Like `start`, as an unprivileged `uid` (gid the same, no supplementary groups, no
     /// capabilities) — how a sidecar runs.
     pub fn start_as(binary: &str, ns: &Netns, uid: u32, args: &[&str]) -> Self {
@@ -69,6 +75,11 @@ impl Proxy {
                     "--inh-caps=-all",
                     binary,
                 ]);
+                command
+            }
+            Wrapper::Nofile(limit) => {
+                let mut command = ns.command("prlimit");
+                command.arg(format!("--nofile={limit}:{limit}")).arg(binary);
                 command
             }
         };
@@ -228,6 +239,7 @@ impl Proxy {
 enum Wrapper {
     None,
     User(u32),
+    Nofile(u32),
 }
 
 impl ProxyExit {

@@ -1,6 +1,6 @@
 //! Limits on the real kernel: a slow reader must not grow origdst's memory (backpressure, which
-//! the simulator cannot show), and a second instance on the same port shares the load through
-//! SO_REUSEPORT.
+//! the simulator cannot show), running out of file descriptors is survived and counted, and a
+//! second instance on the same port shares the load through SO_REUSEPORT.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -180,3 +180,151 @@ fn second_instance_on_the_same_port_shares_the_load() {
 }
 
 const CONNECTIONS: u64 = 40;
+
+/// What became of one client connection while origdst was out of descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Its byte came back: relayed.
+    Echoed,
+    /// origdst reset it (no descriptor for the upstream socket).
+    Reset,
+    /// Still waiting in the listen backlog for a descriptor.
+    Waiting,
+}
+
+fn fate(stream: &TcpStream) -> Fate {
+    let mut byte = [0u8; 1];
+    match (&*stream).read(&mut byte) {
+        Ok(1) => Fate::Echoed,
+        Ok(_) => panic!("clean EOF instead of the echo or a reset: a silently dropped connection"),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Fate::Waiting,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Fate::Reset,
+        Err(e) => panic!("unexpected client error: {e}"),
+    }
+}
+
+fn fates(streams: &[TcpStream]) -> Vec<Fate> {
+    streams.iter().map(fate).collect()
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_counts_and_recovers() {
+    let gw = Gateway::new("nofile");
+    let dst = addr(SERVER_V4[0], 8098);
+    let handler = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut &stream, &mut &stream);
+        });
+    });
+    let _server = Server::start(&gw.server, &[dst], handler);
+    let mut proxy =
+        Proxy::start_with_nofile(origdst_bin!(), &gw.router, NOFILE, &["--shards", "1"]);
+    // More connections than the descriptor table can relay (two descriptors each).
+    let streams: Vec<TcpStream> = gw.client.run(move || {
+        (0..FLOOD)
+            .map(|_| {
+                use std::io::Write;
+                let mut stream = TcpStream::connect(dst).expect("connect (the backlog accepts)");
+                stream.write_all(b"x").expect("send one byte");
+                stream
+            })
+            .collect()
+    });
+    thread::sleep(Duration::from_secs(1));
+    for stream in &streams {
+        stream.set_nonblocking(true).unwrap();
+    }
+    let before = fates(&streams);
+    let echoed = before.iter().filter(|&&f| f == Fate::Echoed).count();
+    let waiting = before.iter().filter(|&&f| f == Fate::Waiting).count();
+    let reset = before.len() - echoed - waiting;
+    println!(
+        "out of descriptors: {echoed} relayed, {reset} reset, {waiting} waiting in the backlog"
+    );
+    assert!(
+        echoed > 0 && echoed < FLOOD,
+        "{echoed} of {FLOOD} relayed: the limit of {NOFILE} descriptors was not the bottleneck"
+    );
+    assert_eq!(
+        reset, 0,
+        "a connection was reset instead of waiting for a descriptor"
+    );
+    let stats = proxy.live_stats();
+    assert!(
+        counter(&stats, "downstream_cx_accept_paused_no_fd") > 0,
+        "exhaustion was not counted: {stats}"
+    );
+
+    // Release the relayed connections: their descriptors must go to the waiting ones, and a new
+    // connection must be relayed again.
+    let released = Instant::now();
+    let (hogs, rest): (Vec<_>, Vec<_>) = streams
+        .into_iter()
+        .zip(before)
+        .partition(|(_, fate)| *fate == Fate::Echoed);
+    drop(hogs);
+    let mut waiting: Vec<TcpStream> = rest
+        .into_iter()
+        .filter(|(_, fate)| *fate == Fate::Waiting)
+        .map(|(stream, _)| stream)
+        .collect();
+    while !waiting.is_empty() {
+        assert!(
+            released.elapsed() < RECOVERY_MAX,
+            "{} connections still waiting {RECOVERY_MAX:?} after descriptors were freed",
+            waiting.len()
+        );
+        waiting.retain(|stream| fate(stream) == Fate::Waiting);
+        thread::sleep(Duration::from_millis(1));
+    }
+    let backlog_drained = released.elapsed();
+    assert_eq!(ask_echo(&gw.client, dst), "fresh");
+    let recovered = released.elapsed();
+    println!(
+        "descriptors freed → backlog served in {backlog_drained:?}, fresh connection relayed after {recovered:?}"
+    );
+    let exit = proxy.stop_clean();
+    assert!(
+        exit.log
+            .contains("out of file descriptors; accepting paused"),
+        "no log line for the exhaustion:\n{}",
+        exit.log
+    );
+    assert!(
+        exit.log.contains("file descriptors available again"),
+        "no log line for the recovery:\n{}",
+        exit.log
+    );
+    // Nothing lost: the flood and the fresh connection all completed, none was reset.
+    assert_eq!(exit.stat("completed"), FLOOD as u64 + 1, "{}", exit.log);
+    assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
+}
+
+/// Sends `fresh`, half-closes, and returns what came back through an echo server.
+fn ask_echo(ns: &origdst_netns_tests::netns::Netns, dst: SocketAddr) -> String {
+    ns.run(move || {
+        use std::io::Write;
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(b"fresh").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("echo");
+        answer
+    })
+}
+
+/// A counter's value in a live stats line (`name=value`).
+fn counter(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// Small enough that a few dozen connections exhaust it, large enough for start-up.
+const NOFILE: u32 = 64;
+const FLOOD: usize = 80;
+const RECOVERY_MAX: Duration = Duration::from_secs(10);

@@ -82,6 +82,15 @@ impl PipePool {
         drop(pipe);
     }
 
+    /// Closes every idle pipe (two descriptors each) and returns how many: descriptors are worth
+    /// more than warm pipes when the table is full, and splice re-creates pipes as it needs them.
+    pub(crate) fn shed_idle(&mut self) -> u32 {
+        let idle = self.free.len() as u32;
+        self.created -= idle;
+        self.free.clear();
+        idle
+    }
+
     /// Pipes leased right now.
     pub(crate) fn leased(&self) -> u32 {
         self.created - self.free.len() as u32

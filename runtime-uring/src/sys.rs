@@ -163,6 +163,16 @@ fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
     }
 }
 
+/// A descriptor to hold in reserve for when the table is full.
+pub(crate) fn reserve_fd() -> io::Result<OwnedFd> {
+    std::fs::File::open("/dev/null").map(OwnedFd::from)
+}
+
+/// EMFILE (the process's table) or ENFILE (the system's): descriptors, not the peer, failed.
+pub(crate) fn is_descriptor_exhaustion(errno: i32) -> bool {
+    errno == libc::EMFILE || errno == libc::ENFILE
+}
+
 /// Whether this process may bind non-local addresses (`IP_TRANSPARENT` needs CAP_NET_ADMIN or
 /// CAP_NET_RAW).
 pub(crate) fn check_transparent_allowed() -> io::Result<()> {

@@ -12,8 +12,10 @@ use origdst_core::time::Instant;
 pub(crate) enum TimerKey {
     /// A connection's `next_timeout`.
     Conn { slot: usize, generation: u16 },
-    /// Re-arm a listener's accept after an error back-off (EMFILE, ENFILE).
+    /// Re-arm a listener's accept after an error back-off (ENOMEM, ENOBUFS, ...).
     AcceptBackoff { listener: usize },
+    /// Accepts are paused for want of descriptors: try to take them up again.
+    AcceptResume,
     /// The drain deadline.
     Drain,
 }

@@ -100,6 +100,15 @@ pub(crate) struct Shard {
     timers: Timers,
     stats: Counters,
     draining: bool,
+    /// Out of descriptors: accepts are cancelled until `spare_fd` can be reopened.
+    accepts_paused: bool,
+    /// When the pending `AcceptResume` timer fires (one chain at a time).
+    resume_at: Option<Instant>,
+    /// A descriptor held in reserve: when the upstream socket of an already accepted connection
+    /// hits EMFILE, closing this one lets that connection proceed instead of being reset.
+    spare_fd: Option<OwnedFd>,
+    /// Accepted connections whose upstream socket found no descriptor, in arrival order.
+    fd_waiters: VecDeque<FdWaiter>,
     completions: Vec<(u64, i32, u32)>,
     log_budget: LogBudget,
 }
@@ -163,6 +172,12 @@ impl Shard {
             timers: Timers::default(),
             stats: Counters::default(),
             draining: false,
+            accepts_paused: false,
+            resume_at: None,
+            spare_fd: Some(
+                sys::reserve_fd().map_err(|err| format!("reserving a spare descriptor: {err}"))?,
+            ),
+            fd_waiters: VecDeque::new(),
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
             log_budget: LogBudget::default(),
         })
@@ -259,7 +274,7 @@ impl Shard {
         let Some(socket) = &listener.socket else {
             return;
         };
-        if listener.armed || self.draining {
+        if listener.armed || self.draining || self.accepts_paused {
             return;
         }
         let token = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream);
@@ -280,6 +295,15 @@ impl Shard {
                 return;
             }
             self.stats.incr(Counter::AcceptFail);
+            if sys::is_descriptor_exhaustion(-res) {
+                if self.io.pipes.shed_idle() > 0 && !more {
+                    self.arm_accept(index);
+                    return;
+                }
+                // The connection stays in the kernel's backlog; nothing is lost by waiting.
+                self.pause_accepts(now, -res);
+                return;
+            }
             if self.log_budget.take(now) {
                 tracing::warn!(shard = self.setup.id, errno = -res, error = %stdio::Error::from_raw_os_error(-res),
                     "accept failed; backing off {ACCEPT_BACKOFF:?}");
@@ -500,8 +524,42 @@ impl Shard {
         mark: Option<u32>,
         source: Option<std::net::SocketAddr>,
     ) {
+        let mut started = sys::connect(upstream, mark, source);
+        if started.as_ref().is_err_and(|err| {
+            err.raw_os_error()
+                .is_some_and(sys::is_descriptor_exhaustion)
+        }) && self.io.pipes.shed_idle() > 0
+        {
+            started = sys::connect(upstream, mark, source);
+        }
+        if let Err(err) = &started
+            && let Some(errno) = err
+                .raw_os_error()
+                .filter(|&e| sys::is_descriptor_exhaustion(e))
+        {
+            // This client is accepted already: spend the reserve on it rather than reset it, let
+            // the next ones wait in the backlog, and park any other accepted one until descriptors
+            // come back (its connect timeout still bounds the wait).
+            self.pause_accepts(now, errno);
+            match self.spare_fd.take() {
+                Some(spare) => {
+                    drop(spare);
+                    started = sys::connect(upstream, mark, source);
+                }
+                None => {
+                    let generation = self.conns[slot].generation;
+                    self.fd_waiters.push_back(FdWaiter {
+                        slot,
+                        generation,
+                        upstream,
+                        mark,
+                        source,
+                    });
+                    return;
+                }
+            }
+        }
         let conn = &mut self.conns[slot];
-        let started = sys::connect(upstream, mark, source);
         if let Ok(ConnectStart::Done(fd) | ConnectStart::InProgress(fd)) = &started
             && let Ok(local) = sys::local_addr(fd)
         {
@@ -561,6 +619,102 @@ impl Shard {
         self.io.closing.push(conn.client);
         if let Some(upstream) = conn.upstream {
             self.io.closing.push(upstream);
+        }
+        if self.accepts_paused {
+            // The descriptors close after this round's submit; try again on the next loop.
+            self.schedule_resume(now);
+        }
+    }
+
+    /// Out of descriptors (EMFILE/ENFILE): stop taking connections until some come back. The
+    /// kernel keeps the waiting ones in the listen backlog, so pausing loses nothing, whereas
+    /// accepting what cannot be relayed would reset it.
+    fn pause_accepts(&mut self, now: Instant, errno: i32) {
+        if self.accepts_paused {
+            return;
+        }
+        self.accepts_paused = true;
+        self.stats.incr(Counter::AcceptPausedNoFd);
+        tracing::warn!(shard = self.setup.id, open = self.conns.len(), error = %stdio::Error::from_raw_os_error(errno),
+            "out of file descriptors; accepting paused until connections close (raise `ulimit -n`)");
+        for (index, listener) in self.listeners.iter().enumerate() {
+            if listener.armed {
+                let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
+                let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
+                self.io.push(
+                    opcode::AsyncCancel::new(target)
+                        .build()
+                        .user_data(token.encode()),
+                );
+            }
+        }
+        self.schedule_resume(now + ACCEPT_BACKOFF);
+    }
+
+    fn schedule_resume(&mut self, at: Instant) {
+        debug_assert!(self.accepts_paused, "resuming needs a pause");
+        if self.resume_at.is_none_or(|pending| at < pending) {
+            self.resume_at = Some(at);
+            self.timers.push(at, TimerKey::AcceptResume);
+        }
+    }
+
+    /// Gives freed descriptors to the parked connections first, then takes the reserve back, then
+    /// resumes accepting; whatever still finds no descriptor is retried later.
+    fn try_resume_accepts(&mut self, now: Instant) {
+        if !self.accepts_paused {
+            return;
+        }
+        while let Some(waiter) = self.fd_waiters.pop_front() {
+            let Some(conn) = self
+                .conns
+                .get(waiter.slot)
+                .filter(|c| c.generation == waiter.generation)
+            else {
+                continue;
+            };
+            if conn.core.is_closed() || conn.upstream.is_some() {
+                // Closed meanwhile (connect timeout, client reset, drain abort).
+                continue;
+            }
+            let parked = self.fd_waiters.len();
+            self.start_connect(
+                now,
+                waiter.slot,
+                waiter.upstream,
+                waiter.mark,
+                waiter.source,
+            );
+            if self.fd_waiters.len() > parked {
+                // Parked again (pushed to the back): restore its place and wait for more.
+                if let Some(again) = self.fd_waiters.pop_back() {
+                    self.fd_waiters.push_front(again);
+                }
+                self.schedule_resume(now + ACCEPT_BACKOFF);
+                return;
+            }
+            self.drive(now, waiter.slot);
+        }
+        if self.draining {
+            return;
+        }
+        if self.spare_fd.is_none() {
+            match sys::reserve_fd() {
+                Ok(fd) => self.spare_fd = Some(fd),
+                Err(_) => {
+                    self.schedule_resume(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        self.accepts_paused = false;
+        tracing::info!(
+            shard = self.setup.id,
+            open = self.conns.len(),
+            "file descriptors available again; accepting"
+        );
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
         }
     }
 
@@ -625,6 +779,12 @@ impl Shard {
                     self.drive(now, slot);
                 }
                 TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
+                TimerKey::AcceptResume => {
+                    if self.resume_at == Some(at) {
+                        self.resume_at = None;
+                        self.try_resume_accepts(now);
+                    }
+                }
                 TimerKey::Drain => self.abort_all(now),
             }
         }
@@ -801,5 +961,14 @@ const LISTEN_BACKLOG: i32 = 4096;
 const BUFFER_GROUP: u16 = 0;
 /// Fallback copy buffers per shard (splice path, pool empty): 256 × 64 KiB at most.
 const FALLBACK_BUFFERS_MAX: u32 = 256;
+/// An accepted connection waiting for a descriptor for its upstream socket.
+struct FdWaiter {
+    slot: usize,
+    generation: u16,
+    upstream: std::net::SocketAddr,
+    mark: Option<u32>,
+    source: Option<std::net::SocketAddr>,
+}
+
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_LINES_PER_SECOND_MAX: u32 = 20;
