@@ -188,6 +188,23 @@ impl Proxy {
             .to_string()
     }
 
+    /// One counter from a fresh live stats line (SIGUSR1).
+    pub fn live_stat(&mut self, name: &str) -> u64 {
+        let line = self.live_stats();
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name:?} in {line}"))
+    }
+
+    /// Descriptors the process holds.
+    pub fn open_fds(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid());
+        fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .count()
+    }
+
     /// Stops origdst (SIGTERM) and asserts it exited 0, showing its log otherwise.
     pub fn stop_clean(self) -> ProxyExit {
         let exit = self.stop();

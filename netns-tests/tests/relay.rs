@@ -4,13 +4,11 @@
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use origdst_netns_tests::config::ConfigFile;
-use origdst_netns_tests::netns::raise_nofile_limit;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::pattern::{Pattern, Verified};
 use origdst_netns_tests::proxy::{Proxy, ProxyExit};
@@ -346,64 +344,4 @@ fn direct_connection_to_the_proxy_port_is_refused_and_counted() {
         "the refusal is logged:\n{}",
         exit.log
     );
-}
-
-fn idle_connections_leave_no_iou_workers(tag: &str, data_path: &str) {
-    raise_nofile_limit();
-    let gw = Gateway::new(tag);
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
-    let handler = {
-        let accepted = Arc::clone(&accepted);
-        let held = Arc::clone(&held);
-        Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
-            held.lock().expect("held").push(stream);
-            accepted.fetch_add(1, Ordering::Relaxed);
-        })
-    };
-    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
-    let mut proxy = start_proxy(&gw, data_path);
-    let dst = addr(SERVER_V4[0], SERVER_PORT);
-    let clients = gw.client.run(move || {
-        (0..IDLE_CONNECTIONS)
-            .map(|_| TcpStream::connect(dst).expect("connect"))
-            .collect::<Vec<_>>()
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while accepted.load(Ordering::Relaxed) < IDLE_CONNECTIONS {
-        if Instant::now() > deadline {
-            let stats = proxy.live_stats();
-            panic!(
-                "only {} of {IDLE_CONNECTIONS} relayed; origdst {stats}",
-                accepted.load(Ordering::Relaxed)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    // Give any would-be io-wq worker time to appear (the naive IORING_OP_SPLICE design spawns one
-    // per idle direction within milliseconds).
-    thread::sleep(Duration::from_millis(500));
-    let workers = proxy.iou_worker_threads();
-    let rss = proxy.rss_kib();
-    println!(
-        "{tag}: {IDLE_CONNECTIONS} idle relayed connections: {workers} iou-wrk threads, RSS {rss} KiB"
-    );
-    assert_eq!(workers, 0, "idle connections must not park io-wq workers");
-    drop(clients);
-    held.lock().expect("held").clear();
-    let exit = proxy.stop_clean();
-    assert_eq!(exit.stat("downstream_cx_total"), IDLE_CONNECTIONS as u64);
-    assert_eq!(exit.stat("upstream_cx_total"), IDLE_CONNECTIONS as u64);
-}
-
-const IDLE_CONNECTIONS: usize = 2000;
-
-#[test]
-fn idle_2000_connections_zero_iou_wrk_threads_splice() {
-    idle_connections_leave_no_iou_workers("idlesplice", "uring-splice");
-}
-
-#[test]
-fn idle_2000_connections_zero_iou_wrk_threads_copy() {
-    idle_connections_leave_no_iou_workers("idlecopy", "uring-copy");
 }
