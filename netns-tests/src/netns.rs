@@ -50,6 +50,14 @@ impl Netns {
         command
     }
 
+    /// Loads an `nft -f` ruleset into this namespace.
+    pub fn load_nft(&self, rules: &str) {
+        let path = std::env::temp_dir().join(format!("{}-rules.nft", self.name));
+        std::fs::write(&path, rules).expect("write nft rules");
+        self.exec("nft", &["-f", path.to_str().expect("UTF-8 temp path")]);
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace; sockets it opens live here.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         self.spawn(f)

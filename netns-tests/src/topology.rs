@@ -127,7 +127,7 @@ impl Gateway {
                      }}
                     "
                 );
-                load_nft(router, &rules);
+                router.load_nft(&rules);
             }
             Interception::NftablesTproxy => {
                 let rules = format!(
@@ -140,7 +140,7 @@ impl Gateway {
                      }}
                     "
                 );
-                load_nft(router, &rules);
+                router.load_nft(&rules);
                 local_delivery(router);
             }
             Interception::IptablesTproxy => {
@@ -194,13 +194,6 @@ pub enum Interception {
 
 /// The port of the transparent (TPROXY) listener in tests.
 pub const TPROXY_PORT: u16 = 15006;
-
-fn load_nft(ns: &Netns, rules: &str) {
-    let path = std::env::temp_dir().join(format!("{}-rules.nft", ns.name()));
-    std::fs::write(&path, rules).expect("write nft rules");
-    ns.exec("nft", &["-f", path.to_str().expect("UTF-8 temp path")]);
-    let _ = std::fs::remove_file(&path);
-}
 
 /// Policy routing for TPROXY: packets carrying the divert mark are delivered locally (table 133).
 fn local_delivery(ns: &Netns) {

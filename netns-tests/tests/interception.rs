@@ -85,9 +85,17 @@ fn nftables_tproxy_relays_v4_and_v6() {
     tproxy_relays_v4_and_v6("nfttproxy", Interception::NftablesTproxy);
 }
 
+/// A pod's capture rules.
+enum PodRules<'a> {
+    /// Lines for both iptables and ip6tables.
+    Iptables(&'a [&'a str]),
+    /// One `inet` nftables ruleset for both families.
+    Nftables(&'a str),
+}
+
 /// One pod namespace holding the application and origdst, with these OUTPUT rules, and a server
 /// namespace answering on two addresses per family.
-fn sidecar(tag: &str, rules: &[&str]) -> (Netns, Netns) {
+fn sidecar(tag: &str, rules: PodRules<'_>) -> (Netns, Netns) {
     let pod = Netns::new(&format!("{tag}-pod"));
     let server = Netns::new(&format!("{tag}-srv"));
     veth(&pod, "eth0", &server, "s0");
@@ -99,10 +107,15 @@ fn sidecar(tag: &str, rules: &[&str]) -> (Netns, Netns) {
     for ip in ["fd12:1::10/64", "fd12:1::11/64"] {
         server.ip(&["-6", "addr", "add", ip, "dev", "s0", "nodad"]);
     }
-    for tables in ["iptables", "ip6tables"] {
-        for line in rules {
-            pod.exec(tables, &line.split_whitespace().collect::<Vec<_>>());
+    match rules {
+        PodRules::Iptables(lines) => {
+            for tables in ["iptables", "ip6tables"] {
+                for line in lines {
+                    pod.exec(tables, &line.split_whitespace().collect::<Vec<_>>());
+                }
+            }
         }
+        PodRules::Nftables(ruleset) => pod.load_nft(ruleset),
     }
     (pod, server)
 }
@@ -126,11 +139,11 @@ fn sidecar_output_redirect_excludes_the_proxy_mark() {
     // loopback.
     let (pod, server) = sidecar(
         "sidecar",
-        &[
+        PodRules::Iptables(&[
             "-t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN",
             "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
             "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-        ],
+        ]),
     );
     let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
     let (_server, seen) = Server::echo_local(&server, &dsts);
@@ -147,10 +160,10 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
     // connection per attempt, never a storm.
     let (pod, server) = sidecar(
         "loop",
-        &[
+        PodRules::Iptables(&[
             "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
             "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-        ],
+        ]),
     );
     let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
     let (_server, seen) = Server::echo_local(&server, &dsts);
@@ -182,11 +195,11 @@ fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
     // splice path's pipes then count against uid 1337's per-user pipe limit.
     let (pod, server) = sidecar(
         "uid",
-        &[
+        PodRules::Iptables(&[
             "-t nat -A OUTPUT -p tcp -m owner --uid-owner 1337 -j RETURN",
             "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
             "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-        ],
+        ]),
     );
     let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
     let (_server, seen) = Server::echo_local(&server, &dsts);
@@ -204,6 +217,34 @@ fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
         exit.log.contains("upstream_mark=off"),
         "the start-up line says marking is off"
     );
+}
+
+#[test]
+fn sidecar_nftables_redirect_excludes_the_proxy_mark() {
+    // The same capture as `sidecar_output_redirect_excludes_the_proxy_mark`, as one nftables
+    // ruleset for both families.
+    let (pod, server) = sidecar(
+        "nftsidecar",
+        PodRules::Nftables(
+            "table inet origdst_test {
+               chain output {
+                 type nat hook output priority -100; policy accept;
+                 meta mark 1337 return
+                 oifname \"lo\" return
+                 meta l4proto tcp redirect to :15001
+               }
+             }
+            ",
+        ),
+    );
+    let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
+    let (_server, seen) = Server::echo_local(&server, &dsts);
+    let proxy = Proxy::start(origdst_bin!(), &pod, &["--shards", "2"]);
+    relays_to_dialled(&pod, &seen, &dsts);
+    let exit = proxy.stop_clean();
+    assert_relayed_without_loop(&exit, 2);
+    assert_eq!(exit.stat("orig_dst_sockopt_v4"), 1);
+    assert_eq!(exit.stat("orig_dst_sockopt_v6"), 1);
 }
 
 /// Opt-in source preservation (Envoy's `original_src` listener filter): the upstream connection

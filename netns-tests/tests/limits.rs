@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::pattern::{Pattern, Verified};
 use origdst_netns_tests::proxy::Proxy;
@@ -319,3 +320,90 @@ fn ask_echo(ns: &origdst_netns_tests::netns::Netns, dst: SocketAddr) -> String {
 const NOFILE: u32 = 64;
 const FLOOD: usize = 80;
 const RECOVERY_MAX: Duration = Duration::from_secs(10);
+
+/// Running unprivileged, origdst's pipes count against the per-user pipe limit
+/// (`fs.pipe-user-pages-soft`, 64 MiB by default): past it the kernel refuses `F_SETPIPE_SZ` and new
+/// pipes stay at two pages. Splice must keep working on those small pipes, byte-exact, and say so.
+#[test]
+fn per_user_pipe_limit_shrinks_pipes_but_stays_byte_exact() {
+    let gw = Gateway::new("pipeuser");
+    let dst = addr(SERVER_V4[0], 8094);
+    let accepted = Arc::new(std::sync::Barrier::new(PIPE_STREAMS + 1));
+    let go = Arc::new(std::sync::Barrier::new(PIPE_STREAMS + 1));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let handler = {
+        let (accepted, go) = (Arc::clone(&accepted), Arc::clone(&go));
+        Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+            let (accepted, go, done_tx) = (Arc::clone(&accepted), Arc::clone(&go), done_tx.clone());
+            thread::spawn(move || {
+                // Read nothing until every stream has filled its path (its pipe included).
+                accepted.wait();
+                go.wait();
+                let _ = done_tx.send(DATA.verify_from(&mut &stream));
+            });
+        })
+    };
+    let _server = Server::start(&gw.server, &[dst], handler);
+    // Enough 1 MiB pipes to pass the 64 MiB per-user default, within origdst's own budget.
+    let config = ConfigFile::default_with(
+        "pipeuser",
+        &[
+            ("upstream_mark: 1337", "upstream_mark: null"),
+            (
+                "  drain_timeout: 30s\n",
+                "  drain_timeout: 30s\n  pipe_size_bytes: 1048576\n  pipe_budget_bytes: 268435456\n",
+            ),
+        ],
+    );
+    let proxy = Proxy::start_as(
+        origdst_bin!(),
+        &gw.router,
+        PIPE_UID,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    let clients: Vec<_> = (0..PIPE_STREAMS)
+        .map(|_| {
+            gw.client.spawn(move || {
+                let stream = TcpStream::connect(dst).expect("connect");
+                DATA.write_to(&mut &stream, PIPE_STREAM_BYTES)
+                    .expect("upload");
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+            })
+        })
+        .collect();
+    accepted.wait();
+    thread::sleep(Duration::from_millis(500));
+    go.wait();
+    for _ in 0..PIPE_STREAMS {
+        let got = done
+            .recv_timeout(Duration::from_secs(120))
+            .expect("server result")
+            .expect("server read");
+        assert_eq!(got, Verified::intact(PIPE_STREAM_BYTES));
+    }
+    for client in clients {
+        client.join().expect("client");
+    }
+    let exit = proxy.stop_clean();
+    println!(
+        "uid {PIPE_UID}: {} of the pipes came out smaller than 1 MiB",
+        exit.stat("pipes_shrunk")
+    );
+    assert!(
+        exit.stat("pipes_shrunk") > 0,
+        "the per-user pipe limit was never reached:\n{}",
+        exit.log
+    );
+    assert!(
+        exit.log.contains("per-user pipe limit"),
+        "no warning names the per-user limit:\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), PIPE_STREAMS as u64);
+}
+
+/// An otherwise unused uid, so no other test's pipes count against its limit.
+const PIPE_UID: u32 = 4242;
+/// 96 × 1 MiB pipes held at once: 32 past the 64 MiB per-user default.
+const PIPE_STREAMS: usize = 96;
+const PIPE_STREAM_BYTES: u64 = 4 * 1024 * 1024;
