@@ -23,6 +23,17 @@ impl Netns {
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // Interfaces created here skip duplicate-address detection: a link-local address stays
+        // tentative for about two seconds otherwise, and a neighbour solicitation for a packet
+        // whose source is not ours (an `original_src` upstream SYN) waits for it.
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.all.accept_dad=0",
+            ],
+        );
         ns
     }
 

@@ -50,6 +50,25 @@ fn check_names_the_bad_field_and_exits_2() {
 }
 
 #[test]
+fn run_refuses_an_unsupported_field_by_its_path() {
+    let yaml = origdst_core::config::DEFAULT_YAML.replace(
+        "  - name: virtualOutbound\n",
+        "  - name: virtualOutbound\n    udp_listener_config: {}\n",
+    );
+    let path = std::env::temp_dir().join(format!("origdst-unsup-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    let run = origdst(&["run", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("static_resources.listeners[0].udp_listener_config")
+            && stderr.contains("unknown field"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let out = origdst(&["check", "--config", "/nonexistent/origdst.yaml"]);
     assert_eq!(out.status.code(), Some(2));

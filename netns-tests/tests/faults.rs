@@ -224,6 +224,7 @@ fn sigterm_drains_an_open_transfer_byte_exact_and_refuses_new_connections() {
             .expect("answer during the drain")
     });
     ready.recv_timeout(IO_TIMEOUT).expect("client started");
+    let term = Instant::now();
     proxy.signal_term();
     proxy.wait_for_log("draining", Duration::from_secs(10));
     // New connections are refused while the open one drains.
@@ -243,6 +244,10 @@ fn sigterm_drains_an_open_transfer_byte_exact_and_refuses_new_connections() {
         Verified::intact(2 << 20)
     );
     let exit = proxy.wait_exit(Duration::from_secs(30));
+    println!(
+        "SIGTERM → drained (1 open transfer finished byte-exact) → exit in {:?}",
+        term.elapsed()
+    );
     assert!(exit.status.success(), "{}", exit.log);
     assert_eq!(exit.stat("completed"), 1);
     assert_eq!(exit.stat("drain_aborted"), 0);

@@ -274,11 +274,13 @@ fn original_src_upstream_sees_the_client_address_v4_and_v6() {
         &["--config", config.arg(), "--shards", "2"],
     );
     for (dst, client) in dsts.into_iter().zip([CLIENT_V4, CLIENT_V6]) {
+        let t = std::time::Instant::now();
         assert_eq!(
             ask_local(&gw.client, dst),
             client,
             "the server at {dst} saw another source"
         );
+        eprintln!("{dst}: {:?}", t.elapsed());
     }
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("original_src_bound"), 2, "{}", exit.log);
