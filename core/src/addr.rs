@@ -66,11 +66,20 @@ addr_newtype!(
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
+        // Scope id and flow label survive on everything that is not v4-mapped.
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
             None => addr,
         },
         SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The IP part of [`canonical`].
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 

@@ -23,7 +23,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
-use crate::orig_dst::{self, AcceptEvidence, Provenance, RedirectRecord, RefuseReason, SelfAddrs};
+use crate::http_head::{self, Head};
+use crate::orig_dst::{
+    self, AcceptEvidence, InternalMetadata, Provenance, RedirectRecord, RefuseReason, SelfAddrs,
+};
+use crate::route::{self, HeadPlan, Route, Target, UpstreamPlan};
 use crate::relay::{Dir, HalfDuplex, HalfState, Side};
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
@@ -70,6 +74,8 @@ impl OriginalSrc {
 pub enum Action {
     /// Open the upstream socket (marked, optionally bound to `source`, with the redirect record
     /// applied) and connect it to `upstream`; report `handle_connected` or `handle_connect_failed`.
+    /// Comes again after a failed or timed-out attempt while `max_connect_attempts` allows: the
+    /// runtime then closes the previous upstream socket first.
     Connect {
         /// Where to connect.
         upstream: UpstreamAddr,
@@ -79,6 +85,23 @@ pub enum Action {
         source: Option<SocketAddr>,
         /// Platform redirect record to apply to the upstream socket before connecting.
         record: Option<RedirectRecord>,
+    },
+    /// Open an in-process connection to internal listener `listener` carrying `handoff`; report
+    /// `handle_connected` (or `handle_connect_failed`).
+    ConnectInternal {
+        /// Index into the config's listeners.
+        listener: usize,
+        /// Metadata and filter state for that listener's original_dst filter.
+        handoff: InternalMetadata,
+    },
+    /// `use_http_header`: once more than `have` bytes of the client's stream are available (or it
+    /// ended), report up to `max` of them with `handle_peeked` **without consuming them** (the
+    /// request is forwarded unchanged).
+    PeekHead {
+        /// Bytes already seen (the runtime waits for more than this).
+        have: u32,
+        /// The most bytes to report.
+        max: u32,
     },
     /// Start relaying `dir`: read its source, write its sink, report `handle_transferred` as bytes
     /// are written and `handle_eof` once the source hit EOF *and* every byte read was written.
@@ -189,7 +212,8 @@ impl Outcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Connecting { deadline: Instant },
+    ReadingHead { deadline: Instant },
+    Connecting { deadline: Instant, attempt: u32 },
     Relaying,
     Closed(Outcome),
 }
@@ -237,6 +261,7 @@ impl fmt::Display for History {
 pub struct Connection {
     client: ClientAddr,
     orig_dst: Option<OrigDstAddr>,
+    upstream: Option<UpstreamAddr>,
     provenance: Option<Provenance>,
     history: History,
     phase: Phase,
@@ -245,13 +270,25 @@ pub struct Connection {
     last_activity: Instant,
     idle_timeout: Option<Duration>,
     actions: VecDeque<Action>,
+    /// What connecting needs, kept for retries and the head path.
+    plan: Option<ConnectPlan>,
+}
+
+/// What a connection needs to (re)issue its connect.
+#[derive(Debug, Clone)]
+struct ConnectPlan {
+    params: ConnParams,
+    max_attempts: u32,
+    record: Option<RedirectRecord>,
+    target: Option<Target>,
+    head: Option<HeadPlan>,
 }
 
 // === impl Connection ===
 
 impl Connection {
-    /// Decides an accepted connection: resolves its original destination once, applies the
-    /// refusal rules and queues either `Connect` or `Reset{Client}, Close`.
+    /// Decides an accepted connection the simple way: the restored original destination, one
+    /// attempt, these knobs (no listener hand-off, no filter chains). The simulator drives this.
     pub fn accept(
         now: Instant,
         evidence: &AcceptEvidence,
@@ -259,48 +296,185 @@ impl Connection {
         params: &ConnParams,
         stats: &mut Counters,
     ) -> Self {
+        let route = orig_dst::resolve(evidence, me).map(|resolution| Route {
+            listener: 0,
+            chain: String::new(),
+            stat_prefix: String::new(),
+            params: params.clone(),
+            max_connect_attempts: 1,
+            resolution: Some(resolution),
+            upstream: UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(
+                resolution.orig_dst.get(),
+            ))),
+        });
+        Self::start(now, evidence, route, stats)
+    }
+
+    /// Starts a connection from its route ([`route::route`]) or refusal: queues `Connect`,
+    /// `ConnectInternal`, `PeekHead`, or `Reset{Client}, Close`.
+    pub fn start(
+        now: Instant,
+        evidence: &AcceptEvidence,
+        route: Result<Route, RefuseReason>,
+        stats: &mut Counters,
+    ) -> Self {
         stats.incr(Counter::DownstreamCxTotal);
-        let mut conn = Self::new(now, evidence.client, params);
-        match orig_dst::resolve(evidence, me) {
-            Ok(resolution) => {
-                stats.record_provenance(resolution.provenance);
-                stats.incr(Counter::UpstreamCxTotal);
-                conn.orig_dst = Some(resolution.orig_dst);
-                conn.provenance = Some(resolution.provenance);
-                conn.history.provenance = Some(resolution.provenance);
-                conn.phase = Phase::Connecting {
-                    deadline: now + params.connect_timeout,
-                };
-                let upstream = UpstreamAddr::new(resolution.orig_dst.get());
-                let source = params
-                    .original_src
-                    .and_then(|src| src.source_for(evidence.client, upstream));
-                match (params.original_src, source) {
-                    (Some(_), Some(_)) => stats.incr(Counter::OriginalSrcBound),
-                    (Some(_), None) => stats.incr(Counter::OriginalSrcFamilyMismatch),
-                    (None, _) => {}
-                }
-                conn.push(Action::Connect {
-                    upstream,
-                    mark: params.upstream_mark,
-                    source,
-                    record: evidence.redirect_record.clone(),
-                });
+        let route = match route {
+            Ok(route) => route,
+            Err(reason) => {
+                let mut conn = Self::new(now, evidence.client, None);
+                conn.fail(Outcome::Refused(reason), &[Side::Client], stats);
+                return conn;
             }
-            Err(reason) => conn.fail(Outcome::Refused(reason), &[Side::Client], stats),
+        };
+        let mut conn = Self::new(now, evidence.client, route.params.idle_timeout);
+        if let Some(resolution) = route.resolution {
+            stats.record_provenance(resolution.provenance);
+            conn.orig_dst = Some(resolution.orig_dst);
+            conn.provenance = Some(resolution.provenance);
+            conn.history.provenance = Some(resolution.provenance);
+        }
+        let mut plan = ConnectPlan {
+            params: route.params,
+            max_attempts: route.max_connect_attempts.max(1),
+            record: evidence.redirect_record.clone(),
+            target: None,
+            head: None,
+        };
+        match route.upstream {
+            UpstreamPlan::Connect(target) => {
+                plan.target = Some(target);
+                conn.plan = Some(plan);
+                conn.begin_connect(now, stats);
+            }
+            UpstreamPlan::ReadHead(head) => {
+                conn.phase = Phase::ReadingHead {
+                    deadline: now + head.timeout,
+                };
+                conn.push(Action::PeekHead {
+                    have: 0,
+                    max: head.max_bytes,
+                });
+                plan.head = Some(head);
+                conn.plan = Some(plan);
+            }
         }
         conn
     }
 
-    /// A connection the runtime accepted but cannot keep (shard at its limit): counted and reset.
-    pub fn overflow(
+    /// `use_http_header`: the first bytes of the client's stream (not consumed), and whether the
+    /// client ended its stream. Decides the upstream once the head is complete.
+    pub fn handle_peeked(
+        &mut self,
         now: Instant,
-        client: ClientAddr,
-        params: &ConnParams,
+        bytes: &[u8],
+        ended: bool,
+        me: &SelfAddrs,
         stats: &mut Counters,
-    ) -> Self {
+    ) {
+        assert!(
+            matches!(self.phase, Phase::ReadingHead { .. }),
+            "peeked while {:?}",
+            self.phase
+        );
+        let head = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.head.clone())
+            .expect("ReadingHead has a head plan");
+        let decided = match http_head::parse(bytes, &head.header) {
+            Head::Complete(Some(value)) => value
+                .parse()
+                .map_err(|_| RefuseReason::InvalidOriginalDstHost)
+                .and_then(|dst| route::finish_original_dst(me, dst, head.port_override)),
+            Head::Complete(None) => match head.fallback {
+                Some(dst) => route::finish_original_dst(me, dst.get(), head.port_override),
+                None => Err(RefuseReason::NoOriginalDst),
+            },
+            Head::Partial if bytes.len() >= head.max_bytes as usize => {
+                Err(RefuseReason::HttpHeadTooLarge)
+            }
+            Head::Partial if ended => Err(RefuseReason::HttpHeadInvalid),
+            Head::Partial => {
+                self.push(Action::PeekHead {
+                    have: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                    max: head.max_bytes,
+                });
+                return;
+            }
+            Head::Invalid => Err(RefuseReason::HttpHeadInvalid),
+        };
+        match decided {
+            Ok(target) => {
+                if let Some(plan) = &mut self.plan {
+                    plan.target = Some(target);
+                }
+                self.begin_connect(now, stats);
+            }
+            Err(reason) => self.fail(Outcome::Refused(reason), &[Side::Client], stats),
+        }
+    }
+
+    /// First attempt: counted once per connection, however many attempts follow.
+    fn begin_connect(&mut self, now: Instant, stats: &mut Counters) {
+        stats.incr(Counter::UpstreamCxTotal);
+        self.connect_attempt(now, 1, stats);
+    }
+
+    fn connect_attempt(&mut self, now: Instant, attempt: u32, stats: &mut Counters) {
+        let plan = self.plan.as_ref().expect("connecting needs a plan");
+        let target = plan.target.clone().expect("connecting needs a target");
+        self.phase = Phase::Connecting {
+            deadline: now + plan.params.connect_timeout,
+            attempt,
+        };
+        let action = match target {
+            Target::Socket(upstream) => {
+                let source = plan
+                    .params
+                    .original_src
+                    .and_then(|src| src.source_for(self.client, upstream));
+                if attempt == 1 {
+                    match (plan.params.original_src, source) {
+                        (Some(_), Some(_)) => stats.incr(Counter::OriginalSrcBound),
+                        (Some(_), None) => stats.incr(Counter::OriginalSrcFamilyMismatch),
+                        (None, _) => {}
+                    }
+                }
+                self.upstream = Some(upstream);
+                Action::Connect {
+                    upstream,
+                    mark: plan.params.upstream_mark,
+                    source,
+                    record: plan.record.clone(),
+                }
+            }
+            Target::Internal { listener, handoff } => Action::ConnectInternal { listener, handoff },
+        };
+        self.push(action);
+    }
+
+    /// A failed attempt: retry while attempts remain, else end with `outcome`.
+    fn connect_failed(&mut self, now: Instant, outcome: Outcome, stats: &mut Counters) {
+        let Phase::Connecting { attempt, .. } = self.phase else {
+            unreachable!("connect failure outside Connecting");
+        };
+        let max = self.plan.as_ref().map_or(1, |p| p.max_attempts);
+        if attempt < max {
+            stats.incr(Counter::UpstreamCxConnectRetry);
+            self.connect_attempt(now, attempt + 1, stats);
+            return;
+        }
+        if max > 1 {
+            stats.incr(Counter::UpstreamCxConnectAttemptsExceeded);
+        }
+        self.fail(outcome, &[Side::Client], stats);
+    }
+
+    /// A connection the runtime accepted but cannot keep (shard at its limit): counted and reset.
+    pub fn overflow(now: Instant, client: ClientAddr, stats: &mut Counters) -> Self {
         stats.incr(Counter::DownstreamCxTotal);
-        let mut conn = Self::new(now, client, params);
+        let mut conn = Self::new(now, client, None);
         conn.fail(Outcome::Overflow, &[Side::Client], stats);
         conn
     }
@@ -320,19 +494,14 @@ impl Connection {
         }
     }
 
-    /// The upstream connect failed: the client is reset.
-    pub fn handle_connect_failed(
-        &mut self,
-        _now: Instant,
-        kind: IoErrorKind,
-        stats: &mut Counters,
-    ) {
+    /// The upstream connect failed: another attempt, or the client is reset.
+    pub fn handle_connect_failed(&mut self, now: Instant, kind: IoErrorKind, stats: &mut Counters) {
         assert!(
             matches!(self.phase, Phase::Connecting { .. }),
             "connect failed while {:?}",
             self.phase
         );
-        self.fail(Outcome::ConnectFailed(kind), &[Side::Client], stats);
+        self.connect_failed(now, Outcome::ConnectFailed(kind), stats);
     }
 
     /// `n` bytes of `dir` were written to its sink.
@@ -372,16 +541,15 @@ impl Connection {
     /// I/O on `side` failed. Whatever the phase, the *other* side is reset so it can never mistake
     /// a truncated stream for a complete one. Errors after the connection closed are ignored (a
     /// late completion racing the close).
-    pub fn handle_error(
-        &mut self,
-        _now: Instant,
-        side: Side,
-        kind: IoErrorKind,
-        stats: &mut Counters,
-    ) {
+    pub fn handle_error(&mut self, now: Instant, side: Side, kind: IoErrorKind, stats: &mut Counters) {
         let outcome = match (self.phase, side) {
             (Phase::Closed(_), _) => return,
-            (Phase::Connecting { .. }, Side::Upstream) => Outcome::ConnectFailed(kind),
+            (Phase::Connecting { .. }, Side::Upstream) => {
+                return self.connect_failed(now, Outcome::ConnectFailed(kind), stats);
+            }
+            (Phase::ReadingHead { .. }, Side::Upstream) => {
+                unreachable!("no upstream while reading the head")
+            }
             (_, Side::Upstream) => Outcome::UpstreamFailed(kind),
             (_, Side::Client) => Outcome::ClientFailed(kind),
         };
@@ -392,8 +560,15 @@ impl Connection {
     /// Fires whichever timer is due at `now` (connect or idle); a no-op if none is.
     pub fn handle_timeout(&mut self, now: Instant, stats: &mut Counters) {
         match self.phase {
-            Phase::Connecting { deadline } if now >= deadline => {
-                self.fail(Outcome::ConnectTimeout, &[Side::Client], stats);
+            Phase::ReadingHead { deadline } if now >= deadline => {
+                self.fail(
+                    Outcome::Refused(RefuseReason::HttpHeadTimeout),
+                    &[Side::Client],
+                    stats,
+                );
+            }
+            Phase::Connecting { deadline, .. } if now >= deadline => {
+                self.connect_failed(now, Outcome::ConnectTimeout, stats);
             }
             Phase::Relaying if self.idle_deadline().is_some_and(|deadline| now >= deadline) => {
                 self.fail(Outcome::IdleTimeout, &[Side::Client, Side::Upstream], stats);
@@ -406,7 +581,9 @@ impl Connection {
     pub fn abort_for_drain(&mut self, _now: Instant, stats: &mut Counters) {
         match self.phase {
             Phase::Closed(_) => {}
-            Phase::Connecting { .. } => self.fail(Outcome::DrainAborted, &[Side::Client], stats),
+            Phase::ReadingHead { .. } | Phase::Connecting { .. } => {
+                self.fail(Outcome::DrainAborted, &[Side::Client], stats);
+            }
             Phase::Relaying => {
                 self.fail(
                     Outcome::DrainAborted,
@@ -431,7 +608,7 @@ impl Connection {
     #[must_use]
     pub fn next_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Connecting { deadline } => Some(deadline),
+            Phase::ReadingHead { deadline } | Phase::Connecting { deadline, .. } => Some(deadline),
             Phase::Relaying => self.idle_deadline(),
             Phase::Closed(_) => None,
         }
@@ -460,6 +637,11 @@ impl Connection {
         self.orig_dst
     }
 
+    /// The upstream address chosen (`None` until chosen, and for internal upstreams).
+    pub fn upstream(&self) -> Option<UpstreamAddr> {
+        self.upstream
+    }
+
     /// Where the original destination came from (`None` when refused).
     pub fn provenance(&self) -> Option<Provenance> {
         self.provenance
@@ -485,20 +667,24 @@ impl Connection {
         now - self.accepted_at
     }
 
-    fn new(now: Instant, client: ClientAddr, params: &ConnParams) -> Self {
+    fn new(now: Instant, client: ClientAddr, idle_timeout: Option<Duration>) -> Self {
         Self {
             client,
             orig_dst: None,
+            upstream: None,
             provenance: None,
             history: History::default(),
+            // Replaced at once by `start`; a refused connection goes straight to Closed.
             phase: Phase::Connecting {
-                deadline: now + params.connect_timeout,
+                deadline: now,
+                attempt: 0,
             },
             halves: [HalfDuplex::new(), HalfDuplex::new()],
             accepted_at: now,
             last_activity: now,
-            idle_timeout: params.idle_timeout,
+            idle_timeout,
             actions: VecDeque::with_capacity(ACTIONS_MAX),
+            plan: None,
         }
     }
 

@@ -23,8 +23,10 @@
 pub mod addr;
 pub mod config;
 pub mod connection;
+pub mod http_head;
 pub mod orig_dst;
 pub mod relay;
+pub mod route;
 pub mod stats;
 pub mod time;
 

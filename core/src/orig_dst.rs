@@ -70,6 +70,11 @@ pub struct InternalMetadata {
     /// Filter state `envoy.filters.listener.original_dst.remote_ip` (or the documented alias
     /// `...source_ip`) ("ip:port").
     pub filter_state_remote: Option<String>,
+    /// Filter state `envoy.network.transport_socket.original_dst_address` ("ip:port"): an
+    /// ORIGINAL_DST cluster's first choice.
+    pub filter_state_original_dst_address: Option<String>,
+    /// The endpoint's passthrough metadata (namespace → field → value), for `metadata_key`.
+    pub dynamic: crate::config::FilterMetadata,
 }
 
 /// An opaque Windows-style (HNS/WFP) redirect record attached to an accepted connection. It must be
@@ -138,6 +143,24 @@ pub enum RefuseReason {
     /// Internal-listener metadata was present but not an "ip:port".
     #[error("internal-listener metadata is not an ip:port")]
     InvalidMetadata,
+    /// No filter chain of the listener matches and it has no default chain.
+    #[error("no filter chain matches")]
+    NoFilterChainMatch,
+    /// The chain's cluster has no endpoint (a black hole, like Istio's BlackHoleCluster).
+    #[error("the cluster has no endpoint")]
+    NoHealthyUpstream,
+    /// An ORIGINAL_DST override (filter state, metadata, header) is not an `ip:port`.
+    #[error("the original-destination override is not an ip:port")]
+    InvalidOriginalDstHost,
+    /// `use_http_header`: the request head grew past `http_head_max_bytes`.
+    #[error("HTTP request head larger than the limit")]
+    HttpHeadTooLarge,
+    /// `use_http_header`: the request head did not arrive within `http_head_timeout`.
+    #[error("HTTP request head not complete within the timeout")]
+    HttpHeadTimeout,
+    /// `use_http_header`: the client's bytes are not an HTTP/1 request head (or it closed first).
+    #[error("not an HTTP/1 request head")]
+    HttpHeadInvalid,
 }
 
 impl RefuseReason {
@@ -150,6 +173,12 @@ impl RefuseReason {
             Self::OwnMark { .. } => "own_mark",
             Self::OwnUpstream => "own_upstream",
             Self::InvalidMetadata => "invalid_metadata",
+            Self::NoFilterChainMatch => "no_filter_chain_match",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::InvalidOriginalDstHost => "original_dst_host_invalid",
+            Self::HttpHeadTooLarge => "http_head_too_large",
+            Self::HttpHeadTimeout => "http_head_timeout",
+            Self::HttpHeadInvalid => "http_head_invalid",
         }
     }
 }
@@ -185,9 +214,19 @@ impl SelfAddrs {
 }
 
 /// Resolves the original destination from `evidence` and applies the refusal rules, in this
-/// order: own mark, destination source (internal metadata > transparent local > socket option),
-/// "not restored", destination is a listener.
+/// order: own mark, own upstream, destination source (internal metadata > transparent local >
+/// socket option), "not restored", destination is a listener.
 pub fn resolve(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<Resolution, RefuseReason> {
+    refuse_loops(evidence, me)?;
+    let resolution = restored(evidence)?.ok_or(RefuseReason::NoOriginalDst)?;
+    if me.is_listener(resolution.orig_dst.get()) {
+        return Err(RefuseReason::DestinationIsListener);
+    }
+    Ok(resolution)
+}
+
+/// Refuses our own traffic come back: our mark, or one of our own upstream sockets.
+pub fn refuse_loops(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<(), RefuseReason> {
     if let (Some(mark), Some(own)) = (evidence.mark, me.own_mark)
         && mark == own
     {
@@ -196,21 +235,28 @@ pub fn resolve(evidence: &AcceptEvidence, me: &SelfAddrs) -> Result<Resolution, 
     if evidence.own_upstream {
         return Err(RefuseReason::OwnUpstream);
     }
-    let resolution = destination(evidence)?;
-    let dst = resolution.orig_dst.get();
+    Ok(())
+}
+
+/// The destination the original_dst listener filter restores: `None` when the connection was not
+/// redirected (no NAT entry, no metadata, or the "original" destination is the socket's own
+/// address), an error when the query failed or the metadata is malformed.
+pub fn restored(evidence: &AcceptEvidence) -> Result<Option<Resolution>, RefuseReason> {
+    let resolution = match destination(evidence) {
+        Ok(resolution) => resolution,
+        Err(RefuseReason::NoOriginalDst) => return Ok(None),
+        Err(other) => return Err(other),
+    };
     // A socket-option answer equal to our own local address means conntrack saw no NAT: the client
     // dialled us directly. Envoy recursed on this until it ran out of connections (envoy#2346).
-    let restored = matches!(
+    let sockopt = matches!(
         resolution.provenance,
         Provenance::SockOptV4 | Provenance::SockOptV6
     );
-    if restored && dst == evidence.local.get() {
-        return Err(RefuseReason::NoOriginalDst);
+    if sockopt && resolution.orig_dst.get() == evidence.local.get() {
+        return Ok(None);
     }
-    if me.is_listener(dst) {
-        return Err(RefuseReason::DestinationIsListener);
-    }
-    Ok(resolution)
+    Ok(Some(resolution))
 }
 
 fn destination(evidence: &AcceptEvidence) -> Result<Resolution, RefuseReason> {

@@ -63,6 +63,7 @@ fn evidence() -> impl Strategy<Value = AcceptEvidence> {
                 dynamic_local,
                 filter_state_local,
                 filter_state_remote: None,
+                ..Default::default()
             }
         )),
     ];

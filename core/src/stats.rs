@@ -79,6 +79,27 @@ counters! {
     RefusedOwnUpstream => "refused_own_upstream",
     /// Refused: malformed internal-listener metadata.
     RefusedInvalidMetadata => "refused_invalid_metadata",
+    /// Refused: no filter chain matched (Envoy's `no_filter_chain_match`).
+    NoFilterChainMatch => "no_filter_chain_match",
+    /// Refused: the cluster has no endpoint (black hole).
+    UpstreamCxNoneHealthy => "upstream_cx_none_healthy",
+    /// Refused: an ORIGINAL_DST override is not an `ip:port` (Envoy's `original_dst_host_invalid`).
+    OriginalDstHostInvalid => "original_dst_host_invalid",
+    /// Refused: the HTTP request head outgrew `http_head_max_bytes`.
+    HttpHeadTooLarge => "http_head_too_large",
+    /// Refused: the HTTP request head did not arrive in time.
+    HttpHeadTimeout => "http_head_timeout",
+    /// Refused: not an HTTP/1 request head.
+    HttpHeadInvalid => "http_head_invalid",
+    /// Connections handed from a `use_original_dst` listener to the listener of their destination.
+    ListenerHandoff => "listener_handoff",
+    /// Internal-listener connections whose passthrough metadata was absent at the endpoint
+    /// (Envoy's internal_upstream `no_metadata`).
+    NoMetadata => "no_metadata",
+    /// Upstream connects retried after a failure (`max_connect_attempts`).
+    UpstreamCxConnectRetry => "upstream_cx_connect_attempts_retried",
+    /// Connections whose every connect attempt failed (Envoy's `upstream_cx_connect_attempts_exceeded`).
+    UpstreamCxConnectAttemptsExceeded => "upstream_cx_connect_attempts_exceeded",
     /// Refused: the shard's connection limit was reached.
     RefusedOverflow => "downstream_cx_overflow",
     /// Accepts that failed in the kernel (EMFILE, ENFILE, ENOMEM, ...).
@@ -191,6 +212,12 @@ fn refusal_counter(reason: RefuseReason) -> Counter {
         RefuseReason::OwnMark { .. } => Counter::RefusedOwnMark,
         RefuseReason::OwnUpstream => Counter::RefusedOwnUpstream,
         RefuseReason::InvalidMetadata => Counter::RefusedInvalidMetadata,
+        RefuseReason::NoFilterChainMatch => Counter::NoFilterChainMatch,
+        RefuseReason::NoHealthyUpstream => Counter::UpstreamCxNoneHealthy,
+        RefuseReason::InvalidOriginalDstHost => Counter::OriginalDstHostInvalid,
+        RefuseReason::HttpHeadTooLarge => Counter::HttpHeadTooLarge,
+        RefuseReason::HttpHeadTimeout => Counter::HttpHeadTimeout,
+        RefuseReason::HttpHeadInvalid => Counter::HttpHeadInvalid,
     }
 }
 

@@ -600,6 +600,7 @@ fn route_for(flow: &Flow, addrs: &Addrs, seed: u64) -> Route {
         dynamic_local: dynamic,
         filter_state_local: state,
         filter_state_remote: None,
+        ..Default::default()
     };
     let dst = addrs.orig_dst(flow).to_string();
     match &flow.route {

@@ -2,6 +2,8 @@
 //! `origdst:` section. Every struct denies unknown fields, so a field outside the subset is an
 //! error that names its path instead of being silently ignored.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -11,6 +13,10 @@ pub(crate) struct Bootstrap {
     #[serde(default)]
     pub(crate) origdst: Option<Knobs>,
     pub(crate) static_resources: StaticResources,
+    #[serde(default)]
+    pub(crate) bootstrap_extensions: Vec<TypedFilter>,
+    #[serde(default)]
+    pub(crate) layered_runtime: Option<LayeredRuntime>,
 }
 
 /// origdst's own knobs. `None` means "use the default" (see `config::Knobs`).
@@ -29,6 +35,9 @@ pub(crate) struct Knobs {
     pub(crate) drain_timeout: Option<String>,
     pub(crate) connections_per_shard_max: Option<u32>,
     pub(crate) iowq_workers_max: Option<u32>,
+    pub(crate) redirect_records: Option<bool>,
+    pub(crate) http_head_max_bytes: Option<u32>,
+    pub(crate) http_head_timeout: Option<String>,
 }
 
 fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -45,6 +54,20 @@ pub(crate) struct StaticResources {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct LayeredRuntime {
+    pub(crate) layers: Vec<RuntimeLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeLayer {
+    #[serde(rename = "name")]
+    pub(crate) _name: String,
+    pub(crate) static_layer: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Listener {
     pub(crate) name: String,
     pub(crate) address: Address,
@@ -53,14 +76,29 @@ pub(crate) struct Listener {
     #[serde(default)]
     pub(crate) transparent: Option<bool>,
     #[serde(default)]
+    pub(crate) freebind: Option<bool>,
+    #[serde(default)]
+    pub(crate) use_original_dst: Option<bool>,
+    #[serde(default)]
+    pub(crate) bind_to_port: Option<bool>,
+    #[serde(default)]
+    pub(crate) traffic_direction: Option<String>,
+    #[serde(default)]
     pub(crate) listener_filters: Vec<TypedFilter>,
+    #[serde(default)]
     pub(crate) filter_chains: Vec<FilterChain>,
+    #[serde(default)]
+    pub(crate) default_filter_chain: Option<FilterChain>,
 }
 
+/// Exactly one of the two (checked during validation).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Address {
-    pub(crate) socket_address: SocketAddress,
+    #[serde(default)]
+    pub(crate) socket_address: Option<SocketAddress>,
+    #[serde(default)]
+    pub(crate) envoy_internal_address: Option<InternalAddress>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +111,7 @@ pub(crate) struct AdditionalAddress {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SocketAddress {
     pub(crate) address: String,
+    #[serde(default)]
     pub(crate) port_value: u32,
     #[serde(default)]
     pub(crate) protocol: Option<String>,
@@ -80,11 +119,43 @@ pub(crate) struct SocketAddress {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct InternalAddress {
+    pub(crate) server_listener_name: String,
+    /// Distinguishes endpoints of one internal listener in Envoy; origdst needs nothing from it.
+    #[serde(default, rename = "endpoint_id")]
+    pub(crate) _endpoint_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FilterChain {
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) filter_chain_match: Option<FilterChainMatch>,
     pub(crate) filters: Vec<TypedFilter>,
 }
 
-/// A filter: its name and a `typed_config` decoded later by its `@type`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterChainMatch {
+    #[serde(default)]
+    pub(crate) destination_port: Option<u32>,
+    #[serde(default)]
+    pub(crate) prefix_ranges: Vec<CidrRange>,
+    #[serde(default)]
+    pub(crate) source_prefix_ranges: Vec<CidrRange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CidrRange {
+    pub(crate) address_prefix: String,
+    #[serde(default)]
+    pub(crate) prefix_len: Option<u32>,
+}
+
+/// A filter or extension: its name and a `typed_config` decoded later by its `@type`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TypedFilter {
@@ -121,6 +192,40 @@ pub(crate) struct TcpProxy {
     pub(crate) cluster: String,
     #[serde(default)]
     pub(crate) idle_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_connect_attempts: Option<u32>,
+}
+
+/// `envoy.filters.network.set_filter_state`: values computed when a connection arrives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetFilterState {
+    #[serde(rename = "@type")]
+    pub(crate) _type: String,
+    pub(crate) on_new_connection: Vec<FilterStateValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterStateValue {
+    pub(crate) object_key: String,
+    pub(crate) format_string: SubstitutionFormat,
+    #[serde(default)]
+    pub(crate) shared_with_upstream: Option<String>,
+    #[serde(default)]
+    pub(crate) read_only: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubstitutionFormat {
+    pub(crate) text_format_source: DataSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DataSource {
+    pub(crate) inline_string: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +238,118 @@ pub(crate) struct Cluster {
     pub(crate) lb_policy: Option<String>,
     #[serde(default)]
     pub(crate) connect_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) original_dst_lb_config: Option<OriginalDstLbConfig>,
+    #[serde(default)]
+    pub(crate) load_assignment: Option<LoadAssignment>,
+    #[serde(default)]
+    pub(crate) transport_socket: Option<TypedFilter>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OriginalDstLbConfig {
+    #[serde(default)]
+    pub(crate) use_http_header: Option<bool>,
+    #[serde(default)]
+    pub(crate) http_header_name: Option<String>,
+    #[serde(default)]
+    pub(crate) upstream_port_override: Option<u32>,
+    #[serde(default)]
+    pub(crate) metadata_key: Option<MetadataKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetadataKey {
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) path: Vec<PathSegment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathSegment {
+    pub(crate) key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoadAssignment {
+    pub(crate) cluster_name: String,
+    #[serde(default)]
+    pub(crate) endpoints: Vec<LocalityLbEndpoints>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LocalityLbEndpoints {
+    #[serde(default)]
+    pub(crate) lb_endpoints: Vec<LbEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LbEndpoint {
+    pub(crate) endpoint: Endpoint,
+    #[serde(default)]
+    pub(crate) metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Endpoint {
+    pub(crate) address: Address,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metadata {
+    #[serde(default)]
+    pub(crate) filter_metadata: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBuffer {
+    #[serde(rename = "@type")]
+    pub(crate) _type: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InternalUpstream {
+    #[serde(rename = "@type")]
+    pub(crate) _type: String,
+    #[serde(default)]
+    pub(crate) passthrough_metadata: Vec<PassthroughMetadata>,
+    pub(crate) transport_socket: TypedFilter,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassthroughMetadata {
+    pub(crate) kind: MetadataKind,
+    pub(crate) name: String,
+}
+
+/// `{host: {}}` or `{cluster: {}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetadataKind {
+    #[serde(default)]
+    pub(crate) host: Option<Value>,
+    #[serde(default)]
+    pub(crate) cluster: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InternalListenerExtension {
+    #[serde(rename = "@type")]
+    pub(crate) _type: String,
+    #[serde(default)]
+    pub(crate) buffer_size_kb: Option<u32>,
 }
 
 pub(crate) const TYPE_ORIGINAL_DST: &str =
@@ -141,3 +358,11 @@ pub(crate) const TYPE_ORIGINAL_SRC: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 pub(crate) const TYPE_TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub(crate) const TYPE_SET_FILTER_STATE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
+pub(crate) const TYPE_RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+pub(crate) const TYPE_INTERNAL_UPSTREAM: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport";
+pub(crate) const TYPE_INTERNAL_LISTENER: &str =
+    "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener";

@@ -58,6 +58,13 @@ pub struct Knobs {
     pub connections_per_shard_max: u32,
     /// io-wq worker cap per ring (bounded, unbound): a guard-rail, origdst issues no blocking op.
     pub iowq_workers_max: u32,
+    /// The platform attaches redirect records (Windows HNS/WFP style) to redirected connections;
+    /// origdst reads them at accept and applies them to the upstream socket.
+    pub redirect_records: bool,
+    /// `use_http_header`: the longest HTTP/1 request head origdst waits for.
+    pub http_head_max_bytes: u32,
+    /// `use_http_header`: how long origdst waits for the whole head.
+    pub http_head_timeout: Duration,
 }
 
 impl Default for Knobs {
@@ -73,6 +80,9 @@ impl Default for Knobs {
             drain_timeout: DRAIN_TIMEOUT_DEFAULT,
             connections_per_shard_max: CONNECTIONS_PER_SHARD_MAX_DEFAULT,
             iowq_workers_max: IOWQ_WORKERS_MAX_DEFAULT,
+            redirect_records: false,
+            http_head_max_bytes: HTTP_HEAD_MAX_BYTES_DEFAULT,
+            http_head_timeout: HTTP_HEAD_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -136,6 +146,22 @@ impl Knobs {
             1,
             IOWQ_WORKERS_LIMIT,
         )?;
+        let http_head_max_bytes = in_range(
+            "origdst.http_head_max_bytes",
+            raw.http_head_max_bytes.unwrap_or(d.http_head_max_bytes),
+            HTTP_HEAD_MAX_BYTES_MIN,
+            HTTP_HEAD_MAX_BYTES_LIMIT,
+        )?;
+        let http_head_timeout = match raw.http_head_timeout {
+            None => d.http_head_timeout,
+            Some(text) => parse_duration("origdst.http_head_timeout", &text)?,
+        };
+        if http_head_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "origdst.http_head_timeout",
+                "must be greater than 0s",
+            ));
+        }
         Ok(Self {
             shards,
             data_path,
@@ -147,6 +173,9 @@ impl Knobs {
             drain_timeout,
             connections_per_shard_max,
             iowq_workers_max,
+            redirect_records: raw.redirect_records.unwrap_or(d.redirect_records),
+            http_head_max_bytes,
+            http_head_timeout,
         })
     }
 }
@@ -200,3 +229,9 @@ const CONNECTIONS_PER_SHARD_MAX_DEFAULT: u32 = 65536;
 const CONNECTIONS_PER_SHARD_MAX_LIMIT: u32 = 1 << 20;
 const IOWQ_WORKERS_MAX_DEFAULT: u32 = 2;
 const IOWQ_WORKERS_LIMIT: u32 = 64;
+/// 8 KiB: what most servers accept as a request head; Envoy's own limit is 60 KiB.
+const HTTP_HEAD_MAX_BYTES_DEFAULT: u32 = 8 * 1024;
+const HTTP_HEAD_MAX_BYTES_MIN: u32 = 256;
+/// The head is read with MSG_PEEK, so it must fit a socket receive queue.
+const HTTP_HEAD_MAX_BYTES_LIMIT: u32 = 64 * 1024;
+const HTTP_HEAD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);

@@ -1,11 +1,18 @@
 //! The config model: Envoy's v3 static bootstrap (the subset origdst supports) plus origdst's own
 //! knobs under `origdst:`, parsed from YAML and validated into typed values. Every error names the
 //! field and the reason ([`ConfigError`]).
+//!
+//! The model keeps Envoy's shape — listeners own filter chains, a chain's `tcp_proxy` names a
+//! cluster, a cluster is `ORIGINAL_DST` or `STATIC` — with names resolved to indexes, so routing a
+//! connection ([`crate::route`]) never looks a string up.
 
+mod cluster;
 mod envoy;
 mod error;
 mod knobs;
+mod listener;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -24,6 +31,17 @@ pub struct Config {
     pub knobs: Knobs,
     /// The listeners, in config order.
     pub listeners: Vec<Listener>,
+    /// The clusters, in config order (tcp_proxy refers to them by index).
+    pub clusters: Vec<Cluster>,
+    /// The `envoy.bootstrap.internal_listener` extension; `None`: internal listeners are refused.
+    pub internal_listener: Option<InternalListenerSettings>,
+}
+
+/// `envoy.bootstrap.internal_listener` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InternalListenerSettings {
+    /// Bytes an in-process connection may buffer per direction (`buffer_size_kb`).
+    pub buffer_size_bytes: u32,
 }
 
 /// A validated listener: where it binds and what it does with a connection.
@@ -31,16 +49,281 @@ pub struct Config {
 pub struct Listener {
     /// The listener's `name`.
     pub name: String,
-    /// `address` followed by `additional_addresses`.
-    pub addresses: Vec<SocketAddr>,
+    /// Where connections come from.
+    pub address: ListenerAddress,
     /// TPROXY mode (`IP_TRANSPARENT`): the accepted socket's local address is the destination.
     pub transparent: bool,
-    /// The tcp_proxy's `stat_prefix`.
+    /// `IP_FREEBIND` on the listening socket (bind an address the host does not have yet).
+    pub freebind: bool,
+    /// Hand a connection whose restored destination matches another listener's address to that
+    /// listener (Istio's virtual listener).
+    pub use_original_dst: bool,
+    /// `false`: not bound; only reached through a `use_original_dst` hand-off.
+    pub bind_to_port: bool,
+    /// `traffic_direction` (required with redirect records).
+    pub traffic_direction: TrafficDirection,
+    /// The `original_dst` listener filter is present (or implied by `use_original_dst`).
+    pub original_dst: bool,
+    /// The `original_src` listener filter: bind upstream sockets to the client's address.
+    pub original_src: Option<OriginalSrc>,
+    /// `original_src`'s non-zero `mark`, replacing `origdst.upstream_mark` for this listener.
+    pub original_src_mark: Option<u32>,
+    /// The filter chains, in config order.
+    pub filter_chains: Vec<FilterChain>,
+    /// Used when no chain matches.
+    pub default_filter_chain: Option<FilterChain>,
+}
+
+impl Listener {
+    /// The socket addresses (`address` then `additional_addresses`); empty for internal listeners.
+    pub fn socket_addresses(&self) -> &[SocketAddr] {
+        match &self.address {
+            ListenerAddress::Socket(addrs) => addrs,
+            ListenerAddress::Internal { .. } => &[],
+        }
+    }
+
+    /// Whether origdst binds a socket for this listener.
+    pub fn is_bound(&self) -> bool {
+        self.bind_to_port && matches!(self.address, ListenerAddress::Socket(_))
+    }
+
+    /// Every chain, the default last.
+    pub fn chains(&self) -> impl Iterator<Item = &FilterChain> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref())
+    }
+}
+
+/// Where a listener's connections come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerAddress {
+    /// Kernel sockets: `address` followed by `additional_addresses`.
+    Socket(Vec<SocketAddr>),
+    /// In-process connections from cluster endpoints naming `server_listener_name`.
+    Internal {
+        /// The `envoy_internal_address.server_listener_name` endpoints refer to.
+        server_listener_name: String,
+    },
+}
+
+/// Envoy's `traffic_direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficDirection {
+    /// Not set.
+    Unspecified,
+    /// Connections into the workload.
+    Inbound,
+    /// Connections out of the workload.
+    Outbound,
+}
+
+/// One filter chain: when it applies and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterChain {
+    /// `name`, or `filter_chains[i]` / `default_filter_chain` when unnamed (for logs).
+    pub name: String,
+    /// `filter_chain_match`.
+    pub matcher: ChainMatch,
+    /// `envoy.filters.network.set_filter_state` entries, in order.
+    pub filter_state: Vec<FilterStateEntry>,
+    /// The terminal `envoy.filters.network.tcp_proxy`.
+    pub tcp_proxy: TcpProxy,
+}
+
+/// `filter_chain_match`: the fields origdst supports. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    /// `destination_port`.
+    pub destination_port: Option<u16>,
+    /// `prefix_ranges` on the destination IP.
+    pub prefix_ranges: Vec<Cidr>,
+    /// `source_prefix_ranges` on the client IP.
+    pub source_prefix_ranges: Vec<Cidr>,
+}
+
+/// An IP prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits cleared).
+    pub ip: IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the prefix (v4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = crate::addr::canonical_ip(ip);
+        match (self.ip, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One `set_filter_state` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterStateEntry {
+    /// Which well-known object.
+    pub key: FilterStateKey,
+    /// How its value is computed.
+    pub value: FormatValue,
+    /// Whether it crosses to an internal listener's connection.
+    pub shared_with_upstream: SharedWithUpstream,
+}
+
+/// The filter-state objects origdst understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FilterStateKey {
+    /// `envoy.filters.listener.original_dst.local_ip`: an internal listener's destination.
+    OriginalDstLocalIp,
+    /// `envoy.filters.listener.original_dst.remote_ip` (alias `…source_ip`): its source.
+    OriginalDstRemoteIp,
+    /// `envoy.network.transport_socket.original_dst_address`: an ORIGINAL_DST cluster's first
+    /// choice of destination.
+    TransportSocketOriginalDstAddress,
+}
+
+impl FilterStateKey {
+    /// Envoy's object key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OriginalDstLocalIp => "envoy.filters.listener.original_dst.local_ip",
+            Self::OriginalDstRemoteIp => "envoy.filters.listener.original_dst.remote_ip",
+            Self::TransportSocketOriginalDstAddress => {
+                "envoy.network.transport_socket.original_dst_address"
+            }
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "envoy.filters.listener.original_dst.local_ip" => Some(Self::OriginalDstLocalIp),
+            // Envoy's docs spell it source_ip; its code and Istio use remote_ip.
+            "envoy.filters.listener.original_dst.remote_ip"
+            | "envoy.filters.listener.original_dst.source_ip" => Some(Self::OriginalDstRemoteIp),
+            "envoy.network.transport_socket.original_dst_address" => {
+                Some(Self::TransportSocketOriginalDstAddress)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A `format_string` origdst can evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatValue {
+    /// `%DOWNSTREAM_LOCAL_ADDRESS%`: the restored destination (else the local address).
+    DownstreamLocalAddress,
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%`: the client.
+    DownstreamRemoteAddress,
+    /// A literal `ip:port`.
+    Literal(SocketAddr),
+}
+
+/// `shared_with_upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedWithUpstream {
+    /// Stays on this connection.
+    None,
+    /// Crosses one internal-listener hop.
+    Once,
+    /// Crosses every hop.
+    Transitive,
+}
+
+/// A tcp_proxy filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpProxy {
+    /// `stat_prefix`.
     pub stat_prefix: String,
-    /// The tcp_proxy's cluster (an ORIGINAL_DST cluster).
-    pub cluster: String,
-    /// Per-connection knobs: connect timeout (cluster), idle timeout (tcp_proxy), mark (knobs).
-    pub params: ConnParams,
+    /// Index into [`Config::clusters`].
+    pub cluster: usize,
+    /// `idle_timeout` (Envoy's default 1 h; `0s` disables: `None`).
+    pub idle_timeout: Option<Duration>,
+    /// `max_connect_attempts` (default 1): upstream connects tried before the client is reset.
+    pub max_connect_attempts: u32,
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `name`.
+    pub name: String,
+    /// `connect_timeout` (Envoy's default 5 s).
+    pub connect_timeout: Duration,
+    /// What the cluster connects to.
+    pub kind: ClusterKind,
+    /// `internal_upstream` `passthrough_metadata` namespaces copied from the endpoint (host)
+    /// metadata to an internal listener's dynamic metadata.
+    pub passthrough_metadata: Vec<String>,
+}
+
+/// `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// `ORIGINAL_DST` with `lb_policy: CLUSTER_PROVIDED`.
+    OriginalDst(OriginalDstLb),
+    /// `STATIC` endpoints, round robin; none at all is a black hole (Istio's BlackHoleCluster).
+    Static {
+        /// `load_assignment` endpoints, flattened in order.
+        endpoints: Vec<Endpoint>,
+    },
+}
+
+/// `original_dst_lb_config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalDstLb {
+    /// `use_http_header`: read the HTTP/1 request head and route to its header's `ip:port`.
+    pub use_http_header: bool,
+    /// `http_header_name` (lower-case; default `x-envoy-original-dst-host`).
+    pub http_header_name: String,
+    /// `upstream_port_override`.
+    pub upstream_port_override: Option<u16>,
+    /// `metadata_key`: dynamic metadata holding an `ip:port`.
+    pub metadata_key: Option<MetadataKey>,
+}
+
+/// `metadata_key`: a filter namespace and a path of keys inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataKey {
+    /// The filter namespace (`key`).
+    pub filter: String,
+    /// The keys (`path[].key`); origdst supports one level.
+    pub field: String,
+}
+
+/// Filter metadata: namespace → field → string value.
+pub type FilterMetadata = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A STATIC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where it is.
+    pub target: EndpointTarget,
+    /// `metadata.filter_metadata` (string values).
+    pub metadata: FilterMetadata,
+}
+
+/// A STATIC endpoint's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointTarget {
+    /// A kernel socket address.
+    Socket(SocketAddr),
+    /// An internal listener, by index into [`Config::listeners`].
+    Internal {
+        /// The listener.
+        listener: usize,
+    },
 }
 
 impl Config {
@@ -62,16 +345,38 @@ impl Config {
         Self::from_yaml(DEFAULT_YAML).expect("embedded default config is valid")
     }
 
-    /// Every address any listener binds.
+    /// Every address a bound listener binds.
     pub fn listen_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.listeners
             .iter()
-            .flat_map(|l| l.addresses.iter().copied())
+            .filter(|l| l.is_bound())
+            .flat_map(|l| l.socket_addresses().iter().copied())
+    }
+
+    /// The per-connection knobs for a chain of `listener`: connect timeout (cluster), idle timeout
+    /// and attempts (tcp_proxy), mark and source binding (listener, knobs).
+    pub fn params(&self, listener: &Listener, chain: &FilterChain) -> ConnParams {
+        let cluster = &self.clusters[chain.tcp_proxy.cluster];
+        ConnParams {
+            connect_timeout: cluster.connect_timeout,
+            idle_timeout: chain.tcp_proxy.idle_timeout,
+            upstream_mark: listener.original_src_mark.or(self.knobs.upstream_mark),
+            original_src: listener.original_src,
+        }
+    }
+
+    /// Whether any listener preserves the client's source address.
+    pub fn uses_original_src(&self) -> bool {
+        self.listeners.iter().any(|l| l.original_src.is_some())
     }
 }
 
 fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
     let knobs = Knobs::from_raw(raw.origdst.unwrap_or_default())?;
+    let internal_listener = validate_bootstrap_extensions(&raw.bootstrap_extensions)?;
+    if let Some(runtime) = &raw.layered_runtime {
+        validate_runtime(runtime)?;
+    }
     let resources = raw.static_resources;
     if resources.listeners.is_empty() {
         return Err(ConfigError::new(
@@ -79,143 +384,92 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
             "at least one listener is required",
         ));
     }
-    let clusters = validate_clusters(&resources.clusters)?;
-    let mut listeners = Vec::with_capacity(resources.listeners.len());
-    for (index, raw) in resources.listeners.iter().enumerate() {
-        let path = format!("static_resources.listeners[{index}]");
-        let listener = validate_listener(&path, raw, &clusters, &knobs)?;
-        if listeners.iter().any(|l: &Listener| l.name == listener.name) {
-            return Err(ConfigError::new(
-                format!("{path}.name"),
-                format!("duplicate listener name {:?}", listener.name),
-            ));
-        }
-        for addr in &listener.addresses {
-            if listeners
-                .iter()
-                .any(|l: &Listener| l.addresses.contains(addr))
-            {
-                return Err(ConfigError::new(
-                    format!("{path}.address"),
-                    format!("{addr} is bound by another listener"),
-                ));
-            }
-        }
-        listeners.push(listener);
-    }
-    Ok(Config { knobs, listeners })
-}
-
-/// A validated cluster: only what listeners need from it.
-struct ClusterInfo {
-    name: String,
-    connect_timeout: Duration,
-}
-
-fn validate_clusters(raw: &[envoy::Cluster]) -> Result<Vec<ClusterInfo>, ConfigError> {
-    let mut clusters: Vec<ClusterInfo> = Vec::with_capacity(raw.len());
-    for (index, cluster) in raw.iter().enumerate() {
-        let path = format!("static_resources.clusters[{index}]");
-        if cluster.kind != "ORIGINAL_DST" {
-            return Err(ConfigError::new(
-                format!("{path}.type"),
-                format!(
-                    "cluster type {:?} is not supported (supported: ORIGINAL_DST)",
-                    cluster.kind
-                ),
-            ));
-        }
-        match cluster.lb_policy.as_deref() {
-            Some("CLUSTER_PROVIDED") => {}
-            other => {
-                return Err(ConfigError::new(
-                    format!("{path}.lb_policy"),
-                    format!(
-                        "an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED, got {other:?}"
-                    ),
-                ));
-            }
-        }
-        let connect_timeout = match &cluster.connect_timeout {
-            Some(text) => parse_duration(&format!("{path}.connect_timeout"), text)?,
-            None => CONNECT_TIMEOUT_DEFAULT,
-        };
-        if connect_timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.connect_timeout"),
-                "must be greater than 0s",
-            ));
-        }
-        if clusters.iter().any(|c| c.name == cluster.name) {
-            return Err(ConfigError::new(
-                format!("{path}.name"),
-                format!("duplicate cluster name {:?}", cluster.name),
-            ));
-        }
-        clusters.push(ClusterInfo {
-            name: cluster.name.clone(),
-            connect_timeout,
-        });
-    }
-    Ok(clusters)
-}
-
-fn validate_listener(
-    path: &str,
-    raw: &envoy::Listener,
-    clusters: &[ClusterInfo],
-    knobs: &Knobs,
-) -> Result<Listener, ConfigError> {
-    if raw.name.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.name"),
-            "must not be empty",
-        ));
-    }
-    let mut addresses = vec![socket_address(
-        &format!("{path}.address.socket_address"),
-        &raw.address.socket_address,
-    )?];
-    for (index, extra) in raw.additional_addresses.iter().enumerate() {
-        let extra_path = format!("{path}.additional_addresses[{index}].address.socket_address");
-        let addr = socket_address(&extra_path, &extra.address.socket_address)?;
-        if addresses.contains(&addr) {
-            return Err(ConfigError::new(
-                extra_path,
-                format!("{addr} is listed twice"),
-            ));
-        }
-        addresses.push(addr);
-    }
-    let original_src = validate_listener_filters(path, &raw.listener_filters)?;
-    let (stat_prefix, cluster_name, idle_timeout) = tcp_proxy(path, &raw.filter_chains)?;
-    let Some(cluster) = clusters.iter().find(|c| c.name == cluster_name) else {
-        return Err(ConfigError::new(
-            format!("{path}.filter_chains[0].filters[0].typed_config.cluster"),
-            format!("no cluster named {cluster_name:?} in static_resources.clusters"),
-        ));
-    };
-    Ok(Listener {
-        name: raw.name.clone(),
-        addresses,
-        transparent: raw.transparent.unwrap_or(false),
-        stat_prefix,
-        cluster: cluster_name,
-        params: ConnParams {
-            connect_timeout: cluster.connect_timeout,
-            idle_timeout,
-            // Envoy's original_src `mark` (non-zero) replaces the upstream mark for this
-            // listener: a socket carries one SO_MARK, and the policy route that brings the
-            // replies back to the transparent socket keys on it.
-            upstream_mark: original_src
-                .and_then(|(_, mark)| mark)
-                .or(knobs.upstream_mark),
-            original_src: original_src.map(|(src, _)| src),
-        },
+    // Listeners first without their chains (clusters refer to internal listeners by name), then
+    // clusters, then the chains (which refer to clusters).
+    let mut listeners = listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
+    let clusters = cluster::validate(&resources.clusters, &listeners)?;
+    listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
+    Ok(Config {
+        knobs,
+        listeners,
+        clusters,
+        internal_listener,
     })
 }
 
-fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, ConfigError> {
+fn validate_bootstrap_extensions(
+    extensions: &[envoy::TypedFilter],
+) -> Result<Option<InternalListenerSettings>, ConfigError> {
+    let mut internal = None;
+    for (index, extension) in extensions.iter().enumerate() {
+        let path = format!("bootstrap_extensions[{index}]");
+        if extension.name != "envoy.bootstrap.internal_listener" {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!(
+                    "bootstrap extension {:?} is not supported (supported: envoy.bootstrap.internal_listener)",
+                    extension.name
+                ),
+            ));
+        }
+        if internal.is_some() {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "envoy.bootstrap.internal_listener is listed twice",
+            ));
+        }
+        let buffer_kb = match &extension.typed_config {
+            None => None,
+            Some(value) => {
+                let raw: envoy::InternalListenerExtension = typed(
+                    &format!("{path}.typed_config"),
+                    value,
+                    envoy::TYPE_INTERNAL_LISTENER,
+                )?;
+                raw.buffer_size_kb
+            }
+        };
+        let buffer_kb = buffer_kb.unwrap_or(INTERNAL_BUFFER_KB_DEFAULT);
+        if !(1..=INTERNAL_BUFFER_KB_MAX).contains(&buffer_kb) {
+            return Err(ConfigError::new(
+                format!("{path}.typed_config.buffer_size_kb"),
+                format!("{buffer_kb} is outside 1..={INTERNAL_BUFFER_KB_MAX}"),
+            ));
+        }
+        internal = Some(InternalListenerSettings {
+            buffer_size_bytes: buffer_kb * 1024,
+        });
+    }
+    Ok(internal)
+}
+
+/// Runtime flags origdst knows; each must be a boolean and none changes behaviour (they are what
+/// Envoy needs to enable the features origdst always has).
+const RUNTIME_FLAGS: &[&str] = &["envoy.reloadable_features.internal_address"];
+
+fn validate_runtime(runtime: &envoy::LayeredRuntime) -> Result<(), ConfigError> {
+    for (index, layer) in runtime.layers.iter().enumerate() {
+        for (key, value) in &layer.static_layer {
+            let path = format!("layered_runtime.layers[{index}].static_layer.{key}");
+            if !RUNTIME_FLAGS.contains(&key.as_str()) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("runtime flag not supported (supported: {})", RUNTIME_FLAGS.join(", ")),
+                ));
+            }
+            if value.as_bool().is_none() {
+                return Err(ConfigError::new(path, "must be true or false"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a socket address (`protocol` TCP, an IP literal, a port; `port_zero_ok` for none).
+fn socket_address(
+    path: &str,
+    raw: &envoy::SocketAddress,
+) -> Result<SocketAddr, ConfigError> {
     if let Some(protocol) = raw.protocol.as_deref().filter(|&p| p != "TCP") {
         return Err(ConfigError::new(
             format!("{path}.protocol"),
@@ -240,130 +494,10 @@ fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, 
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Checks the listener filters; returns the `original_src` settings (with its mark, if non-zero)
-/// when that filter is present.
-fn validate_listener_filters(
-    path: &str,
-    filters: &[envoy::TypedFilter],
-) -> Result<Option<(OriginalSrc, Option<u32>)>, ConfigError> {
-    let mut has_original_dst = false;
-    let mut original_src = None;
-    for (index, filter) in filters.iter().enumerate() {
-        let filter_path = format!("{path}.listener_filters[{index}]");
-        match filter.name.as_str() {
-            "envoy.filters.listener.original_dst" => {
-                if let Some(config) = &filter.typed_config {
-                    let _: envoy::OriginalDst = typed(
-                        &format!("{filter_path}.typed_config"),
-                        config,
-                        envoy::TYPE_ORIGINAL_DST,
-                    )?;
-                }
-                has_original_dst = true;
-            }
-            "envoy.filters.listener.original_src" => {
-                let config_path = format!("{filter_path}.typed_config");
-                let Some(config) = &filter.typed_config else {
-                    return Err(ConfigError::new(
-                        config_path,
-                        format!(
-                            "original_src needs a typed_config with @type {:?}",
-                            envoy::TYPE_ORIGINAL_SRC
-                        ),
-                    ));
-                };
-                let src: envoy::OriginalSrc =
-                    typed(&config_path, config, envoy::TYPE_ORIGINAL_SRC)?;
-                if original_src.is_some() {
-                    return Err(ConfigError::new(
-                        format!("{filter_path}.name"),
-                        "envoy.filters.listener.original_src is listed twice",
-                    ));
-                }
-                original_src = Some((
-                    OriginalSrc {
-                        bind_port: src.bind_port.unwrap_or(false),
-                    },
-                    src.mark.filter(|&mark| mark != 0),
-                ));
-            }
-            other => {
-                return Err(ConfigError::new(
-                    format!("{filter_path}.name"),
-                    format!(
-                        "listener filter {other:?} is not supported (supported: envoy.filters.listener.original_dst, envoy.filters.listener.original_src)"
-                    ),
-                ));
-            }
-        }
-    }
-    if !has_original_dst {
-        return Err(ConfigError::new(
-            format!("{path}.listener_filters"),
-            "an ORIGINAL_DST cluster needs the envoy.filters.listener.original_dst listener filter \
-             (without it the destination is the proxy itself)",
-        ));
-    }
-    Ok(original_src)
-}
-
-fn tcp_proxy(
-    path: &str,
-    chains: &[envoy::FilterChain],
-) -> Result<(String, String, Option<Duration>), ConfigError> {
-    let [chain] = chains else {
-        return Err(ConfigError::new(
-            format!("{path}.filter_chains"),
-            format!(
-                "exactly one filter chain is supported, got {}",
-                chains.len()
-            ),
-        ));
-    };
-    let filters_path = format!("{path}.filter_chains[0].filters");
-    let [filter] = chain.filters.as_slice() else {
-        return Err(ConfigError::new(
-            filters_path,
-            format!(
-                "exactly one filter (envoy.filters.network.tcp_proxy) is supported, got {}",
-                chain.filters.len()
-            ),
-        ));
-    };
-    if filter.name != "envoy.filters.network.tcp_proxy" {
-        return Err(ConfigError::new(
-            format!("{filters_path}[0].name"),
-            format!(
-                "network filter {:?} is not supported (supported: envoy.filters.network.tcp_proxy)",
-                filter.name
-            ),
-        ));
-    }
-    let config_path = format!("{filters_path}[0].typed_config");
-    let Some(config) = &filter.typed_config else {
-        return Err(ConfigError::new(
-            config_path,
-            "tcp_proxy needs a typed_config with stat_prefix and cluster",
-        ));
-    };
-    let proxy: envoy::TcpProxy = typed(&config_path, config, envoy::TYPE_TCP_PROXY)?;
-    // Envoy's tcp_proxy default idle timeout is 1 h; an explicit 0s disables it.
-    let idle_timeout = match &proxy.idle_timeout {
-        None => Some(IDLE_TIMEOUT_DEFAULT),
-        Some(text) => Some(parse_duration(
-            &format!("{config_path}.idle_timeout"),
-            text,
-        )?)
-        .filter(|d| !d.is_zero()),
-    };
-    if proxy.stat_prefix.is_empty() {
-        return Err(ConfigError::new(
-            format!("{config_path}.stat_prefix"),
-            "must not be empty",
-        ));
-    }
-    Ok((proxy.stat_prefix, proxy.cluster, idle_timeout))
-}
+/// `buffer_size_kb`'s Envoy default (1 MiB).
+const INTERNAL_BUFFER_KB_DEFAULT: u32 = 1024;
+/// 64 MiB per direction per connection is already more than any relay needs.
+const INTERNAL_BUFFER_KB_MAX: u32 = 64 * 1024;
 
 /// Decodes a `typed_config` whose `@type` must be `expected`, naming inner fields in errors.
 fn typed<T: serde::de::DeserializeOwned>(
@@ -415,10 +549,6 @@ pub(crate) fn parse_duration(path: &str, text: &str) -> Result<Duration, ConfigE
     Ok(Duration::new(seconds, nanos))
 }
 
-/// Envoy's default cluster connect timeout.
-const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
-/// Envoy's default tcp_proxy idle timeout.
-const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
 /// No timer in origdst needs more than a year; longer is a typo.
 const DURATION_SECONDS_MAX: u64 = 365 * 24 * 3600;
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::connection::ConnParams;
 
 const MINIMAL: &str = r#"
 static_resources:
@@ -18,6 +19,12 @@ static_resources:
   - { name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }
 "#;
 
+/// The first chain's per-connection knobs of listener `index`.
+fn params(config: &Config, index: usize) -> ConnParams {
+    let listener = &config.listeners[index];
+    config.params(listener, &listener.filter_chains[0])
+}
+
 fn err(yaml: &str) -> ConfigError {
     Config::from_yaml(yaml).expect_err("config must be refused")
 }
@@ -30,19 +37,19 @@ fn embedded_default_is_istio_style_dual_stack_15001() {
     };
     assert_eq!(listener.name, "virtualOutbound");
     assert_eq!(
-        listener.addresses,
-        vec![
+        listener.socket_addresses(),
+        [
             "0.0.0.0:15001".parse::<SocketAddr>().unwrap(),
             "[::]:15001".parse().unwrap()
         ]
     );
     assert!(!listener.transparent);
-    assert_eq!(listener.params.connect_timeout, Duration::from_secs(10));
+    assert_eq!(params(&config, 0).connect_timeout, Duration::from_secs(10));
     assert_eq!(
-        listener.params.idle_timeout,
+        params(&config, 0).idle_timeout,
         Some(Duration::from_secs(3600))
     );
-    assert_eq!(listener.params.upstream_mark, Some(1337));
+    assert_eq!(params(&config, 0).upstream_mark, Some(1337));
     assert_eq!(config.knobs.data_path, DataPath::UringSplice);
     assert_eq!(config.knobs.shards, None);
 }
@@ -50,10 +57,9 @@ fn embedded_default_is_istio_style_dual_stack_15001() {
 #[test]
 fn minimal_config_takes_envoy_defaults() {
     let config = Config::from_yaml(MINIMAL).unwrap();
-    let listener = &config.listeners[0];
-    assert_eq!(listener.params.connect_timeout, Duration::from_secs(5));
+    assert_eq!(params(&config, 0).connect_timeout, Duration::from_secs(5));
     assert_eq!(
-        listener.params.idle_timeout,
+        params(&config, 0).idle_timeout,
         Some(Duration::from_secs(3600))
     );
     assert_eq!(config.knobs, Knobs::default());
@@ -76,9 +82,7 @@ fn knobs_are_read() {
 fn idle_timeout_zero_disables_it() {
     let yaml = MINIMAL.replace("cluster: pass", "cluster: pass\n          idle_timeout: 0s");
     assert_eq!(
-        Config::from_yaml(&yaml).unwrap().listeners[0]
-            .params
-            .idle_timeout,
+        params(&Config::from_yaml(&yaml).unwrap(), 0).idle_timeout,
         None
     );
 }
@@ -93,14 +97,14 @@ fn unknown_field_is_named_with_its_path() {
     assert!(e.reason.contains("unknown field `portt`"), "{e}");
     let e = err(&MINIMAL.replace(
         "cluster: pass",
-        "cluster: pass\n          max_connect_attempts: 3",
+        "cluster: pass\n          tunneling_config: {}",
     ));
     assert_eq!(
         e.path,
-        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.max_connect_attempts"
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config"
     );
     assert!(
-        e.reason.contains("unknown field `max_connect_attempts`"),
+        e.reason.contains("unknown field `tunneling_config`"),
         "{e}"
     );
     assert!(
@@ -375,15 +379,15 @@ fn with_original_src(typed_config: &str) -> String {
 #[test]
 fn original_src_filter_turns_on_source_preservation() {
     let plain = Config::from_yaml(MINIMAL).unwrap();
-    assert_eq!(plain.listeners[0].params.original_src, None);
+    assert_eq!(params(&plain, 0).original_src, None);
 
     let yaml = with_original_src(
         "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n",
     );
-    let params = &Config::from_yaml(&yaml).unwrap().listeners[0].params;
-    assert_eq!(params.original_src, Some(OriginalSrc { bind_port: false }));
+    let got = params(&Config::from_yaml(&yaml).unwrap(), 0);
+    assert_eq!(got.original_src, Some(OriginalSrc { bind_port: false }));
     assert_eq!(
-        params.upstream_mark,
+        got.upstream_mark,
         Some(1337),
         "no mark: the origdst mark stays"
     );
@@ -391,10 +395,10 @@ fn original_src_filter_turns_on_source_preservation() {
     let yaml = with_original_src(
         "      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc\n        bind_port: true\n        mark: 123\n",
     );
-    let params = &Config::from_yaml(&yaml).unwrap().listeners[0].params;
-    assert_eq!(params.original_src, Some(OriginalSrc { bind_port: true }));
+    let got = params(&Config::from_yaml(&yaml).unwrap(), 0);
+    assert_eq!(got.original_src, Some(OriginalSrc { bind_port: true }));
     assert_eq!(
-        params.upstream_mark,
+        got.upstream_mark,
         Some(123),
         "original_src's mark replaces it"
     );

@@ -426,7 +426,6 @@ fn overflow_is_counted_and_reset() {
     let mut conn = Connection::overflow(
         Instant::ZERO,
         ClientAddr::new(sa("10.0.0.2:1")),
-        &params(),
         &mut stats,
     );
     assert_eq!(

@@ -129,6 +129,7 @@ fn internal_metadata_beats_filter_state() {
         dynamic_local: Some("192.0.2.1:9000".into()),
         filter_state_local: Some("192.0.2.2:9000".into()),
         filter_state_remote: None,
+        ..Default::default()
     });
     let got = resolve(&ev, &me()).unwrap();
     assert_eq!(got.orig_dst.get(), sa("192.0.2.1:9000"));

@@ -1,0 +1,311 @@
+//! Cluster validation: ORIGINAL_DST with its `original_dst_lb_config`, STATIC with endpoints by
+//! socket or internal address, and the transport socket.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{
+    Cluster, ClusterKind, ConfigError, Endpoint, EndpointTarget, FilterMetadata, Listener,
+    ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, socket_address, typed,
+};
+
+pub(super) fn validate(
+    raw: &[envoy::Cluster],
+    listeners: &[Listener],
+) -> Result<Vec<Cluster>, ConfigError> {
+    let mut clusters: Vec<Cluster> = Vec::with_capacity(raw.len());
+    for (index, cluster) in raw.iter().enumerate() {
+        let path = format!("static_resources.clusters[{index}]");
+        if clusters.iter().any(|c| c.name == cluster.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate cluster name {:?}", cluster.name),
+            ));
+        }
+        clusters.push(validate_one(&path, cluster, listeners)?);
+    }
+    Ok(clusters)
+}
+
+fn validate_one(
+    path: &str,
+    raw: &envoy::Cluster,
+    listeners: &[Listener],
+) -> Result<Cluster, ConfigError> {
+    let connect_timeout = match &raw.connect_timeout {
+        Some(text) => parse_duration(&format!("{path}.connect_timeout"), text)?,
+        None => CONNECT_TIMEOUT_DEFAULT,
+    };
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::new(
+            format!("{path}.connect_timeout"),
+            "must be greater than 0s",
+        ));
+    }
+    let kind = match raw.kind.as_str() {
+        "ORIGINAL_DST" => original_dst(path, raw)?,
+        "STATIC" => static_cluster(path, raw, listeners)?,
+        other => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("cluster type {other:?} is not supported (supported: ORIGINAL_DST, STATIC)"),
+            ));
+        }
+    };
+    let passthrough_metadata = match &raw.transport_socket {
+        None => Vec::new(),
+        Some(socket) => transport_socket(&format!("{path}.transport_socket"), socket)?,
+    };
+    Ok(Cluster {
+        name: raw.name.clone(),
+        connect_timeout,
+        kind,
+        passthrough_metadata,
+    })
+}
+
+fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigError> {
+    match raw.lb_policy.as_deref() {
+        Some("CLUSTER_PROVIDED") => {}
+        other => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED, got {other:?}"),
+            ));
+        }
+    }
+    if raw.load_assignment.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            "an ORIGINAL_DST cluster takes its hosts from each connection, not from load_assignment",
+        ));
+    }
+    let lb_path = format!("{path}.original_dst_lb_config");
+    let default = envoy::OriginalDstLbConfig::default();
+    let lb = raw.original_dst_lb_config.as_ref().unwrap_or(&default);
+    let http_header_name = match &lb.http_header_name {
+        None => HTTP_HEADER_DEFAULT.to_string(),
+        Some(name) => {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("{lb_path}.http_header_name"),
+                    format!("{name:?} is not an HTTP header name"),
+                ));
+            }
+            name.to_ascii_lowercase()
+        }
+    };
+    let upstream_port_override = match lb.upstream_port_override {
+        None => None,
+        Some(port) => Some(
+            u16::try_from(port)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{lb_path}.upstream_port_override"),
+                        format!("{port} is not a port in 1..=65535"),
+                    )
+                })?,
+        ),
+    };
+    let metadata_key = match &lb.metadata_key {
+        None => None,
+        Some(key) => {
+            let key_path = format!("{lb_path}.metadata_key");
+            if key.key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key_path}.key"),
+                    "must name a filter namespace",
+                ));
+            }
+            let [segment] = key.path.as_slice() else {
+                return Err(ConfigError::new(
+                    format!("{key_path}.path"),
+                    format!(
+                        "exactly one path segment (the field holding \"ip:port\") is supported, got {}",
+                        key.path.len()
+                    ),
+                ));
+            };
+            Some(MetadataKey {
+                filter: key.key.clone(),
+                field: segment.key.clone(),
+            })
+        }
+    };
+    Ok(ClusterKind::OriginalDst(OriginalDstLb {
+        use_http_header: lb.use_http_header.unwrap_or(false),
+        http_header_name,
+        upstream_port_override,
+        metadata_key,
+    }))
+}
+
+fn static_cluster(
+    path: &str,
+    raw: &envoy::Cluster,
+    listeners: &[Listener],
+) -> Result<ClusterKind, ConfigError> {
+    match raw.lb_policy.as_deref() {
+        None | Some("ROUND_ROBIN") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!("{other:?} is not supported for a STATIC cluster (supported: ROUND_ROBIN)"),
+            ));
+        }
+    }
+    if raw.original_dst_lb_config.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.original_dst_lb_config"),
+            "only an ORIGINAL_DST cluster takes original_dst_lb_config",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    let Some(assignment) = &raw.load_assignment else {
+        // Istio's BlackHoleCluster: STATIC with no endpoints.
+        return Ok(ClusterKind::Static { endpoints });
+    };
+    let assignment_path = format!("{path}.load_assignment");
+    if assignment.cluster_name != raw.name {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.cluster_name"),
+            format!(
+                "{:?} differs from the cluster's name {:?}",
+                assignment.cluster_name, raw.name
+            ),
+        ));
+    }
+    for (locality_index, locality) in assignment.endpoints.iter().enumerate() {
+        for (index, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
+            let endpoint_path =
+                format!("{assignment_path}.endpoints[{locality_index}].lb_endpoints[{index}]");
+            endpoints.push(endpoint(&endpoint_path, lb_endpoint, listeners)?);
+        }
+    }
+    if endpoints.len() > ENDPOINTS_MAX {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.endpoints"),
+            format!("{} endpoints; at most {ENDPOINTS_MAX} are supported", endpoints.len()),
+        ));
+    }
+    Ok(ClusterKind::Static { endpoints })
+}
+
+fn endpoint(
+    path: &str,
+    raw: &envoy::LbEndpoint,
+    listeners: &[Listener],
+) -> Result<Endpoint, ConfigError> {
+    let address_path = format!("{path}.endpoint.address");
+    let address = &raw.endpoint.address;
+    let target = match (&address.socket_address, &address.envoy_internal_address) {
+        (Some(socket), None) => {
+            let socket_path = format!("{address_path}.socket_address");
+            let addr = socket_address(&socket_path, socket)?;
+            // Connecting to a bound listener of our own would loop through origdst forever.
+            let own = listeners.iter().filter(|l| l.is_bound()).any(|l| {
+                l.socket_addresses().iter().any(|bound| {
+                    bound.port() == addr.port()
+                        && (bound.ip() == addr.ip()
+                            || (bound.ip().is_unspecified()
+                                && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+                })
+            });
+            if own {
+                return Err(ConfigError::new(
+                    socket_path,
+                    format!("{addr} is one of origdst's own listeners (a loop); use an internal address to chain listeners"),
+                ));
+            }
+            EndpointTarget::Socket(addr)
+        }
+        (None, Some(internal)) => {
+            let name = &internal.server_listener_name;
+            let Some(listener) = listeners.iter().position(|l| {
+                matches!(&l.address, ListenerAddress::Internal { server_listener_name } if server_listener_name == name)
+            }) else {
+                return Err(ConfigError::new(
+                    format!("{address_path}.envoy_internal_address.server_listener_name"),
+                    format!("no internal listener has server_listener_name {name:?}"),
+                ));
+            };
+            EndpointTarget::Internal { listener }
+        }
+        _ => {
+            return Err(ConfigError::new(
+                address_path,
+                "exactly one of socket_address and envoy_internal_address is required",
+            ));
+        }
+    };
+    let mut metadata: FilterMetadata = BTreeMap::new();
+    if let Some(raw_metadata) = &raw.metadata {
+        for (namespace, fields) in &raw_metadata.filter_metadata {
+            let mut strings = BTreeMap::new();
+            for (field, value) in fields {
+                let Some(text) = value.as_str() else {
+                    return Err(ConfigError::new(
+                        format!("{path}.metadata.filter_metadata.{namespace}.{field}"),
+                        "only string values are supported",
+                    ));
+                };
+                strings.insert(field.clone(), text.to_string());
+            }
+            metadata.insert(namespace.clone(), strings);
+        }
+    }
+    Ok(Endpoint { target, metadata })
+}
+
+/// `raw_buffer`, or `internal_upstream` wrapping `raw_buffer`; returns the passthrough namespaces.
+fn transport_socket(path: &str, raw: &envoy::TypedFilter) -> Result<Vec<String>, ConfigError> {
+    let config_path = format!("{path}.typed_config");
+    match raw.name.as_str() {
+        "envoy.transport_sockets.raw_buffer" | "raw_buffer" => {
+            if let Some(config) = &raw.typed_config {
+                let _: envoy::RawBuffer = typed(&config_path, config, envoy::TYPE_RAW_BUFFER)?;
+            }
+            Ok(Vec::new())
+        }
+        "envoy.transport_sockets.internal_upstream" => {
+            let Some(config) = &raw.typed_config else {
+                return Err(ConfigError::new(
+                    config_path,
+                    "internal_upstream needs a typed_config",
+                ));
+            };
+            let upstream: envoy::InternalUpstream =
+                typed(&config_path, config, envoy::TYPE_INTERNAL_UPSTREAM)?;
+            transport_socket(&format!("{config_path}.transport_socket"), &upstream.transport_socket)?;
+            let mut namespaces = Vec::new();
+            for (index, meta) in upstream.passthrough_metadata.iter().enumerate() {
+                let meta_path = format!("{config_path}.passthrough_metadata[{index}]");
+                if meta.kind.host.is_none() || meta.kind.cluster.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{meta_path}.kind"),
+                        "only host metadata ({host: {}}) is supported",
+                    ));
+                }
+                namespaces.push(meta.name.clone());
+            }
+            Ok(namespaces)
+        }
+        other => Err(ConfigError::new(
+            format!("{path}.name"),
+            format!(
+                "transport socket {other:?} is not supported (supported: envoy.transport_sockets.raw_buffer, envoy.transport_sockets.internal_upstream)"
+            ),
+        )),
+    }
+}
+
+/// Envoy's default cluster connect timeout.
+const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Envoy's default header for `use_http_header`.
+const HTTP_HEADER_DEFAULT: &str = "x-envoy-original-dst-host";
+/// A bound on the per-shard round-robin table; more is a typo.
+const ENDPOINTS_MAX: usize = 4096;

@@ -1,0 +1,371 @@
+//! Which listener, filter chain and upstream a connection gets: Envoy's `use_original_dst`
+//! hand-off, filter-chain matching and cluster selection (ORIGINAL_DST precedence, STATIC round
+//! robin, black holes), as a pure function of the config and what the runtime read at accept.
+//!
+//! ```text
+//!  evidence ─▶ loops? ─▶ original_dst filter restores ─▶ use_original_dst hand-off ─▶ chain match
+//!        ─▶ set_filter_state ─▶ cluster: ORIGINAL_DST (filter state > metadata_key > header >
+//!           restored, then port override) | STATIC (round robin; none = black hole)
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
+use crate::config::{
+    Cidr, ClusterKind, Config, EndpointTarget, FilterChain, FilterStateKey, FormatValue, Listener,
+    OriginalDstLb, SharedWithUpstream,
+};
+use crate::connection::ConnParams;
+use crate::orig_dst::{self, AcceptEvidence, InternalMetadata, RefuseReason, Resolution, SelfAddrs};
+use crate::stats::{Counter, Counters};
+
+/// Where a routed connection goes and with which knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The listener that handles it (after a hand-off, the target).
+    pub listener: usize,
+    /// The chain's name (for logs).
+    pub chain: String,
+    /// The tcp_proxy's `stat_prefix`.
+    pub stat_prefix: String,
+    /// Timeouts, mark, source binding.
+    pub params: ConnParams,
+    /// `max_connect_attempts`.
+    pub max_connect_attempts: u32,
+    /// The destination the original_dst filter restored, if any.
+    pub resolution: Option<Resolution>,
+    /// How the upstream is chosen.
+    pub upstream: UpstreamPlan,
+}
+
+/// How the upstream is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamPlan {
+    /// Known now.
+    Connect(Target),
+    /// `use_http_header`: read the request head first.
+    ReadHead(HeadPlan),
+}
+
+/// What to do with the request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadPlan {
+    /// The header holding `ip:port` (lower-case).
+    pub header: String,
+    /// Where to go when the head has no such header: the restored destination.
+    pub fallback: Option<OrigDstAddr>,
+    /// `upstream_port_override`.
+    pub port_override: Option<u16>,
+    /// `origdst.http_head_max_bytes`.
+    pub max_bytes: u32,
+    /// `origdst.http_head_timeout`.
+    pub timeout: Duration,
+}
+
+/// An upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A kernel socket address.
+    Socket(UpstreamAddr),
+    /// An internal listener in this process, and what crosses with the connection.
+    Internal {
+        /// Index into [`Config::listeners`].
+        listener: usize,
+        /// Metadata and filter state for the internal listener's original_dst filter.
+        handoff: InternalMetadata,
+    },
+}
+
+/// Per-shard routing state: a round-robin cursor per cluster. Shards balance independently, as
+/// Envoy's workers do.
+#[derive(Debug, Clone, Default)]
+pub struct Balancer {
+    cursors: Vec<usize>,
+}
+
+impl Balancer {
+    fn next(&mut self, cluster: usize, endpoints: usize) -> usize {
+        debug_assert!(endpoints > 0);
+        if self.cursors.len() <= cluster {
+            self.cursors.resize(cluster + 1, 0);
+        }
+        let cursor = &mut self.cursors[cluster];
+        let pick = *cursor % endpoints;
+        *cursor = cursor.wrapping_add(1);
+        pick
+    }
+}
+
+/// Routes a connection accepted on `listener`. Counts hand-offs and missing metadata; the
+/// refusal itself is counted by [`crate::connection::Connection::start`].
+pub fn route(
+    config: &Config,
+    me: &SelfAddrs,
+    listener: usize,
+    evidence: &AcceptEvidence,
+    balancer: &mut Balancer,
+    stats: &mut Counters,
+) -> Result<Route, RefuseReason> {
+    orig_dst::refuse_loops(evidence, me)?;
+    let receiving = &config.listeners[listener];
+    let resolution = if receiving.original_dst {
+        orig_dst::restored(evidence)?
+    } else {
+        None
+    };
+    // What Envoy calls the downstream local address: restored, or the socket's own.
+    let local = resolution.map_or(evidence.local.get(), |r| r.orig_dst.get());
+    let handling = match resolution {
+        Some(r) if receiving.use_original_dst => match handoff_target(config, r.orig_dst.get()) {
+            Some(target) => {
+                stats.incr(Counter::ListenerHandoff);
+                target
+            }
+            None => listener,
+        },
+        _ => listener,
+    };
+    let handler = &config.listeners[handling];
+    let chain = select_chain(handler, local, evidence.client).ok_or(RefuseReason::NoFilterChainMatch)?;
+    let state = FilterState::evaluate(chain, local, evidence.client);
+    let cluster_index = chain.tcp_proxy.cluster;
+    let cluster = &config.clusters[cluster_index];
+    let upstream = match &cluster.kind {
+        ClusterKind::Static { endpoints } => {
+            if endpoints.is_empty() {
+                return Err(RefuseReason::NoHealthyUpstream);
+            }
+            let endpoint = &endpoints[balancer.next(cluster_index, endpoints.len())];
+            match endpoint.target {
+                EndpointTarget::Socket(addr) => UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(addr))),
+                EndpointTarget::Internal { listener } => {
+                    let mut handoff = state.shared();
+                    for namespace in &cluster.passthrough_metadata {
+                        match endpoint.metadata.get(namespace) {
+                            Some(fields) => {
+                                handoff.dynamic.insert(namespace.clone(), fields.clone());
+                            }
+                            None => stats.incr(Counter::NoMetadata),
+                        }
+                    }
+                    handoff.dynamic_local = handoff
+                        .dynamic
+                        .get(ORIGINAL_DST_NAMESPACE)
+                        .and_then(|fields| fields.get("local"))
+                        .cloned();
+                    UpstreamPlan::Connect(Target::Internal { listener, handoff })
+                }
+            }
+        }
+        ClusterKind::OriginalDst(lb) => original_dst_upstream(config, me, lb, &state, evidence, resolution)?,
+    };
+    Ok(Route {
+        listener: handling,
+        chain: chain.name.clone(),
+        stat_prefix: chain.tcp_proxy.stat_prefix.clone(),
+        params: config.params(handler, chain),
+        max_connect_attempts: chain.tcp_proxy.max_connect_attempts,
+        resolution,
+        upstream,
+    })
+}
+
+/// ORIGINAL_DST: filter state > `metadata_key` > HTTP header > restored destination, then
+/// `upstream_port_override`; never one of our own listeners.
+fn original_dst_upstream(
+    config: &Config,
+    me: &SelfAddrs,
+    lb: &OriginalDstLb,
+    state: &FilterState,
+    evidence: &AcceptEvidence,
+    resolution: Option<Resolution>,
+) -> Result<UpstreamPlan, RefuseReason> {
+    let parse = |text: &str| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| RefuseReason::InvalidOriginalDstHost)
+    };
+    let from_state = match state.original_dst_address {
+        Some(addr) => Some(addr),
+        None => evidence
+            .internal
+            .as_ref()
+            .and_then(|i| i.filter_state_original_dst_address.as_deref())
+            .map(parse)
+            .transpose()?,
+    };
+    let from_metadata = match (&lb.metadata_key, &evidence.internal) {
+        (Some(key), Some(internal)) => internal
+            .dynamic
+            .get(&key.filter)
+            .and_then(|fields| fields.get(&key.field))
+            .map(|text| parse(text))
+            .transpose()?,
+        _ => None,
+    };
+    let chosen = from_state.or(from_metadata);
+    if chosen.is_none() && lb.use_http_header {
+        return Ok(UpstreamPlan::ReadHead(HeadPlan {
+            header: lb.http_header_name.clone(),
+            fallback: resolution.map(|r| r.orig_dst),
+            port_override: lb.upstream_port_override,
+            max_bytes: config.knobs.http_head_max_bytes,
+            timeout: config.knobs.http_head_timeout,
+        }));
+    }
+    let dst = chosen
+        .or(resolution.map(|r| r.orig_dst.get()))
+        .ok_or(RefuseReason::NoOriginalDst)?;
+    finish_original_dst(me, dst, lb.upstream_port_override).map(UpstreamPlan::Connect)
+}
+
+/// The last ORIGINAL_DST steps, shared with the header path: port override, loop check.
+pub fn finish_original_dst(
+    me: &SelfAddrs,
+    dst: SocketAddr,
+    port_override: Option<u16>,
+) -> Result<Target, RefuseReason> {
+    let mut dst = crate::addr::canonical(dst);
+    if let Some(port) = port_override {
+        dst.set_port(port);
+    }
+    if dst.port() == 0 || dst.ip().is_unspecified() {
+        return Err(RefuseReason::InvalidOriginalDstHost);
+    }
+    if me.is_listener(dst) {
+        return Err(RefuseReason::DestinationIsListener);
+    }
+    Ok(Target::Socket(UpstreamAddr::new(dst)))
+}
+
+/// The `bind_to_port: false` listener whose address is `dst`: an exact match first, then a
+/// wildcard of the same family and port (Envoy's order).
+fn handoff_target(config: &Config, dst: SocketAddr) -> Option<usize> {
+    let candidates = || {
+        config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.bind_to_port)
+    };
+    candidates()
+        .find(|(_, l)| l.socket_addresses().contains(&dst))
+        .or_else(|| {
+            candidates().find(|(_, l)| {
+                l.socket_addresses().iter().any(|a| {
+                    a.port() == dst.port() && a.ip().is_unspecified() && a.is_ipv4() == dst.is_ipv4()
+                })
+            })
+        })
+        .map(|(index, _)| index)
+}
+
+/// Envoy's filter-chain match, narrowed field by field: destination port, destination IP
+/// (longest prefix), source IP (longest prefix). A field's "unset" chains are the fallback only
+/// when no chain names a matching value. No match: the default chain, if any.
+pub fn select_chain(listener: &Listener, local: SocketAddr, client: ClientAddr) -> Option<&FilterChain> {
+    let mut candidates: Vec<&FilterChain> = listener.filter_chains.iter().collect();
+    // Destination port.
+    let exact: Vec<&FilterChain> = candidates
+        .iter()
+        .copied()
+        .filter(|c| c.matcher.destination_port == Some(local.port()))
+        .collect();
+    candidates = if exact.is_empty() {
+        candidates
+            .into_iter()
+            .filter(|c| c.matcher.destination_port.is_none())
+            .collect()
+    } else {
+        exact
+    };
+    candidates = narrow_by_prefix(candidates, local.ip(), |c| &c.matcher.prefix_ranges);
+    candidates = narrow_by_prefix(candidates, client.ip(), |c| &c.matcher.source_prefix_ranges);
+    debug_assert!(candidates.len() <= 1, "validation refuses identical matches");
+    candidates
+        .first()
+        .copied()
+        .or(listener.default_filter_chain.as_ref())
+}
+
+fn narrow_by_prefix<'a>(
+    candidates: Vec<&'a FilterChain>,
+    ip: std::net::IpAddr,
+    ranges: impl Fn(&FilterChain) -> &[Cidr],
+) -> Vec<&'a FilterChain> {
+    let longest = |c: &FilterChain| {
+        ranges(c)
+            .iter()
+            .filter(|r| r.contains(ip))
+            .map(|r| r.len)
+            .max()
+    };
+    let best = candidates.iter().filter_map(|c| longest(c)).max();
+    match best {
+        Some(len) => candidates
+            .into_iter()
+            .filter(|c| longest(c) == Some(len))
+            .collect(),
+        None => candidates
+            .into_iter()
+            .filter(|c| ranges(c).is_empty())
+            .collect(),
+    }
+}
+
+/// The chain's `set_filter_state` values, evaluated for this connection.
+struct FilterState {
+    local_ip: Option<(SocketAddr, SharedWithUpstream)>,
+    remote_ip: Option<(SocketAddr, SharedWithUpstream)>,
+    original_dst_address: Option<SocketAddr>,
+}
+
+impl FilterState {
+    fn evaluate(chain: &FilterChain, local: SocketAddr, client: ClientAddr) -> Self {
+        let mut state = Self {
+            local_ip: None,
+            remote_ip: None,
+            original_dst_address: None,
+        };
+        for entry in &chain.filter_state {
+            let value = match &entry.value {
+                FormatValue::DownstreamLocalAddress => local,
+                FormatValue::DownstreamRemoteAddress => client.get(),
+                FormatValue::Literal(addr) => *addr,
+            };
+            // Later entries for the same key win, as a later filter overwrites Envoy's state.
+            match entry.key {
+                FilterStateKey::OriginalDstLocalIp => {
+                    state.local_ip = Some((value, entry.shared_with_upstream));
+                }
+                FilterStateKey::OriginalDstRemoteIp => {
+                    state.remote_ip = Some((value, entry.shared_with_upstream));
+                }
+                FilterStateKey::TransportSocketOriginalDstAddress => {
+                    state.original_dst_address = Some(value);
+                }
+            }
+        }
+        state
+    }
+
+    /// What crosses to an internal listener: shared values set here; TRANSITIVE ones would cross
+    /// further, ONCE ones only this hop (origdst does not track the difference past one hop).
+    fn shared(&self) -> InternalMetadata {
+        let shared = |v: &Option<(SocketAddr, SharedWithUpstream)>| {
+            v.filter(|(_, s)| *s != SharedWithUpstream::None)
+                .map(|(addr, _)| addr.to_string())
+        };
+        InternalMetadata {
+            filter_state_local: shared(&self.local_ip),
+            filter_state_remote: shared(&self.remote_ip),
+            ..InternalMetadata::default()
+        }
+    }
+}
+
+/// The dynamic-metadata namespace of Envoy's original_dst listener filter.
+pub const ORIGINAL_DST_NAMESPACE: &str = "envoy.filters.listener.original_dst";
+
+#[cfg(test)]
+mod tests;
