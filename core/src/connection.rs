@@ -27,8 +27,8 @@ use crate::http_head::{self, Head};
 use crate::orig_dst::{
     self, AcceptEvidence, InternalMetadata, Provenance, RedirectRecord, RefuseReason, SelfAddrs,
 };
-use crate::route::{self, HeadPlan, Route, Target, UpstreamPlan};
 use crate::relay::{Dir, HalfDuplex, HalfState, Side};
+use crate::route::{self, HeadPlan, Route, Target, UpstreamPlan};
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 
@@ -541,7 +541,13 @@ impl Connection {
     /// I/O on `side` failed. Whatever the phase, the *other* side is reset so it can never mistake
     /// a truncated stream for a complete one. Errors after the connection closed are ignored (a
     /// late completion racing the close).
-    pub fn handle_error(&mut self, now: Instant, side: Side, kind: IoErrorKind, stats: &mut Counters) {
+    pub fn handle_error(
+        &mut self,
+        now: Instant,
+        side: Side,
+        kind: IoErrorKind,
+        stats: &mut Counters,
+    ) {
         let outcome = match (self.phase, side) {
             (Phase::Closed(_), _) => return,
             (Phase::Connecting { .. }, Side::Upstream) => {

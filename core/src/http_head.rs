@@ -42,12 +42,18 @@ mod tests {
     #[test]
     fn finds_the_header_case_insensitively_first_value_wins() {
         let head = b"GET /status/418 HTTP/1.1\r\nHost: a\r\nX-Envoy-Original-Dst-Host: 10.0.0.1:80 \r\nx-envoy-original-dst-host: 10.0.0.2:80\r\n\r\nbody";
-        assert_eq!(parse(head, HEADER), Head::Complete(Some("10.0.0.1:80".into())));
+        assert_eq!(
+            parse(head, HEADER),
+            Head::Complete(Some("10.0.0.1:80".into()))
+        );
     }
 
     #[test]
     fn absent_header_is_complete_without_a_value() {
-        assert_eq!(parse(b"GET / HTTP/1.0\r\n\r\n", HEADER), Head::Complete(None));
+        assert_eq!(
+            parse(b"GET / HTTP/1.0\r\n\r\n", HEADER),
+            Head::Complete(None)
+        );
     }
 
     #[test]
@@ -64,9 +70,15 @@ mod tests {
 
     #[test]
     fn binary_and_non_http_bytes_are_invalid() {
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00", HEADER), Head::Invalid, "TLS hello");
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00", HEADER),
+            Head::Invalid,
+            "TLS hello"
+        );
         assert_eq!(parse(b"SSH-2.0-OpenSSH\r\n", HEADER), Head::Invalid);
-        let many: String = (0..HEADERS_MAX + 1).map(|i| format!("h{i}: v\r\n")).collect();
+        let many: String = (0..HEADERS_MAX + 1)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
         assert_eq!(
             parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), HEADER),
             Head::Invalid

@@ -17,7 +17,9 @@ use crate::config::{
     OriginalDstLb, SharedWithUpstream,
 };
 use crate::connection::ConnParams;
-use crate::orig_dst::{self, AcceptEvidence, InternalMetadata, RefuseReason, Resolution, SelfAddrs};
+use crate::orig_dst::{
+    self, AcceptEvidence, InternalMetadata, RefuseReason, Resolution, SelfAddrs,
+};
 use crate::stats::{Counter, Counters};
 
 /// Where a routed connection goes and with which knobs.
@@ -127,7 +129,8 @@ pub fn route(
         _ => listener,
     };
     let handler = &config.listeners[handling];
-    let chain = select_chain(handler, local, evidence.client).ok_or(RefuseReason::NoFilterChainMatch)?;
+    let chain =
+        select_chain(handler, local, evidence.client).ok_or(RefuseReason::NoFilterChainMatch)?;
     let state = FilterState::evaluate(chain, local, evidence.client);
     let cluster_index = chain.tcp_proxy.cluster;
     let cluster = &config.clusters[cluster_index];
@@ -138,7 +141,9 @@ pub fn route(
             }
             let endpoint = &endpoints[balancer.next(cluster_index, endpoints.len())];
             match endpoint.target {
-                EndpointTarget::Socket(addr) => UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(addr))),
+                EndpointTarget::Socket(addr) => {
+                    UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(addr)))
+                }
                 EndpointTarget::Internal { listener } => {
                     let mut handoff = state.shared();
                     for namespace in &cluster.passthrough_metadata {
@@ -158,7 +163,9 @@ pub fn route(
                 }
             }
         }
-        ClusterKind::OriginalDst(lb) => original_dst_upstream(config, me, lb, &state, evidence, resolution)?,
+        ClusterKind::OriginalDst(lb) => {
+            original_dst_upstream(config, me, lb, &state, evidence, resolution)?
+        }
     };
     Ok(Route {
         listener: handling,
@@ -253,7 +260,9 @@ fn handoff_target(config: &Config, dst: SocketAddr) -> Option<usize> {
         .or_else(|| {
             candidates().find(|(_, l)| {
                 l.socket_addresses().iter().any(|a| {
-                    a.port() == dst.port() && a.ip().is_unspecified() && a.is_ipv4() == dst.is_ipv4()
+                    a.port() == dst.port()
+                        && a.ip().is_unspecified()
+                        && a.is_ipv4() == dst.is_ipv4()
                 })
             })
         })
@@ -263,7 +272,11 @@ fn handoff_target(config: &Config, dst: SocketAddr) -> Option<usize> {
 /// Envoy's filter-chain match, narrowed field by field: destination port, destination IP
 /// (longest prefix), source IP (longest prefix). A field's "unset" chains are the fallback only
 /// when no chain names a matching value. No match: the default chain, if any.
-pub fn select_chain(listener: &Listener, local: SocketAddr, client: ClientAddr) -> Option<&FilterChain> {
+pub fn select_chain(
+    listener: &Listener,
+    local: SocketAddr,
+    client: ClientAddr,
+) -> Option<&FilterChain> {
     let mut candidates: Vec<&FilterChain> = listener.filter_chains.iter().collect();
     // Destination port.
     let exact: Vec<&FilterChain> = candidates
@@ -281,18 +294,21 @@ pub fn select_chain(listener: &Listener, local: SocketAddr, client: ClientAddr) 
     };
     candidates = narrow_by_prefix(candidates, local.ip(), |c| &c.matcher.prefix_ranges);
     candidates = narrow_by_prefix(candidates, client.ip(), |c| &c.matcher.source_prefix_ranges);
-    debug_assert!(candidates.len() <= 1, "validation refuses identical matches");
+    debug_assert!(
+        candidates.len() <= 1,
+        "validation refuses identical matches"
+    );
     candidates
         .first()
         .copied()
         .or(listener.default_filter_chain.as_ref())
 }
 
-fn narrow_by_prefix<'a>(
-    candidates: Vec<&'a FilterChain>,
+fn narrow_by_prefix(
+    candidates: Vec<&FilterChain>,
     ip: std::net::IpAddr,
     ranges: impl Fn(&FilterChain) -> &[Cidr],
-) -> Vec<&'a FilterChain> {
+) -> Vec<&FilterChain> {
     let longest = |c: &FilterChain| {
         ranges(c)
             .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 use origdst_core::addr::ListenerAddr;
-use origdst_core::config::{Config, DataPath};
+use origdst_core::config::{Config, DataPath, ListenerAddress};
 use origdst_core::orig_dst::SelfAddrs;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -86,16 +86,12 @@ fn check_privileges(config: &Config) -> Result<(), EngineError> {
             ))
         })?;
     }
-    for listener in config
-        .listeners
-        .iter()
-        .filter(|l| l.params.original_src.is_some())
-    {
+    for listener in config.listeners.iter().filter(|l| l.original_src.is_some()) {
         let filter = format!(
             "listener {:?}: envoy.filters.listener.original_src",
             listener.name
         );
-        if let Some(mark) = listener.params.upstream_mark {
+        if let Some(mark) = listener.original_src_mark {
             sys::check_mark_allowed(mark).map_err(|err| {
                 EngineError::Setup(format!(
                     "{filter}: mark {mark} cannot be set ({err}): SO_MARK needs CAP_NET_ADMIN"
@@ -112,10 +108,27 @@ fn check_privileges(config: &Config) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Fails start-up for config this runtime cannot serve yet, rather than failing every connection.
+fn check_supported(config: &Config) -> Result<(), EngineError> {
+    if let Some(listener) = config
+        .listeners
+        .iter()
+        .find(|l| matches!(l.address, ListenerAddress::Internal { .. }))
+    {
+        return Err(EngineError::Setup(format!(
+            "listener {:?}: internal listeners are not served by the io_uring runtime yet \
+             (the config is valid; the simulator runs it)",
+            listener.name
+        )));
+    }
+    Ok(())
+}
+
 /// Runs origdst until SIGTERM/SIGINT and a finished drain. Blocks the calling thread.
 pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     ignore_sigpipe()?;
     raise_nofile_limit();
+    check_supported(&settings.config)?;
     check_privileges(&settings.config)?;
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));
@@ -275,12 +288,23 @@ fn print_startup(settings: &EngineSettings, config: &Config) {
         .listeners
         .iter()
         .map(|l| {
-            let addrs: Vec<String> = l.addresses.iter().map(SocketAddr::to_string).collect();
+            let addrs: Vec<String> = match &l.address {
+                ListenerAddress::Socket(addrs) => addrs.iter().map(SocketAddr::to_string).collect(),
+                ListenerAddress::Internal {
+                    server_listener_name,
+                } => vec![format!("internal:{server_listener_name}")],
+            };
             format!(
-                "{}[{}{}]",
+                "{}[{}{}{}{}]",
                 l.name,
                 addrs.join(","),
-                if l.transparent { ",transparent" } else { "" }
+                if l.transparent { ",transparent" } else { "" },
+                if l.use_original_dst {
+                    ",use_original_dst"
+                } else {
+                    ""
+                },
+                if l.bind_to_port { "" } else { ",hand-off only" },
             )
         })
         .collect();

@@ -96,11 +96,12 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match load(Some(&config)) {
             Ok(config) => {
-                let listeners: usize = config.listeners.iter().map(|l| l.addresses.len()).sum();
                 println!(
-                    "{}: valid ({} listeners, {listeners} addresses)",
+                    "{}: valid ({} listeners, {} bound addresses, {} clusters)",
                     config_name(&config),
-                    config.listeners.len()
+                    config.listeners.len(),
+                    config.listen_addrs().count(),
+                    config.clusters.len(),
                 );
                 ExitCode::SUCCESS
             }

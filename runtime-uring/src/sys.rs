@@ -12,7 +12,12 @@ use origdst_core::orig_dst::{AcceptEvidence, SockOptAnswer};
 use socket2::{Domain, SockRef, Socket, Type};
 
 /// Opens a non-blocking `SO_REUSEPORT` listener on `addr` (one per shard share the port).
-pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: i32) -> io::Result<Socket> {
+pub(crate) fn listener(
+    addr: SocketAddr,
+    transparent: bool,
+    freebind: bool,
+    backlog: i32,
+) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
@@ -28,6 +33,12 @@ pub(crate) fn listener(addr: SocketAddr, transparent: bool, backlog: i32) -> io:
         match addr {
             SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
             SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+        }
+    }
+    if freebind {
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
         }
     }
     socket.bind(&addr.into())?;
@@ -145,14 +156,46 @@ pub(crate) fn connect(
 /// `IP_BIND_ADDRESS_NO_PORT`: socket2 has no setter for it. Harmless on IPv6 sockets (the kernel
 /// reads the IPv4-level flag for both families).
 fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
+    set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    )
+}
+
+/// `SO_RCVLOWAT`: POLLIN is reported only once `bytes` are queued, so a head that is still
+/// incomplete after a peek waits for *more* data instead of spinning. Neither socket2 nor nix
+/// has a setter.
+pub(crate) fn set_rcvlowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// Reads up to `buf.len()` bytes of the stream without consuming them.
+pub(crate) fn peek(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    recv(
+        fd.as_raw_fd(),
+        buf,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)
+}
+
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a valid socket descriptor, a c_int option value and its exact size.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&on as *const libc::c_int).cast(),
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

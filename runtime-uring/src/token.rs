@@ -30,9 +30,11 @@ pub(crate) enum Kind {
     PollOut,
     /// A cancel request; its own completion carries nothing we need.
     Cancel,
+    /// POLLIN (past `SO_RCVLOWAT`) on a client whose request head is being read.
+    HeadPoll,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::Accept,
     Kind::Wake,
     Kind::ConnectPoll,
@@ -41,6 +43,7 @@ const KINDS: [Kind; 8] = [
     Kind::PollIn,
     Kind::PollOut,
     Kind::Cancel,
+    Kind::HeadPoll,
 ];
 
 /// A decoded `user_data`.

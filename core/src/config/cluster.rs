@@ -48,7 +48,9 @@ fn validate_one(
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
-                format!("cluster type {other:?} is not supported (supported: ORIGINAL_DST, STATIC)"),
+                format!(
+                    "cluster type {other:?} is not supported (supported: ORIGINAL_DST, STATIC)"
+                ),
             ));
         }
     };
@@ -87,7 +89,9 @@ fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigE
         None => HTTP_HEADER_DEFAULT.to_string(),
         Some(name) => {
             let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
             if !valid {
                 return Err(ConfigError::new(
                     format!("{lb_path}.http_header_name"),
@@ -189,7 +193,10 @@ fn static_cluster(
     if endpoints.len() > ENDPOINTS_MAX {
         return Err(ConfigError::new(
             format!("{assignment_path}.endpoints"),
-            format!("{} endpoints; at most {ENDPOINTS_MAX} are supported", endpoints.len()),
+            format!(
+                "{} endpoints; at most {ENDPOINTS_MAX} are supported",
+                endpoints.len()
+            ),
         ));
     }
     Ok(ClusterKind::Static { endpoints })
@@ -218,7 +225,9 @@ fn endpoint(
             if own {
                 return Err(ConfigError::new(
                     socket_path,
-                    format!("{addr} is one of origdst's own listeners (a loop); use an internal address to chain listeners"),
+                    format!(
+                        "{addr} is one of origdst's own listeners (a loop); use an internal address to chain listeners"
+                    ),
                 ));
             }
             EndpointTarget::Socket(addr)
@@ -280,7 +289,10 @@ fn transport_socket(path: &str, raw: &envoy::TypedFilter) -> Result<Vec<String>,
             };
             let upstream: envoy::InternalUpstream =
                 typed(&config_path, config, envoy::TYPE_INTERNAL_UPSTREAM)?;
-            transport_socket(&format!("{config_path}.transport_socket"), &upstream.transport_socket)?;
+            transport_socket(
+                &format!("{config_path}.transport_socket"),
+                &upstream.transport_socket,
+            )?;
             let mut namespaces = Vec::new();
             for (index, meta) in upstream.passthrough_metadata.iter().enumerate() {
                 let meta_path = format!("{config_path}.passthrough_metadata[{index}]");

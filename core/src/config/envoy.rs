@@ -362,7 +362,6 @@ pub(crate) const TYPE_SET_FILTER_STATE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
 pub(crate) const TYPE_RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
-pub(crate) const TYPE_INTERNAL_UPSTREAM: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport";
+pub(crate) const TYPE_INTERNAL_UPSTREAM: &str = "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport";
 pub(crate) const TYPE_INTERNAL_LISTENER: &str =
     "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener";

@@ -149,7 +149,10 @@ fn listener_address(
     raw: &envoy::Listener,
     internal: Option<InternalListenerSettings>,
 ) -> Result<ListenerAddress, ConfigError> {
-    match (&raw.address.socket_address, &raw.address.envoy_internal_address) {
+    match (
+        &raw.address.socket_address,
+        &raw.address.envoy_internal_address,
+    ) {
         (Some(socket), None) => {
             let mut addresses = vec![socket_address(
                 &format!("{path}.address.socket_address"),
@@ -284,7 +287,12 @@ pub(super) fn validate_chains(
         let mut chains: Vec<FilterChain> = Vec::with_capacity(raw.filter_chains.len());
         for (chain_index, chain) in raw.filter_chains.iter().enumerate() {
             let chain_path = format!("{path}.filter_chains[{chain_index}]");
-            let chain = filter_chain(&chain_path, chain, clusters, format!("filter_chains[{chain_index}]"))?;
+            let chain = filter_chain(
+                &chain_path,
+                chain,
+                clusters,
+                format!("filter_chains[{chain_index}]"),
+            )?;
             if chains.iter().any(|c| c.matcher == chain.matcher) {
                 return Err(ConfigError::new(
                     format!("{chain_path}.filter_chain_match"),
@@ -303,7 +311,12 @@ pub(super) fn validate_chains(
                         "the default filter chain matches whatever no other chain does; it takes no match",
                     ));
                 }
-                Some(filter_chain(&chain_path, chain, clusters, "default_filter_chain".into())?)
+                Some(filter_chain(
+                    &chain_path,
+                    chain,
+                    clusters,
+                    "default_filter_chain".into(),
+                )?)
             }
         };
         listener.filter_chains = chains;
@@ -554,7 +567,10 @@ fn tcp_proxy(
     let Some(cluster) = clusters.iter().position(|c| c.name == proxy.cluster) else {
         return Err(ConfigError::new(
             format!("{config_path}.cluster"),
-            format!("no cluster named {:?} in static_resources.clusters", proxy.cluster),
+            format!(
+                "no cluster named {:?} in static_resources.clusters",
+                proxy.cluster
+            ),
         ));
     };
     let max_connect_attempts = proxy.max_connect_attempts.unwrap_or(1);

@@ -162,7 +162,9 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -386,7 +388,8 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
     }
     // Listeners first without their chains (clusters refer to internal listeners by name), then
     // clusters, then the chains (which refer to clusters).
-    let mut listeners = listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
+    let mut listeners =
+        listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
     let clusters = cluster::validate(&resources.clusters, &listeners)?;
     listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
     Ok(Config {
@@ -454,7 +457,10 @@ fn validate_runtime(runtime: &envoy::LayeredRuntime) -> Result<(), ConfigError> 
             if !RUNTIME_FLAGS.contains(&key.as_str()) {
                 return Err(ConfigError::new(
                     path,
-                    format!("runtime flag not supported (supported: {})", RUNTIME_FLAGS.join(", ")),
+                    format!(
+                        "runtime flag not supported (supported: {})",
+                        RUNTIME_FLAGS.join(", ")
+                    ),
                 ));
             }
             if value.as_bool().is_none() {
@@ -466,10 +472,7 @@ fn validate_runtime(runtime: &envoy::LayeredRuntime) -> Result<(), ConfigError> 
 }
 
 /// Decodes a socket address (`protocol` TCP, an IP literal, a port; `port_zero_ok` for none).
-fn socket_address(
-    path: &str,
-    raw: &envoy::SocketAddress,
-) -> Result<SocketAddr, ConfigError> {
+fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, ConfigError> {
     if let Some(protocol) = raw.protocol.as_deref().filter(|&p| p != "TCP") {
         return Err(ConfigError::new(
             format!("{path}.protocol"),

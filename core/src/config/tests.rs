@@ -103,10 +103,7 @@ fn unknown_field_is_named_with_its_path() {
         e.path,
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config"
     );
-    assert!(
-        e.reason.contains("unknown field `tunneling_config`"),
-        "{e}"
-    );
+    assert!(e.reason.contains("unknown field `tunneling_config`"), "{e}");
     assert!(
         e.to_string()
             .starts_with("config field `static_resources.listeners[0]"),

@@ -423,11 +423,8 @@ fn refused_connections_reset_the_client_and_count_their_reason() {
 #[test]
 fn overflow_is_counted_and_reset() {
     let mut stats = Counters::default();
-    let mut conn = Connection::overflow(
-        Instant::ZERO,
-        ClientAddr::new(sa("10.0.0.2:1")),
-        &mut stats,
-    );
+    let mut conn =
+        Connection::overflow(Instant::ZERO, ClientAddr::new(sa("10.0.0.2:1")), &mut stats);
     assert_eq!(
         conn.poll_action(),
         Some(Action::Reset { side: Side::Client })

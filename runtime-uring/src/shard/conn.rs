@@ -69,6 +69,8 @@ pub(crate) struct ConnIo {
     pub(crate) timer_at: Option<Instant>,
     /// (local port, key) of the upstream socket in the shared loop registry.
     pub(crate) own_upstream: Option<(u16, u64)>,
+    /// While reading the request head: the most bytes to peek.
+    pub(crate) peek_max: u32,
 }
 
 impl ConnIo {
@@ -81,6 +83,7 @@ impl ConnIo {
             dirs: [DirIo::new(path), DirIo::new(path)],
             timer_at: None,
             own_upstream: None,
+            peek_max: 0,
         }
     }
 

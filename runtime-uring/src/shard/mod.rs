@@ -21,7 +21,8 @@ use origdst_core::addr::canonical;
 use origdst_core::config::{Config, DataPath};
 use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
 use origdst_core::orig_dst::{SelfAddrs, SockOptAnswer};
-use origdst_core::relay::{Dir, HalfState};
+use origdst_core::relay::{Dir, HalfState, Side};
+use origdst_core::route::{self, Balancer};
 use origdst_core::stats::{Counter, Counters};
 use origdst_core::time::Instant;
 use slab::Slab;
@@ -111,6 +112,8 @@ pub(crate) struct Shard {
     fd_waiters: VecDeque<FdWaiter>,
     completions: Vec<(u64, i32, u32)>,
     log_budget: LogBudget,
+    /// Round-robin cursors for STATIC clusters (per shard, like Envoy's workers).
+    balancer: Balancer,
 }
 
 impl Shard {
@@ -137,14 +140,22 @@ impl Shard {
         };
         let mut listeners = Vec::new();
         for (config_index, listener) in setup.config.listeners.iter().enumerate() {
-            for &addr in &listener.addresses {
-                let socket =
-                    sys::listener(addr, listener.transparent, LISTEN_BACKLOG).map_err(|err| {
-                        format!(
-                            "listener {:?}: cannot listen on {addr}: {err}",
-                            listener.name
-                        )
-                    })?;
+            if !listener.is_bound() {
+                continue;
+            }
+            for &addr in listener.socket_addresses() {
+                let socket = sys::listener(
+                    addr,
+                    listener.transparent,
+                    listener.freebind,
+                    LISTEN_BACKLOG,
+                )
+                .map_err(|err| {
+                    format!(
+                        "listener {:?}: cannot listen on {addr}: {err}",
+                        listener.name
+                    )
+                })?;
                 listeners.push(ListenerIo {
                     socket: Some(socket),
                     config_index,
@@ -180,6 +191,7 @@ impl Shard {
             fd_waiters: VecDeque::new(),
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
             log_budget: LogBudget::default(),
+            balancer: Balancer::default(),
         })
     }
 
@@ -323,8 +335,8 @@ impl Shard {
     }
 
     fn accept_one(&mut self, now: Instant, index: usize, fd: OwnedFd) {
-        let listener = &self.setup.config.listeners[self.listeners[index].config_index];
-        let params = listener.params.clone();
+        let config_index = self.listeners[index].config_index;
+        let listener = &self.setup.config.listeners[config_index];
         sys::set_nodelay(&fd);
         let evidence = match sys::accept_evidence(&fd, listener.transparent) {
             Ok(mut evidence) => {
@@ -349,7 +361,7 @@ impl Shard {
         };
         let limit = self.setup.config.knobs.connections_per_shard_max as usize;
         if self.conns.len() >= limit.min(SLOT_LIMIT) {
-            let mut core = Connection::overflow(now, evidence.client, &params, &mut self.stats);
+            let mut core = Connection::overflow(now, evidence.client, &mut self.stats);
             while core.poll_action().is_some() {}
             sys::arm_reset(&fd);
             if self.log_budget.take(now) {
@@ -357,7 +369,15 @@ impl Shard {
             }
             return;
         }
-        let core = Connection::accept(now, &evidence, &self.setup.me, &params, &mut self.stats);
+        let route = route::route(
+            &self.setup.config,
+            &self.setup.me,
+            config_index,
+            &evidence,
+            &mut self.balancer,
+            &mut self.stats,
+        );
+        let core = Connection::start(now, &evidence, route, &mut self.stats);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if self.generations.len() <= slot {
@@ -389,7 +409,14 @@ impl Shard {
         let conn = &mut self.conns[slot];
         let progress = match token.kind {
             Kind::ConnectPoll => {
-                self.finish_connect(now, slot, res);
+                // A retry cancelled the previous attempt's poll; the new socket has its own.
+                if res != -libc::ECANCELED {
+                    self.finish_connect(now, slot, res);
+                }
+                return;
+            }
+            Kind::HeadPoll => {
+                self.finish_peek(now, slot, res);
                 return;
             }
             Kind::Recv | Kind::Send | Kind::PollIn | Kind::PollOut => {
@@ -430,6 +457,55 @@ impl Shard {
             Kind::Send => ring.give_back(token.buf),
             _ => {}
         }
+    }
+
+    /// Waits until more than `have` bytes of the client's stream are queued (or it ends).
+    fn start_peek(&mut self, slot: usize, have: u32, max: u32) {
+        let conn = &mut self.conns[slot];
+        conn.peek_max = max;
+        if have > 0 {
+            // Without this the poll would fire at once on the bytes already seen.
+            let _ = sys::set_rcvlowat(&conn.client, have.saturating_add(1));
+        }
+        let token = Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream);
+        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let poll = opcode::PollAdd::new(types::Fd(conn.client.as_raw_fd()), events).build();
+        self.io.push(poll.user_data(token.encode()));
+    }
+
+    /// Peeks the head (without consuming it) and lets core decide.
+    fn finish_peek(&mut self, now: Instant, slot: usize, res: i32) {
+        let conn = &mut self.conns[slot];
+        if res == -libc::ECANCELED || conn.core.is_closed() {
+            return;
+        }
+        if res < 0 {
+            conn.core
+                .handle_error(now, Side::Client, sys::errno_kind(-res), &mut self.stats);
+            self.drive(now, slot);
+            return;
+        }
+        let revents = res as u32;
+        let ended = revents & (libc::POLLRDHUP | libc::POLLHUP) as u32 != 0;
+        let mut head = vec![0u8; conn.peek_max as usize];
+        match sys::peek(&conn.client, &mut head) {
+            Ok(n) => {
+                let _ = sys::set_rcvlowat(&conn.client, 1);
+                conn.core
+                    .handle_peeked(now, &head[..n], ended, &self.setup.me, &mut self.stats);
+            }
+            Err(err) if err.kind() == stdio::ErrorKind::WouldBlock => {
+                let have = 0;
+                let max = conn.peek_max;
+                self.start_peek(slot, have, max);
+                return;
+            }
+            Err(err) => {
+                conn.core
+                    .handle_error(now, Side::Client, sys::error_kind(&err), &mut self.stats);
+            }
+        }
+        self.drive(now, slot);
     }
 
     fn finish_connect(&mut self, now: Instant, slot: usize, res: i32) {
@@ -485,6 +561,21 @@ impl Shard {
                 } => {
                     self.start_connect(now, slot, upstream.get(), mark, source);
                 }
+                Action::ConnectInternal { listener, .. } => {
+                    // Refused at start-up (engine::check_supported); defensive only.
+                    tracing::error!(
+                        listener,
+                        "internal listener connections are not supported by this runtime"
+                    );
+                    conn.core.handle_connect_failed(
+                        now,
+                        IoErrorKind::Other {
+                            errno: libc::EOPNOTSUPP,
+                        },
+                        &mut self.stats,
+                    );
+                }
+                Action::PeekHead { have, max } => self.start_peek(slot, have, max),
                 Action::Transfer { dir } => {
                     let key = DirKey {
                         slot,
@@ -524,6 +615,7 @@ impl Shard {
         mark: Option<u32>,
         source: Option<std::net::SocketAddr>,
     ) {
+        self.retire_upstream(slot);
         let mut started = sys::connect(upstream, mark, source);
         if started.as_ref().is_err_and(|err| {
             err.raw_os_error()
@@ -592,6 +684,23 @@ impl Shard {
                     .handle_connect_failed(now, sys::error_kind(&err), &mut self.stats)
             }
         }
+    }
+
+    /// A retry replaces the upstream socket: cancel what is in flight on the old one, drop its
+    /// loop-registry entry, and close it once the cancel is submitted.
+    fn retire_upstream(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let Some(old) = conn.upstream.take() else {
+            return;
+        };
+        if let Some((port, key)) = conn.own_upstream.take() {
+            self.setup.own_upstreams.remove(port, key);
+        }
+        let cancel =
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(old.as_raw_fd())).all());
+        let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
+        self.io.push(cancel.build().user_data(token.encode()));
+        self.io.closing.push(old);
     }
 
     /// The connection is closed in core: cancel its in-flight operations, give back its buffers
