@@ -14,6 +14,11 @@ impl ConfigFile {
             assert!(yaml.contains(from), "the default config has no {from:?}");
             yaml = yaml.replacen(from, to, 1);
         }
+        Self::new(tag, &yaml)
+    }
+
+    /// A config file holding exactly `yaml`.
+    pub fn new(tag: &str, yaml: &str) -> Self {
         let path = std::env::temp_dir().join(format!("origdst-{tag}-{}.yaml", std::process::id()));
         std::fs::write(&path, yaml).expect("write config");
         Self(path)

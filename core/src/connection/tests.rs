@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
 use crate::orig_dst::SockOptAnswer;
+use crate::route::{HeadPlan, Route, Target, UpstreamPlan};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -557,4 +558,181 @@ fn original_src_across_families_lets_the_kernel_choose_and_counts_it() {
     assert_eq!(*source, None);
     assert_eq!(stats.get(Counter::OriginalSrcFamilyMismatch), 1);
     assert_eq!(stats.get(Counter::OriginalSrcBound), 0);
+}
+
+fn head_route(fallback: Option<&str>, port_override: Option<u16>) -> Route {
+    Route {
+        listener: 0,
+        chain: "c".into(),
+        stat_prefix: "p".into(),
+        params: params(),
+        max_connect_attempts: 1,
+        resolution: None,
+        upstream: UpstreamPlan::ReadHead(HeadPlan {
+            header: "x-envoy-original-dst-host".into(),
+            fallback: fallback.map(|a| OrigDstAddr::new(sa(a))),
+            port_override,
+            max_bytes: 64,
+            timeout: Duration::from_secs(5),
+        }),
+    }
+}
+
+fn start(route: Route) -> Harness {
+    let mut stats = Counters::default();
+    let now = Instant::from_nanos(1_000);
+    let conn = Connection::start(now, &evidence("192.0.2.7:80"), Ok(route), &mut stats);
+    Harness { now, conn, stats }
+}
+
+#[test]
+fn header_mode_peeks_until_the_head_is_complete_then_connects_to_the_header() {
+    let mut h = start(head_route(None, None));
+    assert_eq!(h.actions(), vec![Action::PeekHead { have: 0, max: 64 }]);
+    let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 192.0.2.9:8080\r\n\r\n";
+    h.conn
+        .handle_peeked(h.now, &head[..20], false, &me(), &mut h.stats);
+    assert_eq!(h.actions(), vec![Action::PeekHead { have: 20, max: 64 }]);
+    h.conn
+        .handle_peeked(h.now, head, false, &me(), &mut h.stats);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Connect {
+            upstream: UpstreamAddr::new(sa("192.0.2.9:8080")),
+            mark: Some(1337),
+            source: None,
+            record: None,
+        }]
+    );
+    assert_eq!(h.stats.get(Counter::UpstreamCxTotal), 1);
+}
+
+#[test]
+fn header_mode_without_the_header_uses_the_restored_destination_and_port_override() {
+    let mut h = start(head_route(Some("192.0.2.7:80"), Some(8443)));
+    let _ = h.actions();
+    h.conn
+        .handle_peeked(h.now, b"GET / HTTP/1.0\r\n\r\n", false, &me(), &mut h.stats);
+    let actions = h.actions();
+    let [Action::Connect { upstream, .. }] = actions.as_slice() else {
+        panic!("expected a connect, got {actions:?}");
+    };
+    assert_eq!(upstream.get(), sa("192.0.2.7:8443"));
+}
+
+#[test]
+fn header_mode_refusals_are_counted_and_reset_the_client() {
+    let cases: [(&[u8], bool, RefuseReason, Counter); 4] = [
+        (
+            b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: nowhere\r\n\r\n",
+            false,
+            RefuseReason::InvalidOriginalDstHost,
+            Counter::OriginalDstHostInvalid,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            false,
+            RefuseReason::HttpHeadTooLarge,
+            Counter::HttpHeadTooLarge,
+        ),
+        (
+            b"GET / HTTP/1.1\r\n",
+            true,
+            RefuseReason::HttpHeadInvalid,
+            Counter::HttpHeadInvalid,
+        ),
+        (
+            b"\x16\x03\x01\x00",
+            false,
+            RefuseReason::HttpHeadInvalid,
+            Counter::HttpHeadInvalid,
+        ),
+    ];
+    for (bytes, ended, reason, counter) in cases {
+        let mut h = start(head_route(None, None));
+        let _ = h.actions();
+        h.conn
+            .handle_peeked(h.now, bytes, ended, &me(), &mut h.stats);
+        assert_eq!(
+            h.actions(),
+            vec![Action::Reset { side: Side::Client }, Action::Close],
+            "{reason:?}"
+        );
+        assert_eq!(h.conn.outcome(), Some(Outcome::Refused(reason)));
+        assert_eq!(h.stats.get(counter), 1, "{reason:?}");
+        assert_eq!(h.stats.get(Counter::UpstreamCxTotal), 0);
+    }
+    // A header naming our own listener is a loop.
+    let mut h = start(head_route(None, None));
+    let _ = h.actions();
+    let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 127.0.0.1:15001\r\n\r\n";
+    h.conn
+        .handle_peeked(h.now, head, false, &me(), &mut h.stats);
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::Refused(RefuseReason::DestinationIsListener))
+    );
+}
+
+#[test]
+fn a_slow_head_is_refused_at_its_deadline() {
+    let mut h = start(head_route(None, None));
+    let _ = h.actions();
+    assert_eq!(h.conn.next_timeout(), Some(h.now + Duration::from_secs(5)));
+    h.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::Refused(RefuseReason::HttpHeadTimeout))
+    );
+    assert_eq!(h.stats.get(Counter::HttpHeadTimeout), 1);
+}
+
+#[test]
+fn connect_attempts_retry_failures_and_timeouts_then_give_up() {
+    let mut route = head_route(None, None);
+    route.upstream = UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(sa("192.0.2.7:80"))));
+    route.max_connect_attempts = 3;
+    let mut h = start(route);
+    let connect = h.actions();
+    assert!(matches!(connect.as_slice(), [Action::Connect { .. }]));
+    h.conn
+        .handle_connect_failed(h.now, IoErrorKind::Refused, &mut h.stats);
+    assert_eq!(h.actions(), connect, "second attempt to the same upstream");
+    h.advance(CONNECT_TIMEOUT);
+    assert_eq!(h.actions(), connect, "a timed-out attempt is retried too");
+    h.conn
+        .handle_connect_failed(h.now, IoErrorKind::Refused, &mut h.stats);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Reset { side: Side::Client }, Action::Close]
+    );
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::ConnectFailed(IoErrorKind::Refused))
+    );
+    assert_eq!(
+        h.stats.get(Counter::UpstreamCxTotal),
+        1,
+        "one upstream connection, three attempts"
+    );
+    assert_eq!(h.stats.get(Counter::UpstreamCxConnectRetry), 2);
+    assert_eq!(h.stats.get(Counter::UpstreamCxConnectAttemptsExceeded), 1);
+}
+
+#[test]
+fn a_retry_that_connects_relays_normally() {
+    let mut route = head_route(None, None);
+    route.upstream = UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(sa("192.0.2.7:80"))));
+    route.max_connect_attempts = 2;
+    let mut h = start(route);
+    let _ = h.actions();
+    h.conn
+        .handle_connect_failed(h.now, IoErrorKind::Refused, &mut h.stats);
+    let _ = h.actions();
+    h.conn.handle_connected(h.now);
+    assert_eq!(
+        h.actions(),
+        vec![Action::Transfer { dir: C2U }, Action::Transfer { dir: U2C }]
+    );
+    assert_eq!(h.stats.get(Counter::UpstreamCxConnectAttemptsExceeded), 0);
 }

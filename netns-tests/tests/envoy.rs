@@ -1,0 +1,193 @@
+//! Envoy semantics on the real kernel: Istio's virtual-listener hand-off with passthrough and
+//! black hole, and ORIGINAL_DST's header mode (the seed blog's teapot demo on port 9001).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use origdst_netns_tests::config::ConfigFile;
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::proxy::Proxy;
+use origdst_netns_tests::server::{Server, ask_local};
+use origdst_netns_tests::topology::{Gateway, ROUTER_CLIENT_SIDE_V4, SERVER_V4, addr};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+fn tcp_proxy_chain(cluster: &str) -> String {
+    format!(
+        "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: {cluster}, cluster: {cluster} }}\n"
+    )
+}
+
+/// Reads until EOF or error: what a client of a refused connection sees.
+fn outcome(stream: &mut TcpStream) -> Result<Vec<u8>, ErrorKind> {
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).map(|_| got).map_err(|e| e.kind())
+}
+
+#[test]
+fn istio_virtual_outbound_hands_off_passes_through_and_black_holes() {
+    let gw = Gateway::new("istio");
+    let passthrough = addr(SERVER_V4[0], 8080);
+    let service_vip = addr(SERVER_V4[0], 8081);
+    let service_pod = addr(SERVER_V4[1], 8081);
+    let denied = addr(SERVER_V4[0], 8082);
+    let (_server, seen) = Server::echo_local(&gw.server, &[passthrough, service_pod, denied]);
+    let yaml = format!(
+        "origdst: {{ upstream_mark: 1337 }}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}
+    use_original_dst: true
+{pass}  - name: 0.0.0.0_8081
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 8081 }} }}
+    bind_to_port: false
+{svc}  - name: {denied_ip}_8082
+    address: {{ socket_address: {{ address: {denied_ip}, port_value: 8082 }} }}
+    bind_to_port: false
+{hole}  clusters:
+  - {{ name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 5s }}
+  - {{ name: BlackHoleCluster, type: STATIC }}
+  - name: outbound|8081||svc
+    type: STATIC
+    load_assignment:
+      cluster_name: outbound|8081||svc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {pod_ip}, port_value: 8081 }} }} }}
+",
+        pass = tcp_proxy_chain("PassthroughCluster"),
+        svc = tcp_proxy_chain("outbound|8081||svc"),
+        hole = tcp_proxy_chain("BlackHoleCluster"),
+        denied_ip = SERVER_V4[0],
+        pod_ip = SERVER_V4[1],
+    );
+    let config = ConfigFile::new("istio", &yaml);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    // No listener for 8080: the virtual listener relays to the original destination.
+    assert_eq!(ask_local(&gw.client, passthrough), passthrough.to_string());
+    assert_eq!(seen.recv_timeout(TIMEOUT).unwrap(), passthrough);
+    // 8081 is handed to its listener, whose STATIC cluster picks the pod behind the "VIP".
+    assert_eq!(ask_local(&gw.client, service_vip), service_pod.to_string());
+    assert_eq!(seen.recv_timeout(TIMEOUT).unwrap(), service_pod);
+    // 8082 on that address goes to the black hole: the client is reset, nothing arrives.
+    let got = gw.client.run(move || {
+        let mut stream = TcpStream::connect(denied).expect("the proxy accepts");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        outcome(&mut stream)
+    });
+    assert_eq!(got, Err(ErrorKind::ConnectionReset));
+    assert!(seen.try_recv().is_err(), "the black hole let a connection through");
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("listener_handoff"), 2, "{}", exit.log);
+    assert_eq!(exit.stat("upstream_cx_none_healthy"), 1);
+    assert_eq!(exit.stat("completed"), 2);
+}
+
+/// The teapot: answers 418 with the exact request head it received as the body, so the test sees
+/// that origdst forwarded the request unchanged.
+fn teapot(gw: &Gateway, at: SocketAddr) -> Server {
+    let handler = Arc::new(|mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 418 I'm a teapot\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                head.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+            let _ = stream.write_all(&head);
+        });
+    });
+    Server::start(&gw.server, &[at], handler)
+}
+
+fn header_mode_config(tag: &str) -> ConfigFile {
+    let yaml = format!(
+        "origdst: {{ http_head_max_bytes: 1024, http_head_timeout: 0.5s }}
+static_resources:
+  listeners:
+  - name: teapot_9001
+    address: {{ socket_address: {{ address: {router}, port_value: 9001 }} }}
+{chain}  clusters:
+  - name: original_dst_header
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    original_dst_lb_config: {{ use_http_header: true }}
+",
+        router = ROUTER_CLIENT_SIDE_V4,
+        chain = tcp_proxy_chain("original_dst_header"),
+    );
+    ConfigFile::new(tag, &yaml)
+}
+
+/// Sends `request` to the proxy's port 9001 and returns what came back (or the error).
+fn ask_9001(gw: &Gateway, request: Vec<u8>, pause_after: Option<usize>) -> Result<Vec<u8>, ErrorKind> {
+    let proxy = addr(ROUTER_CLIENT_SIDE_V4, 9001);
+    gw.client.run(move || {
+        let mut stream = TcpStream::connect(proxy).expect("connect to 9001");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        match pause_after {
+            None => stream.write_all(&request).expect("send"),
+            Some(n) => stream.write_all(&request[..n]).expect("send part"),
+        }
+        outcome(&mut stream)
+    })
+}
+
+#[test]
+fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
+    let gw = Gateway::new("teapot");
+    let server = addr(SERVER_V4[1], 80);
+    let _teapot = teapot(&gw, server);
+    let config = header_mode_config("teapot");
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    // curl -H "x-envoy-original-dst-host: 10.11.2.11:80" 10.11.1.1:9001/status/418
+    let request = format!(
+        "GET /status/418 HTTP/1.1\r\nHost: {ROUTER_CLIENT_SIDE_V4}:9001\r\nUser-Agent: curl/8\r\nAccept: */*\r\nx-envoy-original-dst-host: {server}\r\n\r\n"
+    );
+    let answer = ask_9001(&gw, request.clone().into_bytes(), None).expect("an answer");
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 418 I'm a teapot"), "{answer}");
+    assert!(
+        answer.ends_with(&request),
+        "the request reached the teapot changed:\n{answer}"
+    );
+
+    // Refusals: no header and no restored destination; a malformed header; a head larger than
+    // http_head_max_bytes; a head that stalls past http_head_timeout; bytes that are not HTTP.
+    let refused = |request: String, pause: Option<usize>| {
+        let got = ask_9001(&gw, request.into_bytes(), pause);
+        assert_eq!(got, Err(ErrorKind::ConnectionReset));
+    };
+    refused("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), None);
+    refused("GET / HTTP/1.1\r\nx-envoy-original-dst-host: teapot:80\r\n\r\n".into(), None);
+    refused(format!("GET / HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(2000)), None);
+    refused(request.clone(), Some(20));
+    refused("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03".into(), None);
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
+    assert_eq!(exit.stat("refused_no_original_dst"), 1);
+    assert_eq!(exit.stat("original_dst_host_invalid"), 1);
+    assert_eq!(exit.stat("http_head_too_large"), 1);
+    assert_eq!(exit.stat("http_head_timeout"), 1);
+    assert_eq!(exit.stat("http_head_invalid"), 1);
+}
