@@ -181,7 +181,7 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
     refused("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), None);
     refused("GET / HTTP/1.1\r\nx-envoy-original-dst-host: teapot:80\r\n\r\n".into(), None);
     refused(format!("GET / HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(2000)), None);
-    refused(request.clone(), Some(20));
+    refused(request, Some(20));
     refused("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03".into(), None);
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
