@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::pattern::{Pattern, Verified};
 use origdst_netns_tests::proxy::Proxy;
 use origdst_netns_tests::server::{Server, ask_local};
 use origdst_netns_tests::topology::{Gateway, ROUTER_CLIENT_SIDE_V4, SERVER_V4, addr};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 fn tcp_proxy_chain(cluster: &str) -> String {
     format!(
@@ -24,7 +26,10 @@ fn tcp_proxy_chain(cluster: &str) -> String {
 /// Reads until EOF or error: what a client of a refused connection sees.
 fn outcome(stream: &mut TcpStream) -> Result<Vec<u8>, ErrorKind> {
     let mut got = Vec::new();
-    stream.read_to_end(&mut got).map(|_| got).map_err(|e| e.kind())
+    stream
+        .read_to_end(&mut got)
+        .map(|_| got)
+        .map_err(|e| e.kind())
 }
 
 #[test]
@@ -84,7 +89,10 @@ static_resources:
         outcome(&mut stream)
     });
     assert_eq!(got, Err(ErrorKind::ConnectionReset));
-    assert!(seen.try_recv().is_err(), "the black hole let a connection through");
+    assert!(
+        seen.try_recv().is_err(),
+        "the black hole let a connection through"
+    );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("listener_handoff"), 2, "{}", exit.log);
     assert_eq!(exit.stat("upstream_cx_none_healthy"), 1);
@@ -136,7 +144,11 @@ static_resources:
 }
 
 /// Sends `request` to the proxy's port 9001 and returns what came back (or the error).
-fn ask_9001(gw: &Gateway, request: Vec<u8>, pause_after: Option<usize>) -> Result<Vec<u8>, ErrorKind> {
+fn ask_9001(
+    gw: &Gateway,
+    request: Vec<u8>,
+    pause_after: Option<usize>,
+) -> Result<Vec<u8>, ErrorKind> {
     let proxy = addr(ROUTER_CLIENT_SIDE_V4, 9001);
     gw.client.run(move || {
         let mut stream = TcpStream::connect(proxy).expect("connect to 9001");
@@ -179,8 +191,14 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
         assert_eq!(got, Err(ErrorKind::ConnectionReset));
     };
     refused("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), None);
-    refused("GET / HTTP/1.1\r\nx-envoy-original-dst-host: teapot:80\r\n\r\n".into(), None);
-    refused(format!("GET / HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(2000)), None);
+    refused(
+        "GET / HTTP/1.1\r\nx-envoy-original-dst-host: teapot:80\r\n\r\n".into(),
+        None,
+    );
+    refused(
+        format!("GET / HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(2000)),
+        None,
+    );
     refused(request, Some(20));
     refused("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03".into(), None);
     let exit = proxy.stop_clean();
@@ -191,3 +209,160 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
     assert_eq!(exit.stat("http_head_timeout"), 1);
     assert_eq!(exit.stat("http_head_invalid"), 1);
 }
+
+/// Envoy's own internal-listener example, unmodified: 19000 → internal listener
+/// `singleton_internal_encap` → 0.0.0.0:19001 (a server beside origdst). Byte-exact both ways
+/// with the half-close crossing the in-process hop, then a reset crossing it.
+#[test]
+fn envoy_internal_listener_example_relays_byte_exact_through_the_internal_hop() {
+    let gw = Gateway::new("internal");
+    let echo = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            // Echo until the client's EOF arrives through both hops, then half-close back.
+            let _ = std::io::copy(&mut &stream, &mut &stream);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        });
+    });
+    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], echo);
+    let config = ConfigFile::new(
+        "internal",
+        include_str!("../configs/envoy-internal-listener-example.yaml"),
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
+    let got = gw.client.run(move || {
+        let stream = TcpStream::connect(front).expect("connect to 19000");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let writer = {
+            let stream = stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                DATA.write_to(&mut &stream, INTERNAL_BYTES).expect("upload");
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+            })
+        };
+        let got = DATA.verify_from(&mut &stream).expect("echo");
+        writer.join().unwrap();
+        got
+    });
+    assert_eq!(got, Verified::intact(INTERNAL_BYTES));
+    let exit = proxy.stop_clean();
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        2,
+        "one outer and one inner connection:\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), 2);
+    assert_eq!(
+        exit.stat("downstream_cx_rx_bytes_total"),
+        2 * INTERNAL_BYTES
+    );
+}
+
+#[test]
+fn a_reset_crosses_the_internal_hop_never_a_clean_eof() {
+    let gw = Gateway::new("intreset");
+    let resetter = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let mut first = [0u8; 1024];
+            let _ = (&stream).read_exact(&mut first);
+            let _ = (&stream).write_all(&first);
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        });
+    });
+    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], resetter);
+    let config = ConfigFile::new(
+        "intreset",
+        include_str!("../configs/envoy-internal-listener-example.yaml"),
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
+    let got = gw.client.run(move || {
+        let mut stream = TcpStream::connect(front).expect("connect to 19000");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(&[7u8; 1024]).unwrap();
+        outcome(&mut stream)
+    });
+    assert_eq!(
+        got,
+        Err(ErrorKind::ConnectionReset),
+        "the upstream's reset became {got:?}"
+    );
+    let exit = proxy.stop_clean();
+    // Both connections saw their upstream fail: the inner one from the server's reset, the outer
+    // one from the internal hop carrying it.
+    assert_eq!(exit.stat("upstream_cx_reset"), 2, "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 0);
+}
+
+const DATA: Pattern = Pattern::new(0x1a7e);
+const INTERNAL_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A client that stops reading must stop the server behind the internal hop too: the queue is
+/// bounded by `buffer_size_kb` (1 MiB by default) and origdst's memory stays flat.
+#[test]
+fn a_stalled_reader_backpressures_through_the_internal_hop() {
+    let gw = Gateway::new("intslow");
+    let sender = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let _ = DATA.write_to(&mut &stream, STALL_BYTES);
+        });
+    });
+    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], sender);
+    let config = ConfigFile::new(
+        "intslow",
+        include_str!("../configs/envoy-internal-listener-example.yaml"),
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
+    let (stalled_tx, stalled) = std::sync::mpsc::channel();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let client = gw.client.spawn(move || {
+        let mut stream = TcpStream::connect(front).expect("connect to 19000");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut first = vec![0u8; 64 * 1024];
+        stream.read_exact(&mut first).expect("first bytes");
+        stalled_tx.send(()).unwrap();
+        go.recv().unwrap();
+        DATA.verify_from(&mut (&first[..]).chain(&stream))
+            .expect("the rest")
+    });
+    stalled
+        .recv_timeout(TIMEOUT)
+        .expect("client read its first bytes");
+    let rss_before = proxy.rss_kib();
+    let mut rss_peak = 0;
+    for _ in 0..40 {
+        rss_peak = rss_peak.max(proxy.rss_kib());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    go_tx.send(()).unwrap();
+    let got = client.join().expect("client");
+    println!("internal hop, stalled reader: RSS {rss_before} KiB → peak {rss_peak} KiB");
+    assert_eq!(got, Verified::intact(STALL_BYTES));
+    assert!(
+        rss_peak < 64 * 1024,
+        "origdst grew to {rss_peak} KiB behind a stalled reader"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("completed"), 2, "{}", exit.log);
+}
+
+const STALL_BYTES: u64 = 64 * 1024 * 1024;

@@ -108,27 +108,10 @@ fn check_privileges(config: &Config) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Fails start-up for config this runtime cannot serve yet, rather than failing every connection.
-fn check_supported(config: &Config) -> Result<(), EngineError> {
-    if let Some(listener) = config
-        .listeners
-        .iter()
-        .find(|l| matches!(l.address, ListenerAddress::Internal { .. }))
-    {
-        return Err(EngineError::Setup(format!(
-            "listener {:?}: internal listeners are not served by the io_uring runtime yet \
-             (the config is valid; the simulator runs it)",
-            listener.name
-        )));
-    }
-    Ok(())
-}
-
 /// Runs origdst until SIGTERM/SIGINT and a finished drain. Blocks the calling thread.
 pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     ignore_sigpipe()?;
     raise_nofile_limit();
-    check_supported(&settings.config)?;
     check_privileges(&settings.config)?;
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));

@@ -322,6 +322,7 @@ pub(super) fn validate_chains(
         listener.filter_chains = chains;
         listener.default_filter_chain = default;
         check_destination_source(&path, listener, clusters)?;
+        check_internal_header_mode(&path, listener, clusters)?;
     }
     Ok(())
 }
@@ -352,6 +353,33 @@ fn check_destination_source(
                      envoy.filters.listener.original_dst listener filter (without it the \
                      destination is the proxy itself), use_http_header, or metadata_key",
                     chain.name, clusters[chain.tcp_proxy.cluster].name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An internal listener's connection has no socket to peek an HTTP head from.
+fn check_internal_header_mode(
+    path: &str,
+    listener: &Listener,
+    clusters: &[Cluster],
+) -> Result<(), ConfigError> {
+    if !matches!(listener.address, ListenerAddress::Internal { .. }) {
+        return Ok(());
+    }
+    for chain in listener.chains() {
+        let cluster = &clusters[chain.tcp_proxy.cluster];
+        if let ClusterKind::OriginalDst(lb) = &cluster.kind
+            && lb.use_http_header
+        {
+            return Err(ConfigError::new(
+                format!("{path}.filter_chains"),
+                format!(
+                    "filter chain {:?} of an internal listener uses cluster {:?} with use_http_header; \
+                     header mode needs a client socket (use it on the outer listener)",
+                    chain.name, cluster.name
                 ),
             ));
         }

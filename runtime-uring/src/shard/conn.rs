@@ -9,6 +9,7 @@ use origdst_core::relay::{Dir, Side};
 use origdst_core::time::Instant;
 
 use super::copy::CopyDir;
+use super::internal::{InternalDir, Role, Which};
 use super::io::{DirKey, Io};
 use super::progress::Progress;
 use super::splice::SpliceDir;
@@ -19,6 +20,8 @@ use crate::sys::raw;
 pub(crate) enum DirIo {
     Copy(CopyDir),
     Splice(SpliceDir),
+    /// One end is an internal-listener queue.
+    Internal(InternalDir),
 }
 
 impl DirIo {
@@ -37,6 +40,7 @@ impl DirIo {
                 Progress::default()
             }
             Self::Splice(splice) => splice.pump(io, fds, key),
+            Self::Internal(internal) => internal.pump(io, fds, key),
         }
     }
 
@@ -48,6 +52,7 @@ impl DirIo {
                 Progress::default()
             }
             Self::Splice(splice) => splice.pump(io, fds, key),
+            Self::Internal(internal) => internal.pump(io, fds, key),
         }
     }
 
@@ -55,6 +60,7 @@ impl DirIo {
         match self {
             Self::Copy(copy) => copy.release(io),
             Self::Splice(splice) => splice.release(io),
+            Self::Internal(_) => {}
         }
     }
 }
@@ -62,7 +68,8 @@ impl DirIo {
 pub(crate) struct ConnIo {
     pub(crate) core: Connection,
     pub(crate) generation: u16,
-    pub(crate) client: OwnedFd,
+    /// `None` for an inner connection: its client is an internal-listener pair.
+    pub(crate) client: Option<OwnedFd>,
     pub(crate) upstream: Option<OwnedFd>,
     pub(crate) dirs: [DirIo; 2],
     /// The deadline of this connection's live entry in the timer heap, if any.
@@ -71,10 +78,19 @@ pub(crate) struct ConnIo {
     pub(crate) own_upstream: Option<(u16, u64)>,
     /// While reading the request head: the most bytes to peek.
     pub(crate) peek_max: u32,
+    /// This connection's upstream is an internal listener: the pair (outer end).
+    pub(crate) internal_upstream: Option<usize>,
+    /// This connection came from an internal listener: the pair (inner end).
+    pub(crate) internal_client: Option<usize>,
 }
 
 impl ConnIo {
-    pub(crate) fn new(core: Connection, generation: u16, client: OwnedFd, path: DataPath) -> Self {
+    pub(crate) fn new(
+        core: Connection,
+        generation: u16,
+        client: Option<OwnedFd>,
+        path: DataPath,
+    ) -> Self {
         Self {
             core,
             generation,
@@ -84,19 +100,52 @@ impl ConnIo {
             timer_at: None,
             own_upstream: None,
             peek_max: 0,
+            internal_upstream: None,
+            internal_client: None,
         }
     }
 
     pub(crate) fn fd(&self, side: Side) -> Option<&OwnedFd> {
         match side {
-            Side::Client => Some(&self.client),
+            Side::Client => self.client.as_ref(),
             Side::Upstream => self.upstream.as_ref(),
         }
     }
 
-    /// (source, sink) descriptors of `dir`. Only called while relaying, when both exist.
+    /// The pair behind `side`, if that side is an internal-listener end.
+    pub(crate) fn internal(&self, side: Side) -> Option<usize> {
+        match side {
+            Side::Client => self.internal_client,
+            Side::Upstream => self.internal_upstream,
+        }
+    }
+
+    /// (source, sink) descriptors of `dir`; -1 for an internal end. Only called while relaying,
+    /// when both ends exist.
     pub(crate) fn fds(&self, dir: Dir) -> (RawFd, RawFd) {
-        let fd = |side| raw(self.fd(side).expect("both sockets exist while relaying"));
+        let fd = |side| match self.internal(side) {
+            Some(_) => -1,
+            None => raw(self.fd(side).expect("both sockets exist while relaying")),
+        };
         (fd(dir.source()), fd(dir.sink()))
+    }
+
+    /// Turns both directions into queue pumps around `pair`; `outer`: this connection's upstream
+    /// is the pair (else its client is).
+    pub(crate) fn use_pair(&mut self, pair: usize, outer: bool) {
+        let (c2u, u2c) = if outer {
+            self.internal_upstream = Some(pair);
+            (
+                InternalDir::new(pair, Which::Forward, Role::FdToQueue),
+                InternalDir::new(pair, Which::Backward, Role::QueueToFd),
+            )
+        } else {
+            self.internal_client = Some(pair);
+            (
+                InternalDir::new(pair, Which::Forward, Role::QueueToFd),
+                InternalDir::new(pair, Which::Backward, Role::FdToQueue),
+            )
+        };
+        self.dirs = [DirIo::Internal(c2u), DirIo::Internal(u2c)];
     }
 }

@@ -73,6 +73,8 @@ pub(crate) struct Io {
     pub(crate) closing: Vec<OwnedFd>,
     /// Times a splice direction had to copy because no pipe was available.
     pub(crate) fallback_copies: u64,
+    /// Internal-listener pairs (in-process connections) of this shard.
+    pub(crate) pairs: slab::Slab<super::internal::Pair>,
 }
 
 impl Io {

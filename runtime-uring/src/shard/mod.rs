@@ -4,6 +4,7 @@
 
 mod conn;
 mod copy;
+mod internal;
 mod io;
 mod progress;
 mod splice;
@@ -18,9 +19,10 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, types};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::addr::canonical;
+use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::config::{Config, DataPath};
 use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
-use origdst_core::orig_dst::{SelfAddrs, SockOptAnswer};
+use origdst_core::orig_dst::{AcceptEvidence, SelfAddrs, SockOptAnswer};
 use origdst_core::relay::{Dir, HalfState, Side};
 use origdst_core::route::{self, Balancer};
 use origdst_core::stats::{Counter, Counters};
@@ -114,6 +116,8 @@ pub(crate) struct Shard {
     log_budget: LogBudget,
     /// Round-robin cursors for STATIC clusters (per shard, like Envoy's workers).
     balancer: Balancer,
+    /// Resets crossing internal-listener pairs, to deliver from the main loop.
+    peer_errors: VecDeque<(usize, u16, Side)>,
 }
 
 impl Shard {
@@ -172,6 +176,7 @@ impl Shard {
             ready: VecDeque::new(),
             waiters: VecDeque::new(),
             closing: Vec::new(),
+            pairs: Slab::new(),
             fallback_copies: 0,
         };
         Ok(Self {
@@ -192,6 +197,7 @@ impl Shard {
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
             log_budget: LogBudget::default(),
             balancer: Balancer::default(),
+            peer_errors: VecDeque::new(),
         })
     }
 
@@ -203,7 +209,9 @@ impl Shard {
         self.arm_wake();
         loop {
             let now = self.now();
+            self.flush_peer_errors(now);
             self.run_ready(now);
+            self.flush_peer_errors(now);
             self.fire_timers(now);
             if self.draining && self.conns.is_empty() {
                 break;
@@ -378,6 +386,12 @@ impl Shard {
             &mut self.stats,
         );
         let core = Connection::start(now, &evidence, route, &mut self.stats);
+        let slot = self.insert_conn(core, Some(fd));
+        self.drive(now, slot);
+    }
+
+    /// Gives a new connection a slot and a fresh generation.
+    fn insert_conn(&mut self, core: Connection, client: Option<OwnedFd>) -> usize {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if self.generations.len() <= slot {
@@ -385,8 +399,8 @@ impl Shard {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let generation = self.generations[slot];
-        entry.insert(ConnIo::new(core, generation, fd, self.setup.data_path));
-        self.drive(now, slot);
+        entry.insert(ConnIo::new(core, generation, client, self.setup.data_path));
+        slot
     }
 
     // === connection events ===
@@ -433,6 +447,9 @@ impl Shard {
                     (DirIo::Splice(splice), Kind::PollIn | Kind::PollOut) => {
                         splice.on_poll(&mut self.io, fds, key)
                     }
+                    (DirIo::Internal(internal), Kind::PollIn | Kind::PollOut) => {
+                        internal.on_poll(&mut self.io, fds, key)
+                    }
                     (dir, kind) => unreachable!("{kind:?} completion on {dir:?}"),
                 }
             }
@@ -463,13 +480,18 @@ impl Shard {
     fn start_peek(&mut self, slot: usize, have: u32, max: u32) {
         let conn = &mut self.conns[slot];
         conn.peek_max = max;
+        // Config validation keeps header mode off internal listeners, whose clients have no fd.
+        let client = conn
+            .client
+            .as_ref()
+            .expect("header mode needs a client socket");
         if have > 0 {
             // Without this the poll would fire at once on the bytes already seen.
-            let _ = sys::set_rcvlowat(&conn.client, have.saturating_add(1));
+            let _ = sys::set_rcvlowat(client, have.saturating_add(1));
         }
         let token = Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream);
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        let poll = opcode::PollAdd::new(types::Fd(conn.client.as_raw_fd()), events).build();
+        let poll = opcode::PollAdd::new(types::Fd(client.as_raw_fd()), events).build();
         self.io.push(poll.user_data(token.encode()));
     }
 
@@ -488,9 +510,13 @@ impl Shard {
         let revents = res as u32;
         let ended = revents & (libc::POLLRDHUP | libc::POLLHUP) as u32 != 0;
         let mut head = vec![0u8; conn.peek_max as usize];
-        match sys::peek(&conn.client, &mut head) {
+        let client = conn
+            .client
+            .as_ref()
+            .expect("header mode needs a client socket");
+        match sys::peek(client, &mut head) {
             Ok(n) => {
-                let _ = sys::set_rcvlowat(&conn.client, 1);
+                let _ = sys::set_rcvlowat(client, 1);
                 conn.core
                     .handle_peeked(now, &head[..n], ended, &self.setup.me, &mut self.stats);
             }
@@ -561,19 +587,8 @@ impl Shard {
                 } => {
                     self.start_connect(now, slot, upstream.get(), mark, source);
                 }
-                Action::ConnectInternal { listener, .. } => {
-                    // Refused at start-up (engine::check_supported); defensive only.
-                    tracing::error!(
-                        listener,
-                        "internal listener connections are not supported by this runtime"
-                    );
-                    conn.core.handle_connect_failed(
-                        now,
-                        IoErrorKind::Other {
-                            errno: libc::EOPNOTSUPP,
-                        },
-                        &mut self.stats,
-                    );
+                Action::ConnectInternal { listener, handoff } => {
+                    self.connect_internal(now, slot, listener, handoff);
                 }
                 Action::PeekHead { have, max } => self.start_peek(slot, have, max),
                 Action::Transfer { dir } => {
@@ -586,17 +601,37 @@ impl Shard {
                     let progress = conn.dirs[dir.index()].start(&mut self.io, fds, key);
                     self.feed(now, slot, dir, progress);
                 }
-                Action::ShutdownWrite { side } => {
-                    let fd = conn.fd(side).expect("shutdown of a socket that exists");
-                    if let Err(kind) = sys::shutdown_write(fd) {
-                        conn.core.handle_error(now, side, kind, &mut self.stats);
+                Action::ShutdownWrite { side } => match conn.internal(side) {
+                    Some(pair) => {
+                        // The internal end's write half: EOF for the other connection once it
+                        // has consumed what is queued.
+                        let which = match side {
+                            Side::Upstream => internal::Which::Forward,
+                            Side::Client => internal::Which::Backward,
+                        };
+                        if let Some(pair) = self.io.pairs.get_mut(pair) {
+                            let queue = pair.queue(which);
+                            queue.eof = true;
+                            if let Some(waiting) = queue.take_consumer() {
+                                self.io.ready.push_back(waiting);
+                            }
+                        }
                     }
-                }
-                Action::Reset { side } => {
-                    if let Some(fd) = conn.fd(side) {
-                        sys::arm_reset(fd);
+                    None => {
+                        let fd = conn.fd(side).expect("shutdown of a socket that exists");
+                        if let Err(kind) = sys::shutdown_write(fd) {
+                            conn.core.handle_error(now, side, kind, &mut self.stats);
+                        }
                     }
-                }
+                },
+                Action::Reset { side } => match conn.internal(side) {
+                    Some(pair) => self.reset_peer(now, pair, side),
+                    None => {
+                        if let Some(fd) = conn.fd(side) {
+                            sys::arm_reset(fd);
+                        }
+                    }
+                },
                 Action::Close => {
                     self.release(now, slot);
                     return;
@@ -710,7 +745,15 @@ impl Shard {
         if let Some((port, key)) = conn.own_upstream {
             self.setup.own_upstreams.remove(port, key);
         }
-        for fd in [Some(&conn.client), conn.upstream.as_ref()]
+        for (pair, side) in [
+            (conn.internal_upstream, Side::Upstream),
+            (conn.internal_client, Side::Client),
+        ] {
+            if let Some(pair) = pair {
+                self.leave_pair(now, pair, side);
+            }
+        }
+        for fd in [conn.client.as_ref(), conn.upstream.as_ref()]
             .into_iter()
             .flatten()
         {
@@ -725,13 +768,141 @@ impl Shard {
         }
         let outcome = conn.core.outcome().expect("released only once closed");
         self.log_close(now, &conn.core, outcome);
-        self.io.closing.push(conn.client);
+        if let Some(client) = conn.client {
+            self.io.closing.push(client);
+        }
         if let Some(upstream) = conn.upstream {
             self.io.closing.push(upstream);
         }
         if self.accepts_paused {
             // The descriptors close after this round's submit; try again on the next loop.
             self.schedule_resume(now);
+        }
+    }
+
+    // === internal listeners ===
+
+    /// `ConnectInternal`: a pair between this (outer) connection and a new inner connection on
+    /// `listener`, routed by that listener's config. The in-process connect always succeeds; a
+    /// refusal of the inner connection reaches the outer one as a reset.
+    fn connect_internal(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        listener: usize,
+        handoff: origdst_core::orig_dst::InternalMetadata,
+    ) {
+        let Some(settings) = self.setup.config.internal_listener else {
+            unreachable!("config validation requires the internal_listener extension");
+        };
+        let limit = self.setup.config.knobs.connections_per_shard_max as usize;
+        if self.conns.len() >= limit.min(SLOT_LIMIT) {
+            // The inner connection needs a slot like any other: at the limit, the outer one is
+            // refused as a failed connect.
+            self.conns[slot].core.handle_connect_failed(
+                now,
+                IoErrorKind::Other {
+                    errno: libc::EAGAIN,
+                },
+                &mut self.stats,
+            );
+            return;
+        }
+        let outer = &mut self.conns[slot];
+        let pair = self.io.pairs.insert(internal::Pair::new(
+            settings.buffer_size_bytes as usize,
+            (slot, outer.generation),
+        ));
+        outer.use_pair(pair, true);
+        outer.core.handle_connected(now);
+        let client = handoff
+            .filter_state_remote
+            .as_deref()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| outer.core.client().get());
+        let evidence = AcceptEvidence {
+            client: ClientAddr::new(client),
+            local: LocalAddr::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            transparent: false,
+            sockopt: SockOptAnswer::NotQueried,
+            mark: None,
+            internal: Some(handoff),
+            own_upstream: false,
+            redirect_record: None,
+        };
+        let route = route::route(
+            &self.setup.config,
+            &self.setup.me,
+            listener,
+            &evidence,
+            &mut self.balancer,
+            &mut self.stats,
+        );
+        let core = Connection::start(now, &evidence, route, &mut self.stats);
+        let inner = self.insert_conn(core, None);
+        let generation = self.conns[inner].generation;
+        self.conns[inner].use_pair(pair, false);
+        self.io.pairs[pair].inner = Some((inner, generation));
+        self.drive(now, inner);
+    }
+
+    /// `Reset` of an internal end: the connection on the other end sees an error on its side.
+    fn reset_peer(&mut self, now: Instant, pair: usize, side: Side) {
+        let Some(entry) = self.io.pairs.get_mut(pair) else {
+            return;
+        };
+        let (peer, peer_side) = match side {
+            Side::Upstream => (entry.inner.take(), Side::Client),
+            Side::Client => (entry.outer.take(), Side::Upstream),
+        };
+        if let Some((peer_slot, generation)) = peer {
+            // Delivered from the main loop, never inside another connection's `drive`: the peer's
+            // reaction may come back to this connection while it is still being driven.
+            self.peer_errors
+                .push_back((peer_slot, generation, peer_side));
+        }
+        let _ = now;
+    }
+
+    /// Delivers the resets that crossed internal pairs (and whatever they set off in turn).
+    fn flush_peer_errors(&mut self, now: Instant) {
+        while let Some((slot, generation, side)) = self.peer_errors.pop_front() {
+            let Some(conn) = self
+                .conns
+                .get_mut(slot)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            conn.core
+                .handle_error(now, side, IoErrorKind::Reset, &mut self.stats);
+            self.drive(now, slot);
+        }
+    }
+
+    /// A connection with an internal end is released. If it had not finished writing into the
+    /// pair, the other connection is reset (a truncated stream must not look complete); the pair
+    /// is freed when both have left.
+    fn leave_pair(&mut self, now: Instant, pair: usize, side: Side) {
+        let Some(entry) = self.io.pairs.get_mut(pair) else {
+            return;
+        };
+        let finished = match side {
+            Side::Upstream => entry.forward.eof,
+            Side::Client => entry.backward.eof,
+        };
+        if !finished {
+            self.reset_peer(now, pair, side);
+        }
+        let Some(entry) = self.io.pairs.get_mut(pair) else {
+            return;
+        };
+        match side {
+            Side::Upstream => entry.outer = None,
+            Side::Client => entry.inner = None,
+        }
+        if entry.outer.is_none() && entry.inner.is_none() {
+            self.io.pairs.remove(pair);
         }
     }
 
@@ -835,10 +1006,14 @@ impl Shard {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
         let provenance = core.provenance().map_or("-", |p| p.name());
+        let upstream = core
+            .upstream()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
         let age_ms = core.age(now).as_millis();
         let history = core.history();
         if outcome == Outcome::Completed {
-            tracing::debug!(client = %core.client(), %orig_dst, provenance, c2u, u2c, age_ms, %history,
+            tracing::debug!(client = %core.client(), %orig_dst, provenance, %upstream, c2u, u2c, age_ms, %history,
                 "connection completed");
         } else if self.log_budget.take(now) {
             let error = match outcome.error() {
@@ -848,7 +1023,7 @@ impl Shard {
                 Some(kind) => kind.name().to_string(),
                 None => "-".to_string(),
             };
-            tracing::info!(client = %core.client(), %orig_dst, provenance, reason = outcome.name(), error, c2u, u2c,
+            tracing::info!(client = %core.client(), %orig_dst, provenance, %upstream, reason = outcome.name(), error, c2u, u2c,
                 age_ms, %history, "connection closed");
         }
     }
