@@ -69,10 +69,16 @@ fn validate_one(
 fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigError> {
     match raw.lb_policy.as_deref() {
         Some("CLUSTER_PROVIDED") => {}
-        other => {
+        Some(other) => {
             return Err(ConfigError::new(
                 format!("{path}.lb_policy"),
-                format!("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED, got {other:?}"),
+                format!("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED, got {other}"),
+            ));
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                "an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED (it is not the default)",
             ));
         }
     }

@@ -335,7 +335,8 @@ impl Config {
         let raw: envoy::Bootstrap =
             serde_path_to_error::deserialize(deserializer).map_err(|err| {
                 let path = err.path().to_string();
-                ConfigError::new(path, err.into_inner().to_string())
+                let reason = err.into_inner().to_string();
+                ConfigError::new(&path, without_path_prefix(&path, &reason))
             })?;
         validate(raw)
     }
@@ -370,6 +371,15 @@ impl Config {
     /// Whether any listener preserves the client's source address.
     pub fn uses_original_src(&self) -> bool {
         self.listeners.iter().any(|l| l.original_src.is_some())
+    }
+}
+
+/// serde_yaml_ng starts its messages with the parent's path ("a.b[0]: unknown field ..."); the
+/// error already names the full path, so say it once.
+fn without_path_prefix(path: &str, reason: &str) -> String {
+    match reason.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
+        _ => reason.to_string(),
     }
 }
 

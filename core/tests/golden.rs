@@ -1,0 +1,266 @@
+//! Golden tests for the config: every supported field validates into a pinned model, and every
+//! kind of unsupported input is refused with a pinned message naming its field. A deliberate
+//! change regenerates the files with `UPDATE_GOLDEN=1 cargo test -p origdst-core --test golden`;
+//! the diff then shows exactly what a user would see change.
+
+use std::path::PathBuf;
+
+use origdst_core::config::Config;
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
+fn check(name: &str, actual: &str) {
+    let path = golden(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(e, a)| e != a)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the golden file at line {}:\n  golden: {:?}\n  actual: {:?}\n\
+             (UPDATE_GOLDEN=1 rewrites it if the change is intended)",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first),
+        );
+    }
+}
+
+#[test]
+fn every_supported_field_validates_into_the_pinned_model() {
+    let yaml = std::fs::read_to_string(golden("every-field.yaml")).expect("read every-field.yaml");
+    let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    check("every-field.expected", &format!("{config:#?}\n"));
+}
+
+const BASE: &str = r#"static_resources:
+  listeners:
+  - name: out
+    address: { socket_address: { address: 0.0.0.0, port_value: 15001 } }
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: out
+          cluster: pass
+  clusters:
+  - name: pass
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+"#;
+
+/// (case, from, to): BASE with `from` replaced by `to` once.
+const UNSUPPORTED: &[(&str, &str, &str)] = &[
+    (
+        "bootstrap admin",
+        "static_resources:\n",
+        "admin: {}\nstatic_resources:\n",
+    ),
+    (
+        "bootstrap dynamic_resources",
+        "static_resources:\n",
+        "dynamic_resources: {}\nstatic_resources:\n",
+    ),
+    (
+        "bootstrap extension",
+        "static_resources:\n",
+        "bootstrap_extensions: [ { name: envoy.bootstrap.wasm } ]\nstatic_resources:\n",
+    ),
+    (
+        "runtime flag",
+        "static_resources:\n",
+        "layered_runtime: { layers: [ { name: l, static_layer: { envoy.reloadable_features.http2_use_oghttp2: true } } ] }\nstatic_resources:\n",
+    ),
+    (
+        "runtime disk layer",
+        "static_resources:\n",
+        "layered_runtime: { layers: [ { name: l, disk_layer: {} } ] }\nstatic_resources:\n",
+    ),
+    (
+        "listener per_connection_buffer_limit_bytes",
+        "  - name: out\n",
+        "  - name: out\n    per_connection_buffer_limit_bytes: 1024\n",
+    ),
+    (
+        "listener connection_balance_config",
+        "  - name: out\n",
+        "  - name: out\n    connection_balance_config: {}\n",
+    ),
+    (
+        "listener traffic_direction value",
+        "  - name: out\n",
+        "  - name: out\n    traffic_direction: SIDEWAYS\n",
+    ),
+    (
+        "socket_address resolver_name",
+        "port_value: 15001 }",
+        "port_value: 15001, resolver_name: dns }",
+    ),
+    (
+        "socket_address protocol UDP",
+        "port_value: 15001 }",
+        "port_value: 15001, protocol: UDP }",
+    ),
+    (
+        "socket_address hostname",
+        "address: 0.0.0.0",
+        "address: localhost",
+    ),
+    (
+        "listener pipe address",
+        "address: { socket_address: { address: 0.0.0.0, port_value: 15001 } }",
+        "address: { pipe: { path: /tmp/x } }",
+    ),
+    (
+        "listener filter tls_inspector",
+        "    - name: envoy.filters.listener.original_dst\n",
+        "    - name: envoy.filters.listener.tls_inspector\n",
+    ),
+    (
+        "filter chain transport_socket",
+        "    - filters:\n",
+        "    - transport_socket: { name: tls }\n      filters:\n",
+    ),
+    (
+        "filter chain match server_names",
+        "    - filters:\n",
+        "    - filter_chain_match: { server_names: [ a.example ] }\n      filters:\n",
+    ),
+    (
+        "network filter http_connection_manager",
+        "      - name: envoy.filters.network.tcp_proxy\n",
+        "      - name: envoy.filters.network.http_connection_manager\n",
+    ),
+    (
+        "network filter before tcp_proxy",
+        "      - name: envoy.filters.network.tcp_proxy\n",
+        "      - name: envoy.filters.network.rbac\n      - name: envoy.filters.network.tcp_proxy\n",
+    ),
+    (
+        "tcp_proxy weighted_clusters",
+        "          cluster: pass\n",
+        "          cluster: pass\n          weighted_clusters: {}\n",
+    ),
+    (
+        "tcp_proxy access_log",
+        "          cluster: pass\n",
+        "          cluster: pass\n          access_log: []\n",
+    ),
+    (
+        "tcp_proxy max_connect_attempts 0",
+        "          cluster: pass\n",
+        "          cluster: pass\n          max_connect_attempts: 0\n",
+    ),
+    (
+        "cluster type EDS",
+        "    type: ORIGINAL_DST\n",
+        "    type: EDS\n",
+    ),
+    (
+        "cluster type STRICT_DNS",
+        "    type: ORIGINAL_DST\n",
+        "    type: STRICT_DNS\n",
+    ),
+    (
+        "cluster health_checks",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    health_checks: []\n",
+    ),
+    (
+        "cluster lb_policy LEAST_REQUEST",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: LEAST_REQUEST\n",
+    ),
+    (
+        "original_dst load_assignment",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    load_assignment: { cluster_name: pass }\n",
+    ),
+    (
+        "original_dst_lb_config unknown field",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    original_dst_lb_config: { use_http_headers: true }\n",
+    ),
+    (
+        "metadata_key two path segments",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    original_dst_lb_config: { metadata_key: { key: a, path: [ { key: b }, { key: c } ] } }\n",
+    ),
+    (
+        "upstream_port_override 0",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    original_dst_lb_config: { upstream_port_override: 0 }\n",
+    ),
+    (
+        "transport_socket tls",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    transport_socket: { name: envoy.transport_sockets.tls }\n",
+    ),
+    (
+        "internal listener without the bootstrap extension",
+        "address: { socket_address: { address: 0.0.0.0, port_value: 15001 } }",
+        "address: { envoy_internal_address: { server_listener_name: out } }",
+    ),
+    (
+        "static endpoint is our own listener",
+        "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
+        "  - name: pass\n    type: STATIC\n    load_assignment: { cluster_name: pass, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 15001 } } } } ] } ] }\n",
+    ),
+    (
+        "set_filter_state unknown object",
+        "      - name: envoy.filters.network.tcp_proxy\n",
+        "      - name: envoy.filters.network.set_filter_state\n        typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config, on_new_connection: [ { object_key: my.key, format_string: { text_format_source: { inline_string: x } } } ] }\n      - name: envoy.filters.network.tcp_proxy\n",
+    ),
+    (
+        "redirect records without traffic_direction",
+        "static_resources:\n",
+        "origdst: { redirect_records: true }\nstatic_resources:\n",
+    ),
+    (
+        "duplicate filter chain match",
+        "    - filters:\n",
+        "    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: pass }\n    - filters:\n",
+    ),
+];
+
+#[test]
+fn every_unsupported_input_is_refused_with_a_pinned_message() {
+    let mut actual = String::new();
+    for (case, from, to) in UNSUPPORTED {
+        assert!(
+            BASE.contains(from),
+            "case {case:?}: the base has no {from:?}"
+        );
+        let yaml = BASE.replacen(from, to, 1);
+        let error = match Config::from_yaml(&yaml) {
+            Ok(_) => panic!("case {case:?} was accepted:\n{yaml}"),
+            Err(error) => error,
+        };
+        assert!(
+            !error.path.is_empty(),
+            "case {case:?}: the error names no field: {error}"
+        );
+        actual.push_str(&format!("{case}\n    {error}\n"));
+    }
+    check("unsupported.expected", &actual);
+}
