@@ -252,9 +252,8 @@ fn every_unsupported_input_is_refused_with_a_pinned_message() {
             "case {case:?}: the base has no {from:?}"
         );
         let yaml = BASE.replacen(from, to, 1);
-        let error = match Config::from_yaml(&yaml) {
-            Ok(_) => panic!("case {case:?} was accepted:\n{yaml}"),
-            Err(error) => error,
+        let Err(error) = Config::from_yaml(&yaml) else {
+            panic!("case {case:?} was accepted:\n{yaml}");
         };
         assert!(
             !error.path.is_empty(),
