@@ -25,7 +25,8 @@ use std::time::Duration;
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
 use crate::http_head::{self, Head};
 use crate::orig_dst::{
-    self, AcceptEvidence, InternalMetadata, Provenance, RedirectRecord, RefuseReason, SelfAddrs,
+    self, AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RedirectRecord, RefuseReason,
+    SelfAddrs,
 };
 use crate::relay::{Dir, HalfDuplex, HalfState, Side};
 use crate::route::{self, HeadPlan, Route, Target, UpstreamPlan};
@@ -319,6 +320,14 @@ impl Connection {
         stats: &mut Counters,
     ) -> Self {
         stats.incr(Counter::DownstreamCxTotal);
+        // A record that could not be read cannot be applied: relaying anyway would let the
+        // platform redirect our own upstream connection back to us.
+        let route = match (&evidence.redirect_record, route) {
+            (RecordAnswer::Failed { errno }, Ok(_)) => {
+                Err(RefuseReason::RecordQueryFailed { errno: *errno })
+            }
+            (_, route) => route,
+        };
         let route = match route {
             Ok(route) => route,
             Err(reason) => {
@@ -337,7 +346,10 @@ impl Connection {
         let mut plan = ConnectPlan {
             params: route.params,
             max_attempts: route.max_connect_attempts.max(1),
-            record: evidence.redirect_record.clone(),
+            record: match &evidence.redirect_record {
+                RecordAnswer::Record(record) => Some(record.clone()),
+                RecordAnswer::None | RecordAnswer::Failed { .. } => None,
+            },
             target: None,
             head: None,
         };

@@ -82,6 +82,21 @@ pub struct InternalMetadata {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedirectRecord(pub Vec<u8>);
 
+/// What the platform said about a redirect record for an accepted connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RecordAnswer {
+    /// No record (Linux, or a connection the platform did not redirect).
+    #[default]
+    None,
+    /// The record to apply to the upstream socket.
+    Record(RedirectRecord),
+    /// The query failed: the connection is closed and counted (Envoy stops the filter chain).
+    Failed {
+        /// The raw error code, for the log line.
+        errno: i32,
+    },
+}
+
 /// Everything the runtime read from an accepted connection, once, before core decides anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptEvidence {
@@ -100,8 +115,8 @@ pub struct AcceptEvidence {
     /// The peer is one of this process's own upstream sockets (same source address and original
     /// destination): our own connection was redirected back to us. Works without marks or sysctls.
     pub own_upstream: bool,
-    /// Present only where the platform attaches redirect records.
-    pub redirect_record: Option<RedirectRecord>,
+    /// Where the platform attaches redirect records: the record, or the failed query.
+    pub redirect_record: RecordAnswer,
 }
 
 /// A resolved original destination and where it came from.
@@ -161,6 +176,13 @@ pub enum RefuseReason {
     /// `use_http_header`: the client's bytes are not an HTTP/1 request head (or it closed first).
     #[error("not an HTTP/1 request head")]
     HttpHeadInvalid,
+    /// The platform's redirect-record query failed: the upstream could not be protected from
+    /// being redirected again, so the connection is not relayed.
+    #[error("redirect-record query failed (error {errno})")]
+    RecordQueryFailed {
+        /// The raw error code.
+        errno: i32,
+    },
 }
 
 impl RefuseReason {
@@ -179,6 +201,7 @@ impl RefuseReason {
             Self::HttpHeadTooLarge => "http_head_too_large",
             Self::HttpHeadTimeout => "http_head_timeout",
             Self::HttpHeadInvalid => "http_head_invalid",
+            Self::RecordQueryFailed { .. } => "redirect_record_query_failed",
         }
     }
 }

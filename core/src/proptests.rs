@@ -11,7 +11,8 @@ use crate::addr::{ClientAddr, ListenerAddr, LocalAddr};
 use crate::config::{Config, ConfigError};
 use crate::connection::{Action, ConnParams, Connection, IoErrorKind, Outcome};
 use crate::orig_dst::{
-    AcceptEvidence, InternalMetadata, Provenance, RefuseReason, SelfAddrs, SockOptAnswer, resolve,
+    AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RefuseReason, SelfAddrs,
+    SockOptAnswer, resolve,
 };
 use crate::relay::{Dir, HalfState, Side};
 use crate::stats::{Counter, Counters};
@@ -78,7 +79,7 @@ fn evidence() -> impl Strategy<Value = AcceptEvidence> {
             mark,
             internal,
             own_upstream,
-            redirect_record: None,
+            redirect_record: RecordAnswer::None,
         },
     )
 }
@@ -209,7 +210,7 @@ fn check_ops(ops: &[Op]) {
         mark: None,
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     };
     let mut stats = Counters::default();
     let mut now = Instant::ZERO;

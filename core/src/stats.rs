@@ -91,6 +91,8 @@ counters! {
     HttpHeadTimeout => "http_head_timeout",
     /// Refused: not an HTTP/1 request head.
     HttpHeadInvalid => "http_head_invalid",
+    /// Refused: the redirect-record query failed.
+    RefusedRecordQueryFailed => "refused_redirect_record_query_failed",
     /// Connections handed from a `use_original_dst` listener to the listener of their destination.
     ListenerHandoff => "listener_handoff",
     /// Internal-listener connections whose passthrough metadata was absent at the endpoint
@@ -218,6 +220,7 @@ fn refusal_counter(reason: RefuseReason) -> Counter {
         RefuseReason::HttpHeadTooLarge => Counter::HttpHeadTooLarge,
         RefuseReason::HttpHeadTimeout => Counter::HttpHeadTimeout,
         RefuseReason::HttpHeadInvalid => Counter::HttpHeadInvalid,
+        RefuseReason::RecordQueryFailed { .. } => Counter::RefusedRecordQueryFailed,
     }
 }
 

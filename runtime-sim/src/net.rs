@@ -9,7 +9,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use origdst_core::addr::{ClientAddr, LocalAddr};
-use origdst_core::orig_dst::{AcceptEvidence, InternalMetadata, RedirectRecord, SockOptAnswer};
+use origdst_core::orig_dst::{
+    AcceptEvidence, InternalMetadata, RecordAnswer, RedirectRecord, SockOptAnswer,
+};
+
+/// What the modelled record query fails with (EIO).
+const RECORD_QUERY_ERRNO: i32 = 5;
 use turmoil::net::TcpStream;
 
 /// How a client's connection reaches the proxy.
@@ -19,6 +24,8 @@ pub enum Route {
     Redirect,
     /// REDIRECT, and the platform attaches this redirect record (Windows HNS/WFP style).
     RedirectWithRecord(Vec<u8>),
+    /// REDIRECT, but the platform's redirect-record query fails for this connection.
+    RedirectRecordQueryFails,
     /// TPROXY to the transparent listener: the accepted socket's local address is the destination.
     Tproxy,
     /// To the internal listener, carrying this metadata.
@@ -83,6 +90,8 @@ pub struct ProxyPorts {
 struct CtEntry {
     orig_dst: SocketAddr,
     record: Option<Vec<u8>>,
+    /// The record query fails (the platform's ioctl errors out).
+    record_fails: bool,
     /// The SYN's mark, reflected on the accepted socket (as with `net.ipv4.tcp_fwmark_accept=1`).
     mark: Option<u32>,
 }
@@ -147,6 +156,7 @@ impl SimNet {
                     CtEntry {
                         orig_dst,
                         record: None,
+                        record_fails: false,
                         mark: None,
                     },
                 );
@@ -158,6 +168,18 @@ impl SimNet {
                     CtEntry {
                         orig_dst,
                         record: Some(record.clone()),
+                        record_fails: false,
+                        mark: None,
+                    },
+                );
+            }
+            Route::RedirectRecordQueryFails => {
+                state.conntrack.insert(
+                    local,
+                    CtEntry {
+                        orig_dst,
+                        record: None,
+                        record_fails: true,
                         mark: None,
                     },
                 );
@@ -171,6 +193,7 @@ impl SimNet {
                     CtEntry {
                         orig_dst: target,
                         record: None,
+                        record_fails: false,
                         mark: None,
                     },
                 );
@@ -213,10 +236,16 @@ impl SimNet {
             mark: entry.as_ref().and_then(|e| e.mark),
             internal: None,
             own_upstream: false,
-            redirect_record: entry
-                .as_ref()
-                .and_then(|e| e.record.clone())
-                .map(RedirectRecord),
+            redirect_record: match entry.as_ref() {
+                Some(e) if e.record_fails => RecordAnswer::Failed {
+                    errno: RECORD_QUERY_ERRNO,
+                },
+                Some(CtEntry {
+                    record: Some(record),
+                    ..
+                }) => RecordAnswer::Record(RedirectRecord(record.clone())),
+                _ => RecordAnswer::None,
+            },
         };
         match kind {
             ListenerKind::Redirect => {
@@ -271,6 +300,7 @@ impl SimNet {
             CtEntry {
                 orig_dst: dst,
                 record: None,
+                record_fails: false,
                 mark,
             },
         );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::connection::IoErrorKind;
-use origdst_core::orig_dst::{AcceptEvidence, SockOptAnswer};
+use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SockOptAnswer};
 use socket2::{Domain, SockRef, Socket, Type};
 
 /// Opens a non-blocking `SO_REUSEPORT` listener on `addr` (one per shard share the port).
@@ -72,7 +72,7 @@ pub(crate) fn accept_evidence(fd: &OwnedFd, transparent: bool) -> io::Result<Acc
         mark: socket.mark().ok().filter(|&mark| mark != 0),
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     })
 }
 

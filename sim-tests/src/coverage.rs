@@ -117,6 +117,7 @@ fn route_name(route: &RouteKind) -> &'static str {
     match route {
         RouteKind::Redirect => "redirect",
         RouteKind::Record => "record",
+        RouteKind::RecordQueryFails => "record_query_fails",
         RouteKind::Tproxy => "tproxy",
         RouteKind::Internal(_) => "internal",
         RouteKind::Direct { unrestored: true } => "direct_unrestored",
@@ -149,6 +150,7 @@ pub const REQUIRED: &[&str] = &[
     "fault:black_hole",
     "route:redirect",
     "route:record",
+    "route:record_query_fails",
     "route:tproxy",
     "route:internal",
     "route:direct_unrestored",
@@ -164,6 +166,7 @@ pub const REQUIRED: &[&str] = &[
     "outcome:destination_is_listener",
     "outcome:own_mark",
     "outcome:invalid_metadata",
+    "outcome:redirect_record_query_failed",
     "outcome:upstream_connect_failed",
     "outcome:upstream_connect_timeout",
     "outcome:upstream_failed",

@@ -138,6 +138,7 @@ fn check_flow(
         let want = match (&flow.route, scenario.forgot_mark_exclusion) {
             (RouteKind::ToListener, _) => RefuseReason::DestinationIsListener,
             (RouteKind::Internal(MetaVariant::Malformed), _) => RefuseReason::InvalidMetadata,
+            (RouteKind::RecordQueryFails, _) => RefuseReason::RecordQueryFailed { errno: 5 },
             _ => RefuseReason::NoOriginalDst,
         };
         expect_outcome(

@@ -77,6 +77,8 @@ pub enum RouteKind {
     Redirect,
     /// REDIRECT with a redirect record.
     Record,
+    /// REDIRECT whose redirect-record query fails: refused.
+    RecordQueryFails,
     /// TPROXY.
     Tproxy,
     /// Internal listener with this metadata variant.
@@ -189,7 +191,10 @@ impl Flow {
                 variant,
                 MetaVariant::Dynamic | MetaVariant::FilterState | MetaVariant::Both
             ),
-            RouteKind::Direct { .. } | RouteKind::Stale | RouteKind::ToListener => false,
+            RouteKind::Direct { .. }
+            | RouteKind::Stale
+            | RouteKind::ToListener
+            | RouteKind::RecordQueryFails => false,
         }
     }
 }
@@ -372,7 +377,11 @@ fn draw_family(rng: &mut Rng, family: Family, id: usize, scenario: &mut Scenario
         }
         Family::Records => {
             scenario.require_records = true;
-            flow.route = RouteKind::Record;
+            flow.route = if rng.chance(15) {
+                RouteKind::RecordQueryFails
+            } else {
+                RouteKind::Record
+            };
         }
         Family::Internal => {
             let variant = rng.pick(&[

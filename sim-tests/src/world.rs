@@ -611,6 +611,7 @@ fn route_for(flow: &Flow, addrs: &Addrs, seed: u64) -> Route {
                 .to_le_bytes()
                 .to_vec(),
         ),
+        RouteKind::RecordQueryFails => Route::RedirectRecordQueryFails,
         RouteKind::Tproxy => Route::Tproxy,
         RouteKind::Direct { unrestored } => Route::Direct {
             unrestored: *unrestored,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
-use crate::orig_dst::SockOptAnswer;
+use crate::orig_dst::{RecordAnswer, SockOptAnswer};
 use crate::route::{HeadPlan, Route, Target, UpstreamPlan};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,7 @@ fn evidence(dst: &str) -> AcceptEvidence {
         mark: None,
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     }
 }
 
@@ -735,4 +735,34 @@ fn a_retry_that_connects_relays_normally() {
         vec![Action::Transfer { dir: C2U }, Action::Transfer { dir: U2C }]
     );
     assert_eq!(h.stats.get(Counter::UpstreamCxConnectAttemptsExceeded), 0);
+}
+
+#[test]
+fn a_failed_record_query_is_refused_and_a_record_is_applied() {
+    let mut stats = Counters::default();
+    let mut ev = evidence("192.0.2.7:80");
+    ev.redirect_record = RecordAnswer::Failed { errno: 5 };
+    let mut conn = Connection::accept(Instant::from_nanos(1), &ev, &me(), &params(), &mut stats);
+    assert_eq!(
+        conn.outcome(),
+        Some(Outcome::Refused(RefuseReason::RecordQueryFailed {
+            errno: 5
+        }))
+    );
+    assert_eq!(stats.get(Counter::RefusedRecordQueryFailed), 1);
+    assert_eq!(
+        conn.poll_action(),
+        Some(Action::Reset { side: Side::Client })
+    );
+
+    let record = RedirectRecord(vec![1, 2, 3]);
+    ev.redirect_record = RecordAnswer::Record(record.clone());
+    let mut conn = Connection::accept(Instant::from_nanos(1), &ev, &me(), &params(), &mut stats);
+    let Some(Action::Connect {
+        record: applied, ..
+    }) = conn.poll_action()
+    else {
+        panic!("expected a connect");
+    };
+    assert_eq!(applied, Some(record));
 }

@@ -13,7 +13,7 @@ fn evidence(sockopt: SockOptAnswer) -> AcceptEvidence {
         mark: None,
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
-use crate::orig_dst::{Provenance, SockOptAnswer};
+use crate::orig_dst::{Provenance, RecordAnswer, SockOptAnswer};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -26,7 +26,7 @@ fn redirected(client: &str, dst: &str) -> AcceptEvidence {
         mark: None,
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     }
 }
 
@@ -483,7 +483,7 @@ fn an_internal_endpoint_carries_passthrough_metadata_and_shared_state() {
         mark: None,
         internal: Some(handoff),
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: RecordAnswer::None,
     };
     let mut stats = Counters::default();
     let inner = route(

@@ -22,7 +22,7 @@ use origdst_core::addr::canonical;
 use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::config::{Config, DataPath};
 use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
-use origdst_core::orig_dst::{AcceptEvidence, SelfAddrs, SockOptAnswer};
+use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SelfAddrs, SockOptAnswer};
 use origdst_core::relay::{Dir, HalfState, Side};
 use origdst_core::route::{self, Balancer};
 use origdst_core::stats::{Counter, Counters};
@@ -828,7 +828,7 @@ impl Shard {
             mark: None,
             internal: Some(handoff),
             own_upstream: false,
-            redirect_record: None,
+            redirect_record: RecordAnswer::None,
         };
         let route = route::route(
             &self.setup.config,
