@@ -80,6 +80,7 @@ fn sim_histories() -> Vec<String> {
         forgot_mark_exclusion: false,
         require_records: false,
         lifecycle: None,
+        routing: false,
     };
     let report = world::run(&scenario, false);
     assert_eq!(report.sim_error, None);

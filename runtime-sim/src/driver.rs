@@ -6,9 +6,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use origdst_core::config::Config;
 use origdst_core::connection::{Action, ConnParams, Connection, History, IoErrorKind};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::relay::{Dir, Side};
+use origdst_core::route::{self, Balancer};
 use origdst_core::stats::Counters;
 use origdst_core::time::Instant;
 use tokio::sync::{Notify, mpsc};
@@ -30,6 +32,9 @@ pub struct ProxyConfig {
     pub params: ConnParams,
     /// What the proxy knows about itself (loop rules).
     pub me: SelfAddrs,
+    /// An Envoy config whose first listener is the capture port: connections there are routed
+    /// through it (hand-off, chains, clusters). `None`: straight to the restored destination.
+    pub routing: Option<Rc<Config>>,
 }
 
 /// One accepted connection as the proxy saw it.
@@ -144,6 +149,7 @@ pub async fn run(
         (config.ports.internal, ListenerKind::Internal),
     ];
     let config = Rc::new(config);
+    let balancer = Rc::new(RefCell::new(Balancer::default()));
     let mut accept_loops = Vec::new();
     for (port, kind) in kinds {
         let listener = TcpListener::bind(SocketAddr::new(config.bind_ip, port)).await?;
@@ -152,6 +158,7 @@ pub async fn run(
             config: Rc::clone(&config),
             ledger: ledger.clone(),
             origin,
+            balancer: Rc::clone(&balancer),
         };
         accept_loops.push(tokio::task::spawn_local(accept_loop(listener, kind, ctx)));
     }
@@ -171,6 +178,7 @@ struct Ctx {
     config: Rc<ProxyConfig>,
     ledger: ProxyLedger,
     origin: tokio::time::Instant,
+    balancer: Rc<RefCell<Balancer>>,
 }
 
 impl Ctx {
@@ -247,13 +255,26 @@ async fn connection(
     let evidence = ctx.net.accept_evidence(kind, local, peer).await;
     let mut core = {
         let stats = &mut ctx.ledger.0.borrow_mut().stats;
-        Connection::accept(
-            ctx.now(),
-            &evidence,
-            &ctx.config.me,
-            &ctx.config.params,
-            stats,
-        )
+        match (&ctx.config.routing, kind) {
+            (Some(config), ListenerKind::Redirect) => {
+                let route = route::route(
+                    config,
+                    &ctx.config.me,
+                    0,
+                    &evidence,
+                    &mut ctx.balancer.borrow_mut(),
+                    stats,
+                );
+                Connection::start(ctx.now(), &evidence, route, stats)
+            }
+            _ => Connection::accept(
+                ctx.now(),
+                &evidence,
+                &ctx.config.me,
+                &ctx.config.params,
+                stats,
+            ),
+        }
     };
     ctx.ledger.note(
         ctx.origin,

@@ -124,6 +124,8 @@ fn route_name(route: &RouteKind) -> &'static str {
         RouteKind::Direct { unrestored: false } => "direct_enoent",
         RouteKind::Stale => "stale_conntrack",
         RouteKind::ToListener => "to_listener",
+        RouteKind::HandoffStatic => "handoff_static",
+        RouteKind::HandoffBlackhole => "handoff_blackhole",
     }
 }
 
@@ -140,6 +142,7 @@ pub const REQUIRED: &[&str] = &[
     "family:internal",
     "family:lifecycle",
     "family:swarm",
+    "family:handoff",
     "ip:v4",
     "ip:v6",
     "fault:none",
@@ -157,6 +160,8 @@ pub const REQUIRED: &[&str] = &[
     "route:direct_enoent",
     "route:stale_conntrack",
     "route:to_listener",
+    "route:handoff_static",
+    "route:handoff_blackhole",
     "rules:forgot_mark_exclusion",
     "lifecycle:drain",
     "lifecycle:proxy_crash",
@@ -166,6 +171,7 @@ pub const REQUIRED: &[&str] = &[
     "outcome:destination_is_listener",
     "outcome:own_mark",
     "outcome:invalid_metadata",
+    "outcome:no_healthy_upstream",
     "outcome:redirect_record_query_failed",
     "outcome:upstream_connect_failed",
     "outcome:upstream_connect_timeout",

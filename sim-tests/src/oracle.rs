@@ -139,6 +139,7 @@ fn check_flow(
             (RouteKind::ToListener, _) => RefuseReason::DestinationIsListener,
             (RouteKind::Internal(MetaVariant::Malformed), _) => RefuseReason::InvalidMetadata,
             (RouteKind::RecordQueryFails, _) => RefuseReason::RecordQueryFailed { errno: 5 },
+            (RouteKind::HandoffBlackhole, _) => RefuseReason::NoHealthyUpstream,
             _ => RefuseReason::NoOriginalDst,
         };
         expect_outcome(
@@ -179,7 +180,7 @@ fn check_flow(
         );
         return v;
     }
-    let want_dst = report.addrs.orig_dst(flow);
+    let want_dst = report.addrs.server(flow);
     match flow.fault {
         Fault::None => {
             expect_outcome(&mut v, outcome, |o| o == Outcome::Completed, "completed");
@@ -200,7 +201,7 @@ fn check_flow(
             }
             if record.upstream != Some(want_dst) {
                 v.push(format!(
-                    "proxy connected to {:?}, the client dialled {want_dst}",
+                    "proxy connected to {:?}, the flow's server is {want_dst}",
                     record.upstream
                 ));
             }

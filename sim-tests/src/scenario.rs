@@ -29,11 +29,14 @@ pub enum Family {
     Lifecycle,
     /// Everything, fault classes switched on and off per seed.
     Swarm,
+    /// Istio's virtual listener: `use_original_dst` hand-off to `bind_to_port: false` listeners
+    /// (a STATIC service cluster, a black hole), passthrough for the rest.
+    Handoff,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Happy,
         Self::HalfClose,
         Self::Resets,
@@ -45,6 +48,7 @@ impl Family {
         Self::Internal,
         Self::Lifecycle,
         Self::Swarm,
+        Self::Handoff,
     ];
 
     /// The name used on the command line and in reports.
@@ -61,6 +65,7 @@ impl Family {
             Self::Internal => "internal",
             Self::Lifecycle => "lifecycle",
             Self::Swarm => "swarm",
+            Self::Handoff => "handoff",
         }
     }
 
@@ -92,6 +97,11 @@ pub enum RouteKind {
     Stale,
     /// REDIRECT to a destination that is one of the proxy's own listeners.
     ToListener,
+    /// REDIRECT to a "service address" whose `bind_to_port: false` listener has a STATIC cluster
+    /// pointing at the flow's real upstream (the client dials the other upstream's address).
+    HandoffStatic,
+    /// REDIRECT to an address whose listener goes to a black hole: refused.
+    HandoffBlackhole,
 }
 
 /// Internal-listener metadata shapes.
@@ -186,7 +196,10 @@ impl Flow {
     /// Whether the proxy is expected to relay (not refuse) it.
     pub fn routed(&self) -> bool {
         match &self.route {
-            RouteKind::Redirect | RouteKind::Record | RouteKind::Tproxy => true,
+            RouteKind::Redirect
+            | RouteKind::Record
+            | RouteKind::Tproxy
+            | RouteKind::HandoffStatic => true,
             RouteKind::Internal(variant) => matches!(
                 variant,
                 MetaVariant::Dynamic | MetaVariant::FilterState | MetaVariant::Both
@@ -194,7 +207,8 @@ impl Flow {
             RouteKind::Direct { .. }
             | RouteKind::Stale
             | RouteKind::ToListener
-            | RouteKind::RecordQueryFails => false,
+            | RouteKind::RecordQueryFails
+            | RouteKind::HandoffBlackhole => false,
         }
     }
 }
@@ -233,6 +247,9 @@ pub struct Scenario {
     pub require_records: bool,
     /// A lifecycle event, if any.
     pub lifecycle: Option<Lifecycle>,
+    /// The proxy routes through an Envoy config (listener hand-off, chains, clusters) instead of
+    /// straight to the restored destination.
+    pub routing: bool,
 }
 
 impl Scenario {
@@ -250,6 +267,7 @@ impl Scenario {
             forgot_mark_exclusion: false,
             require_records: false,
             lifecycle: None,
+            routing: family == Family::Handoff,
         };
         let count = rng.range(1, FLOWS_MAX as u64) as usize;
         for id in 0..count {
@@ -404,6 +422,13 @@ fn draw_family(rng: &mut Rng, family: Family, id: usize, scenario: &mut Scenario
                 ]));
             }
         }
+        Family::Handoff => {
+            flow.route = rng.pick(&[
+                RouteKind::Redirect,
+                RouteKind::HandoffStatic,
+                RouteKind::HandoffBlackhole,
+            ]);
+        }
         Family::Swarm => {
             // Swarm testing: each seed switches whole fault classes on or off.
             let classes = rng.next_u64();
@@ -459,7 +484,7 @@ impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "scenario seed={} family={} v6={} latency={:?}ms tcp_capacity={} random_order={} forgot_mark={} records={} lifecycle={:?}",
+            "scenario seed={} family={} v6={} latency={:?}ms tcp_capacity={} random_order={} forgot_mark={} records={} routing={} lifecycle={:?}",
             self.seed,
             self.family.name(),
             self.v6,
@@ -468,6 +493,7 @@ impl fmt::Display for Scenario {
             self.random_order,
             self.forgot_mark_exclusion,
             self.require_records,
+            self.routing,
             self.lifecycle
         )?;
         for flow in &self.flows {

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use origdst_core::addr::ListenerAddr;
+use origdst_core::config::Config;
 use origdst_core::connection::ConnParams;
 use origdst_core::orig_dst::{InternalMetadata, SelfAddrs};
 use origdst_core::stats::Counters;
@@ -107,8 +108,15 @@ impl Addrs {
     pub fn orig_dst(&self, flow: &Flow) -> SocketAddr {
         match flow.route {
             RouteKind::ToListener => SocketAddr::new(self.proxy, PORTS.transparent),
-            _ => SocketAddr::new(self.upstreams[host_name(flow.upstream)], flow.port()),
+            // The "service address": the other upstream's; the hand-off maps it to the server.
+            RouteKind::HandoffStatic => self.decoy(flow),
+            _ => self.server(flow),
         }
+    }
+
+    /// Where the flow's server listens (what the proxy must connect to when it relays).
+    pub fn server(&self, flow: &Flow) -> SocketAddr {
+        SocketAddr::new(self.upstreams[host_name(flow.upstream)], flow.port())
     }
 
     /// The other healthy upstream (for "both metadata" flows, the decoy).
@@ -210,6 +218,9 @@ pub fn run(scenario: &Scenario, keep_trace: bool) -> Report {
             local_ips: vec![proxy_ip],
             own_mark: Some(MARK),
         },
+        routing: scenario
+            .routing
+            .then(|| Rc::new(routing_config(scenario, &addrs, unspecified))),
     };
     {
         let (net, ledger, drain) = (net.clone(), ledger.clone(), drain.clone());
@@ -595,6 +606,63 @@ async fn client_workload(
     Ok(())
 }
 
+/// Istio's outbound shape for a hand-off scenario: the virtual listener on the capture port with
+/// `use_original_dst` and a passthrough default, one `bind_to_port: false` listener per hand-off
+/// flow (a wildcard one with a STATIC cluster to the flow's server, an exact one to a black hole).
+fn routing_config(scenario: &Scenario, addrs: &Addrs, unspecified: IpAddr) -> Config {
+    let tcp_proxy = |cluster: &str| {
+        format!(
+            "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster}, idle_timeout: {}s }}\n",
+            IDLE_TIMEOUT.as_secs_f64()
+        )
+    };
+    let address = |ip: IpAddr, port: u16| {
+        format!("    address: {{ socket_address: {{ address: \"{ip}\", port_value: {port} }} }}\n")
+    };
+    let mut listeners = format!(
+        "  - name: virtualOutbound\n{}    use_original_dst: true\n{}",
+        address(unspecified, PORTS.capture),
+        tcp_proxy("PassthroughCluster")
+    );
+    let connect = CONNECT_TIMEOUT.as_secs_f64();
+    let mut clusters = format!(
+        "  - {{ name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: {connect}s }}\n  - {{ name: BlackHoleCluster, type: STATIC }}\n"
+    );
+    for flow in &scenario.flows {
+        match flow.route {
+            RouteKind::HandoffStatic => {
+                let server = addrs.server(flow);
+                let name = format!("svc{}", flow.id);
+                listeners.push_str(&format!(
+                    "  - name: {name}\n{}    bind_to_port: false\n{}",
+                    address(unspecified, flow.port()),
+                    tcp_proxy(&name)
+                ));
+                clusters.push_str(&format!(
+                    "  - name: {name}\n    type: STATIC\n    connect_timeout: {connect}s\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }} }} ] }} ]\n",
+                    server.ip(),
+                    server.port()
+                ));
+            }
+            RouteKind::HandoffBlackhole => {
+                let dst = addrs.orig_dst(flow);
+                listeners.push_str(&format!(
+                    "  - name: hole{}\n{}    bind_to_port: false\n{}",
+                    flow.id,
+                    address(dst.ip(), dst.port()),
+                    tcp_proxy("BlackHoleCluster")
+                ));
+            }
+            _ => {}
+        }
+    }
+    let yaml = format!(
+        "origdst: {{ upstream_mark: {MARK} }}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    );
+    Config::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("the hand-off config is invalid: {e}\n{yaml}"))
+}
+
 fn route_for(flow: &Flow, addrs: &Addrs, seed: u64) -> Route {
     let meta = |dynamic: Option<String>, state: Option<String>| InternalMetadata {
         dynamic_local: dynamic,
@@ -604,7 +672,10 @@ fn route_for(flow: &Flow, addrs: &Addrs, seed: u64) -> Route {
     };
     let dst = addrs.orig_dst(flow).to_string();
     match &flow.route {
-        RouteKind::Redirect | RouteKind::ToListener => Route::Redirect,
+        RouteKind::Redirect
+        | RouteKind::ToListener
+        | RouteKind::HandoffStatic
+        | RouteKind::HandoffBlackhole => Route::Redirect,
         RouteKind::Record => Route::RedirectWithRecord(
             Rng::new(seed ^ 0x5ec0_4d00 ^ flow.id as u64)
                 .next_u64()
