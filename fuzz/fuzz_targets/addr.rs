@@ -28,9 +28,10 @@ fuzz_target!(|input: ([u8; 16], u16, &str, &str)| {
             dynamic_local: Some(dynamic.to_string()),
             filter_state_local: Some(state.to_string()),
             filter_state_remote: None,
+            ..InternalMetadata::default()
         }),
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: origdst_core::orig_dst::RecordAnswer::None,
     };
     if let Ok(resolution) = resolve(&evidence, &SelfAddrs::default()) {
         assert_eq!(resolution.orig_dst.get(), canonical(dynamic.parse().expect("resolved from dynamic metadata")));

@@ -25,7 +25,7 @@ enum Op {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let params = ConnParams { connect_timeout: Duration::from_secs(5), idle_timeout: Some(Duration::from_secs(60)), upstream_mark: None };
+    let params = ConnParams { connect_timeout: Duration::from_secs(5), idle_timeout: Some(Duration::from_secs(60)), upstream_mark: None, original_src: None };
     let evidence = AcceptEvidence {
         client: ClientAddr::new("10.0.0.2:1".parse().unwrap()),
         local: LocalAddr::new("10.0.0.1:15001".parse().unwrap()),
@@ -34,7 +34,7 @@ fuzz_target!(|ops: Vec<Op>| {
         mark: None,
         internal: None,
         own_upstream: false,
-        redirect_record: None,
+        redirect_record: origdst_core::orig_dst::RecordAnswer::None,
     };
     let mut stats = Counters::default();
     let mut now = Instant::ZERO;
