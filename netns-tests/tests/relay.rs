@@ -178,6 +178,26 @@ fn ipv6_64mib_each_way_byte_exact_copy() {
     bulk_each_way("v6copy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
 }
 
+/// The epoll backend (what origdst uses where io_uring is refused) moves the same bytes.
+fn bulk_each_way_on_epoll(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) {
+    let exit = bulk_each_way_with(tag, data_path, ips, router_ip, &["--backend", "epoll"]);
+    assert!(
+        exit.log.contains("backend=epoll"),
+        "the start-up line names the backend:\n{}",
+        exit.log
+    );
+}
+
+#[test]
+fn ipv4_64mib_each_way_byte_exact_epoll_splice() {
+    bulk_each_way_on_epoll("v4epoll", "uring-splice", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+}
+
+#[test]
+fn ipv6_64mib_each_way_byte_exact_epoll_copy() {
+    bulk_each_way_on_epoll("v6epollcopy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
+}
+
 #[test]
 fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
     // No pipe budget at all: every splice direction must copy through pooled buffers instead.

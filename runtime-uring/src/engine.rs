@@ -15,7 +15,7 @@ use signal_hook::iterator::Signals;
 
 use crate::own_upstreams::OwnUpstreams;
 use crate::published::{ShardRow, render};
-use crate::shard::{Shard, ShardControl, ShardSetup};
+use crate::shard::{Backend, Shard, ShardControl, ShardSetup};
 use crate::sys;
 
 /// Why the engine stopped with an error.
@@ -51,6 +51,36 @@ pub struct EngineSettings {
     pub shards: usize,
     /// The data path.
     pub data_path: DataPath,
+    /// Which event source to use.
+    pub backend: BackendChoice,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring, or epoll when io_uring is refused.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+/// Resolves `Auto` by trying io_uring once: a kernel or sandbox that refuses it (EPERM from a
+/// seccomp profile or `kernel.io_uring_disabled`, ENOSYS, an opcode missing) gets epoll, and the
+/// start-up line says why.
+fn choose_backend(choice: BackendChoice) -> (Backend, Option<String>) {
+    match choice {
+        BackendChoice::IoUring => (Backend::IoUring, None),
+        BackendChoice::Epoll => (
+            Backend::Epoll,
+            Some("requested with --backend epoll".into()),
+        ),
+        BackendChoice::Auto => match crate::shard::probe_io_uring() {
+            Ok(()) => (Backend::IoUring, None),
+            Err(why) => (Backend::Epoll, Some(format!("io_uring unavailable: {why}"))),
+        },
+    }
 }
 
 enum ShardEvent {
@@ -113,6 +143,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     ignore_sigpipe()?;
     raise_nofile_limit();
     check_privileges(&settings.config)?;
+    let (backend, backend_reason) = choose_backend(settings.backend);
     let config = Arc::new(settings.config.clone());
     let me = Arc::new(self_addrs(&config));
     let origin = std::time::Instant::now();
@@ -131,6 +162,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             id,
             config: Arc::clone(&config),
             data_path: settings.data_path,
+            backend,
             me: Arc::clone(&me),
             control: Arc::clone(&control),
             row: Arc::clone(&row),
@@ -149,7 +181,15 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         handles.push(handle);
     }
     drop(events_tx);
-    let result = supervise(&settings, &config, &controls, &rows, &events, &signals);
+    let result = supervise(
+        &settings,
+        &config,
+        (backend, backend_reason),
+        &controls,
+        &rows,
+        &events,
+        &signals,
+    );
     for handle in handles {
         let _ = handle.join();
     }
@@ -187,6 +227,7 @@ fn shard_main(
 fn supervise(
     settings: &EngineSettings,
     config: &Config,
+    backend: (Backend, Option<String>),
     controls: &[Arc<ShardControl>],
     rows: &[Arc<ShardRow>],
     events: &Receiver<ShardEvent>,
@@ -217,7 +258,7 @@ fn supervise(
         wait_exits(events, running);
         return Err(err);
     }
-    print_startup(settings, config);
+    print_startup(settings, config, backend);
     let mut signalled = false;
     while running > 0 {
         select! {
@@ -266,7 +307,11 @@ fn wait_exits(events: &Receiver<ShardEvent>, mut running: usize) {
     }
 }
 
-fn print_startup(settings: &EngineSettings, config: &Config) {
+fn print_startup(
+    settings: &EngineSettings,
+    config: &Config,
+    (backend, backend_reason): (Backend, Option<String>),
+) {
     let listeners: Vec<String> = config
         .listeners
         .iter()
@@ -295,10 +340,19 @@ fn print_startup(settings: &EngineSettings, config: &Config) {
         .knobs
         .upstream_mark
         .map_or("off".to_string(), |m| m.to_string());
+    let data_path = match (backend, settings.data_path) {
+        (Backend::IoUring, path) => path.name(),
+        (Backend::Epoll, DataPath::UringSplice) => "epoll-splice",
+        (Backend::Epoll, DataPath::UringCopy) => "epoll-copy",
+    };
+    if let Some(reason) = backend_reason {
+        tracing::warn!("using the epoll backend ({reason})");
+    }
     tracing::info!(
-        "origdst {} started: backend=io_uring data_path={} shards={} listeners={} upstream_mark={}",
+        "origdst {} started: backend={} data_path={} shards={} listeners={} upstream_mark={}",
         env!("CARGO_PKG_VERSION"),
-        settings.data_path.name(),
+        backend.name(),
+        data_path,
         settings.shards,
         listeners.join(" "),
         mark,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath};
-use origdst_runtime_uring::engine::{self, EngineSettings};
+use origdst_runtime_uring::engine::{self, BackendChoice, EngineSettings};
 
 /// origdst — a transparent TCP proxy for traffic that iptables/nftables redirects.
 ///
@@ -35,6 +35,10 @@ enum Command {
         /// Override origdst.shards (0: one per CPU).
         #[arg(long)]
         shards: Option<u32>,
+        /// Event source: io_uring, falling back to epoll when io_uring is refused (auto); or
+        /// one of them, forced.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
         /// Log level: error, warn, info, debug, trace.
         #[arg(long, default_value = "info")]
         log_level: tracing::Level,
@@ -47,6 +51,16 @@ enum Command {
     },
     /// Print the embedded default config (a starting point for your own).
     DefaultConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// io_uring; epoll when io_uring_setup is refused (EPERM/ENOSYS) or lacks an opcode.
+    Auto,
+    /// io_uring, or fail.
+    IoUring,
+    /// epoll with non-blocking splice (uring-splice) or copy (uring-copy).
+    Epoll,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +78,7 @@ fn main() -> ExitCode {
             config,
             data_path,
             shards,
+            backend,
             log_level,
         } => {
             init_logging(log_level);
@@ -82,10 +97,16 @@ fn main() -> ExitCode {
                 Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Some(n) => n as usize,
             };
+            let backend = match backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::IoUring => BackendChoice::IoUring,
+                BackendArg::Epoll => BackendChoice::Epoll,
+            };
             match engine::run(EngineSettings {
                 config,
                 shards,
                 data_path,
+                backend,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {

@@ -128,8 +128,7 @@ impl CopyDir {
             return match -res {
                 libc::EAGAIN => {
                     let token = Token::new(Kind::PollOut, key.slot, key.generation, key.dir);
-                    let poll = opcode::PollAdd::new(types::Fd(sink), libc::POLLOUT as u32).build();
-                    io.push(poll.user_data(token.encode()));
+                    io.poll_once(sink, libc::POLLOUT as u32, token.encode());
                     self.send = SendState::AwaitingWritable;
                     Progress::default()
                 }

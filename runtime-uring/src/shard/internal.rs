@@ -12,7 +12,6 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 
-use io_uring::{opcode, types};
 use nix::errno::Errno;
 use origdst_core::connection::IoErrorKind;
 
@@ -266,8 +265,7 @@ impl InternalDir {
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
         self.poll_armed = true;
         let token = Token::new(kind, key.slot, key.generation, key.dir);
-        let poll = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
-        io.push(poll.user_data(token.encode()));
+        io.poll_once(fd, events as u32, token.encode());
     }
 }
 

@@ -4,9 +4,10 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
-use io_uring::{IoUring, squeue};
+use io_uring::squeue;
 use origdst_core::relay::Dir;
 
+use super::poller::Poller;
 use crate::buf_ring::BufRing;
 use crate::pipe_pool::PipePool;
 
@@ -59,9 +60,8 @@ impl BufferPool {
 
 /// Declared first in `Shard` so the ring is dropped before the buffers it may reference.
 pub(crate) struct Io {
-    pub(crate) ring: IoUring,
-    /// SQEs that did not fit the submission queue; flushed before anything else each turn.
-    pub(crate) backlog: VecDeque<squeue::Entry>,
+    /// io_uring or epoll.
+    pub(crate) poller: Poller,
     pub(crate) buf_ring: Option<BufRing>,
     pub(crate) pipes: PipePool,
     pub(crate) fallback: BufferPool,
@@ -78,33 +78,14 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    /// Queues an SQE; if the submission queue is full, submits what is there and retries, and only
-    /// if that fails too keeps it in the backlog for the next turn.
+    /// Queues an io_uring SQE (io_uring-only paths).
     pub(crate) fn push(&mut self, entry: squeue::Entry) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(entry);
-            return;
-        }
-        // SAFETY (for every push in this crate): SQEs reference only memory that outlives the
-        // operation — descriptors kept open until their cancels are submitted, buffer-ring memory
-        // dropped after the ring, and no stack memory.
-        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-            return;
-        }
-        let _ = self.ring.submit();
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.backlog.push_back(entry);
-        }
+        self.poller.push(entry);
     }
 
-    /// Moves backlogged SQEs into the submission queue, as many as fit.
-    pub(crate) fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.front() {
-            if unsafe { self.ring.submission().push(entry) }.is_err() {
-                return;
-            }
-            self.backlog.pop_front();
-        }
+    /// One-shot readiness on `fd` (POLL_ADD, or an epoll interest).
+    pub(crate) fn poll_once(&mut self, fd: std::os::fd::RawFd, events: u32, user_data: u64) {
+        self.poller.poll_once(fd, events, user_data);
     }
 
     /// A buffer or pipe came back: let one waiting direction try again.

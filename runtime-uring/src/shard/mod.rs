@@ -6,6 +6,7 @@ mod conn;
 mod copy;
 mod internal;
 mod io;
+mod poller;
 mod progress;
 mod splice;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, opcode, types};
+use io_uring::{IoUring, cqueue, opcode};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::addr::canonical;
 use origdst_core::addr::{ClientAddr, LocalAddr};
@@ -32,6 +33,8 @@ use socket2::Socket;
 
 use self::conn::{ConnIo, DirIo};
 use self::io::{BufferPool, DirKey, Io};
+pub(crate) use self::poller::Backend;
+use self::poller::Poller;
 use self::progress::{DirEnd, Progress};
 use crate::buf_ring::BufRing;
 use crate::own_upstreams::OwnUpstreams;
@@ -77,6 +80,8 @@ pub(crate) struct ShardSetup {
     pub(crate) id: usize,
     pub(crate) config: Arc<Config>,
     pub(crate) data_path: DataPath,
+    /// io_uring, or epoll where io_uring is refused.
+    pub(crate) backend: Backend,
     pub(crate) me: Arc<SelfAddrs>,
     pub(crate) control: Arc<ShardControl>,
     pub(crate) row: Arc<ShardRow>,
@@ -118,29 +123,51 @@ pub(crate) struct Shard {
     balancer: Balancer,
     /// Resets crossing internal-listener pairs, to deliver from the main loop.
     peer_errors: VecDeque<(usize, u16, Side)>,
+    /// The data path connections use (the epoll backend has only the readiness pump).
+    dir_path: DataPath,
 }
 
 impl Shard {
     /// Creates the ring, the listeners and the pools. Errors here stop start-up with a message.
     pub(crate) fn new(setup: ShardSetup) -> Result<Self, String> {
         let knobs = &setup.config.knobs;
-        let ring = new_ring().map_err(|err| format!("io_uring set-up failed: {err}"))?;
-        check_opcodes(&ring)?;
-        let mut workers = [knobs.iowq_workers_max, knobs.iowq_workers_max];
-        ring.submitter()
-            .register_iowq_max_workers(&mut workers)
-            .map_err(|err| format!("capping io-wq workers failed: {err}"))?;
-        let buf_ring = match setup.data_path {
-            DataPath::UringCopy => Some(
-                BufRing::new(
-                    &ring.submitter(),
-                    knobs.buffer_count,
-                    knobs.buffer_size_bytes,
-                    BUFFER_GROUP,
-                )
-                .map_err(|err| format!("registering the provided-buffer ring failed: {err}"))?,
+        let (poller, buf_ring) = match setup.backend {
+            Backend::IoUring => {
+                let ring = new_ring().map_err(|err| format!("io_uring set-up failed: {err}"))?;
+                check_opcodes(&ring)?;
+                let mut workers = [knobs.iowq_workers_max, knobs.iowq_workers_max];
+                ring.submitter()
+                    .register_iowq_max_workers(&mut workers)
+                    .map_err(|err| format!("capping io-wq workers failed: {err}"))?;
+                let buf_ring = match setup.data_path {
+                    DataPath::UringCopy => Some(
+                        BufRing::new(
+                            &ring.submitter(),
+                            knobs.buffer_count,
+                            knobs.buffer_size_bytes,
+                            BUFFER_GROUP,
+                        )
+                        .map_err(|err| {
+                            format!("registering the provided-buffer ring failed: {err}")
+                        })?,
+                    ),
+                    DataPath::UringSplice => None,
+                };
+                (Poller::uring(ring), buf_ring)
+            }
+            Backend::Epoll => (
+                Poller::epoll().map_err(|err| format!("epoll set-up failed: {err}"))?,
+                None,
             ),
-            DataPath::UringSplice => None,
+        };
+        // The epoll backend moves bytes with the readiness pump; "copy" there is that pump with
+        // no pipes (through pooled buffers).
+        let (dir_path, pipe_budget) = match (setup.backend, setup.data_path) {
+            (Backend::Epoll, DataPath::UringCopy) => (DataPath::UringSplice, 0),
+            (Backend::Epoll, DataPath::UringSplice) => {
+                (DataPath::UringSplice, setup.pipe_budget_bytes)
+            }
+            (Backend::IoUring, path) => (path, setup.pipe_budget_bytes),
         };
         let mut listeners = Vec::new();
         for (config_index, listener) in setup.config.listeners.iter().enumerate() {
@@ -168,10 +195,9 @@ impl Shard {
             }
         }
         let io = Io {
-            ring,
-            backlog: VecDeque::new(),
+            poller,
             buf_ring,
-            pipes: PipePool::new(setup.pipe_budget_bytes, knobs.pipe_size_bytes),
+            pipes: PipePool::new(pipe_budget, knobs.pipe_size_bytes),
             fallback: BufferPool::new(FALLBACK_BUFFERS_MAX, knobs.buffer_size_bytes),
             ready: VecDeque::new(),
             waiters: VecDeque::new(),
@@ -198,6 +224,7 @@ impl Shard {
             log_budget: LogBudget::default(),
             balancer: Balancer::default(),
             peer_errors: VecDeque::new(),
+            dir_path,
         })
     }
 
@@ -223,7 +250,7 @@ impl Shard {
         }
         self.publish();
         // Submit the final cancels before the descriptors they name are closed.
-        let _ = self.io.ring.submit();
+        self.io.poller.submit();
         self.io.closing.clear();
         tracing::debug!(shard = self.setup.id, "shard stopped");
         Ok(())
@@ -238,40 +265,20 @@ impl Shard {
     /// Submits, then waits for at least one completion unless work is ready, bounded by the next
     /// timer.
     fn wait(&mut self) -> Result<(), String> {
-        self.io.flush_backlog();
-        let want = usize::from(self.io.ready.is_empty());
+        let want = usize::from(self.io.ready.is_empty() && self.peer_errors.is_empty());
         let timeout = self.timers.next().map(|at| at - self.now());
-        let result = match (want, timeout) {
-            (0, _) => self.io.ring.submit(),
-            (_, Some(timeout)) => {
-                let ts = types::Timespec::from(timeout.max(Duration::from_micros(1)));
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.io.ring.submitter().submit_with_args(want, &args)
-            }
-            (_, None) => self.io.ring.submit_and_wait(want),
-        };
-        if self.io.backlog.is_empty() {
+        let result = self.io.poller.wait(want, timeout);
+        if !self.io.poller.has_backlog() {
             // Every cancel naming these descriptors has been submitted: closing them is safe now.
             self.io.closing.clear();
         }
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => match err.raw_os_error() {
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-                _ => Err(format!("io_uring_enter failed: {err}")),
-            },
-        }
+        result.map_err(|err| format!("waiting for events failed: {err}"))
     }
 
     fn handle_completions(&mut self, now: Instant) {
         let mut batch = std::mem::take(&mut self.completions);
         batch.clear();
-        batch.extend(
-            self.io
-                .ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
-        );
+        self.io.poller.completions(&mut batch);
         for &(data, res, flags) in &batch {
             self.handle_completion(now, Token::decode(data), res, flags);
         }
@@ -298,11 +305,9 @@ impl Shard {
             return;
         }
         let token = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream);
-        let accept = opcode::AcceptMulti::new(types::Fd(socket.as_raw_fd()))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build();
         listener.armed = true;
-        self.io.push(accept.user_data(token.encode()));
+        let fd = socket.as_raw_fd();
+        self.io.poller.accept_multi(fd, token.encode());
     }
 
     fn on_accept(&mut self, now: Instant, index: usize, res: i32, flags: u32) {
@@ -399,7 +404,7 @@ impl Shard {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let generation = self.generations[slot];
-        entry.insert(ConnIo::new(core, generation, client, self.setup.data_path));
+        entry.insert(ConnIo::new(core, generation, client, self.dir_path));
         slot
     }
 
@@ -491,8 +496,8 @@ impl Shard {
         }
         let token = Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream);
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        let poll = opcode::PollAdd::new(types::Fd(client.as_raw_fd()), events).build();
-        self.io.push(poll.user_data(token.encode()));
+        let fd = client.as_raw_fd();
+        self.io.poll_once(fd, events, token.encode());
     }
 
     /// Peeks the head (without consuming it) and lets core decide.
@@ -705,10 +710,9 @@ impl Shard {
                     conn.generation,
                     Dir::ClientToUpstream,
                 );
-                let poll =
-                    opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLOUT as u32).build();
+                let raw = fd.as_raw_fd();
                 conn.upstream = Some(fd);
-                self.io.push(poll.user_data(token.encode()));
+                self.io.poll_once(raw, libc::POLLOUT as u32, token.encode());
             }
             Ok(ConnectStart::Failed(kind)) => {
                 conn.core.handle_connect_failed(now, kind, &mut self.stats)
@@ -731,10 +735,8 @@ impl Shard {
         if let Some((port, key)) = conn.own_upstream.take() {
             self.setup.own_upstreams.remove(port, key);
         }
-        let cancel =
-            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(old.as_raw_fd())).all());
         let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
-        self.io.push(cancel.build().user_data(token.encode()));
+        self.io.poller.cancel_fd(old.as_raw_fd(), token.encode());
         self.io.closing.push(old);
     }
 
@@ -757,11 +759,8 @@ impl Shard {
             .into_iter()
             .flatten()
         {
-            let cancel = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all(),
-            );
             let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
-            self.io.push(cancel.build().user_data(token.encode()));
+            self.io.poller.cancel_fd(fd.as_raw_fd(), token.encode());
         }
         for dir in &mut conn.dirs {
             dir.release(&mut self.io);
@@ -918,14 +917,12 @@ impl Shard {
         tracing::warn!(shard = self.setup.id, open = self.conns.len(), error = %stdio::Error::from_raw_os_error(errno),
             "out of file descriptors; accepting paused until connections close (raise `ulimit -n`)");
         for (index, listener) in self.listeners.iter().enumerate() {
-            if listener.armed {
+            if let (true, Some(socket)) = (listener.armed, &listener.socket) {
                 let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
                 let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
-                self.io.push(
-                    opcode::AsyncCancel::new(target)
-                        .build()
-                        .user_data(token.encode()),
-                );
+                self.io
+                    .poller
+                    .cancel_accept(socket.as_raw_fd(), target, token.encode());
             }
         }
         self.schedule_resume(now + ACCEPT_BACKOFF);
@@ -1101,10 +1098,7 @@ impl Shard {
     fn arm_wake(&mut self) {
         let token = Token::new(Kind::Wake, 0, 0, Dir::ClientToUpstream);
         let fd = self.setup.control.wake.as_fd().as_raw_fd();
-        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(true)
-            .build();
-        self.io.push(poll.user_data(token.encode()));
+        self.io.poller.poll_multi(fd, token.encode());
     }
 
     fn on_wake(&mut self, now: Instant, flags: u32) {
@@ -1128,11 +1122,9 @@ impl Shard {
             };
             let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
             let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
-            self.io.push(
-                opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(token.encode()),
-            );
+            self.io
+                .poller
+                .cancel_accept(socket.as_raw_fd(), target, token.encode());
             self.io.closing.push(OwnedFd::from(socket));
         }
         let deadline = now + self.setup.config.knobs.drain_timeout;
@@ -1162,6 +1154,12 @@ impl Shard {
         gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
         self.setup.row.publish(&self.stats, &gauges);
     }
+}
+
+/// Whether this process may use io_uring with the opcodes origdst needs: a throwaway ring.
+pub(crate) fn probe_io_uring() -> Result<(), String> {
+    let ring = new_ring().map_err(|err| err.to_string())?;
+    check_opcodes(&ring)
 }
 
 fn new_ring() -> stdio::Result<IoUring> {

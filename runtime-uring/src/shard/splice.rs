@@ -9,7 +9,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
-use io_uring::{opcode, types};
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 
@@ -202,11 +201,7 @@ impl SpliceDir {
 
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
         let token = Token::new(kind, key.slot, key.generation, key.dir);
-        io.push(
-            opcode::PollAdd::new(types::Fd(fd), events as u32)
-                .build()
-                .user_data(token.encode()),
-        );
+        io.poll_once(fd, events as u32, token.encode());
         self.poll_armed = true;
     }
 }
