@@ -93,7 +93,7 @@ pub enum Action {
         /// Index into the config's listeners.
         listener: usize,
         /// Metadata and filter state for that listener's original_dst filter.
-        handoff: InternalMetadata,
+        handoff: Box<InternalMetadata>,
     },
     /// `use_http_header`: once more than `have` bytes of the client's stream are available (or it
     /// ended), report up to `max` of them with `handle_peeked` **without consuming them** (the
@@ -282,7 +282,8 @@ struct ConnectPlan {
     max_attempts: u32,
     record: Option<RedirectRecord>,
     target: Option<Target>,
-    head: Option<HeadPlan>,
+    /// Boxed: only header-mode connections have one.
+    head: Option<Box<HeadPlan>>,
 }
 
 // === impl Connection ===
@@ -367,7 +368,7 @@ impl Connection {
                     have: 0,
                     max: head.max_bytes,
                 });
-                plan.head = Some(head);
+                plan.head = Some(Box::new(head));
                 conn.plan = Some(plan);
             }
         }

@@ -74,8 +74,9 @@ pub enum Target {
     Internal {
         /// Index into [`Config::listeners`].
         listener: usize,
-        /// Metadata and filter state for the internal listener's original_dst filter.
-        handoff: InternalMetadata,
+        /// Metadata and filter state for the internal listener's original_dst filter (boxed:
+        /// rare, and it would triple the size of every connection).
+        handoff: Box<InternalMetadata>,
     },
 }
 
@@ -159,7 +160,10 @@ pub fn route(
                         .get(ORIGINAL_DST_NAMESPACE)
                         .and_then(|fields| fields.get("local"))
                         .cloned();
-                    UpstreamPlan::Connect(Target::Internal { listener, handoff })
+                    UpstreamPlan::Connect(Target::Internal {
+                        listener,
+                        handoff: Box::new(handoff),
+                    })
                 }
             }
         }

@@ -50,6 +50,11 @@ impl Proxy {
         Self::spawn(binary, ns, Wrapper::Nofile(nofile), args)
     }
 
+    /// Like `start`, through `wrapper` (a program that takes the command to exec as arguments).
+    pub fn start_wrapped(binary: &str, ns: &Netns, wrapper: &str, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, Wrapper::Program(wrapper.to_string()), args)
+    }
+
     /// Like `start`, as an unprivileged `uid` (gid the same, no supplementary groups, no
     /// capabilities) — how a sidecar runs.
     pub fn start_as(binary: &str, ns: &Netns, uid: u32, args: &[&str]) -> Self {
@@ -80,6 +85,11 @@ impl Proxy {
             Wrapper::Nofile(limit) => {
                 let mut command = ns.command("prlimit");
                 command.arg(format!("--nofile={limit}:{limit}")).arg(binary);
+                command
+            }
+            Wrapper::Program(wrapper) => {
+                let mut command = ns.command(&wrapper);
+                command.arg(binary);
                 command
             }
         };
@@ -257,6 +267,7 @@ enum Wrapper {
     None,
     User(u32),
     Nofile(u32),
+    Program(String),
 }
 
 impl ProxyExit {

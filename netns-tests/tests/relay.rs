@@ -195,7 +195,12 @@ fn ipv4_64mib_each_way_byte_exact_epoll_splice() {
 
 #[test]
 fn ipv6_64mib_each_way_byte_exact_epoll_copy() {
-    bulk_each_way_on_epoll("v6epollcopy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
+    bulk_each_way_on_epoll(
+        "v6epollcopy",
+        "uring-copy",
+        SERVER_V6,
+        ROUTER_SERVER_SIDE_V6,
+    );
 }
 
 #[test]
@@ -363,5 +368,44 @@ fn direct_connection_to_the_proxy_port_is_refused_and_counted() {
         exit.log.contains("reason=\"no_original_dst\""),
         "the refusal is logged:\n{}",
         exit.log
+    );
+}
+
+/// Under a container-style seccomp profile that refuses io_uring (EPERM), origdst says so, runs
+/// on epoll and relays; forcing io_uring there fails at start-up with the reason.
+#[test]
+fn io_uring_refused_by_seccomp_falls_back_to_epoll() {
+    let gw = Gateway::new("seccomp");
+    let dst = addr(SERVER_V4[1], SERVER_PORT);
+    let (_server, seen) = Server::echo_local(&gw.server, &[dst]);
+    let no_io_uring = env!("CARGO_BIN_EXE_no-io-uring");
+    let proxy = Proxy::start_wrapped(origdst_bin!(), &gw.router, no_io_uring, &["--shards", "2"]);
+    assert_eq!(ask_local(&gw.client, dst), dst.to_string());
+    assert_eq!(seen.recv_timeout(IO_TIMEOUT).unwrap(), dst);
+    let exit = proxy.stop_clean();
+    assert!(
+        exit.log
+            .contains("using the epoll backend (io_uring unavailable: Operation not permitted"),
+        "no line says why epoll was chosen:\n{}",
+        exit.log
+    );
+    assert!(
+        exit.log.contains("backend=epoll data_path=epoll-splice"),
+        "{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("completed"), 1);
+
+    let forced = gw
+        .router
+        .command(no_io_uring)
+        .args([origdst_bin!(), "run", "--backend", "io-uring"])
+        .output()
+        .expect("run origdst");
+    assert!(!forced.status.success(), "forced io_uring must fail here");
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(
+        stderr.contains("io_uring set-up failed") && stderr.contains("Operation not permitted"),
+        "{stderr}"
     );
 }

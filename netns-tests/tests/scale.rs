@@ -79,6 +79,11 @@ fn ten_thousand_concurrent_connections_copy() {
     ten_thousand_concurrent_connections("scalecopy", "uring-copy");
 }
 
+#[test]
+fn ten_thousand_concurrent_connections_epoll() {
+    ten_thousand_concurrent_connections("scaleepoll", "epoll");
+}
+
 /// Both data paths in one process would need twice the client descriptors: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -90,11 +95,12 @@ fn ten_thousand_concurrent_connections(tag: &str, data_path: &str) {
     let gw = Gateway::new(tag);
     let dst = addr(SERVER_V4[0], 8099);
     let _server = EchoHolder::start(&gw.server, dst);
-    let mut proxy = Proxy::start(
-        origdst_bin!(),
-        &gw.router,
-        &["--shards", "2", "--data-path", data_path],
-    );
+    // "epoll": the epoll backend's splice path.
+    let args: &[&str] = match data_path {
+        "epoll" => &["--shards", "2", "--backend", "epoll"],
+        path => &["--shards", "2", "--data-path", path],
+    };
+    let mut proxy = Proxy::start(origdst_bin!(), &gw.router, args);
     let rss_idle = proxy.rss_kib();
 
     let opened = Instant::now();

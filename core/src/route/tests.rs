@@ -481,7 +481,7 @@ fn an_internal_endpoint_carries_passthrough_metadata_and_shared_state() {
         transparent: false,
         sockopt: SockOptAnswer::NotQueried,
         mark: None,
-        internal: Some(handoff),
+        internal: Some(*handoff),
         own_upstream: false,
         redirect_record: RecordAnswer::None,
     };

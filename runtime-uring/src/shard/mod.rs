@@ -789,7 +789,7 @@ impl Shard {
         now: Instant,
         slot: usize,
         listener: usize,
-        handoff: origdst_core::orig_dst::InternalMetadata,
+        handoff: Box<origdst_core::orig_dst::InternalMetadata>,
     ) {
         let Some(settings) = self.setup.config.internal_listener else {
             unreachable!("config validation requires the internal_listener extension");
@@ -825,7 +825,7 @@ impl Shard {
             transparent: false,
             sockopt: SockOptAnswer::NotQueried,
             mark: None,
-            internal: Some(handoff),
+            internal: Some(*handoff),
             own_upstream: false,
             redirect_record: RecordAnswer::None,
         };
