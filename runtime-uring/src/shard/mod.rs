@@ -593,7 +593,7 @@ impl Shard {
                     self.start_connect(now, slot, upstream.get(), mark, source);
                 }
                 Action::ConnectInternal { listener, handoff } => {
-                    self.connect_internal(now, slot, listener, handoff);
+                    self.connect_internal(now, slot, listener, *handoff);
                 }
                 Action::PeekHead { have, max } => self.start_peek(slot, have, max),
                 Action::Transfer { dir } => {
@@ -789,7 +789,7 @@ impl Shard {
         now: Instant,
         slot: usize,
         listener: usize,
-        handoff: Box<origdst_core::orig_dst::InternalMetadata>,
+        handoff: origdst_core::orig_dst::InternalMetadata,
     ) {
         let Some(settings) = self.setup.config.internal_listener else {
             unreachable!("config validation requires the internal_listener extension");
@@ -825,7 +825,7 @@ impl Shard {
             transparent: false,
             sockopt: SockOptAnswer::NotQueried,
             mark: None,
-            internal: Some(*handoff),
+            internal: Some(handoff),
             own_upstream: false,
             redirect_record: RecordAnswer::None,
         };
