@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod echo_holder;
 pub mod netns;
 pub mod pattern;
 pub mod proxy;

@@ -1,0 +1,141 @@
+//! Micro-benchmarks of the core's hot paths: original-destination resolution, routing a
+//! connection through an Istio-sized listener set, and one connection's whole state-machine life.
+//! `cargo bench -p bench --bench core`.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use origdst_core::addr::{ClientAddr, ListenerAddr, LocalAddr};
+use origdst_core::config::Config;
+use origdst_core::connection::{Action, ConnParams, Connection};
+use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SelfAddrs, SockOptAnswer, resolve};
+use origdst_core::relay::Dir;
+use origdst_core::route::{Balancer, route};
+use origdst_core::stats::Counters;
+use origdst_core::time::Instant;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn me() -> SelfAddrs {
+    SelfAddrs {
+        listeners: vec![ListenerAddr::new(sa("0.0.0.0:15001"))],
+        local_ips: vec!["10.0.0.1".parse().expect("ip")],
+        own_mark: Some(1337),
+    }
+}
+
+fn evidence(dst: &str) -> AcceptEvidence {
+    AcceptEvidence {
+        client: ClientAddr::new(sa("10.0.0.2:40000")),
+        local: LocalAddr::new(sa("10.0.0.1:15001")),
+        transparent: false,
+        sockopt: SockOptAnswer::V4(sa(dst)),
+        mark: None,
+        internal: None,
+        own_upstream: false,
+        redirect_record: RecordAnswer::None,
+    }
+}
+
+/// Istio's outbound shape with `services` hand-off listeners, each with a STATIC cluster.
+fn istio(services: u16) -> Config {
+    let chain = |cluster: &str| {
+        format!(
+            "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }}\n"
+        )
+    };
+    let mut listeners = format!(
+        "  - name: virtualOutbound\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}\n    use_original_dst: true\n{}",
+        chain("PassthroughCluster")
+    );
+    let mut clusters =
+        "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
+            .to_string();
+    for i in 0..services {
+        let port = 20000 + i;
+        listeners.push_str(&format!(
+            "  - name: svc{i}\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}\n    bind_to_port: false\n{}",
+            chain(&format!("svc{i}"))
+        ));
+        clusters.push_str(&format!(
+            "  - name: svc{i}\n    type: STATIC\n    load_assignment: {{ cluster_name: svc{i}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 10.1.0.{}, port_value: {port} }} }} }} }} ] }} ] }}\n",
+            i % 250 + 1
+        ));
+    }
+    Config::from_yaml(&format!(
+        "static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    ))
+    .expect("a valid benchmark config")
+}
+
+fn benches(c: &mut Criterion) {
+    let me = me();
+    let ev = evidence("192.0.2.7:80");
+    c.bench_function("resolve", |b| {
+        b.iter(|| resolve(black_box(&ev), black_box(&me)))
+    });
+
+    let config = istio(200);
+    let mut balancer = Balancer::default();
+    let mut stats = Counters::default();
+    let handoff = evidence("192.0.2.7:20150");
+    c.bench_function("route_handoff_200_services", |b| {
+        b.iter(|| {
+            route(
+                &config,
+                &me,
+                0,
+                black_box(&handoff),
+                &mut balancer,
+                &mut stats,
+            )
+        })
+    });
+    let passthrough = evidence("192.0.2.7:443");
+    c.bench_function("route_passthrough_200_services", |b| {
+        b.iter(|| {
+            route(
+                &config,
+                &me,
+                0,
+                black_box(&passthrough),
+                &mut balancer,
+                &mut stats,
+            )
+        })
+    });
+
+    let params = ConnParams {
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Some(Duration::from_secs(3600)),
+        upstream_mark: Some(1337),
+        original_src: None,
+    };
+    c.bench_function("connection_lifecycle", |b| {
+        b.iter(|| {
+            let now = Instant::from_nanos(1);
+            let mut conn = Connection::accept(now, &ev, &me, &params, &mut stats);
+            while conn.poll_action().is_some() {}
+            conn.handle_connected(now);
+            for dir in Dir::ALL {
+                conn.handle_transferred(now, dir, 4096, &mut stats);
+            }
+            for dir in Dir::ALL {
+                conn.handle_eof(now, dir, &mut stats);
+            }
+            let mut last = None;
+            while let Some(action) = conn.poll_action() {
+                last = Some(action);
+            }
+            assert_eq!(last, Some(Action::Close));
+            black_box(conn.outcome())
+        })
+    });
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);

@@ -1,0 +1,292 @@
+//! The proxies under test, started in the router namespace behind iptables REDIRECT: every origdst
+//! backend, HAProxy with and without splice (the Debian package; `server s 0.0.0.0:0` forwards to
+//! the original destination), socat (one fixed target per port), and `direct` (no proxy: the
+//! router only forwards — the physical limit).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use origdst_netns_tests::netns::Netns;
+
+/// How a candidate relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// No proxy.
+    Direct,
+    /// origdst with `--backend` and `--data-path`.
+    Origdst {
+        backend: &'static str,
+        data_path: &'static str,
+    },
+    /// HAProxy, forced splice or none.
+    Haproxy { splice: bool },
+    /// socat, one process per connection, a fixed target per capture port.
+    Socat,
+}
+
+/// A named candidate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+}
+
+/// Every candidate, in table order.
+pub(crate) const ALL: &[Candidate] = &[
+    Candidate {
+        name: "direct",
+        kind: Kind::Direct,
+    },
+    Candidate {
+        name: "origdst-uring-splice",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-splice",
+        },
+    },
+    Candidate {
+        name: "origdst-uring-copy",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-copy",
+        },
+    },
+    Candidate {
+        name: "origdst-epoll-splice",
+        kind: Kind::Origdst {
+            backend: "epoll",
+            data_path: "uring-splice",
+        },
+    },
+    Candidate {
+        name: "origdst-epoll-copy",
+        kind: Kind::Origdst {
+            backend: "epoll",
+            data_path: "uring-copy",
+        },
+    },
+    Candidate {
+        name: "haproxy-splice",
+        kind: Kind::Haproxy { splice: true },
+    },
+    Candidate {
+        name: "haproxy-nosplice",
+        kind: Kind::Haproxy { splice: false },
+    },
+    Candidate {
+        name: "socat",
+        kind: Kind::Socat,
+    },
+];
+
+/// Whether a candidate's program exists here (HAProxy and socat are optional).
+pub(crate) fn available(candidate: &Candidate) -> bool {
+    let program = match candidate.kind {
+        Kind::Direct | Kind::Origdst { .. } => return true,
+        Kind::Haproxy { .. } => "haproxy",
+        Kind::Socat => "socat",
+    };
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The capture port every proxy listens on (socat: one per server port, see `SOCAT_PORTS`).
+pub(crate) const CAPTURE_PORT: u16 = 15001;
+
+/// A running candidate; stopped (by PID, SIGTERM then wait) on drop.
+pub(crate) struct Running {
+    child: Option<Child>,
+    socat: Vec<Child>,
+    rules: Vec<Vec<String>>,
+    router: String,
+    _config: Option<TempFile>,
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Running {
+    /// Starts `candidate` in `router` with `threads` shards/threads; `server_ports` map to their
+    /// targets (socat needs them, the others read the original destination).
+    pub(crate) fn start(
+        candidate: &Candidate,
+        router: &Netns,
+        origdst: &Path,
+        threads: usize,
+        targets: &[std::net::SocketAddr],
+    ) -> Result<Self, String> {
+        let mut running = Self {
+            child: None,
+            socat: Vec::new(),
+            rules: Vec::new(),
+            router: router.name().to_string(),
+            _config: None,
+        };
+        match candidate.kind {
+            Kind::Direct => return Ok(running),
+            Kind::Origdst { backend, data_path } => {
+                let child = router
+                    .command(origdst.to_str().ok_or("origdst path is not UTF-8")?)
+                    .args([
+                        "run",
+                        "--shards",
+                        &threads.to_string(),
+                        "--backend",
+                        backend,
+                    ])
+                    .args(["--data-path", data_path, "--log-level", "warn"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start origdst: {e}"))?;
+                running.child = Some(child);
+            }
+            Kind::Haproxy { splice } => {
+                let path =
+                    std::env::temp_dir().join(format!("bench-haproxy-{}.cfg", std::process::id()));
+                let splice = if splice {
+                    "  option splice-request\n  option splice-response\n"
+                } else {
+                    ""
+                };
+                std::fs::write(
+                    &path,
+                    format!(
+                        "global\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
+                    ),
+                )
+                .map_err(|e| format!("write haproxy config: {e}"))?;
+                let child = router
+                    .command("haproxy")
+                    .args(["-f", path.to_str().ok_or("temp path is not UTF-8")?, "-db"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start haproxy: {e}"))?;
+                running.child = Some(child);
+                running._config = Some(TempFile(path));
+            }
+            Kind::Socat => {
+                for (index, target) in targets.iter().enumerate() {
+                    let port = CAPTURE_PORT + 100 + index as u16;
+                    let child = router
+                        .command("socat")
+                        .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=4096"))
+                        .arg(format!("TCP:{target}"))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .map_err(|e| format!("start socat: {e}"))?;
+                    running.socat.push(child);
+                    running.add_rule(&[
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        &target.port().to_string(),
+                        "-j",
+                        "REDIRECT",
+                        "--to-ports",
+                        &port.to_string(),
+                    ]);
+                    wait_listening(&running.router, port)?;
+                }
+                return Ok(running);
+            }
+        }
+        running.add_rule(&[
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &CAPTURE_PORT.to_string(),
+        ]);
+        wait_listening(&running.router, CAPTURE_PORT)?;
+        Ok(running)
+    }
+
+    fn add_rule(&mut self, tail: &[&str]) {
+        let mut rule: Vec<String> = ["-t", "nat", "-A", "PREROUTING", "-i", "rc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        rule.extend(tail.iter().map(|s| s.to_string()));
+        iptables(&self.router, &rule);
+        self.rules.push(rule);
+    }
+
+    /// The proxy's PID (the first socat for socat; `None` for direct).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().or(self.socat.first()).map(Child::id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for mut rule in self.rules.drain(..) {
+            rule[2] = "-D".into();
+            iptables(&self.router, &rule);
+        }
+        for mut child in self.child.take().into_iter().chain(self.socat.drain(..)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(25);
+            loop {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn iptables(router: &str, rule: &[String]) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", router, "iptables"])
+        .args(rule)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "iptables {rule:?} failed"
+    );
+}
+
+/// Waits (bounded) until something listens on `port` in the namespace.
+fn wait_listening(router: &str, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                router,
+                "ss",
+                "-Hltn",
+                &format!("sport = :{port}"),
+            ])
+            .output()
+            .map_err(|e| format!("ss: {e}"))?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("nothing listens on port {port} after 10 s"))
+}

@@ -1,0 +1,265 @@
+//! Load generators and sinks: bulk streams, 64-byte ping-pong, connection rate, idle connections.
+//! Clients run in the client namespace, servers in the server namespace; every loop is bounded by
+//! a deadline or a count and stops by itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use origdst_netns_tests::netns::Netns;
+
+/// Servers in the server namespace: a sink (counts bytes) and an echo.
+pub(crate) struct Servers {
+    stop: Arc<AtomicBool>,
+    /// Bytes the sink has received, all connections together.
+    pub(crate) received: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Starts the sink on `sink` and the echo on `echo` inside `ns`; `pin` is the CPU their
+    /// threads run on.
+    pub(crate) fn start(
+        ns: &Netns,
+        sink: SocketAddr,
+        echo: SocketAddr,
+        pin: Option<usize>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for (addr, is_sink) in [(sink, true), (echo, false)] {
+            let listener = ns.run(move || {
+                let listener =
+                    TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                listener.set_nonblocking(true).expect("nonblocking");
+                listener
+            });
+            let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+            threads.push(std::thread::spawn(move || {
+                pin_to(pin);
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).expect("blocking");
+                            let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+                            std::thread::spawn(move || {
+                                pin_to(pin);
+                                if is_sink {
+                                    sink_loop(stream, &received);
+                                } else {
+                                    echo_loop(stream, &stop);
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }));
+        }
+        Self {
+            stop,
+            received,
+            threads,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sink_loop(mut stream: TcpStream, received: &AtomicU64) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+fn echo_loop(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Pins the calling thread (an optimisation: ignored where the CPU does not exist).
+pub(crate) fn pin_to(cpu: Option<usize>) {
+    if let Some(id) = cpu.and_then(|cpu| {
+        core_affinity::get_core_ids()?
+            .into_iter()
+            .find(|c| c.id == cpu)
+    }) {
+        let _ = core_affinity::set_for_current(id);
+    }
+}
+
+/// `streams` connections writing as fast as they can until `duration` passes; returns the bytes
+/// the sink received and the time until it had them all.
+pub(crate) fn bulk(
+    ns: &Netns,
+    dst: SocketAddr,
+    streams: usize,
+    duration: Duration,
+    received: &AtomicU64,
+) -> (u64, Duration) {
+    let start_count = received.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let written: u64 = ns.run(move || {
+        let threads: Vec<_> = (0..streams)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut stream =
+                        TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+                    let buf = vec![0x5au8; 256 * 1024];
+                    let deadline = Instant::now() + duration;
+                    let mut total = 0u64;
+                    while Instant::now() < deadline {
+                        match stream.write(&buf) {
+                            Ok(n) => total += n as u64,
+                            Err(e) => panic!("bulk write to {dst}: {e}"),
+                        }
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    total
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bulk writer"))
+            .sum()
+    });
+    // Done when the sink has everything that was written (bounded: a stalled path is an error).
+    let limit = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) - start_count < written {
+        assert!(
+            Instant::now() < limit,
+            "the sink is missing bytes 30 s after the writers stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (written, started.elapsed())
+}
+
+/// Ping-pong of 64-byte messages on one connection: round-trip times and transactions per second.
+pub(crate) fn ping_pong(
+    ns: &Netns,
+    dst: SocketAddr,
+    count: u64,
+    pin: Option<usize>,
+) -> (Histogram<u64>, f64) {
+    ns.run(move || {
+        pin_to(pin);
+        let mut stream = TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("histogram");
+        let request = [7u8; 64];
+        let mut response = [0u8; 64];
+        // Warm-up: connect-time effects are not latency.
+        for _ in 0..count / 10 {
+            stream.write_all(&request).expect("ping");
+            stream.read_exact(&mut response).expect("pong");
+        }
+        let started = Instant::now();
+        for _ in 0..count {
+            let sent = Instant::now();
+            stream.write_all(&request).expect("ping");
+            stream.read_exact(&mut response).expect("pong");
+            let _ = histogram.record(sent.elapsed().as_nanos() as u64);
+        }
+        let tps = count as f64 / started.elapsed().as_secs_f64();
+        (histogram, tps)
+    })
+}
+
+/// New connections for `duration` from `threads` clients, each: connect, one byte each way, close.
+/// Returns (completed connections per second, errors).
+pub(crate) fn connection_rate(
+    ns: &Netns,
+    dst: SocketAddr,
+    threads: usize,
+    duration: Duration,
+) -> (f64, u64) {
+    ns.run(move || {
+        let started = Instant::now();
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + duration;
+                    let (mut ok, mut errors) = (0u64, 0u64);
+                    while Instant::now() < deadline {
+                        let attempt = (|| -> std::io::Result<()> {
+                            let mut stream =
+                                TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+                            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            stream.write_all(&[1])?;
+                            let mut byte = [0u8; 1];
+                            stream.read_exact(&mut byte)?;
+                            Ok(())
+                        })();
+                        match attempt {
+                            Ok(()) => ok += 1,
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (ok, errors)
+                })
+            })
+            .collect();
+        let (ok, errors) = workers
+            .into_iter()
+            .map(|w| w.join().expect("connection-rate worker"))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        (ok as f64 / started.elapsed().as_secs_f64(), errors)
+    })
+}
+
+/// Opens `n` connections to an echo server, one byte echoed on each, and keeps them open.
+pub(crate) fn open_idle(ns: &Netns, dst: SocketAddr, n: usize) -> Result<Vec<TcpStream>, String> {
+    ns.run(move || {
+        (0..n)
+            .map(|i| {
+                let fail =
+                    |what: &str, e: std::io::Error| format!("idle connection #{i}: {what}: {e}");
+                let mut stream = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+                    .map_err(|e| fail("connect", e))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| fail("timeout", e))?;
+                stream.write_all(&[1]).map_err(|e| fail("send", e))?;
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).map_err(|e| fail("echo", e))?;
+                Ok(stream)
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,307 @@
+//! The macro benchmark: origdst's backends beside `direct` (no proxy), HAProxy with and without
+//! splice, and socat, **in one run**, through the gateway network-namespace topology (client ns →
+//! router ns with iptables REDIRECT → server ns). Interleaved repetitions, medians, ratios to
+//! HAProxy-splice and to direct from the same run; Markdown, JSON and an SVG plot.
+//!
+//! ```text
+//! sudo cargo run -p bench --release -- [--quick] [--reps 3] [--seconds 5] [--only a,b] [--out bench/results]
+//! ```
+
+mod candidates;
+mod load;
+mod report;
+mod system;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use origdst_netns_tests::netns::raise_nofile_limit;
+use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
+
+use crate::candidates::{ALL, Candidate, Kind, Running};
+use crate::report::{IdleSample, Results};
+
+#[derive(Parser)]
+#[command(about = "origdst against direct routing, HAProxy and socat in network namespaces")]
+struct Cli {
+    /// A smoke run: one short repetition, small idle levels (numbers printed, never asserted).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions (interleaved across candidates); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seconds per bulk and connection-rate measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Only these candidates (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The origdst binary (default: `origdst` beside this one, built if missing).
+    #[arg(long)]
+    origdst: Option<PathBuf>,
+    /// Where results.md, results.json and results.svg go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Internal: the idle-connection echo server, run as a child process.
+    #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "SECONDS"])]
+    echo_holder: Option<Vec<String>>,
+}
+
+/// Where the servers listen (all on the server's first address).
+const SINK_PORT: u16 = 5001;
+const ECHO_PORT: u16 = 5002;
+const IDLE_PORT: u16 = 5003;
+/// The proxies run on CPU 0 (origdst pins shard 0 there); clients and servers on CPU 1.
+const LOAD_CPU: usize = 1;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(args) = &cli.echo_holder {
+        let addr: SocketAddr = args[0].parse().expect("ADDR");
+        let seconds: u64 = args[1].parse().expect("SECONDS");
+        origdst_netns_tests::echo_holder::run(addr, Duration::from_secs(seconds));
+        return;
+    }
+    if let Err(err) = run(&cli) {
+        eprintln!("bench: {err}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (network namespaces, iptables)".into());
+    }
+    raise_nofile_limit();
+    let (reps, seconds) = if cli.quick {
+        (1, 0.5)
+    } else {
+        (cli.reps.max(1), cli.seconds)
+    };
+    let duration = Duration::from_secs_f64(seconds);
+    let origdst = match &cli.origdst {
+        Some(path) => path.clone(),
+        None => origdst_binary()?,
+    };
+    let candidates: Vec<Candidate> = ALL
+        .iter()
+        .filter(|c| cli.only.is_empty() || cli.only.iter().any(|o| o == c.name))
+        .filter(|c| {
+            let ok = candidates::available(c);
+            if !ok {
+                eprintln!("skipping {}: not installed", c.name);
+            }
+            ok
+        })
+        .copied()
+        .collect();
+    let gw = Gateway::new("bench");
+    for tables in ["iptables", "ip6tables"] {
+        // The topology's own REDIRECT rules: each candidate installs what it needs.
+        gw.router.exec(tables, &["-t", "nat", "-F", "PREROUTING"]);
+    }
+    let sink = addr(SERVER_V4[0], SINK_PORT);
+    let echo = addr(SERVER_V4[0], ECHO_PORT);
+    let idle = addr(SERVER_V4[0], IDLE_PORT);
+    let servers = load::Servers::start(&gw.server, sink, echo, Some(LOAD_CPU));
+    let _holder = EchoHolder::start(&gw.server, idle)?;
+    let targets = [sink, echo, idle];
+    let ping_count = if cli.quick { 2_000 } else { 20_000 };
+    let mut results = Results::new(reps, seconds);
+    for rep in 1..=reps {
+        for candidate in &candidates {
+            let running = match Running::start(candidate, &gw.router, &origdst, 2, &targets) {
+                Ok(running) => running,
+                Err(err) => {
+                    eprintln!(
+                        "[rep {rep}/{reps}] {}: did not start: {err}",
+                        candidate.name
+                    );
+                    continue;
+                }
+            };
+            for streams in [1, 8] {
+                let busy = system::cpu_busy_seconds();
+                let (bytes, elapsed) =
+                    load::bulk(&gw.client, sink, streams, duration, &servers.received);
+                let cpu = system::cpu_busy_seconds() - busy;
+                let gbit = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
+                let gib = bytes as f64 / (1u64 << 30) as f64;
+                results.add(candidate.name, &format!("bulk{streams}_gbit_s"), gbit);
+                results.add(
+                    candidate.name,
+                    &format!("bulk{streams}_cpu_s_per_gib"),
+                    cpu / gib,
+                );
+                eprintln!(
+                    "[rep {rep}/{reps}] {:<22} {streams} stream(s): {gbit:6.2} Gbit/s, {:.3} CPU s/GiB",
+                    candidate.name,
+                    cpu / gib
+                );
+            }
+            let (histogram, tps) = load::ping_pong(&gw.client, echo, ping_count, Some(LOAD_CPU));
+            for (name, quantile) in [
+                ("rr_p50_us", 0.5),
+                ("rr_p99_us", 0.99),
+                ("rr_p999_us", 0.999),
+            ] {
+                results.add(
+                    candidate.name,
+                    name,
+                    histogram.value_at_quantile(quantile) as f64 / 1e3,
+                );
+            }
+            results.add(candidate.name, "rr_tps", tps);
+            let (rate, errors) = load::connection_rate(&gw.client, echo, 4, duration);
+            results.add(candidate.name, "conn_per_s", rate);
+            results.add(candidate.name, "conn_errors", errors as f64);
+            eprintln!(
+                "[rep {rep}/{reps}] {:<22} 64 B ping-pong p50 {:.1} µs p99 {:.1} µs, {tps:.0} tx/s; {rate:.0} conn/s ({errors} errors)",
+                candidate.name,
+                histogram.value_at_quantile(0.5) as f64 / 1e3,
+                histogram.value_at_quantile(0.99) as f64 / 1e3,
+            );
+            drop(running);
+        }
+    }
+    let levels = idle_levels(cli.quick);
+    for candidate in candidates.iter().filter(|c| c.kind != Kind::Socat) {
+        for &n in &levels {
+            match idle_sample(candidate, &gw, &origdst, idle, n, &targets) {
+                Ok(sample) => {
+                    eprintln!(
+                        "[idle] {:<22} {n:>5} connections: RSS {} KiB, {} iou-wrk, {} pipes, kernel stack +{} KiB, slab +{} KiB",
+                        candidate.name,
+                        sample.rss_kib.map_or("-".into(), |v| v.to_string()),
+                        sample.iou_wrk.map_or("-".into(), |v| v.to_string()),
+                        sample.pipes.map_or("-".into(), |v| v.to_string()),
+                        sample.kernel_stack_kib,
+                        sample.slab_kib
+                    );
+                    results.add_idle(candidate.name, n, sample);
+                }
+                Err(err) => eprintln!("[idle] {} at {n}: {err}", candidate.name),
+            }
+        }
+    }
+    drop(servers);
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
+    let markdown = results.markdown();
+    for (name, text) in [
+        ("results.md", markdown.clone()),
+        ("results.json", results.json()),
+        ("results.svg", results.svg()),
+    ] {
+        let path = cli.out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("{markdown}");
+    eprintln!("wrote {}/results.{{md,json,svg}}", cli.out.display());
+    Ok(())
+}
+
+/// 10, 1 000 and 10 000 idle connections (capped by the hard descriptor limit, which a process
+/// without CAP_SYS_RESOURCE cannot raise: each connection costs the proxy two).
+fn idle_levels(quick: bool) -> Vec<usize> {
+    if quick {
+        return vec![10, 200];
+    }
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024));
+    let top = 10_000usize.min((hard.saturating_sub(64) / 2) as usize);
+    vec![10, 1_000, top]
+}
+
+fn idle_sample(
+    candidate: &Candidate,
+    gw: &Gateway,
+    origdst: &Path,
+    idle: SocketAddr,
+    n: usize,
+    targets: &[SocketAddr],
+) -> Result<IdleSample, String> {
+    let running = Running::start(candidate, &gw.router, origdst, 2, targets)?;
+    let before = system::Meminfo::read();
+    let streams = load::open_idle(&gw.client, idle, n)?;
+    // Let anything that would park a kernel worker per connection show itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = system::Meminfo::read();
+    let process = running.pid().map(system::Process::read);
+    drop(streams);
+    drop(running);
+    Ok(IdleSample {
+        rss_kib: process.as_ref().map(|p| p.rss_kib),
+        iou_wrk: process.as_ref().map(|p| p.iou_wrk),
+        pipes: process.as_ref().map(|p| p.pipes),
+        kernel_stack_kib: after
+            .kernel_stack_kib
+            .saturating_sub(before.kernel_stack_kib),
+        slab_kib: after.slab_kib.saturating_sub(before.slab_kib),
+    })
+}
+
+/// The release origdst next to this binary, built first if missing.
+fn origdst_binary() -> Result<PathBuf, String> {
+    let here = std::env::current_exe().map_err(|e| e.to_string())?;
+    let binary = here.with_file_name("origdst");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = if here.to_string_lossy().contains("/release/") {
+            "--release"
+        } else {
+            "--quiet"
+        };
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "origdst-runtime-uring",
+                "--bin",
+                "origdst",
+                profile,
+            ])
+            .status()
+            .map_err(|e| format!("cargo build: {e}"))?;
+        if !status.success() || !binary.exists() {
+            return Err(format!("could not build {}", binary.display()));
+        }
+    }
+    Ok(binary)
+}
+
+/// The idle echo server, a child process so its sockets do not count against ours; it ends when
+/// this process closes its stdin (on drop) or after an hour.
+struct EchoHolder(Child);
+
+impl EchoHolder {
+    fn start(ns: &origdst_netns_tests::netns::Netns, at: SocketAddr) -> Result<Self, String> {
+        use std::io::BufRead;
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = ns
+            .command(me.to_str().ok_or("the bench path is not UTF-8")?)
+            .args(["--echo-holder", &at.to_string(), "3600"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start the idle echo server: {e}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().ok_or("no stdout")?)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.trim() != "listening" {
+            return Err(format!("the idle echo server said {line:?}"));
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for EchoHolder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}

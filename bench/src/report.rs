@@ -1,0 +1,268 @@
+//! Medians and ratios from one run, written as Markdown, JSON and an SVG bar chart. The chart is
+//! a few dozen rectangles and labels written directly: a plotting library would pull in font and
+//! rendering stacks for that.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// One idle-scale measurement.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct IdleSample {
+    pub(crate) rss_kib: Option<u64>,
+    pub(crate) iou_wrk: Option<u64>,
+    pub(crate) pipes: Option<u64>,
+    pub(crate) kernel_stack_kib: u64,
+    pub(crate) slab_kib: u64,
+}
+
+/// Everything measured, in candidate order of first appearance.
+pub(crate) struct Results {
+    reps: usize,
+    seconds: f64,
+    order: Vec<String>,
+    samples: BTreeMap<(String, String), Vec<f64>>,
+    idle: BTreeMap<String, BTreeMap<usize, IdleSample>>,
+}
+
+/// The metrics in table order: (key, header, lower is better).
+const METRICS: &[(&str, &str, bool)] = &[
+    ("bulk1_gbit_s", "1-stream Gbit/s", false),
+    ("bulk1_cpu_s_per_gib", "1-stream CPU s/GiB", true),
+    ("bulk8_gbit_s", "8-stream Gbit/s", false),
+    ("bulk8_cpu_s_per_gib", "8-stream CPU s/GiB", true),
+    ("rr_p50_us", "64 B RR p50 µs", true),
+    ("rr_p99_us", "p99 µs", true),
+    ("rr_p999_us", "p99.9 µs", true),
+    ("rr_tps", "RR tx/s", false),
+    ("conn_per_s", "conn/s", false),
+    ("conn_errors", "conn errors", true),
+];
+
+const REFERENCE: &str = "haproxy-splice";
+const DIRECT: &str = "direct";
+
+impl Results {
+    pub(crate) fn new(reps: usize, seconds: f64) -> Self {
+        Self {
+            reps,
+            seconds,
+            order: Vec::new(),
+            samples: BTreeMap::new(),
+            idle: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, candidate: &str, metric: &str, value: f64) {
+        if !self.order.iter().any(|c| c == candidate) {
+            self.order.push(candidate.to_string());
+        }
+        self.samples
+            .entry((candidate.to_string(), metric.to_string()))
+            .or_default()
+            .push(value);
+    }
+
+    pub(crate) fn add_idle(&mut self, candidate: &str, connections: usize, sample: IdleSample) {
+        self.idle
+            .entry(candidate.to_string())
+            .or_default()
+            .insert(connections, sample);
+    }
+
+    /// The median of a candidate's values for a metric.
+    pub(crate) fn median(&self, candidate: &str, metric: &str) -> Option<f64> {
+        let mut values = self
+            .samples
+            .get(&(candidate.to_string(), metric.to_string()))?
+            .clone();
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        Some(if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        })
+    }
+
+    fn ratio(&self, candidate: &str, metric: &str, to: &str) -> Option<f64> {
+        let reference = self.median(to, metric)?;
+        (reference != 0.0).then(|| self.median(candidate, metric).map(|v| v / reference))?
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Gateway topology (client ns → router ns with iptables REDIRECT → server ns), {} interleaved repetition(s), medians; bulk and connection rate {} s each; whole-system CPU from /proc/stat. `×hs`: ratio to HAProxy forced splice, `×d`: to direct, both from this run.\n",
+            self.reps, self.seconds
+        );
+        let _ = write!(out, "| candidate |");
+        for (_, header, _) in METRICS {
+            let _ = write!(out, " {header} |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in METRICS {
+            let _ = write!(out, "---|");
+        }
+        out.push('\n');
+        for candidate in &self.order {
+            let _ = write!(out, "| {candidate} |");
+            for (metric, _, _) in METRICS {
+                match self.median(candidate, metric) {
+                    None => {
+                        let _ = write!(out, " – |");
+                    }
+                    Some(value) => {
+                        let _ = write!(out, " {}", format_value(value));
+                        if *metric != "conn_errors"
+                            && let Some(r) = self.ratio(candidate, metric, REFERENCE)
+                        {
+                            let _ = write!(out, " ({r:.2}×hs");
+                            match self.ratio(candidate, metric, DIRECT) {
+                                Some(d) => {
+                                    let _ = write!(out, ", {d:.2}×d)");
+                                }
+                                None => out.push(')'),
+                            }
+                        }
+                        out.push_str(" |");
+                    }
+                }
+            }
+            out.push('\n');
+        }
+        if !self.idle.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nIdle connections held open (each echoed one byte first):\n\n| candidate | connections | proxy RSS KiB | iou-wrk threads | pipes held | kernel stack +KiB | slab +KiB |\n|---|---|---|---|---|---|---|"
+            );
+            for candidate in &self.order {
+                for (n, s) in self.idle.get(candidate).into_iter().flatten() {
+                    let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+                    let _ = writeln!(
+                        out,
+                        "| {candidate} | {n} | {} | {} | {} | {} | {} |",
+                        opt(s.rss_kib),
+                        opt(s.iou_wrk),
+                        opt(s.pipes),
+                        s.kernel_stack_kib,
+                        s.slab_kib
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn json(&self) -> String {
+        #[derive(Serialize)]
+        struct Metric {
+            median: f64,
+            values: Vec<f64>,
+            ratio_to_haproxy_splice: Option<f64>,
+            ratio_to_direct: Option<f64>,
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            reps: usize,
+            seconds: f64,
+            candidates: BTreeMap<&'a str, BTreeMap<&'a str, Metric>>,
+            idle: &'a BTreeMap<String, BTreeMap<usize, IdleSample>>,
+        }
+        let mut candidates: BTreeMap<&str, BTreeMap<&str, Metric>> = BTreeMap::new();
+        for ((candidate, metric), values) in &self.samples {
+            let entry = candidates.entry(candidate).or_default();
+            entry.insert(
+                metric,
+                Metric {
+                    median: self.median(candidate, metric).unwrap_or(f64::NAN),
+                    values: values.clone(),
+                    ratio_to_haproxy_splice: self.ratio(candidate, metric, REFERENCE),
+                    ratio_to_direct: self.ratio(candidate, metric, DIRECT),
+                },
+            );
+        }
+        serde_json::to_string_pretty(&Out {
+            reps: self.reps,
+            seconds: self.seconds,
+            candidates,
+            idle: &self.idle,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Two panels of horizontal bars: bulk throughput (1 and 8 streams) and whole-system CPU
+    /// seconds per GiB, one row per candidate.
+    pub(crate) fn svg(&self) -> String {
+        let rows = self.order.len().max(1);
+        let row_h = 34.0;
+        let panel_w = 420.0;
+        let label_w = 190.0;
+        let height = 70.0 + rows as f64 * row_h;
+        let width = label_w + 2.0 * panel_w + 60.0;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let panels = [
+            (
+                "Throughput, Gbit/s (1 stream, 8 streams)",
+                ["bulk1_gbit_s", "bulk8_gbit_s"],
+            ),
+            (
+                "Whole-system CPU s/GiB (1 stream, 8 streams)",
+                ["bulk1_cpu_s_per_gib", "bulk8_cpu_s_per_gib"],
+            ),
+        ];
+        for (p, (title, metrics)) in panels.iter().enumerate() {
+            let x0 = label_w + p as f64 * (panel_w + 30.0);
+            let _ = writeln!(
+                out,
+                r#"<text x="{x0}" y="20" font-weight="bold">{title}</text>"#
+            );
+            let max = self
+                .order
+                .iter()
+                .flat_map(|c| metrics.iter().filter_map(move |m| self.median(c, m)))
+                .fold(0.0f64, f64::max)
+                .max(f64::MIN_POSITIVE);
+            for (i, candidate) in self.order.iter().enumerate() {
+                let y = 40.0 + i as f64 * row_h;
+                if p == 0 {
+                    let _ = writeln!(out, r#"<text x="8" y="{}">{candidate}</text>"#, y + 18.0);
+                }
+                for (k, metric) in metrics.iter().enumerate() {
+                    let Some(value) = self.median(candidate, metric) else {
+                        continue;
+                    };
+                    let w = value / max * (panel_w - 70.0);
+                    let yy = y + k as f64 * 14.0;
+                    let colour = if k == 0 { "#4878b0" } else { "#e08a3c" };
+                    let _ = writeln!(
+                        out,
+                        r#"<rect x="{x0}" y="{yy}" width="{w:.1}" height="12" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+                        x0 + w + 4.0,
+                        yy + 10.0,
+                        format_value(value)
+                    );
+                }
+            }
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
