@@ -153,6 +153,12 @@ impl Running {
             Kind::Haproxy { splice } => {
                 let path =
                     std::env::temp_dir().join(format!("bench-haproxy-{}.cfg", std::process::id()));
+                // One thread: on CPU 0, like origdst's single shard.
+                let cpu_map = if threads == 1 {
+                    "  cpu-map 1/1 0\n"
+                } else {
+                    ""
+                };
                 let splice = if splice {
                     "  option splice-request\n  option splice-response\n"
                 } else {
@@ -161,7 +167,7 @@ impl Running {
                 std::fs::write(
                     &path,
                     format!(
-                        "global\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
+                        "global\n  nbthread {threads}\n{cpu_map}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
                     ),
                 )
                 .map_err(|e| format!("write haproxy config: {e}"))?;
@@ -178,8 +184,10 @@ impl Running {
             Kind::Socat => {
                 for (index, target) in targets.iter().enumerate() {
                     let port = CAPTURE_PORT + 100 + index as u16;
+                    // socat forks per connection; with one "thread" it is confined to CPU 0.
                     let child = router
-                        .command("socat")
+                        .command("taskset")
+                        .args(["-c", if threads == 1 { "0" } else { "0-1" }, "socat"])
                         .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=4096"))
                         .arg(format!("TCP:{target}"))
                         .stdout(Stdio::null())

@@ -208,12 +208,14 @@ pub(crate) fn connection_rate(
     dst: SocketAddr,
     threads: usize,
     duration: Duration,
+    pin: Option<usize>,
 ) -> (f64, u64) {
     ns.run(move || {
         let started = Instant::now();
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 std::thread::spawn(move || {
+                    pin_to(pin);
                     let deadline = Instant::now() + duration;
                     let (mut ok, mut errors) = (0u64, 0u64);
                     while Instant::now() < deadline {

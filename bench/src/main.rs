@@ -103,6 +103,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         // The topology's own REDIRECT rules: each candidate installs what it needs.
         gw.router.exec(tables, &["-t", "nat", "-F", "PREROUTING"]);
     }
+    // A proxy opens every upstream connection to the same server address and closes it first, so
+    // its TIME_WAIT sockets pile up on one 4-tuple space: without reuse the connection-rate test
+    // measures the kernel's port search (every proxy alike). What a busy node proxy host sets.
+    gw.router.exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65000",
+        ],
+    );
     let sink = addr(SERVER_V4[0], SINK_PORT);
     let echo = addr(SERVER_V4[0], ECHO_PORT);
     let idle = addr(SERVER_V4[0], IDLE_PORT);
@@ -123,6 +134,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                     continue;
                 }
             };
+            // Bulk: two proxy threads (the machine's two cores are shared with load and sink).
             for streams in [1, 8] {
                 let busy = system::cpu_busy_seconds();
                 let (bytes, elapsed) =
@@ -142,6 +154,19 @@ fn run(cli: &Cli) -> Result<(), String> {
                     cpu / gib
                 );
             }
+            drop(running);
+            // Latency and connection rate: one proxy thread on CPU 0, client and server on CPU 1,
+            // so neither the scheduler nor a shard sharing the load's core decides the numbers.
+            let running = match Running::start(candidate, &gw.router, &origdst, 1, &targets) {
+                Ok(running) => running,
+                Err(err) => {
+                    eprintln!(
+                        "[rep {rep}/{reps}] {}: did not start: {err}",
+                        candidate.name
+                    );
+                    continue;
+                }
+            };
             let (histogram, tps) = load::ping_pong(&gw.client, echo, ping_count, Some(LOAD_CPU));
             for (name, quantile) in [
                 ("rr_p50_us", 0.5),
@@ -155,7 +180,8 @@ fn run(cli: &Cli) -> Result<(), String> {
                 );
             }
             results.add(candidate.name, "rr_tps", tps);
-            let (rate, errors) = load::connection_rate(&gw.client, echo, 4, duration);
+            let (rate, errors) =
+                load::connection_rate(&gw.client, echo, 4, duration, Some(LOAD_CPU));
             results.add(candidate.name, "conn_per_s", rate);
             results.add(candidate.name, "conn_errors", errors as f64);
             eprintln!(
@@ -183,7 +209,10 @@ fn run(cli: &Cli) -> Result<(), String> {
                     );
                     results.add_idle(candidate.name, n, sample);
                 }
-                Err(err) => eprintln!("[idle] {} at {n}: {err}", candidate.name),
+                Err(err) => {
+                    eprintln!("[idle] {} at {n}: {err}", candidate.name);
+                    results.add_idle_failure(candidate.name, n, err);
+                }
             }
         }
     }

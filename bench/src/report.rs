@@ -24,6 +24,7 @@ pub(crate) struct Results {
     order: Vec<String>,
     samples: BTreeMap<(String, String), Vec<f64>>,
     idle: BTreeMap<String, BTreeMap<usize, IdleSample>>,
+    idle_failures: BTreeMap<String, BTreeMap<usize, String>>,
 }
 
 /// The metrics in table order: (key, header, lower is better).
@@ -51,7 +52,15 @@ impl Results {
             order: Vec::new(),
             samples: BTreeMap::new(),
             idle: BTreeMap::new(),
+            idle_failures: BTreeMap::new(),
         }
+    }
+
+    pub(crate) fn add_idle_failure(&mut self, candidate: &str, connections: usize, why: String) {
+        self.idle_failures
+            .entry(candidate.to_string())
+            .or_default()
+            .insert(connections, why);
     }
 
     pub(crate) fn add(&mut self, candidate: &str, metric: &str, value: f64) {
@@ -139,6 +148,9 @@ impl Results {
                 "\nIdle connections held open (each echoed one byte first):\n\n| candidate | connections | proxy RSS KiB | iou-wrk threads | pipes held | kernel stack +KiB | slab +KiB |\n|---|---|---|---|---|---|---|"
             );
             for candidate in &self.order {
+                for (n, why) in self.idle_failures.get(candidate).into_iter().flatten() {
+                    let _ = writeln!(out, "| {candidate} | {n} | failed: {why} | | | | |");
+                }
                 for (n, s) in self.idle.get(candidate).into_iter().flatten() {
                     let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
                     let _ = writeln!(
@@ -170,6 +182,7 @@ impl Results {
             seconds: f64,
             candidates: BTreeMap<&'a str, BTreeMap<&'a str, Metric>>,
             idle: &'a BTreeMap<String, BTreeMap<usize, IdleSample>>,
+            idle_failures: &'a BTreeMap<String, BTreeMap<usize, String>>,
         }
         let mut candidates: BTreeMap<&str, BTreeMap<&str, Metric>> = BTreeMap::new();
         for ((candidate, metric), values) in &self.samples {
@@ -189,6 +202,7 @@ impl Results {
             seconds: self.seconds,
             candidates,
             idle: &self.idle,
+            idle_failures: &self.idle_failures,
         })
         .unwrap_or_default()
     }

@@ -14,6 +14,7 @@ use super::io::{DirKey, Io};
 use super::progress::Progress;
 use super::splice::SpliceDir;
 use crate::sys::raw;
+use crate::token::{Kind, Token};
 
 /// One direction's data path state.
 #[derive(Debug)]
@@ -53,6 +54,19 @@ impl DirIo {
             }
             Self::Splice(splice) => splice.pump(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
+        }
+    }
+
+    /// The `user_data` of operations that may be in flight for this direction (cancelling one
+    /// that already finished is a harmless miss).
+    pub(crate) fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
+        match self {
+            Self::Copy(copy) => copy.inflight(key, out),
+            Self::Splice(_) | Self::Internal(_) => {
+                for kind in [Kind::PollIn, Kind::PollOut] {
+                    out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
+                }
+            }
         }
     }
 

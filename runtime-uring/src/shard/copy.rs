@@ -180,6 +180,25 @@ impl CopyDir {
 
     /// The connection is closing: give back every buffer not owned by an in-flight send (that one
     /// comes back with its completion, whose token carries the buffer id).
+    /// The `user_data` of operations that may be in flight for this direction.
+    pub(crate) fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
+        if self.recv_armed {
+            out.push(Token::new(Kind::Recv, key.slot, key.generation, key.dir).encode());
+        }
+        match self.send {
+            SendState::Idle => {}
+            SendState::Sending => {
+                if let Some(head) = self.queue.front() {
+                    let token = Token::new(Kind::Send, key.slot, key.generation, key.dir);
+                    out.push(token.with_buf(head.id).encode());
+                }
+            }
+            SendState::AwaitingWritable => {
+                out.push(Token::new(Kind::PollOut, key.slot, key.generation, key.dir).encode());
+            }
+        }
+    }
+
     pub(crate) fn release(&mut self, io: &mut Io) {
         let skip = usize::from(self.send == SendState::Sending);
         let ring = io.buf_ring.as_mut().expect("copy path has a buffer ring");

@@ -736,7 +736,16 @@ impl Shard {
             self.setup.own_upstreams.remove(port, key);
         }
         let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
-        self.io.poller.cancel_fd(old.as_raw_fd(), token.encode());
+        let connect = Token::new(
+            Kind::ConnectPoll,
+            slot,
+            conn.generation,
+            Dir::ClientToUpstream,
+        )
+        .encode();
+        self.io
+            .poller
+            .cancel_ops(&[old.as_raw_fd()], &[connect], token.encode());
         self.io.closing.push(old);
     }
 
@@ -755,13 +764,31 @@ impl Shard {
                 self.leave_pair(now, pair, side);
             }
         }
-        for fd in [conn.client.as_ref(), conn.upstream.as_ref()]
+        let fds: Vec<_> = [conn.client.as_ref(), conn.upstream.as_ref()]
             .into_iter()
             .flatten()
-        {
-            let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
-            self.io.poller.cancel_fd(fd.as_raw_fd(), token.encode());
+            .map(|fd| fd.as_raw_fd())
+            .collect();
+        let mut targets = vec![
+            Token::new(
+                Kind::ConnectPoll,
+                slot,
+                conn.generation,
+                Dir::ClientToUpstream,
+            )
+            .encode(),
+            Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream).encode(),
+        ];
+        for dir in Dir::ALL {
+            let key = DirKey {
+                slot,
+                generation: conn.generation,
+                dir,
+            };
+            conn.dirs[dir.index()].inflight(key, &mut targets);
         }
+        let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
+        self.io.poller.cancel_ops(&fds, &targets, token.encode());
         for dir in &mut conn.dirs {
             dir.release(&mut self.io);
         }

@@ -179,15 +179,25 @@ impl Poller {
         }
     }
 
-    /// Cancels every operation on `fd` (before it is closed).
-    pub(crate) fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
+    /// Cancels a connection's operations before its descriptors close: io_uring by each
+    /// operation's `user_data` (a hash lookup; cancelling by descriptor scans every request in
+    /// flight, which made closing 10 000 connections quadratic), epoll by forgetting `fds`.
+    pub(crate) fn cancel_ops(&mut self, fds: &[RawFd], targets: &[u64], user_data: u64) {
         match self {
             Self::Uring { .. } => {
-                let cancel =
-                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all());
-                self.push(cancel.build().user_data(user_data));
+                for &target in targets {
+                    self.push(
+                        opcode::AsyncCancel::new(target)
+                            .build()
+                            .user_data(user_data),
+                    );
+                }
             }
-            Self::Epoll(epoll) => epoll.forget(fd),
+            Self::Epoll(epoll) => {
+                for &fd in fds {
+                    epoll.forget(fd);
+                }
+            }
         }
     }
 
