@@ -103,17 +103,20 @@ fn run(cli: &Cli) -> Result<(), String> {
         // The topology's own REDIRECT rules: each candidate installs what it needs.
         gw.router.exec(tables, &["-t", "nat", "-F", "PREROUTING"]);
     }
-    // A proxy opens every upstream connection to the same server address and closes it first, so
-    // its TIME_WAIT sockets pile up on one 4-tuple space: without reuse the connection-rate test
-    // measures the kernel's port search (every proxy alike). What a busy node proxy host sets.
-    gw.router.exec(
-        "sysctl",
-        &[
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65000",
-        ],
-    );
+    // Every test connection goes from one client address to one server address (and every
+    // upstream connection from the router to it): TIME_WAIT sockets pile up in one 4-tuple space
+    // and, without reuse and a wide port range, the connection-rate and idle tests would measure
+    // port exhaustion (EADDRNOTAVAIL) instead of the proxies. What a busy node proxy host sets.
+    for ns in [&gw.client, &gw.router] {
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=1024 65000",
+            ],
+        );
+    }
     let sink = addr(SERVER_V4[0], SINK_PORT);
     let echo = addr(SERVER_V4[0], ECHO_PORT);
     let idle = addr(SERVER_V4[0], IDLE_PORT);
