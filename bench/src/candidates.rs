@@ -3,6 +3,7 @@
 //! the original destination), socat (one fixed target per port), and `direct` (no proxy: the
 //! router only forwards — the physical limit).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -184,9 +185,12 @@ impl Running {
             Kind::Socat => {
                 for (index, target) in targets.iter().enumerate() {
                     let port = CAPTURE_PORT + 100 + index as u16;
-                    // socat forks per connection; with one "thread" it is confined to CPU 0.
+                    // socat forks per connection; with one "thread" it is confined to CPU 0. Its
+                    // own process group, so stopping it stops the forked children too (they
+                    // inherit the listening socket).
                     let child = router
                         .command("taskset")
+                        .process_group(0)
                         .args(["-c", if threads == 1 { "0" } else { "0-1" }, "socat"])
                         .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=4096"))
                         .arg(format!("TCP:{target}"))
@@ -244,9 +248,13 @@ impl Drop for Running {
             rule[2] = "-D".into();
             iptables(&self.router, &rule);
         }
-        for mut child in self.child.take().into_iter().chain(self.socat.drain(..)) {
+        let groups = self.socat.len();
+        for (index, mut child) in self.socat.drain(..).chain(self.child.take()).enumerate() {
+            // socat: the whole process group (its per-connection children); others: the PID.
+            let pid = child.id() as i32;
+            let target = if index < groups { -pid } else { pid };
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::unistd::Pid::from_raw(target),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(25);
