@@ -107,13 +107,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     // upstream connection from the router to it): TIME_WAIT sockets pile up in one 4-tuple space
     // and, without reuse and a wide port range, the connection-rate and idle tests would measure
     // port exhaustion (EADDRNOTAVAIL) instead of the proxies. What a busy node proxy host sets.
+    // The range starts above the capture ports (15001, socat's 151xx) so no upstream connection
+    // ever holds one of them.
     for ns in [&gw.client, &gw.router] {
         ns.exec(
             "sysctl",
             &[
                 "-qw",
                 "net.ipv4.tcp_tw_reuse=1",
-                "net.ipv4.ip_local_port_range=1024 65000",
+                "net.ipv4.ip_local_port_range=20000 65000",
             ],
         );
     }
