@@ -15,10 +15,12 @@ use origdst_netns_tests::netns::Netns;
 pub(crate) enum Kind {
     /// No proxy.
     Direct,
-    /// origdst with `--backend` and `--data-path`.
+    /// origdst with `--backend` and `--data-path`; `uid`: run unprivileged as that uid (no
+    /// capabilities, `upstream_mark: null`, its pipes under the per-user pipe limit).
     Origdst {
         backend: &'static str,
         data_path: &'static str,
+        uid: Option<u32>,
     },
     /// HAProxy, forced splice or none.
     Haproxy { splice: bool },
@@ -44,6 +46,7 @@ pub(crate) const ALL: &[Candidate] = &[
         kind: Kind::Origdst {
             backend: "io-uring",
             data_path: "uring-splice",
+            uid: None,
         },
     },
     Candidate {
@@ -51,6 +54,7 @@ pub(crate) const ALL: &[Candidate] = &[
         kind: Kind::Origdst {
             backend: "io-uring",
             data_path: "uring-copy",
+            uid: None,
         },
     },
     Candidate {
@@ -58,6 +62,7 @@ pub(crate) const ALL: &[Candidate] = &[
         kind: Kind::Origdst {
             backend: "epoll",
             data_path: "uring-splice",
+            uid: None,
         },
     },
     Candidate {
@@ -65,6 +70,15 @@ pub(crate) const ALL: &[Candidate] = &[
         kind: Kind::Origdst {
             backend: "epoll",
             data_path: "uring-copy",
+            uid: None,
+        },
+    },
+    Candidate {
+        name: "origdst-uring-splice-uid1337",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-splice",
+            uid: Some(1337),
         },
     },
     Candidate {
@@ -134,16 +148,40 @@ impl Running {
         };
         match candidate.kind {
             Kind::Direct => return Ok(running),
-            Kind::Origdst { backend, data_path } => {
-                let child = router
-                    .command(origdst.to_str().ok_or("origdst path is not UTF-8")?)
-                    .args([
-                        "run",
-                        "--shards",
-                        &threads.to_string(),
-                        "--backend",
-                        backend,
-                    ])
+            Kind::Origdst {
+                backend,
+                data_path,
+                uid,
+            } => {
+                let binary = origdst.to_str().ok_or("origdst path is not UTF-8")?;
+                let mut command = match uid {
+                    None => router.command(binary),
+                    Some(uid) => {
+                        // Istio's sidecar convention: uid 1337 without capabilities, so no
+                        // SO_MARK (`upstream_mark: null`), its pipes under the per-user limit.
+                        let id = uid.to_string();
+                        let mut command = router.command("setpriv");
+                        command
+                            .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+                            .args(["--inh-caps=-all", "--bounding-set=-all", binary]);
+                        command
+                    }
+                };
+                command.arg("run");
+                if uid.is_some() {
+                    let path = std::env::temp_dir()
+                        .join(format!("bench-origdst-{}.yaml", std::process::id()));
+                    let yaml = origdst_core::config::DEFAULT_YAML.replacen(
+                        "upstream_mark: 1337",
+                        "upstream_mark: null",
+                        1,
+                    );
+                    std::fs::write(&path, yaml).map_err(|e| format!("write config: {e}"))?;
+                    command.arg("--config").arg(&path);
+                    running._config = Some(TempFile(path));
+                }
+                let child = command
+                    .args(["--shards", &threads.to_string(), "--backend", backend])
                     .args(["--data-path", data_path, "--log-level", "warn"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
