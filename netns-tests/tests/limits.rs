@@ -204,10 +204,6 @@ fn fate(stream: &TcpStream) -> Fate {
     }
 }
 
-fn fates(streams: &[TcpStream]) -> Vec<Fate> {
-    streams.iter().map(fate).collect()
-}
-
 #[test]
 fn descriptor_exhaustion_backs_off_counts_and_recovers() {
     let gw = Gateway::new("nofile");
@@ -231,11 +227,35 @@ fn descriptor_exhaustion_backs_off_counts_and_recovers() {
             })
             .collect()
     });
-    thread::sleep(Duration::from_secs(1));
     for stream in &streams {
         stream.set_nonblocking(true).unwrap();
     }
-    let before = fates(&streams);
+    // Wait until relaying has settled: some echoed, and nothing changed for half a second (a
+    // fixed sleep flaked when the machine was busy). An echoed byte is read once, so only the
+    // still-waiting connections are asked again.
+    let mut before = vec![Fate::Waiting; streams.len()];
+    let settle_deadline = Instant::now() + SETTLE_MAX;
+    let mut last_change = Instant::now();
+    loop {
+        for (fate_of, stream) in before.iter_mut().zip(&streams) {
+            if *fate_of == Fate::Waiting {
+                let now = fate(stream);
+                if now != Fate::Waiting {
+                    *fate_of = now;
+                    last_change = Instant::now();
+                }
+            }
+        }
+        let any_echoed = before.contains(&Fate::Echoed);
+        if any_echoed && last_change.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            Instant::now() < settle_deadline,
+            "no connection relayed within {SETTLE_MAX:?} (before any descriptor ran out)"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let echoed = before.iter().filter(|&&f| f == Fate::Echoed).count();
     let waiting = before.iter().filter(|&&f| f == Fate::Waiting).count();
     let reset = before.len() - echoed - waiting;
@@ -320,6 +340,8 @@ fn ask_echo(ns: &origdst_netns_tests::netns::Netns, dst: SocketAddr) -> String {
 const NOFILE: u32 = 64;
 const FLOOD: usize = 80;
 const RECOVERY_MAX: Duration = Duration::from_secs(10);
+/// How long relaying may take to settle while the machine is busy with other tests.
+const SETTLE_MAX: Duration = Duration::from_secs(20);
 
 /// Running unprivileged, origdst's pipes count against the per-user pipe limit
 /// (`fs.pipe-user-pages-soft`, 64 MiB by default): past it the kernel refuses `F_SETPIPE_SZ` and new

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{
     Cluster, ClusterKind, ConfigError, Endpoint, EndpointTarget, FilterMetadata, Listener,
-    ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, socket_address, typed,
+    ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, port_number,
+    socket_address, typed,
 };
 
 pub(super) fn validate(
@@ -107,20 +108,10 @@ fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigE
             name.to_ascii_lowercase()
         }
     };
-    let upstream_port_override = match lb.upstream_port_override {
-        None => None,
-        Some(port) => Some(
-            u16::try_from(port)
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{lb_path}.upstream_port_override"),
-                        format!("{port} is not a port in 1..=65535"),
-                    )
-                })?,
-        ),
-    };
+    let upstream_port_override = lb
+        .upstream_port_override
+        .map(|port| port_number(&format!("{lb_path}.upstream_port_override"), port))
+        .transpose()?;
     let metadata_key = match &lb.metadata_key {
         None => None,
         Some(key) => {

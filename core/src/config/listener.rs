@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::{
     ChainMatch, Cidr, Cluster, ClusterKind, ConfigError, FilterChain, FilterStateEntry,
     FilterStateKey, FormatValue, InternalListenerSettings, Knobs, Listener, ListenerAddress,
-    SharedWithUpstream, TcpProxy, TrafficDirection, envoy, parse_duration, socket_address, typed,
+    SharedWithUpstream, TcpProxy, TrafficDirection, envoy, parse_duration, port_number,
+    socket_address, typed,
 };
 use crate::connection::OriginalSrc;
 
@@ -429,20 +430,10 @@ fn filter_chain(
 }
 
 fn chain_match(path: &str, raw: &envoy::FilterChainMatch) -> Result<ChainMatch, ConfigError> {
-    let destination_port = match raw.destination_port {
-        None => None,
-        Some(port) => Some(
-            u16::try_from(port)
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{path}.destination_port"),
-                        format!("{port} is not a port in 1..=65535"),
-                    )
-                })?,
-        ),
-    };
+    let destination_port = raw
+        .destination_port
+        .map(|port| port_number(&format!("{path}.destination_port"), port))
+        .transpose()?;
     let cidrs = |field: &str, ranges: &[envoy::CidrRange]| -> Result<Vec<Cidr>, ConfigError> {
         ranges
             .iter()

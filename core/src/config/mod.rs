@@ -495,16 +495,16 @@ fn socket_address(path: &str, raw: &envoy::SocketAddress) -> Result<SocketAddr, 
             format!("{:?} is not an IP address", raw.address),
         )
     })?;
-    let port = u16::try_from(raw.port_value)
+    let port = port_number(&format!("{path}.port_value"), raw.port_value)?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A port in 1..=65535 (0 is never meaningful in a config), or an error naming `path`.
+fn port_number(path: &str, value: u32) -> Result<u16, ConfigError> {
+    u16::try_from(value)
         .ok()
         .filter(|&port| port != 0)
-        .ok_or_else(|| {
-            ConfigError::new(
-                format!("{path}.port_value"),
-                format!("{} is not a port in 1..=65535", raw.port_value),
-            )
-        })?;
-    Ok(SocketAddr::new(ip, port))
+        .ok_or_else(|| ConfigError::new(path, format!("{value} is not a port in 1..=65535")))
 }
 
 /// `buffer_size_kb`'s Envoy default (1 MiB).
