@@ -29,7 +29,7 @@ use crate::orig_dst::{
     SelfAddrs,
 };
 use crate::relay::{Dir, HalfDuplex, HalfState, Side};
-use crate::route::{self, HeadPlan, Route, Target, UpstreamPlan};
+use crate::route::{self, ChainId, HeadPlan, Route, Target, UpstreamPlan};
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 
@@ -300,8 +300,7 @@ impl Connection {
     ) -> Self {
         let route = orig_dst::resolve(evidence, me).map(|resolution| Route {
             listener: 0,
-            chain: String::new(),
-            stat_prefix: String::new(),
+            chain: ChainId::Default,
             params: params.clone(),
             max_connect_attempts: 1,
             resolution: Some(resolution),

@@ -27,10 +27,8 @@ use crate::stats::{Counter, Counters};
 pub struct Route {
     /// The listener that handles it (after a hand-off, the target).
     pub listener: usize,
-    /// The chain's name (for logs).
-    pub chain: String,
-    /// The tcp_proxy's `stat_prefix`.
-    pub stat_prefix: String,
+    /// Which of its chains (see [`Route::chain`]).
+    pub chain: ChainId,
     /// Timeouts, mark, source binding.
     pub params: ConnParams,
     /// `max_connect_attempts`.
@@ -130,8 +128,15 @@ pub fn route(
         _ => listener,
     };
     let handler = &config.listeners[handling];
-    let chain =
+    let chain_id =
         select_chain(handler, local, evidence.client).ok_or(RefuseReason::NoFilterChainMatch)?;
+    let chain = match chain_id {
+        ChainId::Listed(index) => &handler.filter_chains[index],
+        ChainId::Default => handler
+            .default_filter_chain
+            .as_ref()
+            .expect("select_chain returns Default only when there is one"),
+    };
     let state = FilterState::evaluate(chain, local, evidence.client);
     let cluster_index = chain.tcp_proxy.cluster;
     let cluster = &config.clusters[cluster_index];
@@ -173,8 +178,7 @@ pub fn route(
     };
     Ok(Route {
         listener: handling,
-        chain: chain.name.clone(),
-        stat_prefix: chain.tcp_proxy.stat_prefix.clone(),
+        chain: chain_id,
         params: config.params(handler, chain),
         max_connect_attempts: chain.tcp_proxy.max_connect_attempts,
         resolution,
@@ -273,63 +277,83 @@ fn handoff_target(config: &Config, dst: SocketAddr) -> Option<usize> {
         .map(|(index, _)| index)
 }
 
-/// Envoy's filter-chain match, narrowed field by field: destination port, destination IP
-/// (longest prefix), source IP (longest prefix). A field's "unset" chains are the fallback only
-/// when no chain names a matching value. No match: the default chain, if any.
-pub fn select_chain(
-    listener: &Listener,
-    local: SocketAddr,
-    client: ClientAddr,
-) -> Option<&FilterChain> {
-    let mut candidates: Vec<&FilterChain> = listener.filter_chains.iter().collect();
-    // Destination port.
-    let exact: Vec<&FilterChain> = candidates
-        .iter()
-        .copied()
-        .filter(|c| c.matcher.destination_port == Some(local.port()))
-        .collect();
-    candidates = if exact.is_empty() {
-        candidates
-            .into_iter()
-            .filter(|c| c.matcher.destination_port.is_none())
-            .collect()
-    } else {
-        exact
-    };
-    candidates = narrow_by_prefix(candidates, local.ip(), |c| &c.matcher.prefix_ranges);
-    candidates = narrow_by_prefix(candidates, client.ip(), |c| &c.matcher.source_prefix_ranges);
-    debug_assert!(
-        candidates.len() <= 1,
-        "validation refuses identical matches"
-    );
-    candidates
-        .first()
-        .copied()
-        .or(listener.default_filter_chain.as_ref())
+/// Which chain of a listener: an entry of `filter_chains`, or the `default_filter_chain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainId {
+    /// `filter_chains[i]`.
+    Listed(usize),
+    /// `default_filter_chain`.
+    Default,
 }
 
-fn narrow_by_prefix(
-    candidates: Vec<&FilterChain>,
+impl Route {
+    /// The chain that handles the connection.
+    pub fn chain<'c>(&self, config: &'c Config) -> &'c FilterChain {
+        let listener = &config.listeners[self.listener];
+        match self.chain {
+            ChainId::Listed(index) => &listener.filter_chains[index],
+            ChainId::Default => listener
+                .default_filter_chain
+                .as_ref()
+                .expect("a Default route has a default chain"),
+        }
+    }
+}
+
+/// Envoy's filter-chain match, narrowed field by field: destination port, destination IP
+/// (longest prefix), source IP (longest prefix). A field's "unset" chains are the fallback only
+/// when no chain names a matching value. No match: the default chain, if any. Each step is a pass
+/// over the chains (no allocation on the accept path).
+pub fn select_chain(listener: &Listener, local: SocketAddr, client: ClientAddr) -> Option<ChainId> {
+    let chains = &listener.filter_chains;
+    // Destination port: the chains naming it, else the ones naming none.
+    let exact_port = chains
+        .iter()
+        .any(|c| c.matcher.destination_port == Some(local.port()));
+    let by_port = |c: &FilterChain| match c.matcher.destination_port {
+        Some(port) => port == local.port(),
+        None => !exact_port,
+    };
+    let by_dst = narrow_by_prefix(chains, by_port, local.ip(), |c| &c.matcher.prefix_ranges);
+    let by_src = narrow_by_prefix(chains, by_dst, client.ip(), |c| {
+        &c.matcher.source_prefix_ranges
+    });
+    debug_assert!(
+        chains.iter().filter(|c| by_src(c)).count() <= 1,
+        "validation refuses identical matches"
+    );
+    chains
+        .iter()
+        .position(by_src)
+        .map(ChainId::Listed)
+        .or(listener
+            .default_filter_chain
+            .as_ref()
+            .map(|_| ChainId::Default))
+}
+
+/// Narrows the chains `kept` accepts to those whose `ranges` hold `ip` with the longest prefix,
+/// or, when none holds it, to those with no ranges at all.
+fn narrow_by_prefix<'a>(
+    chains: &'a [FilterChain],
+    kept: impl Fn(&FilterChain) -> bool + 'a,
     ip: std::net::IpAddr,
-    ranges: impl Fn(&FilterChain) -> &[Cidr],
-) -> Vec<&FilterChain> {
-    let longest = |c: &FilterChain| {
+    ranges: impl Fn(&FilterChain) -> &[Cidr] + Copy + 'a,
+) -> impl Fn(&FilterChain) -> bool + 'a {
+    let longest = move |c: &FilterChain| {
         ranges(c)
             .iter()
             .filter(|r| r.contains(ip))
             .map(|r| r.len)
             .max()
     };
-    let best = candidates.iter().filter_map(|c| longest(c)).max();
-    match best {
-        Some(len) => candidates
-            .into_iter()
-            .filter(|c| longest(c) == Some(len))
-            .collect(),
-        None => candidates
-            .into_iter()
-            .filter(|c| ranges(c).is_empty())
-            .collect(),
+    let best = chains.iter().filter(|c| kept(c)).filter_map(&longest).max();
+    move |c: &FilterChain| {
+        kept(c)
+            && match best {
+                Some(len) => longest(c) == Some(len),
+                None => ranges(c).is_empty(),
+            }
     }
 }
 

@@ -210,6 +210,27 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
     assert_eq!(exit.stat("http_head_invalid"), 1);
 }
 
+/// Starts Envoy's internal-listener example, unmodified, in the router with `server` on
+/// 0.0.0.0:19001 beside it (the example's STATIC endpoint).
+fn internal_example(
+    gw: &Gateway,
+    tag: &str,
+    server: origdst_netns_tests::server::Handler,
+    shards: &str,
+) -> (Server, ConfigFile, Proxy) {
+    let server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], server);
+    let config = ConfigFile::new(
+        tag,
+        include_str!("../configs/envoy-internal-listener-example.yaml"),
+    );
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", shards],
+    );
+    (server, config, proxy)
+}
+
 /// Envoy's own internal-listener example, unmodified: 19000 → internal listener
 /// `singleton_internal_encap` → 0.0.0.0:19001 (a server beside origdst). Byte-exact both ways
 /// with the half-close crossing the in-process hop, then a reset crossing it.
@@ -224,16 +245,7 @@ fn envoy_internal_listener_example_relays_byte_exact_through_the_internal_hop() 
             let _ = stream.shutdown(std::net::Shutdown::Write);
         });
     });
-    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], echo);
-    let config = ConfigFile::new(
-        "internal",
-        include_str!("../configs/envoy-internal-listener-example.yaml"),
-    );
-    let proxy = Proxy::start(
-        origdst_bin!(),
-        &gw.router,
-        &["--config", config.arg(), "--shards", "2"],
-    );
+    let (_server, _config, proxy) = internal_example(&gw, "internal", echo, "2");
     let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
     let got = gw.client.run(move || {
         let stream = TcpStream::connect(front).expect("connect to 19000");
@@ -277,16 +289,7 @@ fn a_reset_crosses_the_internal_hop_never_a_clean_eof() {
                 .unwrap();
         });
     });
-    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], resetter);
-    let config = ConfigFile::new(
-        "intreset",
-        include_str!("../configs/envoy-internal-listener-example.yaml"),
-    );
-    let proxy = Proxy::start(
-        origdst_bin!(),
-        &gw.router,
-        &["--config", config.arg(), "--shards", "1"],
-    );
+    let (_server, _config, proxy) = internal_example(&gw, "intreset", resetter, "1");
     let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
     let got = gw.client.run(move || {
         let mut stream = TcpStream::connect(front).expect("connect to 19000");
@@ -319,16 +322,7 @@ fn a_stalled_reader_backpressures_through_the_internal_hop() {
             let _ = DATA.write_to(&mut &stream, STALL_BYTES);
         });
     });
-    let _server = Server::start(&gw.router, &[addr("0.0.0.0", 19001)], sender);
-    let config = ConfigFile::new(
-        "intslow",
-        include_str!("../configs/envoy-internal-listener-example.yaml"),
-    );
-    let proxy = Proxy::start(
-        origdst_bin!(),
-        &gw.router,
-        &["--config", config.arg(), "--shards", "1"],
-    );
+    let (_server, _config, proxy) = internal_example(&gw, "intslow", sender, "1");
     let front = addr(ROUTER_CLIENT_SIDE_V4, 19000);
     let (stalled_tx, stalled) = std::sync::mpsc::channel();
     let (go_tx, go) = std::sync::mpsc::channel::<()>();

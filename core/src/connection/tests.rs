@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
 use crate::orig_dst::{RecordAnswer, SockOptAnswer};
-use crate::route::{HeadPlan, Route, Target, UpstreamPlan};
+use crate::route::{ChainId, HeadPlan, Route, Target, UpstreamPlan};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -563,8 +563,7 @@ fn original_src_across_families_lets_the_kernel_choose_and_counts_it() {
 fn head_route(fallback: Option<&str>, port_override: Option<u16>) -> Route {
     Route {
         listener: 0,
-        chain: "c".into(),
-        stat_prefix: "p".into(),
+        chain: ChainId::Default,
         params: params(),
         max_connect_attempts: 1,
         resolution: None,

@@ -238,10 +238,8 @@ fn chains() -> Config {
 fn filter_chains_narrow_by_port_then_destination_then_source() {
     let config = chains();
     let pick = |client: &str, dst: &str| {
-        route_of(&config, &redirected(client, dst))
-            .0
-            .unwrap()
-            .stat_prefix
+        let route = route_of(&config, &redirected(client, dst)).0.unwrap();
+        route.chain(&config).tcp_proxy.stat_prefix.clone()
     };
     assert_eq!(pick("172.16.0.2:1000", "192.0.2.1:80"), "port80");
     assert_eq!(pick("172.16.0.2:1000", "10.2.3.4:80"), "port80_net");

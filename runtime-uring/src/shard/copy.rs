@@ -127,8 +127,7 @@ impl CopyDir {
         if res < 0 {
             return match -res {
                 libc::EAGAIN => {
-                    let token = Token::new(Kind::PollOut, key.slot, key.generation, key.dir);
-                    io.poll_once(sink, libc::POLLOUT as u32, token.encode());
+                    io.poll_dir(sink, key, Kind::PollOut, libc::POLLOUT);
                     self.send = SendState::AwaitingWritable;
                     Progress::default()
                 }

@@ -15,10 +15,10 @@ use std::os::fd::{BorrowedFd, RawFd};
 use nix::errno::Errno;
 use origdst_core::connection::IoErrorKind;
 
-use super::io::{DirKey, Io};
+use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
 use super::progress::{DirEnd, Progress};
 use crate::sys::errno_kind;
-use crate::token::{Kind, Token};
+use crate::token::Kind;
 
 /// One direction's bounded byte queue (a ring, allocated at first use: untouched pages cost no
 /// memory, so an idle pair costs a few words).
@@ -264,13 +264,9 @@ impl InternalDir {
 
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
         self.poll_armed = true;
-        let token = Token::new(kind, key.slot, key.generation, key.dir);
-        io.poll_once(fd, events as u32, token.encode());
+        io.poll_dir(fd, key, kind, events);
     }
 }
-
-/// Rounds per pump call before yielding to other connections (as the splice path).
-const PUMP_ROUNDS_MAX: usize = 32;
 
 #[cfg(test)]
 mod tests {

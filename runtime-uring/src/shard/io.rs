@@ -10,6 +10,7 @@ use origdst_core::relay::Dir;
 use super::poller::Poller;
 use crate::buf_ring::BufRing;
 use crate::pipe_pool::PipePool;
+use crate::token::{Kind, Token};
 
 /// Identifies one direction of one live connection; stale keys are detected by generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,11 @@ pub(crate) struct DirKey {
     pub(crate) generation: u16,
     pub(crate) dir: Dir,
 }
+
+/// Rounds (one flush + one fill each, up to a pipe's or queue's capacity) before a readiness pump
+/// yields: with 256 KiB pipes, 4 MiB per turn keeps one bulk stream from starving the shard's
+/// other connections.
+pub(crate) const PUMP_ROUNDS_MAX: usize = 32;
 
 /// Heap buffers for the splice path's copy fallback (when the pipe pool is empty). Bounded.
 pub(crate) struct BufferPool {
@@ -86,6 +92,18 @@ impl Io {
     /// One-shot readiness on `fd` (POLL_ADD, or an epoll interest).
     pub(crate) fn poll_once(&mut self, fd: std::os::fd::RawFd, events: u32, user_data: u64) {
         self.poller.poll_once(fd, events, user_data);
+    }
+
+    /// A readiness pump's one-shot poll for direction `key` (`kind`: PollIn or PollOut).
+    pub(crate) fn poll_dir(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        key: DirKey,
+        kind: Kind,
+        events: i16,
+    ) {
+        let token = Token::new(kind, key.slot, key.generation, key.dir);
+        self.poller.poll_once(fd, events as u32, token.encode());
     }
 
     /// A buffer or pipe came back: let one waiting direction try again.

@@ -12,11 +12,11 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 
-use super::io::{DirKey, Io};
+use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
 use super::progress::{DirEnd, Progress};
 use crate::pipe_pool::Pipe;
 use crate::sys::errno_kind;
-use crate::token::{Kind, Token};
+use crate::token::Kind;
 
 #[derive(Debug, Default)]
 pub(crate) struct SpliceDir {
@@ -200,8 +200,7 @@ impl SpliceDir {
     }
 
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
-        let token = Token::new(kind, key.slot, key.generation, key.dir);
-        io.poll_once(fd, events as u32, token.encode());
+        io.poll_dir(fd, key, kind, events);
         self.poll_armed = true;
     }
 }
@@ -220,7 +219,3 @@ fn sink_raw(fd: BorrowedFd<'_>) -> RawFd {
     use std::os::fd::AsRawFd;
     fd.as_raw_fd()
 }
-
-/// Rounds (one flush + one fill each, up to a pipe's capacity) before a pump yields: with 256 KiB
-/// pipes, 4 MiB per turn keeps one bulk stream from starving the shard's other connections.
-const PUMP_ROUNDS_MAX: usize = 32;
