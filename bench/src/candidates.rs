@@ -28,6 +28,63 @@ pub(crate) enum Kind {
     Socat,
 }
 
+/// Where the proxy sits, and so which chain captures the load's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// client ns → router ns (proxy, `PREROUTING -i rc … REDIRECT`) → server ns.
+    Gateway,
+    /// The client runs in the proxy's own namespace (a pod with a sidecar): `OUTPUT … REDIRECT`
+    /// for connections to the server subnet, excluding the proxy's own by mark 1337 (origdst as
+    /// root) or uid 1337 (HAProxy, socat and the unprivileged origdst run as that uid), Istio's
+    /// conventions.
+    Sidecar,
+}
+
+impl Topology {
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Sidecar => "sidecar",
+        }
+    }
+
+    /// The prefix of this topology's metric keys ("" for the gateway: the headline numbers).
+    pub(crate) const fn metric_prefix(self) -> &'static str {
+        match self {
+            Self::Gateway => "",
+            Self::Sidecar => "sidecar_",
+        }
+    }
+
+    /// The start of each capture rule.
+    fn rule_head(self) -> &'static [&'static str] {
+        match self {
+            Self::Gateway => &["-t", "nat", "-A", "PREROUTING", "-i", "rc"],
+            Self::Sidecar => &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                "10.11.2.0/24",
+                "-m",
+                "mark",
+                "!",
+                "--mark",
+                "1337",
+                "-m",
+                "owner",
+                "!",
+                "--uid-owner",
+                "1337",
+            ],
+        }
+    }
+}
+
+/// The uid the sidecar topology's rules exclude (Istio's proxy uid).
+const PROXY_UID: &str = "1337";
+
 /// A named candidate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate {
@@ -54,6 +111,14 @@ pub(crate) const ALL: &[Candidate] = &[
         kind: Kind::Origdst {
             backend: "io-uring",
             data_path: "uring-copy",
+            uid: None,
+        },
+    },
+    Candidate {
+        name: "origdst-uring-opsplice",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-opsplice",
             uid: None,
         },
     },
@@ -118,6 +183,7 @@ pub(crate) struct Running {
     socat: Vec<Child>,
     rules: Vec<Vec<String>>,
     router: String,
+    topology: Topology,
     _config: Option<TempFile>,
 }
 
@@ -138,12 +204,14 @@ impl Running {
         origdst: &Path,
         threads: usize,
         targets: &[std::net::SocketAddr],
+        topology: Topology,
     ) -> Result<Self, String> {
         let mut running = Self {
             child: None,
             socat: Vec::new(),
             rules: Vec::new(),
             router: router.name().to_string(),
+            topology,
             _config: None,
         };
         match candidate.kind {
@@ -203,10 +271,15 @@ impl Running {
                 } else {
                     ""
                 };
+                // As a sidecar it runs as the excluded uid (it binds first, then drops root).
+                let user = match topology {
+                    Topology::Gateway => String::new(),
+                    Topology::Sidecar => format!("  uid {PROXY_UID}\n  gid {PROXY_UID}\n"),
+                };
                 std::fs::write(
                     &path,
                     format!(
-                        "global\n  nbthread {threads}\n{cpu_map}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
+                        "global\n  nbthread {threads}\n{cpu_map}{user}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
                     ),
                 )
                 .map_err(|e| format!("write haproxy config: {e}"))?;
@@ -226,10 +299,17 @@ impl Running {
                     // socat forks per connection; with one "thread" it is confined to CPU 0. Its
                     // own process group, so stopping it stops the forked children too (they
                     // inherit the listening socket).
-                    let child = router
-                        .command("taskset")
+                    let mut command = router.command("taskset");
+                    command
                         .process_group(0)
-                        .args(["-c", if threads == 1 { "0" } else { "0-1" }, "socat"])
+                        .args(["-c", if threads == 1 { "0" } else { "0-1" }]);
+                    if topology == Topology::Sidecar {
+                        // Its upstream connections must not be captured again.
+                        command.args(["setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID]);
+                        command.arg("--clear-groups");
+                    }
+                    let child = command
+                        .arg("socat")
                         .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=4096"))
                         .arg(format!("TCP:{target}"))
                         .stdout(Stdio::null())
@@ -265,7 +345,9 @@ impl Running {
     }
 
     fn add_rule(&mut self, tail: &[&str]) {
-        let mut rule: Vec<String> = ["-t", "nat", "-A", "PREROUTING", "-i", "rc"]
+        let mut rule: Vec<String> = self
+            .topology
+            .rule_head()
             .iter()
             .map(|s| s.to_string())
             .collect();

@@ -21,7 +21,7 @@ use clap::Parser;
 use origdst_netns_tests::netns::raise_nofile_limit;
 use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
 
-use crate::candidates::{ALL, Candidate, Kind, Running};
+use crate::candidates::{ALL, Candidate, Kind, Running, Topology};
 use crate::report::{IdleSample, Results};
 
 #[derive(Parser)]
@@ -39,6 +39,9 @@ struct Cli {
     /// Only these candidates (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Topologies to measure (the idle scale runs in the gateway only).
+    #[arg(long, value_delimiter = ',', default_value = "gateway,sidecar", value_parser = parse_topology)]
+    topology: Vec<Topology>,
     /// The origdst binary (default: `origdst` beside this one, built if missing).
     #[arg(long)]
     origdst: Option<PathBuf>,
@@ -56,6 +59,14 @@ const ECHO_PORT: u16 = 5002;
 const IDLE_PORT: u16 = 5003;
 /// The proxies run on CPU 0 (origdst pins shard 0 there); clients and servers on CPU 1.
 const LOAD_CPU: usize = 1;
+
+fn parse_topology(text: &str) -> Result<Topology, String> {
+    match text {
+        "gateway" => Ok(Topology::Gateway),
+        "sidecar" => Ok(Topology::Sidecar),
+        other => Err(format!("{other:?} is not gateway or sidecar")),
+    }
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -127,75 +138,22 @@ fn run(cli: &Cli) -> Result<(), String> {
     let targets = [sink, echo, idle];
     let ping_count = if cli.quick { 2_000 } else { 20_000 };
     let mut results = Results::new(reps, seconds);
+    let setup = Setup {
+        gw: &gw,
+        origdst: &origdst,
+        targets: &targets,
+        servers: &servers,
+        sink,
+        echo,
+        duration,
+        ping_count,
+    };
     for rep in 1..=reps {
-        for candidate in &candidates {
-            let running = match Running::start(candidate, &gw.router, &origdst, 2, &targets) {
-                Ok(running) => running,
-                Err(err) => {
-                    eprintln!(
-                        "[rep {rep}/{reps}] {}: did not start: {err}",
-                        candidate.name
-                    );
-                    continue;
-                }
-            };
-            // Bulk: two proxy threads (the machine's two cores are shared with load and sink).
-            for streams in [1, 8] {
-                let busy = system::cpu_busy_seconds();
-                let (bytes, elapsed) =
-                    load::bulk(&gw.client, sink, streams, duration, &servers.received);
-                let cpu = system::cpu_busy_seconds() - busy;
-                let gbit = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
-                let gib = bytes as f64 / (1u64 << 30) as f64;
-                results.add(candidate.name, &format!("bulk{streams}_gbit_s"), gbit);
-                results.add(
-                    candidate.name,
-                    &format!("bulk{streams}_cpu_s_per_gib"),
-                    cpu / gib,
-                );
-                eprintln!(
-                    "[rep {rep}/{reps}] {:<22} {streams} stream(s): {gbit:6.2} Gbit/s, {:.3} CPU s/GiB",
-                    candidate.name,
-                    cpu / gib
-                );
+        for &topology in &cli.topology {
+            for candidate in &candidates {
+                let tag = format!("[rep {rep}/{reps}] {:<8}", topology.name());
+                measure(&setup, candidate, topology, &tag, &mut results);
             }
-            drop(running);
-            // Latency and connection rate: one proxy thread on CPU 0, client and server on CPU 1,
-            // so neither the scheduler nor a shard sharing the load's core decides the numbers.
-            let running = match Running::start(candidate, &gw.router, &origdst, 1, &targets) {
-                Ok(running) => running,
-                Err(err) => {
-                    eprintln!(
-                        "[rep {rep}/{reps}] {}: did not start: {err}",
-                        candidate.name
-                    );
-                    continue;
-                }
-            };
-            let (histogram, tps) = load::ping_pong(&gw.client, echo, ping_count, Some(LOAD_CPU));
-            for (name, quantile) in [
-                ("rr_p50_us", 0.5),
-                ("rr_p99_us", 0.99),
-                ("rr_p999_us", 0.999),
-            ] {
-                results.add(
-                    candidate.name,
-                    name,
-                    histogram.value_at_quantile(quantile) as f64 / 1e3,
-                );
-            }
-            results.add(candidate.name, "rr_tps", tps);
-            let (rate, errors) =
-                load::connection_rate(&gw.client, echo, 4, duration, Some(LOAD_CPU));
-            results.add(candidate.name, "conn_per_s", rate);
-            results.add(candidate.name, "conn_errors", errors as f64);
-            eprintln!(
-                "[rep {rep}/{reps}] {:<22} 64 B ping-pong p50 {:.1} µs p99 {:.1} µs, {tps:.0} tx/s; {rate:.0} conn/s ({errors} errors)",
-                candidate.name,
-                histogram.value_at_quantile(0.5) as f64 / 1e3,
-                histogram.value_at_quantile(0.99) as f64 / 1e3,
-            );
-            drop(running);
         }
     }
     let levels = idle_levels(cli.quick);
@@ -237,6 +195,109 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// What every measurement needs.
+struct Setup<'a> {
+    gw: &'a Gateway,
+    origdst: &'a Path,
+    targets: &'a [SocketAddr],
+    servers: &'a load::Servers,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    duration: Duration,
+    ping_count: u64,
+}
+
+/// One candidate in one topology: bulk 1 and 8 streams (two proxy threads: the machine's two
+/// cores are shared with load and sink), then latency and connection rate (one proxy thread on
+/// CPU 0, client and server on CPU 1, so neither the scheduler nor a shard sharing the load's core
+/// decides the numbers).
+fn measure(
+    setup: &Setup<'_>,
+    candidate: &Candidate,
+    topology: Topology,
+    tag: &str,
+    results: &mut Results,
+) {
+    let gw = setup.gw;
+    // As a sidecar the client runs beside the proxy.
+    let client = match topology {
+        Topology::Gateway => &gw.client,
+        Topology::Sidecar => &gw.router,
+    };
+    let prefix = topology.metric_prefix();
+    let start = |threads| {
+        Running::start(
+            candidate,
+            &gw.router,
+            setup.origdst,
+            threads,
+            setup.targets,
+            topology,
+        )
+        .map_err(|err| eprintln!("{tag} {}: did not start: {err}", candidate.name))
+        .ok()
+    };
+    let Some(running) = start(2) else { return };
+    for streams in [1, 8] {
+        let busy = system::cpu_busy_seconds();
+        let (bytes, elapsed) = load::bulk(
+            client,
+            setup.sink,
+            streams,
+            setup.duration,
+            &setup.servers.received,
+        );
+        let cpu = system::cpu_busy_seconds() - busy;
+        let gbit = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        results.add(
+            candidate.name,
+            &format!("{prefix}bulk{streams}_gbit_s"),
+            gbit,
+        );
+        results.add(
+            candidate.name,
+            &format!("{prefix}bulk{streams}_cpu_s_per_gib"),
+            cpu / gib,
+        );
+        eprintln!(
+            "{tag} {:<28} {streams} stream(s): {gbit:6.2} Gbit/s, {:.3} CPU s/GiB",
+            candidate.name,
+            cpu / gib
+        );
+    }
+    drop(running);
+    let Some(running) = start(1) else { return };
+    let (histogram, tps) = load::ping_pong(client, setup.echo, setup.ping_count, Some(LOAD_CPU));
+    for (name, quantile) in [
+        ("rr_p50_us", 0.5),
+        ("rr_p99_us", 0.99),
+        ("rr_p999_us", 0.999),
+    ] {
+        results.add(
+            candidate.name,
+            &format!("{prefix}{name}"),
+            histogram.value_at_quantile(quantile) as f64 / 1e3,
+        );
+    }
+    results.add(candidate.name, &format!("{prefix}rr_tps"), tps);
+    let (rate, errors) =
+        load::connection_rate(client, setup.echo, 4, setup.duration, Some(LOAD_CPU));
+    results.add(candidate.name, &format!("{prefix}conn_per_s"), rate);
+    results.add(
+        candidate.name,
+        &format!("{prefix}conn_errors"),
+        errors as f64,
+    );
+    eprintln!(
+        "{tag} {:<28} 64 B ping-pong p50 {:.1} µs p99 {:.1} µs, {tps:.0} tx/s; {rate:.0} conn/s ({errors} errors)",
+        candidate.name,
+        histogram.value_at_quantile(0.5) as f64 / 1e3,
+        histogram.value_at_quantile(0.99) as f64 / 1e3,
+    );
+    drop(running);
+}
+
 /// 10, 1 000 and 10 000 idle connections (capped by the hard descriptor limit, which a process
 /// without CAP_SYS_RESOURCE cannot raise: each connection costs the proxy two).
 fn idle_levels(quick: bool) -> Vec<usize> {
@@ -257,7 +318,14 @@ fn idle_sample(
     n: usize,
     targets: &[SocketAddr],
 ) -> Result<IdleSample, String> {
-    let running = Running::start(candidate, &gw.router, origdst, 2, targets)?;
+    let running = Running::start(
+        candidate,
+        &gw.router,
+        origdst,
+        2,
+        targets,
+        Topology::Gateway,
+    )?;
     let before = system::Meminfo::read();
     let streams = load::open_idle(&gw.client, idle, n)?;
     // Let anything that would park a kernel worker per connection show itself.

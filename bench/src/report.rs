@@ -107,40 +107,17 @@ impl Results {
             "Gateway topology (client ns → router ns with iptables REDIRECT → server ns), {} interleaved repetition(s), medians; bulk and connection rate {} s each; whole-system CPU from /proc/stat. `×hs`: ratio to HAProxy forced splice, `×d`: to direct, both from this run.\n",
             self.reps, self.seconds
         );
-        let _ = write!(out, "| candidate |");
-        for (_, header, _) in METRICS {
-            let _ = write!(out, " {header} |");
-        }
-        let _ = write!(out, "\n|---|");
-        for _ in METRICS {
-            let _ = write!(out, "---|");
-        }
-        out.push('\n');
-        for candidate in &self.order {
-            let _ = write!(out, "| {candidate} |");
-            for (metric, _, _) in METRICS {
-                match self.median(candidate, metric) {
-                    None => {
-                        let _ = write!(out, " – |");
-                    }
-                    Some(value) => {
-                        let _ = write!(out, " {}", format_value(value));
-                        if *metric != "conn_errors"
-                            && let Some(r) = self.ratio(candidate, metric, REFERENCE)
-                        {
-                            let _ = write!(out, " ({r:.2}×hs");
-                            match self.ratio(candidate, metric, DIRECT) {
-                                Some(d) => {
-                                    let _ = write!(out, ", {d:.2}×d)");
-                                }
-                                None => out.push(')'),
-                            }
-                        }
-                        out.push_str(" |");
-                    }
-                }
-            }
-            out.push('\n');
+        self.table(&mut out, "");
+        if self
+            .order
+            .iter()
+            .any(|c| self.median(c, "sidecar_bulk1_gbit_s").is_some())
+        {
+            let _ = writeln!(
+                out,
+                "\nSidecar topology (the client in the proxy's namespace, `OUTPUT` REDIRECT to the server subnet excluding mark 1337 and uid 1337 → server ns), same run:\n"
+            );
+            self.table(&mut out, "sidecar_");
         }
         if !self.idle.is_empty() {
             let _ = writeln!(
@@ -166,6 +143,52 @@ impl Results {
             }
         }
         out
+    }
+
+    /// One row per candidate measured with metric keys starting `prefix`.
+    fn table(&self, out: &mut String, prefix: &str) {
+        let _ = write!(*out, "| candidate |");
+        for (_, header, _) in METRICS {
+            let _ = write!(*out, " {header} |");
+        }
+        let _ = write!(*out, "\n|---|");
+        for _ in METRICS {
+            let _ = write!(*out, "---|");
+        }
+        out.push('\n');
+        for candidate in &self.order {
+            if self
+                .median(candidate, &format!("{prefix}bulk1_gbit_s"))
+                .is_none()
+            {
+                continue;
+            }
+            let _ = write!(*out, "| {candidate} |");
+            for (metric, _, _) in METRICS {
+                let metric = &format!("{prefix}{metric}");
+                match self.median(candidate, metric) {
+                    None => {
+                        let _ = write!(*out, " – |");
+                    }
+                    Some(value) => {
+                        let _ = write!(*out, " {}", format_value(value));
+                        if !metric.ends_with("conn_errors")
+                            && let Some(r) = self.ratio(candidate, metric, REFERENCE)
+                        {
+                            let _ = write!(*out, " ({r:.2}×hs");
+                            match self.ratio(candidate, metric, DIRECT) {
+                                Some(d) => {
+                                    let _ = write!(*out, ", {d:.2}×d)");
+                                }
+                                None => out.push(')'),
+                            }
+                        }
+                        out.push_str(" |");
+                    }
+                }
+            }
+            out.push('\n');
+        }
     }
 
     pub(crate) fn json(&self) -> String {

@@ -169,6 +169,16 @@ fn ipv4_64mib_each_way_byte_exact_copy() {
 }
 
 #[test]
+fn ipv4_64mib_each_way_byte_exact_opsplice() {
+    bulk_each_way(
+        "v4opsplice",
+        "uring-opsplice",
+        SERVER_V4,
+        ROUTER_SERVER_SIDE_V4,
+    );
+}
+
+#[test]
 fn ipv6_64mib_each_way_byte_exact_splice() {
     bulk_each_way("v6splice", "uring-splice", SERVER_V6, ROUTER_SERVER_SIDE_V6);
 }

@@ -79,6 +79,13 @@ fn ten_thousand_concurrent_connections_copy() {
     ten_thousand_concurrent_connections("scalecopy", "uring-copy");
 }
 
+/// `IORING_OP_SPLICE` issued only after readiness: its ops run on io-wq workers, but the idle
+/// connections park none (the naive design parks one per idle direction: ~20 000 here).
+#[test]
+fn ten_thousand_concurrent_connections_opsplice() {
+    ten_thousand_concurrent_connections("scaleopsplice", "uring-opsplice");
+}
+
 #[test]
 fn ten_thousand_concurrent_connections_epoll() {
     ten_thousand_concurrent_connections("scaleepoll", "epoll");
@@ -138,7 +145,13 @@ fn ten_thousand_concurrent_connections(tag: &str, data_path: &str) {
         (rss - rss_idle) as f64 / n as f64
     );
     assert_eq!(active, n, "every connection is open in origdst");
-    assert_eq!(iou_wrk, 0, "idle connections must not park io-wq workers");
+    // opsplice's ops ran on workers that linger a few seconds after their last op; the cap is 2
+    // bounded + 2 unbound per ring (`iowq_workers_max`), 2 rings.
+    let iou_wrk_max = if data_path == "uring-opsplice" { 8 } else { 0 };
+    assert!(
+        iou_wrk <= iou_wrk_max,
+        "idle connections must not park io-wq workers: {iou_wrk} iou-wrk threads"
+    );
     assert!(rss < RSS_KIB_MAX, "origdst grew to {rss} KiB");
 
     let closed = Instant::now();

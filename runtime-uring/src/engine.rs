@@ -342,7 +342,7 @@ fn print_startup(
         .map_or("off".to_string(), |m| m.to_string());
     let data_path = match (backend, settings.data_path) {
         (Backend::IoUring, path) => path.name(),
-        (Backend::Epoll, DataPath::UringSplice) => "epoll-splice",
+        (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => "epoll-splice",
         (Backend::Epoll, DataPath::UringCopy) => "epoll-copy",
     };
     if let Some(reason) = backend_reason {

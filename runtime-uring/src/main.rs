@@ -64,11 +64,15 @@ enum BackendArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // the names are the config spellings
 enum DataPathArg {
     /// io_uring readiness + inline splice(2) through pooled pipes.
     UringSplice,
     /// io_uring multishot recv into provided buffers + send.
     UringCopy,
+    /// IORING_OP_SPLICE after POLL_ADD readiness (kept to measure: an io-wq hand-off per op).
+    #[value(name = "uring-opsplice")]
+    UringOpSplice,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             let data_path = data_path.map_or(config.knobs.data_path, |arg| match arg {
                 DataPathArg::UringSplice => DataPath::UringSplice,
                 DataPathArg::UringCopy => DataPath::UringCopy,
+                DataPathArg::UringOpSplice => DataPath::UringOpSplice,
             });
             let shards = match shards.or(config.knobs.shards.map(|n| n.get())) {
                 Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -32,9 +32,13 @@ pub(crate) enum Kind {
     Cancel,
     /// POLLIN (past `SO_RCVLOWAT`) on a client whose request head is being read.
     HeadPoll,
+    /// `IORING_OP_SPLICE` source socket → pipe (opsplice path).
+    SpliceIn,
+    /// `IORING_OP_SPLICE` pipe → sink socket (opsplice path).
+    SpliceOut,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 11] = [
     Kind::Accept,
     Kind::Wake,
     Kind::ConnectPoll,
@@ -44,6 +48,8 @@ const KINDS: [Kind; 9] = [
     Kind::PollOut,
     Kind::Cancel,
     Kind::HeadPoll,
+    Kind::SpliceIn,
+    Kind::SpliceOut,
 ];
 
 /// A decoded `user_data`.

@@ -14,6 +14,10 @@ pub enum DataPath {
     UringSplice,
     /// Multishot recv into a per-shard provided-buffer ring, send, recycle.
     UringCopy,
+    /// `IORING_OP_SPLICE` through pooled pipes, issued only after `POLL_ADD` says the socket is
+    /// ready (non-blocking sockets, so no io-wq worker ever parks). Kept to measure: every op is
+    /// an io-wq hand-off.
+    UringOpSplice,
 }
 
 impl DataPath {
@@ -22,6 +26,7 @@ impl DataPath {
         match self {
             Self::UringSplice => "uring-splice",
             Self::UringCopy => "uring-copy",
+            Self::UringOpSplice => "uring-opsplice",
         }
     }
 
@@ -30,6 +35,7 @@ impl DataPath {
         match text {
             "uring-splice" => Some(Self::UringSplice),
             "uring-copy" => Some(Self::UringCopy),
+            "uring-opsplice" => Some(Self::UringOpSplice),
             _ => None,
         }
     }
@@ -102,7 +108,7 @@ impl Knobs {
             Some(text) => DataPath::parse(&text).ok_or_else(|| {
                 ConfigError::new(
                     "origdst.data_path",
-                    format!("{text:?} is not one of uring-splice, uring-copy"),
+                    format!("{text:?} is not one of uring-splice, uring-copy, uring-opsplice"),
                 )
             })?,
         };

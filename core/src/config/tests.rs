@@ -281,10 +281,18 @@ fn documented_defaults_are_the_defaults() {
     assert_eq!(knobs.connections_per_shard_max, 65536);
     assert_eq!(knobs.iowq_workers_max, 2);
     assert_eq!(
-        [DataPath::UringSplice.name(), DataPath::UringCopy.name()],
-        ["uring-splice", "uring-copy"]
+        [
+            DataPath::UringSplice.name(),
+            DataPath::UringCopy.name(),
+            DataPath::UringOpSplice.name()
+        ],
+        ["uring-splice", "uring-copy", "uring-opsplice"]
     );
-    for path in [DataPath::UringSplice, DataPath::UringCopy] {
+    for path in [
+        DataPath::UringSplice,
+        DataPath::UringCopy,
+        DataPath::UringOpSplice,
+    ] {
         assert_eq!(DataPath::parse(path.name()), Some(path));
     }
 }

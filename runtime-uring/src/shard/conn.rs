@@ -11,6 +11,7 @@ use origdst_core::time::Instant;
 use super::copy::CopyDir;
 use super::internal::{InternalDir, Role, Which};
 use super::io::{DirKey, Io};
+use super::opsplice::OpSpliceDir;
 use super::progress::Progress;
 use super::splice::SpliceDir;
 use crate::sys::raw;
@@ -21,6 +22,7 @@ use crate::token::{Kind, Token};
 pub(crate) enum DirIo {
     Copy(CopyDir),
     Splice(SpliceDir),
+    OpSplice(OpSpliceDir),
     /// One end is an internal-listener queue.
     Internal(InternalDir),
 }
@@ -30,6 +32,7 @@ impl DirIo {
         match path {
             DataPath::UringCopy => Self::Copy(CopyDir::default()),
             DataPath::UringSplice => Self::Splice(SpliceDir::default()),
+            DataPath::UringOpSplice => Self::OpSplice(OpSpliceDir::default()),
         }
     }
 
@@ -41,6 +44,7 @@ impl DirIo {
                 Progress::default()
             }
             Self::Splice(splice) => splice.pump(io, fds, key),
+            Self::OpSplice(op) => op.start(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
         }
     }
@@ -53,6 +57,7 @@ impl DirIo {
                 Progress::default()
             }
             Self::Splice(splice) => splice.pump(io, fds, key),
+            Self::OpSplice(op) => op.start(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
         }
     }
@@ -62,6 +67,7 @@ impl DirIo {
     pub(crate) fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
         match self {
             Self::Copy(copy) => copy.inflight(key, out),
+            Self::OpSplice(_) => OpSpliceDir::inflight(key, out),
             Self::Splice(_) | Self::Internal(_) => {
                 for kind in [Kind::PollIn, Kind::PollOut] {
                     out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
@@ -74,6 +80,7 @@ impl DirIo {
         match self {
             Self::Copy(copy) => copy.release(io),
             Self::Splice(splice) => splice.release(io),
+            Self::OpSplice(op) => op.release(io),
             Self::Internal(_) => {}
         }
     }

@@ -6,6 +6,7 @@ mod conn;
 mod copy;
 mod internal;
 mod io;
+mod opsplice;
 mod poller;
 mod progress;
 mod splice;
@@ -151,7 +152,7 @@ impl Shard {
                             format!("registering the provided-buffer ring failed: {err}")
                         })?,
                     ),
-                    DataPath::UringSplice => None,
+                    DataPath::UringSplice | DataPath::UringOpSplice => None,
                 };
                 (Poller::uring(ring), buf_ring)
             }
@@ -164,7 +165,7 @@ impl Shard {
         // no pipes (through pooled buffers).
         let (dir_path, pipe_budget) = match (setup.backend, setup.data_path) {
             (Backend::Epoll, DataPath::UringCopy) => (DataPath::UringSplice, 0),
-            (Backend::Epoll, DataPath::UringSplice) => {
+            (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => {
                 (DataPath::UringSplice, setup.pipe_budget_bytes)
             }
             (Backend::IoUring, path) => (path, setup.pipe_budget_bytes),
@@ -438,7 +439,12 @@ impl Shard {
                 self.finish_peek(now, slot, res);
                 return;
             }
-            Kind::Recv | Kind::Send | Kind::PollIn | Kind::PollOut => {
+            Kind::Recv
+            | Kind::Send
+            | Kind::PollIn
+            | Kind::PollOut
+            | Kind::SpliceIn
+            | Kind::SpliceOut => {
                 let fds = conn.fds(token.dir);
                 match (&mut conn.dirs[token.dir.index()], token.kind) {
                     (DirIo::Copy(copy), Kind::Recv) => {
@@ -451,6 +457,12 @@ impl Shard {
                     }
                     (DirIo::Splice(splice), Kind::PollIn | Kind::PollOut) => {
                         splice.on_poll(&mut self.io, fds, key)
+                    }
+                    (DirIo::OpSplice(op), Kind::PollIn | Kind::PollOut) => {
+                        op.on_poll(&mut self.io, fds, key)
+                    }
+                    (DirIo::OpSplice(op), kind @ (Kind::SpliceIn | Kind::SpliceOut)) => {
+                        op.on_splice(&mut self.io, fds, key, kind, res)
                     }
                     (DirIo::Internal(internal), Kind::PollIn | Kind::PollOut) => {
                         internal.on_poll(&mut self.io, fds, key)
@@ -1222,6 +1234,7 @@ fn check_opcodes(ring: &IoUring) -> Result<(), String> {
         (opcode::Send::CODE, "SEND"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::Splice::CODE, "SPLICE"),
     ];
     for (code, name) in needed {
         if !probe.is_supported(code) {
