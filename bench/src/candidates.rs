@@ -21,9 +21,11 @@ pub(crate) enum Kind {
         backend: &'static str,
         data_path: &'static str,
         uid: Option<u32>,
+        /// `busy_poll: 0.00005s` (50 µs of polling before a shard sleeps).
+        busy_poll: bool,
     },
-    /// HAProxy, forced splice or none.
-    Haproxy { splice: bool },
+    /// HAProxy, forced splice or none; `busy_poll`: its global `busy-polling` (never sleeps).
+    Haproxy { splice: bool, busy_poll: bool },
     /// socat, one process per connection, a fixed target per capture port.
     Socat,
 }
@@ -104,6 +106,16 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-splice",
             uid: None,
+            busy_poll: false,
+        },
+    },
+    Candidate {
+        name: "origdst-uring-splice-busypoll",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-splice",
+            uid: None,
+            busy_poll: true,
         },
     },
     Candidate {
@@ -112,6 +124,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-copy",
             uid: None,
+            busy_poll: false,
         },
     },
     Candidate {
@@ -120,6 +133,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-opsplice",
             uid: None,
+            busy_poll: false,
         },
     },
     Candidate {
@@ -128,6 +142,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "epoll",
             data_path: "uring-splice",
             uid: None,
+            busy_poll: false,
         },
     },
     Candidate {
@@ -136,6 +151,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "epoll",
             data_path: "uring-copy",
             uid: None,
+            busy_poll: false,
         },
     },
     Candidate {
@@ -144,15 +160,29 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-splice",
             uid: Some(1337),
+            busy_poll: false,
         },
     },
     Candidate {
         name: "haproxy-splice",
-        kind: Kind::Haproxy { splice: true },
+        kind: Kind::Haproxy {
+            splice: true,
+            busy_poll: false,
+        },
+    },
+    Candidate {
+        name: "haproxy-splice-busypoll",
+        kind: Kind::Haproxy {
+            splice: true,
+            busy_poll: true,
+        },
     },
     Candidate {
         name: "haproxy-nosplice",
-        kind: Kind::Haproxy { splice: false },
+        kind: Kind::Haproxy {
+            splice: false,
+            busy_poll: false,
+        },
     },
     Candidate {
         name: "socat",
@@ -220,6 +250,7 @@ impl Running {
                 backend,
                 data_path,
                 uid,
+                busy_poll,
             } => {
                 let binary = origdst.to_str().ok_or("origdst path is not UTF-8")?;
                 let mut command = match uid {
@@ -236,13 +267,19 @@ impl Running {
                     }
                 };
                 command.arg("run");
-                if uid.is_some() {
+                if uid.is_some() || busy_poll {
                     let path = std::env::temp_dir()
                         .join(format!("bench-origdst-{}.yaml", std::process::id()));
-                    let yaml = origdst_core::config::DEFAULT_YAML.replacen(
-                        "upstream_mark: 1337",
-                        "upstream_mark: null",
-                        1,
+                    let mut yaml = origdst_core::config::DEFAULT_YAML.to_string();
+                    if uid.is_some() {
+                        yaml = yaml.replacen("upstream_mark: 1337", "upstream_mark: null", 1);
+                    }
+                    if busy_poll {
+                        yaml = yaml.replacen("origdst:\n", "origdst:\n  busy_poll: 0.00005s\n", 1);
+                    }
+                    assert!(
+                        yaml != origdst_core::config::DEFAULT_YAML,
+                        "config unchanged"
                     );
                     std::fs::write(&path, yaml).map_err(|e| format!("write config: {e}"))?;
                     command.arg("--config").arg(&path);
@@ -257,7 +294,7 @@ impl Running {
                     .map_err(|e| format!("start origdst: {e}"))?;
                 running.child = Some(child);
             }
-            Kind::Haproxy { splice } => {
+            Kind::Haproxy { splice, busy_poll } => {
                 let path =
                     std::env::temp_dir().join(format!("bench-haproxy-{}.cfg", std::process::id()));
                 // One thread: on CPU 0, like origdst's single shard.
@@ -272,6 +309,7 @@ impl Running {
                     ""
                 };
                 // As a sidecar it runs as the excluded uid (it binds first, then drops root).
+                let busy_poll = if busy_poll { "  busy-polling\n" } else { "" };
                 let user = match topology {
                     Topology::Gateway => String::new(),
                     Topology::Sidecar => format!("  uid {PROXY_UID}\n  gid {PROXY_UID}\n"),
@@ -279,7 +317,7 @@ impl Running {
                 std::fs::write(
                     &path,
                     format!(
-                        "global\n  nbthread {threads}\n{cpu_map}{user}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
+                        "global\n  nbthread {threads}\n{cpu_map}{user}{busy_poll}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{splice}frontend capture\n  bind 0.0.0.0:{CAPTURE_PORT}\n  default_backend original_destination\nbackend original_destination\n  server s 0.0.0.0:0\n"
                     ),
                 )
                 .map_err(|e| format!("write haproxy config: {e}"))?;

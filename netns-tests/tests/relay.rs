@@ -233,6 +233,29 @@ fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
     );
 }
 
+/// `busy_poll`: shards poll for 50 µs before sleeping; the bytes must be the same on both backends.
+#[test]
+fn busy_poll_relays_byte_exact_on_both_backends() {
+    let config = ConfigFile::default_with(
+        "busypoll",
+        &[("origdst:\n", "origdst:\n  busy_poll: 0.00005s\n")],
+    );
+    for (tag, backend) in [("busyuring", "io-uring"), ("busyepoll", "epoll")] {
+        let exit = bulk_each_way_with(
+            tag,
+            "uring-splice",
+            SERVER_V4,
+            ROUTER_SERVER_SIDE_V4,
+            &["--config", config.arg(), "--backend", backend],
+        );
+        assert!(
+            exit.log.contains("busy_poll=50µs"),
+            "the start-up line names the spin:\n{}",
+            exit.log
+        );
+    }
+}
+
 #[test]
 fn server_sees_the_address_the_client_dialled() {
     let gw = Gateway::new("dst");

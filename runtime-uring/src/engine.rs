@@ -349,13 +349,18 @@ fn print_startup(
         tracing::warn!("using the epoll backend ({reason})");
     }
     tracing::info!(
-        "origdst {} started: backend={} data_path={} shards={} listeners={} upstream_mark={}",
+        "origdst {} started: backend={} data_path={} shards={} listeners={} upstream_mark={}{}",
         env!("CARGO_PKG_VERSION"),
         backend.name(),
         data_path,
         settings.shards,
         listeners.join(" "),
         mark,
+        if config.knobs.busy_poll.is_zero() {
+            String::new()
+        } else {
+            format!(" busy_poll={:?}", config.knobs.busy_poll)
+        },
     );
 }
 

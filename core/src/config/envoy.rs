@@ -38,6 +38,7 @@ pub(crate) struct Knobs {
     pub(crate) redirect_records: Option<bool>,
     pub(crate) http_head_max_bytes: Option<u32>,
     pub(crate) http_head_timeout: Option<String>,
+    pub(crate) busy_poll: Option<String>,
 }
 
 fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {

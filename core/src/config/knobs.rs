@@ -71,6 +71,9 @@ pub struct Knobs {
     pub http_head_max_bytes: u32,
     /// `use_http_header`: how long origdst waits for the whole head.
     pub http_head_timeout: Duration,
+    /// How long a shard keeps polling for completions before it sleeps (0: never spins). Trades
+    /// CPU for latency: a sleeping shard pays a wake-up (an IPI, a vCPU exit on a VM) per event.
+    pub busy_poll: Duration,
 }
 
 impl Default for Knobs {
@@ -89,6 +92,7 @@ impl Default for Knobs {
             redirect_records: false,
             http_head_max_bytes: HTTP_HEAD_MAX_BYTES_DEFAULT,
             http_head_timeout: HTTP_HEAD_TIMEOUT_DEFAULT,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -158,6 +162,16 @@ impl Knobs {
             HTTP_HEAD_MAX_BYTES_MIN,
             HTTP_HEAD_MAX_BYTES_LIMIT,
         )?;
+        let busy_poll = match raw.busy_poll {
+            None => d.busy_poll,
+            Some(text) => parse_duration("origdst.busy_poll", &text)?,
+        };
+        if busy_poll > BUSY_POLL_MAX {
+            return Err(ConfigError::new(
+                "origdst.busy_poll",
+                format!("{busy_poll:?} is more than {BUSY_POLL_MAX:?}"),
+            ));
+        }
         let http_head_timeout = match raw.http_head_timeout {
             None => d.http_head_timeout,
             Some(text) => parse_duration("origdst.http_head_timeout", &text)?,
@@ -182,6 +196,7 @@ impl Knobs {
             redirect_records: raw.redirect_records.unwrap_or(d.redirect_records),
             http_head_max_bytes,
             http_head_timeout,
+            busy_poll,
         })
     }
 }
@@ -210,6 +225,8 @@ fn power_of_two(path: &str, value: u32, min: u32, max: u32) -> Result<u32, Confi
 }
 
 const PAGE_BYTES: u32 = 4096;
+/// Past a millisecond a spin is a busy CPU, not a latency trade.
+const BUSY_POLL_MAX: Duration = Duration::from_millis(1);
 const SHARDS_MAX: u32 = 256;
 /// 256 KiB pipes: the measured sweet spot between 64 KiB (16 slots ≈ 23 KB of MSS-sized skbs)
 /// and 1 MiB (which hits the per-UID soft limit after 16 pipes).

@@ -325,6 +325,17 @@ fn limits_are_enforced_at_their_edges() {
         parse_duration("x", "a.5s").is_err(),
         "a non-digit whole part"
     );
+    assert_eq!(
+        with("busy_poll: 0.001s").unwrap().knobs.busy_poll,
+        Duration::from_millis(1)
+    );
+    let err = with("busy_poll: 0.0011s").unwrap_err();
+    assert_eq!(err.path, "origdst.busy_poll");
+    assert!(err.to_string().contains("more than 1ms"), "{err}");
+    assert_eq!(
+        Config::from_yaml(MINIMAL).unwrap().knobs.busy_poll,
+        Duration::ZERO
+    );
 }
 
 #[test]

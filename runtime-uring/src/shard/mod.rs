@@ -154,10 +154,11 @@ impl Shard {
                     ),
                     DataPath::UringSplice | DataPath::UringOpSplice => None,
                 };
-                (Poller::uring(ring), buf_ring)
+                (Poller::uring(ring, knobs.busy_poll), buf_ring)
             }
             Backend::Epoll => (
-                Poller::epoll().map_err(|err| format!("epoll set-up failed: {err}"))?,
+                Poller::epoll(knobs.busy_poll)
+                    .map_err(|err| format!("epoll set-up failed: {err}"))?,
                 None,
             ),
         };
