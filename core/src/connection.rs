@@ -332,6 +332,12 @@ impl Connection {
             Ok(route) => route,
             Err(reason) => {
                 let mut conn = Self::new(now, evidence.client, None);
+                // Where a refused connection was going, when the evidence says: the access log
+                // shows it (not counted as a resolution, and not part of the history).
+                if let Ok(Some(resolution)) = orig_dst::restored(evidence) {
+                    conn.orig_dst = Some(resolution.orig_dst);
+                    conn.provenance = Some(resolution.provenance);
+                }
                 conn.fail(Outcome::Refused(reason), &[Side::Client], stats);
                 return conn;
             }
@@ -650,7 +656,8 @@ impl Connection {
         self.client
     }
 
-    /// The resolved original destination (`None` when refused).
+    /// The original destination: resolved, or for a refused connection the one its evidence
+    /// restores (`None` when there is none).
     pub fn orig_dst(&self) -> Option<OrigDstAddr> {
         self.orig_dst
     }
@@ -660,7 +667,7 @@ impl Connection {
         self.upstream
     }
 
-    /// Where the original destination came from (`None` when refused).
+    /// Where the original destination came from (`None` when there is none).
     pub fn provenance(&self) -> Option<Provenance> {
         self.provenance
     }

@@ -6,12 +6,12 @@ use crate::orig_dst::{Provenance, RefuseReason};
 use crate::relay::Dir;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
         /// One counter. Names follow Envoy's where an equivalent exists.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(usize)]
         pub enum Counter {
-            $($(#[$doc])* $variant,)*
+            $($(#[doc = $doc])* $variant,)*
         }
 
         impl Counter {
@@ -23,6 +23,11 @@ macro_rules! counters {
             /// The exported name.
             pub const fn name(self) -> &'static str {
                 match self { $(Self::$variant => $name,)* }
+            }
+
+            /// Its doc comment (the metric's help text), lines joined.
+            pub const fn help(self) -> &'static str {
+                match self { $(Self::$variant => concat!($($doc),*),)* }
             }
         }
     };
@@ -206,6 +211,42 @@ impl Counters {
     }
 }
 
+impl Counter {
+    /// For a counter of refused connections, the refusal reason (as `RefuseReason::name` and the
+    /// access log spell it; overflow, refused before routing, is "overflow").
+    pub const fn refusal_reason(self) -> Option<&'static str> {
+        Some(match self {
+            Self::RefusedNoOriginalDst => "no_original_dst",
+            Self::RefusedQueryFailed => "orig_dst_query_failed",
+            Self::RefusedDestinationIsListener => "destination_is_listener",
+            Self::RefusedOwnMark => "own_mark",
+            Self::RefusedOwnUpstream => "own_upstream",
+            Self::RefusedInvalidMetadata => "invalid_metadata",
+            Self::NoFilterChainMatch => "no_filter_chain_match",
+            Self::UpstreamCxNoneHealthy => "no_healthy_upstream",
+            Self::OriginalDstHostInvalid => "original_dst_host_invalid",
+            Self::HttpHeadTooLarge => "http_head_too_large",
+            Self::HttpHeadTimeout => "http_head_timeout",
+            Self::HttpHeadInvalid => "http_head_invalid",
+            Self::RefusedRecordQueryFailed => "redirect_record_query_failed",
+            Self::RefusedOverflow => "overflow",
+            _ => return None,
+        })
+    }
+
+    /// For a counter of original destinations, where they came from (`Provenance::name`).
+    pub const fn provenance(self) -> Option<&'static str> {
+        Some(match self {
+            Self::OrigDstSockOptV4 => Provenance::SockOptV4.name(),
+            Self::OrigDstSockOptV6 => Provenance::SockOptV6.name(),
+            Self::OrigDstTransparent => Provenance::TransparentLocal.name(),
+            Self::OrigDstInternalMetadata => Provenance::InternalMetadata.name(),
+            Self::OrigDstInternalFilterState => Provenance::InternalFilterState.name(),
+            _ => return None,
+        })
+    }
+}
+
 fn refusal_counter(reason: RefuseReason) -> Counter {
     match reason {
         RefuseReason::NoOriginalDst => Counter::RefusedNoOriginalDst,
@@ -227,6 +268,41 @@ fn refusal_counter(reason: RefuseReason) -> Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_labels_are_the_reasons_names() {
+        let reasons = [
+            RefuseReason::NoOriginalDst,
+            RefuseReason::QueryFailed { errno: 1 },
+            RefuseReason::DestinationIsListener,
+            RefuseReason::OwnMark { mark: 1 },
+            RefuseReason::OwnUpstream,
+            RefuseReason::InvalidMetadata,
+            RefuseReason::NoFilterChainMatch,
+            RefuseReason::NoHealthyUpstream,
+            RefuseReason::InvalidOriginalDstHost,
+            RefuseReason::HttpHeadTooLarge,
+            RefuseReason::HttpHeadTimeout,
+            RefuseReason::HttpHeadInvalid,
+            RefuseReason::RecordQueryFailed { errno: 1 },
+        ];
+        for reason in reasons {
+            assert_eq!(
+                refusal_counter(reason).refusal_reason(),
+                Some(reason.name())
+            );
+        }
+        let labelled = Counter::ALL
+            .iter()
+            .filter(|c| c.refusal_reason().is_some())
+            .count();
+        assert_eq!(
+            labelled,
+            reasons.len() + 1,
+            "every refusal counter has a reason"
+        );
+        assert!(Counter::ALL.iter().all(|c| !c.help().is_empty()));
+    }
 
     #[test]
     fn names_are_unique_and_indexes_dense() {

@@ -24,6 +24,11 @@ impl ConfigFile {
         Self(path)
     }
 
+    /// Replaces the file's contents (what an operator does before SIGHUP).
+    pub fn rewrite(&self, yaml: &str) {
+        std::fs::write(&self.0, yaml).expect("rewrite config");
+    }
+
     /// Its path, as a string for the command line.
     pub fn arg(&self) -> &str {
         self.0.to_str().expect("temp paths are UTF-8")

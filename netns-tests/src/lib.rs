@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod echo_holder;
 pub mod netns;

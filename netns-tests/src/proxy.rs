@@ -227,6 +227,11 @@ impl Proxy {
         exit
     }
 
+    /// Sends `signal` to origdst.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal origdst");
+    }
+
     /// Sends SIGTERM (starts the drain) without waiting.
     pub fn signal_term(&self) {
         kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM).expect("SIGTERM origdst");

@@ -96,3 +96,90 @@ fn help_is_written_for_a_person() {
         );
     }
 }
+
+/// The deployment files cannot rot silently: the DaemonSet's config is valid, and every
+/// `origdst` command line in the DaemonSet and the systemd unit parses (their `iptables`
+/// invocations are printed, which validates the flags without touching any rule).
+#[test]
+fn deployment_files_hold_a_valid_config_and_valid_command_lines() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime-uring/deploy");
+    let daemonset = std::fs::read_to_string(format!("{deploy}/daemonset.yaml")).unwrap();
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    let mut configs = 0;
+    for document in serde_yaml_ng::Deserializer::from_str(&daemonset) {
+        let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
+        if let Some(yaml) = value["data"]["origdst.yaml"].as_str() {
+            origdst_core::config::Config::from_yaml(yaml)
+                .unwrap_or_else(|e| panic!("the DaemonSet's origdst.yaml: {e}"));
+            configs += 1;
+        }
+        let spec = &value["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            for container in spec[list].as_sequence().into_iter().flatten() {
+                let mut words: Vec<String> = Vec::new();
+                for key in ["command", "args"] {
+                    for word in container[key].as_sequence().into_iter().flatten() {
+                        words.push(word.as_str().unwrap().to_string());
+                    }
+                }
+                if let Some(stop) =
+                    container["lifecycle"]["preStop"]["exec"]["command"].as_sequence()
+                {
+                    commands.push(
+                        stop.iter()
+                            .map(|w| w.as_str().unwrap().to_string())
+                            .collect(),
+                    );
+                }
+                commands.push(words);
+            }
+        }
+    }
+    assert_eq!(configs, 1, "the DaemonSet carries its config");
+    let unit = std::fs::read_to_string(format!("{deploy}/origdst.service")).unwrap();
+    for line in unit.lines() {
+        if let Some((_, command)) = line.split_once("/usr/local/bin/origdst ") {
+            let mut words = vec!["origdst".to_string()];
+            words.extend(command.split_whitespace().map(str::to_string));
+            commands.push(words);
+        }
+    }
+    let mut checked = 0;
+    for words in commands {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let args: Vec<&str> = match words.as_slice() {
+            ["origdst", "iptables", "apply" | "remove", rest @ ..] => {
+                // `print` with the same flags validates them without installing anything; a
+                // user name that does not exist here (the unit's `origdst`) is replaced.
+                let mut args = vec!["iptables", "print"];
+                args.extend(
+                    rest.iter()
+                        .map(|w| if *w == "origdst" { "1337" } else { w }),
+                );
+                args
+            }
+            ["origdst", "check", "--config", _] | ["origdst", "run", ..] | ["run", ..] => {
+                // Parse-only: `--help` after the subcommand proves the flags exist.
+                let mut args: Vec<&str> = words
+                    .iter()
+                    .copied()
+                    .skip_while(|w| *w == "origdst")
+                    .collect();
+                args.retain(|w| !w.starts_with('/'));
+                args.retain(|w| *w != "--config");
+                args.push("--help");
+                args
+            }
+            ["sleep", "infinity"] => continue,
+            other => panic!("an origdst command this test does not know: {other:?}"),
+        };
+        let out = origdst(&args);
+        assert!(
+            out.status.success(),
+            "origdst {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} command lines found");
+}

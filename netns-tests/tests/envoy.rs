@@ -201,6 +201,18 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
     );
     refused(request, Some(20));
     refused("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03".into(), None);
+    // Each refusal moved its reason in /metrics.
+    let metrics = origdst_netns_tests::admin::scrape(&gw.router);
+    for reason in [
+        "no_original_dst",
+        "original_dst_host_invalid",
+        "http_head_too_large",
+        "http_head_timeout",
+        "http_head_invalid",
+    ] {
+        let series = format!("origdst_downstream_cx_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metrics.value(&series), 1.0, "{series}");
+    }
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
     assert_eq!(exit.stat("refused_no_original_dst"), 1);

@@ -178,6 +178,12 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
         assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset), "{dst}");
     }
     assert!(seen.try_recv().is_err(), "nothing reached the server");
+    // What an operator's dashboard shows: the loop, by reason.
+    let metrics = origdst_netns_tests::admin::scrape(&pod);
+    assert_eq!(
+        metrics.value("origdst_downstream_cx_refused_total{reason=\"own_upstream\"}"),
+        2.0
+    );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("refused_own_upstream"), 2, "{}", exit.log);
     assert_eq!(

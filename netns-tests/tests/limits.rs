@@ -166,7 +166,12 @@ fn second_instance_on_the_same_port_shares_the_load() {
     let dst = addr(SERVER_V4[0], 8096);
     let (_server, seen) = Server::echo_local(&gw.server, &[dst]);
     let first = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
-    let second = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "2"]);
+    // Its own admin port: two processes cannot share one (scrapes would land on either).
+    let second = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--shards", "2", "--admin", "127.0.0.1:15100"],
+    );
     for _ in 0..CONNECTIONS {
         assert_eq!(ask_local(&gw.client, dst), dst.to_string());
         seen.recv_timeout(Duration::from_secs(30))

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
@@ -10,9 +11,12 @@ use crossbeam_channel::{Receiver, select};
 use origdst_core::addr::ListenerAddr;
 use origdst_core::config::{Config, DataPath, ListenerAddress};
 use origdst_core::orig_dst::SelfAddrs;
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
+use crate::access_log::AccessLogWriter;
+use crate::admin::Admin;
+use crate::observed::{AccessLogCounts, Observed, RunningConfig};
 use crate::own_upstreams::OwnUpstreams;
 use crate::published::{ShardRow, render};
 use crate::shard::{Backend, Shard, ShardControl, ShardSetup};
@@ -53,6 +57,17 @@ pub struct EngineSettings {
     pub data_path: DataPath,
     /// Which event source to use.
     pub backend: BackendChoice,
+    /// Where the config came from (for SIGHUP and `/config_dump`).
+    pub source: ConfigSource,
+}
+
+/// A config's origin.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file; `None`: the embedded default (SIGHUP has nothing to re-read).
+    pub path: Option<std::path::PathBuf>,
+    /// The YAML as read.
+    pub yaml: String,
 }
 
 /// `--backend`.
@@ -108,6 +123,42 @@ impl Drop for ExitGuard {
 /// Fails start-up, naming the config field, when a configured feature needs a capability this
 /// process lacks; otherwise the first connection would find out, and every one after it.
 fn check_privileges(config: &Config) -> Result<(), EngineError> {
+    let mut needed = Vec::new();
+    if config.knobs.upstream_mark.is_some() {
+        needed.push("CAP_NET_ADMIN (origdst.upstream_mark)".to_string());
+    }
+    for listener in config
+        .listeners
+        .iter()
+        .filter(|l| l.transparent && l.is_bound())
+    {
+        needed.push(format!(
+            "CAP_NET_ADMIN or CAP_NET_RAW (listener {:?}: transparent)",
+            listener.name
+        ));
+        sys::check_transparent_allowed().map_err(|err| {
+            EngineError::Setup(format!(
+                "listener {:?}: transparent: true cannot be set ({err}): IP_TRANSPARENT needs                  CAP_NET_ADMIN or CAP_NET_RAW",
+                listener.name
+            ))
+        })?;
+    }
+    for listener in config.listeners.iter().filter(|l| l.original_src.is_some()) {
+        needed.push(format!(
+            "CAP_NET_ADMIN (listener {:?}: original_src)",
+            listener.name
+        ));
+    }
+    tracing::info!(
+        uid = nix::unistd::geteuid().as_raw(),
+        capabilities = %sys::effective_net_capabilities(),
+        "privileges; this config needs {}",
+        if needed.is_empty() {
+            "no capability".to_string()
+        } else {
+            needed.join(", ")
+        }
+    );
     if let Some(mark) = config.knobs.upstream_mark {
         sys::check_mark_allowed(mark).map_err(|err| {
             EngineError::Setup(format!(
@@ -145,6 +196,47 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     check_privileges(&settings.config)?;
     let (backend, backend_reason) = choose_backend(settings.backend);
     let config = Arc::new(settings.config.clone());
+    let access_counts = config
+        .knobs
+        .access_log
+        .as_ref()
+        .map(|_| Arc::new(AccessLogCounts::default()));
+    let access_log = match (&config.knobs.access_log, &access_counts) {
+        (Some(log), Some(counts)) => Some(
+            AccessLogWriter::start(&log.path, log.sample(), Arc::clone(counts))
+                .map_err(EngineError::Setup)?,
+        ),
+        _ => None,
+    };
+    let (access_writer, access_sender) = access_log.unzip();
+    let rows: Vec<Arc<ShardRow>> = (0..settings.shards)
+        .map(|_| Arc::new(ShardRow::default()))
+        .collect();
+    let observed = Arc::new(Observed {
+        rows: rows.clone(),
+        backend: backend.name(),
+        data_path: data_path_name(backend, settings.data_path),
+        started: Default::default(),
+        draining: Default::default(),
+        reloads_ok: Default::default(),
+        reloads_rejected: Default::default(),
+        config: std::sync::Mutex::new(Arc::new(RunningConfig {
+            config: Arc::clone(&config),
+            yaml: settings.source.yaml.clone(),
+            path: settings.source.path.clone(),
+            generation: 1,
+        })),
+        access_log: access_counts,
+        started_at: std::time::Instant::now(),
+    });
+    let admin = match config.knobs.admin {
+        Some(addr) => Some(Admin::start(addr, Arc::clone(&observed)).map_err(|err| {
+            EngineError::Setup(format!(
+                "{err} (set origdst.admin to another ip:port, or null to turn it off)"
+            ))
+        })?),
+        None => None,
+    };
     let me = Arc::new(self_addrs(&config));
     let origin = std::time::Instant::now();
     let own_upstreams = Arc::new(OwnUpstreams::new());
@@ -152,12 +244,11 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     let (events_tx, events) = crossbeam_channel::unbounded();
     let signals = signal_channel()?;
     let mut controls = Vec::new();
-    let mut rows = Vec::new();
     let mut handles = Vec::new();
     for id in 0..settings.shards {
         let control =
             Arc::new(ShardControl::new().map_err(|e| EngineError::Setup(format!("eventfd: {e}")))?);
-        let row = Arc::new(ShardRow::default());
+        let row = Arc::clone(&rows[id]);
         let setup = ShardSetup {
             id,
             config: Arc::clone(&config),
@@ -169,6 +260,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             pipe_budget_bytes: config.knobs.pipe_budget_bytes / settings.shards as u64,
             origin,
             own_upstreams: Arc::clone(&own_upstreams),
+            access_log: access_sender.as_ref().map(|s| s.for_shard(id)),
         };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let events = events_tx.clone();
@@ -177,24 +269,133 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             .spawn(move || shard_main(setup, core, events))
             .map_err(|e| EngineError::Setup(format!("spawning shard {id}: {e}")))?;
         controls.push(control);
-        rows.push(row);
         handles.push(handle);
     }
     drop(events_tx);
+    // The shards hold the only senders now: the writer stops once they are gone.
+    drop(access_sender);
     let result = supervise(
         &settings,
-        &config,
         (backend, backend_reason),
         &controls,
-        &rows,
+        &observed,
         &events,
         &signals,
     );
     for handle in handles {
         let _ = handle.join();
     }
+    if let Some(writer) = access_writer {
+        writer.finish();
+    }
+    drop(admin);
     tracing::info!("final stats: {}", render(&rows));
     result
+}
+
+/// The data path's name in logs and metrics (the epoll backend has only its readiness pumps).
+fn data_path_name(backend: Backend, data_path: DataPath) -> &'static str {
+    match (backend, data_path) {
+        (Backend::IoUring, path) => path.name(),
+        (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => "epoll-splice",
+        (Backend::Epoll, DataPath::UringCopy) => "epoll-copy",
+    }
+}
+
+/// SIGHUP: re-read the config file; if it is valid and changes nothing that needs a restart, new
+/// connections use it from each shard's next turn and open ones keep theirs. Otherwise the
+/// running config stays, and the log says why.
+fn reload(observed: &Observed, controls: &[Arc<ShardControl>]) {
+    let running = observed.running();
+    let outcome = (|| {
+        let path = running
+            .path
+            .clone()
+            .ok_or("running the embedded default config: there is no file to re-read")?;
+        let yaml = std::fs::read_to_string(&path)
+            .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+        let config =
+            Config::from_yaml(&yaml).map_err(|err| format!("{}: {err}", path.display()))?;
+        needs_no_restart(&running.config, &config)?;
+        check_privileges(&config).map_err(|err| err.to_string())?;
+        Ok::<_, String>((path, yaml, config))
+    })();
+    match outcome {
+        Ok((path, yaml, config)) => {
+            let config = Arc::new(config);
+            for control in controls {
+                control.reload(Arc::clone(&config));
+            }
+            let generation = running.generation + 1;
+            *observed.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(RunningConfig {
+                config,
+                yaml,
+                path: Some(path),
+                generation,
+            });
+            observed.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                generation,
+                "config reloaded: new connections use it, open connections keep theirs"
+            );
+        }
+        Err(why) => {
+            observed.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                generation = running.generation,
+                "config reload rejected, the running config is kept: {why}"
+            );
+        }
+    }
+}
+
+/// What a reload cannot change: the bound listeners (their sockets are open; same addresses and
+/// options at the same positions), and the knobs fixed at start-up (threads, pools, rings).
+fn needs_no_restart(old: &Config, new: &Config) -> Result<(), String> {
+    let bound = |config: &Config| -> Vec<(usize, Vec<SocketAddr>, bool, bool)> {
+        config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_bound())
+            .map(|(i, l)| (i, l.socket_addresses().to_vec(), l.transparent, l.freebind))
+            .collect()
+    };
+    if bound(old) != bound(new) {
+        return Err("the bound listeners changed (addresses, order, transparent or freebind):                     that needs a restart"
+            .into());
+    }
+    let (a, b) = (&old.knobs, &new.knobs);
+    let fixed = [
+        ("origdst.shards", a.shards == b.shards),
+        ("origdst.data_path", a.data_path == b.data_path),
+        (
+            "origdst.pipe_budget_bytes",
+            a.pipe_budget_bytes == b.pipe_budget_bytes,
+        ),
+        (
+            "origdst.pipe_size_bytes",
+            a.pipe_size_bytes == b.pipe_size_bytes,
+        ),
+        (
+            "origdst.buffer_size_bytes",
+            a.buffer_size_bytes == b.buffer_size_bytes,
+        ),
+        ("origdst.buffer_count", a.buffer_count == b.buffer_count),
+        (
+            "origdst.iowq_workers_max",
+            a.iowq_workers_max == b.iowq_workers_max,
+        ),
+        ("origdst.busy_poll", a.busy_poll == b.busy_poll),
+        ("origdst.admin", a.admin == b.admin),
+        ("origdst.access_log", a.access_log == b.access_log),
+        ("origdst.drain_timeout", a.drain_timeout == b.drain_timeout),
+        ("origdst.upstream_mark", a.upstream_mark == b.upstream_mark),
+    ];
+    match fixed.iter().find(|(_, same)| !same) {
+        Some((field, _)) => Err(format!("{field} changed: that needs a restart")),
+        None => Ok(()),
+    }
 }
 
 fn shard_main(
@@ -226,13 +427,14 @@ fn shard_main(
 
 fn supervise(
     settings: &EngineSettings,
-    config: &Config,
     backend: (Backend, Option<String>),
     controls: &[Arc<ShardControl>],
-    rows: &[Arc<ShardRow>],
+    observed: &Observed,
     events: &Receiver<ShardEvent>,
     signals: &Receiver<i32>,
 ) -> Result<(), EngineError> {
+    let config = &settings.config;
+    let rows = &observed.rows;
     let mut started = 0;
     let mut running = settings.shards;
     let mut failure: Option<EngineError> = None;
@@ -259,13 +461,17 @@ fn supervise(
         return Err(err);
     }
     print_startup(settings, config, backend);
+    observed.started.store(true, Ordering::Relaxed);
     let mut signalled = false;
     while running > 0 {
         select! {
             recv(signals) -> signal => match signal {
                 Ok(SIGUSR1) => tracing::info!("stats: {}", render(rows)),
+                Ok(SIGHUP) if !signalled => reload(observed, controls),
+                Ok(SIGHUP) => tracing::warn!("SIGHUP while draining: ignored"),
                 Ok(signal) if !signalled => {
                     signalled = true;
+                    observed.draining.store(true, Ordering::Relaxed);
                     tracing::info!(signal, deadline = ?config.knobs.drain_timeout,
                         "draining: no new connections; open ones may finish until the deadline");
                     controls.iter().for_each(|c| c.drain());
@@ -340,11 +546,7 @@ fn print_startup(
         .knobs
         .upstream_mark
         .map_or("off".to_string(), |m| m.to_string());
-    let data_path = match (backend, settings.data_path) {
-        (Backend::IoUring, path) => path.name(),
-        (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => "epoll-splice",
-        (Backend::Epoll, DataPath::UringCopy) => "epoll-copy",
-    };
+    let data_path = data_path_name(backend, settings.data_path);
     if let Some(reason) = backend_reason {
         tracing::warn!("using the epoll backend ({reason})");
     }
@@ -362,6 +564,19 @@ fn print_startup(
             format!(" busy_poll={:?}", config.knobs.busy_poll)
         },
     );
+    match config.knobs.admin {
+        Some(addr) => tracing::info!(
+            "admin endpoint on http://{addr}: /metrics /stats /ready /healthz /config_dump"
+        ),
+        None => tracing::info!("admin endpoint off (origdst.admin: null)"),
+    }
+    if let Some(log) = &config.knobs.access_log {
+        tracing::info!(
+            path = %log.path.display(),
+            sample = log.sample(),
+            "access log: one JSON line per connection"
+        );
+    }
 }
 
 fn self_addrs(config: &Config) -> SelfAddrs {
@@ -373,7 +588,7 @@ fn self_addrs(config: &Config) -> SelfAddrs {
 }
 
 fn signal_channel() -> Result<Receiver<i32>, EngineError> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
         .map_err(|e| EngineError::Setup(format!("signal handlers: {e}")))?;
     let (tx, rx) = crossbeam_channel::bounded(16);
     thread::Builder::new()

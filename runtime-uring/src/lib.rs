@@ -4,8 +4,13 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 mod buf_ring;
 pub mod engine;
+pub mod interception;
+pub mod metrics;
+pub mod observed;
 mod own_upstreams;
 mod pipe_pool;
 pub mod published;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath};
-use origdst_runtime_uring::engine::{self, BackendChoice, EngineSettings};
+use origdst_runtime_uring::engine::{self, BackendChoice, ConfigSource, EngineSettings};
+use origdst_runtime_uring::interception::{self, InterceptionArgs};
 
 /// origdst — a transparent TCP proxy for traffic that iptables/nftables redirects.
 ///
@@ -42,6 +43,9 @@ enum Command {
         /// Log level: error, warn, info, debug, trace.
         #[arg(long, default_value = "info")]
         log_level: tracing::Level,
+        /// Override origdst.admin: the admin endpoint's ip:port, or `off`.
+        #[arg(long, value_parser = parse_admin)]
+        admin: Option<AdminArg>,
     },
     /// Validate a config file and exit: 0 if valid, 2 with the offending field if not.
     Check {
@@ -51,6 +55,10 @@ enum Command {
     },
     /// Print the embedded default config (a starting point for your own).
     DefaultConfig,
+    /// Print, apply or remove the interception rules (iptables/ip6tables or nftables, REDIRECT
+    /// or TPROXY). Istio's conventions by default: outbound to 15001, inbound to 15006, uid and
+    /// mark 1337 excluded. Idempotent; everything lives in ORIGDST_* chains or `inet origdst`.
+    Iptables(InterceptionArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,10 +92,12 @@ fn main() -> ExitCode {
             shards,
             backend,
             log_level,
+            admin,
         } => {
             init_logging(log_level);
-            let config = match load(config.as_ref()) {
-                Ok(config) => config,
+            let config_path = config;
+            let (mut config, yaml) = match load(config_path.as_ref()) {
+                Ok(loaded) => loaded,
                 Err(message) => {
                     tracing::error!("{message}");
                     return ExitCode::from(EXIT_CONFIG);
@@ -107,11 +117,18 @@ fn main() -> ExitCode {
                 BackendArg::IoUring => BackendChoice::IoUring,
                 BackendArg::Epoll => BackendChoice::Epoll,
             };
+            if let Some(AdminArg(admin)) = admin {
+                config.knobs.admin = admin;
+            }
             match engine::run(EngineSettings {
                 config,
                 shards,
                 data_path,
                 backend,
+                source: ConfigSource {
+                    path: config_path,
+                    yaml,
+                },
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -121,7 +138,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => match load(Some(&config)) {
-            Ok(config) => {
+            Ok((config, _)) => {
                 println!(
                     "{}: valid ({} listeners, {} bound addresses, {} clusters)",
                     config_name(&config),
@@ -140,6 +157,13 @@ fn main() -> ExitCode {
             print!("{DEFAULT_YAML}");
             ExitCode::SUCCESS
         }
+        Command::Iptables(args) => match interception::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("origdst iptables: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -150,13 +174,29 @@ fn config_name(config: &Config) -> String {
     )
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+/// The config and the YAML it came from.
+fn load(path: Option<&PathBuf>) -> Result<(Config, String), String> {
     let Some(path) = path else {
-        return Ok(Config::default_config());
+        return Ok((Config::default_config(), DEFAULT_YAML.to_string()));
     };
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
-    Config::from_yaml(&text).map_err(|err: ConfigError| format!("{}: {err}", path.display()))
+    let config = Config::from_yaml(&text)
+        .map_err(|err: ConfigError| format!("{}: {err}", path.display()))?;
+    Ok((config, text))
+}
+
+/// `--admin`: an address, or `off`.
+#[derive(Clone, Copy)]
+struct AdminArg(Option<std::net::SocketAddr>);
+
+fn parse_admin(text: &str) -> Result<AdminArg, String> {
+    if text == "off" {
+        return Ok(AdminArg(None));
+    }
+    text.parse()
+        .map(|addr| AdminArg(Some(addr)))
+        .map_err(|_| format!("{text:?} is not an ip:port or `off`"))
 }
 
 fn init_logging(level: tracing::Level) {

@@ -34,6 +34,30 @@ impl Gauge {
         Self::SpliceFallbackCopies,
     ];
 
+    /// Cumulative (exported as a counter) rather than a level.
+    pub const fn is_counter(self) -> bool {
+        matches!(
+            self,
+            Self::PipesShrunk | Self::PipesDiscarded | Self::SpliceFallbackCopies
+        )
+    }
+
+    /// The metric's help text.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Self::ConnectionsActive => "Open connections on the shard.",
+            Self::PipesLeased => "Splice pipes leased from the pools (bytes in flight).",
+            Self::PipesShrunk => {
+                "Pipes the kernel made smaller than asked (per-user pipe limit, fs.pipe-max-size)."
+            }
+            Self::PipesDiscarded => "Pipes closed with bytes in them when their connection ended.",
+            Self::BuffersInFlight => "Provided buffers holding bytes in flight (uring-copy).",
+            Self::SpliceFallbackCopies => {
+                "Times a splice direction copied because the pipe pool was empty."
+            }
+        }
+    }
+
     /// The exported name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -48,6 +72,7 @@ impl Gauge {
 }
 
 /// One shard's published row.
+#[derive(Debug)]
 pub struct ShardRow {
     counters: [AtomicU64; Counter::COUNT],
     gauges: [AtomicU64; Gauge::ALL.len()],

@@ -308,3 +308,36 @@ pub(crate) fn local_ips() -> Vec<IpAddr> {
 pub(crate) fn raw(fd: &impl AsFd) -> RawFd {
     fd.as_fd().as_raw_fd()
 }
+
+/// The network capabilities this process holds, from `CapEff` in /proc/self/status (for the
+/// start-up line: an operator sees what origdst runs with, not only what failed).
+pub(crate) fn effective_net_capabilities() -> String {
+    const CAP_NET_BIND_SERVICE: u32 = 10;
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_NET_RAW: u32 = 13;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        });
+    let Some(bits) = effective else {
+        return "unknown".into();
+    };
+    let held: Vec<&str> = [
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_NET_RAW, "CAP_NET_RAW"),
+        (CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & (1 << bit) != 0)
+    .map(|(_, name)| name)
+    .collect();
+    if held.is_empty() {
+        "none".into()
+    } else {
+        held.join(",")
+    }
+}

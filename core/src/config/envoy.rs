@@ -39,10 +39,23 @@ pub(crate) struct Knobs {
     pub(crate) http_head_max_bytes: Option<u32>,
     pub(crate) http_head_timeout: Option<String>,
     pub(crate) busy_poll: Option<String>,
+    /// `null` turns the admin endpoint off: double Option, as for the mark.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub(crate) admin: Option<Option<String>>,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
-fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLog {
+    pub(crate) path: String,
+    pub(crate) sample: Option<f64>,
+}
+
+fn explicit_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,26 @@ pub struct Knobs {
     /// How long a shard keeps polling for completions before it sleeps (0: never spins). Trades
     /// CPU for latency: a sleeping shard pays a wake-up (an IPI, a vCPU exit on a VM) per event.
     pub busy_poll: Duration,
+    /// The admin endpoint (`/metrics`, `/ready`, …); `None`: off.
+    pub admin: Option<std::net::SocketAddr>,
+    /// One JSON line per finished connection; `None`: off.
+    pub access_log: Option<AccessLog>,
+}
+
+/// `origdst.access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// A file (appended to), or `/dev/stdout`.
+    pub path: std::path::PathBuf,
+    /// Share of connections logged, in parts per million (1.0 = 1 000 000).
+    pub sample_ppm: u32,
+}
+
+impl AccessLog {
+    /// The share of connections logged, 0.0–1.0.
+    pub fn sample(&self) -> f64 {
+        f64::from(self.sample_ppm) / 1e6
+    }
 }
 
 impl Default for Knobs {
@@ -93,6 +113,11 @@ impl Default for Knobs {
             http_head_max_bytes: HTTP_HEAD_MAX_BYTES_DEFAULT,
             http_head_timeout: HTTP_HEAD_TIMEOUT_DEFAULT,
             busy_poll: Duration::ZERO,
+            admin: Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                ADMIN_PORT_DEFAULT,
+            ))),
+            access_log: None,
         }
     }
 }
@@ -172,6 +197,35 @@ impl Knobs {
                 format!("{busy_poll:?} is more than {BUSY_POLL_MAX:?}"),
             ));
         }
+        let admin = match raw.admin {
+            None => d.admin,
+            Some(None) => None,
+            Some(Some(text)) => Some(text.parse().map_err(|_| {
+                ConfigError::new(
+                    "origdst.admin",
+                    format!("{text:?} is not an ip:port (null turns the endpoint off)"),
+                )
+            })?),
+        };
+        let access_log = match raw.access_log {
+            None => None,
+            Some(log) => {
+                if log.path.is_empty() {
+                    return Err(ConfigError::new("origdst.access_log.path", "empty"));
+                }
+                let sample = log.sample.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&sample) {
+                    return Err(ConfigError::new(
+                        "origdst.access_log.sample",
+                        format!("{sample} is outside 0.0..=1.0"),
+                    ));
+                }
+                Some(AccessLog {
+                    path: log.path.into(),
+                    sample_ppm: (sample * 1e6).round() as u32,
+                })
+            }
+        };
         let http_head_timeout = match raw.http_head_timeout {
             None => d.http_head_timeout,
             Some(text) => parse_duration("origdst.http_head_timeout", &text)?,
@@ -197,6 +251,8 @@ impl Knobs {
             http_head_max_bytes,
             http_head_timeout,
             busy_poll,
+            admin,
+            access_log,
         })
     }
 }
@@ -225,6 +281,8 @@ fn power_of_two(path: &str, value: u32, min: u32, max: u32) -> Result<u32, Confi
 }
 
 const PAGE_BYTES: u32 = 4096;
+/// Istio's admin port.
+const ADMIN_PORT_DEFAULT: u16 = 15000;
 /// Past a millisecond a spin is a busy CPU, not a latency trade.
 const BUSY_POLL_MAX: Duration = Duration::from_millis(1);
 const SHARDS_MAX: u32 = 256;

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use error::ConfigError;
-pub use knobs::{DataPath, Knobs};
+pub use knobs::{AccessLog, DataPath, Knobs};
 
 use crate::connection::{ConnParams, OriginalSrc};
 

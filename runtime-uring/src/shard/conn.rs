@@ -103,6 +103,8 @@ pub(crate) struct ConnIo {
     pub(crate) internal_upstream: Option<usize>,
     /// This connection came from an internal listener: the pair (inner end).
     pub(crate) internal_client: Option<usize>,
+    /// The listener that handled it, kept only when an access log wants it.
+    pub(crate) listener_name: Option<std::sync::Arc<str>>,
 }
 
 impl ConnIo {
@@ -123,6 +125,7 @@ impl ConnIo {
             peek_max: 0,
             internal_upstream: None,
             internal_client: None,
+            listener_name: None,
         }
     }
 

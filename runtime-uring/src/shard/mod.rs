@@ -37,6 +37,7 @@ use self::io::{BufferPool, DirKey, Io};
 pub(crate) use self::poller::Backend;
 use self::poller::Poller;
 use self::progress::{DirEnd, Progress};
+use crate::access_log::AccessLogSender;
 use crate::buf_ring::BufRing;
 use crate::own_upstreams::OwnUpstreams;
 use crate::pipe_pool::PipePool;
@@ -50,6 +51,8 @@ pub(crate) struct ShardControl {
     wake: EventFd,
     drain: AtomicBool,
     abort: AtomicBool,
+    /// A reloaded config for new connections; taken on the next wake. Locked only on reload.
+    reload: std::sync::Mutex<Option<Arc<Config>>>,
 }
 
 impl ShardControl {
@@ -60,7 +63,14 @@ impl ShardControl {
             wake,
             drain: AtomicBool::new(false),
             abort: AtomicBool::new(false),
+            reload: std::sync::Mutex::new(None),
         })
+    }
+
+    /// New connections use `config` from the shard's next turn; open ones keep what they have.
+    pub(crate) fn reload(&self, config: Arc<Config>) {
+        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        let _ = self.wake.write(1);
     }
 
     /// Stop accepting and let open connections finish until the drain deadline.
@@ -90,6 +100,8 @@ pub(crate) struct ShardSetup {
     pub(crate) origin: std::time::Instant,
     /// Every shard's upstream sockets, for loop detection.
     pub(crate) own_upstreams: Arc<OwnUpstreams>,
+    /// Where finished connections are logged, if anywhere.
+    pub(crate) access_log: Option<AccessLogSender>,
 }
 
 struct ListenerIo {
@@ -392,8 +404,14 @@ impl Shard {
             &mut self.balancer,
             &mut self.stats,
         );
+        let listener_name = self.setup.access_log.is_some().then(|| {
+            // A refused connection is logged under the listener that accepted it.
+            let index = route.as_ref().map_or(config_index, |r| r.listener);
+            Arc::from(self.setup.config.listeners[index].name.as_str())
+        });
         let core = Connection::start(now, &evidence, route, &mut self.stats);
         let slot = self.insert_conn(core, Some(fd));
+        self.conns[slot].listener_name = listener_name;
         self.drive(now, slot);
     }
 
@@ -807,6 +825,11 @@ impl Shard {
         }
         let outcome = conn.core.outcome().expect("released only once closed");
         self.log_close(now, &conn.core, outcome);
+        if let Some(log) = self.setup.access_log.as_mut()
+            && log.sampled()
+        {
+            log.send(access_record(now, &conn, outcome, self.setup.id));
+        }
         if let Some(client) = conn.client {
             self.io.closing.push(client);
         }
@@ -1152,6 +1175,24 @@ impl Shard {
         if self.setup.control.abort.load(Ordering::Acquire) {
             self.abort_all(now);
         }
+        let reloaded = self
+            .setup
+            .control
+            .reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(config) = reloaded {
+            // The engine only sends configs whose bound listeners are the ones this shard
+            // holds (same addresses, same order), so listener indexes stay valid.
+            debug_assert_eq!(
+                config.listen_addrs().count(),
+                self.setup.config.listen_addrs().count()
+            );
+            self.setup.config = config;
+            self.balancer = Balancer::default();
+            tracing::debug!(shard = self.setup.id, "config reloaded");
+        }
     }
 
     fn start_drain(&mut self, now: Instant) {
@@ -1160,6 +1201,10 @@ impl Shard {
             let Some(socket) = listener.socket.take() else {
                 continue;
             };
+            // Stop listening now: the socket itself lives on until the kernel has finished
+            // cancelling its accept request (milliseconds), and until then it would still
+            // complete handshakes that nobody accepts.
+            let _ = socket.shutdown(std::net::Shutdown::Read);
             let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
             let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
             self.io
@@ -1193,6 +1238,34 @@ impl Shard {
             .map_or(0, |r| u64::from(r.in_flight()));
         gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
         self.setup.row.publish(&self.stats, &gauges);
+    }
+}
+
+/// The access-log line of a finished connection.
+fn access_record(
+    now: Instant,
+    conn: &ConnIo,
+    outcome: Outcome,
+    shard: usize,
+) -> crate::access_log::Record {
+    let core = &conn.core;
+    let age = core.age(now);
+    crate::access_log::Record {
+        start_time: crate::access_log::start_time(age),
+        duration_ms: age.as_millis() as u64,
+        downstream_remote_address: core.client().get(),
+        original_destination: core.orig_dst().map(|a| a.to_string()),
+        original_destination_provenance: core.provenance().map(|p| p.name()),
+        upstream_host: core.upstream().map(|a| a.to_string()),
+        listener: conn.listener_name.clone().unwrap_or_else(|| Arc::from("-")),
+        bytes_received: core.bytes(Dir::ClientToUpstream),
+        bytes_sent: core.bytes(Dir::UpstreamToClient),
+        termination_reason: outcome.name(),
+        error: outcome.error().map(|kind| match kind {
+            IoErrorKind::Other { errno } => stdio::Error::from_raw_os_error(errno).to_string(),
+            kind => kind.name().to_string(),
+        }),
+        shard,
     }
 }
 

@@ -1,0 +1,250 @@
+//! `origdst iptables apply|remove` on the real kernel: in a pod namespace (application, origdst and
+//! the rules together, a sidecar), the generated rules capture outbound and inbound connections for
+//! IPv4 and IPv6 with iptables and with nftables, REDIRECT and TPROXY; applying twice changes
+//! nothing, and removing leaves exactly the host's own rules.
+
+use std::net::SocketAddr;
+use std::process::Output;
+
+use origdst_netns_tests::config::ConfigFile;
+use origdst_netns_tests::netns::{Netns, veth};
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::proxy::Proxy;
+use origdst_netns_tests::server::{Server, ask_local};
+
+const POD: [&str; 2] = ["10.13.1.2", "fd13:1::2"];
+const REMOTE: [&str; 2] = ["10.13.1.10", "fd13:1::10"];
+
+/// A pod and a remote namespace on one link, each with an address per family.
+fn pod_and_remote(tag: &str) -> (Netns, Netns) {
+    let pod = Netns::new(&format!("{tag}-pod"));
+    let remote = Netns::new(&format!("{tag}-rem"));
+    veth(&pod, "eth0", &remote, "r0");
+    pod.ip(&["addr", "add", "10.13.1.2/24", "dev", "eth0"]);
+    pod.ip(&["-6", "addr", "add", "fd13:1::2/64", "dev", "eth0", "nodad"]);
+    remote.ip(&["addr", "add", "10.13.1.10/24", "dev", "r0"]);
+    remote.ip(&["-6", "addr", "add", "fd13:1::10/64", "dev", "r0", "nodad"]);
+    (pod, remote)
+}
+
+fn origdst_iptables(ns: &Netns, args: &[&str]) -> Output {
+    let output = ns
+        .command(origdst_bin!())
+        .arg("iptables")
+        .args(args)
+        .output()
+        .expect("run origdst iptables");
+    assert!(
+        output.status.success(),
+        "origdst iptables {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The rule set as the tool shows it, without timestamps and counters.
+fn snapshot(ns: &Netns, backend: &str) -> String {
+    let programs: &[(&str, &[&str])] = match backend {
+        "iptables" => &[("iptables-save", &[]), ("ip6tables-save", &[])],
+        _ => &[("nft", &["list", "ruleset"])],
+    };
+    let mut out = String::new();
+    for (program, args) in programs {
+        let output = ns.exec(program, args);
+        // iptables-save prints a table once anything used it, even when it is empty again: an
+        // empty table (built-in chains, no rule) is not a rule left behind.
+        let mut table = String::new();
+        let mut has_rules = false;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            // Chain policy lines carry packet counters in brackets.
+            let line = match line.find(" [") {
+                Some(at) if line.starts_with(':') => &line[..at],
+                _ => line,
+            };
+            has_rules |= line.starts_with("-A") || line.ends_with(" -");
+            table.push_str(line);
+            table.push('\n');
+            if line == "COMMIT" || *program == "nft" {
+                if has_rules || *program == "nft" {
+                    out.push_str(&table);
+                }
+                table.clear();
+                has_rules = false;
+            }
+        }
+    }
+    out
+}
+
+/// Rules of the host's own that origdst must leave alone.
+fn install_unrelated(ns: &Netns, backend: &str) {
+    match backend {
+        "iptables" => {
+            for tables in ["iptables", "ip6tables"] {
+                ns.exec(tables, &["-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", "ACCEPT"]);
+                ns.exec(tables, &["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+            }
+        }
+        _ => ns.load_nft(
+            "table inet host_own {
+               chain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }
+             }
+            ",
+        ),
+    }
+}
+
+/// origdst's default outbound listener plus an inbound one on 15006 (transparent for TPROXY).
+fn sidecar_config(tag: &str, transparent: bool) -> ConfigFile {
+    let default = origdst_core::config::DEFAULT_YAML;
+    let listeners = "static_resources:\n  listeners:\n";
+    assert!(default.contains(listeners));
+    let inbound = format!(
+        "{listeners}  - name: virtualInbound
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15006 }} }}
+    additional_addresses:
+    - address: {{ socket_address: {{ address: \"::\", port_value: 15006 }} }}
+    transparent: {transparent}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: InboundPassthrough, cluster: PassthroughCluster }}
+"
+    );
+    ConfigFile::new(tag, &default.replacen(listeners, &inbound, 1))
+}
+
+fn captures_and_cleans_up(tag: &str, backend: &str, inbound: &str) {
+    let (pod, remote) = pod_and_remote(tag);
+    install_unrelated(&pod, backend);
+    let before = snapshot(&pod, backend);
+    let args = ["apply", "--backend", backend, "--inbound", inbound];
+    if inbound == "tproxy" {
+        // Switching modes converges: REDIRECT's inbound rules go when TPROXY's come.
+        origdst_iptables(
+            &pod,
+            &["apply", "--backend", backend, "--inbound", "redirect"],
+        );
+    }
+    origdst_iptables(&pod, &args);
+    let applied = snapshot(&pod, backend);
+    if inbound == "tproxy" {
+        assert!(!applied.contains("IN_REDIRECT"), "{applied}");
+        assert!(!applied.contains("redirect to :15006"), "{applied}");
+    }
+    assert!(applied.to_lowercase().contains("origdst"), "{applied}");
+    origdst_iptables(&pod, &args);
+    assert_eq!(
+        snapshot(&pod, backend),
+        applied,
+        "a second apply changed the rules"
+    );
+
+    // Outbound: the pod's application dials the remote server.
+    let outbound: Vec<SocketAddr> = REMOTE
+        .iter()
+        .map(|ip| SocketAddr::new(ip.parse().unwrap(), 8080))
+        .collect();
+    let (_remote_server, remote_seen) = Server::echo_local(&remote, &outbound);
+    // Inbound: a remote client dials the pod's application.
+    let inbound_dsts: Vec<SocketAddr> = POD
+        .iter()
+        .map(|ip| SocketAddr::new(ip.parse().unwrap(), 9090))
+        .collect();
+    let (_app, app_seen) = Server::echo_local(&pod, &inbound_dsts);
+    let config = sidecar_config(tag, inbound == "tproxy");
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &pod,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    for &dst in &outbound {
+        assert_eq!(ask_local(&pod, dst), dst.to_string());
+        assert_eq!(remote_seen.recv().unwrap(), dst);
+    }
+    for &dst in &inbound_dsts {
+        assert_eq!(ask_local(&remote, dst), dst.to_string());
+        assert_eq!(app_seen.recv().unwrap(), dst);
+    }
+    let exit = proxy.stop_clean();
+    // Four connections, each captured exactly once: none looped back through the rules.
+    assert_eq!(exit.stat("downstream_cx_total"), 4, "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 4);
+    let provenance = match inbound {
+        "tproxy" => ("orig_dst_transparent_local", 2),
+        _ => ("orig_dst_sockopt_v4", 2),
+    };
+    assert_eq!(exit.stat(provenance.0), provenance.1, "{}", exit.log);
+
+    let remove = ["remove", "--backend", backend];
+    origdst_iptables(&pod, &remove);
+    origdst_iptables(&pod, &remove);
+    assert_eq!(
+        snapshot(&pod, backend),
+        before,
+        "remove left something behind"
+    );
+    assert!(
+        pod.exec("ip", &["rule", "list"])
+            .stdout
+            .windows(4)
+            .all(|w| w != b"1338"),
+        "the TPROXY policy rule is still there"
+    );
+}
+
+#[test]
+fn iptables_redirect_captures_both_ways_is_idempotent_and_removes_cleanly() {
+    captures_and_cleans_up("rulesipt", "iptables", "redirect");
+}
+
+#[test]
+fn nftables_redirect_captures_both_ways_is_idempotent_and_removes_cleanly() {
+    captures_and_cleans_up("rulesnft", "nftables", "redirect");
+}
+
+#[test]
+fn iptables_tproxy_captures_both_ways_is_idempotent_and_removes_cleanly() {
+    captures_and_cleans_up("rulesiptp", "iptables", "tproxy");
+}
+
+#[test]
+fn nftables_tproxy_captures_both_ways_is_idempotent_and_removes_cleanly() {
+    captures_and_cleans_up("rulesnfttp", "nftables", "tproxy");
+}
+
+#[test]
+fn print_shows_what_apply_runs_and_bad_flags_name_the_flag() {
+    let (pod, _remote) = pod_and_remote("rulesprint");
+    let printed = origdst_iptables(&pod, &["print", "--inbound", "tproxy"]);
+    let script = String::from_utf8(printed.stdout).unwrap();
+    assert!(script.starts_with("#!/bin/sh"));
+    assert!(script.contains("TPROXY --on-port 15006"), "{script}");
+    // Printing touches nothing.
+    assert!(!snapshot(&pod, "iptables").contains("ORIGDST"));
+    let output = pod
+        .command(origdst_bin!())
+        .args([
+            "iptables",
+            "apply",
+            "--inbound",
+            "tproxy",
+            "--tproxy-mark",
+            "1337",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tproxy-mark"), "{stderr}");
+    assert!(
+        !snapshot(&pod, "iptables").contains("ORIGDST"),
+        "a refused spec applied rules"
+    );
+}

@@ -1,0 +1,207 @@
+//! The interception rules origdst needs, as data: from a [`Spec`] (Istio's conventions by default)
+//! to the [`Command`]s that install or remove them with iptables/ip6tables or nftables, and the
+//! policy routing TPROXY needs. No I/O here: `origdst iptables print` writes the commands as a
+//! shell script, `apply`/`remove` run them, and the golden tests pin them.
+//!
+//! Every rule lives in origdst's own chains (`ORIGDST_*`) or its own nftables table
+//! (`inet origdst`), so applying twice converges to the same rules and removing leaves the rest of
+//! the host's rule set alone.
+
+mod iptables;
+mod nftables;
+mod spec;
+
+pub use spec::{Backend, Family, Inbound, Spec, SpecError};
+
+/// How a command's exit status is treated; each has a shell spelling for `print`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Must succeed.
+    Once,
+    /// Run only if `check` fails (e.g. `iptables -C` before `-A`): idempotent inserts.
+    Unless(Vec<String>),
+    /// Run until it fails (e.g. delete a jump rule that may have been added more than once).
+    WhileSucceeds,
+    /// Failure is fine (removing what may not exist).
+    IgnoreFailure,
+}
+
+/// One program invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub argv: Vec<String>,
+    /// Fed to the program's standard input (iptables-restore, nft -f -).
+    pub stdin: Option<String>,
+    pub mode: Mode,
+}
+
+impl Command {
+    fn new(argv: &[&str], mode: Mode) -> Self {
+        Self {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            stdin: None,
+            mode,
+        }
+    }
+
+    fn owned(argv: Vec<String>, mode: Mode) -> Self {
+        Self {
+            argv,
+            stdin: None,
+            mode,
+        }
+    }
+
+    fn with_stdin(mut self, stdin: String) -> Self {
+        self.stdin = Some(stdin);
+        self
+    }
+}
+
+/// The commands that install `spec`'s rules, converging from whatever origdst installed before
+/// (chains of a mode no longer asked for are removed).
+pub fn apply(spec: &Spec) -> Vec<Command> {
+    let mut out = match spec.backend {
+        Backend::Iptables => iptables::apply(spec),
+        Backend::Nftables => nftables::apply(spec),
+    };
+    if spec.inbound == Inbound::Tproxy {
+        out.extend(policy_routing_add(spec));
+    } else {
+        out.extend(policy_routing_remove(spec));
+    }
+    out
+}
+
+/// The commands that remove every rule origdst may have installed with this backend.
+pub fn remove(spec: &Spec) -> Vec<Command> {
+    let mut out = match spec.backend {
+        Backend::Iptables => iptables::remove(spec),
+        Backend::Nftables => nftables::remove(),
+    };
+    out.extend(policy_routing_remove(spec));
+    out
+}
+
+/// A shell script equivalent to running `commands` (what `origdst iptables print` shows).
+pub fn script(title: &str, commands: &[Command]) -> String {
+    let mut out = format!("#!/bin/sh\n# {title}\nset -e\n");
+    for command in commands {
+        let line = shell_words(&command.argv);
+        let line = match &command.mode {
+            Mode::Once => line,
+            Mode::Unless(check) => format!("{} 2>/dev/null || {line}", shell_words(check)),
+            Mode::WhileSucceeds => format!("while {line} 2>/dev/null; do :; done"),
+            Mode::IgnoreFailure => format!("{line} 2>/dev/null || true"),
+        };
+        match &command.stdin {
+            None => out.push_str(&line),
+            Some(stdin) => {
+                out.push_str(&format!("{line} <<'ORIGDST_EOF'\n{stdin}ORIGDST_EOF"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|word| {
+            if !word.is_empty()
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+@%".contains(&b))
+            {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// TPROXY's local delivery: packets carrying the divert mark are routed to the local stack
+/// (`ip rule fwmark … lookup T` + `local default dev lo table T`), per family.
+fn policy_routing_add(spec: &Spec) -> Vec<Command> {
+    let mark = spec.tproxy_mark.to_string();
+    let table = spec.route_table.to_string();
+    let mut out = Vec::new();
+    for family in spec.families() {
+        let flag = family.ip_flag();
+        let rule = [
+            "ip",
+            flag,
+            "rule",
+            "add",
+            "fwmark",
+            mark.as_str(),
+            "lookup",
+            table.as_str(),
+        ];
+        let check = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("ip {flag} rule list fwmark {mark} lookup {table} | grep -q ."),
+        ];
+        out.push(Command::new(&rule, Mode::Unless(check)));
+        out.push(Command::new(
+            &[
+                "ip",
+                flag,
+                "route",
+                "replace",
+                "local",
+                family.any(),
+                "dev",
+                "lo",
+                "table",
+                table.as_str(),
+            ],
+            Mode::Once,
+        ));
+    }
+    out
+}
+
+fn policy_routing_remove(spec: &Spec) -> Vec<Command> {
+    let mark = spec.tproxy_mark.to_string();
+    let table = spec.route_table.to_string();
+    let mut out = Vec::new();
+    for family in spec.families() {
+        let flag = family.ip_flag();
+        out.push(Command::new(
+            &[
+                "ip",
+                flag,
+                "rule",
+                "del",
+                "fwmark",
+                mark.as_str(),
+                "lookup",
+                table.as_str(),
+            ],
+            Mode::WhileSucceeds,
+        ));
+        out.push(Command::new(
+            &["ip", flag, "route", "flush", "table", table.as_str()],
+            Mode::IgnoreFailure,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_quote_only_what_needs_it() {
+        let argv = ["iptables", "-m", "comment", "--comment", "it's here", ""].map(String::from);
+        assert_eq!(
+            shell_words(&argv),
+            r"iptables -m comment --comment 'it'\''s here' ''"
+        );
+    }
+}

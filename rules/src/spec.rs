@@ -1,0 +1,210 @@
+//! What to capture. The defaults are Istio's sidecar conventions: outbound to 15001, inbound to
+//! 15006, the proxy's own traffic (uid 1337, mark 1337) never captured.
+
+use ipnet::IpNet;
+
+/// Which tool installs the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `iptables-restore`/`ip6tables-restore` into `ORIGDST_*` chains (iptables-nft or legacy).
+    Iptables,
+    /// One `nft -f` transaction: the `inet origdst` table.
+    Nftables,
+}
+
+/// How inbound connections reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Not captured.
+    None,
+    /// nat PREROUTING REDIRECT to `inbound_port` (the local address becomes the proxy's).
+    Redirect,
+    /// mangle PREROUTING TPROXY to `inbound_port` (needs a `transparent: true` listener there)
+    /// plus fwmark policy routing.
+    Tproxy,
+}
+
+/// IP families to write rules for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub(crate) const fn ip_flag(self) -> &'static str {
+        match self {
+            Self::V4 => "-4",
+            Self::V6 => "-6",
+        }
+    }
+
+    pub(crate) const fn any(self) -> &'static str {
+        match self {
+            Self::V4 => "0.0.0.0/0",
+            Self::V6 => "::/0",
+        }
+    }
+
+    pub(crate) const fn loopback(self) -> &'static str {
+        match self {
+            Self::V4 => "127.0.0.0/8",
+            Self::V6 => "::1/128",
+        }
+    }
+
+    pub(crate) const fn iptables(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables",
+            Self::V6 => "ip6tables",
+        }
+    }
+
+    pub(crate) fn matches(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Self::V4, IpNet::V4(_)) | (Self::V6, IpNet::V6(_))
+        )
+    }
+}
+
+/// The interception to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub backend: Backend,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Capture outbound connections (OUTPUT) to `outbound_port`.
+    pub outbound: bool,
+    pub outbound_port: u16,
+    pub inbound: Inbound,
+    pub inbound_port: u16,
+    /// Connections from these uids are never captured (the proxy's own).
+    pub proxy_uids: Vec<u32>,
+    /// Connections carrying this mark are never captured (origdst's `upstream_mark`).
+    pub proxy_mark: Option<u32>,
+    /// TPROXY's divert mark and the routing table that delivers it locally.
+    pub tproxy_mark: u32,
+    pub route_table: u32,
+    /// Outbound destinations to capture; empty: all.
+    pub include_outbound_cidrs: Vec<IpNet>,
+    pub exclude_outbound_cidrs: Vec<IpNet>,
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Inbound destination ports to capture; empty: all.
+    pub include_inbound_ports: Vec<u16>,
+    pub exclude_inbound_ports: Vec<u16>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Iptables,
+            ipv4: true,
+            ipv6: true,
+            outbound: true,
+            outbound_port: 15001,
+            inbound: Inbound::Redirect,
+            inbound_port: 15006,
+            proxy_uids: vec![1337],
+            proxy_mark: Some(1337),
+            tproxy_mark: 1338,
+            route_table: 133,
+            include_outbound_cidrs: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            include_inbound_ports: Vec::new(),
+            exclude_inbound_ports: Vec::new(),
+        }
+    }
+}
+
+/// A spec that would install rules that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Spec {
+    /// Rejects specs whose rules would loop or capture nothing useful.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field, reason: &str| {
+            Err(SpecError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if !self.ipv4 && !self.ipv6 {
+            return err("family", "neither IPv4 nor IPv6 selected");
+        }
+        if !self.outbound && self.inbound == Inbound::None {
+            return err(
+                "inbound",
+                "nothing to capture: outbound is off and inbound is none",
+            );
+        }
+        if self.outbound && self.proxy_uids.is_empty() && self.proxy_mark.is_none() {
+            return err(
+                "proxy-uid",
+                "outbound capture needs the proxy's uid or mark excluded, or its own upstream \
+                 connections would be captured again (a loop)",
+            );
+        }
+        for (field, port) in [
+            ("outbound-port", self.outbound_port),
+            ("inbound-port", self.inbound_port),
+        ] {
+            if port == 0 {
+                return err(field, "port 0");
+            }
+        }
+        if self.outbound && self.inbound != Inbound::None && self.outbound_port == self.inbound_port
+        {
+            return err("inbound-port", "the same as outbound-port");
+        }
+        if self.inbound == Inbound::Tproxy && Some(self.tproxy_mark) == self.proxy_mark {
+            return err(
+                "tproxy-mark",
+                "the same as the proxy mark: the proxy's upstream connections would be routed \
+                 to the local table",
+            );
+        }
+        if self.tproxy_mark == 0 {
+            return err("tproxy-mark", "mark 0 matches unmarked packets");
+        }
+        if let Some(port) = self
+            .include_inbound_ports
+            .iter()
+            .find(|p| self.exclude_inbound_ports.contains(p))
+        {
+            return err(
+                "include-inbound-ports",
+                &format!("port {port} is also excluded"),
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn families(&self) -> Vec<Family> {
+        let mut out = Vec::new();
+        if self.ipv4 {
+            out.push(Family::V4);
+        }
+        if self.ipv6 {
+            out.push(Family::V6);
+        }
+        out
+    }
+
+    /// Inbound ports never captured: origdst's own, then the user's exclusions.
+    pub(crate) fn inbound_skip_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.outbound_port, self.inbound_port];
+        for &port in &self.exclude_inbound_ports {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        ports
+    }
+}

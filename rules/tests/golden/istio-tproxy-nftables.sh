@@ -1,0 +1,42 @@
+#!/bin/sh
+# apply
+set -e
+nft -f - <<'ORIGDST_EOF'
+table inet origdst
+delete table inet origdst
+table inet origdst {
+  chain output {
+    type nat hook output priority -100; policy accept;
+    meta l4proto != tcp return
+    oifname "lo" return
+    meta mark 1337 return
+    meta skuid 1337 return
+    meta l4proto tcp redirect to :15001
+  }
+  chain prerouting_tproxy {
+    type filter hook prerouting priority mangle; policy accept;
+    iifname "lo" return
+    meta l4proto != tcp return
+    socket transparent 1 meta mark set 1338 accept
+    tcp dport { 15001, 15006 } return
+    ip daddr != 127.0.0.0/8 tcp flags & (fin|syn|rst|ack) == syn tproxy ip to :15006 meta mark set 1338 accept
+    ip6 daddr != ::1/128 tcp flags & (fin|syn|rst|ack) == syn tproxy ip6 to :15006 meta mark set 1338 accept
+  }
+}
+ORIGDST_EOF
+sh -c 'ip -4 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -4 rule add fwmark 1338 lookup 133
+ip -4 route replace local 0.0.0.0/0 dev lo table 133
+sh -c 'ip -6 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -6 rule add fwmark 1338 lookup 133
+ip -6 route replace local ::/0 dev lo table 133
+
+#!/bin/sh
+# remove
+set -e
+nft -f - <<'ORIGDST_EOF'
+table inet origdst
+delete table inet origdst
+ORIGDST_EOF
+while ip -4 rule del fwmark 1338 lookup 133 2>/dev/null; do :; done
+ip -4 route flush table 133 2>/dev/null || true
+while ip -6 rule del fwmark 1338 lookup 133 2>/dev/null; do :; done
+ip -6 route flush table 133 2>/dev/null || true

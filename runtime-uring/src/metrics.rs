@@ -1,0 +1,264 @@
+//! `/metrics` (OpenMetrics text, which Prometheus scrapes) and `/stats` (JSON), both computed at
+//! scrape time from the shards' published rows: the data path never takes a lock or formats
+//! anything. Every core counter keeps its Envoy-style name (`origdst_downstream_cx_total`,
+//! `origdst_upstream_cx_connect_fail_total`, …); refusals and original-destination provenance are
+//! also exported as one labelled family each, so a dashboard can sum them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use origdst_core::stats::{Counter, Counters};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::observed::Observed;
+use crate::published::Gauge;
+
+/// Renders `/metrics`.
+pub fn render_prometheus(observed: &Arc<Observed>) -> String {
+    let mut registry = Registry::with_prefix("origdst");
+    registry.register_collector(Box::new(Scrape(Arc::clone(observed))));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The merged counters of every shard.
+pub fn merged(observed: &Observed) -> Counters {
+    let mut total = Counters::default();
+    for row in &observed.rows {
+        total.merge(&row.counters());
+    }
+    total
+}
+
+#[derive(Debug)]
+struct Scrape(Arc<Observed>);
+
+/// Counter names already ending in `_total` lose it: OpenMetrics appends it to every counter.
+fn family_name(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    let family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(family)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    let family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(family)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let observed = &self.0;
+        let total = merged(observed);
+        for &c in Counter::ALL {
+            counter(
+                &mut encoder,
+                family_name(c.name()),
+                c.help().trim(),
+                total.get(c),
+            )?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "downstream_cx_refused",
+                "Connections refused, by reason (each also has its own counter).",
+                None,
+                MetricType::Counter,
+            )?;
+            for &c in Counter::ALL {
+                if let Some(reason) = c.refusal_reason() {
+                    ConstCounter::new(total.get(c))
+                        .encode(family.encode_family(&[("reason", reason)])?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "orig_dst",
+                "Original destinations found, by where they came from.",
+                None,
+                MetricType::Counter,
+            )?;
+            for &c in Counter::ALL {
+                if let Some(provenance) = c.provenance() {
+                    ConstCounter::new(total.get(c))
+                        .encode(family.encode_family(&[("provenance", provenance)])?)?;
+                }
+            }
+        }
+        gauge(
+            &mut encoder,
+            "downstream_cx_active",
+            "Open downstream connections.",
+            total.active() as i64,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "shard_connections_active",
+                "Open connections per shard (thread per core).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (index, row) in observed.rows.iter().enumerate() {
+                let shard = index.to_string();
+                ConstGauge::new(row.gauge(Gauge::ConnectionsActive) as i64)
+                    .encode(family.encode_family(&[("shard", shard.as_str())])?)?;
+            }
+        }
+        for g in Gauge::ALL {
+            if g == Gauge::ConnectionsActive {
+                continue;
+            }
+            let sum: u64 = observed.rows.iter().map(|row| row.gauge(g)).sum();
+            if g.is_counter() {
+                counter(&mut encoder, g.name(), g.help(), sum)?;
+            } else {
+                gauge(&mut encoder, g.name(), g.help(), sum as i64)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "server_info",
+                "Always 1; the labels say what runs.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("backend", observed.backend),
+                ("data_path", observed.data_path),
+            ];
+            ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut encoder,
+            "server_shards",
+            "Shard threads.",
+            observed.rows.len() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "server_draining",
+            "1 after SIGTERM/SIGINT: no new connections, open ones finishing.",
+            i64::from(observed.draining.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            &mut encoder,
+            "server_uptime_seconds",
+            "Seconds since start-up.",
+            observed.started_at.elapsed().as_secs() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "config_generation",
+            "1 at start-up, +1 per accepted reload (SIGHUP).",
+            observed.running().generation as i64,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "config_reloads",
+                "Reloads (SIGHUP), by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, value) in [
+                ("accepted", &observed.reloads_ok),
+                ("rejected", &observed.reloads_rejected),
+            ] {
+                ConstCounter::new(value.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("result", result)])?)?;
+            }
+        }
+        if let Some(log) = &observed.access_log {
+            for (name, help, value) in [
+                (
+                    "access_log_written",
+                    "Access-log lines written.",
+                    &log.written,
+                ),
+                (
+                    "access_log_dropped",
+                    "Access-log records dropped: the writer fell behind.",
+                    &log.dropped,
+                ),
+                (
+                    "access_log_failed",
+                    "Access-log lines that could not be written.",
+                    &log.failed,
+                ),
+            ] {
+                counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/stats`: the same numbers as JSON.
+pub fn render_json(observed: &Observed) -> String {
+    let total = merged(observed);
+    let counters: serde_json::Map<String, serde_json::Value> = total
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.into()))
+        .collect();
+    let gauges: serde_json::Map<String, serde_json::Value> = Gauge::ALL
+        .iter()
+        .map(|&g| {
+            let sum: u64 = observed.rows.iter().map(|row| row.gauge(g)).sum();
+            (g.name().to_string(), sum.into())
+        })
+        .collect();
+    let shards: Vec<serde_json::Value> = observed
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| {
+            serde_json::json!({
+                "shard": index,
+                "connections_active": row.gauge(Gauge::ConnectionsActive),
+                "downstream_cx_total": row.counters().get(Counter::DownstreamCxTotal),
+            })
+        })
+        .collect();
+    let running = observed.running();
+    let value = serde_json::json!({
+        "server": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": observed.backend,
+            "data_path": observed.data_path,
+            "ready": observed.ready(),
+            "draining": observed.draining.load(Ordering::Relaxed),
+            "uptime_seconds": observed.started_at.elapsed().as_secs(),
+            "config_generation": running.generation,
+            "config_reloads_accepted": observed.reloads_ok.load(Ordering::Relaxed),
+            "config_reloads_rejected": observed.reloads_rejected.load(Ordering::Relaxed),
+        },
+        "counters": counters,
+        "gauges": gauges,
+        "shards": shards,
+    });
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
