@@ -61,6 +61,29 @@ impl Proxy {
         Self::spawn(binary, ns, Wrapper::User(uid), args)
     }
 
+    /// Like `start_as`, keeping CAP_NET_ADMIN (as an ambient capability, as systemd's
+    /// `AmbientCapabilities=` gives it): the least privilege for marks and transparent sockets.
+    pub fn start_as_net_admin(binary: &str, ns: &Netns, uid: u32, args: &[&str]) -> Self {
+        Self::spawn(binary, ns, Wrapper::NetAdmin(uid), args)
+    }
+
+    /// The argv that runs `binary` as `uid` with no capability at all, for a test that expects
+    /// start-up to fail.
+    pub fn unprivileged_command(binary: &str, ns: &Netns, uid: u32) -> std::process::Command {
+        let mut command = ns.command("setpriv");
+        let id = uid.to_string();
+        command.args([
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "--inh-caps=-all",
+            binary,
+        ]);
+        command
+    }
+
     fn spawn(binary: &str, ns: &Netns, wrapper: Wrapper, args: &[&str]) -> Self {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -68,7 +91,8 @@ impl Proxy {
         let file = fs::File::create(&log).expect("create proxy log");
         let mut command = match wrapper {
             Wrapper::None => ns.command(binary),
-            Wrapper::User(uid) => {
+            Wrapper::User(uid) => Self::unprivileged_command(binary, ns, uid),
+            Wrapper::NetAdmin(uid) => {
                 let mut command = ns.command("setpriv");
                 let id = uid.to_string();
                 command.args([
@@ -77,7 +101,8 @@ impl Proxy {
                     "--regid",
                     &id,
                     "--clear-groups",
-                    "--inh-caps=-all",
+                    "--inh-caps=-all,+net_admin",
+                    "--ambient-caps=+net_admin",
                     binary,
                 ]);
                 command
@@ -271,6 +296,7 @@ impl Proxy {
 enum Wrapper {
     None,
     User(u32),
+    NetAdmin(u32),
     Nofile(u32),
     Program(String),
 }

@@ -194,6 +194,42 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
     assert_eq!(exit.stat("upstream_cx_total"), 2);
 }
 
+/// Least privilege for the mark: uid 1337 with CAP_NET_ADMIN alone marks its upstream sockets
+/// and relays through mark-excluding rules; without the capability, start-up stops and names the
+/// field and the capability instead of failing on every connection.
+#[test]
+fn sidecar_as_uid_1337_with_only_cap_net_admin_marks_and_without_it_refuses_to_start() {
+    let (pod, server) = sidecar(
+        "netadmin",
+        PodRules::Iptables(&[
+            "-t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN",
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ]),
+    );
+    let dsts = SIDECAR_DSTS.map(|a| a.parse::<SocketAddr>().unwrap());
+    let (_server, seen) = Server::echo_local(&server, &dsts);
+    let proxy = Proxy::start_as_net_admin(origdst_bin!(), &pod, 1337, &["--shards", "1"]);
+    relays_to_dialled(&pod, &seen, &dsts);
+    let exit = proxy.stop_clean();
+    assert_relayed_without_loop(&exit, 2);
+    assert!(
+        exit.log.contains("uid=1337 capabilities=CAP_NET_ADMIN"),
+        "the start-up log names what it runs with:\n{}",
+        exit.log
+    );
+    let refused = Proxy::unprivileged_command(origdst_bin!(), &pod, 1337)
+        .arg("run")
+        .output()
+        .expect("run origdst");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started without CAP_NET_ADMIN");
+    assert!(
+        stderr.contains("origdst.upstream_mark=1337") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn sidecar_uid_owner_exclusion_with_an_unprivileged_proxy() {
     // The other Istio convention: origdst runs as uid 1337 without privileges (so no SO_MARK:
