@@ -70,18 +70,7 @@ impl Proxy {
     /// The argv that runs `binary` as `uid` with no capability at all, for a test that expects
     /// start-up to fail.
     pub fn unprivileged_command(binary: &str, ns: &Netns, uid: u32) -> std::process::Command {
-        let mut command = ns.command("setpriv");
-        let id = uid.to_string();
-        command.args([
-            "--reuid",
-            &id,
-            "--regid",
-            &id,
-            "--clear-groups",
-            "--inh-caps=-all",
-            binary,
-        ]);
-        command
+        setpriv(ns, uid, &["--inh-caps=-all"], binary)
     }
 
     fn spawn(binary: &str, ns: &Netns, wrapper: Wrapper, args: &[&str]) -> Self {
@@ -92,21 +81,12 @@ impl Proxy {
         let mut command = match wrapper {
             Wrapper::None => ns.command(binary),
             Wrapper::User(uid) => Self::unprivileged_command(binary, ns, uid),
-            Wrapper::NetAdmin(uid) => {
-                let mut command = ns.command("setpriv");
-                let id = uid.to_string();
-                command.args([
-                    "--reuid",
-                    &id,
-                    "--regid",
-                    &id,
-                    "--clear-groups",
-                    "--inh-caps=-all,+net_admin",
-                    "--ambient-caps=+net_admin",
-                    binary,
-                ]);
-                command
-            }
+            Wrapper::NetAdmin(uid) => setpriv(
+                ns,
+                uid,
+                &["--inh-caps=-all,+net_admin", "--ambient-caps=+net_admin"],
+                binary,
+            ),
             Wrapper::Nofile(limit) => {
                 let mut command = ns.command("prlimit");
                 command.arg(format!("--nofile={limit}:{limit}")).arg(binary);
@@ -290,6 +270,15 @@ impl Proxy {
         let stats = parse_stats(&log);
         ProxyExit { status, log, stats }
     }
+}
+
+/// `setpriv` to `uid` (gid the same, no supplementary groups) with `caps` flags, then `binary`.
+fn setpriv(ns: &Netns, uid: u32, caps: &[&str], binary: &str) -> std::process::Command {
+    let mut command = ns.command("setpriv");
+    let id = uid.to_string();
+    command.args(["--reuid", &id, "--regid", &id, "--clear-groups"]);
+    command.args(caps).arg(binary);
+    command
 }
 
 /// How the binary is started (each wrapper execs it, so the pid stays origdst's).
