@@ -21,18 +21,43 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
-    /// Starts the sink on `sink` and the echo on `echo` inside `ns`; `pin` is the CPU their
-    /// threads run on.
+    /// Starts the sink on `sink` and the echo on each of `echo` inside `ns`; `pin` is the CPU
+    /// their threads run on.
     pub(crate) fn start(
         ns: &Netns,
         sink: SocketAddr,
-        echo: SocketAddr,
+        echo: &[SocketAddr],
         pin: Option<usize>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
-        for (addr, is_sink) in [(sink, true), (echo, false)] {
+        // Echo connections go to a fixed pool of workers: a thread spawned per connection cost
+        // the connection-rate test ~20 µs of the load CPU per connection, for every candidate.
+        let (echo_tx, echo_rx) = std::sync::mpsc::channel::<TcpStream>();
+        let echo_rx = Arc::new(std::sync::Mutex::new(echo_rx));
+        for _ in 0..ECHO_WORKERS {
+            let (stop, echo_rx) = (Arc::clone(&stop), Arc::clone(&echo_rx));
+            threads.push(std::thread::spawn(move || {
+                pin_to(pin);
+                loop {
+                    let next = echo_rx
+                        .lock()
+                        .map(|rx| rx.recv_timeout(Duration::from_millis(50)));
+                    match next {
+                        Ok(Ok(stream)) => echo_loop(stream, &stop),
+                        Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        let listeners = std::iter::once((sink, true)).chain(echo.iter().map(|&addr| (addr, false)));
+        for (addr, is_sink) in listeners {
             let listener = ns.run(move || {
                 let listener =
                     TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
@@ -40,23 +65,26 @@ impl Servers {
                 listener
             });
             let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+            let echo_tx = echo_tx.clone();
             threads.push(std::thread::spawn(move || {
                 pin_to(pin);
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             stream.set_nonblocking(false).expect("blocking");
-                            let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+                            if !is_sink {
+                                let _ = echo_tx.send(stream);
+                                continue;
+                            }
+                            let received = Arc::clone(&received);
                             std::thread::spawn(move || {
                                 pin_to(pin);
-                                if is_sink {
-                                    sink_loop(stream, &received);
-                                } else {
-                                    echo_loop(stream, &stop);
-                                }
+                                sink_loop(stream, &received);
                             });
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                        // Wait for the next connection (bounded, to see `stop`): a fixed sleep
+                        // here capped every candidate's connection rate at ~4 000/s.
+                        Err(_) => wait_readable(&listener, Duration::from_millis(50)),
                     }
                 }
             }));
@@ -76,6 +104,17 @@ impl Drop for Servers {
             let _ = thread.join();
         }
     }
+}
+
+/// Echo connections served at once: ping-pong holds one, the connection-rate test four.
+const ECHO_WORKERS: usize = 8;
+
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, timeout);
 }
 
 fn sink_loop(mut stream: TcpStream, received: &AtomicU64) {
@@ -201,19 +240,22 @@ pub(crate) fn ping_pong(
     })
 }
 
-/// New connections for `duration` from `threads` clients, each: connect, one byte each way, close.
-/// Returns (completed connections per second, errors).
+/// New connections for `duration` from one client thread per destination in `dsts`, each: connect,
+/// one byte each way, close. Returns (completed connections per second, errors). One destination
+/// per thread because each source/destination pair is its own ephemeral-port space: with one
+/// destination, TIME_WAIT reuse (after 1 s) capped every candidate, direct included, at ~22 500/s.
 pub(crate) fn connection_rate(
     ns: &Netns,
-    dst: SocketAddr,
-    threads: usize,
+    dsts: &[SocketAddr],
     duration: Duration,
     pin: Option<usize>,
 ) -> (f64, u64) {
+    let dsts = dsts.to_vec();
     ns.run(move || {
         let started = Instant::now();
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
+        let workers: Vec<_> = dsts
+            .into_iter()
+            .map(|dst| {
                 std::thread::spawn(move || {
                     pin_to(pin);
                     let deadline = Instant::now() + duration;

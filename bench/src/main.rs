@@ -57,6 +57,9 @@ struct Cli {
 const SINK_PORT: u16 = 5001;
 const ECHO_PORT: u16 = 5002;
 const IDLE_PORT: u16 = 5003;
+/// The connection-rate test's destinations: one echo port per client thread.
+const CONN_PORT_BASE: u16 = 5010;
+const CONN_THREADS: usize = 4;
 /// The proxies run on CPU 0 (origdst pins shard 0 there); clients and servers on CPU 1.
 const LOAD_CPU: usize = 1;
 
@@ -133,9 +136,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     let sink = addr(SERVER_V4[0], SINK_PORT);
     let echo = addr(SERVER_V4[0], ECHO_PORT);
     let idle = addr(SERVER_V4[0], IDLE_PORT);
-    let servers = load::Servers::start(&gw.server, sink, echo, Some(LOAD_CPU));
+    let conn_dsts: Vec<SocketAddr> = (0..CONN_THREADS)
+        .map(|i| addr(SERVER_V4[0], CONN_PORT_BASE + i as u16))
+        .collect();
+    let echoes: Vec<SocketAddr> = std::iter::once(echo)
+        .chain(conn_dsts.iter().copied())
+        .collect();
+    let servers = load::Servers::start(&gw.server, sink, &echoes, Some(LOAD_CPU));
     let _holder = EchoHolder::start(&gw.server, idle)?;
-    let targets = [sink, echo, idle];
+    let mut targets = vec![sink, echo, idle];
+    targets.extend(&conn_dsts);
     let ping_count = if cli.quick { 2_000 } else { 20_000 };
     let mut results = Results::new(reps, seconds);
     let setup = Setup {
@@ -145,6 +155,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         servers: &servers,
         sink,
         echo,
+        conn_dsts: &conn_dsts,
         duration,
         ping_count,
     };
@@ -203,6 +214,7 @@ struct Setup<'a> {
     servers: &'a load::Servers,
     sink: SocketAddr,
     echo: SocketAddr,
+    conn_dsts: &'a [SocketAddr],
     duration: Duration,
     ping_count: u64,
 }
@@ -282,7 +294,7 @@ fn measure(
     }
     results.add(candidate.name, &format!("{prefix}rr_tps"), tps);
     let (rate, errors) =
-        load::connection_rate(client, setup.echo, 4, setup.duration, Some(LOAD_CPU));
+        load::connection_rate(client, setup.conn_dsts, setup.duration, Some(LOAD_CPU));
     results.add(candidate.name, &format!("{prefix}conn_per_s"), rate);
     results.add(
         candidate.name,

@@ -15,7 +15,7 @@ use super::opsplice::OpSpliceDir;
 use super::progress::Progress;
 use super::splice::SpliceDir;
 use crate::sys::raw;
-use crate::token::{Kind, Token};
+use crate::token::Token;
 
 /// One direction's data path state.
 #[derive(Debug)]
@@ -62,17 +62,18 @@ impl DirIo {
         }
     }
 
-    /// The `user_data` of operations that may be in flight for this direction (cancelling one
-    /// that already finished is a harmless miss).
+    /// The `user_data` of the operations in flight for this direction. Only those: each cancel
+    /// costs the kernel a search (io-wq's lists included), and a closing connection whose
+    /// directions both ended has none, so a short connection closes with no cancel at all.
     pub(crate) fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
-        match self {
-            Self::Copy(copy) => copy.inflight(key, out),
-            Self::OpSplice(_) => OpSpliceDir::inflight(key, out),
-            Self::Splice(_) | Self::Internal(_) => {
-                for kind in [Kind::PollIn, Kind::PollOut] {
-                    out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
-                }
-            }
+        let armed = match self {
+            Self::Copy(copy) => return copy.inflight(key, out),
+            Self::OpSplice(op) => op.armed(),
+            Self::Splice(splice) => splice.armed(),
+            Self::Internal(internal) => internal.armed(),
+        };
+        if let Some(kind) = armed {
+            out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
         }
     }
 
@@ -105,6 +106,10 @@ pub(crate) struct ConnIo {
     pub(crate) internal_client: Option<usize>,
     /// The listener that handled it, kept only when an access log wants it.
     pub(crate) listener_name: Option<std::sync::Arc<str>>,
+    /// A POLLOUT on the connecting upstream socket is in flight.
+    pub(crate) connect_poll_armed: bool,
+    /// A POLLIN on the client while reading the request head is in flight.
+    pub(crate) head_poll_armed: bool,
 }
 
 impl ConnIo {
@@ -126,6 +131,8 @@ impl ConnIo {
             internal_upstream: None,
             internal_client: None,
             listener_name: None,
+            connect_poll_armed: false,
+            head_poll_armed: false,
         }
     }
 

@@ -147,7 +147,8 @@ pub(crate) struct InternalDir {
     pair: usize,
     which: Which,
     role: Role,
-    poll_armed: bool,
+    /// The one-shot poll in flight on the socket end, if any.
+    armed: Option<Kind>,
 }
 
 impl InternalDir {
@@ -156,14 +157,14 @@ impl InternalDir {
             pair,
             which,
             role,
-            poll_armed: false,
+            armed: None,
         }
     }
 
     /// Moves bytes until the socket or the queue blocks, the direction ends, or the round budget
     /// is spent. `fds` = (source, sink); the internal end's entry is unused.
     pub(crate) fn pump(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
-        if self.poll_armed {
+        if self.armed.is_some() {
             return Progress::default();
         }
         match self.role {
@@ -172,9 +173,14 @@ impl InternalDir {
         }
     }
 
+    /// The poll in flight on the socket end, if any.
+    pub(crate) fn armed(&self) -> Option<Kind> {
+        self.armed
+    }
+
     /// A readiness completion on the socket: pump again.
     pub(crate) fn on_poll(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
-        self.poll_armed = false;
+        self.armed = None;
         self.pump(io, fds, key)
     }
 
@@ -263,7 +269,7 @@ impl InternalDir {
     }
 
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
-        self.poll_armed = true;
+        self.armed = Some(kind);
         io.poll_dir(fd, key, kind, events);
     }
 }

@@ -280,6 +280,14 @@ impl Shard {
     /// timer.
     fn wait(&mut self) -> Result<(), String> {
         let want = usize::from(self.io.ready.is_empty() && self.peer_errors.is_empty());
+        if want > 0 && !self.io.closing.is_empty() {
+            // About to block: close now what is waiting to be closed (after submitting whatever
+            // names it), or a reset would wait in a closing descriptor for the next event.
+            self.io.poller.submit();
+            if !self.io.poller.has_backlog() {
+                self.io.closing.clear();
+            }
+        }
         let timeout = self.timers.next().map(|at| at - self.now());
         let result = self.io.poller.wait(want, timeout);
         if !self.io.poller.has_backlog() {
@@ -450,11 +458,13 @@ impl Shard {
             Kind::ConnectPoll => {
                 // A retry cancelled the previous attempt's poll; the new socket has its own.
                 if res != -libc::ECANCELED {
+                    conn.connect_poll_armed = false;
                     self.finish_connect(now, slot, res);
                 }
                 return;
             }
             Kind::HeadPoll => {
+                conn.head_poll_armed = false;
                 self.finish_peek(now, slot, res);
                 return;
             }
@@ -528,6 +538,7 @@ impl Shard {
         let token = Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream);
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let fd = client.as_raw_fd();
+        conn.head_poll_armed = true;
         self.io.poll_once(fd, events, token.encode());
     }
 
@@ -743,6 +754,7 @@ impl Shard {
                 );
                 let raw = fd.as_raw_fd();
                 conn.upstream = Some(fd);
+                conn.connect_poll_armed = true;
                 self.io.poll_once(raw, libc::POLLOUT as u32, token.encode());
             }
             Ok(ConnectStart::Failed(kind)) => {
@@ -774,9 +786,15 @@ impl Shard {
             Dir::ClientToUpstream,
         )
         .encode();
+        let targets: &[u64] = if conn.connect_poll_armed {
+            &[connect]
+        } else {
+            &[]
+        };
+        conn.connect_poll_armed = false;
         self.io
             .poller
-            .cancel_ops(&[old.as_raw_fd()], &[connect], token.encode());
+            .cancel_ops(&[old.as_raw_fd()], targets, token.encode());
         self.io.closing.push(old);
     }
 
@@ -800,16 +818,16 @@ impl Shard {
             .flatten()
             .map(|fd| fd.as_raw_fd())
             .collect();
-        let mut targets = vec![
-            Token::new(
-                Kind::ConnectPoll,
-                slot,
-                conn.generation,
-                Dir::ClientToUpstream,
-            )
-            .encode(),
-            Token::new(Kind::HeadPoll, slot, conn.generation, Dir::ClientToUpstream).encode(),
-        ];
+        let mut targets = Vec::new();
+        for (armed, kind) in [
+            (conn.connect_poll_armed, Kind::ConnectPoll),
+            (conn.head_poll_armed, Kind::HeadPoll),
+        ] {
+            if armed {
+                targets
+                    .push(Token::new(kind, slot, conn.generation, Dir::ClientToUpstream).encode());
+            }
+        }
         for dir in Dir::ALL {
             let key = DirKey {
                 slot,

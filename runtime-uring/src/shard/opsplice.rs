@@ -127,10 +127,14 @@ impl OpSpliceDir {
         }
     }
 
-    /// The `user_data` of every op this direction may have in flight.
-    pub(crate) fn inflight(key: DirKey, out: &mut Vec<u64>) {
-        for kind in [Kind::PollIn, Kind::PollOut, Kind::SpliceIn, Kind::SpliceOut] {
-            out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
+    /// The op this direction has in flight, if any (one at a time).
+    pub(crate) fn armed(&self) -> Option<Kind> {
+        match self.state {
+            State::WaitIn => Some(Kind::PollIn),
+            State::WaitOut => Some(Kind::PollOut),
+            State::SplicingIn => Some(Kind::SpliceIn),
+            State::SplicingOut => Some(Kind::SpliceOut),
+            State::Idle | State::Done => None,
         }
     }
 

@@ -24,7 +24,8 @@ pub(crate) struct SpliceDir {
     /// Copy fallback: a buffer and the (offset, len) of unsent bytes in it.
     buf: Option<(Box<[u8]>, usize, usize)>,
     src_eof: bool,
-    poll_armed: bool,
+    /// The one-shot poll in flight (PollIn on the source or PollOut on the sink), if any.
+    armed: Option<Kind>,
     /// splice(2) refused this socket pair (EINVAL/ENOSYS): copy from now on.
     splice_refused: bool,
 }
@@ -33,7 +34,7 @@ impl SpliceDir {
     /// Moves bytes until the source is empty, the sink is full, the direction ends, or the round
     /// budget is spent (then it re-queues itself so other connections get a turn).
     pub(crate) fn pump(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
-        assert!(!self.poll_armed, "pumped while waiting for readiness");
+        assert!(self.armed.is_none(), "pumped while waiting for readiness");
         // SAFETY: the shard keeps both descriptors open for as long as the connection exists, and
         // a pump runs only for a live connection.
         let (src, sink) = unsafe { (BorrowedFd::borrow_raw(fds.0), BorrowedFd::borrow_raw(fds.1)) };
@@ -86,9 +87,14 @@ impl SpliceDir {
 
     /// A readiness completion (POLLIN or POLLOUT, or an error bit): pump again.
     pub(crate) fn on_poll(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
-        assert!(self.poll_armed, "poll completion with no poll armed");
-        self.poll_armed = false;
+        assert!(self.armed.is_some(), "poll completion with no poll armed");
+        self.armed = None;
         self.pump(io, fds, key)
+    }
+
+    /// The poll this direction has in flight, if any (the only operation it ever has).
+    pub(crate) fn armed(&self) -> Option<Kind> {
+        self.armed
     }
 
     /// The connection is closing: an empty pipe goes back to the pool, a full one is discarded.
@@ -201,7 +207,7 @@ impl SpliceDir {
 
     fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
         io.poll_dir(fd, key, kind, events);
-        self.poll_armed = true;
+        self.armed = Some(kind);
     }
 }
 
