@@ -285,11 +285,20 @@ impl Running {
                     command.arg("--config").arg(&path);
                     running._config = Some(TempFile(path));
                 }
+                // Its log (warnings, and the final counters at exit) for when a number needs
+                // explaining; overwritten by the next start of the same candidate.
+                let log_path = std::env::temp_dir().join(format!(
+                    "bench-{}-{}-{threads}.log",
+                    candidate.name,
+                    topology.name()
+                ));
+                let log = std::fs::File::create(&log_path)
+                    .map_err(|e| format!("{}: {e}", log_path.display()))?;
                 let child = command
                     .args(["--shards", &threads.to_string(), "--backend", backend])
-                    .args(["--data-path", data_path, "--log-level", "warn"])
+                    .args(["--data-path", data_path, "--log-level", "info"])
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(log)
                     .spawn()
                     .map_err(|e| format!("start origdst: {e}"))?;
                 running.child = Some(child);

@@ -43,6 +43,7 @@ pub(crate) struct Knobs {
     #[serde(default, deserialize_with = "explicit_null")]
     pub(crate) admin: Option<Option<String>>,
     pub(crate) access_log: Option<AccessLog>,
+    pub(crate) detect_own_upstream: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

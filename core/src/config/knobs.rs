@@ -78,6 +78,10 @@ pub struct Knobs {
     pub admin: Option<std::net::SocketAddr>,
     /// One JSON line per finished connection; `None`: off.
     pub access_log: Option<AccessLog>,
+    /// Refuse a redirected connection whose peer and destination are one of origdst's own live
+    /// upstream sockets (a loop through rules that forgot to exclude origdst). A safety net with
+    /// a rare false positive: see `runtime-uring/src/own_upstreams.rs`.
+    pub detect_own_upstream: bool,
 }
 
 /// `origdst.access_log`.
@@ -118,6 +122,7 @@ impl Default for Knobs {
                 ADMIN_PORT_DEFAULT,
             ))),
             access_log: None,
+            detect_own_upstream: true,
         }
     }
 }
@@ -253,6 +258,7 @@ impl Knobs {
             busy_poll,
             admin,
             access_log,
+            detect_own_upstream: raw.detect_own_upstream.unwrap_or(d.detect_own_upstream),
         })
     }
 }

@@ -380,11 +380,12 @@ impl Shard {
                     _ if evidence.transparent => Some(evidence.local.get()),
                     _ => None,
                 };
-                evidence.own_upstream = dst.is_some_and(|dst| {
-                    self.setup
-                        .own_upstreams
-                        .contains(evidence.client.get(), dst)
-                });
+                evidence.own_upstream = self.setup.config.knobs.detect_own_upstream
+                    && dst.is_some_and(|dst| {
+                        self.setup
+                            .own_upstreams
+                            .contains(evidence.client.get(), dst)
+                    });
                 evidence
             }
             Err(err) => {
