@@ -387,8 +387,18 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
         });
     });
     let _server = Server::start(&gw.server, &[pass, other], echo);
+    // An access log that samples nothing: only failures and refusals are written.
+    let log_path = std::env::temp_dir().join(format!("origdst-reload-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let access = format!(
+        "access_log: {{ path: {}, sample: 0.0 }}",
+        log_path.display()
+    );
     // Generation 1: 8081 is the black hole.
-    let config = ConfigFile::new("reload", &chained_config("shards: 2", 8081));
+    let config = ConfigFile::new(
+        "reload",
+        &chained_config(&format!("shards: 2, {access}"), 8081),
+    );
     let mut proxy = Proxy::start(origdst_bin!(), &gw.router, &["--config", config.arg()]);
     assert_eq!(dial(&gw, other), Err(ErrorKind::ConnectionReset));
     let mut open = gw.client.run(move || {
@@ -400,7 +410,7 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     open.read_exact(&mut greeting).expect("greeting");
 
     // Generation 2: 8082 is the black hole, so 8081 matches no chain at all.
-    config.rewrite(&chained_config("shards: 2", 8082));
+    config.rewrite(&chained_config(&format!("shards: 2, {access}"), 8082));
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log("config reloaded", TIMEOUT);
     let metrics = settle(&gw, "origdst_config_generation", 2.0);
@@ -429,11 +439,14 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     assert_eq!(&echo, b"across the reload");
 
     // An invalid config is rejected with the field named; generation 2 keeps running.
-    config.rewrite(&chained_config("shards: 2, pipe_size_bytes: 1000", 8082));
+    config.rewrite(&chained_config(
+        &format!("shards: 2, pipe_size_bytes: 1000, {access}"),
+        8082,
+    ));
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log("origdst.pipe_size_bytes", TIMEOUT);
     // A change that needs a restart is rejected too.
-    config.rewrite(&chained_config("shards: 3", 8082));
+    config.rewrite(&chained_config(&format!("shards: 3, {access}"), 8082));
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log("origdst.shards changed: that needs a restart", TIMEOUT);
     let metrics = settle(
@@ -466,4 +479,19 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     drop(open);
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("upstream_cx_none_healthy"), 1, "{}", exit.log);
+    // The two completed connections sampled out, the two refusals logged.
+    let log = std::fs::read_to_string(&log_path).expect("the access log exists");
+    let reasons: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["termination_reason"].clone()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        ["no_healthy_upstream", "no_filter_chain_match"],
+        "{log}"
+    );
+    assert_eq!(exit.stat("completed"), 2, "{}", exit.log);
+    let _ = std::fs::remove_file(&log_path);
 }

@@ -844,8 +844,10 @@ impl Shard {
         }
         let outcome = conn.core.outcome().expect("released only once closed");
         self.log_close(now, &conn.core, outcome);
+        // Sampling thins the completed connections; every failure and refusal is logged (the
+        // queue bound still holds if they flood).
         if let Some(log) = self.setup.access_log.as_mut()
-            && log.sampled()
+            && (outcome != Outcome::Completed || log.sampled())
         {
             log.send(access_record(now, &conn, outcome, self.setup.id));
         }
