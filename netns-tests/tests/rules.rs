@@ -44,18 +44,23 @@ fn origdst_iptables(ns: &Netns, args: &[&str]) -> Output {
 
 /// The rule set as the tool shows it, without timestamps and counters.
 fn snapshot(ns: &Netns, backend: &str) -> String {
-    let programs: &[(&str, &[&str])] = match backend {
-        "iptables" => &[("iptables-save", &[]), ("ip6tables-save", &[])],
-        _ => &[("nft", &["list", "ruleset"])],
+    let text = |program: &str, args: &[&str]| {
+        String::from_utf8_lossy(&ns.exec(program, args).stdout).into_owned()
     };
+    if backend != "iptables" {
+        return text("nft", &["list", "ruleset"])
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+    }
     let mut out = String::new();
-    for (program, args) in programs {
-        let output = ns.exec(program, args);
+    for program in ["iptables-save", "ip6tables-save"] {
         // iptables-save prints a table once anything used it, even when it is empty again: an
         // empty table (built-in chains, no rule) is not a rule left behind.
         let mut table = String::new();
         let mut has_rules = false;
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
+        for line in text(program, &[]).lines() {
             if line.starts_with('#') {
                 continue;
             }
@@ -67,8 +72,8 @@ fn snapshot(ns: &Netns, backend: &str) -> String {
             has_rules |= line.starts_with("-A") || line.ends_with(" -");
             table.push_str(line);
             table.push('\n');
-            if line == "COMMIT" || *program == "nft" {
-                if has_rules || *program == "nft" {
+            if line == "COMMIT" {
+                if has_rules {
                     out.push_str(&table);
                 }
                 table.clear();

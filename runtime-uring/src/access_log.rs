@@ -13,28 +13,30 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::observed::AccessLogCounts;
 
 /// Records waiting for the writer, process-wide. 64 Ki records is ~10 MiB at worst.
 const QUEUE_MAX: usize = 65_536;
 
-/// One finished connection.
+/// One finished connection, as the shard fills it: plain values; the writer thread does every
+/// bit of formatting (addresses, the timestamp, error text) while it serialises.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// When it was accepted (RFC 3339, UTC).
-    pub start_time: String,
+    /// When it was accepted (written as RFC 3339 UTC with milliseconds).
+    #[serde(serialize_with = "rfc3339")]
+    pub start_time: SystemTime,
     /// Milliseconds from accept to close.
     pub duration_ms: u64,
     /// The client's address.
     pub downstream_remote_address: SocketAddr,
     /// The original destination, if one was found.
-    pub original_destination: Option<String>,
+    pub original_destination: Option<SocketAddr>,
     /// Where the original destination came from (sockopt_v4, transparent_local, …).
     pub original_destination_provenance: Option<&'static str>,
     /// The address origdst connected to.
-    pub upstream_host: Option<String>,
+    pub upstream_host: Option<SocketAddr>,
     /// The listener that handled it (after a hand-off, the target listener).
     pub listener: Arc<str>,
     /// Bytes from the client relayed upstream.
@@ -44,9 +46,33 @@ pub struct Record {
     /// completed, upstream_connect_failed, no_original_dst, idle_timeout, …
     pub termination_reason: &'static str,
     /// The I/O error behind it, if any.
-    pub error: Option<String>,
+    pub error: Option<ErrorText>,
     /// The shard (thread) that relayed it.
     pub shard: usize,
+}
+
+/// An I/O error as a record holds it; its text is made when the line is written.
+#[derive(Debug, Clone, Copy)]
+pub enum ErrorText {
+    /// An errno, written as the OS describes it.
+    Errno(i32),
+    /// A named kind (reset, refused, …).
+    Named(&'static str),
+}
+
+impl Serialize for ErrorText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Errno(errno) => {
+                serializer.collect_str(&std::io::Error::from_raw_os_error(*errno))
+            }
+            Self::Named(name) => serializer.serialize_str(name),
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
 }
 
 /// A shard's handle: where records go, and its sampling state.
@@ -157,14 +183,6 @@ fn write_loop(file: std::fs::File, records: &Receiver<Record>, counts: &AccessLo
         }
     }
     let _ = out.flush();
-}
-
-/// RFC 3339 UTC with milliseconds: the wall clock minus `age` (the connection's lifetime).
-pub fn start_time(age: Duration) -> String {
-    let at = SystemTime::now()
-        .checked_sub(age)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]

@@ -186,35 +186,33 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
 
 fn execute(commands: &[Command]) -> Result<(), String> {
     for command in commands {
+        let stdin = command.stdin.as_deref();
         match &command.mode {
-            Mode::Once => run_one(command, &command.argv, true).map(drop)?,
+            Mode::Once => run_one(&command.argv, stdin, true).map(drop)?,
             Mode::Unless(check) => {
-                if !run_one(command, check, false)? {
-                    run_one(command, &command.argv, true)?;
+                if !run_one(check, None, false)? {
+                    run_one(&command.argv, stdin, true)?;
                 }
             }
             Mode::WhileSucceeds => {
                 // Bounded: a rule added a thousand times is someone else's loop.
                 for _ in 0..1000 {
-                    if !run_one(command, &command.argv, false)? {
+                    if !run_one(&command.argv, stdin, false)? {
                         break;
                     }
                 }
             }
             Mode::IgnoreFailure => {
-                run_one(command, &command.argv, false)?;
+                run_one(&command.argv, stdin, false)?;
             }
         }
     }
     Ok(())
 }
 
-/// Runs `argv` (with the command's stdin if it is the command itself); whether it succeeded.
-/// `must`: a failure is an error carrying the program's own message.
-fn run_one(command: &Command, argv: &[String], must: bool) -> Result<bool, String> {
-    let stdin = (argv == command.argv.as_slice())
-        .then_some(command.stdin.as_deref())
-        .flatten();
+/// Runs `argv` with `stdin` as its input; whether it succeeded. `must`: a failure is an error
+/// carrying the program's own message.
+fn run_one(argv: &[String], stdin: Option<&str>, must: bool) -> Result<bool, String> {
     let mut child = Process::new(&argv[0])
         .args(&argv[1..])
         .stdin(if stdin.is_some() {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use origdst_core::stats::{Counter, Counters};
+use origdst_core::stats::Counter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::observed::Observed;
-use crate::published::Gauge;
+use crate::published::{Gauge, gauge_sum, merged};
 
 /// Renders `/metrics`.
 pub fn render_prometheus(observed: &Arc<Observed>) -> String {
@@ -26,15 +26,6 @@ pub fn render_prometheus(observed: &Arc<Observed>) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
-}
-
-/// The merged counters of every shard.
-pub fn merged(observed: &Observed) -> Counters {
-    let mut total = Counters::default();
-    for row in &observed.rows {
-        total.merge(&row.counters());
-    }
-    total
 }
 
 #[derive(Debug)]
@@ -70,7 +61,7 @@ fn gauge(
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let observed = &self.0;
-        let total = merged(observed);
+        let total = merged(&observed.rows);
         for &c in Counter::ALL {
             counter(
                 &mut encoder,
@@ -130,7 +121,7 @@ impl Collector for Scrape {
             if g == Gauge::ConnectionsActive {
                 continue;
             }
-            let sum: u64 = observed.rows.iter().map(|row| row.gauge(g)).sum();
+            let sum: u64 = gauge_sum(&observed.rows, g);
             if g.is_counter() {
                 counter(&mut encoder, g.name(), g.help(), sum)?;
             } else {
@@ -217,7 +208,7 @@ impl Collector for Scrape {
 
 /// `/stats`: the same numbers as JSON.
 pub fn render_json(observed: &Observed) -> String {
-    let total = merged(observed);
+    let total = merged(&observed.rows);
     let counters: serde_json::Map<String, serde_json::Value> = total
         .iter()
         .map(|(name, value)| (name.to_string(), value.into()))
@@ -225,7 +216,7 @@ pub fn render_json(observed: &Observed) -> String {
     let gauges: serde_json::Map<String, serde_json::Value> = Gauge::ALL
         .iter()
         .map(|&g| {
-            let sum: u64 = observed.rows.iter().map(|row| row.gauge(g)).sum();
+            let sum: u64 = gauge_sum(&observed.rows, g);
             (g.name().to_string(), sum.into())
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Lock-free publication of per-shard counters: each shard is the only writer of its row and
 //! stores relaxed snapshots; readers (the main thread, later the admin endpoint) merge rows.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use origdst_core::stats::{Counter, Counters};
@@ -111,19 +112,28 @@ impl ShardRow {
     }
 }
 
-/// Renders merged counters and summed gauges as one `name=value` line.
-pub fn render(rows: &[std::sync::Arc<ShardRow>]) -> String {
+/// Every shard's counters summed: how shards are aggregated, without a lock.
+pub fn merged(rows: &[Arc<ShardRow>]) -> Counters {
     let mut total = Counters::default();
     for row in rows {
         total.merge(&row.counters());
     }
+    total
+}
+
+/// A gauge summed over the shards.
+pub fn gauge_sum(rows: &[Arc<ShardRow>], gauge: Gauge) -> u64 {
+    rows.iter().map(|row| row.gauge(gauge)).sum()
+}
+
+/// Renders merged counters and summed gauges as one `name=value` line.
+pub fn render(rows: &[Arc<ShardRow>]) -> String {
     let mut out = String::new();
-    for (name, value) in total.iter() {
+    for (name, value) in merged(rows).iter() {
         out.push_str(&format!("{name}={value} "));
     }
     for gauge in Gauge::ALL {
-        let sum: u64 = rows.iter().map(|row| row.gauge(gauge)).sum();
-        out.push_str(&format!("{}={sum} ", gauge.name()));
+        out.push_str(&format!("{}={} ", gauge.name(), gauge_sum(rows, gauge)));
     }
     out.pop();
     out

@@ -131,6 +131,10 @@ pub(crate) struct Shard {
     /// Accepted connections whose upstream socket found no descriptor, in arrival order.
     fd_waiters: VecDeque<FdWaiter>,
     completions: Vec<(u64, i32, u32)>,
+    /// Scratch for the operations a closing connection cancels.
+    cancel_targets: Vec<u64>,
+    /// Each listener's name by config index, shared by the access-log records (rebuilt on reload).
+    listener_names: Vec<Arc<str>>,
     log_budget: LogBudget,
     /// Round-robin cursors for STATIC clusters (per shard, like Envoy's workers).
     balancer: Balancer,
@@ -219,6 +223,7 @@ impl Shard {
             pairs: Slab::new(),
             fallback_copies: 0,
         };
+        let listener_names = listener_names(&setup.config);
         Ok(Self {
             io,
             setup,
@@ -235,6 +240,8 @@ impl Shard {
             ),
             fd_waiters: VecDeque::new(),
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
+            cancel_targets: Vec::new(),
+            listener_names,
             log_budget: LogBudget::default(),
             balancer: Balancer::default(),
             peer_errors: VecDeque::new(),
@@ -281,20 +288,22 @@ impl Shard {
     fn wait(&mut self) -> Result<(), String> {
         let want = usize::from(self.io.ready.is_empty() && self.peer_errors.is_empty());
         if want > 0 && !self.io.closing.is_empty() {
-            // About to block: close now what is waiting to be closed (after submitting whatever
-            // names it), or a reset would wait in a closing descriptor for the next event.
+            // About to block: close now what is waiting to be closed, or a reset would wait in a
+            // closing descriptor for the next event.
             self.io.poller.submit();
-            if !self.io.poller.has_backlog() {
-                self.io.closing.clear();
-            }
+            self.close_submitted();
         }
         let timeout = self.timers.next().map(|at| at - self.now());
         let result = self.io.poller.wait(want, timeout);
+        self.close_submitted();
+        result.map_err(|err| format!("waiting for events failed: {err}"))
+    }
+
+    /// Closes the descriptors waiting for close once every cancel naming them is submitted.
+    fn close_submitted(&mut self) {
         if !self.io.poller.has_backlog() {
-            // Every cancel naming these descriptors has been submitted: closing them is safe now.
             self.io.closing.clear();
         }
-        result.map_err(|err| format!("waiting for events failed: {err}"))
     }
 
     fn handle_completions(&mut self, now: Instant) {
@@ -416,7 +425,7 @@ impl Shard {
         let listener_name = self.setup.access_log.is_some().then(|| {
             // A refused connection is logged under the listener that accepted it.
             let index = route.as_ref().map_or(config_index, |r| r.listener);
-            Arc::from(self.setup.config.listeners[index].name.as_str())
+            Arc::clone(&self.listener_names[index])
         });
         let core = Connection::start(now, &evidence, route, &mut self.stats);
         let slot = self.insert_conn(core, Some(fd));
@@ -673,7 +682,7 @@ impl Shard {
                     }
                 },
                 Action::Reset { side } => match conn.internal(side) {
-                    Some(pair) => self.reset_peer(now, pair, side),
+                    Some(pair) => self.reset_peer(pair, side),
                     None => {
                         if let Some(fd) = conn.fd(side) {
                             sys::arm_reset(fd);
@@ -811,15 +820,21 @@ impl Shard {
             (conn.internal_client, Side::Client),
         ] {
             if let Some(pair) = pair {
-                self.leave_pair(now, pair, side);
+                self.leave_pair(pair, side);
             }
         }
-        let fds: Vec<_> = [conn.client.as_ref(), conn.upstream.as_ref()]
+        let mut fds = [-1; 2];
+        let mut nfds = 0;
+        for fd in [conn.client.as_ref(), conn.upstream.as_ref()]
             .into_iter()
             .flatten()
-            .map(|fd| fd.as_raw_fd())
-            .collect();
-        let mut targets = Vec::new();
+        {
+            fds[nfds] = fd.as_raw_fd();
+            nfds += 1;
+        }
+        // Reused: closing a connection allocates nothing.
+        let mut targets = std::mem::take(&mut self.cancel_targets);
+        targets.clear();
         for (armed, kind) in [
             (conn.connect_poll_armed, Kind::ConnectPoll),
             (conn.head_poll_armed, Kind::HeadPoll),
@@ -838,7 +853,10 @@ impl Shard {
             conn.dirs[dir.index()].inflight(key, &mut targets);
         }
         let token = Token::new(Kind::Cancel, slot, conn.generation, Dir::ClientToUpstream);
-        self.io.poller.cancel_ops(&fds, &targets, token.encode());
+        self.io
+            .poller
+            .cancel_ops(&fds[..nfds], &targets, token.encode());
+        self.cancel_targets = targets;
         for dir in &mut conn.dirs {
             dir.release(&mut self.io);
         }
@@ -930,7 +948,7 @@ impl Shard {
     }
 
     /// `Reset` of an internal end: the connection on the other end sees an error on its side.
-    fn reset_peer(&mut self, now: Instant, pair: usize, side: Side) {
+    fn reset_peer(&mut self, pair: usize, side: Side) {
         let Some(entry) = self.io.pairs.get_mut(pair) else {
             return;
         };
@@ -944,7 +962,6 @@ impl Shard {
             self.peer_errors
                 .push_back((peer_slot, generation, peer_side));
         }
-        let _ = now;
     }
 
     /// Delivers the resets that crossed internal pairs (and whatever they set off in turn).
@@ -966,7 +983,7 @@ impl Shard {
     /// A connection with an internal end is released. If it had not finished writing into the
     /// pair, the other connection is reset (a truncated stream must not look complete); the pair
     /// is freed when both have left.
-    fn leave_pair(&mut self, now: Instant, pair: usize, side: Side) {
+    fn leave_pair(&mut self, pair: usize, side: Side) {
         let Some(entry) = self.io.pairs.get_mut(pair) else {
             return;
         };
@@ -975,7 +992,7 @@ impl Shard {
             Side::Client => entry.backward.eof,
         };
         if !finished {
-            self.reset_peer(now, pair, side);
+            self.reset_peer(pair, side);
         }
         let Some(entry) = self.io.pairs.get_mut(pair) else {
             return;
@@ -1210,6 +1227,7 @@ impl Shard {
                 config.listen_addrs().count(),
                 self.setup.config.listen_addrs().count()
             );
+            self.listener_names = listener_names(&config);
             self.setup.config = config;
             self.balancer = Balancer::default();
             tracing::debug!(shard = self.setup.id, "config reloaded");
@@ -1262,7 +1280,15 @@ impl Shard {
     }
 }
 
-/// The access-log line of a finished connection.
+fn listener_names(config: &Config) -> Vec<Arc<str>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| Arc::from(l.name.as_str()))
+        .collect()
+}
+
+/// The access-log line of a finished connection: values only, the writer thread formats them.
 fn access_record(
     now: Instant,
     conn: &ConnIo,
@@ -1272,19 +1298,21 @@ fn access_record(
     let core = &conn.core;
     let age = core.age(now);
     crate::access_log::Record {
-        start_time: crate::access_log::start_time(age),
+        start_time: std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH),
         duration_ms: age.as_millis() as u64,
         downstream_remote_address: core.client().get(),
-        original_destination: core.orig_dst().map(|a| a.to_string()),
+        original_destination: core.orig_dst().map(|a| a.get()),
         original_destination_provenance: core.provenance().map(|p| p.name()),
-        upstream_host: core.upstream().map(|a| a.to_string()),
+        upstream_host: core.upstream().map(|a| a.get()),
         listener: conn.listener_name.clone().unwrap_or_else(|| Arc::from("-")),
         bytes_received: core.bytes(Dir::ClientToUpstream),
         bytes_sent: core.bytes(Dir::UpstreamToClient),
         termination_reason: outcome.name(),
         error: outcome.error().map(|kind| match kind {
-            IoErrorKind::Other { errno } => stdio::Error::from_raw_os_error(errno).to_string(),
-            kind => kind.name().to_string(),
+            IoErrorKind::Other { errno } => crate::access_log::ErrorText::Errno(errno),
+            kind => crate::access_log::ErrorText::Named(kind.name()),
         }),
         shard,
     }
