@@ -22,6 +22,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::DestinationPolicy;
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
 use crate::http_head::{self, Head};
 use crate::orig_dst::{
@@ -282,8 +283,15 @@ struct ConnectPlan {
     max_attempts: u32,
     record: Option<RedirectRecord>,
     target: Option<Target>,
-    /// Boxed: only header-mode connections have one.
-    head: Option<Box<HeadPlan>>,
+    /// Boxed: only header-mode connections have one, and only while reading the head.
+    head: Option<Box<HeadState>>,
+}
+
+/// A header-mode connection's plan and the head received so far.
+#[derive(Debug, Clone)]
+struct HeadState {
+    plan: HeadPlan,
+    buffer: http_head::HeadBuffer,
 }
 
 // === impl Connection ===
@@ -373,21 +381,28 @@ impl Connection {
                     have: 0,
                     max: head.max_bytes,
                 });
-                plan.head = Some(Box::new(head));
+                plan.head = Some(Box::new(HeadState {
+                    plan: head,
+                    buffer: http_head::HeadBuffer::default(),
+                }));
                 conn.plan = Some(plan);
             }
         }
         conn
     }
 
-    /// `use_http_header`: the first bytes of the client's stream (not consumed), and whether the
-    /// client ended its stream. Decides the upstream once the head is complete.
+    /// `use_http_header`: the client's bytes that arrived since the last call (peeked, not
+    /// consumed: the request is forwarded unchanged), and whether the client ended its stream.
+    /// Core keeps the head (bounded by `http_head_max_bytes`); the work per call is proportional
+    /// to `piece` ([`http_head::HeadBuffer`]). Decides the upstream once the head is complete; a
+    /// destination from the header passes `policy`.
     pub fn handle_peeked(
         &mut self,
         now: Instant,
-        bytes: &[u8],
+        piece: &[u8],
         ended: bool,
         me: &SelfAddrs,
+        policy: &DestinationPolicy,
         stats: &mut Counters,
     ) {
         assert!(
@@ -397,31 +412,39 @@ impl Connection {
         );
         let head = self
             .plan
-            .as_ref()
-            .and_then(|p| p.head.clone())
+            .as_mut()
+            .and_then(|p| p.head.as_mut())
             .expect("ReadingHead has a head plan");
-        let decided = match http_head::parse(bytes, &head.header) {
-            Head::Complete(Some(value)) => value
-                .parse()
-                .map_err(|_| RefuseReason::InvalidOriginalDstHost)
-                .and_then(|dst| route::finish_original_dst(me, dst, head.port_override)),
-            Head::Complete(None) => match head.fallback {
-                Some(dst) => route::finish_original_dst(me, dst.get(), head.port_override),
+        let max = head.plan.max_bytes as usize;
+        let answer = head.buffer.push(piece, max, &head.plan.header, ended);
+        let have = head.buffer.len();
+        let plan = &head.plan;
+        let decided = match answer {
+            Head::Complete(Some(value)) => route::parse_host(&value).and_then(|dst| {
+                route::finish_original_dst(me, dst, plan.port_override, Some(policy))
+            }),
+            Head::Complete(None) => match plan.fallback {
+                // The restored destination: the kernel's, not the client's text.
+                Some(dst) => route::finish_original_dst(me, dst.get(), plan.port_override, None),
                 None => Err(RefuseReason::NoOriginalDst),
             },
-            Head::Partial if bytes.len() >= head.max_bytes as usize => {
-                Err(RefuseReason::HttpHeadTooLarge)
-            }
+            Head::Duplicate => Err(RefuseReason::DuplicateOriginalDstHost),
+            Head::Partial if have >= max => Err(RefuseReason::HttpHeadTooLarge),
             Head::Partial if ended => Err(RefuseReason::HttpHeadInvalid),
             Head::Partial => {
+                let max = plan.max_bytes;
                 self.push(Action::PeekHead {
-                    have: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-                    max: head.max_bytes,
+                    have: u32::try_from(have).unwrap_or(u32::MAX),
+                    max,
                 });
                 return;
             }
             Head::Invalid => Err(RefuseReason::HttpHeadInvalid),
         };
+        // The head has done its work: free it before the connection relays for hours.
+        if let Some(plan) = &mut self.plan {
+            plan.head = None;
+        }
         match decided {
             Ok(target) => {
                 if let Some(plan) = &mut self.plan {

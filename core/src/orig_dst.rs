@@ -75,6 +75,9 @@ pub struct InternalMetadata {
     pub filter_state_original_dst_address: Option<String>,
     /// The endpoint's passthrough metadata (namespace → field → value), for `metadata_key`.
     pub dynamic: crate::config::FilterMetadata,
+    /// Internal listeners this connection has passed through so far (1 for the first inner
+    /// connection); bounded by [`crate::config::INTERNAL_HOPS_MAX`].
+    pub hops: u8,
 }
 
 /// An opaque Windows-style (HNS/WFP) redirect record attached to an accepted connection. It must be
@@ -176,6 +179,21 @@ pub enum RefuseReason {
     /// `use_http_header`: the client's bytes are not an HTTP/1 request head (or it closed first).
     #[error("not an HTTP/1 request head")]
     HttpHeadInvalid,
+    /// `use_http_header`: the destination header appears more than once (which one a server
+    /// behind would honour is anybody's guess, so neither is).
+    #[error("the original-destination header appears more than once")]
+    DuplicateOriginalDstHost,
+    /// A destination that arrived as text (header, metadata, filter state) is refused by
+    /// `origdst.destination_policy`.
+    #[error("destination refused by origdst.destination_policy ({})", rule.name())]
+    DestinationDenied {
+        /// Which rule refused it.
+        rule: crate::config::DenyRule,
+    },
+    /// The connection would pass more internal listeners than
+    /// [`crate::config::INTERNAL_HOPS_MAX`] (a cycle the config check cannot see).
+    #[error("too many internal-listener hops")]
+    InternalHopLimit,
     /// The platform's redirect-record query failed: the upstream could not be protected from
     /// being redirected again, so the connection is not relayed.
     #[error("redirect-record query failed (error {errno})")]
@@ -201,6 +219,9 @@ impl RefuseReason {
             Self::HttpHeadTooLarge => "http_head_too_large",
             Self::HttpHeadTimeout => "http_head_timeout",
             Self::HttpHeadInvalid => "http_head_invalid",
+            Self::DuplicateOriginalDstHost => "original_dst_host_duplicate",
+            Self::DestinationDenied { .. } => "destination_denied",
+            Self::InternalHopLimit => "internal_hop_limit",
             Self::RecordQueryFailed { .. } => "redirect_record_query_failed",
         }
     }
@@ -215,24 +236,35 @@ pub struct SelfAddrs {
     pub local_ips: Vec<IpAddr>,
     /// The mark origdst puts on its upstream sockets (`None`: marking is off).
     pub own_mark: Option<u32>,
+    /// The admin endpoint, if on: never a destination for text that a client controls.
+    pub admin: Option<SocketAddr>,
 }
 
 impl SelfAddrs {
     /// Whether a connection to `dst` would reach one of our own listeners.
     pub fn is_listener(&self, dst: SocketAddr) -> bool {
-        self.listeners.iter().any(|listener| {
-            if listener.port() != dst.port() {
-                return false;
-            }
-            let bound = listener.ip();
-            if bound.is_unspecified() {
-                dst.ip().is_loopback()
-                    || dst.ip().is_unspecified()
-                    || self.local_ips.contains(&dst.ip())
-            } else {
-                bound == dst.ip()
-            }
-        })
+        self.listeners
+            .iter()
+            .any(|listener| self.reaches(listener.get(), dst))
+    }
+
+    /// Whether a connection to `dst` would reach one of our own listeners or the admin endpoint.
+    pub fn is_own(&self, dst: SocketAddr) -> bool {
+        self.is_listener(dst) || self.admin.is_some_and(|admin| self.reaches(admin, dst))
+    }
+
+    /// Whether dialling `dst` reaches a socket bound to `bound` on this host.
+    fn reaches(&self, bound: SocketAddr, dst: SocketAddr) -> bool {
+        let dst = crate::addr::canonical(dst);
+        if bound.port() != dst.port() {
+            return false;
+        }
+        let bound = crate::addr::canonical_ip(bound.ip());
+        if bound.is_unspecified() {
+            dst.ip().is_loopback() || dst.ip().is_unspecified() || self.local_ips.contains(&dst.ip())
+        } else {
+            bound == dst.ip()
+        }
     }
 }
 

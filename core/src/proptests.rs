@@ -25,6 +25,7 @@ fn me() -> SelfAddrs {
         listeners: vec![ListenerAddr::new(LISTENER.parse().unwrap())],
         local_ips: vec!["10.0.0.1".parse().unwrap()],
         own_mark: Some(1337),
+        admin: None,
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
 use crate::config::{
-    Cidr, ClusterKind, Config, EndpointTarget, FilterChain, FilterStateKey, FormatValue, Listener,
-    OriginalDstLb, SharedWithUpstream,
+    Cidr, ClusterKind, Config, DestinationPolicy, EndpointTarget, FilterChain, FilterStateKey,
+    FormatValue, Listener, OriginalDstLb, SharedWithUpstream,
 };
 use crate::connection::ConnParams;
 use crate::orig_dst::{
@@ -151,7 +151,18 @@ pub fn route(
                     UpstreamPlan::Connect(Target::Socket(UpstreamAddr::new(addr)))
                 }
                 EndpointTarget::Internal { listener } => {
+                    // Counted per connection, whatever the config check said: a proxy never
+                    // follows a chain of its own listeners without end.
+                    let hops = evidence
+                        .internal
+                        .as_ref()
+                        .map_or(0, |i| i.hops)
+                        .saturating_add(1);
+                    if hops > crate::config::INTERNAL_HOPS_MAX {
+                        return Err(RefuseReason::InternalHopLimit);
+                    }
                     let mut handoff = state.shared();
+                    handoff.hops = hops;
                     for namespace in &cluster.passthrough_metadata {
                         match endpoint.metadata.get(namespace) {
                             Some(fields) => {
@@ -196,10 +207,7 @@ fn original_dst_upstream(
     evidence: &AcceptEvidence,
     resolution: Option<Resolution>,
 ) -> Result<UpstreamPlan, RefuseReason> {
-    let parse = |text: &str| {
-        text.parse::<SocketAddr>()
-            .map_err(|_| RefuseReason::InvalidOriginalDstHost)
-    };
+    let parse = |text: &str| parse_host(text);
     let from_state = match state.original_dst_address {
         Some(addr) => Some(addr),
         None => evidence
@@ -218,6 +226,14 @@ fn original_dst_upstream(
             .transpose()?,
         _ => None,
     };
+    // Where the choice came from decides whether the destination policy applies: text that
+    // crossed from elsewhere (metadata, shared filter state, a literal) does; what the kernel
+    // restored here (`%DOWNSTREAM_LOCAL_ADDRESS%` of a redirected socket) does not.
+    let from_kernel = |addr: SocketAddr| {
+        evidence.internal.is_none()
+            && resolution.is_some_and(|r| r.orig_dst.get() == addr)
+            && state.original_dst_address_is_local
+    };
     let chosen = from_state.or(from_metadata);
     if chosen.is_none() && lb.use_http_header {
         return Ok(UpstreamPlan::ReadHead(HeadPlan {
@@ -228,17 +244,39 @@ fn original_dst_upstream(
             timeout: config.knobs.http_head_timeout,
         }));
     }
-    let dst = chosen
-        .or(resolution.map(|r| r.orig_dst.get()))
-        .ok_or(RefuseReason::NoOriginalDst)?;
-    finish_original_dst(me, dst, lb.upstream_port_override).map(UpstreamPlan::Connect)
+    let (dst, text) = match chosen {
+        Some(addr) => (addr, !from_kernel(addr)),
+        None => {
+            let restored = resolution.ok_or(RefuseReason::NoOriginalDst)?;
+            // An internal listener's "restored" destination is metadata text too.
+            (restored.orig_dst.get(), evidence.internal.is_some())
+        }
+    };
+    let policy = text.then_some(&config.knobs.destination_policy);
+    finish_original_dst(me, dst, lb.upstream_port_override, policy).map(UpstreamPlan::Connect)
 }
 
-/// The last ORIGINAL_DST steps, shared with the header path: port override, loop check.
+/// An ORIGINAL_DST override as text: `ip:port` (`[v6]:port`), nothing else — no host names, no
+/// surrounding junk, bounded before it is parsed.
+pub fn parse_host(text: &str) -> Result<SocketAddr, RefuseReason> {
+    // The longest `[v6%scope]:port` is well under 64 bytes.
+    if text.len() > HOST_TEXT_MAX {
+        return Err(RefuseReason::InvalidOriginalDstHost);
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| RefuseReason::InvalidOriginalDstHost)
+}
+
+const HOST_TEXT_MAX: usize = 64;
+
+/// The last ORIGINAL_DST steps, shared with the header path: canonical form, port override, loop
+/// check, and — for a destination that arrived as text (`policy` given) — the destination policy,
+/// which also keeps text away from origdst's admin endpoint.
 pub fn finish_original_dst(
     me: &SelfAddrs,
     dst: SocketAddr,
     port_override: Option<u16>,
+    policy: Option<&DestinationPolicy>,
 ) -> Result<Target, RefuseReason> {
     let mut dst = crate::addr::canonical(dst);
     if let Some(port) = port_override {
@@ -249,6 +287,11 @@ pub fn finish_original_dst(
     }
     if me.is_listener(dst) {
         return Err(RefuseReason::DestinationIsListener);
+    }
+    if let Some(policy) = policy {
+        policy
+            .check(dst, me.is_own(dst))
+            .map_err(|rule| RefuseReason::DestinationDenied { rule })?;
     }
     Ok(Target::Socket(UpstreamAddr::new(dst)))
 }
@@ -362,6 +405,8 @@ struct FilterState {
     local_ip: Option<(SocketAddr, SharedWithUpstream)>,
     remote_ip: Option<(SocketAddr, SharedWithUpstream)>,
     original_dst_address: Option<SocketAddr>,
+    /// `original_dst_address` is `%DOWNSTREAM_LOCAL_ADDRESS%` (what the kernel restored).
+    original_dst_address_is_local: bool,
 }
 
 impl FilterState {
@@ -370,6 +415,7 @@ impl FilterState {
             local_ip: None,
             remote_ip: None,
             original_dst_address: None,
+            original_dst_address_is_local: false,
         };
         for entry in &chain.filter_state {
             let value = match &entry.value {
@@ -387,6 +433,8 @@ impl FilterState {
                 }
                 FilterStateKey::TransportSocketOriginalDstAddress => {
                     state.original_dst_address = Some(value);
+                    state.original_dst_address_is_local =
+                        matches!(entry.value, FormatValue::DownstreamLocalAddress);
                 }
             }
         }

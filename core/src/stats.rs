@@ -98,6 +98,14 @@ counters! {
     HttpHeadInvalid => "http_head_invalid",
     /// Refused: the redirect-record query failed.
     RefusedRecordQueryFailed => "refused_redirect_record_query_failed",
+    /// Refused: the original-destination header appeared more than once.
+    OriginalDstHostDuplicate => "original_dst_host_duplicate",
+    /// Refused: a destination that arrived as text (header, metadata, filter state) is one that
+    /// `origdst.destination_policy` forbids (origdst's own admin or listeners, loopback,
+    /// link-local, or a configured CIDR or port).
+    RefusedDestinationDenied => "refused_destination_denied",
+    /// Refused: more internal-listener hops than the limit (8).
+    RefusedInternalHopLimit => "refused_internal_hop_limit",
     /// Connections handed from a `use_original_dst` listener to the listener of their destination.
     ListenerHandoff => "listener_handoff",
     /// Internal-listener connections whose passthrough metadata was absent at the endpoint
@@ -229,6 +237,9 @@ impl Counter {
             Self::HttpHeadTimeout => "http_head_timeout",
             Self::HttpHeadInvalid => "http_head_invalid",
             Self::RefusedRecordQueryFailed => "redirect_record_query_failed",
+            Self::OriginalDstHostDuplicate => "original_dst_host_duplicate",
+            Self::RefusedDestinationDenied => "destination_denied",
+            Self::RefusedInternalHopLimit => "internal_hop_limit",
             Self::RefusedOverflow => "overflow",
             _ => return None,
         })
@@ -262,6 +273,9 @@ fn refusal_counter(reason: RefuseReason) -> Counter {
         RefuseReason::HttpHeadTimeout => Counter::HttpHeadTimeout,
         RefuseReason::HttpHeadInvalid => Counter::HttpHeadInvalid,
         RefuseReason::RecordQueryFailed { .. } => Counter::RefusedRecordQueryFailed,
+        RefuseReason::DuplicateOriginalDstHost => Counter::OriginalDstHostDuplicate,
+        RefuseReason::DestinationDenied { .. } => Counter::RefusedDestinationDenied,
+        RefuseReason::InternalHopLimit => Counter::RefusedInternalHopLimit,
     }
 }
 
@@ -285,6 +299,11 @@ mod tests {
             RefuseReason::HttpHeadTimeout,
             RefuseReason::HttpHeadInvalid,
             RefuseReason::RecordQueryFailed { errno: 1 },
+            RefuseReason::DuplicateOriginalDstHost,
+            RefuseReason::DestinationDenied {
+                rule: crate::config::DenyRule::Loopback,
+            },
+            RefuseReason::InternalHopLimit,
         ];
         for reason in reasons {
             assert_eq!(

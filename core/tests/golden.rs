@@ -241,6 +241,26 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "    - filters:\n",
         "    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: pass }\n    - filters:\n",
     ),
+    (
+        "admin address clashes with a listener",
+        "static_resources:\n",
+        "origdst: { admin: 127.0.0.1:15001 }\nstatic_resources:\n",
+    ),
+    (
+        "destination_policy unknown field",
+        "static_resources:\n",
+        "origdst: { destination_policy: { allow_all: true } }\nstatic_resources:\n",
+    ),
+    (
+        "destination_policy malformed CIDR",
+        "static_resources:\n",
+        "origdst: { destination_policy: { deny_cidrs: [ 10.0.0.0/40 ] } }\nstatic_resources:\n",
+    ),
+    (
+        "too many shards",
+        "static_resources:\n",
+        "origdst: { shards: 300 }\nstatic_resources:\n",
+    ),
 ];
 
 #[test]

@@ -44,6 +44,7 @@ pub(crate) struct Knobs {
     pub(crate) admin: Option<Option<String>>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) detect_own_upstream: Option<bool>,
+    pub(crate) destination_policy: Option<super::policy::RawPolicy>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::{ConfigError, envoy, parse_duration};
+use super::{ConfigError, DestinationPolicy, envoy, parse_duration};
 
 /// How a shard moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,34 @@ pub struct Knobs {
     /// upstream sockets (a loop through rules that forgot to exclude origdst). A safety net with
     /// a rare false positive: see `runtime-uring/src/own_upstreams.rs`.
     pub detect_own_upstream: bool,
+    /// Where destinations that arrived as text (header, metadata, filter state) may go.
+    pub destination_policy: DestinationPolicy,
+}
+
+/// Command-line overrides of knobs. They are applied to the raw `origdst:` section before
+/// validation, so an override is held to the same bounds as the field it replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnobOverrides {
+    /// `--shards` (0: one per CPU).
+    pub shards: Option<u32>,
+    /// `--data-path`.
+    pub data_path: Option<DataPath>,
+    /// `--admin`: `Some(None)` turns the endpoint off.
+    pub admin: Option<Option<std::net::SocketAddr>>,
+}
+
+impl KnobOverrides {
+    pub(super) fn apply(&self, raw: &mut envoy::Knobs) {
+        if let Some(shards) = self.shards {
+            raw.shards = Some(shards);
+        }
+        if let Some(path) = self.data_path {
+            raw.data_path = Some(path.name().to_string());
+        }
+        if let Some(admin) = self.admin {
+            raw.admin = Some(admin.map(|addr| addr.to_string()));
+        }
+    }
 }
 
 /// `origdst.access_log`.
@@ -123,6 +151,7 @@ impl Default for Knobs {
             ))),
             access_log: None,
             detect_own_upstream: true,
+            destination_policy: DestinationPolicy::default(),
         }
     }
 }
@@ -259,6 +288,10 @@ impl Knobs {
             admin,
             access_log,
             detect_own_upstream: raw.detect_own_upstream.unwrap_or(d.detect_own_upstream),
+            destination_policy: match raw.destination_policy {
+                None => d.destination_policy,
+                Some(policy) => policy.validate()?,
+            },
         })
     }
 }

@@ -9,15 +9,20 @@
 mod cluster;
 mod envoy;
 mod error;
+mod internal_graph;
 mod knobs;
+pub mod limits;
 mod listener;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use error::ConfigError;
-pub use knobs::{AccessLog, DataPath, Knobs};
+pub use internal_graph::INTERNAL_HOPS_MAX;
+pub use knobs::{AccessLog, DataPath, KnobOverrides, Knobs};
+pub use policy::{DenyRule, DestinationPolicy, PortRange};
 
 use crate::connection::{ConnParams, OriginalSrc};
 
@@ -331,13 +336,21 @@ pub enum EndpointTarget {
 impl Config {
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_with(text, &KnobOverrides::default())
+    }
+
+    /// Parses YAML text, applies command-line overrides to its `origdst:` section, and validates
+    /// the result: an override passes the same checks as the field it replaces.
+    pub fn from_yaml_with(text: &str, overrides: &KnobOverrides) -> Result<Self, ConfigError> {
+        limits::preflight(text)?;
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: envoy::Bootstrap =
+        let mut raw: envoy::Bootstrap =
             serde_path_to_error::deserialize(deserializer).map_err(|err| {
                 let path = err.path().to_string();
                 let reason = err.into_inner().to_string();
                 ConfigError::new(&path, without_path_prefix(&path, &reason))
             })?;
+        overrides.apply(raw.origdst.get_or_insert_with(Default::default));
         validate(raw)
     }
 
@@ -402,12 +415,45 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
         listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
     let clusters = cluster::validate(&resources.clusters, &listeners)?;
     listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
-    Ok(Config {
+    let config = Config {
         knobs,
         listeners,
         clusters,
         internal_listener,
-    })
+    };
+    internal_graph::validate(&config)?;
+    check_admin_clash(&config)?;
+    Ok(config)
+}
+
+/// The admin endpoint cannot share an address with a listener: one of the two binds would fail
+/// at start-up, and the message would blame whichever came second.
+fn check_admin_clash(config: &Config) -> Result<(), ConfigError> {
+    let Some(admin) = config.knobs.admin else {
+        return Ok(());
+    };
+    for (index, listener) in config.listeners.iter().enumerate() {
+        if !listener.is_bound() {
+            continue;
+        }
+        for addr in listener.socket_addresses() {
+            let overlaps = addr.port() == admin.port()
+                && (addr.ip() == admin.ip()
+                    || addr.ip().is_unspecified()
+                    || admin.ip().is_unspecified());
+            if overlaps {
+                return Err(ConfigError::new(
+                    "origdst.admin",
+                    format!(
+                        "{admin} clashes with listener {:?} on {addr} (static_resources.listeners[{index}]): \
+                         move the admin endpoint to another port, or set it to null",
+                        listener.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_bootstrap_extensions(

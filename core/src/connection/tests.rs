@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
 use crate::orig_dst::{RecordAnswer, SockOptAnswer};
+use crate::config::{DenyRule, DestinationPolicy};
 use crate::route::{ChainId, HeadPlan, Route, Target, UpstreamPlan};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +32,7 @@ fn me() -> SelfAddrs {
         listeners: vec![ListenerAddr::new(sa("0.0.0.0:15001"))],
         local_ips: vec!["10.0.0.1".parse().unwrap()],
         own_mark: Some(1337),
+        admin: Some(sa("127.0.0.1:15000")),
     }
 }
 
@@ -577,6 +579,15 @@ fn head_route(fallback: Option<&str>, port_override: Option<u16>) -> Route {
     }
 }
 
+/// Header mode with room for a few headers.
+fn roomy_head_route() -> Route {
+    let mut route = head_route(None, None);
+    if let UpstreamPlan::ReadHead(head) = &mut route.upstream {
+        head.max_bytes = 1024;
+    }
+    route
+}
+
 fn start(route: Route) -> Harness {
     let mut stats = Counters::default();
     let now = Instant::from_nanos(1_000);
@@ -590,10 +601,16 @@ fn header_mode_peeks_until_the_head_is_complete_then_connects_to_the_header() {
     assert_eq!(h.actions(), vec![Action::PeekHead { have: 0, max: 64 }]);
     let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 192.0.2.9:8080\r\n\r\n";
     h.conn
-        .handle_peeked(h.now, &head[..20], false, &me(), &mut h.stats);
+        .handle_peeked(h.now, &head[..20], false, &me(), &DestinationPolicy::default(), &mut h.stats);
     assert_eq!(h.actions(), vec![Action::PeekHead { have: 20, max: 64 }]);
-    h.conn
-        .handle_peeked(h.now, head, false, &me(), &mut h.stats);
+    h.conn.handle_peeked(
+        h.now,
+        &head[20..],
+        false,
+        &me(),
+        &DestinationPolicy::default(),
+        &mut h.stats,
+    );
     assert_eq!(
         h.actions(),
         vec![Action::Connect {
@@ -611,7 +628,7 @@ fn header_mode_without_the_header_uses_the_restored_destination_and_port_overrid
     let mut h = start(head_route(Some("192.0.2.7:80"), Some(8443)));
     let _ = h.actions();
     h.conn
-        .handle_peeked(h.now, b"GET / HTTP/1.0\r\n\r\n", false, &me(), &mut h.stats);
+        .handle_peeked(h.now, b"GET / HTTP/1.0\r\n\r\n", false, &me(), &DestinationPolicy::default(), &mut h.stats);
     let actions = h.actions();
     let [Action::Connect { upstream, .. }] = actions.as_slice() else {
         panic!("expected a connect, got {actions:?}");
@@ -651,7 +668,7 @@ fn header_mode_refusals_are_counted_and_reset_the_client() {
         let mut h = start(head_route(None, None));
         let _ = h.actions();
         h.conn
-            .handle_peeked(h.now, bytes, ended, &me(), &mut h.stats);
+            .handle_peeked(h.now, bytes, ended, &me(), &DestinationPolicy::default(), &mut h.stats);
         assert_eq!(
             h.actions(),
             vec![Action::Reset { side: Side::Client }, Action::Close],
@@ -666,11 +683,117 @@ fn header_mode_refusals_are_counted_and_reset_the_client() {
     let _ = h.actions();
     let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 127.0.0.1:15001\r\n\r\n";
     h.conn
-        .handle_peeked(h.now, head, false, &me(), &mut h.stats);
+        .handle_peeked(h.now, head, false, &me(), &DestinationPolicy::default(), &mut h.stats);
     assert_eq!(
         h.conn.outcome(),
         Some(Outcome::Refused(RefuseReason::DestinationIsListener))
     );
+}
+
+#[test]
+fn header_destinations_pass_the_destination_policy() {
+    // The admin endpoint in any spelling, the cloud metadata service, loopback, a repeated
+    // header (whichever copy is dangerous): refused with their own reasons and counters.
+    let cases: [(&str, RefuseReason, Counter); 6] = [
+        (
+            "x-envoy-original-dst-host: 127.0.0.1:15000\r\n",
+            RefuseReason::DestinationDenied {
+                rule: DenyRule::OwnAddress,
+            },
+            Counter::RefusedDestinationDenied,
+        ),
+        (
+            "x-envoy-original-dst-host: [::ffff:127.0.0.1]:15000\r\n",
+            RefuseReason::DestinationDenied {
+                rule: DenyRule::OwnAddress,
+            },
+            Counter::RefusedDestinationDenied,
+        ),
+        (
+            "x-envoy-original-dst-host: 127.0.0.1:8080\r\n",
+            RefuseReason::DestinationDenied {
+                rule: DenyRule::Loopback,
+            },
+            Counter::RefusedDestinationDenied,
+        ),
+        (
+            "x-envoy-original-dst-host: 169.254.169.254:80\r\n",
+            RefuseReason::DestinationDenied {
+                rule: DenyRule::LinkLocal,
+            },
+            Counter::RefusedDestinationDenied,
+        ),
+        (
+            "x-envoy-original-dst-host: 127.0.0.1:15000\r\nx-envoy-original-dst-host: 192.0.2.9:80\r\n",
+            RefuseReason::DuplicateOriginalDstHost,
+            Counter::OriginalDstHostDuplicate,
+        ),
+        (
+            "x-envoy-original-dst-host: 192.0.2.9:80\r\nX-Envoy-Original-Dst-Host: 127.0.0.1:15000\r\n",
+            RefuseReason::DuplicateOriginalDstHost,
+            Counter::OriginalDstHostDuplicate,
+        ),
+    ];
+    for (header, reason, counter) in cases {
+        let mut h = start(roomy_head_route());
+        let _ = h.actions();
+        let head = format!("GET / HTTP/1.1\r\n{header}\r\n");
+        h.conn.handle_peeked(
+            h.now,
+            head.as_bytes(),
+            false,
+            &me(),
+            &DestinationPolicy::default(),
+            &mut h.stats,
+        );
+        assert_eq!(h.conn.outcome(), Some(Outcome::Refused(reason)), "{header}");
+        assert_eq!(h.stats.get(counter), 1, "{header}");
+        assert_eq!(h.stats.get(Counter::UpstreamCxTotal), 0);
+    }
+    // Loopback explicitly allowed: a loopback service is reachable, the admin endpoint still not.
+    let allow = DestinationPolicy {
+        allow_loopback: true,
+        ..DestinationPolicy::default()
+    };
+    for (dst, connects) in [("127.0.0.1:8080", true), ("127.0.0.1:15000", false)] {
+        let mut h = start(roomy_head_route());
+        let _ = h.actions();
+        let head = format!("GET / HTTP/1.1\r\nx-envoy-original-dst-host: {dst}\r\n\r\n");
+        h.conn
+            .handle_peeked(h.now, head.as_bytes(), false, &me(), &allow, &mut h.stats);
+        assert_eq!(h.conn.is_closed(), !connects, "{dst}");
+    }
+}
+
+#[test]
+fn a_head_in_one_byte_pieces_decides_like_a_whole_one() {
+    let mut h = start(roomy_head_route());
+    let _ = h.actions();
+    let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 192.0.2.9:8080\r\n\r\n";
+    for (i, byte) in head.iter().enumerate() {
+        assert!(!h.conn.is_closed());
+        h.conn.handle_peeked(
+            h.now,
+            std::slice::from_ref(byte),
+            false,
+            &me(),
+            &DestinationPolicy::default(),
+            &mut h.stats,
+        );
+        let actions = h.actions();
+        if i + 1 < head.len() {
+            assert_eq!(
+                actions,
+                vec![Action::PeekHead {
+                    have: i as u32 + 1,
+                    max: 1024
+                }],
+                "byte {i}"
+            );
+        } else {
+            assert!(matches!(actions.as_slice(), [Action::Connect { .. }]), "{actions:?}");
+        }
+    }
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn me() -> SelfAddrs {
         ],
         local_ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
         own_mark: Some(1337),
+        admin: None,
     }
 }
 

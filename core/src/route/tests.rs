@@ -13,6 +13,7 @@ fn me() -> SelfAddrs {
         listeners: vec![ListenerAddr::new(sa("0.0.0.0:15001"))],
         local_ips: vec!["10.0.0.1".parse().unwrap()],
         own_mark: Some(1337),
+        admin: None,
     }
 }
 
@@ -498,4 +499,140 @@ fn an_internal_endpoint_carries_passthrough_metadata_and_shared_state() {
         inner.resolution.unwrap().provenance,
         Provenance::InternalMetadata
     );
+}
+
+/// Two internal listeners whose clusters point at `a_to` and `b_to` (listener names).
+fn internal_pair(a_to: &str, b_to: &str) -> String {
+    let cluster = |name: &str, to: &str| {
+        format!(
+            "  - name: {name}
+    type: STATIC
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ envoy_internal_address: {{ server_listener_name: {to} }} }} }}
+"
+        )
+    };
+    let listener = |name: &str, cluster: &str| {
+        format!(
+            "  - name: {name}
+    address: {{ envoy_internal_address: {{ server_listener_name: {name} }} }}
+    filter_chains:
+    - filters:
+      - name: tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, cluster: {cluster}, stat_prefix: {name} }}
+"
+        )
+    };
+    format!(
+        "static_resources:
+  listeners:
+  - name: front
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 19000 }} }}
+    filter_chains:
+    - filters:
+      - name: tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, cluster: to_a, stat_prefix: front }}
+{}{}  clusters:
+{}{}{}bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+",
+        listener("a", "a_next"),
+        listener("b", "b_next"),
+        cluster("to_a", "a"),
+        cluster("a_next", a_to),
+        cluster("b_next", b_to),
+    )
+}
+
+#[test]
+fn internal_listener_cycles_are_refused_naming_the_chain() {
+    for (a_to, b_to, chain) in [
+        ("a", "b", "a → a"),
+        ("b", "a", "a → b → a"),
+        ("b", "b", "b → b"),
+    ] {
+        let yaml = internal_pair(a_to, b_to);
+        let err = Config::from_yaml(&yaml).unwrap_err();
+        assert!(
+            err.reason.contains(&format!("form a cycle: {chain}")),
+            "{a_to}/{b_to}: {err}"
+        );
+        assert!(err.path.starts_with("static_resources.listeners["), "{err}");
+    }
+    // A chain without a cycle is fine: front → a → b → (b's cluster points nowhere internal).
+    let yaml = internal_pair("b", "b").replace(
+        "  - name: b_next\n    type: STATIC\n    load_assignment:\n      cluster_name: b_next\n      endpoints:\n      - lb_endpoints:\n        - endpoint: { address: { envoy_internal_address: { server_listener_name: b } } }\n",
+        "  - name: b_next\n    type: STATIC\n    load_assignment:\n      cluster_name: b_next\n      endpoints:\n      - lb_endpoints:\n        - endpoint: { address: { socket_address: { address: 192.0.2.1, port_value: 80 } } }\n",
+    );
+    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+}
+
+#[test]
+fn internal_hops_are_bounded_per_connection_whatever_the_config() {
+    let config = internal();
+    let mut ev = redirected("10.0.0.2:40000", "10.0.0.1:19000");
+    ev.sockopt = SockOptAnswer::NotQueried;
+    ev.local = LocalAddr::new(sa("10.0.0.1:19000"));
+    // One hop: allowed, and counted in what crosses.
+    let (outer, _) = route_of(&config, &ev);
+    let UpstreamPlan::Connect(Target::Internal { handoff, .. }) = outer.unwrap().upstream else {
+        panic!("expected an internal target");
+    };
+    assert_eq!(handoff.hops, 1);
+    // A connection that already passed the limit's worth of internal listeners goes no further.
+    for (hops, refused) in [
+        (crate::config::INTERNAL_HOPS_MAX - 1, false),
+        (crate::config::INTERNAL_HOPS_MAX, true),
+    ] {
+        ev.internal = Some(InternalMetadata {
+            hops,
+            ..InternalMetadata::default()
+        });
+        let (route, _) = route_of(&config, &ev);
+        assert_eq!(
+            route.is_err_and(|r| r == RefuseReason::InternalHopLimit),
+            refused,
+            "{hops} hops"
+        );
+    }
+}
+
+#[test]
+fn text_destinations_pass_the_destination_policy_kernel_ones_do_not() {
+    // The internal listener's restored destination is metadata text: loopback is refused there,
+    // as is origdst's admin endpoint; a kernel-restored loopback destination is not (it is what
+    // the client dialled).
+    let yaml = format!(
+        "static_resources:
+  listeners:
+  - name: out
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, cluster: pass, stat_prefix: out }}
+  clusters:
+  - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }}
+"
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let (route, _) = route_of(&config, &redirected("10.0.0.2:1", "127.0.0.1:8080"));
+    assert_eq!(socket_target(&route.unwrap()), sa("127.0.0.1:8080"));
+    let mut ev = redirected("10.0.0.2:1", "127.0.0.1:8080");
+    ev.sockopt = SockOptAnswer::NotQueried;
+    for (text, rule) in [
+        ("127.0.0.1:8080", crate::config::DenyRule::Loopback),
+        ("[::ffff:169.254.169.254]:80", crate::config::DenyRule::LinkLocal),
+    ] {
+        ev.internal = Some(InternalMetadata {
+            dynamic_local: Some(text.into()),
+            ..InternalMetadata::default()
+        });
+        let (route, _) = route_of(&config, &ev);
+        assert_eq!(route, Err(RefuseReason::DestinationDenied { rule }), "{text}");
+    }
 }
