@@ -25,6 +25,7 @@ fn me() -> SelfAddrs {
         listeners: vec![ListenerAddr::new(sa("0.0.0.0:15001"))],
         local_ips: vec!["10.0.0.1".parse().expect("ip")],
         own_mark: Some(1337),
+        admin: None,
     }
 }
 

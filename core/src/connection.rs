@@ -669,6 +669,11 @@ impl Connection {
         }
     }
 
+    /// Whether the connection is still reading its request head (header mode).
+    pub fn is_reading_head(&self) -> bool {
+        matches!(self.phase, Phase::ReadingHead { .. })
+    }
+
     /// Whether the connection has ended (its remaining actions end with `Close`).
     pub fn is_closed(&self) -> bool {
         self.outcome().is_some()

@@ -122,6 +122,13 @@ counters! {
     /// Times a shard ran out of file descriptors and paused accepting (connections wait in the
     /// kernel's listen backlog meanwhile).
     AcceptPausedNoFd => "downstream_cx_accept_paused_no_fd",
+    /// Errors (resets) found by the per-socket error watch while the connection waited on the
+    /// other side; each ended its connection within the turn (they are counted again under their
+    /// outcome, e.g. `downstream_cx_reset`).
+    WatchedErrors => "watched_socket_errors",
+    /// Accepted connections whose client was already gone (reset while in the accept queue, or
+    /// before origdst could read its addresses): nothing to relay or reset.
+    AcceptClientGone => "downstream_cx_accept_client_gone",
     /// Upstream sockets bound to the client's address (`original_src`).
     OriginalSrcBound => "original_src_bound",
     /// `original_src` skipped: the client and the destination are of different IP families.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 use origdst_core::addr::ListenerAddr;
-use origdst_core::config::{Config, DataPath, ListenerAddress};
+use origdst_core::config::{Config, DataPath, KnobOverrides, ListenerAddress, limits};
 use origdst_core::orig_dst::SelfAddrs;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -68,6 +68,27 @@ pub struct ConfigSource {
     pub path: Option<std::path::PathBuf>,
     /// The YAML as read.
     pub yaml: String,
+    /// Command-line overrides, applied again to every reloaded file.
+    pub overrides: KnobOverrides,
+}
+
+/// Reads a config file, refusing one over [`limits::CONFIG_BYTES_MAX`] before reading it all.
+pub fn read_config_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+    let mut text = String::new();
+    file.take(limits::CONFIG_BYTES_MAX as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+    if text.len() > limits::CONFIG_BYTES_MAX {
+        return Err(format!(
+            "{}: the config is larger than the limit of {} bytes",
+            path.display(),
+            limits::CONFIG_BYTES_MAX
+        ));
+    }
+    Ok(text)
 }
 
 /// `--backend`.
@@ -138,7 +159,8 @@ fn check_privileges(config: &Config) -> Result<(), EngineError> {
         ));
         sys::check_transparent_allowed().map_err(|err| {
             EngineError::Setup(format!(
-                "listener {:?}: transparent: true cannot be set ({err}): IP_TRANSPARENT needs                  CAP_NET_ADMIN or CAP_NET_RAW",
+                "listener {:?}: transparent: true cannot be set ({err}): IP_TRANSPARENT needs \
+                 CAP_NET_ADMIN or CAP_NET_RAW",
                 listener.name
             ))
         })?;
@@ -305,22 +327,26 @@ fn data_path_name(backend: Backend, data_path: DataPath) -> &'static str {
 /// SIGHUP: re-read the config file; if it is valid and changes nothing that needs a restart, new
 /// connections use it from each shard's next turn and open ones keep theirs. Otherwise the
 /// running config stays, and the log says why.
-fn reload(observed: &Observed, controls: &[Arc<ShardControl>]) {
+fn reload(observed: &Observed, controls: &[Arc<ShardControl>], overrides: &KnobOverrides) {
     let running = observed.running();
     let outcome = (|| {
         let path = running
             .path
             .clone()
             .ok_or("running the embedded default config: there is no file to re-read")?;
-        let yaml = std::fs::read_to_string(&path)
-            .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
-        let config =
-            Config::from_yaml(&yaml).map_err(|err| format!("{}: {err}", path.display()))?;
+        let yaml = read_config_file(&path)?;
+        let config = Config::from_yaml_with(&yaml, overrides)
+            .map_err(|err| format!("{}: {err}", path.display()))?;
         needs_no_restart(&running.config, &config)?;
         check_privileges(&config).map_err(|err| err.to_string())?;
         Ok::<_, String>((path, yaml, config))
     })();
     match outcome {
+        // A drain that began while the file was being read and checked wins: its shards no longer
+        // take new connections, and the reload has nothing to give them.
+        Ok(_) if observed.draining.load(Ordering::Relaxed) => {
+            tracing::warn!("config reload finished after draining began: not applied");
+        }
         Ok((path, yaml, config)) => {
             let config = Arc::new(config);
             for control in controls {
@@ -349,6 +375,10 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>]) {
     }
 }
 
+/// Why a reload that changes a bound listener is refused.
+const RELOAD_LISTENERS_CHANGED: &str = "the bound listeners changed (addresses, order, transparent or freebind): \
+     that needs a restart";
+
 /// What a reload cannot change: the bound listeners (their sockets are open; same addresses and
 /// options at the same positions), and the knobs fixed at start-up (threads, pools, rings).
 fn needs_no_restart(old: &Config, new: &Config) -> Result<(), String> {
@@ -362,8 +392,7 @@ fn needs_no_restart(old: &Config, new: &Config) -> Result<(), String> {
             .collect()
     };
     if bound(old) != bound(new) {
-        return Err("the bound listeners changed (addresses, order, transparent or freebind):                     that needs a restart"
-            .into());
+        return Err(RELOAD_LISTENERS_CHANGED.into());
     }
     let (a, b) = (&old.knobs, &new.knobs);
     let fixed = [
@@ -425,11 +454,30 @@ fn shard_main(
     guard.result = Some(shard.run());
 }
 
+/// The thread that re-reads the config on SIGHUP, off the signal path. Requests coalesce: one
+/// pending at most (a burst of SIGHUPs reads the file once more, not once per signal).
+fn reload_thread(
+    observed: Arc<Observed>,
+    controls: Vec<Arc<ShardControl>>,
+    overrides: KnobOverrides,
+) -> Result<crossbeam_channel::Sender<()>, EngineError> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    thread::Builder::new()
+        .name("origdst-reload".into())
+        .spawn(move || {
+            for () in rx {
+                reload(&observed, &controls, &overrides);
+            }
+        })
+        .map_err(|e| EngineError::Setup(format!("reload thread: {e}")))?;
+    Ok(tx)
+}
+
 fn supervise(
     settings: &EngineSettings,
     backend: (Backend, Option<String>),
     controls: &[Arc<ShardControl>],
-    observed: &Observed,
+    observed: &Arc<Observed>,
     events: &Receiver<ShardEvent>,
     signals: &Receiver<i32>,
 ) -> Result<(), EngineError> {
@@ -462,12 +510,22 @@ fn supervise(
     }
     print_startup(settings, config, backend);
     observed.started.store(true, Ordering::Relaxed);
+    let reloads = reload_thread(
+        Arc::clone(observed),
+        controls.to_vec(),
+        settings.source.overrides.clone(),
+    )?;
     let mut signalled = false;
     while running > 0 {
         select! {
             recv(signals) -> signal => match signal {
                 Ok(SIGUSR1) => tracing::info!("stats: {}", render(rows)),
-                Ok(SIGHUP) if !signalled => reload(observed, controls),
+                // Parsed and checked on the reload thread: a slow file never delays a drain.
+                Ok(SIGHUP) if !signalled => {
+                    if reloads.try_send(()).is_err() {
+                        tracing::info!("SIGHUP while a reload is pending: it will read the file once more");
+                    }
+                }
                 Ok(SIGHUP) => tracing::warn!("SIGHUP while draining: ignored"),
                 Ok(signal) if !signalled => {
                     signalled = true;
@@ -584,6 +642,7 @@ fn self_addrs(config: &Config) -> SelfAddrs {
         listeners: config.listen_addrs().map(ListenerAddr::new).collect(),
         local_ips: sys::local_ips(),
         own_mark: config.knobs.upstream_mark,
+        admin: config.knobs.admin,
     }
 }
 

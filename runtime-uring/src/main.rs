@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath};
+use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath, KnobOverrides};
 use origdst_runtime_uring::engine::{self, BackendChoice, ConfigSource, EngineSettings};
 use origdst_runtime_uring::interception::{self, InterceptionArgs};
 
@@ -96,30 +96,34 @@ fn main() -> ExitCode {
         } => {
             init_logging(log_level);
             let config_path = config;
-            let (mut config, yaml) = match load(config_path.as_ref()) {
+            // Command-line overrides go through the config's own validator: `--shards 300` is
+            // refused exactly as `shards: 300` in the file is.
+            let overrides = KnobOverrides {
+                shards,
+                data_path: data_path.map(|arg| match arg {
+                    DataPathArg::UringSplice => DataPath::UringSplice,
+                    DataPathArg::UringCopy => DataPath::UringCopy,
+                    DataPathArg::UringOpSplice => DataPath::UringOpSplice,
+                }),
+                admin: admin.map(|AdminArg(admin)| admin),
+            };
+            let (config, yaml) = match load(config_path.as_ref(), &overrides) {
                 Ok(loaded) => loaded,
                 Err(message) => {
                     tracing::error!("{message}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let data_path = data_path.map_or(config.knobs.data_path, |arg| match arg {
-                DataPathArg::UringSplice => DataPath::UringSplice,
-                DataPathArg::UringCopy => DataPath::UringCopy,
-                DataPathArg::UringOpSplice => DataPath::UringOpSplice,
-            });
-            let shards = match shards.or(config.knobs.shards.map(|n| n.get())) {
-                Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                Some(n) => n as usize,
+            let data_path = config.knobs.data_path;
+            let shards = match config.knobs.shards {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n) => n.get() as usize,
             };
             let backend = match backend {
                 BackendArg::Auto => BackendChoice::Auto,
                 BackendArg::IoUring => BackendChoice::IoUring,
                 BackendArg::Epoll => BackendChoice::Epoll,
             };
-            if let Some(AdminArg(admin)) = admin {
-                config.knobs.admin = admin;
-            }
             match engine::run(EngineSettings {
                 config,
                 shards,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
                 source: ConfigSource {
                     path: config_path,
                     yaml,
+                    overrides,
                 },
             }) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +142,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load(Some(&config)) {
+        Command::Check { config } => match load(Some(&config), &KnobOverrides::default()) {
             Ok((config, _)) => {
                 println!(
                     "{}: valid ({} listeners, {} bound addresses, {} clusters)",
@@ -174,15 +179,17 @@ fn config_name(config: &Config) -> String {
     )
 }
 
-/// The config and the YAML it came from.
-fn load(path: Option<&PathBuf>) -> Result<(Config, String), String> {
-    let Some(path) = path else {
-        return Ok((Config::default_config(), DEFAULT_YAML.to_string()));
+/// The config (with command-line overrides applied and validated) and the YAML it came from.
+fn load(path: Option<&PathBuf>, overrides: &KnobOverrides) -> Result<(Config, String), String> {
+    let (text, name) = match path {
+        None => (DEFAULT_YAML.to_string(), "embedded default config".to_string()),
+        Some(path) => (
+            engine::read_config_file(path)?,
+            path.display().to_string(),
+        ),
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
-    let config = Config::from_yaml(&text)
-        .map_err(|err: ConfigError| format!("{}: {err}", path.display()))?;
+    let config = Config::from_yaml_with(&text, overrides)
+        .map_err(|err: ConfigError| format!("{name}: {err}"))?;
     Ok((config, text))
 }
 

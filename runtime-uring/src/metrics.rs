@@ -202,6 +202,12 @@ impl Collector for Scrape {
                 counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
             }
         }
+        counter(
+            &mut encoder,
+            "admin_connections_evicted",
+            "Admin connections closed unanswered to make room (more than 32 open at once).",
+            crate::admin::REFUSED.load(Ordering::Relaxed),
+        )?;
         Ok(())
     }
 }

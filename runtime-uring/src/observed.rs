@@ -60,6 +60,28 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// An engine's view with no shard and the embedded default config (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            rows: Vec::new(),
+            backend: "io_uring",
+            data_path: "uring-splice",
+            started: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            reloads_ok: AtomicU64::new(0),
+            reloads_rejected: AtomicU64::new(0),
+            config: Mutex::new(Arc::new(RunningConfig {
+                config: Arc::new(Config::default_config()),
+                yaml: origdst_core::config::DEFAULT_YAML.to_string(),
+                path: None,
+                generation: 1,
+            })),
+            access_log: None,
+            started_at: Instant::now(),
+        }
+    }
+
     /// The running config (a cheap clone of the Arc).
     pub fn running(&self) -> Arc<RunningConfig> {
         Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))

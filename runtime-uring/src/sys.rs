@@ -172,6 +172,12 @@ pub(crate) fn set_rcvlowat(fd: &OwnedFd, bytes: u32) -> io::Result<()> {
     set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
 }
 
+/// `SO_PEEK_OFF`: with `offset` ≥ 0, each `MSG_PEEK` starts where the previous one ended (and
+/// moves the offset on); -1 turns it off.
+pub(crate) fn set_peek_offset(fd: &OwnedFd, offset: i32) -> io::Result<()> {
+    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
 /// Reads up to `buf.len()` bytes of the stream without consuming them.
 pub(crate) fn peek(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     use nix::sys::socket::{MsgFlags, recv};

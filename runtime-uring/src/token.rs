@@ -36,9 +36,12 @@ pub(crate) enum Kind {
     SpliceIn,
     /// `IORING_OP_SPLICE` pipe → sink socket (opsplice path).
     SpliceOut,
+    /// Errors and hang-ups on one socket of a live connection, whatever its pumps wait for;
+    /// `dir`'s source is the watched side.
+    Watch,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::Accept,
     Kind::Wake,
     Kind::ConnectPoll,
@@ -50,6 +53,7 @@ const KINDS: [Kind; 11] = [
     Kind::HeadPoll,
     Kind::SpliceIn,
     Kind::SpliceOut,
+    Kind::Watch,
 ];
 
 /// A decoded `user_data`.

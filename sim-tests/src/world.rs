@@ -217,6 +217,7 @@ pub fn run(scenario: &Scenario, keep_trace: bool) -> Report {
                 .collect(),
             local_ips: vec![proxy_ip],
             own_mark: Some(MARK),
+            admin: None,
         },
         routing: scenario
             .routing

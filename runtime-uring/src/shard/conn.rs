@@ -87,6 +87,17 @@ impl DirIo {
     }
 }
 
+/// The error watch on one socket ([`super::Shard::arm_watches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Not armed yet.
+    Off,
+    /// A poll is in flight.
+    Armed,
+    /// Fired or cancelled; never re-armed (the socket hung up).
+    Done,
+}
+
 pub(crate) struct ConnIo {
     pub(crate) core: Connection,
     pub(crate) generation: u16,
@@ -100,6 +111,10 @@ pub(crate) struct ConnIo {
     pub(crate) own_upstream: Option<(u16, u64)>,
     /// While reading the request head: the most bytes to peek.
     pub(crate) peek_max: u32,
+    /// While reading the request head: the bytes core holds already.
+    pub(crate) peek_have: u32,
+    /// The client socket's peek offset is on (SO_PEEK_OFF): a peek returns only new bytes.
+    pub(crate) peek_incremental: bool,
     /// This connection's upstream is an internal listener: the pair (outer end).
     pub(crate) internal_upstream: Option<usize>,
     /// This connection came from an internal listener: the pair (inner end).
@@ -110,6 +125,8 @@ pub(crate) struct ConnIo {
     pub(crate) connect_poll_armed: bool,
     /// A POLLIN on the client while reading the request head is in flight.
     pub(crate) head_poll_armed: bool,
+    /// The error watches on the client (0) and the upstream (1) socket.
+    pub(crate) watch: [Watch; 2],
 }
 
 impl ConnIo {
@@ -128,11 +145,14 @@ impl ConnIo {
             timer_at: None,
             own_upstream: None,
             peek_max: 0,
+            peek_have: 0,
+            peek_incremental: false,
             internal_upstream: None,
             internal_client: None,
             listener_name: None,
             connect_poll_armed: false,
             head_poll_armed: false,
+            watch: [Watch::Off; 2],
         }
     }
 

@@ -32,7 +32,7 @@ use origdst_core::time::Instant;
 use slab::Slab;
 use socket2::Socket;
 
-use self::conn::{ConnIo, DirIo};
+use self::conn::{ConnIo, DirIo, Watch};
 use self::io::{BufferPool, DirKey, Io};
 pub(crate) use self::poller::Backend;
 use self::poller::Poller;
@@ -140,8 +140,12 @@ pub(crate) struct Shard {
     balancer: Balancer,
     /// Resets crossing internal-listener pairs, to deliver from the main loop.
     peer_errors: VecDeque<(usize, u16, Side)>,
+    /// Inner connections of internal-listener pairs, to start from the main loop.
+    inner_starts: VecDeque<(usize, u16)>,
     /// The data path connections use (the epoll backend has only the readiness pump).
     dir_path: DataPath,
+    /// Where request heads are peeked into (header mode): allocated once, never zeroed again.
+    peek_scratch: Box<[u8]>,
 }
 
 impl Shard {
@@ -245,7 +249,9 @@ impl Shard {
             log_budget: LogBudget::default(),
             balancer: Balancer::default(),
             peer_errors: VecDeque::new(),
+            inner_starts: VecDeque::new(),
             dir_path,
+            peek_scratch: vec![0; PEEK_SCRATCH_BYTES].into_boxed_slice(),
         })
     }
 
@@ -257,10 +263,11 @@ impl Shard {
         self.arm_wake();
         loop {
             let now = self.now();
-            self.flush_peer_errors(now);
+            self.flush_deferred(now);
             self.run_ready(now);
-            self.flush_peer_errors(now);
+            self.flush_deferred(now);
             self.fire_timers(now);
+            self.flush_deferred(now);
             if self.draining && self.conns.is_empty() {
                 break;
             }
@@ -286,7 +293,9 @@ impl Shard {
     /// Submits, then waits for at least one completion unless work is ready, bounded by the next
     /// timer.
     fn wait(&mut self) -> Result<(), String> {
-        let want = usize::from(self.io.ready.is_empty() && self.peer_errors.is_empty());
+        let want = usize::from(
+            self.io.ready.is_empty() && self.peer_errors.is_empty() && self.inner_starts.is_empty(),
+        );
         if want > 0 && !self.io.closing.is_empty() {
             // About to block: close now what is waiting to be closed, or a reset would wait in a
             // closing descriptor for the next event.
@@ -350,6 +359,14 @@ impl Shard {
             if res == -libc::ECANCELED || self.draining {
                 return;
             }
+            if res == -libc::ECONNABORTED {
+                // The client reset while in the accept queue: not a failure of ours.
+                self.stats.incr(Counter::AcceptClientGone);
+                if !more {
+                    self.arm_accept(index);
+                }
+                return;
+            }
             self.stats.incr(Counter::AcceptFail);
             if sys::is_descriptor_exhaustion(-res) {
                 if self.io.pipes.shed_idle() > 0 && !more {
@@ -398,8 +415,9 @@ impl Shard {
                 evidence
             }
             Err(err) => {
-                // The client left between accept and getpeername: nothing to relay or reset.
-                self.stats.incr(Counter::AcceptFail);
+                // The client left between accept and getpeername (a reset in the accept queue
+                // shows up here on Linux): nothing to relay or reset.
+                self.stats.incr(Counter::AcceptClientGone);
                 tracing::debug!(error = %err, "accepted socket unusable");
                 return;
             }
@@ -478,6 +496,10 @@ impl Shard {
                 self.finish_peek(now, slot, res);
                 return;
             }
+            Kind::Watch => {
+                self.on_watch(now, slot, token.dir.source(), res);
+                return;
+            }
             Kind::Recv
             | Kind::Send
             | Kind::PollIn
@@ -536,12 +558,18 @@ impl Shard {
     fn start_peek(&mut self, slot: usize, have: u32, max: u32) {
         let conn = &mut self.conns[slot];
         conn.peek_max = max;
+        conn.peek_have = have;
         // Config validation keeps header mode off internal listeners, whose clients have no fd.
         let client = conn
             .client
             .as_ref()
             .expect("header mode needs a client socket");
-        if have > 0 {
+        if have == 0 {
+            // SO_PEEK_OFF (TCP since 6.9): each peek returns only bytes not peeked before, so a
+            // wake-up costs what arrived, not the whole head again. Without it, the whole prefix
+            // is peeked and only its new part handed to core.
+            conn.peek_incremental = sys::set_peek_offset(client, 0).is_ok();
+        } else {
             // Without this the poll would fire at once on the bytes already seen.
             let _ = sys::set_rcvlowat(client, have.saturating_add(1));
         }
@@ -552,7 +580,7 @@ impl Shard {
         self.io.poll_once(fd, events, token.encode());
     }
 
-    /// Peeks the head (without consuming it) and lets core decide.
+    /// Peeks what arrived of the head (without consuming it) and lets core decide.
     fn finish_peek(&mut self, now: Instant, slot: usize, res: i32) {
         let conn = &mut self.conns[slot];
         if res == -libc::ECANCELED || conn.core.is_closed() {
@@ -566,19 +594,39 @@ impl Shard {
         }
         let revents = res as u32;
         let ended = revents & (libc::POLLRDHUP | libc::POLLHUP) as u32 != 0;
-        let mut head = vec![0u8; conn.peek_max as usize];
+        let have = conn.peek_have as usize;
+        let max = (conn.peek_max as usize).min(self.peek_scratch.len());
         let client = conn
             .client
             .as_ref()
             .expect("header mode needs a client socket");
-        match sys::peek(client, &mut head) {
+        // Incremental: the socket's peek offset is at `have`, peek only what is new.
+        let (into, skip) = if conn.peek_incremental {
+            (&mut self.peek_scratch[..max.saturating_sub(have)], 0)
+        } else {
+            (&mut self.peek_scratch[..max], have)
+        };
+        match sys::peek(client, into) {
             Ok(n) => {
-                let _ = sys::set_rcvlowat(client, 1);
-                conn.core
-                    .handle_peeked(now, &head[..n], ended, &self.setup.me, &mut self.stats);
+                let piece = &into[skip.min(n)..n];
+                conn.core.handle_peeked(
+                    now,
+                    piece,
+                    ended,
+                    &self.setup.me,
+                    &self.setup.config.knobs.destination_policy,
+                    &mut self.stats,
+                );
+                if !conn.core.is_reading_head() {
+                    // Decided: relaying reads from the start of the stream again.
+                    let _ = sys::set_rcvlowat(client, 1);
+                    if conn.peek_incremental {
+                        let _ = sys::set_peek_offset(client, -1);
+                    }
+                }
             }
             Err(err) if err.kind() == stdio::ErrorKind::WouldBlock => {
-                let have = 0;
+                let have = conn.peek_have;
                 let max = conn.peek_max;
                 self.start_peek(slot, have, max);
                 return;
@@ -696,7 +744,59 @@ impl Shard {
                 other => unreachable!("action {other:?} is not produced by this core version"),
             }
         }
+        self.arm_watches(slot);
         self.rearm_timer(slot);
+    }
+
+    // === error watches ===
+
+    /// Every kernel socket of a live connection is watched for errors and hang-ups, whatever its
+    /// pumps are waiting for: a client that resets while origdst waits on the upstream (a connect
+    /// to a black hole, an upstream that stopped reading) ends the connection at once instead of
+    /// at the connect or idle timeout. The client from accept; the upstream once connected (until
+    /// then the connect poll sees its errors).
+    fn arm_watches(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.core.is_closed() {
+            return;
+        }
+        for side in [Side::Client, Side::Upstream] {
+            let index = watch_index(side);
+            if conn.watch[index] != Watch::Off {
+                continue;
+            }
+            if side == Side::Upstream && !conn.core.history().connected {
+                continue;
+            }
+            let Some(fd) = conn.fd(side).map(AsRawFd::as_raw_fd) else {
+                continue;
+            };
+            let token = Token::new(Kind::Watch, slot, conn.generation, watch_dir(side));
+            conn.watch[index] = Watch::Armed;
+            self.io.poller.watch(fd, token.encode());
+        }
+    }
+
+    /// A watched socket has an error (reset) or hung up.
+    fn on_watch(&mut self, now: Instant, slot: usize, side: Side, res: i32) {
+        let conn = &mut self.conns[slot];
+        // Hung up without an error (the peer's FIN: io_uring polls always report RDHUP), or the
+        // watch was cancelled: nothing more to watch on this socket — the reading pump will meet
+        // the end of stream, the writing pump any later error.
+        conn.watch[watch_index(side)] = Watch::Done;
+        if res < 0 || res as u32 & libc::POLLERR as u32 == 0 || conn.core.is_closed() {
+            return;
+        }
+        let Some(fd) = conn.fd(side) else {
+            return;
+        };
+        // SO_ERROR: a pump may have consumed the error meanwhile and reported it itself.
+        let Some(kind) = sys::connect_result(fd) else {
+            return;
+        };
+        self.stats.incr(Counter::WatchedErrors);
+        conn.core.handle_error(now, side, kind, &mut self.stats);
+        self.drive(now, slot);
     }
 
     fn start_connect(
@@ -844,6 +944,12 @@ impl Shard {
                     .push(Token::new(kind, slot, conn.generation, Dir::ClientToUpstream).encode());
             }
         }
+        for side in [Side::Client, Side::Upstream] {
+            if conn.watch[watch_index(side)] == Watch::Armed {
+                let token = Token::new(Kind::Watch, slot, conn.generation, watch_dir(side));
+                targets.push(token.encode());
+            }
+        }
         for dir in Dir::ALL {
             let key = DirKey {
                 slot,
@@ -944,7 +1050,23 @@ impl Shard {
         let generation = self.conns[inner].generation;
         self.conns[inner].use_pair(pair, false);
         self.io.pairs[pair].inner = Some((inner, generation));
-        self.drive(now, inner);
+        // Driven from the main loop, not from here: the inner connection may connect to another
+        // internal listener in turn, and a chain must never become recursion on the shard's stack
+        // (a cycle once overflowed it). Core bounds the hops; this bounds the stack.
+        self.inner_starts.push_back((inner, generation));
+    }
+
+    /// Drives the inner connections that internal connects created (and what they set off).
+    fn flush_inner_starts(&mut self, now: Instant) {
+        while let Some((slot, generation)) = self.inner_starts.pop_front() {
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.drive(now, slot);
+            }
+        }
     }
 
     /// `Reset` of an internal end: the connection on the other end sees an error on its side.
@@ -961,6 +1083,15 @@ impl Shard {
             // reaction may come back to this connection while it is still being driven.
             self.peer_errors
                 .push_back((peer_slot, generation, peer_side));
+        }
+    }
+
+    /// Work that connections queued for the main loop instead of recursing: inner connections
+    /// to start, resets crossing pairs. Each may queue more; the hop bound ends every chain.
+    fn flush_deferred(&mut self, now: Instant) {
+        while !(self.inner_starts.is_empty() && self.peer_errors.is_empty()) {
+            self.flush_inner_starts(now);
+            self.flush_peer_errors(now);
         }
     }
 
@@ -1280,6 +1411,22 @@ impl Shard {
     }
 }
 
+/// Where a side's watch lives in [`ConnIo::watch`].
+const fn watch_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Upstream => 1,
+    }
+}
+
+/// The token direction naming a watched side (its source).
+const fn watch_dir(side: Side) -> Dir {
+    match side {
+        Side::Client => Dir::ClientToUpstream,
+        Side::Upstream => Dir::UpstreamToClient,
+    }
+}
+
 fn listener_names(config: &Config) -> Vec<Arc<str>> {
     config
         .listeners
@@ -1415,5 +1562,7 @@ struct FdWaiter {
     source: Option<std::net::SocketAddr>,
 }
 
+/// `http_head_max_bytes`' upper bound.
+const PEEK_SCRATCH_BYTES: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_LINES_PER_SECOND_MAX: u32 = 20;

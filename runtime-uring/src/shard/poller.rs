@@ -53,6 +53,8 @@ struct Interest {
     write: Option<(u32, u64)>,
     /// Persistent level-triggered interest: (user_data, accept loop?).
     persistent: Option<(u64, bool)>,
+    /// One-shot error/hang-up watch (epoll reports EPOLLERR and EPOLLHUP whatever the mask).
+    watch: Option<u64>,
     registered: bool,
 }
 
@@ -72,7 +74,10 @@ impl Interest {
     }
 
     fn is_empty(&self) -> bool {
-        self.read.is_none() && self.write.is_none() && self.persistent.is_none()
+        self.read.is_none()
+            && self.write.is_none()
+            && self.persistent.is_none()
+            && self.watch.is_none()
     }
 }
 
@@ -148,6 +153,23 @@ impl Poller {
                 } else {
                     interest.read = Some((events, user_data));
                 }
+                epoll.sync(fd);
+            }
+        }
+    }
+
+    /// One-shot watch for errors and hang-ups on `fd`: a completion with the events once the
+    /// socket has an error (a reset) or is hung up. io_uring adds EPOLLRDHUP to every poll, so
+    /// there a peer's FIN fires it too; the shard then stops watching (nothing more can fail
+    /// silently on the reading side, and the writing side's errors reach its pump).
+    pub(crate) fn watch(&mut self, fd: RawFd, user_data: u64) {
+        match self {
+            Self::Uring { .. } => {
+                let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLERR as u32).build();
+                self.push(poll.user_data(user_data));
+            }
+            Self::Epoll(epoll) => {
+                epoll.interests.entry(fd).or_default().watch = Some(user_data);
                 epoll.sync(fd);
             }
         }
@@ -313,6 +335,9 @@ impl EpollPoller {
                 for (_, user_data) in [interest.read, interest.write].into_iter().flatten() {
                     self.pending.push_back((user_data, -(errno as i32), 0));
                 }
+                if let Some(user_data) = interest.watch {
+                    self.pending.push_back((user_data, -(errno as i32), 0));
+                }
             }
         }
     }
@@ -322,6 +347,7 @@ impl EpollPoller {
             interest.read = None;
             interest.write = None;
             interest.persistent = None;
+            interest.watch = None;
             self.sync(fd);
         }
     }
@@ -381,7 +407,7 @@ impl EpollPoller {
             return;
         };
         let errors = (libc::POLLERR | libc::POLLHUP) as u32;
-        let mut fired = Vec::with_capacity(2);
+        let mut fired = Vec::with_capacity(3);
         if let Some((events, user_data)) = interest.read
             && ready & (events | errors) != 0
         {
@@ -393,6 +419,12 @@ impl EpollPoller {
         {
             interest.write = None;
             fired.push((user_data, (ready & (events | errors)) as i32, 0));
+        }
+        if let Some(user_data) = interest.watch
+            && ready & errors != 0
+        {
+            interest.watch = None;
+            fired.push((user_data, (ready & errors) as i32, 0));
         }
         let persistent = interest.persistent;
         self.pending.extend(fired);
