@@ -22,8 +22,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::DestinationPolicy;
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
+use crate::config::DestinationPolicy;
 use crate::http_head::{self, Head};
 use crate::orig_dst::{
     self, AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RedirectRecord, RefuseReason,

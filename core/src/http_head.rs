@@ -68,7 +68,8 @@ impl HeadBuffer {
     /// client closed its stream (no more bytes will come).
     pub fn push(&mut self, piece: &[u8], max: usize, header: &str, ended: bool) -> Head {
         let room = max.saturating_sub(self.bytes.len());
-        self.bytes.extend_from_slice(&piece[..piece.len().min(room)]);
+        self.bytes
+            .extend_from_slice(&piece[..piece.len().min(room)]);
         // The blank line may straddle pieces: rescan the last three bytes seen.
         let from = self.scanned.saturating_sub(3);
         let ended_head = head_end(&self.bytes[from..]).is_some();
@@ -118,7 +119,8 @@ mod tests {
 
     #[test]
     fn pieces_of_any_size_give_the_answer_of_the_whole() {
-        let head = b"POST /x HTTP/1.1\r\nHost: h\r\nx-envoy-original-dst-host: [fd00::1]:8080\r\n\r\nbody";
+        let head =
+            b"POST /x HTTP/1.1\r\nHost: h\r\nx-envoy-original-dst-host: [fd00::1]:8080\r\n\r\nbody";
         for size in [1, 2, 3, 5, 64, head.len()] {
             let mut buffer = HeadBuffer::default();
             let mut answer = Head::Partial;
@@ -128,7 +130,11 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(answer, Head::Complete(Some("[fd00::1]:8080".into())), "pieces of {size}");
+            assert_eq!(
+                answer,
+                Head::Complete(Some("[fd00::1]:8080".into())),
+                "pieces of {size}"
+            );
         }
     }
 
@@ -140,7 +146,11 @@ mod tests {
         let mut parses = 0;
         let mut last_parse_at = buffer.parse_at;
         for i in 0..60_000 {
-            let byte = if i < line.len() { line[i] } else { b'a' + (i % 26) as u8 };
+            let byte = if i < line.len() {
+                line[i]
+            } else {
+                b'a' + (i % 26) as u8
+            };
             assert_eq!(buffer.push(&[byte], 65536, HEADER, false), Head::Partial);
             if buffer.parse_at != last_parse_at {
                 parses += 1;
@@ -150,17 +160,30 @@ mod tests {
         assert!(parses <= 12, "{parses} parses");
         // Not HTTP at all: refused on the first piece.
         let mut buffer = HeadBuffer::default();
-        assert_eq!(buffer.push(b"\x16\x03\x01", 8192, HEADER, false), Head::Invalid);
+        assert_eq!(
+            buffer.push(b"\x16\x03\x01", 8192, HEADER, false),
+            Head::Invalid
+        );
     }
 
     #[test]
     fn the_limit_and_the_end_of_stream_force_an_answer() {
         let mut buffer = HeadBuffer::default();
-        assert_eq!(buffer.push(b"GET / HTTP/1.1\r\nA: b", 8192, HEADER, false), Head::Partial);
-        assert_eq!(buffer.push(b"", 8192, HEADER, true), Head::Partial, "caller decides on end");
+        assert_eq!(
+            buffer.push(b"GET / HTTP/1.1\r\nA: b", 8192, HEADER, false),
+            Head::Partial
+        );
+        assert_eq!(
+            buffer.push(b"", 8192, HEADER, true),
+            Head::Partial,
+            "caller decides on end"
+        );
         let mut buffer = HeadBuffer::default();
         let long = [b'a'; 300];
-        assert_eq!(buffer.push(b"GET / HTTP/1.1\r\nA: ", 256, HEADER, false), Head::Partial);
+        assert_eq!(
+            buffer.push(b"GET / HTTP/1.1\r\nA: ", 256, HEADER, false),
+            Head::Partial
+        );
         assert_eq!(buffer.push(&long, 256, HEADER, false), Head::Partial);
         assert_eq!(buffer.len(), 256, "bytes past the limit are not kept");
     }

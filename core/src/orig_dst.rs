@@ -261,7 +261,9 @@ impl SelfAddrs {
         }
         let bound = crate::addr::canonical_ip(bound.ip());
         if bound.is_unspecified() {
-            dst.ip().is_loopback() || dst.ip().is_unspecified() || self.local_ips.contains(&dst.ip())
+            dst.ip().is_loopback()
+                || dst.ip().is_unspecified()
+                || self.local_ips.contains(&dst.ip())
         } else {
             bound == dst.ip()
         }

@@ -222,6 +222,106 @@ fn header_mode_teapot_on_9001_routes_by_header_and_forwards_unchanged() {
     assert_eq!(exit.stat("http_head_invalid"), 1);
 }
 
+#[test]
+fn header_mode_cannot_reach_the_admin_endpoint_loopback_or_the_metadata_service() {
+    let gw = Gateway::new("hdrpolicy");
+    let config = header_mode_config("hdrpolicy");
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    // Each of these, before the destination policy, got origdst's own /config_dump or tried the
+    // metadata service: now a reset, counted under its own reason.
+    for header in [
+        "x-envoy-original-dst-host: 127.0.0.1:15000\r\n",
+        "x-envoy-original-dst-host: [::ffff:127.0.0.1]:15000\r\n",
+        "x-envoy-original-dst-host: 169.254.169.254:80\r\n",
+        "x-envoy-original-dst-host: 127.0.0.1:15000\r\nx-envoy-original-dst-host: 10.11.2.11:80\r\n",
+    ] {
+        let request = format!("GET /config_dump HTTP/1.1\r\nHost: x\r\n{header}\r\n");
+        let got = ask_9001(&gw, request.into_bytes(), None);
+        assert_eq!(
+            got.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Err(ErrorKind::ConnectionReset),
+            "{header}"
+        );
+    }
+    let metrics = origdst_netns_tests::admin::scrape(&gw.router);
+    for (reason, count) in [
+        ("destination_denied", 3.0),
+        ("original_dst_host_duplicate", 1.0),
+    ] {
+        let series = format!("origdst_downstream_cx_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metrics.value(&series), count, "{series}");
+    }
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("refused_destination_denied"), 3, "{}", exit.log);
+    assert_eq!(exit.stat("original_dst_host_duplicate"), 1);
+    assert_eq!(exit.stat("upstream_cx_total"), 0, "nothing was dialled");
+}
+
+#[test]
+fn slow_heads_do_not_delay_another_clients_head() {
+    let gw = Gateway::new("slowhead");
+    let server = addr(SERVER_V4[1], 80);
+    let _teapot = teapot(&gw, server);
+    let yaml = std::fs::read_to_string(header_mode_config("slowhead0").arg())
+        .unwrap()
+        .replace(
+            "http_head_max_bytes: 1024, http_head_timeout: 0.5s",
+            "http_head_max_bytes: 65536, http_head_timeout: 30s",
+        );
+    let config = ConfigFile::new("slowhead", &yaml);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    // Four clients trickle 16 kB heads one byte per segment (each re-woke the shard, which
+    // re-peeked and re-parsed the whole head every time: quadratic).
+    let target = addr(ROUTER_CLIENT_SIDE_V4, 9001);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            gw.client.spawn(move || {
+                let mut stream = TcpStream::connect(target).expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let head = format!("GET / HTTP/1.1\r\nx-pad: {}", "a".repeat(16 * 1024));
+                for byte in head.bytes() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if stream.write_all(&[byte]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile a normal header request is answered at once.
+    let request = format!(
+        "GET /status/418 HTTP/1.1\r\nHost: x\r\nx-envoy-original-dst-host: {server}\r\n\r\n"
+    );
+    let started = std::time::Instant::now();
+    let answer = ask_9001(&gw, request.into_bytes(), None).expect("an answer");
+    let waited = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in slow {
+        thread.join().unwrap();
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 418"));
+    assert!(
+        waited < Duration::from_secs(1),
+        "a normal head waited {waited:?} behind four slow ones"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
+}
+
 /// Starts Envoy's internal-listener example, unmodified, in the router with `server` on
 /// 0.0.0.0:19001 beside it (the example's STATIC endpoint).
 fn internal_example(

@@ -252,3 +252,154 @@ fn sigterm_drains_an_open_transfer_byte_exact_and_refuses_new_connections() {
     assert_eq!(exit.stat("completed"), 1);
     assert_eq!(exit.stat("drain_aborted"), 0);
 }
+
+/// Connections open in `ns` toward `port` (ESTABLISHED), as `ss` lists them.
+fn established(ns: &origdst_netns_tests::netns::Netns, port: u16) -> usize {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let out = ns.exec("ss", &["-Htn", "state", "established", &filter]);
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Polls `check` every 10 ms for up to one second; how long it took, or the last value.
+fn within_a_second(mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        if check() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Clients that reset while origdst waits on the other side — pushing into an upstream that
+/// stopped reading, or waiting for a connect to a black hole — must be noticed at once: both
+/// sockets released, the upstream reset, counters back to zero within a second, on every data
+/// path and both backends (not at the idle timeout, an hour, or the connect timeout).
+fn client_reset_while_waiting_is_noticed(tag: &str, args: &[&str]) {
+    let gw = Gateway::new(tag);
+    const CLIENTS: usize = 4;
+    // The stuck upstream: accepts, holds the connection, never reads.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = Arc::clone(&held);
+    let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        holder.lock().unwrap().push(stream);
+    });
+    let stuck = addr(SERVER_V4[0], 8092);
+    let _server = Server::start(&gw.server, &[stuck], handler);
+    // The black hole: SYNs dropped.
+    gw.server.exec(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "8093", "-j", "DROP"],
+    );
+    let black_hole = addr(SERVER_V4[0], 8093);
+    // Timeouts far beyond the test: only the watch can end these connections in time.
+    let config = ConfigFile::default_with(tag, &[("connect_timeout: 10s", "connect_timeout: 60s")]);
+    let mut proxy_args = vec!["--config", config.arg(), "--shards", "2"];
+    proxy_args.extend_from_slice(args);
+    let mut proxy = Proxy::start(origdst_bin!(), &gw.router, &proxy_args);
+    let idle_fds = proxy.open_fds();
+
+    // 1. Pushing into an upstream that stopped reading, then a reset.
+    let clients: Vec<TcpStream> = gw.client.run(move || {
+        (0..CLIENTS)
+            .map(|_| {
+                let mut stream = TcpStream::connect(stuck).expect("connect");
+                stream.set_nonblocking(true).unwrap();
+                let chunk = [0x5au8; 65536];
+                let (mut sent, mut blocked_since) = (0usize, None::<Instant>);
+                // Until the send has been blocked for 300 ms: every buffer on the way is full.
+                while blocked_since.is_none_or(|t| t.elapsed() < Duration::from_millis(300)) {
+                    assert!(sent < 256 << 20, "the upstream's window never closed");
+                    match stream.write(&chunk) {
+                        Ok(n) => {
+                            sent += n;
+                            blocked_since = None;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            blocked_since.get_or_insert_with(Instant::now);
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => panic!("client write: {e}"),
+                    }
+                }
+                stream
+            })
+            .collect()
+    });
+    assert_eq!(held.lock().unwrap().len(), CLIENTS);
+    assert_eq!(established(&gw.server, 8092), CLIENTS);
+    assert_eq!(proxy.live_stat("connections_active"), CLIENTS as u64);
+    for stream in clients {
+        reset_on_close(&stream);
+    }
+    let released = within_a_second(|| proxy.open_fds() == idle_fds);
+    assert!(
+        released.is_some(),
+        "origdst still holds {} descriptors ({} idle) a second after the clients reset:\n{}",
+        proxy.open_fds(),
+        idle_fds,
+        proxy.log()
+    );
+    assert!(
+        within_a_second(|| established(&gw.server, 8092) == 0).is_some(),
+        "the stuck upstream's connections were not reset"
+    );
+    assert_eq!(proxy.live_stat("connections_active"), 0);
+
+    // 2. Waiting for a connect to a black hole, then a reset.
+    let clients: Vec<TcpStream> = gw.client.run(move || {
+        (0..CLIENTS)
+            .map(|_| TcpStream::connect(black_hole).expect("the proxy accepts"))
+            .collect()
+    });
+    let pending = within_a_second(|| proxy.live_stat("connections_active") == CLIENTS as u64);
+    assert!(pending.is_some(), "the connects never started");
+    thread::sleep(Duration::from_millis(100));
+    for stream in clients {
+        reset_on_close(&stream);
+    }
+    let released = within_a_second(|| proxy.open_fds() == idle_fds);
+    assert!(
+        released.is_some(),
+        "origdst still holds {} descriptors ({} idle) a second after the clients reset",
+        proxy.open_fds(),
+        idle_fds
+    );
+    assert_eq!(proxy.live_stat("connections_active"), 0);
+
+    let exit = proxy.stop_clean();
+    assert_eq!(
+        exit.stat("downstream_cx_reset"),
+        2 * CLIENTS as u64,
+        "{}",
+        exit.log
+    );
+    assert!(
+        exit.stat("watched_socket_errors") >= CLIENTS as u64,
+        "the connect waits can only end through the watch: {}",
+        exit.log
+    );
+    assert_eq!(exit.stat("upstream_cx_connect_timeout"), 0);
+    assert_eq!(exit.stat("idle_timeout"), 0);
+}
+
+#[test]
+fn client_reset_while_waiting_is_noticed_uring_splice() {
+    client_reset_while_waiting_is_noticed("rwwsplice", &["--data-path", "uring-splice"]);
+}
+
+#[test]
+fn client_reset_while_waiting_is_noticed_uring_copy() {
+    client_reset_while_waiting_is_noticed("rwwcopy", &["--data-path", "uring-copy"]);
+}
+
+#[test]
+fn client_reset_while_waiting_is_noticed_uring_opsplice() {
+    client_reset_while_waiting_is_noticed("rwwopsplice", &["--data-path", "uring-opsplice"]);
+}
+
+#[test]
+fn client_reset_while_waiting_is_noticed_epoll() {
+    client_reset_while_waiting_is_noticed("rwwepoll", &["--backend", "epoll"]);
+}

@@ -129,12 +129,30 @@ fn captures_and_cleans_up(tag: &str, backend: &str, inbound: &str) {
     let (pod, remote) = pod_and_remote(tag);
     install_unrelated(&pod, backend);
     let before = snapshot(&pod, backend);
-    let args = ["apply", "--backend", backend, "--inbound", inbound];
+    // `apply` checks the rules against the config origdst will run: it has the inbound listener.
+    let config = sidecar_config(tag, inbound == "tproxy");
+    let args = [
+        "apply",
+        "--backend",
+        backend,
+        "--inbound",
+        inbound,
+        "--config",
+        config.arg(),
+    ];
     if inbound == "tproxy" {
         // Switching modes converges: REDIRECT's inbound rules go when TPROXY's come.
         origdst_iptables(
             &pod,
-            &["apply", "--backend", backend, "--inbound", "redirect"],
+            &[
+                "apply",
+                "--backend",
+                backend,
+                "--inbound",
+                "redirect",
+                "--config",
+                config.arg(),
+            ],
         );
     }
     origdst_iptables(&pod, &args);
@@ -163,7 +181,6 @@ fn captures_and_cleans_up(tag: &str, backend: &str, inbound: &str) {
         .map(|ip| SocketAddr::new(ip.parse().unwrap(), 9090))
         .collect();
     let (_app, app_seen) = Server::echo_local(&pod, &inbound_dsts);
-    let config = sidecar_config(tag, inbound == "tproxy");
     let proxy = Proxy::start(
         origdst_bin!(),
         &pod,
@@ -222,6 +239,39 @@ fn iptables_tproxy_captures_both_ways_is_idempotent_and_removes_cleanly() {
 #[test]
 fn nftables_tproxy_captures_both_ways_is_idempotent_and_removes_cleanly() {
     captures_and_cleans_up("rulesnfttp", "nftables", "tproxy");
+}
+
+#[test]
+fn apply_refuses_rules_that_redirect_to_a_port_without_a_listener() {
+    let (pod, _remote) = pod_and_remote("rulesnolisten");
+    let before = snapshot(&pod, "iptables");
+    // The embedded default has no inbound listener: inbound REDIRECT to 15006 would black-hole
+    // every inbound connection of the host (SSH included).
+    let output = pod
+        .command(origdst_bin!())
+        .args(["iptables", "apply", "--inbound", "redirect"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "--inbound-port 15006: the embedded default config has no IPv4 listener on port 15006"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&pod, "iptables"),
+        before,
+        "a refused apply changed the rules"
+    );
+    // With its defaults, apply follows the default config: outbound only.
+    origdst_iptables(&pod, &["apply"]);
+    let applied = snapshot(&pod, "iptables");
+    assert!(applied.contains("--to-ports 15001"), "{applied}");
+    assert!(!applied.contains("15006"), "{applied}");
+    origdst_iptables(&pod, &["remove"]);
+    assert_eq!(snapshot(&pod, "iptables"), before);
 }
 
 #[test]

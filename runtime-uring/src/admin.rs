@@ -296,7 +296,10 @@ mod tests {
             .collect();
         let start = Instant::now();
         while REFUSED.load(Ordering::Relaxed) < (100 - CONNECTIONS_MAX) as u64 {
-            assert!(start.elapsed() < Duration::from_secs(5), "extra connections not refused");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "extra connections not refused"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         // Once the idle ones time out, a request is answered (no thread is held by them).
@@ -311,6 +314,9 @@ mod tests {
         write!(stream, "\x16\x03\x01 not http\r\n\r\n").unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
     }
 }

@@ -75,8 +75,8 @@ pub struct ConfigSource {
 /// Reads a config file, refusing one over [`limits::CONFIG_BYTES_MAX`] before reading it all.
 pub fn read_config_file(path: &std::path::Path) -> Result<String, String> {
     use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .map_err(|err| format!("{}: cannot read: {err}", path.display()))?;
     let mut text = String::new();
     file.take(limits::CONFIG_BYTES_MAX as u64 + 1)
         .read_to_string(&mut text)

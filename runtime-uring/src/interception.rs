@@ -6,6 +6,7 @@ use std::process::{Command as Process, Stdio};
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
+use origdst_core::config::{Config, Listener};
 use origdst_rules::{Backend, Command, Inbound, Mode, Spec};
 
 /// What to do with the rules.
@@ -31,6 +32,9 @@ pub enum BackendArg {
 /// `--inbound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InboundArg {
+    /// Follow the config: REDIRECT when it has a listener on --inbound-port (TPROXY when that
+    /// listener is transparent), else no inbound capture.
+    Auto,
     /// Inbound connections are not captured.
     None,
     /// nat PREROUTING REDIRECT.
@@ -49,9 +53,14 @@ pub struct InterceptionArgs {
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
     /// How inbound connections reach the proxy (TPROXY needs a transparent listener on
-    /// --inbound-port).
-    #[arg(long, value_enum, default_value = "redirect")]
+    /// --inbound-port). `auto` follows the config.
+    #[arg(long, value_enum, default_value = "auto")]
     pub inbound: InboundArg,
+    /// The config origdst runs with (default: the embedded one). `apply` refuses rules that
+    /// redirect to a port on which it has no listener: they would black-hole every connection
+    /// they capture (SSH included).
+    #[arg(long, short)]
+    pub config: Option<std::path::PathBuf>,
     /// Do not capture outbound connections.
     #[arg(long)]
     pub no_outbound: bool,
@@ -132,8 +141,8 @@ fn parse_mark(text: &str) -> Result<MarkArg, String> {
 }
 
 impl InterceptionArgs {
-    /// The validated spec; the error names the flag.
-    pub fn spec(&self) -> Result<Spec, String> {
+    /// The validated spec for `config`; the error names the flag.
+    pub fn spec(&self, config: &Config) -> Result<Spec, String> {
         let spec = Spec {
             backend: match self.backend {
                 BackendArg::Iptables => Backend::Iptables,
@@ -144,6 +153,11 @@ impl InterceptionArgs {
             outbound: !self.no_outbound,
             outbound_port: self.outbound_port,
             inbound: match self.inbound {
+                InboundArg::Auto => match listener_on(config, self.inbound_port) {
+                    Some(listener) if listener.transparent => Inbound::Tproxy,
+                    Some(_) => Inbound::Redirect,
+                    None => Inbound::None,
+                },
                 InboundArg::None => Inbound::None,
                 InboundArg::Redirect => Inbound::Redirect,
                 InboundArg::Tproxy => Inbound::Tproxy,
@@ -164,9 +178,88 @@ impl InterceptionArgs {
     }
 }
 
+/// The first bound listener of `config` on `port`.
+fn listener_on(config: &Config, port: u16) -> Option<&Listener> {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.is_bound() && l.socket_addresses().iter().any(|a| a.port() == port))
+}
+
+/// Every port the rules send connections to must have a listener of the right kind, for each
+/// address family the rules capture: otherwise every captured connection is refused by the
+/// kernel — on a host, SSH included.
+pub fn check_ports(spec: &Spec, config: &Config, config_name: &str) -> Result<(), String> {
+    let mut targets = Vec::new();
+    if spec.outbound {
+        targets.push(("--outbound-port", spec.outbound_port, false));
+    }
+    match spec.inbound {
+        Inbound::None => {}
+        Inbound::Redirect => targets.push(("--inbound-port", spec.inbound_port, false)),
+        Inbound::Tproxy => targets.push(("--inbound-port", spec.inbound_port, true)),
+    }
+    for (flag, port, transparent) in targets {
+        let addrs: Vec<std::net::SocketAddr> = config
+            .listeners
+            .iter()
+            .filter(|l| l.is_bound() && (!transparent || l.transparent))
+            .flat_map(|l| l.socket_addresses().iter().copied())
+            .filter(|a| a.port() == port)
+            .collect();
+        let kind = if transparent {
+            "transparent listener"
+        } else {
+            "listener"
+        };
+        for (family, wanted, serves) in [
+            (
+                "IPv4",
+                spec.ipv4,
+                addrs.iter().any(|a| a.is_ipv4() || a.ip().is_unspecified()),
+            ),
+            (
+                "IPv6",
+                spec.ipv6,
+                addrs.iter().any(std::net::SocketAddr::is_ipv6),
+            ),
+        ] {
+            if wanted && !serves {
+                return Err(format!(
+                    "{flag} {port}: {config_name} has no {family} {kind} on port {port}; \
+                     rules redirecting there would black-hole every connection they capture \
+                     (pass the config origdst runs with --config, or change {flag})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `origdst iptables …`; the error says which command failed and what it printed.
 pub fn run(args: &InterceptionArgs) -> Result<(), String> {
-    let spec = args.spec()?;
+    let (config, config_name) = match &args.config {
+        None => (
+            Config::default_config(),
+            "the embedded default config".to_string(),
+        ),
+        Some(path) => {
+            let text = crate::engine::read_config_file(path)?;
+            let config =
+                Config::from_yaml(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+            (config, format!("config {}", path.display()))
+        }
+    };
+    let spec = args.spec(&config)?;
+    let checked = check_ports(&spec, &config, &config_name);
+    match args.action {
+        Action::Apply => checked?,
+        Action::Print | Action::Remove => {
+            if let (Action::Print, Err(why)) = (args.action, &checked) {
+                eprintln!("origdst iptables: warning: `apply` would refuse these rules: {why}");
+            }
+        }
+    }
     match args.action {
         Action::Print => {
             let title = format!(
@@ -262,7 +355,44 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Spec, String> {
         let cli = Cli::try_parse_from(std::iter::once("origdst").chain(args.iter().copied()))
             .map_err(|err| err.to_string())?;
-        cli.args.spec()
+        cli.args.spec(&Config::default_config())
+    }
+
+    #[test]
+    fn rules_never_redirect_to_a_port_without_a_listener() {
+        // The defaults against the embedded default config: outbound to 15001 (which it
+        // serves), inbound follows the config — it has no 15006 listener, so none.
+        let default = Config::default_config();
+        let spec = parse(&["apply"]).unwrap();
+        assert_eq!(spec.inbound, Inbound::None);
+        check_ports(&spec, &default, "the default").unwrap();
+        // Asking for inbound REDIRECT to 15006 anyway is refused, naming the port.
+        let spec = parse(&["apply", "--inbound", "redirect"]).unwrap();
+        let err = check_ports(&spec, &default, "the default").unwrap_err();
+        assert!(
+            err.starts_with("--inbound-port 15006: the default has no IPv4 listener on port 15006"),
+            "{err}"
+        );
+        let spec = parse(&["apply", "--outbound-port", "15009"]).unwrap();
+        let err = check_ports(&spec, &default, "the default").unwrap_err();
+        assert!(err.starts_with("--outbound-port 15009"), "{err}");
+        // TPROXY needs a transparent listener; an inbound listener in the config turns auto on.
+        let with_inbound = origdst_core::config::DEFAULT_YAML.replacen(
+            "static_resources:\n  listeners:\n",
+            "static_resources:\n  listeners:\n  - name: in\n    address: { socket_address: { address: \"::\", port_value: 15006 } }\n    additional_addresses: [ { address: { socket_address: { address: 0.0.0.0, port_value: 15006 } } } ]\n    listener_filters: [ { name: envoy.filters.listener.original_dst } ]\n    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: in, cluster: PassthroughCluster } } ] } ]\n",
+            1,
+        );
+        let config = Config::from_yaml(&with_inbound).unwrap();
+        let cli = Cli::try_parse_from(["origdst", "apply"]).unwrap();
+        let spec = cli.args.spec(&config).unwrap();
+        assert_eq!(spec.inbound, Inbound::Redirect);
+        check_ports(&spec, &config, "c").unwrap();
+        let cli = Cli::try_parse_from(["origdst", "apply", "--inbound", "tproxy"]).unwrap();
+        let err = check_ports(&cli.args.spec(&config).unwrap(), &config, "c").unwrap_err();
+        assert!(
+            err.contains("no IPv4 transparent listener on port 15006"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -288,7 +418,10 @@ mod tests {
         assert_eq!(spec.proxy_mark, None);
         assert_eq!(spec.exclude_outbound_cidrs.len(), 2);
         assert!(spec.ipv4 && !spec.ipv6);
-        assert_eq!(parse(&["print"]).unwrap(), Spec::default());
+        assert_eq!(
+            parse(&["print", "--inbound", "redirect"]).unwrap(),
+            Spec::default()
+        );
     }
 
     #[test]

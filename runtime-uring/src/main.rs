@@ -182,11 +182,11 @@ fn config_name(config: &Config) -> String {
 /// The config (with command-line overrides applied and validated) and the YAML it came from.
 fn load(path: Option<&PathBuf>, overrides: &KnobOverrides) -> Result<(Config, String), String> {
     let (text, name) = match path {
-        None => (DEFAULT_YAML.to_string(), "embedded default config".to_string()),
-        Some(path) => (
-            engine::read_config_file(path)?,
-            path.display().to_string(),
+        None => (
+            DEFAULT_YAML.to_string(),
+            "embedded default config".to_string(),
         ),
+        Some(path) => (engine::read_config_file(path)?, path.display().to_string()),
     };
     let config = Config::from_yaml_with(&text, overrides)
         .map_err(|err: ConfigError| format!("{name}: {err}"))?;

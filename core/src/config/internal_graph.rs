@@ -30,7 +30,8 @@ fn next_hops(config: &Config, listener: usize) -> Vec<usize> {
     let mut next = Vec::new();
     for handler in handlers {
         for chain in config.listeners[handler].chains() {
-            if let ClusterKind::Static { endpoints } = &config.clusters[chain.tcp_proxy.cluster].kind
+            if let ClusterKind::Static { endpoints } =
+                &config.clusters[chain.tcp_proxy.cluster].kind
             {
                 for endpoint in endpoints {
                     if let EndpointTarget::Internal { listener } = endpoint.target

@@ -351,7 +351,11 @@ mod tests {
                 .unwrap()
                 .validate()
                 .unwrap_err();
-            assert_eq!(err.path, format!("origdst.destination_policy.{path}"), "{yaml}");
+            assert_eq!(
+                err.path,
+                format!("origdst.destination_policy.{path}"),
+                "{yaml}"
+            );
         }
         let many = format!("deny_ports: [{}]", vec!["1"; 300].join(","));
         let err = serde_yaml_ng::from_str::<RawPolicy>(&many)

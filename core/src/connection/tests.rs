@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
-use crate::orig_dst::{RecordAnswer, SockOptAnswer};
 use crate::config::{DenyRule, DestinationPolicy};
+use crate::orig_dst::{RecordAnswer, SockOptAnswer};
 use crate::route::{ChainId, HeadPlan, Route, Target, UpstreamPlan};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -600,8 +600,14 @@ fn header_mode_peeks_until_the_head_is_complete_then_connects_to_the_header() {
     let mut h = start(head_route(None, None));
     assert_eq!(h.actions(), vec![Action::PeekHead { have: 0, max: 64 }]);
     let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 192.0.2.9:8080\r\n\r\n";
-    h.conn
-        .handle_peeked(h.now, &head[..20], false, &me(), &DestinationPolicy::default(), &mut h.stats);
+    h.conn.handle_peeked(
+        h.now,
+        &head[..20],
+        false,
+        &me(),
+        &DestinationPolicy::default(),
+        &mut h.stats,
+    );
     assert_eq!(h.actions(), vec![Action::PeekHead { have: 20, max: 64 }]);
     h.conn.handle_peeked(
         h.now,
@@ -627,8 +633,14 @@ fn header_mode_peeks_until_the_head_is_complete_then_connects_to_the_header() {
 fn header_mode_without_the_header_uses_the_restored_destination_and_port_override() {
     let mut h = start(head_route(Some("192.0.2.7:80"), Some(8443)));
     let _ = h.actions();
-    h.conn
-        .handle_peeked(h.now, b"GET / HTTP/1.0\r\n\r\n", false, &me(), &DestinationPolicy::default(), &mut h.stats);
+    h.conn.handle_peeked(
+        h.now,
+        b"GET / HTTP/1.0\r\n\r\n",
+        false,
+        &me(),
+        &DestinationPolicy::default(),
+        &mut h.stats,
+    );
     let actions = h.actions();
     let [Action::Connect { upstream, .. }] = actions.as_slice() else {
         panic!("expected a connect, got {actions:?}");
@@ -667,8 +679,14 @@ fn header_mode_refusals_are_counted_and_reset_the_client() {
     for (bytes, ended, reason, counter) in cases {
         let mut h = start(head_route(None, None));
         let _ = h.actions();
-        h.conn
-            .handle_peeked(h.now, bytes, ended, &me(), &DestinationPolicy::default(), &mut h.stats);
+        h.conn.handle_peeked(
+            h.now,
+            bytes,
+            ended,
+            &me(),
+            &DestinationPolicy::default(),
+            &mut h.stats,
+        );
         assert_eq!(
             h.actions(),
             vec![Action::Reset { side: Side::Client }, Action::Close],
@@ -682,8 +700,14 @@ fn header_mode_refusals_are_counted_and_reset_the_client() {
     let mut h = start(head_route(None, None));
     let _ = h.actions();
     let head = b"GET / HTTP/1.1\r\nx-envoy-original-dst-host: 127.0.0.1:15001\r\n\r\n";
-    h.conn
-        .handle_peeked(h.now, head, false, &me(), &DestinationPolicy::default(), &mut h.stats);
+    h.conn.handle_peeked(
+        h.now,
+        head,
+        false,
+        &me(),
+        &DestinationPolicy::default(),
+        &mut h.stats,
+    );
     assert_eq!(
         h.conn.outcome(),
         Some(Outcome::Refused(RefuseReason::DestinationIsListener))
@@ -791,7 +815,10 @@ fn a_head_in_one_byte_pieces_decides_like_a_whole_one() {
                 "byte {i}"
             );
         } else {
-            assert!(matches!(actions.as_slice(), [Action::Connect { .. }]), "{actions:?}");
+            assert!(
+                matches!(actions.as_slice(), [Action::Connect { .. }]),
+                "{actions:?}"
+            );
         }
     }
 }

@@ -626,13 +626,20 @@ fn text_destinations_pass_the_destination_policy_kernel_ones_do_not() {
     ev.sockopt = SockOptAnswer::NotQueried;
     for (text, rule) in [
         ("127.0.0.1:8080", crate::config::DenyRule::Loopback),
-        ("[::ffff:169.254.169.254]:80", crate::config::DenyRule::LinkLocal),
+        (
+            "[::ffff:169.254.169.254]:80",
+            crate::config::DenyRule::LinkLocal,
+        ),
     ] {
         ev.internal = Some(InternalMetadata {
             dynamic_local: Some(text.into()),
             ..InternalMetadata::default()
         });
         let (route, _) = route_of(&config, &ev);
-        assert_eq!(route, Err(RefuseReason::DestinationDenied { rule }), "{text}");
+        assert_eq!(
+            route,
+            Err(RefuseReason::DestinationDenied { rule }),
+            "{text}"
+        );
     }
 }
