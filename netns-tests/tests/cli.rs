@@ -183,3 +183,110 @@ fn deployment_files_hold_a_valid_config_and_valid_command_lines() {
     }
     assert!(checked >= 6, "only {checked} command lines found");
 }
+
+/// Writes `yaml` to a temporary file named after `tag`; removed by the caller.
+fn temp_config(tag: &str, yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("origdst-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Two internal listeners passing connections to each other (A → B → A).
+const INTERNAL_CYCLE: &str = r#"static_resources:
+  listeners:
+  - name: front
+    address: { socket_address: { address: 127.0.0.1, port_value: 19000 } }
+    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: front, cluster: to_a } } ] } ]
+  - name: a
+    address: { envoy_internal_address: { server_listener_name: a } }
+    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: to_b } } ] } ]
+  - name: b
+    address: { envoy_internal_address: { server_listener_name: b } }
+    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: b, cluster: to_a } } ] } ]
+  clusters:
+  - { name: to_a, type: STATIC, load_assignment: { cluster_name: to_a, endpoints: [ { lb_endpoints: [ { endpoint: { address: { envoy_internal_address: { server_listener_name: a } } } } ] } ] } }
+  - { name: to_b, type: STATIC, load_assignment: { cluster_name: to_b, endpoints: [ { lb_endpoints: [ { endpoint: { address: { envoy_internal_address: { server_listener_name: b } } } } ] } ] } }
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+"#;
+
+#[test]
+fn check_refuses_internal_listener_cycles_naming_the_chain() {
+    // This config passed `check` and then aborted the process on its first connection.
+    let path = temp_config("cycle", INTERNAL_CYCLE);
+    let out = origdst(&["check", "--config", path.to_str().unwrap()]);
+    let run = origdst(&["run", "--config", path.to_str().unwrap(), "--admin", "off"]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("internal listeners form a cycle: a → b → a"),
+        "{stderr}"
+    );
+    assert_eq!(run.status.code(), Some(2), "run refuses it too");
+}
+
+#[test]
+fn deeply_nested_configs_are_refused_at_once_naming_the_limit() {
+    // 400 kB of nested flow sequences took 77 s of CPU in the parser.
+    let yaml = format!(
+        "static_resources:\n  listeners: {}{}\n",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    let path = temp_config("deep", &yaml);
+    let started = std::time::Instant::now();
+    let out = origdst(&["check", "--config", path.to_str().unwrap()]);
+    let took = started.elapsed();
+    let big = temp_config("big", &format!("# {}\n", "x".repeat(5 << 20)));
+    let too_big = origdst(&["check", "--config", big.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&big);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than the limit of 64"), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "check took {took:?}"
+    );
+    assert_eq!(too_big.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&too_big.stderr);
+    assert!(
+        stderr.contains("larger than the limit of 4194304 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn command_line_overrides_pass_the_config_validator() {
+    // `--shards 300` started 302 threads on 2 CPUs while `shards: 300` in the file was refused.
+    let run = origdst(&["run", "--shards", "300"]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("origdst.shards") && stderr.contains("300 is outside 1..=256"),
+        "{stderr}"
+    );
+    // An admin address on a listener's port is refused by `check` naming both, not at start-up.
+    let yaml = origdst_core::config::DEFAULT_YAML.replacen(
+        "  drain_timeout: 30s\n",
+        "  drain_timeout: 30s\n  admin: 127.0.0.1:15001\n",
+        1,
+    );
+    let path = temp_config("adminclash", &yaml);
+    let out = origdst(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("origdst.admin")
+            && stderr.contains("clashes with listener \"virtualOutbound\" on 0.0.0.0:15001"),
+        "{stderr}"
+    );
+    let run = origdst(&["run", "--admin", "0.0.0.0:15001"]);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "the --admin override is checked too"
+    );
+}

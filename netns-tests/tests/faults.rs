@@ -403,3 +403,33 @@ fn client_reset_while_waiting_is_noticed_uring_opsplice() {
 fn client_reset_while_waiting_is_noticed_epoll() {
     client_reset_while_waiting_is_noticed("rwwepoll", &["--backend", "epoll"]);
 }
+
+#[test]
+fn a_client_reset_in_the_accept_queue_is_counted_as_gone_not_as_an_accept_failure() {
+    let gw = Gateway::new("acceptgone");
+    let config = ConfigFile::default_with("acceptgone", &[]);
+    let proxy = start(&gw, &config);
+    // Stopped, origdst accepts nothing: the connection waits in the listen backlog, and its
+    // client resets there.
+    proxy.signal(nix::sys::signal::Signal::SIGSTOP);
+    let dst = addr(SERVER_V4[0], 8094);
+    gw.client.run(move || {
+        let stream = TcpStream::connect(dst).expect("the kernel completes the handshake");
+        reset_on_close(&stream);
+    });
+    thread::sleep(Duration::from_millis(100));
+    proxy.signal(nix::sys::signal::Signal::SIGCONT);
+    thread::sleep(Duration::from_millis(300));
+    let exit = proxy.stop_clean();
+    assert_eq!(
+        exit.stat("downstream_cx_accept_client_gone"),
+        1,
+        "{}",
+        exit.log
+    );
+    assert_eq!(
+        exit.stat("downstream_cx_accept_fail"),
+        0,
+        "a client that left is not an accept failure (EMFILE, ENFILE, ENOMEM)"
+    );
+}

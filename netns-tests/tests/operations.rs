@@ -20,7 +20,7 @@ const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// Every refusal reason origdst counts: each must be exported, moving or not.
-const REFUSAL_REASONS: [&str; 14] = [
+const REFUSAL_REASONS: [&str; 17] = [
     "no_original_dst",
     "orig_dst_query_failed",
     "destination_is_listener",
@@ -34,6 +34,9 @@ const REFUSAL_REASONS: [&str; 14] = [
     "http_head_timeout",
     "http_head_invalid",
     "redirect_record_query_failed",
+    "original_dst_host_duplicate",
+    "destination_denied",
+    "internal_hop_limit",
     "overflow",
 ];
 
@@ -78,6 +81,93 @@ static_resources:
 }
 
 /// Connects to `dst` from the client and reads until EOF: Ok(bytes) or the error kind (a reset).
+/// `chained_config`'s capture listener whose cluster enters two internal listeners that pass
+/// connections to each other (a → b → a).
+fn internal_cycle(access: &str) -> String {
+    let cluster = |name: &str, to: &str| {
+        format!(
+            "  - {{ name: {name}, type: STATIC, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ envoy_internal_address: {{ server_listener_name: {to} }} }} }} }} ] }} ] }} }}\n"
+        )
+    };
+    let listener = |name: &str, cluster: &str| {
+        format!(
+            "  - name: {name}\n    address: {{ envoy_internal_address: {{ server_listener_name: {name} }} }}\n    filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: {name}, cluster: {cluster} }} }} ] }} ]\n"
+        )
+    };
+    let base = chained_config(&format!("shards: 2, {access}"), 8082);
+    let with_listeners = base.replacen(
+        "  clusters:\n",
+        &format!(
+            "{}{}  clusters:\n{}{}",
+            listener("a", "to_b"),
+            listener("b", "to_a"),
+            cluster("to_a", "a"),
+            cluster("to_b", "b")
+        ),
+        1,
+    );
+    format!("{with_listeners}bootstrap_extensions:\n- name: envoy.bootstrap.internal_listener\n")
+}
+
+#[test]
+fn a_sighup_onto_a_pathological_file_never_delays_the_drain() {
+    let gw = Gateway::new("hupdeep");
+    let config = ConfigFile::default_with("hupdeep", &[]);
+    let proxy = Proxy::start(origdst_bin!(), &gw.router, &["--config", config.arg()]);
+    // 400 kB of nested flow sequences (77 s of parser CPU before the limits), then SIGTERM at once.
+    config.rewrite(&format!(
+        "static_resources:\n  listeners: {}{}\n",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    ));
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    let exit = proxy.stop_clean();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        exit.log.contains("more than the limit of 64") || exit.log.contains("SIGHUP"),
+        "{}",
+        exit.log
+    );
+}
+
+#[test]
+fn idle_admin_connections_hold_no_thread_and_the_data_path_keeps_its_descriptors() {
+    let gw = Gateway::new("adminidle");
+    let proxy = Proxy::start(origdst_bin!(), &gw.router, &["--shards", "1"]);
+    let tasks = || {
+        std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+            .expect("proc tasks")
+            .count()
+    };
+    let threads = tasks();
+    let fds = proxy.open_fds();
+    // A hundred idle clients of the admin endpoint (loopback inside the router namespace).
+    let admin_addr: SocketAddr = admin::ADMIN.parse().unwrap();
+    let idle: Vec<TcpStream> = gw.router.run(move || {
+        (0..100)
+            .map(|_| TcpStream::connect(admin_addr).expect("connect admin"))
+            .collect()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tasks(), threads, "a thread per admin connection");
+    assert!(
+        proxy.open_fds() <= fds + 32,
+        "{} descriptors for idle admin clients",
+        proxy.open_fds() - fds
+    );
+    // A scraper is still answered, and says how many it closed to make room.
+    let metrics = admin::scrape(&gw.router);
+    assert!(metrics.value("origdst_admin_connections_evicted_total") >= 68.0);
+    drop(idle);
+    drop(proxy);
+}
+
 fn dial(gw: &Gateway, dst: SocketAddr) -> Result<Vec<u8>, ErrorKind> {
     gw.client.run(move || {
         let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
@@ -449,14 +539,26 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     config.rewrite(&chained_config(&format!("shards: 3, {access}"), 8082));
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log("origdst.shards changed: that needs a restart", TIMEOUT);
+    // A cycle of internal listeners (it passed the reload, then aborted the process on the first
+    // connection) is rejected naming the chain.
+    config.rewrite(&internal_cycle(&access));
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    proxy.wait_for_log("internal listeners form a cycle: a → b → a", TIMEOUT);
+    // A bound listener changed: the message reads as one sentence (it had a hole of spaces).
+    config.rewrite(origdst_core::config::DEFAULT_YAML);
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    proxy.wait_for_log(
+        "the bound listeners changed (addresses, order, transparent or freebind): that needs a restart",
+        TIMEOUT,
+    );
     let metrics = settle(
         &gw,
         "origdst_config_reloads_total{result=\"rejected\"}",
-        2.0,
+        4.0,
     );
     assert_eq!(
         metrics.value("origdst_config_reloads_total{result=\"rejected\"}"),
-        2.0
+        4.0
     );
     assert_eq!(metrics.value("origdst_config_generation"), 2.0);
     assert!(

@@ -687,3 +687,40 @@ fn raise_nofile_limit() {
         tracing::debug!(from = soft, to = hard, "raised RLIMIT_NOFILE");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_change_is_refused_in_one_readable_sentence() {
+        let old = Config::default_config();
+        let new = Config::from_yaml(
+            &origdst_core::config::DEFAULT_YAML.replace("port_value: 15001", "port_value: 15002"),
+        )
+        .unwrap();
+        let why = needs_no_restart(&old, &new).unwrap_err();
+        assert_eq!(
+            why,
+            "the bound listeners changed (addresses, order, transparent or freebind): that needs a restart"
+        );
+        assert!(!why.contains("  "), "a hole of spaces: {why:?}");
+        let mut shards = new.clone();
+        shards.listeners = old.listeners.clone();
+        shards.knobs.shards = std::num::NonZeroU32::new(3);
+        assert_eq!(
+            needs_no_restart(&old, &shards).unwrap_err(),
+            "origdst.shards changed: that needs a restart"
+        );
+        assert_eq!(needs_no_restart(&old, &old.clone()), Ok(()));
+    }
+
+    #[test]
+    fn oversized_config_files_are_refused_before_they_are_read_whole() {
+        let path = std::env::temp_dir().join(format!("origdst-huge-{}.yaml", std::process::id()));
+        std::fs::write(&path, vec![b'#'; limits::CONFIG_BYTES_MAX + 10]).unwrap();
+        let err = read_config_file(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.ends_with("is larger than the limit of 4194304 bytes"), "{err}");
+    }
+}

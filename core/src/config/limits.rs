@@ -126,13 +126,8 @@ mod tests {
             "[".repeat(200_000),
             "]".repeat(200_000)
         );
-        let started = std::time::Instant::now();
+        // The scan stops at the first level past the limit, before the parser sees anything.
         let err = preflight(&text).unwrap_err();
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
         assert!(err.reason.contains("limit of 64"), "{err}");
         assert!(err.reason.contains("line 2"), "{err}");
         let err = crate::config::Config::from_yaml(&text).unwrap_err();
