@@ -11,6 +11,30 @@ fn origdst(args: &[&str]) -> std::process::Output {
         .expect("run origdst")
 }
 
+/// `origdst run …` that must refuse to start: its output, or a failure (and the process killed)
+/// if it is still running after ten seconds — a regression must fail, not hang the suite.
+fn origdst_refused_run(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(origdst_bin!())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run origdst");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait origdst").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect origdst");
+            panic!(
+                "origdst {args:?} started instead of refusing:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect origdst")
+}
+
 #[test]
 fn check_accepts_the_embedded_default() {
     let printed = origdst(&["default-config"]);
@@ -215,7 +239,7 @@ fn check_refuses_internal_listener_cycles_naming_the_chain() {
     // This config passed `check` and then aborted the process on its first connection.
     let path = temp_config("cycle", INTERNAL_CYCLE);
     let out = origdst(&["check", "--config", path.to_str().unwrap()]);
-    let run = origdst(&["run", "--config", path.to_str().unwrap(), "--admin", "off"]);
+    let run = origdst_refused_run(&["run", "--config", path.to_str().unwrap(), "--admin", "off"]);
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -260,7 +284,7 @@ fn deeply_nested_configs_are_refused_at_once_naming_the_limit() {
 #[test]
 fn command_line_overrides_pass_the_config_validator() {
     // `--shards 300` started 302 threads on 2 CPUs while `shards: 300` in the file was refused.
-    let run = origdst(&["run", "--shards", "300"]);
+    let run = origdst_refused_run(&["run", "--shards", "300"]);
     assert_eq!(run.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
@@ -283,7 +307,7 @@ fn command_line_overrides_pass_the_config_validator() {
             && stderr.contains("clashes with listener \"virtualOutbound\" on 0.0.0.0:15001"),
         "{stderr}"
     );
-    let run = origdst(&["run", "--admin", "0.0.0.0:15001"]);
+    let run = origdst_refused_run(&["run", "--admin", "0.0.0.0:15001"]);
     assert_eq!(
         run.status.code(),
         Some(2),

@@ -278,30 +278,47 @@ fn slow_heads_do_not_delay_another_clients_head() {
         &gw.router,
         &["--config", config.arg(), "--shards", "1"],
     );
-    // Four clients trickle 16 kB heads one byte per segment (each re-woke the shard, which
-    // re-peeked and re-parsed the whole head every time: quadratic).
+    // Four clients trickle 60 kB heads one byte per segment (each woke the shard, which zeroed a
+    // 64 KiB buffer and re-peeked and re-parsed the whole head every time: quadratic, 7–20× the
+    // clients' own CPU, and a normal head waited seconds behind them).
     let target = addr(ROUTER_CLIENT_SIDE_V4, 9001);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1] // utime + stime, in clock ticks
+    };
+    let cpu_before = cpu();
     let slow: Vec<_> = (0..4)
         .map(|_| {
             let stop = Arc::clone(&stop);
             gw.client.spawn(move || {
                 let mut stream = TcpStream::connect(target).expect("connect");
                 stream.set_nodelay(true).unwrap();
-                let head = format!("GET / HTTP/1.1\r\nx-pad: {}", "a".repeat(16 * 1024));
+                let head = format!("GET / HTTP/1.1\r\nx-pad: {}", "a".repeat(60 * 1000));
+                let mut sent = 0usize;
                 for byte in head.bytes() {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || stream.write_all(&[byte]).is_err()
+                    {
                         break;
                     }
-                    if stream.write_all(&[byte]).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
+                    sent += 1;
+                    std::thread::sleep(Duration::from_micros(50));
                 }
+                sent
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     // Meanwhile a normal header request is answered at once.
     let request = format!(
         "GET /status/418 HTTP/1.1\r\nHost: x\r\nx-envoy-original-dst-host: {server}\r\n\r\n"
@@ -310,9 +327,11 @@ fn slow_heads_do_not_delay_another_clients_head() {
     let answer = ask_9001(&gw, request.into_bytes(), None).expect("an answer");
     let waited = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for thread in slow {
-        thread.join().unwrap();
-    }
+    let sent: usize = slow.into_iter().map(|t| t.join().unwrap()).sum();
+    let ticks = cpu() - cpu_before;
+    println!(
+        "origdst CPU while {sent} head bytes trickled in one per segment: {ticks} ticks (1/100 s); a normal head waited {waited:?}"
+    );
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 418"));
     assert!(
         waited < Duration::from_secs(1),

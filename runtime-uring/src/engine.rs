@@ -721,6 +721,9 @@ mod tests {
         std::fs::write(&path, vec![b'#'; limits::CONFIG_BYTES_MAX + 10]).unwrap();
         let err = read_config_file(&path).unwrap_err();
         let _ = std::fs::remove_file(&path);
-        assert!(err.ends_with("is larger than the limit of 4194304 bytes"), "{err}");
+        assert!(
+            err.ends_with("is larger than the limit of 4194304 bytes"),
+            "{err}"
+        );
     }
 }
