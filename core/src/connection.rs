@@ -23,56 +23,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
-use crate::config::DestinationPolicy;
+use crate::config::{ConnParams, DestinationPolicy};
 use crate::http_head::{self, Head};
 use crate::orig_dst::{
     self, AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RedirectRecord, RefuseReason,
     SelfAddrs,
 };
+use crate::outcome::{IoErrorKind, Outcome};
 use crate::relay::{Dir, HalfDuplex, HalfState, Side};
 use crate::route::{self, ChainId, HeadPlan, Route, Target, UpstreamPlan};
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 
-/// Per-connection knobs, from the listener's tcp_proxy and the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnParams {
-    /// How long the upstream connect may take before the client is reset.
-    pub connect_timeout: Duration,
-    /// How long both directions may stay silent before both sides are reset (`None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// `SO_MARK` for the upstream socket (`None`: leave unmarked).
-    pub upstream_mark: Option<u32>,
-    /// Source preservation (Envoy's `original_src` listener filter): bind the upstream socket to
-    /// the client's address. `None`: the kernel picks the source.
-    pub original_src: Option<OriginalSrc>,
-}
-
-/// How the upstream socket takes the client's address (`IP_TRANSPARENT` bind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OriginalSrc {
-    /// Keep the client's port too (Envoy's `bind_port`). Off by default: the client's 4-tuple
-    /// towards the same destination may still be in conntrack, and a clash fails the connect.
-    pub bind_port: bool,
-}
-
-impl OriginalSrc {
-    /// The address to bind for `client` connecting to `upstream`. `None` when the families differ
-    /// (a v4 client whose destination came from metadata as v6): a socket cannot bind one family
-    /// and connect to the other, so the kernel picks the source.
-    pub fn source_for(self, client: ClientAddr, upstream: UpstreamAddr) -> Option<SocketAddr> {
-        let client = client.get();
-        if client.is_ipv4() != upstream.get().is_ipv4() {
-            return None;
-        }
-        let port = if self.bind_port { client.port() } else { 0 };
-        Some(SocketAddr::new(client.ip(), port))
-    }
-}
-
 /// What the runtime must do next. Executed in the order polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Action {
     /// Open the upstream socket (marked, optionally bound to `source`, with the redirect record
     /// applied) and connect it to `upstream`; report `handle_connected` or `handle_connect_failed`.
@@ -124,92 +88,6 @@ pub enum Action {
     },
     /// Release everything the connection holds. Always the last action.
     Close,
-}
-
-/// An I/O failure as core needs to know it (the runtime maps errno).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum IoErrorKind {
-    /// ECONNREFUSED.
-    Refused,
-    /// ECONNRESET / ECONNABORTED.
-    Reset,
-    /// ETIMEDOUT (the kernel's own timeout).
-    TimedOut,
-    /// EHOSTUNREACH / ENETUNREACH.
-    Unreachable,
-    /// EPIPE.
-    BrokenPipe,
-    /// Anything else, with its errno.
-    Other {
-        /// The raw errno.
-        errno: i32,
-    },
-}
-
-impl IoErrorKind {
-    /// Stable name for logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Refused => "refused",
-            Self::Reset => "reset",
-            Self::TimedOut => "timed_out",
-            Self::Unreachable => "unreachable",
-            Self::BrokenPipe => "broken_pipe",
-            Self::Other { .. } => "other",
-        }
-    }
-}
-
-/// How a connection ended. Exactly one per accepted connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// Both directions finished with EOF and were half-closed through.
-    Completed,
-    /// Refused at accept.
-    Refused(RefuseReason),
-    /// The upstream connect failed; the client was reset.
-    ConnectFailed(IoErrorKind),
-    /// The upstream connect timed out; the client was reset.
-    ConnectTimeout,
-    /// The upstream failed mid-stream; the client was reset.
-    UpstreamFailed(IoErrorKind),
-    /// The client failed mid-stream; the upstream was reset.
-    ClientFailed(IoErrorKind),
-    /// Nothing moved for the idle timeout; both sides were reset.
-    IdleTimeout,
-    /// Still open at the drain deadline; both sides were reset.
-    DrainAborted,
-    /// The shard was at its connection limit; the client was reset.
-    Overflow,
-}
-
-impl Outcome {
-    /// The I/O error behind the outcome, where there is one.
-    pub const fn error(self) -> Option<IoErrorKind> {
-        match self {
-            Self::ConnectFailed(kind) | Self::UpstreamFailed(kind) | Self::ClientFailed(kind) => {
-                Some(kind)
-            }
-            _ => None,
-        }
-    }
-
-    /// Stable name for logs (the termination reason).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Refused(reason) => reason.name(),
-            Self::ConnectFailed(_) => "upstream_connect_failed",
-            Self::ConnectTimeout => "upstream_connect_timeout",
-            Self::UpstreamFailed(_) => "upstream_failed",
-            Self::ClientFailed(_) => "client_failed",
-            Self::IdleTimeout => "idle_timeout",
-            Self::DrainAborted => "drain_aborted",
-            Self::Overflow => "overflow",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod http_head;
 pub mod orig_dst;
+pub mod outcome;
 pub mod relay;
 pub mod route;
 pub mod stats;

@@ -8,12 +8,14 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use crate::addr::{ClientAddr, ListenerAddr, LocalAddr};
+use crate::config::ConnParams;
 use crate::config::{Config, ConfigError};
-use crate::connection::{Action, ConnParams, Connection, IoErrorKind, Outcome};
+use crate::connection::{Action, Connection};
 use crate::orig_dst::{
     AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RefuseReason, SelfAddrs,
     SockOptAnswer, resolve,
 };
+use crate::outcome::{IoErrorKind, Outcome};
 use crate::relay::{Dir, HalfState, Side};
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
 use crate::config::{
-    Cidr, ClusterKind, Config, DestinationPolicy, EndpointTarget, FilterChain, FilterStateKey,
-    FormatValue, Listener, OriginalDstLb, SharedWithUpstream,
+    Cidr, ClusterKind, Config, ConnParams, DestinationPolicy, EndpointTarget, FilterChain,
+    FilterStateKey, FormatValue, Listener, OriginalDstLb, SharedWithUpstream,
 };
-use crate::connection::ConnParams;
 use crate::orig_dst::{
     self, AcceptEvidence, InternalMetadata, RefuseReason, Resolution, SelfAddrs,
 };

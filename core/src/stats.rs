@@ -1,8 +1,8 @@
 //! Per-shard counters. Each shard owns one `Counters` and is its only writer; merging shards is a
 //! plain element-wise sum, so aggregation needs no lock (the runtime publishes snapshots).
 
-use crate::connection::Outcome;
 use crate::orig_dst::{Provenance, RefuseReason};
+use crate::outcome::Outcome;
 use crate::relay::Dir;
 
 macro_rules! counters {

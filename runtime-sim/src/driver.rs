@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use origdst_core::config::Config;
-use origdst_core::connection::{Action, ConnParams, Connection, History, IoErrorKind};
+use origdst_core::config::ConnParams;
+use origdst_core::connection::{Action, Connection, History};
 use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::outcome::IoErrorKind;
 use origdst_core::relay::{Dir, Side};
 use origdst_core::route::{self, Balancer};
 use origdst_core::stats::Counters;
@@ -363,7 +365,14 @@ async fn connection(
                         .note(ctx.origin, id, &format!("closed: {}", core.history()));
                     return;
                 }
-                other => unreachable!("action {other:?} is not produced by this core version"),
+                // This driver's scenarios route without internal listeners or header mode
+                // (internal hand-offs arrive as injected metadata); the engine simulation is
+                // where they run. Named, not a wildcard: a new action is a compile error here.
+                Action::ConnectInternal { .. } | Action::PeekHead { .. } => {
+                    unreachable!(
+                        "the core-only simulator has no internal listener or header mode: {action:?}"
+                    )
+                }
             }
         }
         let event = match core.next_timeout() {

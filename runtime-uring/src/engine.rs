@@ -705,7 +705,7 @@ mod tests {
             "the bound listeners changed (addresses, order, transparent or freebind): that needs a restart"
         );
         assert!(!why.contains("  "), "a hole of spaces: {why:?}");
-        let mut shards = new.clone();
+        let mut shards = new;
         shards.listeners = old.listeners.clone();
         shards.knobs.shards = std::num::NonZeroU32::new(3);
         assert_eq!(

@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use origdst_core::addr::{ClientAddr, LocalAddr};
-use origdst_core::connection::IoErrorKind;
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SockOptAnswer};
+use origdst_core::outcome::IoErrorKind;
 use socket2::{Domain, SockRef, Socket, Type};
 
 /// Opens a non-blocking `SO_REUSEPORT` listener on `addr` (one per shard share the port).

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use origdst_core::connection::Outcome;
+use origdst_core::outcome::Outcome;
 use origdst_core::relay::Dir;
 use origdst_core::stats::Counter;
 

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use origdst_core::connection::Outcome;
 use origdst_core::orig_dst::RefuseReason;
+use origdst_core::outcome::Outcome;
 use origdst_runtime_sim::driver::{PUMP_CHUNK_BYTES, ProxyRecord};
 
 use crate::scenario::{Fault, Flow, Lifecycle, MetaVariant, RouteKind, Scenario};

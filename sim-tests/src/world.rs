@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use origdst_core::addr::ListenerAddr;
 use origdst_core::config::Config;
-use origdst_core::connection::ConnParams;
+use origdst_core::config::ConnParams;
 use origdst_core::orig_dst::{InternalMetadata, SelfAddrs};
 use origdst_core::stats::Counters;
 use origdst_runtime_sim::driver::{self, DrainSwitch, ProxyConfig, ProxyLedger, ProxyRecord};

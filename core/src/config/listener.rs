@@ -4,13 +4,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::OriginalSrc;
 use super::{
     ChainMatch, Cidr, Cluster, ClusterKind, ConfigError, FilterChain, FilterStateEntry,
     FilterStateKey, FormatValue, InternalListenerSettings, Knobs, Listener, ListenerAddress,
     SharedWithUpstream, TcpProxy, TrafficDirection, envoy, parse_duration, port_number,
     socket_address, typed,
 };
-use crate::connection::OriginalSrc;
 
 pub(super) fn validate_addresses(
     raw: &[envoy::Listener],

@@ -13,6 +13,7 @@ mod internal_graph;
 mod knobs;
 pub mod limits;
 mod listener;
+mod params;
 mod policy;
 
 use std::collections::BTreeMap;
@@ -22,9 +23,8 @@ use std::time::Duration;
 pub use error::ConfigError;
 pub use internal_graph::INTERNAL_HOPS_MAX;
 pub use knobs::{AccessLog, DataPath, KnobOverrides, Knobs};
+pub use params::{ConnParams, OriginalSrc};
 pub use policy::{DenyRule, DestinationPolicy, PortRange};
-
-use crate::connection::{ConnParams, OriginalSrc};
 
 /// The embedded default config (`origdst run` with no `--config`).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");

@@ -1,5 +1,4 @@
 use super::*;
-use crate::connection::ConnParams;
 
 const MINIMAL: &str = r#"
 static_resources:

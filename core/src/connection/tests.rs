@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
-use crate::config::{DenyRule, DestinationPolicy};
+use crate::config::{DenyRule, DestinationPolicy, OriginalSrc};
 use crate::orig_dst::{RecordAnswer, SockOptAnswer};
 use crate::route::{ChainId, HeadPlan, Route, Target, UpstreamPlan};
 

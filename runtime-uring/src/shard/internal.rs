@@ -13,7 +13,7 @@
 use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::errno::Errno;
-use origdst_core::connection::IoErrorKind;
+use origdst_core::outcome::IoErrorKind;
 
 use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
 use super::progress::{DirEnd, Progress};

@@ -23,8 +23,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::addr::canonical;
 use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::config::{Config, DataPath};
-use origdst_core::connection::{Action, Connection, IoErrorKind, Outcome};
+use origdst_core::connection::{Action, Connection};
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SelfAddrs, SockOptAnswer};
+use origdst_core::outcome::{IoErrorKind, Outcome};
 use origdst_core::relay::{Dir, HalfState, Side};
 use origdst_core::route::{self, Balancer};
 use origdst_core::stats::{Counter, Counters};
@@ -741,7 +742,6 @@ impl Shard {
                     self.release(now, slot);
                     return;
                 }
-                other => unreachable!("action {other:?} is not produced by this core version"),
             }
         }
         self.arm_watches(slot);

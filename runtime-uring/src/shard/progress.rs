@@ -1,6 +1,6 @@
 //! What a pump reports back to the shard, which turns it into core events.
 
-use origdst_core::connection::IoErrorKind;
+use origdst_core::outcome::IoErrorKind;
 use origdst_core::relay::Side;
 
 /// How a direction ended, if it did.
