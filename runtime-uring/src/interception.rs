@@ -244,7 +244,7 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
             "the embedded default config".to_string(),
         ),
         Some(path) => {
-            let text = crate::engine::read_config_file(path)?;
+            let text = crate::supervisor::read_config_file(path)?;
             let config =
                 Config::from_yaml(&text).map_err(|err| format!("{}: {err}", path.display()))?;
             (config, format!("config {}", path.display()))

@@ -7,14 +7,11 @@
 pub mod access_log;
 pub mod admin;
 mod buf_ring;
-pub mod engine;
 pub mod interception;
 pub mod metrics;
 pub mod observed;
-mod own_upstreams;
 mod pipe_pool;
 pub mod published;
 mod shard;
+pub mod supervisor;
 mod sys;
-mod timers;
-mod token;

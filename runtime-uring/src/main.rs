@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use origdst_core::config::{Config, ConfigError, DEFAULT_YAML, DataPath, KnobOverrides};
-use origdst_runtime_uring::engine::{self, BackendChoice, ConfigSource, EngineSettings};
 use origdst_runtime_uring::interception::{self, InterceptionArgs};
+use origdst_runtime_uring::supervisor::{self, BackendChoice, ConfigSource, EngineSettings};
 
 /// origdst — a transparent TCP proxy for traffic that iptables/nftables redirects.
 ///
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
                 BackendArg::IoUring => BackendChoice::IoUring,
                 BackendArg::Epoll => BackendChoice::Epoll,
             };
-            match engine::run(EngineSettings {
+            match supervisor::run(EngineSettings {
                 config,
                 shards,
                 data_path,
@@ -186,7 +186,10 @@ fn load(path: Option<&PathBuf>, overrides: &KnobOverrides) -> Result<(Config, St
             DEFAULT_YAML.to_string(),
             "embedded default config".to_string(),
         ),
-        Some(path) => (engine::read_config_file(path)?, path.display().to_string()),
+        Some(path) => (
+            supervisor::read_config_file(path)?,
+            path.display().to_string(),
+        ),
     };
     let config = Config::from_yaml_with(&text, overrides)
         .map_err(|err: ConfigError| format!("{name}: {err}"))?;

@@ -12,10 +12,10 @@ use super::copy::CopyDir;
 use super::internal::{InternalDir, Role, Which};
 use super::io::{DirKey, Io};
 use super::opsplice::OpSpliceDir;
-use super::progress::Progress;
 use super::splice::SpliceDir;
 use crate::sys::raw;
-use crate::token::Token;
+use origdst_engine::progress::Progress;
+use origdst_engine::token::Token;
 
 /// One direction's data path state.
 #[derive(Debug)]

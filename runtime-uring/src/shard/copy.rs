@@ -9,9 +9,9 @@ use std::os::fd::RawFd;
 use io_uring::{cqueue, opcode, types};
 
 use super::io::{DirKey, Io};
-use super::progress::{DirEnd, Progress};
 use crate::sys::errno_kind;
-use crate::token::{Kind, Token};
+use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::token::{Kind, Token};
 
 /// A received buffer not yet fully sent.
 #[derive(Debug, Clone, Copy)]

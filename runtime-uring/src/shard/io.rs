@@ -5,64 +5,18 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
 use io_uring::squeue;
-use origdst_core::relay::Dir;
+pub(crate) use origdst_engine::buffers::BufferPool;
+pub(crate) use origdst_engine::slots::DirKey;
 
 use super::poller::Poller;
 use crate::buf_ring::BufRing;
 use crate::pipe_pool::PipePool;
-use crate::token::{Kind, Token};
-
-/// Identifies one direction of one live connection; stale keys are detected by generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DirKey {
-    pub(crate) slot: usize,
-    pub(crate) generation: u16,
-    pub(crate) dir: Dir,
-}
+use origdst_engine::token::{Kind, Token};
 
 /// Rounds (one flush + one fill each, up to a pipe's or queue's capacity) before a readiness pump
 /// yields: with 256 KiB pipes, 4 MiB per turn keeps one bulk stream from starving the shard's
 /// other connections.
 pub(crate) const PUMP_ROUNDS_MAX: usize = 32;
-
-/// Heap buffers for the splice path's copy fallback (when the pipe pool is empty). Bounded.
-pub(crate) struct BufferPool {
-    free: Vec<Box<[u8]>>,
-    allocated: u32,
-    max: u32,
-    size_bytes: usize,
-}
-
-impl BufferPool {
-    pub(crate) fn new(max: u32, size_bytes: u32) -> Self {
-        Self {
-            free: Vec::new(),
-            allocated: 0,
-            max,
-            size_bytes: size_bytes as usize,
-        }
-    }
-
-    pub(crate) fn lease(&mut self) -> Option<Box<[u8]>> {
-        if let Some(buf) = self.free.pop() {
-            return Some(buf);
-        }
-        if self.allocated >= self.max {
-            return None;
-        }
-        self.allocated += 1;
-        Some(vec![0; self.size_bytes].into_boxed_slice())
-    }
-
-    pub(crate) fn give_back(&mut self, buf: Box<[u8]>) {
-        assert_eq!(buf.len(), self.size_bytes);
-        assert!(
-            self.free.len() < self.allocated as usize,
-            "more buffers returned than leased"
-        );
-        self.free.push(buf);
-    }
-}
 
 /// Declared first in `Shard` so the ring is dropped before the buffers it may reference.
 pub(crate) struct Io {

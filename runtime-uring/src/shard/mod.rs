@@ -8,7 +8,6 @@ mod internal;
 mod io;
 mod opsplice;
 mod poller;
-mod progress;
 mod splice;
 
 use std::collections::VecDeque;
@@ -37,15 +36,17 @@ use self::conn::{ConnIo, DirIo, Watch};
 use self::io::{BufferPool, DirKey, Io};
 pub(crate) use self::poller::Backend;
 use self::poller::Poller;
-use self::progress::{DirEnd, Progress};
 use crate::access_log::AccessLogSender;
 use crate::buf_ring::BufRing;
-use crate::own_upstreams::OwnUpstreams;
 use crate::pipe_pool::PipePool;
 use crate::published::{Gauge, ShardRow};
 use crate::sys::{self, ConnectStart};
-use crate::timers::{TimerKey, Timers};
-use crate::token::{Kind, SLOT_LIMIT, Token};
+use origdst_engine::log_budget::LogBudget;
+use origdst_engine::own_upstreams::OwnUpstreams;
+use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::slots::{SlotKey, Slots};
+use origdst_engine::timers::{TimerKey, Timers};
+use origdst_engine::token::{Kind, SLOT_LIMIT, Token};
 
 /// Cross-thread control of one shard: the main thread sets a flag and writes the eventfd.
 pub(crate) struct ShardControl {
@@ -117,8 +118,7 @@ pub(crate) struct Shard {
     io: Io,
     setup: ShardSetup,
     listeners: Vec<ListenerIo>,
-    conns: Slab<ConnIo>,
-    generations: Vec<u16>,
+    conns: Slots<ConnIo>,
     timers: Timers,
     stats: Counters,
     draining: bool,
@@ -233,8 +233,7 @@ impl Shard {
             io,
             setup,
             listeners,
-            conns: Slab::new(),
-            generations: Vec::new(),
+            conns: Slots::default(),
             timers: Timers::default(),
             stats: Counters::default(),
             draining: false,
@@ -452,17 +451,12 @@ impl Shard {
         self.drive(now, slot);
     }
 
-    /// Gives a new connection a slot and a fresh generation.
+    /// Gives a new connection a slot and a fresh generation ([`Slots`]).
     fn insert_conn(&mut self, core: Connection, client: Option<OwnedFd>) -> usize {
-        let entry = self.conns.vacant_entry();
-        let slot = entry.key();
-        if self.generations.len() <= slot {
-            self.generations.resize(slot + 1, 0);
-        }
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
-        let generation = self.generations[slot];
-        entry.insert(ConnIo::new(core, generation, client, self.dir_path));
-        slot
+        let path = self.dir_path;
+        self.conns
+            .insert_with(|key| ConnIo::new(core, key.generation, client, path))
+            .slot
     }
 
     // === connection events ===
@@ -471,8 +465,11 @@ impl Shard {
         let slot = token.slot as usize;
         let live = self
             .conns
-            .get(slot)
-            .is_some_and(|c| c.generation == token.generation);
+            .get(SlotKey {
+                slot,
+                generation: token.generation,
+            })
+            .is_some();
         if !live {
             self.recycle_stale(token, flags);
             return;
@@ -1059,11 +1056,7 @@ impl Shard {
     /// Drives the inner connections that internal connects created (and what they set off).
     fn flush_inner_starts(&mut self, now: Instant) {
         while let Some((slot, generation)) = self.inner_starts.pop_front() {
-            if self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.generation == generation)
-            {
+            if self.conns.get(SlotKey { slot, generation }).is_some() {
                 self.drive(now, slot);
             }
         }
@@ -1098,11 +1091,7 @@ impl Shard {
     /// Delivers the resets that crossed internal pairs (and whatever they set off in turn).
     fn flush_peer_errors(&mut self, now: Instant) {
         while let Some((slot, generation, side)) = self.peer_errors.pop_front() {
-            let Some(conn) = self
-                .conns
-                .get_mut(slot)
-                .filter(|c| c.generation == generation)
-            else {
+            let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
                 continue;
             };
             conn.core
@@ -1175,11 +1164,10 @@ impl Shard {
             return;
         }
         while let Some(waiter) = self.fd_waiters.pop_front() {
-            let Some(conn) = self
-                .conns
-                .get(waiter.slot)
-                .filter(|c| c.generation == waiter.generation)
-            else {
+            let Some(conn) = self.conns.get(SlotKey {
+                slot: waiter.slot,
+                generation: waiter.generation,
+            }) else {
                 continue;
             };
             if conn.core.is_closed() || conn.upstream.is_some() {
@@ -1278,11 +1266,7 @@ impl Shard {
         while let Some((at, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn { slot, generation } => {
-                    let Some(conn) = self
-                        .conns
-                        .get_mut(slot)
-                        .filter(|c| c.generation == generation)
-                    else {
+                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
                         continue;
                     };
                     if conn.timer_at == Some(at) {
@@ -1309,11 +1293,10 @@ impl Shard {
             let Some(key) = self.io.ready.pop_front() else {
                 break;
             };
-            let Some(conn) = self
-                .conns
-                .get_mut(key.slot)
-                .filter(|c| c.generation == key.generation)
-            else {
+            let Some(conn) = self.conns.get_mut(SlotKey {
+                slot: key.slot,
+                generation: key.generation,
+            }) else {
                 continue;
             };
             if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
@@ -1388,7 +1371,7 @@ impl Shard {
     }
 
     fn abort_all(&mut self, now: Instant) {
-        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        let slots: Vec<usize> = self.conns.slots().collect();
         for slot in slots {
             self.conns[slot].core.abort_for_drain(now, &mut self.stats);
             self.drive(now, slot);
@@ -1514,38 +1497,6 @@ fn check_opcodes(ring: &IoUring) -> Result<(), String> {
     Ok(())
 }
 
-/// At most this many "connection closed" / error lines per second per shard; the counters keep
-/// the full tally.
-#[derive(Default)]
-struct LogBudget {
-    window_start: Instant,
-    used: u32,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    fn take(&mut self, now: Instant) -> bool {
-        if now - self.window_start >= Duration::from_secs(1) {
-            if self.suppressed > 0 {
-                tracing::info!(
-                    suppressed = self.suppressed,
-                    "log lines suppressed in the last second (see counters)"
-                );
-            }
-            self.window_start = now;
-            self.used = 0;
-            self.suppressed = 0;
-        }
-        if self.used < LOG_LINES_PER_SECOND_MAX {
-            self.used += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
 const SQ_ENTRIES: u32 = 4096;
 /// Completions can outnumber submissions (multishot): a deep CQ keeps overflow rare.
 const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
@@ -1565,4 +1516,3 @@ struct FdWaiter {
 /// `http_head_max_bytes`' upper bound.
 const PEEK_SCRATCH_BYTES: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-const LOG_LINES_PER_SECOND_MAX: u32 = 20;

@@ -16,10 +16,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, types};
 
 use super::io::{DirKey, Io};
-use super::progress::{DirEnd, Progress};
 use crate::pipe_pool::Pipe;
 use crate::sys::errno_kind;
-use crate::token::{Kind, Token};
+use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::token::{Kind, Token};
 
 /// Where one direction stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -144,10 +144,10 @@ impl OpSpliceDir {
     pub(crate) fn release(&mut self, io: &mut Io) {
         if let Some(pipe) = self.pipe.take() {
             let busy = matches!(self.state, State::SplicingIn | State::SplicingOut);
-            if pipe.data == 0 && !busy {
-                io.pipes.give_back(pipe);
-            } else {
+            if busy {
                 io.pipes.discard(pipe);
+            } else {
+                io.pipes.release(pipe);
             }
             io.wake_waiter();
         }
@@ -162,7 +162,7 @@ impl OpSpliceDir {
 
     fn splice_in(&mut self, io: &mut Io, src: RawFd, key: DirKey) {
         if self.pipe.is_none() {
-            self.pipe = io.pipes.lease();
+            self.pipe = io.pipes.lease(crate::pipe_pool::create);
         }
         let Some(pipe) = self.pipe.as_ref() else {
             io.waiters.push_back(key);
@@ -202,7 +202,7 @@ impl OpSpliceDir {
 
     fn give_back(&mut self, io: &mut Io) {
         if let Some(pipe) = self.pipe.take() {
-            io.pipes.give_back(pipe);
+            io.pipes.release(pipe);
             io.wake_waiter();
         }
     }

@@ -13,10 +13,10 @@ use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 
 use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
-use super::progress::{DirEnd, Progress};
 use crate::pipe_pool::Pipe;
 use crate::sys::errno_kind;
-use crate::token::Kind;
+use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::token::Kind;
 
 #[derive(Debug, Default)]
 pub(crate) struct SpliceDir {
@@ -100,11 +100,8 @@ impl SpliceDir {
     /// The connection is closing: an empty pipe goes back to the pool, a full one is discarded.
     pub(crate) fn release(&mut self, io: &mut Io) {
         if let Some(pipe) = self.pipe.take() {
-            if pipe.data == 0 {
-                io.pipes.give_back(pipe);
-            } else {
-                io.pipes.discard(pipe);
-            }
+            // The pool discards it if it still holds this connection's bytes.
+            io.pipes.release(pipe);
             io.wake_waiter();
         }
         if let Some((buf, _, _)) = self.buf.take() {
@@ -147,7 +144,7 @@ impl SpliceDir {
     /// Reads into a pipe (preferred) or a fallback buffer. Everything held is flushed already.
     fn fill(&mut self, io: &mut Io, src: BorrowedFd<'_>) -> Result<Fill, Errno> {
         if !self.splice_refused && self.pipe.is_none() {
-            self.pipe = io.pipes.lease();
+            self.pipe = io.pipes.lease(crate::pipe_pool::create);
             if self.pipe.is_none() {
                 io.fallback_copies += 1;
             }
@@ -195,7 +192,7 @@ impl SpliceDir {
     /// Returns an empty pipe or buffer: idle directions hold neither.
     fn give_back(&mut self, io: &mut Io) {
         if let Some(pipe) = self.pipe.take() {
-            io.pipes.give_back(pipe);
+            io.pipes.release(pipe);
             io.wake_waiter();
         }
         if let Some((buf, _, len)) = self.buf.take() {

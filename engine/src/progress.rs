@@ -5,7 +5,7 @@ use origdst_core::relay::Side;
 
 /// How a direction ended, if it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DirEnd {
+pub enum DirEnd {
     /// The source hit EOF and every byte read was written.
     Eof,
     /// I/O on `side` failed.
@@ -14,17 +14,21 @@ pub(crate) enum DirEnd {
 
 /// Bytes written to the sink during one pump call, and whether the direction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Progress {
-    pub(crate) bytes: u64,
-    pub(crate) end: Option<DirEnd>,
+pub struct Progress {
+    /// Bytes written to the sink.
+    pub bytes: u64,
+    /// How the direction ended, if it did.
+    pub end: Option<DirEnd>,
 }
 
 impl Progress {
-    pub(crate) fn bytes(bytes: u64) -> Self {
+    /// Bytes moved, the direction goes on.
+    pub fn bytes(bytes: u64) -> Self {
         Self { bytes, end: None }
     }
 
-    pub(crate) fn ended(bytes: u64, end: DirEnd) -> Self {
+    /// Bytes moved, then the direction ended.
+    pub fn ended(bytes: u64, end: DirEnd) -> Self {
         Self {
             bytes,
             end: Some(end),

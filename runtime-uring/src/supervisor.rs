@@ -17,10 +17,10 @@ use signal_hook::iterator::Signals;
 use crate::access_log::AccessLogWriter;
 use crate::admin::Admin;
 use crate::observed::{AccessLogCounts, Observed, RunningConfig};
-use crate::own_upstreams::OwnUpstreams;
 use crate::published::{ShardRow, render};
 use crate::shard::{Backend, Shard, ShardControl, ShardSetup};
 use crate::sys;
+use origdst_engine::own_upstreams::OwnUpstreams;
 
 /// Why the engine stopped with an error.
 #[derive(Debug, thiserror::Error)]

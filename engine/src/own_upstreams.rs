@@ -20,28 +20,31 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) struct OwnUpstreams(Box<[AtomicU64]>);
+/// Every shard's live upstream sockets by local port (one atomic each).
+pub struct OwnUpstreams(Box<[AtomicU64]>);
 
 impl OwnUpstreams {
-    pub(crate) fn new() -> Self {
+    /// An empty registry (one slot per port).
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         Self((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect())
     }
 
     /// Records an upstream socket bound to `local` and connecting to `dst`; returns its key.
-    pub(crate) fn insert(&self, local: SocketAddr, dst: SocketAddr) -> u64 {
+    pub fn insert(&self, local: SocketAddr, dst: SocketAddr) -> u64 {
         let key = key(local.ip(), dst);
         self.0[usize::from(local.port())].store(key, Ordering::Release);
         key
     }
 
     /// Forgets the socket recorded under `port` with `key` (if nobody overwrote it since).
-    pub(crate) fn remove(&self, port: u16, key: u64) {
+    pub fn remove(&self, port: u16, key: u64) {
         let _ =
             self.0[usize::from(port)].compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Whether `peer` is one of our upstream sockets connecting to `dst`.
-    pub(crate) fn contains(&self, peer: SocketAddr, dst: SocketAddr) -> bool {
+    pub fn contains(&self, peer: SocketAddr, dst: SocketAddr) -> bool {
         self.0[usize::from(peer.port())].load(Ordering::Acquire) == key(peer.ip(), dst)
     }
 }

@@ -13,7 +13,7 @@ use origdst_core::relay::Dir;
 
 /// What an SQE was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Multishot accept; `slot` is the listener index.
     Accept,
     /// The shard's wake-up eventfd (drain requests).
@@ -58,16 +58,22 @@ const KINDS: [Kind; 12] = [
 
 /// A decoded `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Token {
-    pub(crate) kind: Kind,
-    pub(crate) slot: u32,
-    pub(crate) generation: u16,
-    pub(crate) dir: Dir,
-    pub(crate) buf: u16,
+pub struct Token {
+    /// Which operation.
+    pub kind: Kind,
+    /// The connection's slot (or the listener's index for accepts).
+    pub slot: u32,
+    /// The connection's generation.
+    pub generation: u16,
+    /// The direction (or the watched side: the direction's source).
+    pub dir: Dir,
+    /// The provided-buffer id of a send.
+    pub buf: u16,
 }
 
 impl Token {
-    pub(crate) fn new(kind: Kind, slot: usize, generation: u16, dir: Dir) -> Self {
+    /// A token for `kind` on a connection's direction.
+    pub fn new(kind: Kind, slot: usize, generation: u16, dir: Dir) -> Self {
         assert!(
             slot < SLOT_LIMIT,
             "slot index {slot} does not fit the token"
@@ -81,12 +87,14 @@ impl Token {
         }
     }
 
-    pub(crate) fn with_buf(mut self, buf: u16) -> Self {
+    /// The same token carrying a buffer id.
+    pub fn with_buf(mut self, buf: u16) -> Self {
         self.buf = buf;
         self
     }
 
-    pub(crate) fn encode(self) -> u64 {
+    /// As `user_data`.
+    pub fn encode(self) -> u64 {
         let kind = KINDS
             .iter()
             .position(|&k| k == self.kind)
@@ -98,7 +106,8 @@ impl Token {
             | u64::from(self.buf) << 48
     }
 
-    pub(crate) fn decode(data: u64) -> Self {
+    /// From `user_data`.
+    pub fn decode(data: u64) -> Self {
         let kind = KINDS[((data >> 44) & 0xf) as usize % KINDS.len()];
         Self {
             kind,
@@ -111,7 +120,7 @@ impl Token {
 }
 
 /// Slot indexes must fit 24 bits; `connections_per_shard_max` is capped below this in config.
-pub(crate) const SLOT_LIMIT: usize = 1 << 24;
+pub const SLOT_LIMIT: usize = 1 << 24;
 
 #[cfg(test)]
 mod tests {

@@ -9,34 +9,44 @@ use origdst_core::time::Instant;
 
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum TimerKey {
+pub enum TimerKey {
     /// A connection's `next_timeout`.
-    Conn { slot: usize, generation: u16 },
+    Conn {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's generation.
+        generation: u16,
+    },
     /// Re-arm a listener's accept after an error back-off (ENOMEM, ENOBUFS, ...).
-    AcceptBackoff { listener: usize },
+    AcceptBackoff {
+        /// The listener's index.
+        listener: usize,
+    },
     /// Accepts are paused for want of descriptors: try to take them up again.
     AcceptResume,
     /// The drain deadline.
     Drain,
 }
 
+/// Deadlines in order, stale ones included (the caller recognises them).
 #[derive(Default)]
-pub(crate) struct Timers {
+pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, TimerKey)>>,
 }
 
 impl Timers {
-    pub(crate) fn push(&mut self, at: Instant, key: TimerKey) {
+    /// Adds a deadline.
+    pub fn push(&mut self, at: Instant, key: TimerKey) {
         self.heap.push(Reverse((at, key)));
     }
 
     /// The earliest deadline, if any.
-    pub(crate) fn next(&self) -> Option<Instant> {
+    pub fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Pops one entry due at `now`, with the deadline it was pushed for.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKey)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKey)> {
         let Reverse((at, _)) = self.heap.peek()?;
         if *at > now {
             return None;
@@ -45,7 +55,7 @@ impl Timers {
     }
 
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.heap.len()
     }
 }
