@@ -347,6 +347,46 @@ fn client_reset_while_waiting_is_noticed(tag: &str, args: &[&str]) {
     );
     assert_eq!(proxy.live_stat("connections_active"), 0);
 
+    // The pipes and buffers those connections held had the clients' bytes in them: the next
+    // connections must receive exactly their own bytes (a pipe pooled with a dead connection's
+    // bytes would deliver them first).
+    let verified = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let results = Arc::clone(&verified);
+    let verifier = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let results = Arc::clone(&results);
+        thread::spawn(move || {
+            let seen = DATA.verify_from(&mut stream).map_err(|e| e.kind());
+            results.lock().unwrap().push(seen);
+        });
+    });
+    let clean = addr(SERVER_V4[0], 8095);
+    let _verifier = Server::start(&gw.server, &[clean], verifier);
+    const NEXT_BYTES: u64 = 4 << 20;
+    gw.client.run(move || {
+        for _ in 0..2 * CLIENTS {
+            let mut stream = TcpStream::connect(clean).expect("connect");
+            DATA.write_to(&mut stream, NEXT_BYTES).expect("send");
+            stream.shutdown(Shutdown::Write).unwrap();
+            let _ = read_until_end(&mut stream);
+        }
+    });
+    let settled = within_a_second(|| verified.lock().unwrap().len() == 2 * CLIENTS);
+    assert!(
+        settled.is_some(),
+        "the verifier saw {:?}",
+        verified.lock().unwrap()
+    );
+    for seen in verified.lock().unwrap().iter() {
+        assert_eq!(
+            *seen,
+            Ok(Verified::intact(NEXT_BYTES)),
+            "a later connection's upload"
+        );
+    }
+
+    // Pooled pipes now count among the idle descriptors.
+    let idle_fds = proxy.open_fds();
+
     // 2. Waiting for a connect to a black hole, then a reset.
     let clients: Vec<TcpStream> = gw.client.run(move || {
         (0..CLIENTS)
