@@ -110,6 +110,7 @@ fn fault_name(fault: Fault) -> &'static str {
         Fault::UpstreamReset(_) => "upstream_reset",
         Fault::ClientReset(_) => "client_reset",
         Fault::BlackHole => "black_hole",
+        Fault::IdlePause => "idle_pause",
     }
 }
 

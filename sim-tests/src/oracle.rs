@@ -9,7 +9,7 @@ use origdst_core::outcome::Outcome;
 use origdst_runtime_sim::driver::{PUMP_CHUNK_BYTES, ProxyRecord};
 
 use crate::scenario::{Fault, Flow, Lifecycle, MetaVariant, RouteKind, Scenario};
-use crate::world::{CONNECT_TIMEOUT, End, FlowResult, RESTART_AFTER_MS, Report};
+use crate::world::{CONNECT_TIMEOUT, End, FlowResult, IDLE_TIMEOUT, RESTART_AFTER_MS, Report};
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +282,50 @@ fn check_flow(
                 }
             }
         }
+        Fault::IdlePause => {
+            // The idle timer: both sides reset, an idle timeout after the last byte moved — not
+            // before (the pause is the only silence), and not much after.
+            expect_outcome(
+                &mut v,
+                outcome,
+                |o| o == Outcome::IdleTimeout,
+                "idle_timeout",
+            );
+            expect(
+                &mut v,
+                is_reset,
+                "an idle timeout must reach the client as a reset",
+                client.end,
+            );
+            for up in &result.upstream {
+                expect(
+                    &mut v,
+                    up.end == End::Reset,
+                    "an idle timeout must reach the upstream as a reset",
+                    up.end,
+                );
+            }
+            if let Some(closed) = record.closed_at {
+                let closed_ms = closed.as_millis() as u64;
+                let idle_ms = IDLE_TIMEOUT.as_millis() as u64;
+                let earliest = result.last_write_ms + idle_ms;
+                let latest = earliest + scenario.latency_ms.1 + 100;
+                if closed_ms < earliest {
+                    v.push(format!(
+                        "idle timeout fired at {closed_ms} ms, the last byte was written at {} ms: \
+                         earlier than the idle timeout",
+                        result.last_write_ms
+                    ));
+                }
+                if closed_ms > latest {
+                    v.push(format!(
+                        "idle timeout fired at {closed_ms} ms, the last byte was written at {} ms: \
+                         later than the idle timeout allows",
+                        result.last_write_ms
+                    ));
+                }
+            }
+        }
         Fault::BlackHole => {
             expect_outcome(
                 &mut v,
@@ -328,6 +372,9 @@ fn check_proxy(scenario: &Scenario, report: &Report) -> Vec<String> {
             "{} connections still counted active after quiescence",
             report.stats.active()
         ));
+    }
+    if crash_at.is_none() {
+        v.extend(check_counters(report));
     }
     if report.max_buffered_bytes > PUMP_CHUNK_BYTES {
         v.push(format!(
@@ -384,6 +431,116 @@ fn check_proxy(scenario: &Scenario, report: &Report) -> Vec<String> {
         if records.len() != total {
             v.push("one redirect record was applied to two upstream connections".into());
         }
+    }
+    v
+}
+
+/// Every counter a user scrapes agrees with what the proxy's records say happened: connections,
+/// endings by kind, refusals by reason, bytes each way, provenance.
+fn check_counters(report: &Report) -> Vec<String> {
+    use origdst_core::stats::Counter;
+    let mut v = Vec::new();
+    let stats = &report.stats;
+    let records = &report.proxy;
+    let count = |f: &dyn Fn(&ProxyRecord) -> bool| records.iter().filter(|r| f(r)).count() as u64;
+    let outcome_is =
+        |want: fn(Outcome) -> bool| count(&|r: &ProxyRecord| r.history.outcome.is_some_and(want));
+    let agree = |v: &mut Vec<String>, counter: Counter, want: u64| {
+        let got = stats.get(counter);
+        if got != want {
+            v.push(format!(
+                "counter {} = {got}, the records say {want}",
+                counter.name()
+            ));
+        }
+    };
+    agree(&mut v, Counter::DownstreamCxTotal, records.len() as u64);
+    agree(
+        &mut v,
+        Counter::DownstreamCxDestroy,
+        count(&|r: &ProxyRecord| r.history.outcome.is_some()),
+    );
+    agree(
+        &mut v,
+        Counter::Completed,
+        outcome_is(|o| o == Outcome::Completed),
+    );
+    agree(
+        &mut v,
+        Counter::UpstreamCxConnectFail,
+        outcome_is(|o| matches!(o, Outcome::ConnectFailed(_))),
+    );
+    agree(
+        &mut v,
+        Counter::UpstreamCxConnectTimeout,
+        outcome_is(|o| o == Outcome::ConnectTimeout),
+    );
+    agree(
+        &mut v,
+        Counter::UpstreamCxReset,
+        outcome_is(|o| matches!(o, Outcome::UpstreamFailed(_))),
+    );
+    agree(
+        &mut v,
+        Counter::DownstreamCxReset,
+        outcome_is(|o| matches!(o, Outcome::ClientFailed(_))),
+    );
+    agree(
+        &mut v,
+        Counter::IdleTimeout,
+        outcome_is(|o| o == Outcome::IdleTimeout),
+    );
+    agree(
+        &mut v,
+        Counter::DrainAborted,
+        outcome_is(|o| o == Outcome::DrainAborted),
+    );
+    let refused = outcome_is(|o| matches!(o, Outcome::Refused(_)));
+    let refusals: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.refusal_reason().is_some())
+        .map(|&c| stats.get(c))
+        .sum();
+    if refusals != refused {
+        v.push(format!(
+            "refusal counters add up to {refusals}, the records have {refused} refused connections"
+        ));
+    }
+    for record in records {
+        if let Some(Outcome::Refused(reason)) = record.history.outcome {
+            let named = Counter::ALL
+                .iter()
+                .find(|c| c.refusal_reason() == Some(reason.name()));
+            if named.is_none_or(|&c| stats.get(c) == 0) {
+                v.push(format!(
+                    "refusal {} was not counted under its reason",
+                    reason.name()
+                ));
+            }
+        }
+    }
+    let bytes = |dir: usize| records.iter().map(|r| r.bytes[dir]).sum::<u64>();
+    agree(&mut v, Counter::DownstreamCxRxBytesTotal, bytes(0));
+    agree(&mut v, Counter::DownstreamCxTxBytesTotal, bytes(1));
+    let connected = count(&|r: &ProxyRecord| r.history.connected);
+    let provenances: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.provenance().is_some())
+        .map(|&c| stats.get(c))
+        .sum();
+    let resolved = count(&|r: &ProxyRecord| {
+        r.history.provenance.is_some() && !matches!(r.history.outcome, Some(Outcome::Refused(_)))
+    });
+    if provenances != resolved {
+        v.push(format!(
+            "provenance counters add up to {provenances}, {resolved} connections resolved a destination"
+        ));
+    }
+    if stats.get(Counter::UpstreamCxTotal) < connected {
+        v.push(format!(
+            "upstream_cx_total {} is below the {connected} connections that connected",
+            stats.get(Counter::UpstreamCxTotal)
+        ));
     }
     v
 }

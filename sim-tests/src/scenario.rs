@@ -32,11 +32,15 @@ pub enum Family {
     /// Istio's virtual listener: `use_original_dst` hand-off to `bind_to_port: false` listeners
     /// (a STATIC service cluster, a black hole), passthrough for the rest.
     Handoff,
+    /// The idle timer: clients that pause between writes for less than the idle timeout (the
+    /// traffic postpones it: the flow completes however long it lasts) or for more (both sides
+    /// are reset, an idle timeout after the last byte moved, not before).
+    Timers,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Happy,
         Self::HalfClose,
         Self::Resets,
@@ -49,6 +53,7 @@ impl Family {
         Self::Lifecycle,
         Self::Swarm,
         Self::Handoff,
+        Self::Timers,
     ];
 
     /// The name used on the command line and in reports.
@@ -66,6 +71,7 @@ impl Family {
             Self::Lifecycle => "lifecycle",
             Self::Swarm => "swarm",
             Self::Handoff => "handoff",
+            Self::Timers => "timers",
         }
     }
 
@@ -145,6 +151,8 @@ pub enum Fault {
     ClientReset(u64),
     /// The path to the upstream black-holes once connected.
     BlackHole,
+    /// The client pauses longer than the idle timeout between two writes (`Flow::pace_ms`).
+    IdlePause,
 }
 
 /// Where a flow's upstream lives.
@@ -185,6 +193,8 @@ pub struct Flow {
     pub slow_client_ms: u64,
     /// Pause (ms) between the reads of a slow reader on the upstream side.
     pub slow_upstream_ms: u64,
+    /// Pause (ms) the client makes after each upload write (the idle-timer family).
+    pub pace_ms: u64,
 }
 
 impl Flow {
@@ -295,6 +305,7 @@ fn draw_flow(rng: &mut Rng, family: Family, id: usize, scenario: &mut Scenario) 
         start_ms: rng.range(0, 200),
         slow_client_ms: 0,
         slow_upstream_ms: 0,
+        pace_ms: 0,
     };
     if flow.chunk == 1 {
         // One-byte writes are one segment each in turmoil: keep them short.
@@ -420,6 +431,24 @@ fn draw_family(rng: &mut Rng, family: Family, id: usize, scenario: &mut Scenario
                     Lifecycle::ProxyCrash(at),
                     Lifecycle::UpstreamCrash(at),
                 ]));
+            }
+        }
+        Family::Timers => {
+            // A few writes, each followed by a pause: shorter than the idle timeout by more than
+            // the latency (the flow must complete, in several idle timeouts' time), or longer
+            // (the proxy must reset both sides an idle timeout after the last byte).
+            let idle_ms = crate::world::IDLE_TIMEOUT.as_millis() as u64;
+            flow.order = Order::ClientFirst;
+            flow.fault = Fault::None;
+            flow.chunk = rng.pick(&[7, 512, 1448]);
+            flow.upload = flow.chunk as u64 * rng.range(2, 4);
+            flow.download = flow.download.min(4096);
+            flow.start_ms = rng.range(0, 50);
+            if rng.chance(50) {
+                flow.pace_ms = rng.range(idle_ms / 2, idle_ms - 300);
+            } else {
+                flow.pace_ms = rng.range(idle_ms + 300, idle_ms * 3 / 2);
+                flow.fault = Fault::IdlePause;
             }
         }
         Family::Handoff => {

@@ -65,6 +65,8 @@ pub struct FlowResult {
     pub client: Option<SideResult>,
     /// The upstream's ledgers, one per accepted connection (more than one is a bug).
     pub upstream: Vec<SideResult>,
+    /// When the client's last upload write went through (virtual ms; paced flows).
+    pub last_write_ms: u64,
 }
 
 /// Everything a run produced.
@@ -374,17 +376,36 @@ async fn send(
     len: u64,
     chunk: usize,
 ) -> (u64, Option<End>) {
+    let (sent, end, _) = send_paced(net, write, stream_seed, len, chunk, 0).await;
+    (sent, end)
+}
+
+/// [`send`], pausing `pace_ms` after each write but the last; also returns when the last write
+/// that went through was made (virtual ms).
+async fn send_paced(
+    net: &SimNet,
+    write: &mut OwnedWriteHalf,
+    stream_seed: u64,
+    len: u64,
+    chunk: usize,
+    pace_ms: u64,
+) -> (u64, Option<End>, u64) {
     let mut buf = vec![0u8; chunk.max(1)];
     let mut sent = 0u64;
+    let mut last_write_ms = now_ms();
     while sent < len {
         let n = (len - sent).min(buf.len() as u64) as usize;
         fill(stream_seed, sent, &mut buf[..n]);
         if let Err(err) = sim_io::write_all(net, write, &buf[..n]).await {
-            return (sent, Some(end_of(&err)));
+            return (sent, Some(end_of(&err)), last_write_ms);
         }
+        last_write_ms = now_ms();
         sent += n as u64;
+        if pace_ms > 0 && sent < len {
+            tokio::time::sleep(Duration::from_millis(pace_ms)).await;
+        }
     }
-    (sent, None)
+    (sent, None, last_write_ms)
 }
 
 /// Receives and checks the stream until EOF, error, `limit` bytes (then stops), or the deadline.
@@ -731,7 +752,9 @@ async fn client_flow(net: &SimNet, flow: &Flow, flows: &Flows, addrs: &Addrs, se
     } else {
         match flow.order {
             Order::ClientFirst => {
-                let (sent, _) = send(net, &mut write, up, flow.upload, flow.chunk).await;
+                let (sent, _, last_write_ms) =
+                    send_paced(net, &mut write, up, flow.upload, flow.chunk, flow.pace_ms).await;
+                flows.borrow_mut()[flow.id].last_write_ms = last_write_ms;
                 let _ = sim_io::shutdown(net, &mut write).await;
                 let mut result = receive(net, &mut read, down, None, flow.slow_client_ms).await;
                 result.sent = sent;

@@ -26,6 +26,11 @@ fn family(family: Family) {
 const SEEDS_PER_FAMILY: u64 = 100;
 
 #[test]
+fn timers() {
+    family(Family::Timers);
+}
+
+#[test]
 fn handoff() {
     family(Family::Handoff);
 }
