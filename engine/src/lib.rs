@@ -12,11 +12,14 @@
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod kernel;
 pub mod log_budget;
 pub mod own_upstreams;
 pub mod pairs;
 pub mod pipes;
 pub mod progress;
+pub mod report;
+pub mod shard;
 pub mod slots;
 pub mod timers;
 pub mod token;

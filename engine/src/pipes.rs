@@ -5,6 +5,32 @@
 //! (`fs.pipe-user-pages-soft`: past it new pipes silently shrink to 8 KiB). The pipes themselves
 //! (descriptors, `F_SETPIPE_SZ`) are the runtime's; this is the rule book.
 
+/// A pipe the data path leases: the kernel's two ends, the capacity it granted, and the bytes the
+/// data path put in and has not taken out.
+#[derive(Debug)]
+pub struct Pipe<E> {
+    /// The kernel's pipe.
+    pub ends: E,
+    /// What the kernel granted (`F_GETPIPE_SZ`), not what was asked for.
+    pub capacity: u32,
+    /// Bytes spliced in and not yet spliced out.
+    pub data: u32,
+}
+
+impl<E: crate::kernel::PipeEnds> PooledPipe for Pipe<E> {
+    fn queued(&self) -> u32 {
+        self.data
+    }
+
+    fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    fn kernel_queued(&self) -> Option<u32> {
+        self.ends.kernel_queued()
+    }
+}
+
 /// What the pool needs to know of a pipe.
 pub trait PooledPipe {
     /// Bytes the data path put in and has not taken out (its own bookkeeping).

@@ -49,6 +49,7 @@ fn flow(id: usize, order: Order, fault: Fault, route: RouteKind) -> Flow {
         start_ms: 300 * id as u64,
         slow_client_ms: 0,
         slow_upstream_ms: 0,
+        pace_ms: 0,
     }
 }
 

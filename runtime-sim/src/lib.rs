@@ -1,4 +1,5 @@
-//! origdst-runtime-sim: the same `origdst-core` that runs on io_uring, driven over turmoil's
+//! origdst-runtime-sim: a simulated kernel for the engine's production shard ([`kernel`]), and
+//! the same `origdst-core` that runs on io_uring, driven over turmoil's
 //! deterministic network — a thin driver like `runtime-uring` — plus deterministic models of what
 //! the kernel and platform do for a transparent proxy, which turmoil does not have:
 //!
@@ -23,4 +24,5 @@
 
 pub mod driver;
 pub mod io;
+pub mod kernel;
 pub mod net;

@@ -51,6 +51,33 @@ pub struct Record {
     pub shard: usize,
 }
 
+impl Record {
+    /// The record of a connection the engine finished (time-stamped here, off the hot path's
+    /// clock: the engine has none).
+    pub fn from_finished(f: origdst_engine::report::Finished) -> Self {
+        use origdst_core::outcome::IoErrorKind;
+        Self {
+            start_time: SystemTime::now()
+                .checked_sub(f.age)
+                .unwrap_or(std::time::UNIX_EPOCH),
+            duration_ms: f.age.as_millis() as u64,
+            downstream_remote_address: f.client,
+            original_destination: f.orig_dst,
+            original_destination_provenance: f.provenance,
+            upstream_host: f.upstream,
+            listener: f.listener,
+            bytes_received: f.bytes_received,
+            bytes_sent: f.bytes_sent,
+            termination_reason: f.outcome.name(),
+            error: f.outcome.error().map(|kind| match kind {
+                IoErrorKind::Other { errno } => ErrorText::Errno(errno),
+                kind => ErrorText::Named(kind.name()),
+            }),
+            shard: f.shard,
+        }
+    }
+}
+
 /// An I/O error as a record holds it; its text is made when the line is written.
 #[derive(Debug, Clone, Copy)]
 pub enum ErrorText {

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 mod buf_ring;
 pub mod interception;
+mod kernel;
 pub mod metrics;
 pub mod observed;
 mod pipe_pool;

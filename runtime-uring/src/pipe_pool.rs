@@ -6,31 +6,16 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
-use origdst_engine::pipes::PooledPipe;
+use origdst_engine::kernel::PipeEnds;
 
-/// A shard's pool of kernel pipes.
-pub(crate) type PipePool = origdst_engine::pipes::PipePool<Pipe>;
-
-/// A leased pipe and how many bytes sit in it.
+/// A pipe's two ends as the kernel made them.
 #[derive(Debug)]
-pub(crate) struct Pipe {
+pub(crate) struct Ends {
     pub(crate) read: OwnedFd,
     pub(crate) write: OwnedFd,
-    /// What `F_GETPIPE_SZ` reported, not what we asked for.
-    pub(crate) capacity: u32,
-    /// Bytes spliced in and not yet spliced out.
-    pub(crate) data: u32,
 }
 
-impl PooledPipe for Pipe {
-    fn queued(&self) -> u32 {
-        self.data
-    }
-
-    fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
+impl PipeEnds for Ends {
     fn kernel_queued(&self) -> Option<u32> {
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
@@ -39,9 +24,9 @@ impl PooledPipe for Pipe {
     }
 }
 
-/// A non-blocking pipe of (about) `size_bytes`; `None` when the kernel refuses (descriptor
-/// limits): the direction then copies.
-pub(crate) fn create(size_bytes: u32) -> Option<Pipe> {
+/// A non-blocking pipe of (about) `size_bytes` and the capacity granted; `None` when the kernel
+/// refuses (descriptor limits): the direction then copies.
+pub(crate) fn create(size_bytes: u32) -> Option<(Ends, u32)> {
     let (read, write) = match pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
         Ok(fds) => fds,
         Err(errno) => {
@@ -55,33 +40,35 @@ pub(crate) fn create(size_bytes: u32) -> Option<Pipe> {
         Ok(size) => u32::try_from(size).unwrap_or(0),
         Err(_) => 0,
     };
-    if capacity == 0 {
-        return None;
-    }
-    Some(Pipe {
-        read,
-        write,
-        capacity,
-        data: 0,
-    })
+    (capacity > 0).then_some((Ends { read, write }, capacity))
 }
 
 #[cfg(test)]
 mod tests {
+    use origdst_engine::pipes::{Pipe, PipePool, PooledPipe};
+
     use super::*;
+
+    fn make(size: u32) -> Option<Pipe<Ends>> {
+        create(size).map(|(ends, capacity)| Pipe {
+            ends,
+            capacity,
+            data: 0,
+        })
+    }
 
     #[test]
     fn real_pipes_report_what_they_hold() {
         let mut pool = PipePool::new(2 * 65536, 65536);
-        let mut pipe = pool.lease(create).expect("a pipe");
+        let mut pipe = pool.lease(make).expect("a pipe");
         assert!(pipe.capacity >= 4096);
         assert_eq!(pipe.kernel_queued(), Some(0));
-        nix::unistd::write(&pipe.write, b"leftover").unwrap();
+        nix::unistd::write(&pipe.ends.write, b"leftover").unwrap();
         pipe.data = 8;
         assert_eq!(pipe.kernel_queued(), Some(8));
         pool.release(pipe);
         assert_eq!(pool.discarded, 1, "a pipe with bytes is closed, not pooled");
-        let next = pool.lease(create).expect("a fresh pipe");
+        let next = pool.lease(make).expect("a fresh pipe");
         assert_eq!(next.kernel_queued(), Some(0));
     }
 }

@@ -6,71 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use origdst_core::stats::{Counter, Counters};
 
-/// Gauges the runtime owns (core knows nothing of pipes and buffers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Gauge {
-    /// Open connections on the shard.
-    ConnectionsActive,
-    /// Pipes leased from the shard's pool.
-    PipesLeased,
-    /// Pipes that came out smaller than requested.
-    PipesShrunk,
-    /// Pipes discarded with bytes in them.
-    PipesDiscarded,
-    /// Provided buffers holding bytes in flight.
-    BuffersInFlight,
-    /// Directions that fell back to copying because no pipe was available.
-    SpliceFallbackCopies,
-}
-
-impl Gauge {
-    /// Every gauge, in index order.
-    pub const ALL: [Self; 6] = [
-        Self::ConnectionsActive,
-        Self::PipesLeased,
-        Self::PipesShrunk,
-        Self::PipesDiscarded,
-        Self::BuffersInFlight,
-        Self::SpliceFallbackCopies,
-    ];
-
-    /// Cumulative (exported as a counter) rather than a level.
-    pub const fn is_counter(self) -> bool {
-        matches!(
-            self,
-            Self::PipesShrunk | Self::PipesDiscarded | Self::SpliceFallbackCopies
-        )
-    }
-
-    /// The metric's help text.
-    pub const fn help(self) -> &'static str {
-        match self {
-            Self::ConnectionsActive => "Open connections on the shard.",
-            Self::PipesLeased => "Splice pipes leased from the pools (bytes in flight).",
-            Self::PipesShrunk => {
-                "Pipes the kernel made smaller than asked (per-user pipe limit, fs.pipe-max-size)."
-            }
-            Self::PipesDiscarded => "Pipes closed with bytes in them when their connection ended.",
-            Self::BuffersInFlight => "Provided buffers holding bytes in flight (uring-copy).",
-            Self::SpliceFallbackCopies => {
-                "Times a splice direction copied because the pipe pool was empty."
-            }
-        }
-    }
-
-    /// The exported name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::ConnectionsActive => "connections_active",
-            Self::PipesLeased => "pipes_leased",
-            Self::PipesShrunk => "pipes_shrunk",
-            Self::PipesDiscarded => "pipes_discarded",
-            Self::BuffersInFlight => "buffers_in_flight",
-            Self::SpliceFallbackCopies => "splice_fallback_copies",
-        }
-    }
-}
+pub use origdst_engine::report::Gauge;
 
 /// One shard's published row.
 #[derive(Debug)]

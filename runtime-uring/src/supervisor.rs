@@ -18,7 +18,7 @@ use crate::access_log::AccessLogWriter;
 use crate::admin::Admin;
 use crate::observed::{AccessLogCounts, Observed, RunningConfig};
 use crate::published::{ShardRow, render};
-use crate::shard::{Backend, Shard, ShardControl, ShardSetup};
+use crate::shard::{Backend, ShardControl, ShardSetup0 as ShardSetup};
 use crate::sys;
 use origdst_engine::own_upstreams::OwnUpstreams;
 
@@ -442,16 +442,16 @@ fn shard_main(
         events: events.clone(),
         result: None,
     };
-    let shard = match Shard::new(setup) {
+    let shard = match crate::shard::build(setup) {
         Ok(shard) => shard,
         Err(reason) => {
-            let _ = events.send(ShardEvent::Started(id, Err(reason)));
+            let _ = events.send(ShardEvent::Started(id, Err(reason.to_string())));
             guard.result = Some(Ok(()));
             return;
         }
     };
     let _ = events.send(ShardEvent::Started(id, Ok(())));
-    guard.result = Some(shard.run());
+    guard.result = Some(shard.run().map_err(|err| err.to_string()));
 }
 
 /// The thread that re-reads the config on SIGHUP, off the signal path. Requests coalesce: one

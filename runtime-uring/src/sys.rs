@@ -3,12 +3,13 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SockOptAnswer};
 use origdst_core::outcome::IoErrorKind;
+use origdst_engine::kernel::ConnectStart;
 use socket2::{Domain, SockRef, Socket, Type};
 
 /// Opens a non-blocking `SO_REUSEPORT` listener on `addr` (one per shard share the port).
@@ -100,23 +101,13 @@ fn not_inet() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket")
 }
 
-/// Outcome of starting a non-blocking connect.
-pub(crate) enum ConnectStart {
-    /// Connected at once (loopback can).
-    Done(OwnedFd),
-    /// In progress: wait for POLLOUT, then read `SO_ERROR`.
-    InProgress(OwnedFd),
-    /// Failed at once.
-    Failed(IoErrorKind),
-}
-
 /// Creates the upstream socket (non-blocking, marked, `TCP_NODELAY`), binds it to `source` when
 /// preserving the client's address, and starts connecting.
 pub(crate) fn connect(
     upstream: SocketAddr,
     mark: Option<u32>,
     source: Option<SocketAddr>,
-) -> io::Result<ConnectStart> {
+) -> io::Result<ConnectStart<OwnedFd>> {
     let socket = Socket::new(
         Domain::for_address(upstream),
         Type::STREAM.nonblocking().cloexec(),
@@ -217,11 +208,6 @@ pub(crate) fn reserve_fd() -> io::Result<OwnedFd> {
     std::fs::File::open("/dev/null").map(OwnedFd::from)
 }
 
-/// EMFILE (the process's table) or ENFILE (the system's): descriptors, not the peer, failed.
-pub(crate) fn is_descriptor_exhaustion(errno: i32) -> bool {
-    errno == libc::EMFILE || errno == libc::ENFILE
-}
-
 /// Whether this process may bind non-local addresses (`IP_TRANSPARENT` needs CAP_NET_ADMIN or
 /// CAP_NET_RAW).
 pub(crate) fn check_transparent_allowed() -> io::Result<()> {
@@ -269,19 +255,7 @@ pub(crate) fn set_nodelay(fd: &OwnedFd) {
 
 /// Maps an I/O error to core's kinds.
 pub(crate) fn error_kind(err: &io::Error) -> IoErrorKind {
-    errno_kind(err.raw_os_error().unwrap_or(0))
-}
-
-/// Maps a positive errno to core's kinds.
-pub(crate) fn errno_kind(errno: i32) -> IoErrorKind {
-    match errno {
-        libc::ECONNREFUSED => IoErrorKind::Refused,
-        libc::ECONNRESET | libc::ECONNABORTED => IoErrorKind::Reset,
-        libc::ETIMEDOUT => IoErrorKind::TimedOut,
-        libc::EHOSTUNREACH | libc::ENETUNREACH => IoErrorKind::Unreachable,
-        libc::EPIPE => IoErrorKind::BrokenPipe,
-        errno => IoErrorKind::Other { errno },
-    }
+    origdst_engine::shard::error_kind(err)
 }
 
 /// The host's addresses, for the "destination is one of our wildcard listeners" rule.
@@ -308,11 +282,6 @@ pub(crate) fn local_ips() -> Vec<IpAddr> {
         }
     }
     ips
-}
-
-/// Raw fd of anything that has one (for SQE building).
-pub(crate) fn raw(fd: &impl AsFd) -> RawFd {
-    fd.as_fd().as_raw_fd()
 }
 
 /// The network capabilities this process holds, from `CapEff` in /proc/self/status (for the

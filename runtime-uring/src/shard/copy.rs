@@ -8,9 +8,11 @@ use std::os::fd::RawFd;
 
 use io_uring::{cqueue, opcode, types};
 
-use super::io::{DirKey, Io};
-use crate::sys::errno_kind;
+use origdst_engine::slots::DirKey;
+
+use super::Io;
 use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::shard::errno_kind;
 use origdst_engine::token::{Kind, Token};
 
 /// A received buffer not yet fully sent.
@@ -69,7 +71,11 @@ impl CopyDir {
                 // The kernel promises a buffer with every positive multishot recv result.
                 unreachable!("recv completion with data but no buffer");
             };
-            let ring = io.buf_ring.as_mut().expect("copy path has a buffer ring");
+            let ring = io
+                .kernel
+                .buf_ring
+                .as_mut()
+                .expect("copy path has a buffer ring");
             ring.taken();
             self.queue.push_back(Chunk {
                 id,
@@ -81,7 +87,7 @@ impl CopyDir {
             }
             if self.recv_armed && !self.cancelling && self.queue.len() >= QUEUE_HIGH {
                 let target = Token::new(Kind::Recv, key.slot, key.generation, key.dir).encode();
-                io.push(
+                io.kernel.poller.push(
                     opcode::AsyncCancel::new(target)
                         .build()
                         .user_data(cancel_token(key)),
@@ -145,7 +151,8 @@ impl CopyDir {
         if head.len == 0 {
             let id = head.id;
             self.queue.pop_front();
-            io.buf_ring
+            io.kernel
+                .buf_ring
                 .as_mut()
                 .expect("copy path has a buffer ring")
                 .give_back(id);
@@ -200,7 +207,11 @@ impl CopyDir {
 
     pub(crate) fn release(&mut self, io: &mut Io) {
         let skip = usize::from(self.send == SendState::Sending);
-        let ring = io.buf_ring.as_mut().expect("copy path has a buffer ring");
+        let ring = io
+            .kernel
+            .buf_ring
+            .as_mut()
+            .expect("copy path has a buffer ring");
         for chunk in self.queue.drain(..).skip(skip) {
             ring.give_back(chunk.id);
         }
@@ -223,12 +234,13 @@ impl CopyDir {
     fn arm_recv(&mut self, io: &mut Io, src: RawFd, key: DirKey) {
         assert!(!self.recv_armed, "recv armed twice");
         let group = io
+            .kernel
             .buf_ring
             .as_ref()
             .expect("copy path has a buffer ring")
             .group();
         let token = Token::new(Kind::Recv, key.slot, key.generation, key.dir);
-        io.push(
+        io.kernel.poller.push(
             opcode::RecvMulti::new(types::Fd(src), group)
                 .build()
                 .user_data(token.encode()),
@@ -243,13 +255,17 @@ impl CopyDir {
             "one send in flight per direction keeps bytes in order"
         );
         let head = *self.queue.front().expect("send_head with an empty queue");
-        let ring = io.buf_ring.as_ref().expect("copy path has a buffer ring");
+        let ring = io
+            .kernel
+            .buf_ring
+            .as_ref()
+            .expect("copy path has a buffer ring");
         let ptr = ring.ptr(head.id, head.offset, head.len);
         let token = Token::new(Kind::Send, key.slot, key.generation, key.dir).with_buf(head.id);
         let send = opcode::Send::new(types::Fd(sink), ptr, head.len)
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        io.push(send.user_data(token.encode()));
+        io.kernel.poller.push(send.user_data(token.encode()));
         self.send = SendState::Sending;
     }
 }

@@ -15,10 +15,13 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{opcode, types};
 
-use super::io::{DirKey, Io};
-use crate::pipe_pool::Pipe;
-use crate::sys::errno_kind;
+use origdst_engine::slots::DirKey;
+
+use super::Io;
+use crate::pipe_pool::Ends;
+use origdst_engine::pipes::Pipe;
 use origdst_engine::progress::{DirEnd, Progress};
+use origdst_engine::shard::errno_kind;
 use origdst_engine::token::{Kind, Token};
 
 /// Where one direction stands.
@@ -41,7 +44,7 @@ enum State {
 
 #[derive(Debug, Default)]
 pub(crate) struct OpSpliceDir {
-    pipe: Option<Pipe>,
+    pipe: Option<Pipe<Ends>>,
     state: State,
 }
 
@@ -162,7 +165,7 @@ impl OpSpliceDir {
 
     fn splice_in(&mut self, io: &mut Io, src: RawFd, key: DirKey) {
         if self.pipe.is_none() {
-            self.pipe = io.pipes.lease(crate::pipe_pool::create);
+            self.pipe = io.lease_pipe();
         }
         let Some(pipe) = self.pipe.as_ref() else {
             io.waiters.push_back(key);
@@ -172,14 +175,14 @@ impl OpSpliceDir {
         let sqe = opcode::Splice::new(
             types::Fd(src),
             -1,
-            types::Fd(pipe.write.as_raw_fd()),
+            types::Fd(pipe.ends.write.as_raw_fd()),
             -1,
             pipe.capacity,
         )
         .flags(SPLICE_FLAGS)
         .build()
         .user_data(Token::new(Kind::SpliceIn, key.slot, key.generation, key.dir).encode());
-        io.push(sqe);
+        io.kernel.poller.push(sqe);
         self.state = State::SplicingIn;
     }
 
@@ -187,7 +190,7 @@ impl OpSpliceDir {
         let pipe = self.pipe.as_ref().expect("a pipe holds the bytes to send");
         assert!(pipe.data > 0, "nothing to splice out");
         let sqe = opcode::Splice::new(
-            types::Fd(pipe.read.as_raw_fd()),
+            types::Fd(pipe.ends.read.as_raw_fd()),
             -1,
             types::Fd(sink),
             -1,
@@ -196,7 +199,7 @@ impl OpSpliceDir {
         .flags(SPLICE_FLAGS)
         .build()
         .user_data(Token::new(Kind::SpliceOut, key.slot, key.generation, key.dir).encode());
-        io.push(sqe);
+        io.kernel.poller.push(sqe);
         self.state = State::SplicingOut;
     }
 

@@ -10,28 +10,28 @@
 //!   client fd ◀─QueueToFd─── backward ◀─FdToQueue── upstream fd      (outer u2c, inner u2c)
 //! ```
 
-use std::os::fd::{BorrowedFd, RawFd};
-
-use nix::errno::Errno;
 use origdst_core::outcome::IoErrorKind;
 
-pub(crate) use origdst_engine::pairs::{Pair, Which};
-
-use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
-use crate::sys::errno_kind;
-use origdst_engine::progress::{DirEnd, Progress};
-use origdst_engine::token::Kind;
+use super::errno_kind;
+use super::io::{Io, PUMP_ROUNDS_MAX};
+use crate::kernel::Kernel;
+pub use crate::pairs::{Pair, Which};
+use crate::progress::{DirEnd, Progress};
+use crate::slots::DirKey;
+use crate::token::Kind;
 
 /// Whether a direction fills its queue from its socket or drains it into its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
+    /// Reads its socket into the queue.
     FdToQueue,
+    /// Writes the queue into its socket.
     QueueToFd,
 }
 
 /// One direction of a connection with an internal end.
 #[derive(Debug)]
-pub(crate) struct InternalDir {
+pub struct InternalDir {
     pair: usize,
     which: Which,
     role: Role,
@@ -40,7 +40,8 @@ pub(crate) struct InternalDir {
 }
 
 impl InternalDir {
-    pub(crate) fn new(pair: usize, which: Which, role: Role) -> Self {
+    /// The direction of `pair`'s `which` queue playing `role`.
+    pub fn new(pair: usize, which: Which, role: Role) -> Self {
         Self {
             pair,
             which,
@@ -51,7 +52,8 @@ impl InternalDir {
 
     /// Moves bytes until the socket or the queue blocks, the direction ends, or the round budget
     /// is spent. `fds` = (source, sink); the internal end's entry is unused.
-    pub(crate) fn pump(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    /// Moves bytes between its socket and its queue until one side waits.
+    pub fn pump<K: Kernel>(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         if self.armed.is_some() {
             return Progress::default();
         }
@@ -62,17 +64,19 @@ impl InternalDir {
     }
 
     /// The poll in flight on the socket end, if any.
-    pub(crate) fn armed(&self) -> Option<Kind> {
+    /// The poll in flight, if any.
+    pub fn armed(&self) -> Option<Kind> {
         self.armed
     }
 
     /// A readiness completion on the socket: pump again.
-    pub(crate) fn on_poll(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    /// Its poll completed: pump again.
+    pub fn on_poll<K: Kernel>(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         self.armed = None;
         self.pump(io, fds, key)
     }
 
-    fn fill(&mut self, io: &mut Io, src: RawFd, key: DirKey) -> Progress {
+    fn fill<K: Kernel>(&mut self, io: &mut Io<K>, src: i32, key: DirKey) -> Progress {
         let mut bytes = 0u64;
         for _ in 0..PUMP_ROUNDS_MAX {
             let Some(pair) = io.pairs.get_mut(self.pair) else {
@@ -84,9 +88,7 @@ impl InternalDir {
                 queue.wait_for_space(key);
                 return Progress::bytes(bytes);
             }
-            // SAFETY: the shard keeps the descriptor open while the connection lives.
-            let src_fd = unsafe { BorrowedFd::borrow_raw(src) };
-            match nix::unistd::read(src_fd, space) {
+            match io.kernel.read(src, space) {
                 Ok(0) => return Progress::ended(bytes, DirEnd::Eof),
                 Ok(n) => {
                     bytes += n as u64;
@@ -94,14 +96,14 @@ impl InternalDir {
                         io.ready.push_back(waiting);
                     }
                 }
-                Err(Errno::EAGAIN) => {
+                Err(libc::EAGAIN) => {
                     self.arm_poll(io, src, key, Kind::PollIn, libc::POLLIN);
                     return Progress::bytes(bytes);
                 }
                 Err(errno) => {
                     return Progress::ended(
                         bytes,
-                        DirEnd::Failed(key.dir.source(), errno_kind(errno as i32)),
+                        DirEnd::Failed(key.dir.source(), errno_kind(errno)),
                     );
                 }
             }
@@ -110,7 +112,7 @@ impl InternalDir {
         Progress::bytes(bytes)
     }
 
-    fn drain(&mut self, io: &mut Io, sink: RawFd, key: DirKey) -> Progress {
+    fn drain<K: Kernel>(&mut self, io: &mut Io<K>, sink: i32, key: DirKey) -> Progress {
         let mut bytes = 0u64;
         for _ in 0..PUMP_ROUNDS_MAX {
             let Some(pair) = io.pairs.get_mut(self.pair) else {
@@ -127,25 +129,21 @@ impl InternalDir {
                 queue.wait_for_bytes(key);
                 return Progress::bytes(bytes);
             }
-            match nix::sys::socket::send(
-                sink,
-                queue.filled_slice(),
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            ) {
+            match io.kernel.send(sink, queue.filled_slice()) {
                 Ok(n) => {
                     bytes += n as u64;
                     if let Some(waiting) = queue.consume(n) {
                         io.ready.push_back(waiting);
                     }
                 }
-                Err(Errno::EAGAIN) => {
+                Err(libc::EAGAIN) => {
                     self.arm_poll(io, sink, key, Kind::PollOut, libc::POLLOUT);
                     return Progress::bytes(bytes);
                 }
                 Err(errno) => {
                     return Progress::ended(
                         bytes,
-                        DirEnd::Failed(key.dir.sink(), errno_kind(errno as i32)),
+                        DirEnd::Failed(key.dir.sink(), errno_kind(errno)),
                     );
                 }
             }
@@ -154,7 +152,14 @@ impl InternalDir {
         Progress::bytes(bytes)
     }
 
-    fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
+    fn arm_poll<K: Kernel>(
+        &mut self,
+        io: &mut Io<K>,
+        fd: i32,
+        key: DirKey,
+        kind: Kind,
+        events: i16,
+    ) {
         self.armed = Some(kind);
         io.poll_dir(fd, key, kind, events);
     }

@@ -1,4 +1,4 @@
-//! The uring-splice data path for one direction, HAProxy's model on io_uring readiness:
+//! The readiness data path for one direction (uring-splice, epoll), HAProxy's model:
 //! non-blocking `splice(2)` socket → pipe → socket called inline on the shard thread, a pipe
 //! leased from the shard's pool only while bytes are in flight, one-shot `POLL_ADD` when the
 //! source is empty (POLLIN) or the sink is full (POLLOUT). No `IORING_OP_SPLICE`: on a socket
@@ -7,20 +7,18 @@
 //! The pipe is always drained before reading again, so an EAGAIN from `splice(sock → pipe)` always
 //! means "socket empty", never the ambiguous "pipe full".
 
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use super::errno_kind;
+use super::io::{Io, PUMP_ROUNDS_MAX};
+use crate::kernel::{Errno, Kernel};
+use crate::pipes::Pipe;
+use crate::progress::{DirEnd, Progress};
+use crate::slots::DirKey;
+use crate::token::Kind;
 
-use nix::errno::Errno;
-use nix::fcntl::{SpliceFFlags, splice};
-
-use super::io::{DirKey, Io, PUMP_ROUNDS_MAX};
-use crate::pipe_pool::Pipe;
-use crate::sys::errno_kind;
-use origdst_engine::progress::{DirEnd, Progress};
-use origdst_engine::token::Kind;
-
-#[derive(Debug, Default)]
-pub(crate) struct SpliceDir {
-    pipe: Option<Pipe>,
+/// One direction on the readiness data path.
+#[derive(Debug)]
+pub struct SpliceDir<K: Kernel> {
+    pipe: Option<Pipe<K::PipeEnds>>,
     /// Copy fallback: a buffer and the (offset, len) of unsent bytes in it.
     buf: Option<(Box<[u8]>, usize, usize)>,
     src_eof: bool,
@@ -30,30 +28,40 @@ pub(crate) struct SpliceDir {
     splice_refused: bool,
 }
 
-impl SpliceDir {
+impl<K: Kernel> Default for SpliceDir<K> {
+    fn default() -> Self {
+        Self {
+            pipe: None,
+            buf: None,
+            src_eof: false,
+            armed: None,
+            splice_refused: false,
+        }
+    }
+}
+
+impl<K: Kernel> SpliceDir<K> {
     /// Moves bytes until the source is empty, the sink is full, the direction ends, or the round
     /// budget is spent (then it re-queues itself so other connections get a turn).
-    pub(crate) fn pump(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    pub fn pump(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         assert!(self.armed.is_none(), "pumped while waiting for readiness");
-        // SAFETY: the shard keeps both descriptors open for as long as the connection exists, and
-        // a pump runs only for a live connection.
-        let (src, sink) = unsafe { (BorrowedFd::borrow_raw(fds.0), BorrowedFd::borrow_raw(fds.1)) };
+        let (src, sink) = fds;
         let mut bytes = 0u64;
         for _ in 0..PUMP_ROUNDS_MAX {
-            match self.flush(sink) {
+            match self.flush(io, sink) {
                 Ok(0) => {}
                 Ok(n) => {
                     bytes += n;
                     continue;
                 }
-                Err(Errno::EAGAIN) => {
+                Err(libc::EAGAIN) => {
                     self.arm_poll(io, fds.1, key, Kind::PollOut, libc::POLLOUT);
                     return Progress::bytes(bytes);
                 }
                 Err(errno) => {
                     return Progress::ended(
                         bytes,
-                        DirEnd::Failed(key.dir.sink(), errno_kind(errno as i32)),
+                        DirEnd::Failed(key.dir.sink(), errno_kind(errno)),
                     );
                 }
             }
@@ -68,7 +76,7 @@ impl SpliceDir {
                     io.waiters.push_back(key);
                     return Progress::bytes(bytes);
                 }
-                Err(Errno::EAGAIN) => {
+                Err(libc::EAGAIN) => {
                     self.give_back(io);
                     self.arm_poll(io, fds.0, key, Kind::PollIn, libc::POLLIN);
                     return Progress::bytes(bytes);
@@ -76,7 +84,7 @@ impl SpliceDir {
                 Err(errno) => {
                     return Progress::ended(
                         bytes,
-                        DirEnd::Failed(key.dir.source(), errno_kind(errno as i32)),
+                        DirEnd::Failed(key.dir.source(), errno_kind(errno)),
                     );
                 }
             }
@@ -86,19 +94,19 @@ impl SpliceDir {
     }
 
     /// A readiness completion (POLLIN or POLLOUT, or an error bit): pump again.
-    pub(crate) fn on_poll(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    pub fn on_poll(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         assert!(self.armed.is_some(), "poll completion with no poll armed");
         self.armed = None;
         self.pump(io, fds, key)
     }
 
     /// The poll this direction has in flight, if any (the only operation it ever has).
-    pub(crate) fn armed(&self) -> Option<Kind> {
+    pub fn armed(&self) -> Option<Kind> {
         self.armed
     }
 
     /// The connection is closing: an empty pipe goes back to the pool, a full one is discarded.
-    pub(crate) fn release(&mut self, io: &mut Io) {
+    pub fn release(&mut self, io: &mut Io<K>) {
         if let Some(pipe) = self.pipe.take() {
             // The pool discards it if it still holds this connection's bytes.
             io.pipes.release(pipe);
@@ -111,16 +119,9 @@ impl SpliceDir {
     }
 
     /// Writes what the pipe or buffer holds. `Ok(0)`: nothing was held.
-    fn flush(&mut self, sink: BorrowedFd<'_>) -> Result<u64, Errno> {
+    fn flush(&mut self, io: &mut Io<K>, sink: i32) -> Result<u64, Errno> {
         if let Some(pipe) = self.pipe.as_mut().filter(|p| p.data > 0) {
-            let n = splice(
-                pipe.read.as_fd(),
-                None,
-                sink,
-                None,
-                pipe.data as usize,
-                splice_flags(),
-            )?;
+            let n = io.kernel.splice_out(&pipe.ends, sink, pipe.data as usize)?;
             assert!(
                 n <= pipe.data as usize,
                 "spliced out more than the pipe held"
@@ -129,11 +130,7 @@ impl SpliceDir {
             return Ok(n as u64);
         }
         if let Some((buf, offset, len)) = self.buf.as_mut().filter(|b| b.2 > 0) {
-            let n = nix::sys::socket::send(
-                sink_raw(sink),
-                &buf[*offset..*offset + *len],
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            )?;
+            let n = io.kernel.send(sink, &buf[*offset..*offset + *len])?;
             *offset += n;
             *len -= n;
             return Ok(n as u64);
@@ -142,29 +139,26 @@ impl SpliceDir {
     }
 
     /// Reads into a pipe (preferred) or a fallback buffer. Everything held is flushed already.
-    fn fill(&mut self, io: &mut Io, src: BorrowedFd<'_>) -> Result<Fill, Errno> {
+    fn fill(&mut self, io: &mut Io<K>, src: i32) -> Result<Fill, Errno> {
         if !self.splice_refused && self.pipe.is_none() {
-            self.pipe = io.pipes.lease(crate::pipe_pool::create);
+            self.pipe = io.lease_pipe();
             if self.pipe.is_none() {
                 io.fallback_copies += 1;
             }
         }
         if let Some(pipe) = self.pipe.as_mut() {
             debug_assert_eq!(pipe.data, 0);
-            match splice(
-                src,
-                None,
-                pipe.write.as_fd(),
-                None,
-                pipe.capacity as usize,
-                splice_flags(),
-            ) {
+            match io.kernel.splice_in(src, &pipe.ends, pipe.capacity as usize) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
+                    assert!(
+                        n <= pipe.capacity as usize,
+                        "spliced in more than the pipe holds"
+                    );
                     pipe.data = n as u32;
                     return Ok(Fill::Read);
                 }
-                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
                     tracing::warn!("splice(2) refused on this socket pair; copying instead");
                     self.splice_refused = true;
                     self.give_back(io);
@@ -180,7 +174,7 @@ impl SpliceDir {
         }
         let (buf, offset, len) = self.buf.as_mut().expect("leased above");
         debug_assert_eq!(*len, 0);
-        let n = nix::unistd::read(src, buf)?;
+        let n = io.kernel.read(src, buf)?;
         if n == 0 {
             return Ok(Fill::Eof);
         }
@@ -190,7 +184,7 @@ impl SpliceDir {
     }
 
     /// Returns an empty pipe or buffer: idle directions hold neither.
-    fn give_back(&mut self, io: &mut Io) {
+    fn give_back(&mut self, io: &mut Io<K>) {
         if let Some(pipe) = self.pipe.take() {
             io.pipes.release(pipe);
             io.wake_waiter();
@@ -202,7 +196,7 @@ impl SpliceDir {
         }
     }
 
-    fn arm_poll(&mut self, io: &mut Io, fd: RawFd, key: DirKey, kind: Kind, events: i16) {
+    fn arm_poll(&mut self, io: &mut Io<K>, fd: i32, key: DirKey, kind: Kind, events: i16) {
         io.poll_dir(fd, key, kind, events);
         self.armed = Some(kind);
     }
@@ -212,13 +206,4 @@ enum Fill {
     Read,
     Eof,
     NoBuffer,
-}
-
-fn splice_flags() -> SpliceFFlags {
-    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
-}
-
-fn sink_raw(fd: BorrowedFd<'_>) -> RawFd {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
 }

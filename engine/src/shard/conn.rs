@@ -1,74 +1,82 @@
 //! A connection as the shard holds it: core's state machine plus the sockets and the two
 //! directions' I/O state.
 
-use std::os::fd::{OwnedFd, RawFd};
-
 use origdst_core::config::DataPath;
 use origdst_core::connection::Connection;
 use origdst_core::relay::{Dir, Side};
 use origdst_core::time::Instant;
 
-use super::copy::CopyDir;
 use super::internal::{InternalDir, Role, Which};
-use super::io::{DirKey, Io};
-use super::opsplice::OpSpliceDir;
+use super::io::Io;
 use super::splice::SpliceDir;
-use crate::sys::raw;
-use origdst_engine::progress::Progress;
-use origdst_engine::token::Token;
+use crate::kernel::{Kernel, NativeDir};
+use crate::progress::Progress;
+use crate::slots::DirKey;
+use crate::token::{Kind, Token};
 
 /// One direction's data path state.
 #[derive(Debug)]
-pub(crate) enum DirIo {
-    Copy(CopyDir),
-    Splice(SpliceDir),
-    OpSplice(OpSpliceDir),
+pub enum DirIo<K: Kernel> {
+    /// Readiness + inline splice (or copy through a pooled buffer).
+    Splice(SpliceDir<K>),
+    /// A data path only this kernel has.
+    Native(K::Native),
     /// One end is an internal-listener queue.
     Internal(InternalDir),
 }
 
-impl DirIo {
-    fn new(path: DataPath) -> Self {
-        match path {
-            DataPath::UringCopy => Self::Copy(CopyDir::default()),
-            DataPath::UringSplice => Self::Splice(SpliceDir::default()),
-            DataPath::UringOpSplice => Self::OpSplice(OpSpliceDir::default()),
+impl<K: Kernel> DirIo<K> {
+    fn new(kernel: &K, path: DataPath) -> Self {
+        match kernel.native_dir(path) {
+            Some(native) => Self::Native(native),
+            None => Self::Splice(SpliceDir::default()),
         }
     }
 
     /// `Transfer{dir}`.
-    pub(crate) fn start(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    pub fn start(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         match self {
-            Self::Copy(copy) => {
-                copy.start(io, fds.0, key);
-                Progress::default()
-            }
             Self::Splice(splice) => splice.pump(io, fds, key),
-            Self::OpSplice(op) => op.start(io, fds, key),
+            Self::Native(native) => native.start(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
         }
     }
 
     /// Woken from the ready queue (yielded, or a buffer/pipe came back).
-    pub(crate) fn resume(&mut self, io: &mut Io, fds: (RawFd, RawFd), key: DirKey) -> Progress {
+    pub fn resume(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         match self {
-            Self::Copy(copy) => {
-                copy.resume(io, fds.0, key);
-                Progress::default()
-            }
             Self::Splice(splice) => splice.pump(io, fds, key),
-            Self::OpSplice(op) => op.start(io, fds, key),
+            Self::Native(native) => native.resume(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
+        }
+    }
+
+    /// One of this direction's operations completed.
+    pub fn on_completion(
+        &mut self,
+        io: &mut Io<K>,
+        fds: (i32, i32),
+        key: DirKey,
+        kind: Kind,
+        res: i32,
+        flags: u32,
+    ) -> Progress {
+        match (self, kind) {
+            (Self::Splice(splice), Kind::PollIn | Kind::PollOut) => splice.on_poll(io, fds, key),
+            (Self::Internal(internal), Kind::PollIn | Kind::PollOut) => {
+                internal.on_poll(io, fds, key)
+            }
+            (Self::Native(native), kind) => native.on_completion(io, fds, key, kind, res, flags),
+            (_, kind) => unreachable!("{kind:?} completion on a direction of another data path"),
         }
     }
 
     /// The `user_data` of the operations in flight for this direction. Only those: each cancel
     /// costs the kernel a search (io-wq's lists included), and a closing connection whose
     /// directions both ended has none, so a short connection closes with no cancel at all.
-    pub(crate) fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
+    pub fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
         let armed = match self {
-            Self::Copy(copy) => return copy.inflight(key, out),
-            Self::OpSplice(op) => op.armed(),
+            Self::Native(native) => return native.inflight(key, out),
             Self::Splice(splice) => splice.armed(),
             Self::Internal(internal) => internal.armed(),
         };
@@ -77,11 +85,11 @@ impl DirIo {
         }
     }
 
-    pub(crate) fn release(&mut self, io: &mut Io) {
+    /// The connection is released: give back pipes and buffers.
+    pub fn release(&mut self, io: &mut Io<K>) {
         match self {
-            Self::Copy(copy) => copy.release(io),
             Self::Splice(splice) => splice.release(io),
-            Self::OpSplice(op) => op.release(io),
+            Self::Native(native) => native.release(io),
             Self::Internal(_) => {}
         }
     }
@@ -89,7 +97,7 @@ impl DirIo {
 
 /// The error watch on one socket ([`super::Shard::arm_watches`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Watch {
+pub enum Watch {
     /// Not armed yet.
     Off,
     /// A poll is in flight.
@@ -98,42 +106,49 @@ pub(crate) enum Watch {
     Done,
 }
 
-pub(crate) struct ConnIo {
-    pub(crate) core: Connection,
-    pub(crate) generation: u16,
+/// A connection as the shard holds it.
+pub struct ConnIo<K: Kernel> {
+    /// Core's state machine.
+    pub core: Connection,
+    /// Its slot's generation.
+    pub generation: u16,
     /// `None` for an inner connection: its client is an internal-listener pair.
-    pub(crate) client: Option<OwnedFd>,
-    pub(crate) upstream: Option<OwnedFd>,
-    pub(crate) dirs: [DirIo; 2],
+    pub client: Option<K::Socket>,
+    /// The upstream socket, once one is open.
+    pub upstream: Option<K::Socket>,
+    /// Each direction's data path.
+    pub dirs: [DirIo<K>; 2],
     /// The deadline of this connection's live entry in the timer heap, if any.
-    pub(crate) timer_at: Option<Instant>,
+    pub timer_at: Option<Instant>,
     /// (local port, key) of the upstream socket in the shared loop registry.
-    pub(crate) own_upstream: Option<(u16, u64)>,
+    pub own_upstream: Option<(u16, u64)>,
     /// While reading the request head: the most bytes to peek.
-    pub(crate) peek_max: u32,
+    pub peek_max: u32,
     /// While reading the request head: the bytes core holds already.
-    pub(crate) peek_have: u32,
+    pub peek_have: u32,
     /// The client socket's peek offset is on (SO_PEEK_OFF): a peek returns only new bytes.
-    pub(crate) peek_incremental: bool,
+    pub peek_incremental: bool,
     /// This connection's upstream is an internal listener: the pair (outer end).
-    pub(crate) internal_upstream: Option<usize>,
+    pub internal_upstream: Option<usize>,
     /// This connection came from an internal listener: the pair (inner end).
-    pub(crate) internal_client: Option<usize>,
+    pub internal_client: Option<usize>,
     /// The listener that handled it, kept only when an access log wants it.
-    pub(crate) listener_name: Option<std::sync::Arc<str>>,
+    pub listener_name: Option<std::sync::Arc<str>>,
     /// A POLLOUT on the connecting upstream socket is in flight.
-    pub(crate) connect_poll_armed: bool,
+    pub connect_poll_armed: bool,
     /// A POLLIN on the client while reading the request head is in flight.
-    pub(crate) head_poll_armed: bool,
+    pub head_poll_armed: bool,
     /// The error watches on the client (0) and the upstream (1) socket.
-    pub(crate) watch: [Watch; 2],
+    pub watch: [Watch; 2],
 }
 
-impl ConnIo {
-    pub(crate) fn new(
+impl<K: Kernel> ConnIo<K> {
+    /// A connection in a fresh slot.
+    pub fn new(
+        kernel: &K,
         core: Connection,
         generation: u16,
-        client: Option<OwnedFd>,
+        client: Option<K::Socket>,
         path: DataPath,
     ) -> Self {
         Self {
@@ -141,7 +156,7 @@ impl ConnIo {
             generation,
             client,
             upstream: None,
-            dirs: [DirIo::new(path), DirIo::new(path)],
+            dirs: [DirIo::new(kernel, path), DirIo::new(kernel, path)],
             timer_at: None,
             own_upstream: None,
             peek_max: 0,
@@ -156,7 +171,8 @@ impl ConnIo {
         }
     }
 
-    pub(crate) fn fd(&self, side: Side) -> Option<&OwnedFd> {
+    /// The socket on `side`, if it is a kernel socket that exists.
+    pub fn fd(&self, side: Side) -> Option<&K::Socket> {
         match side {
             Side::Client => self.client.as_ref(),
             Side::Upstream => self.upstream.as_ref(),
@@ -164,7 +180,7 @@ impl ConnIo {
     }
 
     /// The pair behind `side`, if that side is an internal-listener end.
-    pub(crate) fn internal(&self, side: Side) -> Option<usize> {
+    pub fn internal(&self, side: Side) -> Option<usize> {
         match side {
             Side::Client => self.internal_client,
             Side::Upstream => self.internal_upstream,
@@ -173,17 +189,17 @@ impl ConnIo {
 
     /// (source, sink) descriptors of `dir`; -1 for an internal end. Only called while relaying,
     /// when both ends exist.
-    pub(crate) fn fds(&self, dir: Dir) -> (RawFd, RawFd) {
+    pub fn fds(&self, dir: Dir) -> (i32, i32) {
         let fd = |side| match self.internal(side) {
             Some(_) => -1,
-            None => raw(self.fd(side).expect("both sockets exist while relaying")),
+            None => K::raw(self.fd(side).expect("both sockets exist while relaying")),
         };
         (fd(dir.source()), fd(dir.sink()))
     }
 
     /// Turns both directions into queue pumps around `pair`; `outer`: this connection's upstream
     /// is the pair (else its client is).
-    pub(crate) fn use_pair(&mut self, pair: usize, outer: bool) {
+    pub fn use_pair(&mut self, pair: usize, outer: bool) {
         let (c2u, u2c) = if outer {
             self.internal_upstream = Some(pair);
             (

@@ -1,0 +1,209 @@
+//! The boundary between the shard and whatever runs it: the kernel operations a shard needs and
+//! the event source that reports their completions. `runtime-uring` implements it with io_uring
+//! or epoll and real syscalls; `runtime-sim` with a simulated kernel. The shard never calls the
+//! kernel any other way.
+//!
+//! Completions are `(user_data, result, flags)` triples, io_uring's shape: `user_data` is a
+//! [`crate::token::Token`], `result` a byte count, a descriptor, poll events or a negative errno,
+//! `flags` carries "more to come" for multishot operations ([`MORE`]).
+
+use std::fmt::Debug;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use origdst_core::config::DataPath;
+use origdst_core::orig_dst::AcceptEvidence;
+use origdst_core::outcome::IoErrorKind;
+use origdst_core::time::Instant;
+
+use crate::progress::Progress;
+use crate::shard::io::Io;
+use crate::slots::DirKey;
+use crate::token::{Kind, Token};
+
+/// A completion's flag: the multishot operation stays armed (io_uring's `IORING_CQE_F_MORE`).
+pub const MORE: u32 = 1 << 1;
+
+/// An errno, positive (`libc::EAGAIN`, …).
+pub type Errno = i32;
+
+/// How starting a non-blocking connect went.
+#[derive(Debug)]
+pub enum ConnectStart<S> {
+    /// Connected at once (loopback can).
+    Done(S),
+    /// In progress: wait for POLLOUT on it, then ask [`Kernel::connect_result`].
+    InProgress(S),
+    /// Failed at once.
+    Failed(IoErrorKind),
+}
+
+/// The two ends of a pipe the kernel made.
+pub trait PipeEnds: Debug {
+    /// What the kernel says the pipe holds, where it can tell.
+    fn kernel_queued(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// What a shard needs from a kernel.
+pub trait Kernel: Sized {
+    /// A socket the shard owns; dropping it closes the descriptor.
+    type Socket: Debug;
+    /// A pipe's two ends.
+    type PipeEnds: PipeEnds;
+    /// A descriptor held in reserve for when the table is full.
+    type Spare;
+    /// Data paths only this kernel has (io_uring's provided-buffer copy, `IORING_OP_SPLICE`); a
+    /// kernel without any uses [`NoNative`].
+    type Native: NativeDir<Self>;
+
+    /// The number that names `socket` in operations and completions.
+    fn raw(socket: &Self::Socket) -> i32;
+
+    /// Now, on the shard's clock.
+    fn now(&self) -> Instant;
+
+    // --- the event source ---
+
+    /// One-shot readiness: a completion with the ready events once `fd` has any of `events`
+    /// (errors and hang-ups always count).
+    fn poll_once(&mut self, fd: i32, events: u32, user_data: u64);
+    /// One-shot watch for errors and hang-ups only.
+    fn watch(&mut self, fd: i32, user_data: u64);
+    /// Multishot accept on a listening socket: one completion per accepted descriptor.
+    fn accept_multi(&mut self, fd: i32, user_data: u64);
+    /// Persistent readiness (the shard's wake-up descriptor).
+    fn poll_multi(&mut self, fd: i32, user_data: u64);
+    /// Cancels operations in flight before `fds` close: by `targets` (user_data), or everything on
+    /// `fds`, whichever the kernel does best.
+    fn cancel_ops(&mut self, fds: &[i32], targets: &[u64], user_data: u64);
+    /// Cancels a multishot accept (its end is reported as a completion without [`MORE`]).
+    fn cancel_accept(&mut self, fd: i32, target: u64, user_data: u64);
+    /// Submits what is queued without waiting.
+    fn submit(&mut self);
+    /// Whether operations wait for room (their descriptors must stay open until submitted).
+    fn has_backlog(&self) -> bool;
+    /// Submits, then waits for at least `want` completions or `timeout`.
+    fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()>;
+    /// Moves every completion into `out`.
+    fn completions(&mut self, out: &mut Vec<(u64, i32, u32)>);
+
+    // --- sockets ---
+
+    /// Takes ownership of a descriptor an accept completion carried.
+    fn adopt(&mut self, fd: i32) -> Self::Socket;
+    /// Reads, once, everything core needs to decide an accepted connection.
+    fn accept_evidence(
+        &mut self,
+        socket: &Self::Socket,
+        transparent: bool,
+    ) -> io::Result<AcceptEvidence>;
+    /// `TCP_NODELAY` on an accepted socket.
+    fn set_nodelay(&mut self, socket: &Self::Socket);
+    /// Creates the upstream socket (marked, bound to `source` if given) and starts connecting.
+    fn connect(
+        &mut self,
+        upstream: SocketAddr,
+        mark: Option<u32>,
+        source: Option<SocketAddr>,
+    ) -> io::Result<ConnectStart<Self::Socket>>;
+    /// After POLLOUT on a connecting socket, or an error watch: `None` if all is well, else the
+    /// socket's pending error (`SO_ERROR`).
+    fn socket_error(&mut self, socket: &Self::Socket) -> Option<IoErrorKind>;
+    /// The local address of a socket.
+    fn local_addr(&mut self, socket: &Self::Socket) -> io::Result<SocketAddr>;
+    /// `shutdown(SHUT_WR)`.
+    fn shutdown_write(&mut self, socket: &Self::Socket) -> Result<(), IoErrorKind>;
+    /// Makes the final close of `socket` a reset (`SO_LINGER` 0).
+    fn arm_reset(&mut self, socket: &Self::Socket);
+    /// Stops a listening socket from completing handshakes (drain).
+    fn stop_listening(&mut self, socket: &Self::Socket);
+    /// `SO_RCVLOWAT`.
+    fn set_rcvlowat(&mut self, socket: &Self::Socket, bytes: u32) -> io::Result<()>;
+    /// `SO_PEEK_OFF` (-1: off).
+    fn set_peek_offset(&mut self, socket: &Self::Socket, offset: i32) -> io::Result<()>;
+    /// Reads without consuming (`MSG_PEEK|MSG_DONTWAIT`).
+    fn peek(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+    /// A descriptor to hold in reserve.
+    fn reserve_fd(&mut self) -> io::Result<Self::Spare>;
+
+    // --- moving bytes (the readiness data path) ---
+
+    /// A non-blocking pipe of about `size_bytes` and the capacity granted; `None` when refused.
+    fn new_pipe(&mut self, size_bytes: u32) -> Option<(Self::PipeEnds, u32)>;
+    /// `splice(socket → pipe)`, non-blocking, at most `len` bytes.
+    fn splice_in(&mut self, src: i32, pipe: &Self::PipeEnds, len: usize) -> Result<usize, Errno>;
+    /// `splice(pipe → socket)`, non-blocking, at most `len` bytes.
+    fn splice_out(&mut self, pipe: &Self::PipeEnds, sink: i32, len: usize) -> Result<usize, Errno>;
+    /// `read(2)`, non-blocking.
+    fn read(&mut self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// `send(2)` with `MSG_NOSIGNAL`, non-blocking.
+    fn send(&mut self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
+
+    // --- kernel-specific data paths ---
+
+    /// A direction on `path` if this kernel has a native data path for it (else the shard runs
+    /// the readiness pump).
+    fn native_dir(&self, path: DataPath) -> Option<Self::Native>;
+    /// A completion of a native operation whose connection is gone: give back what it carries
+    /// (a provided buffer).
+    fn recycle_stale(&mut self, token: Token, flags: u32);
+    /// Provided buffers holding bytes in flight (a native data path's gauge).
+    fn buffers_in_flight(&self) -> u64 {
+        0
+    }
+}
+
+/// A direction on a kernel-specific data path, driven by the shard like the readiness pump.
+pub trait NativeDir<K: Kernel>: Debug + Sized {
+    /// `Transfer{dir}`.
+    fn start(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress;
+    /// Woken from the ready queue.
+    fn resume(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress;
+    /// One of its operations completed.
+    fn on_completion(
+        &mut self,
+        io: &mut Io<K>,
+        fds: (i32, i32),
+        key: DirKey,
+        kind: Kind,
+        res: i32,
+        flags: u32,
+    ) -> Progress;
+    /// The `user_data` of its operations in flight.
+    fn inflight(&self, key: DirKey, out: &mut Vec<u64>);
+    /// The connection is released: give back pipes and buffers.
+    fn release(&mut self, io: &mut Io<K>);
+}
+
+/// A kernel without native data paths.
+#[derive(Debug)]
+pub enum NoNative {}
+
+impl<K: Kernel> NativeDir<K> for NoNative {
+    fn start(&mut self, _: &mut Io<K>, _: (i32, i32), _: DirKey) -> Progress {
+        match *self {}
+    }
+    fn resume(&mut self, _: &mut Io<K>, _: (i32, i32), _: DirKey) -> Progress {
+        match *self {}
+    }
+    fn on_completion(
+        &mut self,
+        _: &mut Io<K>,
+        _: (i32, i32),
+        _: DirKey,
+        _: Kind,
+        _: i32,
+        _: u32,
+    ) -> Progress {
+        match *self {}
+    }
+    fn inflight(&self, _: DirKey, _: &mut Vec<u64>) {
+        match *self {}
+    }
+    fn release(&mut self, _: &mut Io<K>) {
+        match *self {}
+    }
+}

@@ -1,0 +1,220 @@
+//! Accepting: multishot accept per listener, what is read of an accepted socket, the connection
+//! limit, and running out of descriptors (pause accepting, spend the reserve, park, resume).
+
+use std::io as stdio;
+use std::sync::Arc;
+
+use origdst_core::addr::canonical;
+use origdst_core::connection::Connection;
+use origdst_core::orig_dst::SockOptAnswer;
+use origdst_core::relay::Dir;
+use origdst_core::route;
+use origdst_core::stats::Counter;
+use origdst_core::time::Instant;
+
+use super::{ACCEPT_BACKOFF, Shard, SlotKey, is_descriptor_exhaustion};
+use crate::kernel::{Kernel, MORE};
+use crate::timers::TimerKey;
+use crate::token::{Kind, SLOT_LIMIT, Token};
+
+impl<K: Kernel> Shard<K> {
+    pub(super) fn arm_accept(&mut self, index: usize) {
+        let listener = &mut self.listeners[index];
+        let Some(socket) = &listener.socket else {
+            return;
+        };
+        if listener.armed || self.draining || self.accepts_paused {
+            return;
+        }
+        let token = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream);
+        listener.armed = true;
+        let fd = K::raw(socket);
+        self.io.kernel.accept_multi(fd, token.encode());
+    }
+
+    pub(super) fn on_accept(&mut self, now: Instant, index: usize, res: i32, flags: u32) {
+        let more = flags & MORE != 0;
+        if !more {
+            self.listeners[index].armed = false;
+        }
+        if res < 0 {
+            if res == -libc::ECANCELED || self.draining {
+                return;
+            }
+            if res == -libc::ECONNABORTED {
+                // The client reset while in the accept queue: not a failure of ours.
+                self.stats.incr(Counter::AcceptClientGone);
+                if !more {
+                    self.arm_accept(index);
+                }
+                return;
+            }
+            self.stats.incr(Counter::AcceptFail);
+            if is_descriptor_exhaustion(-res) {
+                if self.io.pipes.shed_idle() > 0 && !more {
+                    self.arm_accept(index);
+                    return;
+                }
+                // The connection stays in the kernel's backlog; nothing is lost by waiting.
+                self.pause_accepts(now, -res);
+                return;
+            }
+            if self.log_budget.take(now) {
+                tracing::warn!(shard = self.setup.id, errno = -res, error = %stdio::Error::from_raw_os_error(-res),
+                    "accept failed; backing off {ACCEPT_BACKOFF:?}");
+            }
+            if !more {
+                self.timers.push(
+                    now + ACCEPT_BACKOFF,
+                    TimerKey::AcceptBackoff { listener: index },
+                );
+            }
+            return;
+        }
+        if !more {
+            self.arm_accept(index);
+        }
+        let socket = self.io.kernel.adopt(res);
+        self.accept_one(now, index, socket);
+    }
+
+    pub(super) fn accept_one(&mut self, now: Instant, index: usize, fd: K::Socket) {
+        let config_index = self.listeners[index].config_index;
+        let listener = &self.setup.config.listeners[config_index];
+        self.io.kernel.set_nodelay(&fd);
+        let evidence = match self.io.kernel.accept_evidence(&fd, listener.transparent) {
+            Ok(mut evidence) => {
+                let dst = match evidence.sockopt {
+                    SockOptAnswer::V4(dst) | SockOptAnswer::V6(dst) => Some(canonical(dst)),
+                    _ if evidence.transparent => Some(evidence.local.get()),
+                    _ => None,
+                };
+                evidence.own_upstream = self.setup.config.knobs.detect_own_upstream
+                    && dst.is_some_and(|dst| {
+                        self.setup
+                            .own_upstreams
+                            .contains(evidence.client.get(), dst)
+                    });
+                evidence
+            }
+            Err(err) => {
+                // The client left between accept and getpeername (a reset in the accept queue
+                // shows up here on Linux): nothing to relay or reset.
+                self.stats.incr(Counter::AcceptClientGone);
+                tracing::debug!(error = %err, "accepted socket unusable");
+                return;
+            }
+        };
+        let limit = self.setup.config.knobs.connections_per_shard_max as usize;
+        if self.conns.len() >= limit.min(SLOT_LIMIT) {
+            let mut core = Connection::overflow(now, evidence.client, &mut self.stats);
+            while core.poll_action().is_some() {}
+            self.io.kernel.arm_reset(&fd);
+            if self.log_budget.take(now) {
+                tracing::warn!(shard = self.setup.id, client = %evidence.client, limit, "connection limit reached; reset");
+            }
+            return;
+        }
+        let route = route::route(
+            &self.setup.config,
+            &self.setup.me,
+            config_index,
+            &evidence,
+            &mut self.balancer,
+            &mut self.stats,
+        );
+        let listener_name = self.setup.access_log.is_some().then(|| {
+            // A refused connection is logged under the listener that accepted it.
+            let index = route.as_ref().map_or(config_index, |r| r.listener);
+            Arc::clone(&self.listener_names[index])
+        });
+        let core = Connection::start(now, &evidence, route, &mut self.stats);
+        let slot = self.insert_conn(core, Some(fd));
+        self.conns[slot].listener_name = listener_name;
+        self.drive(now, slot);
+    }
+
+    pub(super) fn pause_accepts(&mut self, now: Instant, errno: i32) {
+        if self.accepts_paused {
+            return;
+        }
+        self.accepts_paused = true;
+        self.stats.incr(Counter::AcceptPausedNoFd);
+        tracing::warn!(shard = self.setup.id, open = self.conns.len(), error = %stdio::Error::from_raw_os_error(errno),
+            "out of file descriptors; accepting paused until connections close (raise `ulimit -n`)");
+        for (index, listener) in self.listeners.iter().enumerate() {
+            if let (true, Some(socket)) = (listener.armed, &listener.socket) {
+                let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
+                let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
+                self.io
+                    .kernel
+                    .cancel_accept(K::raw(socket), target, token.encode());
+            }
+        }
+        self.schedule_resume(now + ACCEPT_BACKOFF);
+    }
+
+    pub(super) fn schedule_resume(&mut self, at: Instant) {
+        debug_assert!(self.accepts_paused, "resuming needs a pause");
+        if self.resume_at.is_none_or(|pending| at < pending) {
+            self.resume_at = Some(at);
+            self.timers.push(at, TimerKey::AcceptResume);
+        }
+    }
+
+    pub(super) fn try_resume_accepts(&mut self, now: Instant) {
+        if !self.accepts_paused {
+            return;
+        }
+        while let Some(waiter) = self.fd_waiters.pop_front() {
+            let Some(conn) = self.conns.get(SlotKey {
+                slot: waiter.slot,
+                generation: waiter.generation,
+            }) else {
+                continue;
+            };
+            if conn.core.is_closed() || conn.upstream.is_some() {
+                // Closed meanwhile (connect timeout, client reset, drain abort).
+                continue;
+            }
+            let parked = self.fd_waiters.len();
+            self.start_connect(
+                now,
+                waiter.slot,
+                waiter.upstream,
+                waiter.mark,
+                waiter.source,
+            );
+            if self.fd_waiters.len() > parked {
+                // Parked again (pushed to the back): restore its place and wait for more.
+                if let Some(again) = self.fd_waiters.pop_back() {
+                    self.fd_waiters.push_front(again);
+                }
+                self.schedule_resume(now + ACCEPT_BACKOFF);
+                return;
+            }
+            self.drive(now, waiter.slot);
+        }
+        if self.draining {
+            return;
+        }
+        if self.spare_fd.is_none() {
+            match self.io.kernel.reserve_fd() {
+                Ok(fd) => self.spare_fd = Some(fd),
+                Err(_) => {
+                    self.schedule_resume(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        self.accepts_paused = false;
+        tracing::info!(
+            shard = self.setup.id,
+            open = self.conns.len(),
+            "file descriptors available again; accepting"
+        );
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
+        }
+    }
+}

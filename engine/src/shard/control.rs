@@ -1,0 +1,86 @@
+//! The supervisor's requests (drain, abort, reload) and what the shard publishes.
+
+use origdst_core::relay::Dir;
+use origdst_core::route::Balancer;
+use origdst_core::time::Instant;
+
+use super::{Shard, listener_names};
+use crate::kernel::{Kernel, MORE};
+use crate::report::Gauge;
+use crate::timers::TimerKey;
+use crate::token::{Kind, Token};
+
+impl<K: Kernel> Shard<K> {
+    pub(super) fn arm_wake(&mut self) {
+        let token = Token::new(Kind::Wake, 0, 0, Dir::ClientToUpstream);
+        let fd = self.setup.control.wake_fd();
+        self.io.kernel.poll_multi(fd, token.encode());
+    }
+
+    pub(super) fn on_wake(&mut self, now: Instant, flags: u32) {
+        self.setup.control.acknowledge();
+        if flags & MORE == 0 {
+            self.arm_wake();
+        }
+        if self.setup.control.drain_requested() && !self.draining {
+            self.start_drain(now);
+        }
+        if self.setup.control.abort_requested() {
+            self.abort_all(now);
+        }
+        let reloaded = self.setup.control.take_reload();
+        if let Some(config) = reloaded {
+            // The supervisor only sends configs whose bound listeners are the ones this shard
+            // holds (same addresses, same order), so listener indexes stay valid.
+            debug_assert_eq!(
+                config.listen_addrs().count(),
+                self.setup.config.listen_addrs().count()
+            );
+            self.listener_names = listener_names(&config);
+            self.setup.config = config;
+            self.balancer = Balancer::default();
+            tracing::debug!(shard = self.setup.id, "config reloaded");
+        }
+    }
+
+    pub(super) fn start_drain(&mut self, now: Instant) {
+        self.draining = true;
+        for (index, listener) in self.listeners.iter_mut().enumerate() {
+            let Some(socket) = listener.socket.take() else {
+                continue;
+            };
+            // Stop listening now: the socket itself lives on until the kernel has finished
+            // cancelling its accept request (milliseconds), and until then it would still
+            // complete handshakes that nobody accepts.
+            self.io.kernel.stop_listening(&socket);
+            let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
+            let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
+            self.io
+                .kernel
+                .cancel_accept(K::raw(&socket), target, token.encode());
+            self.io.closing.push(socket);
+        }
+        let deadline = now + self.setup.config.knobs.drain_timeout;
+        self.timers.push(deadline, TimerKey::Drain);
+        tracing::debug!(shard = self.setup.id, open = self.conns.len(), "draining");
+    }
+
+    pub(super) fn abort_all(&mut self, now: Instant) {
+        let slots: Vec<usize> = self.conns.slots().collect();
+        for slot in slots {
+            self.conns[slot].core.abort_for_drain(now, &mut self.stats);
+            self.drive(now, slot);
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        let mut gauges = [0u64; Gauge::ALL.len()];
+        gauges[Gauge::ConnectionsActive as usize] = self.conns.len() as u64;
+        gauges[Gauge::PipesLeased as usize] = u64::from(self.io.pipes.leased());
+        gauges[Gauge::PipesShrunk as usize] = self.io.pipes.shrunk;
+        gauges[Gauge::PipesDiscarded as usize] = self.io.pipes.discarded;
+        gauges[Gauge::BuffersInFlight as usize] = self.io.kernel.buffers_in_flight();
+        gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
+        self.setup.reporter.publish(&self.stats, &gauges);
+    }
+}

@@ -1,0 +1,548 @@
+//! One shard: its listeners, connections, timers, pools and counters, driven by the completions
+//! of a [`Kernel`]. Nothing here calls the kernel except through that trait, so the same code runs
+//! on io_uring, on epoll and in the simulator.
+//!
+//! A turn: deferred work (inner connections to start, resets crossing internal pairs), directions
+//! ready to pump, due timers; then publish the counters and wait for completions, each routed by
+//! its token to a listener, the wake-up descriptor, or a connection (if its generation is still
+//! the slot's: [`Slots`]).
+
+mod accept;
+mod connect;
+mod control;
+mod pairs;
+mod release;
+
+pub mod conn;
+pub mod internal;
+pub mod io;
+pub mod splice;
+
+use std::collections::VecDeque;
+use std::io as stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use origdst_core::config::{Config, DataPath};
+use origdst_core::connection::{Action, Connection};
+use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::outcome::IoErrorKind;
+use origdst_core::relay::{Dir, HalfState, Side};
+use origdst_core::route::Balancer;
+use origdst_core::stats::Counters;
+use origdst_core::time::Instant;
+
+use self::conn::{ConnIo, Watch};
+use self::io::Io;
+use crate::kernel::Kernel;
+use crate::log_budget::LogBudget;
+use crate::own_upstreams::OwnUpstreams;
+use crate::progress::{DirEnd, Progress};
+use crate::report::{AccessLog, Control, Reporter};
+use crate::slots::{DirKey, SlotKey, Slots};
+use crate::timers::{TimerKey, Timers};
+use crate::token::{Kind, Token};
+
+/// Why a shard stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// Holding a descriptor in reserve failed at start-up.
+    #[error("reserving a spare descriptor: {0}")]
+    Reserve(stdio::Error),
+    /// Waiting for completions failed in a way the shard cannot recover from.
+    #[error("waiting for events failed: {0}")]
+    Wait(stdio::Error),
+}
+
+/// Everything a shard needs besides its kernel and listening sockets.
+pub struct ShardSetup {
+    /// The shard's number (logs, access log).
+    pub id: usize,
+    /// The config new connections use (replaced on reload).
+    pub config: Arc<Config>,
+    /// The data path directions use (the kernel may offer a native one for it).
+    pub data_path: DataPath,
+    /// The process's own addresses, for loop checks.
+    pub me: Arc<SelfAddrs>,
+    /// Drain, abort and reload requests from the supervisor.
+    pub control: Arc<dyn Control>,
+    /// Where counters and gauges are published.
+    pub reporter: Box<dyn Reporter>,
+    /// Pipe capacity this shard may hold.
+    pub pipe_budget_bytes: u64,
+    /// Every shard's upstream sockets, for loop detection.
+    pub own_upstreams: Arc<OwnUpstreams>,
+    /// Where finished connections are logged, if anywhere.
+    pub access_log: Option<Box<dyn AccessLog>>,
+}
+
+/// A listening socket of the shard and the listener it belongs to.
+pub struct Listening<S> {
+    /// The socket (its own `SO_REUSEPORT` member).
+    pub socket: S,
+    /// Index into `config.listeners`.
+    pub config_index: usize,
+}
+
+struct ListenerIo<S> {
+    socket: Option<S>,
+    /// Index into `config.listeners`.
+    config_index: usize,
+    armed: bool,
+}
+
+/// An accepted connection waiting for a descriptor for its upstream socket.
+struct FdWaiter {
+    slot: usize,
+    generation: u16,
+    upstream: std::net::SocketAddr,
+    mark: Option<u32>,
+    source: Option<std::net::SocketAddr>,
+}
+
+/// A shard. Field order matters: `io` (and with it the kernel's ring) is dropped before anything
+/// it references.
+pub struct Shard<K: Kernel> {
+    io: Io<K>,
+    setup: ShardSetup,
+    listeners: Vec<ListenerIo<K::Socket>>,
+    conns: Slots<ConnIo<K>>,
+    timers: Timers,
+    stats: Counters,
+    draining: bool,
+    /// Out of descriptors: accepts are cancelled until `spare_fd` can be reopened.
+    accepts_paused: bool,
+    /// When the pending `AcceptResume` timer fires (one chain at a time).
+    resume_at: Option<Instant>,
+    /// A descriptor held in reserve: when the upstream socket of an already accepted connection
+    /// hits EMFILE, closing this one lets that connection proceed instead of being reset.
+    spare_fd: Option<K::Spare>,
+    /// Accepted connections whose upstream socket found no descriptor, in arrival order.
+    fd_waiters: VecDeque<FdWaiter>,
+    completions: Vec<(u64, i32, u32)>,
+    /// Scratch for the operations a closing connection cancels.
+    cancel_targets: Vec<u64>,
+    /// Each listener's name by config index, shared by the access-log records (rebuilt on reload).
+    listener_names: Vec<Arc<str>>,
+    log_budget: LogBudget,
+    /// Round-robin cursors for STATIC clusters (per shard, like Envoy's workers).
+    balancer: Balancer,
+    /// Resets crossing internal-listener pairs, to deliver from the main loop.
+    peer_errors: VecDeque<(usize, u16, Side)>,
+    /// Inner connections of internal-listener pairs, to start from the main loop.
+    inner_starts: VecDeque<(usize, u16)>,
+    /// The data path connections use.
+    dir_path: DataPath,
+    /// Where request heads are peeked into (header mode): allocated once, never zeroed again.
+    peek_scratch: Box<[u8]>,
+}
+
+impl<K: Kernel> Shard<K> {
+    /// A shard over `kernel` listening on `listening`.
+    pub fn new(
+        setup: ShardSetup,
+        mut kernel: K,
+        listening: Vec<Listening<K::Socket>>,
+    ) -> Result<Self, ShardError> {
+        let knobs = &setup.config.knobs;
+        let spare = kernel.reserve_fd().map_err(ShardError::Reserve)?;
+        let io = Io::new(
+            kernel,
+            setup.pipe_budget_bytes,
+            knobs.pipe_size_bytes,
+            knobs.buffer_size_bytes,
+        );
+        let listeners = listening
+            .into_iter()
+            .map(|l| ListenerIo {
+                socket: Some(l.socket),
+                config_index: l.config_index,
+                armed: false,
+            })
+            .collect();
+        let listener_names = listener_names(&setup.config);
+        let dir_path = setup.data_path;
+        Ok(Self {
+            io,
+            setup,
+            listeners,
+            conns: Slots::default(),
+            timers: Timers::default(),
+            stats: Counters::default(),
+            draining: false,
+            accepts_paused: false,
+            resume_at: None,
+            spare_fd: Some(spare),
+            fd_waiters: VecDeque::new(),
+            completions: Vec::with_capacity(1024),
+            cancel_targets: Vec::new(),
+            listener_names,
+            log_budget: LogBudget::default(),
+            balancer: Balancer::default(),
+            peer_errors: VecDeque::new(),
+            inner_starts: VecDeque::new(),
+            dir_path,
+            peek_scratch: vec![0; PEEK_SCRATCH_BYTES].into_boxed_slice(),
+        })
+    }
+
+    /// The kernel (for its own bookkeeping and tests).
+    pub fn kernel(&self) -> &K {
+        &self.io.kernel
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> &Counters {
+        &self.stats
+    }
+
+    /// Open connections.
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Pipes out on lease and fallback buffers' state, for checks that pools return to idle.
+    pub fn pipes_leased(&self) -> u32 {
+        self.io.pipes.leased()
+    }
+
+    /// Runs until drained. Returns an error only for a kernel failure it cannot recover from.
+    pub fn run(mut self) -> Result<(), ShardError> {
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
+        }
+        self.arm_wake();
+        loop {
+            let now = self.now();
+            self.flush_deferred(now);
+            self.run_ready(now);
+            self.flush_deferred(now);
+            self.fire_timers(now);
+            self.flush_deferred(now);
+            if self.draining && self.conns.is_empty() {
+                break;
+            }
+            self.publish();
+            self.wait()?;
+            let now = self.now();
+            self.handle_completions(now);
+        }
+        self.publish();
+        // Submit the final cancels before the descriptors they name are closed.
+        self.io.kernel.submit();
+        self.io.closing.clear();
+        tracing::debug!(shard = self.setup.id, "shard stopped");
+        Ok(())
+    }
+
+    pub(super) fn now(&self) -> Instant {
+        self.io.kernel.now()
+    }
+
+    pub(super) fn wait(&mut self) -> Result<(), ShardError> {
+        let want = usize::from(
+            self.io.ready.is_empty() && self.peer_errors.is_empty() && self.inner_starts.is_empty(),
+        );
+        if want > 0 && !self.io.closing.is_empty() {
+            // About to block: close now what is waiting to be closed, or a reset would wait in a
+            // closing descriptor for the next event.
+            self.io.kernel.submit();
+            self.close_submitted();
+        }
+        let timeout = self.timers.next().map(|at| at - self.now());
+        let result = self.io.kernel.wait(want, timeout);
+        self.close_submitted();
+        result.map_err(ShardError::Wait)
+    }
+
+    pub(super) fn close_submitted(&mut self) {
+        if !self.io.kernel.has_backlog() {
+            self.io.closing.clear();
+        }
+    }
+
+    pub(super) fn handle_completions(&mut self, now: Instant) {
+        let mut batch = std::mem::take(&mut self.completions);
+        batch.clear();
+        self.io.kernel.completions(&mut batch);
+        for &(data, res, flags) in &batch {
+            self.handle_completion(now, Token::decode(data), res, flags);
+        }
+        self.completions = batch;
+    }
+
+    pub(super) fn handle_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
+        match token.kind {
+            Kind::Accept => self.on_accept(now, token.slot as usize, res, flags),
+            Kind::Wake => self.on_wake(now, flags),
+            Kind::Cancel => {}
+            _ => self.on_conn_completion(now, token, res, flags),
+        }
+    }
+
+    pub(super) fn insert_conn(&mut self, core: Connection, client: Option<K::Socket>) -> usize {
+        let path = self.dir_path;
+        let kernel = &self.io.kernel;
+        self.conns
+            .insert_with(|key| ConnIo::new(kernel, core, key.generation, client, path))
+            .slot
+    }
+
+    pub(super) fn on_conn_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
+        let slot = token.slot as usize;
+        let live = self
+            .conns
+            .get(SlotKey {
+                slot,
+                generation: token.generation,
+            })
+            .is_some();
+        if !live {
+            self.io.kernel.recycle_stale(token, flags);
+            return;
+        }
+        let key = DirKey {
+            slot,
+            generation: token.generation,
+            dir: token.dir,
+        };
+        let conn = &mut self.conns[slot];
+        let progress = match token.kind {
+            Kind::ConnectPoll => {
+                // A retry cancelled the previous attempt's poll; the new socket has its own.
+                if res != -libc::ECANCELED {
+                    conn.connect_poll_armed = false;
+                    self.finish_connect(now, slot, res);
+                }
+                return;
+            }
+            Kind::HeadPoll => {
+                conn.head_poll_armed = false;
+                self.finish_peek(now, slot, res);
+                return;
+            }
+            Kind::Watch => {
+                self.on_watch(now, slot, token.dir.source(), res);
+                return;
+            }
+            Kind::Recv
+            | Kind::Send
+            | Kind::PollIn
+            | Kind::PollOut
+            | Kind::SpliceIn
+            | Kind::SpliceOut => {
+                let fds = conn.fds(token.dir);
+                conn.dirs[token.dir.index()].on_completion(
+                    &mut self.io,
+                    fds,
+                    key,
+                    token.kind,
+                    res,
+                    flags,
+                )
+            }
+            Kind::Accept | Kind::Wake | Kind::Cancel => unreachable!("not a connection completion"),
+        };
+        self.apply(now, key, progress);
+    }
+
+    pub(super) fn apply(&mut self, now: Instant, key: DirKey, progress: Progress) {
+        self.feed(now, key.slot, key.dir, progress);
+        self.drive(now, key.slot);
+    }
+
+    pub(super) fn feed(&mut self, now: Instant, slot: usize, dir: Dir, progress: Progress) {
+        let core = &mut self.conns[slot].core;
+        if progress.bytes > 0 {
+            core.handle_transferred(now, dir, progress.bytes, &mut self.stats);
+        }
+        match progress.end {
+            None => {}
+            Some(DirEnd::Eof) => core.handle_eof(now, dir, &mut self.stats),
+            Some(DirEnd::Failed(side, kind)) => core.handle_error(now, side, kind, &mut self.stats),
+        }
+    }
+
+    pub(super) fn drive(&mut self, now: Instant, slot: usize) {
+        loop {
+            let conn = &mut self.conns[slot];
+            let Some(action) = conn.core.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Connect {
+                    upstream,
+                    mark,
+                    source,
+                    record: _,
+                } => {
+                    self.start_connect(now, slot, upstream.get(), mark, source);
+                }
+                Action::ConnectInternal { listener, handoff } => {
+                    self.connect_internal(now, slot, listener, *handoff);
+                }
+                Action::PeekHead { have, max } => self.start_peek(slot, have, max),
+                Action::Transfer { dir } => {
+                    let key = DirKey {
+                        slot,
+                        generation: conn.generation,
+                        dir,
+                    };
+                    let fds = conn.fds(dir);
+                    let progress = conn.dirs[dir.index()].start(&mut self.io, fds, key);
+                    self.feed(now, slot, dir, progress);
+                }
+                Action::ShutdownWrite { side } => match conn.internal(side) {
+                    Some(pair) => {
+                        // The internal end's write half: EOF for the other connection once it
+                        // has consumed what is queued.
+                        let which = match side {
+                            Side::Upstream => internal::Which::Forward,
+                            Side::Client => internal::Which::Backward,
+                        };
+                        if let Some(pair) = self.io.pairs.get_mut(pair) {
+                            let queue = pair.queue(which);
+                            queue.eof = true;
+                            if let Some(waiting) = queue.take_consumer() {
+                                self.io.ready.push_back(waiting);
+                            }
+                        }
+                    }
+                    None => {
+                        let fd = conn.fd(side).expect("shutdown of a socket that exists");
+                        if let Err(kind) = self.io.kernel.shutdown_write(fd) {
+                            conn.core.handle_error(now, side, kind, &mut self.stats);
+                        }
+                    }
+                },
+                Action::Reset { side } => match conn.internal(side) {
+                    Some(pair) => self.reset_peer(pair, side),
+                    None => {
+                        if let Some(fd) = conn.fd(side) {
+                            self.io.kernel.arm_reset(fd);
+                        }
+                    }
+                },
+                Action::Close => {
+                    self.release(now, slot);
+                    return;
+                }
+            }
+        }
+        self.arm_watches(slot);
+        self.rearm_timer(slot);
+    }
+
+    pub(super) fn rearm_timer(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let Some(at) = conn.core.next_timeout() else {
+            return;
+        };
+        if conn.timer_at.is_none_or(|armed| at < armed) {
+            conn.timer_at = Some(at);
+            self.timers.push(
+                at,
+                TimerKey::Conn {
+                    slot,
+                    generation: conn.generation,
+                },
+            );
+        }
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Conn { slot, generation } => {
+                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
+                        continue;
+                    };
+                    if conn.timer_at == Some(at) {
+                        conn.timer_at = None;
+                    }
+                    conn.core.handle_timeout(now, &mut self.stats);
+                    self.drive(now, slot);
+                }
+                TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
+                TimerKey::AcceptResume => {
+                    if self.resume_at == Some(at) {
+                        self.resume_at = None;
+                        self.try_resume_accepts(now);
+                    }
+                }
+                TimerKey::Drain => self.abort_all(now),
+            }
+        }
+    }
+
+    pub(super) fn run_ready(&mut self, now: Instant) {
+        for _ in 0..self.io.ready.len() {
+            let Some(key) = self.io.ready.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(SlotKey {
+                slot: key.slot,
+                generation: key.generation,
+            }) else {
+                continue;
+            };
+            if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
+                continue;
+            }
+            let fds = conn.fds(key.dir);
+            let progress = conn.dirs[key.dir.index()].resume(&mut self.io, fds, key);
+            self.apply(now, key, progress);
+        }
+    }
+}
+
+/// Where a side's watch lives in [`ConnIo::watch`].
+const fn watch_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Upstream => 1,
+    }
+}
+
+/// The token direction naming a watched side (its source).
+const fn watch_dir(side: Side) -> Dir {
+    match side {
+        Side::Client => Dir::ClientToUpstream,
+        Side::Upstream => Dir::UpstreamToClient,
+    }
+}
+
+fn listener_names(config: &Config) -> Vec<Arc<str>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| Arc::from(l.name.as_str()))
+        .collect()
+}
+
+/// EMFILE (the process's table) or ENFILE (the system's): descriptors, not the peer, failed.
+pub fn is_descriptor_exhaustion(errno: i32) -> bool {
+    errno == libc::EMFILE || errno == libc::ENFILE
+}
+
+/// Maps an I/O error to core's kinds.
+pub fn error_kind(err: &stdio::Error) -> IoErrorKind {
+    errno_kind(err.raw_os_error().unwrap_or(0))
+}
+
+/// Maps a positive errno to core's kinds.
+pub fn errno_kind(errno: i32) -> IoErrorKind {
+    match errno {
+        libc::ECONNREFUSED => IoErrorKind::Refused,
+        libc::ECONNRESET | libc::ECONNABORTED => IoErrorKind::Reset,
+        libc::ETIMEDOUT => IoErrorKind::TimedOut,
+        libc::EHOSTUNREACH | libc::ENETUNREACH => IoErrorKind::Unreachable,
+        libc::EPIPE => IoErrorKind::BrokenPipe,
+        errno => IoErrorKind::Other { errno },
+    }
+}
+
+/// `http_head_max_bytes`' upper bound.
+const PEEK_SCRATCH_BYTES: usize = 64 * 1024;
+/// How long accepting waits after an error, or between tries to resume after EMFILE.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

@@ -1,0 +1,417 @@
+//! The simulated kernel's objects: descriptors (with a limit), TCP endpoints with receive windows,
+//! listening sockets with backlogs, pipes with capacities, and the REDIRECT record of each
+//! redirected connection. Deterministic: no clock, no randomness, no I/O — the [`super::SimKernel`]
+//! and the workload mutate it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+/// An endpoint id (index into [`Net::endpoints`]).
+pub type Ep = usize;
+
+/// One end of a TCP connection.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Its own address.
+    pub local: SocketAddr,
+    /// The other end's address.
+    pub remote: SocketAddr,
+    /// The other end, once connected.
+    pub peer: Option<Ep>,
+    /// Bytes received and not read yet.
+    pub recv: VecDeque<u8>,
+    /// The receive window: at most this many unread bytes.
+    pub window: usize,
+    /// The peer shut its write half (EOF after `recv` drains).
+    pub fin: bool,
+    /// A reset arrived (or the connect failed): reads and writes fail.
+    pub error: Option<i32>,
+    /// `SO_ERROR` was read.
+    pub error_taken: bool,
+    /// This end shut its write half.
+    pub wr_shut: bool,
+    /// Closed (by its owner).
+    pub closed: bool,
+    /// `SO_LINGER` 0: closing sends a reset.
+    pub linger0: bool,
+    /// A connect in progress: (completes at, refused?) — `None` when it never completes.
+    pub connecting: Option<Option<(u64, bool)>>,
+    /// `SO_PEEK_OFF`.
+    pub peek_off: Option<usize>,
+    /// `SO_RCVLOWAT`.
+    pub rcvlowat: usize,
+    /// Where the client dialled (proxy-side endpoints of redirected connections).
+    pub orig_dst: Option<SocketAddr>,
+    /// Bytes ever written into this endpoint's receive queue (for the workload's checks).
+    pub received_total: u64,
+}
+
+impl Endpoint {
+    fn new(local: SocketAddr, remote: SocketAddr, window: usize) -> Self {
+        Self {
+            local,
+            remote,
+            peer: None,
+            recv: VecDeque::new(),
+            window,
+            fin: false,
+            error: None,
+            error_taken: false,
+            wr_shut: false,
+            closed: false,
+            linger0: false,
+            connecting: None,
+            peek_off: None,
+            rcvlowat: 1,
+            orig_dst: None,
+            received_total: 0,
+        }
+    }
+}
+
+/// What a descriptor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    /// A TCP endpoint.
+    Socket(Ep),
+    /// A listening socket (index into [`Net::listeners`]).
+    Listener(usize),
+    /// A pipe (index into [`Net::pipes`]).
+    Pipe(usize),
+    /// A reserved descriptor.
+    Spare,
+    /// The shard's wake-up descriptor.
+    Wake,
+}
+
+/// A listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections whose handshake completed, waiting for accept (proxy-side endpoints).
+    pub backlog: VecDeque<Ep>,
+    /// Accepting stopped (drain).
+    pub stopped: bool,
+}
+
+/// A pipe.
+#[derive(Debug, Clone, Default)]
+pub struct Pipe {
+    /// Bytes in it.
+    pub data: VecDeque<u8>,
+    /// Its capacity.
+    pub capacity: usize,
+}
+
+/// The whole simulated network and descriptor table.
+#[derive(Debug)]
+pub struct Net {
+    /// Every endpoint ever made.
+    pub endpoints: Vec<Endpoint>,
+    /// Every listening socket the proxy has.
+    pub listeners: Vec<Listener>,
+    /// Every pipe.
+    pub pipes: Vec<Pipe>,
+    /// Open descriptors.
+    pub fds: BTreeMap<i32, Object>,
+    next_fd: i32,
+    /// The descriptor limit (`RLIMIT_NOFILE`).
+    pub fd_limit: usize,
+    /// Servers outside the proxy: address → accepted endpoints not yet taken by the workload.
+    pub servers: BTreeMap<SocketAddr, VecDeque<Ep>>,
+    /// Destinations whose SYNs are dropped: connects there never complete.
+    pub black_holes: Vec<SocketAddr>,
+    /// The receive window of new endpoints.
+    pub window: usize,
+    /// Ephemeral port counter for the proxy's upstream sockets.
+    next_port: u16,
+    /// The proxy's own address (upstream sockets' source).
+    pub proxy_ip: std::net::IpAddr,
+}
+
+impl Net {
+    /// An empty network.
+    pub fn new(proxy_ip: std::net::IpAddr, fd_limit: usize, window: usize) -> Self {
+        Self {
+            endpoints: Vec::new(),
+            listeners: Vec::new(),
+            pipes: Vec::new(),
+            fds: BTreeMap::new(),
+            next_fd: 3,
+            fd_limit,
+            servers: BTreeMap::new(),
+            black_holes: Vec::new(),
+            window,
+            next_port: 40000,
+            proxy_ip,
+        }
+    }
+
+    /// A new descriptor for `object`, or EMFILE.
+    pub fn open(&mut self, object: Object) -> Result<i32, i32> {
+        if self.fds.len() >= self.fd_limit {
+            return Err(libc::EMFILE);
+        }
+        let fd = self.next_fd;
+        self.next_fd += 1;
+        self.fds.insert(fd, object);
+        Ok(fd)
+    }
+
+    /// The object behind `fd`.
+    pub fn object(&self, fd: i32) -> Option<Object> {
+        self.fds.get(&fd).copied()
+    }
+
+    /// The endpoint behind socket `fd`.
+    pub fn ep(&self, fd: i32) -> Ep {
+        match self.object(fd) {
+            Some(Object::Socket(ep)) => ep,
+            other => panic!("fd {fd} is not a socket: {other:?}"),
+        }
+    }
+
+    /// Closes `fd`: a socket sends FIN (or RST with linger 0, or when unread bytes remain).
+    pub fn close(&mut self, fd: i32) {
+        let object = self
+            .fds
+            .remove(&fd)
+            .unwrap_or_else(|| panic!("close of fd {fd} not open"));
+        if let Object::Socket(ep) = object {
+            self.close_endpoint(ep);
+        }
+    }
+
+    /// Closes an endpoint as its owner's last close would.
+    pub fn close_endpoint(&mut self, ep: Ep) {
+        let e = &mut self.endpoints[ep];
+        if e.closed {
+            return;
+        }
+        e.closed = true;
+        let reset = e.linger0 || !e.recv.is_empty();
+        let peer = e.peer;
+        if let Some(peer) = peer {
+            let p = &mut self.endpoints[peer];
+            if reset {
+                if p.error.is_none() {
+                    p.error = Some(libc::ECONNRESET);
+                }
+            } else {
+                p.fin = true;
+            }
+        }
+    }
+
+    /// A new endpoint pair: `a` at `a_addr` connected to `b` at `b_addr`.
+    pub fn pair(&mut self, a_addr: SocketAddr, b_addr: SocketAddr) -> (Ep, Ep) {
+        let a = self.endpoints.len();
+        self.endpoints
+            .push(Endpoint::new(a_addr, b_addr, self.window));
+        let b = self.endpoints.len();
+        self.endpoints
+            .push(Endpoint::new(b_addr, a_addr, self.window));
+        self.endpoints[a].peer = Some(b);
+        self.endpoints[b].peer = Some(a);
+        (a, b)
+    }
+
+    /// A client dials `orig_dst`; REDIRECT sends it to `listener`. The client's endpoint.
+    pub fn dial_redirected(
+        &mut self,
+        client: SocketAddr,
+        orig_dst: SocketAddr,
+        listener: usize,
+    ) -> Ep {
+        let proxy_addr = self.listeners[listener].addr;
+        let (client_ep, proxy_ep) = self.pair(client, proxy_addr);
+        self.endpoints[proxy_ep].orig_dst = Some(orig_dst);
+        if self.listeners[listener].stopped {
+            self.endpoints[client_ep].error = Some(libc::ECONNREFUSED);
+        } else {
+            self.listeners[listener].backlog.push_back(proxy_ep);
+        }
+        client_ep
+    }
+
+    /// The proxy opens a socket towards `upstream`: its endpoint, connecting.
+    pub fn connect(&mut self, upstream: SocketAddr, completes_at: u64) -> Ep {
+        let port = self.next_port;
+        self.next_port = self.next_port.wrapping_add(1).max(40000);
+        let local = SocketAddr::new(self.proxy_ip, port);
+        let ep = self.endpoints.len();
+        let mut e = Endpoint::new(local, upstream, self.window);
+        e.connecting = if self.black_holes.contains(&upstream) {
+            Some(None)
+        } else {
+            Some(Some((completes_at, !self.servers.contains_key(&upstream))))
+        };
+        self.endpoints.push(e);
+        ep
+    }
+
+    /// Finishes connects that are due: establishes (a server endpoint appears for the workload)
+    /// or refuses them.
+    pub fn progress_connects(&mut self, now: u64) {
+        for ep in 0..self.endpoints.len() {
+            let Some(Some((at, refused))) = self.endpoints[ep].connecting else {
+                continue;
+            };
+            if at > now || self.endpoints[ep].closed {
+                continue;
+            }
+            self.endpoints[ep].connecting = None;
+            if refused {
+                self.endpoints[ep].error = Some(libc::ECONNREFUSED);
+                continue;
+            }
+            let (local, remote) = (self.endpoints[ep].local, self.endpoints[ep].remote);
+            let server = self.endpoints.len();
+            self.endpoints
+                .push(Endpoint::new(remote, local, self.window));
+            self.endpoints[ep].peer = Some(server);
+            self.endpoints[server].peer = Some(ep);
+            self.servers.entry(remote).or_default().push_back(server);
+        }
+    }
+
+    /// Room in the peer's window for bytes written by `ep`.
+    pub fn room(&self, ep: Ep) -> usize {
+        match self.endpoints[ep].peer {
+            Some(peer) => {
+                let p = &self.endpoints[peer];
+                if p.closed {
+                    usize::MAX
+                } else {
+                    p.window.saturating_sub(p.recv.len())
+                }
+            }
+            None => 0,
+        }
+    }
+
+    /// Writes up to `bytes.len()` bytes from `ep` to its peer: how many, or an errno.
+    pub fn write(&mut self, ep: Ep, bytes: &[u8]) -> Result<usize, i32> {
+        let e = &self.endpoints[ep];
+        if let Some(err) = e.error {
+            return Err(if err == libc::ECONNREFUSED {
+                libc::EPIPE
+            } else {
+                err
+            });
+        }
+        if e.wr_shut {
+            return Err(libc::EPIPE);
+        }
+        let Some(peer) = e.peer else {
+            return Err(libc::ENOTCONN);
+        };
+        if self.endpoints[peer].closed {
+            // The peer is gone: this write draws its reset.
+            self.endpoints[ep].error = Some(libc::ECONNRESET);
+            return Err(libc::EPIPE);
+        }
+        let n = bytes.len().min(self.room(ep));
+        if n == 0 && !bytes.is_empty() {
+            return Err(libc::EAGAIN);
+        }
+        let p = &mut self.endpoints[peer];
+        p.recv.extend(&bytes[..n]);
+        p.received_total += n as u64;
+        Ok(n)
+    }
+
+    /// Reads up to `buf.len()` bytes: how many (0 at EOF), or an errno.
+    pub fn read(&mut self, ep: Ep, buf: &mut [u8]) -> Result<usize, i32> {
+        let e = &mut self.endpoints[ep];
+        if let Some(err) = e.error {
+            return Err(err);
+        }
+        if e.recv.is_empty() {
+            return if e.fin { Ok(0) } else { Err(libc::EAGAIN) };
+        }
+        let n = buf.len().min(e.recv.len());
+        for (slot, byte) in buf.iter_mut().zip(e.recv.drain(..n)) {
+            *slot = byte;
+        }
+        if let Some(off) = e.peek_off.as_mut() {
+            *off = off.saturating_sub(n);
+        }
+        Ok(n)
+    }
+
+    /// `shutdown(SHUT_WR)` of `ep`.
+    pub fn shutdown(&mut self, ep: Ep) -> Result<(), i32> {
+        let e = &mut self.endpoints[ep];
+        if let Some(err) = e.error {
+            return Err(err);
+        }
+        e.wr_shut = true;
+        if let Some(peer) = e.peer {
+            self.endpoints[peer].fin = true;
+        }
+        Ok(())
+    }
+
+    /// Resets `ep` now (the workload's abort): its peer sees ECONNRESET.
+    pub fn abort(&mut self, ep: Ep) {
+        self.endpoints[ep].linger0 = true;
+        self.close_endpoint(ep);
+    }
+
+    /// Poll events of descriptor `fd` now (io_uring's mask: ERR, HUP, RDHUP always reported).
+    pub fn readiness(&self, fd: i32, wake_pending: bool) -> u32 {
+        let bits = |b: i16| b as u32;
+        match self.object(fd) {
+            Some(Object::Listener(l)) => {
+                if self.listeners[l].backlog.is_empty() {
+                    0
+                } else {
+                    bits(libc::POLLIN)
+                }
+            }
+            Some(Object::Wake) => {
+                if wake_pending {
+                    bits(libc::POLLIN)
+                } else {
+                    0
+                }
+            }
+            Some(Object::Socket(ep)) => {
+                let e = &self.endpoints[ep];
+                let mut r = 0;
+                if let Some(Some(_)) | Some(None) = e.connecting {
+                    return 0;
+                }
+                if e.error.is_some() && !e.error_taken {
+                    r |= bits(libc::POLLERR);
+                }
+                if e.error.is_some() {
+                    r |= bits(libc::POLLHUP) | bits(libc::POLLIN) | bits(libc::POLLOUT);
+                    r |= libc::POLLRDHUP as u32;
+                    return r;
+                }
+                if e.recv.len() >= e.rcvlowat.max(1) || (e.fin && !e.recv.is_empty()) {
+                    r |= bits(libc::POLLIN);
+                }
+                if e.fin {
+                    r |= bits(libc::POLLIN) | libc::POLLRDHUP as u32;
+                }
+                if e.fin && e.wr_shut {
+                    r |= bits(libc::POLLHUP);
+                }
+                if e.peer.is_some() && !e.wr_shut && self.room(ep) > 0 {
+                    r |= bits(libc::POLLOUT);
+                }
+                r
+            }
+            Some(Object::Pipe(_) | Object::Spare) | None => 0,
+        }
+    }
+
+    /// Descriptors open now.
+    pub fn open_fds(&self) -> usize {
+        self.fds.len()
+    }
+}

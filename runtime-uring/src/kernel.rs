@@ -1,0 +1,301 @@
+//! The real kernel behind the engine's [`Kernel`] boundary: io_uring or epoll as the event source
+//! ([`Poller`]), syscalls for everything else, and the two data paths only io_uring has
+//! (provided-buffer copy, `IORING_OP_SPLICE`) as native directions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use io_uring::cqueue;
+use nix::fcntl::{SpliceFFlags, splice};
+use origdst_core::config::DataPath;
+use origdst_core::orig_dst::AcceptEvidence;
+use origdst_core::outcome::IoErrorKind;
+use origdst_core::time::Instant;
+use origdst_engine::kernel::{ConnectStart, Errno, Kernel, NativeDir};
+use origdst_engine::progress::Progress;
+use origdst_engine::shard::io::Io;
+use origdst_engine::slots::DirKey;
+use origdst_engine::token::{Kind, Token};
+
+use crate::buf_ring::BufRing;
+use crate::pipe_pool::{self, Ends};
+use crate::shard::copy::CopyDir;
+use crate::shard::opsplice::OpSpliceDir;
+use crate::shard::poller::Poller;
+use crate::sys;
+
+/// io_uring or epoll, and real syscalls.
+pub(crate) struct RealKernel {
+    pub(crate) poller: Poller,
+    /// The provided-buffer ring (uring-copy only).
+    pub(crate) buf_ring: Option<BufRing>,
+    origin: std::time::Instant,
+}
+
+impl RealKernel {
+    pub(crate) fn new(
+        poller: Poller,
+        buf_ring: Option<BufRing>,
+        origin: std::time::Instant,
+    ) -> Self {
+        Self {
+            poller,
+            buf_ring,
+            origin,
+        }
+    }
+}
+
+/// The native data paths' directions.
+#[derive(Debug)]
+pub(crate) enum NativeDirs {
+    Copy(CopyDir),
+    OpSplice(OpSpliceDir),
+}
+
+impl Kernel for RealKernel {
+    type Socket = OwnedFd;
+    type PipeEnds = Ends;
+    type Spare = OwnedFd;
+    type Native = NativeDirs;
+
+    fn raw(socket: &OwnedFd) -> i32 {
+        socket.as_raw_fd()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn poll_once(&mut self, fd: i32, events: u32, user_data: u64) {
+        self.poller.poll_once(fd, events, user_data);
+    }
+
+    fn watch(&mut self, fd: i32, user_data: u64) {
+        self.poller.watch(fd, user_data);
+    }
+
+    fn accept_multi(&mut self, fd: i32, user_data: u64) {
+        self.poller.accept_multi(fd, user_data);
+    }
+
+    fn poll_multi(&mut self, fd: i32, user_data: u64) {
+        self.poller.poll_multi(fd, user_data);
+    }
+
+    fn cancel_ops(&mut self, fds: &[i32], targets: &[u64], user_data: u64) {
+        self.poller.cancel_ops(fds, targets, user_data);
+    }
+
+    fn cancel_accept(&mut self, fd: i32, target: u64, user_data: u64) {
+        self.poller.cancel_accept(fd, target, user_data);
+    }
+
+    fn submit(&mut self) {
+        self.poller.submit();
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.poller.has_backlog()
+    }
+
+    fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        self.poller.wait(want, timeout)
+    }
+
+    fn completions(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        self.poller.completions(out);
+    }
+
+    fn adopt(&mut self, fd: i32) -> OwnedFd {
+        sys::own_fd(fd)
+    }
+
+    fn accept_evidence(
+        &mut self,
+        socket: &OwnedFd,
+        transparent: bool,
+    ) -> io::Result<AcceptEvidence> {
+        sys::accept_evidence(socket, transparent)
+    }
+
+    fn set_nodelay(&mut self, socket: &OwnedFd) {
+        sys::set_nodelay(socket);
+    }
+
+    fn connect(
+        &mut self,
+        upstream: SocketAddr,
+        mark: Option<u32>,
+        source: Option<SocketAddr>,
+    ) -> io::Result<ConnectStart<OwnedFd>> {
+        sys::connect(upstream, mark, source)
+    }
+
+    fn socket_error(&mut self, socket: &OwnedFd) -> Option<IoErrorKind> {
+        sys::connect_result(socket)
+    }
+
+    fn local_addr(&mut self, socket: &OwnedFd) -> io::Result<SocketAddr> {
+        sys::local_addr(socket)
+    }
+
+    fn shutdown_write(&mut self, socket: &OwnedFd) -> Result<(), IoErrorKind> {
+        sys::shutdown_write(socket)
+    }
+
+    fn arm_reset(&mut self, socket: &OwnedFd) {
+        sys::arm_reset(socket);
+    }
+
+    fn stop_listening(&mut self, socket: &OwnedFd) {
+        // The socket lives on until the kernel has finished cancelling its accept request
+        // (milliseconds); until then it would still complete handshakes nobody accepts.
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+    }
+
+    fn set_rcvlowat(&mut self, socket: &OwnedFd, bytes: u32) -> io::Result<()> {
+        sys::set_rcvlowat(socket, bytes)
+    }
+
+    fn set_peek_offset(&mut self, socket: &OwnedFd, offset: i32) -> io::Result<()> {
+        sys::set_peek_offset(socket, offset)
+    }
+
+    fn peek(&mut self, socket: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+        sys::peek(socket, buf)
+    }
+
+    fn reserve_fd(&mut self) -> io::Result<OwnedFd> {
+        sys::reserve_fd()
+    }
+
+    fn new_pipe(&mut self, size_bytes: u32) -> Option<(Ends, u32)> {
+        pipe_pool::create(size_bytes)
+    }
+
+    fn splice_in(&mut self, src: i32, pipe: &Ends, len: usize) -> Result<usize, Errno> {
+        // SAFETY: the shard keeps `src` open for as long as its connection exists, and a pump
+        // runs only for a live connection.
+        let src = unsafe { std::os::fd::BorrowedFd::borrow_raw(src) };
+        splice(src, None, pipe.write.as_fd(), None, len, splice_flags()).map_err(|e| e as i32)
+    }
+
+    fn splice_out(&mut self, pipe: &Ends, sink: i32, len: usize) -> Result<usize, Errno> {
+        // SAFETY: as in `splice_in`.
+        let sink = unsafe { std::os::fd::BorrowedFd::borrow_raw(sink) };
+        splice(pipe.read.as_fd(), None, sink, None, len, splice_flags()).map_err(|e| e as i32)
+    }
+
+    fn read(&mut self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+        // SAFETY: as in `splice_in`.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::unistd::read(fd, buf).map_err(|e| e as i32)
+    }
+
+    fn send(&mut self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        nix::sys::socket::send(fd, buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            .map_err(|e| e as i32)
+    }
+
+    fn native_dir(&self, path: DataPath) -> Option<NativeDirs> {
+        match path {
+            DataPath::UringCopy => Some(NativeDirs::Copy(CopyDir::default())),
+            DataPath::UringOpSplice => Some(NativeDirs::OpSplice(OpSpliceDir::default())),
+            DataPath::UringSplice => None,
+        }
+    }
+
+    fn recycle_stale(&mut self, token: Token, flags: u32) {
+        let Some(ring) = self.buf_ring.as_mut() else {
+            return;
+        };
+        match token.kind {
+            Kind::Recv => {
+                if let Some(id) = cqueue::buffer_select(flags) {
+                    ring.taken();
+                    ring.give_back(id);
+                }
+            }
+            // A send's buffer was kept back at release because the kernel still owned it.
+            Kind::Send => ring.give_back(token.buf),
+            _ => {}
+        }
+    }
+
+    fn buffers_in_flight(&self) -> u64 {
+        self.buf_ring
+            .as_ref()
+            .map_or(0, |r| u64::from(r.in_flight()))
+    }
+}
+
+impl NativeDir<RealKernel> for NativeDirs {
+    fn start(&mut self, io: &mut Io<RealKernel>, fds: (i32, i32), key: DirKey) -> Progress {
+        match self {
+            Self::Copy(copy) => {
+                copy.start(io, fds.0, key);
+                Progress::default()
+            }
+            Self::OpSplice(op) => op.start(io, fds, key),
+        }
+    }
+
+    fn resume(&mut self, io: &mut Io<RealKernel>, fds: (i32, i32), key: DirKey) -> Progress {
+        match self {
+            Self::Copy(copy) => {
+                copy.resume(io, fds.0, key);
+                Progress::default()
+            }
+            Self::OpSplice(op) => op.start(io, fds, key),
+        }
+    }
+
+    fn on_completion(
+        &mut self,
+        io: &mut Io<RealKernel>,
+        fds: (i32, i32),
+        key: DirKey,
+        kind: Kind,
+        res: i32,
+        flags: u32,
+    ) -> Progress {
+        match (self, kind) {
+            (Self::Copy(copy), Kind::Recv) => copy.on_recv(io, fds, key, res, flags),
+            (Self::Copy(copy), Kind::Send) => copy.on_send(io, fds, key, res),
+            (Self::Copy(copy), Kind::PollOut) => {
+                copy.on_pollout(io, fds.1, key);
+                Progress::default()
+            }
+            (Self::OpSplice(op), Kind::PollIn | Kind::PollOut) => op.on_poll(io, fds, key),
+            (Self::OpSplice(op), kind @ (Kind::SpliceIn | Kind::SpliceOut)) => {
+                op.on_splice(io, fds, key, kind, res)
+            }
+            (dir, kind) => unreachable!("{kind:?} completion on {dir:?}"),
+        }
+    }
+
+    fn inflight(&self, key: DirKey, out: &mut Vec<u64>) {
+        match self {
+            Self::Copy(copy) => copy.inflight(key, out),
+            Self::OpSplice(op) => {
+                if let Some(kind) = op.armed() {
+                    out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, io: &mut Io<RealKernel>) {
+        match self {
+            Self::Copy(copy) => copy.release(io),
+            Self::OpSplice(op) => op.release(io),
+        }
+    }
+}
+
+fn splice_flags() -> SpliceFFlags {
+    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
+}
