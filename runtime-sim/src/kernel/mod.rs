@@ -40,6 +40,8 @@ pub trait Workload {
     fn step(&mut self, net: &mut Net, now: u64);
     /// Everything it set out to do is done (the kernel then drains the shard).
     fn done(&self, net: &Net, now: u64) -> bool;
+    /// When it next acts on its own (not in answer to the network), if ever.
+    fn next_event(&self, now: u64) -> Option<u64>;
 }
 
 /// Which faults a run injects (each a per-mille chance per opportunity).
@@ -174,14 +176,19 @@ pub struct SimKernel {
     faults: Faults,
     regs: Vec<Reg>,
     ready: VecDeque<(u64, i32, u32)>,
+    /// Completions held back for a few batches (cancellations that land late, as io_uring's
+    /// may): a connection's stale completion can then meet its slot's next tenant.
+    late: Vec<(u32, (u64, i32, u32))>,
     now: u64,
     drain_sent: bool,
     /// Virtual time after which `wait` fails (a run that never ends is a bug).
     limit: u64,
 }
 
-/// How far virtual time moves per idle step.
+/// How far virtual time moves per step while things happen.
 const TICK_NS: u64 = 250_000;
+/// How far it jumps when nothing happens and nothing is due.
+const IDLE_JUMP_NS: u64 = 10_000_000;
 
 impl SimKernel {
     /// A kernel over `net`, with `workload` outside, faults drawn from `seed`.
@@ -210,6 +217,7 @@ impl SimKernel {
             faults,
             regs: Vec::new(),
             ready: VecDeque::new(),
+            late: Vec::new(),
             now: 0,
             drain_sent: false,
             limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
@@ -303,6 +311,15 @@ impl SimKernel {
         }
         kept.append(&mut self.regs);
         self.regs = kept;
+        let mut i = 0;
+        while i < self.late.len() {
+            if self.late[i].0 == 0 {
+                batch.push(self.late.swap_remove(i).1);
+            } else {
+                self.late[i].0 -= 1;
+                i += 1;
+            }
+        }
         if self.faults.reorder && batch.len() > 1 {
             for i in (1..batch.len()).rev() {
                 let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
@@ -330,6 +347,17 @@ impl SimKernel {
             user_data,
             kind,
         });
+    }
+}
+
+impl Drop for SimKernel {
+    fn drop(&mut self) {
+        // The wake-up descriptor is the kernel's own.
+        let fd = self.control.wake_fd;
+        let mut net = self.net.borrow_mut();
+        if net.object(fd).is_some() {
+            net.close(fd);
+        }
     }
 }
 
@@ -371,8 +399,27 @@ impl Kernel for SimKernel {
         for &target in targets {
             match self.regs.iter().position(|r| r.user_data == target) {
                 Some(at) => {
-                    self.regs.remove(at);
-                    self.ready.push_back((target, -libc::ECANCELED, 0));
+                    let reg = self.regs.remove(at);
+                    // An operation that was ready when the cancel came may have completed first:
+                    // its real result arrives instead of -ECANCELED (the cancel finds nothing).
+                    let wake_pending = self.control.pending.load(Ordering::Acquire);
+                    let always = (libc::POLLERR | libc::POLLHUP) as u32 | libc::POLLRDHUP as u32;
+                    let ready = if reg.kind == RegKind::Once {
+                        self.net.borrow().readiness(reg.fd, wake_pending) & (reg.events | always)
+                    } else {
+                        0
+                    };
+                    let cancelled = if ready != 0 && self.rng.chance(500) {
+                        (target, ready as i32, 0)
+                    } else {
+                        (target, -libc::ECANCELED, 0)
+                    };
+                    if self.faults.reorder && self.rng.chance(700) {
+                        let delay = self.rng.range(0, 8) as u32;
+                        self.late.push((delay, cancelled));
+                    } else {
+                        self.ready.push_back(cancelled);
+                    }
                     self.ready.push_back((user_data, 0, 0));
                 }
                 None => self.ready.push_back((user_data, -libc::ENOENT, 0)),
@@ -393,6 +440,7 @@ impl Kernel for SimKernel {
     fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = timeout.map(|t| self.now + u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
         loop {
+            let activity = self.net.borrow().activity;
             {
                 let mut net = self.net.borrow_mut();
                 self.workload.step(&mut net, self.now);
@@ -406,10 +454,26 @@ impl Kernel for SimKernel {
             if want == 0 || !self.ready.is_empty() {
                 return Ok(());
             }
+            if !self.late.is_empty() {
+                continue;
+            }
             if deadline.is_some_and(|d| self.now >= d) {
                 return Ok(());
             }
             let mut next = self.now + TICK_NS;
+            let (idle, next_connect) = {
+                let net = self.net.borrow();
+                (net.activity == activity, net.next_connect())
+            };
+            if idle {
+                // Nothing moved this tick and nothing is ready: jump to what comes next.
+                next = [deadline, self.workload.next_event(self.now), next_connect]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&t| t > self.now)
+                    .min()
+                    .unwrap_or(self.now + IDLE_JUMP_NS);
+            }
             if let Some(d) = deadline {
                 next = next.min(d.max(self.now + 1));
             }

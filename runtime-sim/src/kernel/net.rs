@@ -128,6 +128,9 @@ pub struct Net {
     next_port: u16,
     /// The proxy's own address (upstream sockets' source).
     pub proxy_ip: std::net::IpAddr,
+    /// Bumped by everything that changes what a socket could report: while it stands still and
+    /// nothing is due, virtual time may jump.
+    pub activity: u64,
 }
 
 impl Net {
@@ -145,6 +148,7 @@ impl Net {
             window,
             next_port: 40000,
             proxy_ip,
+            activity: 0,
         }
     }
 
@@ -185,6 +189,7 @@ impl Net {
 
     /// Closes an endpoint as its owner's last close would.
     pub fn close_endpoint(&mut self, ep: Ep) {
+        self.activity += 1;
         let e = &mut self.endpoints[ep];
         if e.closed {
             return;
@@ -262,6 +267,7 @@ impl Net {
                 continue;
             }
             self.endpoints[ep].connecting = None;
+            self.activity += 1;
             if refused {
                 self.endpoints[ep].error = Some(libc::ECONNREFUSED);
                 continue;
@@ -319,6 +325,7 @@ impl Net {
         let p = &mut self.endpoints[peer];
         p.recv.extend(&bytes[..n]);
         p.received_total += n as u64;
+        self.activity += 1;
         Ok(n)
     }
 
@@ -332,6 +339,8 @@ impl Net {
             return if e.fin { Ok(0) } else { Err(libc::EAGAIN) };
         }
         let n = buf.len().min(e.recv.len());
+        self.activity += 1;
+        let e = &mut self.endpoints[ep];
         for (slot, byte) in buf.iter_mut().zip(e.recv.drain(..n)) {
             *slot = byte;
         }
@@ -351,6 +360,7 @@ impl Net {
         if let Some(peer) = e.peer {
             self.endpoints[peer].fin = true;
         }
+        self.activity += 1;
         Ok(())
     }
 
@@ -408,6 +418,18 @@ impl Net {
             }
             Some(Object::Pipe(_) | Object::Spare) | None => 0,
         }
+    }
+
+    /// When the next pending connect completes, if one will.
+    pub fn next_connect(&self) -> Option<u64> {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.closed)
+            .filter_map(|e| match e.connecting {
+                Some(Some((at, _))) => Some(at),
+                _ => None,
+            })
+            .min()
     }
 
     /// Descriptors open now.
