@@ -77,6 +77,12 @@ impl Coverage {
     }
 
     /// Adds another sweep's counters.
+    /// Adds `count` hits of `name` (merging sweep reports).
+    pub fn add(&mut self, name: &str, count: u64) {
+        *self.0.entry(name.to_string()).or_default() += count;
+    }
+
+    /// Adds every counter of `other`.
     pub fn merge(&mut self, other: &Self) {
         for (name, count) in &other.0 {
             *self.0.entry(name.clone()).or_default() += count;

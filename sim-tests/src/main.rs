@@ -5,6 +5,10 @@
 //! cargo run -p origdst-sim-tests --release -- --seeds 100000          # all families
 //! cargo run -p origdst-sim-tests --release -- --family resets --seeds 5000 --start 7 --jobs 2
 //! cargo run -p origdst-sim-tests --release -- --family resets --seed 1000042 --trace
+//! # split across machines: each runs one shard of the seed space and writes a report...
+//! cargo run -p origdst-sim-tests --release -- --seeds 1000000 --shard 3/16 --report shard3.txt
+//! # ...and one merges them (exit status as a single sweep's)
+//! cargo run -p origdst-sim-tests --release -- --merge shard0.txt shard1.txt ...
 //! ```
 
 use std::process::ExitCode;
@@ -16,6 +20,9 @@ use origdst_sim_tests::scenario::Family;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--merge") {
+        return merge(&args[at + 1..]);
+    }
     let value = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -46,8 +53,23 @@ fn main() -> ExitCode {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
         .max(1);
+    // `--shard K/N`: this machine's share of the work items (every N-th chunk from the K-th), so
+    // N machines together run exactly the seeds one would.
+    let (shard, shards) = match value("--shard") {
+        None => (0, 1),
+        Some(text) => match text
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+            .filter(|&(k, n)| n > 0 && k < n)
+        {
+            Some(split) => split,
+            None => {
+                eprintln!("--shard takes K/N with 0 <= K < N, got {text:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let per_family = total.div_ceil(families.len() as u64);
-    let planned = per_family * families.len() as u64;
     let began = Instant::now();
     // Work items: (family, first seed, end seed), handed out to `jobs` threads; each turmoil sim
     // lives on one thread, so seeds parallelise without sharing anything.
@@ -62,6 +84,13 @@ fn main() -> ExitCode {
             ));
         }
     }
+    let chunks: Vec<_> = chunks
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| *index as u64 % shards == shard)
+        .map(|(_, chunk)| chunk)
+        .collect();
+    let planned: u64 = chunks.iter().map(|(_, from, to)| to - from).sum();
     let queue = std::sync::Mutex::new(chunks.into_iter());
     let results = std::sync::Mutex::new((Coverage::default(), Vec::<Failure>::new(), 0u64));
     std::thread::scope(|scope| {
@@ -92,6 +121,23 @@ fn main() -> ExitCode {
     let (coverage, mut failures, done) = results.into_inner().expect("results");
     failures.sort_by_key(|f| (f.scenario.family, f.scenario.seed));
     let elapsed = began.elapsed().as_secs_f64();
+    if let Some(path) = value("--report") {
+        let mut text = format!("seeds {done}\nseconds {elapsed:.1}\n");
+        for failure in &failures {
+            text.push_str(&format!(
+                "failure {} {}\n",
+                failure.scenario.family.name(),
+                failure.scenario.seed
+            ));
+        }
+        for (name, count) in coverage.iter() {
+            text.push_str(&format!("coverage {name} {count}\n"));
+        }
+        if let Err(err) = std::fs::write(&path, text) {
+            eprintln!("{path}: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     println!(
         "sweep: {done} seeds in {elapsed:.1} s = {:.0} seeds/s, {} failures",
         done as f64 / elapsed,
@@ -106,6 +152,57 @@ fn main() -> ExitCode {
     }
     let missing = coverage.missing();
     if !missing.is_empty() && families.len() == Family::ALL.len() {
+        println!("NEVER HIT: {}", missing.join(", "));
+        return ExitCode::FAILURE;
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Merges the reports of a sharded sweep: seeds and coverage add up, failures are listed with
+/// their replay seeds; the exit status is a single sweep's.
+fn merge(paths: &[String]) -> ExitCode {
+    let mut coverage = Coverage::default();
+    let (mut seeds, mut seconds, mut failures) = (0u64, 0f64, Vec::new());
+    for path in paths {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("{path}: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                ["seeds", n] => seeds += n.parse::<u64>().unwrap_or(0),
+                ["seconds", s] => seconds += s.parse::<f64>().unwrap_or(0.0),
+                ["failure", family, seed] => failures.push(format!("{family} {seed}")),
+                ["coverage", name, count] => coverage.add(name, count.parse().unwrap_or(0)),
+                _ => {
+                    eprintln!("{path}: not a sweep report line: {line:?}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    println!(
+        "merged {} reports: {seeds} seeds, {seconds:.1} s of sweep time, {} failures",
+        paths.len(),
+        failures.len()
+    );
+    for failure in &failures {
+        println!("FAILED family seed: {failure}  (replay: --family FAMILY --seed SEED --trace)");
+    }
+    println!("coverage (sometimes counters):");
+    for (name, count) in coverage.iter() {
+        println!("  {name:<58} {count}");
+    }
+    let missing = coverage.missing();
+    if !missing.is_empty() {
         println!("NEVER HIT: {}", missing.join(", "));
         return ExitCode::FAILURE;
     }
