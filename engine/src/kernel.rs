@@ -28,6 +28,31 @@ pub const MORE: u32 = 1 << 1;
 /// An errno, positive (`libc::EAGAIN`, …).
 pub type Errno = i32;
 
+/// Reorders a batch of completions the way a kernel may: any interleaving of different
+/// operations, but each operation's own completions (a multishot's) in the order they came.
+/// `pick(n)` chooses one of `n` operations to deliver from next (a test's seeded choice).
+pub fn interleave(batch: &mut Vec<(u64, i32, u32)>, mut pick: impl FnMut(usize) -> usize) {
+    use std::collections::VecDeque;
+    let mut queues: Vec<VecDeque<(u64, i32, u32)>> = Vec::new();
+    let mut index: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for completion in batch.drain(..) {
+        let at = *index.entry(completion.0).or_insert_with(|| {
+            queues.push(VecDeque::new());
+            queues.len() - 1
+        });
+        queues[at].push_back(completion);
+    }
+    let mut live: Vec<usize> = (0..queues.len()).collect();
+    while !live.is_empty() {
+        let choice = pick(live.len()) % live.len();
+        let queue = &mut queues[live[choice]];
+        batch.push(queue.pop_front().expect("live queues are not empty"));
+        if queue.is_empty() {
+            live.swap_remove(choice);
+        }
+    }
+}
+
 /// How starting a non-blocking connect went.
 #[derive(Debug)]
 pub enum ConnectStart<S> {
@@ -176,6 +201,35 @@ pub trait NativeDir<K: Kernel>: Debug + Sized {
     fn inflight(&self, key: DirKey, out: &mut Vec<u64>);
     /// The connection is released: give back pipes and buffers.
     fn release(&mut self, io: &mut Io<K>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_keeps_each_operations_order() {
+        let mut batch: Vec<(u64, i32, u32)> = (0..40).map(|i| (i % 3, i as i32, 0)).collect();
+        let mut state = 7u64;
+        interleave(&mut batch, |n| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as usize % n
+        });
+        assert_eq!(batch.len(), 40);
+        for key in 0..3 {
+            let results: Vec<i32> = batch.iter().filter(|c| c.0 == key).map(|c| c.1).collect();
+            assert!(
+                results.windows(2).all(|w| w[0] < w[1]),
+                "{key}: {results:?}"
+            );
+        }
+        let original: Vec<i32> = (0..40).collect();
+        assert_ne!(
+            batch.iter().map(|c| c.1).collect::<Vec<_>>(),
+            original,
+            "reordered"
+        );
+    }
 }
 
 /// A kernel without native data paths.

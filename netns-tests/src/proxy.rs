@@ -73,7 +73,27 @@ impl Proxy {
         setpriv(ns, uid, &["--inh-caps=-all"], binary)
     }
 
+    /// Like `start`, with the runtime's test-only fault injection on (BUGGIFY: short I/O,
+    /// spurious EAGAIN, small pipes, reordered completions), seeded from the namespace's name.
+    pub fn start_buggified(binary: &str, ns: &Netns, args: &[&str]) -> Self {
+        let seed = ns
+            .name()
+            .bytes()
+            .fold(17u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+        Self::spawn_env(binary, ns, Wrapper::None, args, Some(seed))
+    }
+
     fn spawn(binary: &str, ns: &Netns, wrapper: Wrapper, args: &[&str]) -> Self {
+        Self::spawn_env(binary, ns, wrapper, args, None)
+    }
+
+    fn spawn_env(
+        binary: &str,
+        ns: &Netns,
+        wrapper: Wrapper,
+        args: &[&str],
+        buggify: Option<u64>,
+    ) -> Self {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("{}-origdst-{n}.log", ns.name()));
@@ -98,6 +118,9 @@ impl Proxy {
                 command
             }
         };
+        if let Some(seed) = buggify {
+            command.env("ORIGDST_BUGGIFY", seed.to_string());
+        }
         let child = command
             .arg("run")
             .args(args)
@@ -112,6 +135,13 @@ impl Proxy {
             log,
         };
         proxy.wait_for_log("started:", Duration::from_secs(20));
+        if buggify.is_some() {
+            assert!(
+                proxy.log().contains("ORIGDST_BUGGIFY is set"),
+                "the fault switch did not engage:\n{}",
+                proxy.log()
+            );
+        }
         proxy
     }
 

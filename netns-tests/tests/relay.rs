@@ -46,7 +46,9 @@ fn start_proxy_with(gw: &Gateway, data_path: &str, extra: &[&str]) -> Proxy {
         "debug",
     ];
     args.extend_from_slice(extra);
-    Proxy::start(origdst_bin!(), &gw.router, &args)
+    // The runtime's fault switch is on for every relay here: short splices, reads and sends,
+    // spurious EAGAIN, small pipes and reordered completions must not cost a byte.
+    Proxy::start_buggified(origdst_bin!(), &gw.router, &args)
 }
 
 fn timeouts(stream: &TcpStream) {

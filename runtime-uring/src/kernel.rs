@@ -13,7 +13,7 @@ use origdst_core::config::DataPath;
 use origdst_core::orig_dst::AcceptEvidence;
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::time::Instant;
-use origdst_engine::kernel::{ConnectStart, Errno, Kernel, NativeDir};
+use origdst_engine::kernel::{ConnectStart, Errno, Kernel, NativeDir, interleave};
 use origdst_engine::progress::Progress;
 use origdst_engine::shard::io::Io;
 use origdst_engine::slots::DirKey;
@@ -32,19 +32,78 @@ pub(crate) struct RealKernel {
     /// The provided-buffer ring (uring-copy only).
     pub(crate) buf_ring: Option<BufRing>,
     origin: std::time::Instant,
+    /// Test-only fault injection (`ORIGDST_BUGGIFY=<seed>`), FoundationDB's BUGGIFY.
+    buggify: Option<Buggify>,
 }
+
+/// The simulator's faults, in the real runtime, for the real-kernel tests: short splices, reads
+/// and sends, spurious `EAGAIN`, pipes smaller than asked, completion batches reordered (each
+/// operation's own completions keep their order). Every one is something the kernel may do
+/// anyway; BUGGIFY makes it happen often. Off unless the environment variable is set.
+struct Buggify(u64);
+
+impl Buggify {
+    fn from_env(shard: usize) -> Option<Self> {
+        let seed: u64 = std::env::var(BUGGIFY_ENV).ok()?.parse().ok()?;
+        Some(Self(
+            seed ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ))
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: test-only choices, not cryptography.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// One time in `one_in`.
+    fn sometimes(&mut self, one_in: u64) -> bool {
+        self.next() % one_in == 0
+    }
+
+    /// `len`, or sometimes a shorter non-zero length.
+    fn shorten(&mut self, len: usize) -> usize {
+        if len > 1 && self.sometimes(4) {
+            1 + (self.next() % (len as u64 - 1)) as usize
+        } else {
+            len
+        }
+    }
+}
+
+/// Turns BUGGIFY on for a process (with a seed): test-only.
+pub(crate) const BUGGIFY_ENV: &str = "ORIGDST_BUGGIFY";
 
 impl RealKernel {
     pub(crate) fn new(
         poller: Poller,
         buf_ring: Option<BufRing>,
         origin: std::time::Instant,
+        shard: usize,
     ) -> Self {
+        let buggify = Buggify::from_env(shard);
+        if buggify.is_some() && shard == 0 {
+            tracing::warn!(
+                "{BUGGIFY_ENV} is set: test-only fault injection (short I/O, spurious EAGAIN, \
+                 small pipes, reordered completions) is on"
+            );
+        }
         Self {
             poller,
             buf_ring,
             origin,
+            buggify,
         }
+    }
+
+    fn shorten(&mut self, len: usize) -> usize {
+        self.buggify.as_mut().map_or(len, |b| b.shorten(len))
+    }
+
+    fn spurious_eagain(&mut self) -> bool {
+        self.buggify.as_mut().is_some_and(|b| b.sometimes(16))
     }
 }
 
@@ -106,7 +165,13 @@ impl Kernel for RealKernel {
     }
 
     fn completions(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        let from = out.len();
         self.poller.completions(out);
+        if let Some(b) = self.buggify.as_mut() {
+            let mut batch = out.split_off(from);
+            interleave(&mut batch, |n| (b.next() % n as u64) as usize);
+            out.append(&mut batch);
+        }
     }
 
     fn adopt(&mut self, fd: i32) -> OwnedFd {
@@ -173,10 +238,15 @@ impl Kernel for RealKernel {
     }
 
     fn new_pipe(&mut self, size_bytes: u32) -> Option<(Ends, u32)> {
-        pipe_pool::create(size_bytes)
+        let small = self.buggify.as_mut().is_some_and(|b| b.sometimes(4));
+        pipe_pool::create(if small { 4096 } else { size_bytes })
     }
 
     fn splice_in(&mut self, src: i32, pipe: &Ends, len: usize) -> Result<usize, Errno> {
+        if self.spurious_eagain() {
+            return Err(libc::EAGAIN);
+        }
+        let len = self.shorten(len);
         // SAFETY: the shard keeps `src` open for as long as its connection exists, and a pump
         // runs only for a live connection.
         let src = unsafe { std::os::fd::BorrowedFd::borrow_raw(src) };
@@ -184,18 +254,26 @@ impl Kernel for RealKernel {
     }
 
     fn splice_out(&mut self, pipe: &Ends, sink: i32, len: usize) -> Result<usize, Errno> {
+        let len = self.shorten(len);
         // SAFETY: as in `splice_in`.
         let sink = unsafe { std::os::fd::BorrowedFd::borrow_raw(sink) };
         splice(pipe.read.as_fd(), None, sink, None, len, splice_flags()).map_err(|e| e as i32)
     }
 
     fn read(&mut self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+        if self.spurious_eagain() {
+            return Err(libc::EAGAIN);
+        }
+        let n = self.shorten(buf.len());
+        let buf = &mut buf[..n];
         // SAFETY: as in `splice_in`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         nix::unistd::read(fd, buf).map_err(|e| e as i32)
     }
 
     fn send(&mut self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        let n = self.shorten(buf.len());
+        let buf = &buf[..n];
         nix::sys::socket::send(fd, buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
             .map_err(|e| e as i32)
     }

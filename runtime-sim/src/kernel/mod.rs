@@ -27,7 +27,7 @@ use origdst_core::config::{Config, DataPath};
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SockOptAnswer};
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::time::Instant;
-use origdst_engine::kernel::{ConnectStart, Errno, Kernel, MORE, NoNative, PipeEnds};
+use origdst_engine::kernel::{ConnectStart, Errno, Kernel, MORE, NoNative, PipeEnds, interleave};
 use origdst_engine::report::Control;
 use origdst_engine::shard::errno_kind;
 use origdst_engine::token::Token;
@@ -321,13 +321,8 @@ impl SimKernel {
             }
         }
         if self.faults.reorder && batch.len() > 1 {
-            for i in (1..batch.len()).rev() {
-                let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
-                // Completions of one multishot keep their order (io_uring posts them in order).
-                if batch[i].0 != batch[j].0 {
-                    batch.swap(i, j);
-                }
-            }
+            let rng = &mut self.rng;
+            interleave(&mut batch, |n| (rng.next_u64() % n as u64) as usize);
         }
         self.ready.extend(batch);
     }

@@ -219,7 +219,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
             });
         }
     }
-    let kernel = RealKernel::new(poller, buf_ring, setup.origin);
+    let kernel = RealKernel::new(poller, buf_ring, setup.origin, setup.id);
     let engine_setup = ShardSetup {
         id: setup.id,
         config: setup.config,
