@@ -60,7 +60,7 @@ impl Buggify {
 
     /// One time in `one_in`.
     fn sometimes(&mut self, one_in: u64) -> bool {
-        self.next() % one_in == 0
+        self.next().is_multiple_of(one_in)
     }
 
     /// `len`, or sometimes a shorter non-zero length.
