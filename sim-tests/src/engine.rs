@@ -39,11 +39,27 @@ pub enum EFault {
     BlackHole,
 }
 
+/// How a flow reaches its server through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ERoute {
+    /// REDIRECT to the capture listener, ORIGINAL_DST to the restored destination.
+    Plain,
+    /// Header mode: the client's request head names the server (`x-envoy-original-dst-host`);
+    /// it dials a decoy address, the head is peeked and forwarded unchanged.
+    Header,
+    /// Through an internal listener: the outer listener's cluster is an
+    /// `envoy_internal_address` endpoint, the inner listener restores the destination from the
+    /// shared filter state and dials it.
+    Internal,
+}
+
 /// One client connection.
 #[derive(Debug, Clone)]
 pub struct EFlow {
     /// Index; picks its addresses and its bytes.
     pub id: usize,
+    /// How it reaches the server.
+    pub route: ERoute,
     /// Client → server bytes.
     pub upload: u64,
     /// Server → client bytes.
@@ -93,8 +109,14 @@ impl EScenario {
                 3 => EFault::BlackHole,
                 _ => EFault::None,
             };
+            let route = match rng.range(0, 5) {
+                0 => ERoute::Header,
+                1 => ERoute::Internal,
+                _ => ERoute::Plain,
+            };
             let mut flow = EFlow {
                 id,
+                route,
                 upload,
                 download,
                 chunk: pick(&mut rng, &[1, 7, 1448, 16 * 1024, 64 * 1024]) as usize,
@@ -148,6 +170,24 @@ pub fn byte(flow: usize, dir: u8, offset: u64) -> u8 {
     let x = (flow as u64) << 48 ^ u64::from(dir) << 40 ^ (offset / 8);
     let mut rng = Rng::new(x);
     rng.next_u64().to_le_bytes()[(offset % 8) as usize]
+}
+
+/// The request head a header-mode flow's client sends before its upload (and the server
+/// receives, unchanged).
+pub fn head(flow: usize) -> Vec<u8> {
+    format!(
+        "POST /upload HTTP/1.1\r\nHost: svc\r\nx-envoy-original-dst-host: {}\r\n\r\n",
+        server_addr(flow)
+    )
+    .into_bytes()
+}
+
+/// The byte at `offset` of what the client sends in `flow` (the head first, in header mode).
+fn upload_byte(prefix: &[u8], flow: usize, offset: u64) -> u8 {
+    match prefix.get(offset as usize) {
+        Some(&b) => b,
+        None => byte(flow, 0, offset - prefix.len() as u64),
+    }
 }
 
 /// How one side of a flow ended.
@@ -215,6 +255,11 @@ fn server_addr(id: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 8000 + id as u16)
 }
 
+/// What a header-mode client dials: the head, not this, decides where it goes.
+fn decoy_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 9)), 9000 + id as u16)
+}
+
 const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 
 /// The clients and servers.
@@ -223,12 +268,36 @@ struct Flows {
     state: Rc<RefCell<Vec<(Side, Side)>>>,
 }
 
+/// The prefix a flow's upload starts with (its request head in header mode).
+fn prefix(flow: &EFlow) -> Vec<u8> {
+    match flow.route {
+        ERoute::Header => head(flow.id),
+        ERoute::Plain | ERoute::Internal => Vec::new(),
+    }
+}
+
 /// Writes as much of direction `dir` of `flow` as the window takes, up to `total`.
-fn push(net: &mut Net, ep: Ep, flow: usize, dir: u8, side: &mut Side, total: u64, chunk: usize) {
+#[allow(clippy::too_many_arguments)]
+fn push(
+    net: &mut Net,
+    ep: Ep,
+    flow: usize,
+    dir: u8,
+    prefix: &[u8],
+    side: &mut Side,
+    total: u64,
+    chunk: usize,
+) {
     while side.sent < total && side.write_error.is_none() {
         let n = (total - side.sent).min(chunk as u64) as usize;
         let bytes: Vec<u8> = (0..n as u64)
-            .map(|i| byte(flow, dir, side.sent + i))
+            .map(|i| {
+                if dir == 0 {
+                    upload_byte(prefix, flow, side.sent + i)
+                } else {
+                    byte(flow, dir, side.sent + i)
+                }
+            })
             .collect();
         match net.write(ep, &bytes) {
             Ok(0) | Err(libc::EAGAIN) => return,
@@ -239,7 +308,17 @@ fn push(net: &mut Net, ep: Ep, flow: usize, dir: u8, side: &mut Side, total: u64
 }
 
 /// Reads what is there (at most `limit` per call if set), checking every byte.
-fn pull(net: &mut Net, ep: Ep, flow: usize, dir: u8, side: &mut Side, limit: usize, now: u64) {
+#[allow(clippy::too_many_arguments)]
+fn pull(
+    net: &mut Net,
+    ep: Ep,
+    flow: usize,
+    dir: u8,
+    prefix: &[u8],
+    side: &mut Side,
+    limit: usize,
+    now: u64,
+) {
     let mut buf = vec![0u8; if limit == 0 { 65536 } else { limit }];
     while side.end == SideEnd::Open {
         match net.read(ep, &mut buf) {
@@ -250,7 +329,12 @@ fn pull(net: &mut Net, ep: Ep, flow: usize, dir: u8, side: &mut Side, limit: usi
             Ok(n) => {
                 for (i, &b) in buf[..n].iter().enumerate() {
                     let offset = side.received + i as u64;
-                    if side.mismatch_at.is_none() && b != byte(flow, dir, offset) {
+                    let want = if dir == 0 {
+                        upload_byte(prefix, flow, offset)
+                    } else {
+                        byte(flow, dir, offset)
+                    };
+                    if side.mismatch_at.is_none() && b != want {
                         side.mismatch_at = Some(offset);
                     }
                 }
@@ -273,19 +357,25 @@ impl Workload for Flows {
         let mut state = self.state.borrow_mut();
         for flow in &self.flows {
             let (client, server) = &mut state[flow.id];
+            let prefix = prefix(flow);
+            let upload = prefix.len() as u64 + flow.upload;
             // The client: uploads (or resets at its byte), half-closes, reads the download.
             if client.ep.is_none() && now >= flow.start_ms * 1_000_000 {
-                client.ep =
-                    Some(net.dial_redirected(client_addr(flow.id), server_addr(flow.id), 0));
+                let (dialled, listener) = match flow.route {
+                    ERoute::Plain => (server_addr(flow.id), 0),
+                    ERoute::Header => (decoy_addr(flow.id), 1),
+                    ERoute::Internal => (server_addr(flow.id), 2),
+                };
+                client.ep = Some(net.dial_redirected(client_addr(flow.id), dialled, listener));
             }
             if let Some(ep) = client.ep
                 && !client.aborted
             {
                 let limit = match flow.fault {
                     EFault::ClientReset(k) => k,
-                    _ => flow.upload,
+                    _ => upload,
                 };
-                push(net, ep, flow.id, 0, client, limit, flow.chunk);
+                push(net, ep, flow.id, 0, &prefix, client, limit, flow.chunk);
                 if let EFault::ClientReset(k) = flow.fault
                     && client.sent >= k
                 {
@@ -294,10 +384,19 @@ impl Workload for Flows {
                     client.ended_at = now;
                     continue;
                 }
-                if client.sent >= flow.upload && !client.shut && client.write_error.is_none() {
+                if client.sent >= upload && !client.shut && client.write_error.is_none() {
                     client.shut = net.shutdown(ep).is_ok();
                 }
-                pull(net, ep, flow.id, 1, client, flow.read_per_tick, now);
+                pull(
+                    net,
+                    ep,
+                    flow.id,
+                    1,
+                    &prefix,
+                    client,
+                    flow.read_per_tick,
+                    now,
+                );
             }
             // The server: reads the upload (or resets at its byte), answers, half-closes.
             if server.ep.is_none()
@@ -308,7 +407,7 @@ impl Workload for Flows {
             if let Some(ep) = server.ep
                 && !server.aborted
             {
-                pull(net, ep, flow.id, 0, server, 0, now);
+                pull(net, ep, flow.id, 0, &prefix, server, 0, now);
                 if let EFault::UpstreamReset(k) = flow.fault
                     && server.received >= k
                     && server.end == SideEnd::Open
@@ -319,7 +418,16 @@ impl Workload for Flows {
                     continue;
                 }
                 if !flow.client_first || server.end != SideEnd::Open {
-                    push(net, ep, flow.id, 1, server, flow.download, flow.chunk);
+                    push(
+                        net,
+                        ep,
+                        flow.id,
+                        1,
+                        &prefix,
+                        server,
+                        flow.download,
+                        flow.chunk,
+                    );
                     if server.sent >= flow.download && !server.shut && server.write_error.is_none()
                     {
                         server.shut = net.shutdown(ep).is_ok();
@@ -382,9 +490,15 @@ impl AccessLog for SimLog {
     }
 }
 
+/// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
+/// cluster is an internal listener that restores the destination from shared filter state.
 fn config(pipes: bool) -> Config {
+    const TCP_PROXY: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+    const SET_STATE: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {}, http_head_timeout: 1s }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s }}
 static_resources:
   listeners:
   - name: capture
@@ -393,13 +507,55 @@ static_resources:
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
-        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: out, cluster: pass, idle_timeout: 5s }}
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: out, cluster: pass, idle_timeout: 5s }}
+  - name: header
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15002 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: hdr, cluster: by_header, idle_timeout: 5s }}
+  - name: outer
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15003 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.set_filter_state
+        typed_config:
+          \"@type\": {SET_STATE}
+          on_new_connection:
+          - object_key: envoy.filters.listener.original_dst.local_ip
+            shared_with_upstream: ONCE
+            format_string: {{ text_format_source: {{ inline_string: \"%DOWNSTREAM_LOCAL_ADDRESS%\" }} }}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: outer, cluster: to_inner, idle_timeout: 5s }}
+  - name: inner
+    address: {{ envoy_internal_address: {{ server_listener_name: inner }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: inner, cluster: pass, idle_timeout: 5s }}
   clusters:
   - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
+  - {{ name: by_header, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s, original_dst_lb_config: {{ use_http_header: true }} }}
+  - name: to_inner
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: to_inner
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ envoy_internal_address: {{ server_listener_name: inner }} }} }}
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+    buffer_size_kb: 64
 ",
-        if pipes { 4 * 1024 * 1024 } else { 0 }
+        budget = if pipes { 4 * 1024 * 1024 } else { 0 }
     );
-    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}"))
+    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}\n{yaml}"))
 }
 
 /// What a run produced.
@@ -451,17 +607,29 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.faults,
         Duration::from_secs(120),
     );
-    let listener = kernel.listen(SocketAddr::new(PROXY_IP, 15001));
+    let listening: Vec<Listening<_>> = [15001, 15002, 15003]
+        .into_iter()
+        .enumerate()
+        .map(|(config_index, port)| Listening {
+            socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
+            config_index,
+        })
+        .collect();
     let reports = Rc::new(RefCell::new(Reports::default()));
     let config = Arc::new(config(scenario.pipes));
     let setup = ShardSetup {
         id: 0,
         data_path: config.knobs.data_path,
         me: Arc::new(SelfAddrs {
-            listeners: vec![origdst_core::addr::ListenerAddr::new(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                15001,
-            ))],
+            listeners: [15001, 15002, 15003]
+                .into_iter()
+                .map(|port| {
+                    origdst_core::addr::ListenerAddr::new(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        port,
+                    ))
+                })
+                .collect(),
             local_ips: vec![PROXY_IP],
             own_mark: Some(1337),
             admin: None,
@@ -473,14 +641,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         access_log: Some(Box::new(SimLog(Rc::clone(&reports)))),
         config,
     };
-    let error = match Shard::new(
-        setup,
-        kernel,
-        vec![Listening {
-            socket: listener,
-            config_index: 0,
-        }],
-    ) {
+    let error = match Shard::new(setup, kernel, listening) {
         Ok(shard) => shard.run().err().map(|e| e.to_string()),
         Err(e) => Some(e.to_string()),
     };
@@ -519,6 +680,8 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     for flow in &scenario.flows {
         let (client, server) = &report.sides[flow.id];
         let f = flow.id;
+        // What the client uploads, its request head included (header mode).
+        let upload = prefix(flow).len() as u64 + flow.upload;
         if let Some(at) = client.mismatch_at {
             fail(format!(
                 "flow {f}: the client received a wrong byte at {at}"
@@ -535,16 +698,33 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 client.received, flow.download
             ));
         }
-        if server.end == SideEnd::Eof && server.received != flow.upload {
+        if server.end == SideEnd::Eof && server.received != upload {
             let allowed = matches!(flow.fault, EFault::UpstreamReset(_));
             if !allowed {
                 fail(format!(
                     "flow {f}: the server saw a clean EOF after {} of {} bytes",
-                    server.received, flow.upload
+                    server.received, upload
                 ));
             }
         }
-        let record = report.finished.iter().find(|r| r.client == client_addr(f));
+        // An internal-listener flow is two connections (outer and inner, the inner with the
+        // outer's client): judge the inner one, which dials the server.
+        let records: Vec<&Finished> = report
+            .finished
+            .iter()
+            .filter(|r| r.client == client_addr(f))
+            .collect();
+        let record = records
+            .iter()
+            .find(|r| r.upstream == Some(server_addr(f)))
+            .or_else(|| records.iter().find(|r| r.upstream.is_some()))
+            .or(records.first())
+            .copied();
+        if flow.route == ERoute::Internal && records.len() == 1 && !client.aborted {
+            fail(format!(
+                "flow {f}: an internal-listener flow left one connection record, not two"
+            ));
+        }
         let Some(record) = record else {
             // A client that reset before it was accepted is gone: nothing to relay or log.
             if !client.aborted {
@@ -556,7 +736,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         // normal one.
         // Likewise one that reset only after the proxy had relayed everything both ways (the
         // rest of the upload was in its receive queue): the proxy finished first, as TCP would.
-        let relayed_all = record.bytes_received == flow.upload
+        let relayed_all = record.bytes_received == upload
             && record.bytes_sent == flow.download
             && client.end == SideEnd::Eof
             && client.received == flow.download;
@@ -587,16 +767,16 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                         client.received, flow.download, client.end
                     ));
                 }
-                if server.received != flow.upload && !server.aborted {
+                if server.received != upload && !server.aborted {
                     fail(format!(
                         "flow {f}: the server got {} of {} bytes",
-                        server.received, flow.upload
+                        server.received, upload
                     ));
                 }
-                if record.bytes_received != flow.upload || record.bytes_sent != flow.download {
+                if record.bytes_received != upload || record.bytes_sent != flow.download {
                     fail(format!(
                         "flow {f}: the proxy counted {}/{} bytes, the flow moved {}/{}",
-                        record.bytes_received, record.bytes_sent, flow.upload, flow.download
+                        record.bytes_received, record.bytes_sent, upload, flow.download
                     ));
                 }
                 if record.upstream != Some(server_addr(f)) {
@@ -618,10 +798,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 }
             }
             EFault::ClientReset(_) => {
-                if server.ep.is_some()
-                    && server.end == SideEnd::Eof
-                    && server.received < flow.upload
-                {
+                if server.ep.is_some() && server.end == SideEnd::Eof && server.received < upload {
                     fail(format!(
                         "flow {f}: the client reset, the server saw a clean EOF"
                     ));
@@ -647,11 +824,11 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             count(Counter::AcceptClientGone)
         ));
     }
-    if count(Counter::DownstreamCxTotal) != scenario.flows.len() as u64 - gone {
+    if count(Counter::DownstreamCxTotal) != report.finished.len() as u64 {
         fail(format!(
-            "downstream_cx_total {} for {} accepted flows",
+            "downstream_cx_total {} for {} finished connections",
             count(Counter::DownstreamCxTotal),
-            scenario.flows.len() as u64 - gone
+            report.finished.len()
         ));
     }
     if count(Counter::DownstreamCxDestroy) != count(Counter::DownstreamCxTotal) {
