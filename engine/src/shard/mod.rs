@@ -309,8 +309,11 @@ impl<K: Kernel> Shard<K> {
         let conn = &mut self.conns[slot];
         let progress = match token.kind {
             Kind::ConnectPoll => {
-                // A retry cancelled the previous attempt's poll; the new socket has its own.
-                if res != -libc::ECANCELED {
+                // A retry cancelled the previous attempt's poll; the new socket has its own. A
+                // cancelled poll may still complete with its real result (it fired before the
+                // cancel was seen): with no poll armed it belongs to a retired attempt, and the
+                // new socket (connected at once, say) must not take it for its own.
+                if res != -libc::ECANCELED && conn.connect_poll_armed {
                     conn.connect_poll_armed = false;
                     self.finish_connect(now, slot, res);
                 }
