@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use origdst_core::config::DataPath;
-use origdst_core::orig_dst::AcceptEvidence;
+use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, RedirectRecord};
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::time::Instant;
 
@@ -127,13 +127,20 @@ pub trait Kernel: Sized {
     ) -> io::Result<AcceptEvidence>;
     /// `TCP_NODELAY` on an accepted socket.
     fn set_nodelay(&mut self, socket: &Self::Socket);
-    /// Creates the upstream socket (marked, bound to `source` if given) and starts connecting.
+    /// Creates the upstream socket (marked, bound to `source` if given, carrying the platform's
+    /// redirect `record` if any) and starts connecting.
     fn connect(
         &mut self,
         upstream: SocketAddr,
         mark: Option<u32>,
         source: Option<SocketAddr>,
+        record: Option<&RedirectRecord>,
     ) -> io::Result<ConnectStart<Self::Socket>>;
+    /// The redirect record the platform attached to an accepted connection (Windows HNS/WFP
+    /// style); Linux attaches none.
+    fn redirect_record(&mut self, _socket: &Self::Socket) -> RecordAnswer {
+        RecordAnswer::None
+    }
     /// After POLLOUT on a connecting socket, or an error watch: `None` if all is well, else the
     /// socket's pending error (`SO_ERROR`).
     fn socket_error(&mut self, socket: &Self::Socket) -> Option<IoErrorKind>;

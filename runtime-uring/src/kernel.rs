@@ -195,6 +195,8 @@ impl Kernel for RealKernel {
         upstream: SocketAddr,
         mark: Option<u32>,
         source: Option<SocketAddr>,
+        // Linux has no redirect records (the platforms that do are modelled in the simulator).
+        _record: Option<&origdst_core::orig_dst::RedirectRecord>,
     ) -> io::Result<ConnectStart<OwnedFd>> {
         sys::connect(upstream, mark, source)
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use origdst_core::config::Config;
-use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::orig_dst::{RedirectRecord, SelfAddrs};
 use origdst_core::outcome::Outcome;
 use origdst_core::stats::{Counter, Counters};
 use origdst_engine::own_upstreams::OwnUpstreams;
@@ -51,6 +51,16 @@ pub enum ERoute {
     /// `envoy_internal_address` endpoint, the inner listener restores the destination from the
     /// shared filter state and dials it.
     Internal,
+    /// Where the platform attaches redirect records (Windows HNS/WFP): an outbound capture on the
+    /// OUTBOUND listener, which reads the record and applies it to the upstream socket.
+    Outbound,
+    /// An inbound capture on the INBOUND listener, to an application on the proxy's host (no
+    /// record is read, none is needed).
+    Inbound,
+    /// An outbound capture on a listener declared INBOUND: the record is never read, the
+    /// platform redirects the proxy's upstream connection back to it — a loop the proxy must
+    /// recognise and refuse.
+    Misdeclared,
 }
 
 /// One client connection.
@@ -91,6 +101,8 @@ pub struct EScenario {
     pub window: usize,
     /// The data path (the readiness pump; "copy" means no pipes).
     pub pipes: bool,
+    /// The platform attaches redirect records and re-redirects connections without one.
+    pub records: bool,
 }
 
 impl EScenario {
@@ -98,6 +110,7 @@ impl EScenario {
     pub fn draw(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5eed_e761_4e00_0001);
         let count = rng.range(1, 16) as usize;
+        let records = rng.chance(200);
         let mut flows = Vec::new();
         for id in 0..count {
             let upload = pick(&mut rng, &[0, 1, 100, 5000, 70_000, 300_000]);
@@ -109,10 +122,13 @@ impl EScenario {
                 3 => EFault::BlackHole,
                 _ => EFault::None,
             };
-            let route = match rng.range(0, 5) {
-                0 => ERoute::Header,
-                1 => ERoute::Internal,
-                _ => ERoute::Plain,
+            let route = match (records, rng.range(0, 5)) {
+                (false, 0) => ERoute::Header,
+                (false, 1) => ERoute::Internal,
+                (false, _) => ERoute::Plain,
+                (true, 0) => ERoute::Inbound,
+                (true, 1) => ERoute::Misdeclared,
+                (true, _) => ERoute::Outbound,
             };
             let mut flow = EFlow {
                 id,
@@ -138,6 +154,9 @@ impl EScenario {
             if let EFault::ClientReset(k) | EFault::UpstreamReset(k) = &mut flow.fault {
                 *k = (*k).min(flow.upload.saturating_sub(1));
             }
+            if flow.route == ERoute::Misdeclared {
+                flow.fault = EFault::None;
+            }
             flows.push(flow);
         }
         let faults = Faults {
@@ -153,9 +172,16 @@ impl EScenario {
             faults,
             // Listeners, wake-up, spare, and three per connection at most (two sockets, pipes
             // come and go): a low limit makes the shard pause accepting and park connects.
-            fd_limit: if rng.chance(150) { 12 } else { 10_000 },
+            // (Not with records: a loop under descriptor exhaustion waits in the backlog until
+            // the idle timeout, which is right but not what those scenarios are about.)
+            fd_limit: if !records && rng.chance(150) {
+                12
+            } else {
+                10_000
+            },
             window: pick(&mut rng, &[4096, 65536, 1 << 20]) as usize,
             pipes: rng.chance(800),
+            records,
         }
     }
 }
@@ -255,12 +281,27 @@ fn server_addr(id: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 8000 + id as u16)
 }
 
+/// An application on the proxy's own host (inbound captures go there).
+fn app_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(PROXY_IP, 7000 + id as u16)
+}
+
+/// Where `flow`'s server listens.
+fn dest(flow: &EFlow) -> SocketAddr {
+    match flow.route {
+        ERoute::Inbound => app_addr(flow.id),
+        _ => server_addr(flow.id),
+    }
+}
+
 /// What a header-mode client dials: the head, not this, decides where it goes.
 fn decoy_addr(id: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 9)), 9000 + id as u16)
 }
 
 const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared.
+const PORTS: [u16; 5] = [15001, 15002, 15003, 15004, 15005];
 
 /// The clients and servers.
 struct Flows {
@@ -272,7 +313,7 @@ struct Flows {
 fn prefix(flow: &EFlow) -> Vec<u8> {
     match flow.route {
         ERoute::Header => head(flow.id),
-        ERoute::Plain | ERoute::Internal => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
@@ -361,12 +402,21 @@ impl Workload for Flows {
             let upload = prefix.len() as u64 + flow.upload;
             // The client: uploads (or resets at its byte), half-closes, reads the download.
             if client.ep.is_none() && now >= flow.start_ms * 1_000_000 {
-                let (dialled, listener) = match flow.route {
-                    ERoute::Plain => (server_addr(flow.id), 0),
-                    ERoute::Header => (decoy_addr(flow.id), 1),
-                    ERoute::Internal => (server_addr(flow.id), 2),
-                };
-                client.ep = Some(net.dial_redirected(client_addr(flow.id), dialled, listener));
+                let record = || RedirectRecord(vec![0x7e, flow.id as u8]);
+                client.ep = Some(match flow.route {
+                    ERoute::Plain => net.dial_redirected(client_addr(flow.id), dest(flow), 0),
+                    ERoute::Header => {
+                        net.dial_redirected(client_addr(flow.id), decoy_addr(flow.id), 1)
+                    }
+                    ERoute::Internal => net.dial_redirected(client_addr(flow.id), dest(flow), 2),
+                    ERoute::Inbound => net.dial_redirected(client_addr(flow.id), dest(flow), 3),
+                    ERoute::Outbound => {
+                        net.dial_with_record(client_addr(flow.id), dest(flow), 0, record())
+                    }
+                    ERoute::Misdeclared => {
+                        net.dial_with_record(client_addr(flow.id), dest(flow), 4, record())
+                    }
+                });
             }
             if let Some(ep) = client.ep
                 && !client.aborted
@@ -400,7 +450,7 @@ impl Workload for Flows {
             }
             // The server: reads the upload (or resets at its byte), answers, half-closes.
             if server.ep.is_none()
-                && let Some(queue) = net.servers.get_mut(&server_addr(flow.id))
+                && let Some(queue) = net.servers.get_mut(&dest(flow))
             {
                 server.ep = queue.pop_front();
             }
@@ -492,16 +542,17 @@ impl AccessLog for SimLog {
 
 /// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
 /// cluster is an internal listener that restores the destination from shared filter state.
-fn config(pipes: bool) -> Config {
+fn config(pipes: bool, records: bool) -> Config {
     const TCP_PROXY: &str =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
+    traffic_direction: OUTBOUND
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}
     listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
     filter_chains:
@@ -509,6 +560,7 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: out, cluster: pass, idle_timeout: 5s }}
   - name: header
+    traffic_direction: OUTBOUND
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15002 }} }}
     listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
     filter_chains:
@@ -516,6 +568,7 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: hdr, cluster: by_header, idle_timeout: 5s }}
   - name: outer
+    traffic_direction: OUTBOUND
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15003 }} }}
     listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
     filter_chains:
@@ -530,12 +583,29 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: outer, cluster: to_inner, idle_timeout: 5s }}
   - name: inner
+    traffic_direction: OUTBOUND
     address: {{ envoy_internal_address: {{ server_listener_name: inner }} }}
     listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: inner, cluster: pass, idle_timeout: 5s }}
+  - name: inbound
+    traffic_direction: INBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15004 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: in, cluster: pass, idle_timeout: 5s }}
+  - name: misdeclared
+    traffic_direction: INBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15005 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: wrong, cluster: pass, idle_timeout: 5s }}
   clusters:
   - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
   - {{ name: by_header, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s, original_dst_lb_config: {{ use_http_header: true }} }}
@@ -553,7 +623,7 @@ bootstrap_extensions:
     \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
     buffer_size_kb: 64
 ",
-        budget = if pipes { 4 * 1024 * 1024 } else { 0 }
+        budget = if pipes { 4 * 1024 * 1024 } else { 0 },
     );
     Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}\n{yaml}"))
 }
@@ -581,14 +651,13 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.fd_limit,
         scenario.window,
     )));
+    net.borrow_mut().require_records = scenario.records;
     for flow in &scenario.flows {
         match flow.fault {
             EFault::Refused => {}
-            EFault::BlackHole => net.borrow_mut().black_holes.push(server_addr(flow.id)),
+            EFault::BlackHole => net.borrow_mut().black_holes.push(dest(flow)),
             _ => {
-                net.borrow_mut()
-                    .servers
-                    .insert(server_addr(flow.id), VecDeque::new());
+                net.borrow_mut().servers.insert(dest(flow), VecDeque::new());
             }
         }
     }
@@ -607,7 +676,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.faults,
         Duration::from_secs(120),
     );
-    let listening: Vec<Listening<_>> = [15001, 15002, 15003]
+    let listening: Vec<Listening<_>> = PORTS
         .into_iter()
         .enumerate()
         .map(|(config_index, port)| Listening {
@@ -616,12 +685,12 @@ pub fn run(scenario: &EScenario) -> EReport {
         })
         .collect();
     let reports = Rc::new(RefCell::new(Reports::default()));
-    let config = Arc::new(config(scenario.pipes));
+    let config = Arc::new(config(scenario.pipes, scenario.records));
     let setup = ShardSetup {
         id: 0,
         data_path: config.knobs.data_path,
         me: Arc::new(SelfAddrs {
-            listeners: [15001, 15002, 15003]
+            listeners: PORTS
                 .into_iter()
                 .map(|port| {
                     origdst_core::addr::ListenerAddr::new(SocketAddr::new(
@@ -716,7 +785,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             .collect();
         let record = records
             .iter()
-            .find(|r| r.upstream == Some(server_addr(f)))
+            .find(|r| r.upstream == Some(dest(flow)))
             .or_else(|| records.iter().find(|r| r.upstream.is_some()))
             .or(records.first())
             .copied();
@@ -732,6 +801,31 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         };
+        if flow.route == ERoute::Misdeclared {
+            // The record was never applied: the platform sent the proxy's connection back to
+            // it, the proxy refused its own upstream (no mark visible), and the client was reset.
+            if !matches!(
+                record.outcome,
+                Outcome::ConnectFailed(_) | Outcome::UpstreamFailed(_)
+            ) {
+                fail(format!(
+                    "flow {f} (listener declared INBOUND for outbound traffic): the proxy ended it as {}",
+                    record.outcome.name()
+                ));
+            }
+            if !matches!(client.end, SideEnd::Error(_)) {
+                fail(format!(
+                    "flow {f} (misdeclared): the client must see a reset, it ended {:?}",
+                    client.end
+                ));
+            }
+            if server.ep.is_some() {
+                fail(format!(
+                    "flow {f} (misdeclared): the looped connection reached the server"
+                ));
+            }
+            continue;
+        }
         // A server that read everything before its reset byte came never reset: that flow is a
         // normal one.
         // Likewise one that reset only after the proxy had relayed everything both ways (the
@@ -779,11 +873,11 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                         record.bytes_received, record.bytes_sent, upload, flow.download
                     ));
                 }
-                if record.upstream != Some(server_addr(f)) {
+                if record.upstream != Some(dest(flow)) {
                     fail(format!(
                         "flow {f}: the proxy dialled {:?}, the client dialled {}",
                         record.upstream,
-                        server_addr(f)
+                        dest(flow)
                     ));
                 }
             }
@@ -829,6 +923,33 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             "downstream_cx_total {} for {} finished connections",
             count(Counter::DownstreamCxTotal),
             report.finished.len()
+        ));
+    }
+    let loops = report
+        .finished
+        .iter()
+        .filter(|r| r.client.ip() == PROXY_IP)
+        .count() as u64;
+    if count(Counter::RefusedOwnUpstream) != loops {
+        fail(format!(
+            "{loops} of the proxy's own connections came back, refused_own_upstream = {}",
+            count(Counter::RefusedOwnUpstream)
+        ));
+    }
+    let misdeclared = scenario
+        .flows
+        .iter()
+        .filter(|flow| {
+            flow.route == ERoute::Misdeclared
+                && report
+                    .finished
+                    .iter()
+                    .any(|r| r.client == client_addr(flow.id))
+        })
+        .count() as u64;
+    if loops < misdeclared {
+        fail(format!(
+            "{misdeclared} misdeclared flows, only {loops} loops recognised"
         ));
     }
     if count(Counter::DownstreamCxDestroy) != count(Counter::DownstreamCxTotal) {

@@ -5,6 +5,7 @@ use std::io as stdio;
 use std::sync::Arc;
 
 use origdst_core::addr::canonical;
+use origdst_core::config::TrafficDirection;
 use origdst_core::connection::Connection;
 use origdst_core::orig_dst::SockOptAnswer;
 use origdst_core::relay::Dir;
@@ -38,7 +39,17 @@ impl<K: Kernel> Shard<K> {
             self.listeners[index].armed = false;
         }
         if res < 0 {
-            if res == -libc::ECANCELED || self.draining {
+            if self.draining {
+                return;
+            }
+            if res == -libc::ECANCELED {
+                // The end of an accept cancelled by a pause. Its completion may come after the
+                // pause already ended (the resume found the listener still armed and left it):
+                // then re-arm here, or the listener would never accept again (found by the
+                // simulator's late cancellations).
+                if !more {
+                    self.arm_accept(index);
+                }
                 return;
             }
             if res == -libc::ECONNABORTED {
@@ -95,6 +106,15 @@ impl<K: Kernel> Shard<K> {
                             .own_upstreams
                             .contains(evidence.client.get(), dst)
                     });
+                // Where the platform attaches redirect records, an OUTBOUND listener reads the
+                // connection's and applies it to the upstream socket (else the platform would
+                // redirect our own connection again); an INBOUND one does not (Envoy's
+                // original_dst filter on Windows).
+                if self.setup.config.knobs.redirect_records
+                    && listener.traffic_direction == TrafficDirection::Outbound
+                {
+                    evidence.redirect_record = self.io.kernel.redirect_record(&fd);
+                }
                 evidence
             }
             Err(err) => {
@@ -184,6 +204,7 @@ impl<K: Kernel> Shard<K> {
                 waiter.upstream,
                 waiter.mark,
                 waiter.source,
+                waiter.record,
             );
             if self.fd_waiters.len() > parked {
                 // Parked again (pushed to the back): restore its place and wait for more.
@@ -199,7 +220,14 @@ impl<K: Kernel> Shard<K> {
             return;
         }
         if self.spare_fd.is_none() {
-            match self.io.kernel.reserve_fd() {
+            let mut reserved = self.io.kernel.reserve_fd();
+            // Idle pooled pipes hold descriptors too: without shedding them, a shard whose open
+            // connections all closed could wait forever for one descriptor (found by the
+            // simulator with a limit of 12).
+            if reserved.is_err() && self.io.pipes.shed_idle() > 0 {
+                reserved = self.io.kernel.reserve_fd();
+            }
+            match reserved {
                 Ok(fd) => self.spare_fd = Some(fd),
                 Err(_) => {
                     self.schedule_resume(now + ACCEPT_BACKOFF);

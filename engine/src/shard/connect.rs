@@ -2,6 +2,7 @@
 
 use std::io as stdio;
 
+use origdst_core::orig_dst::RedirectRecord;
 use origdst_core::relay::{Dir, Side};
 use origdst_core::time::Instant;
 
@@ -17,15 +18,22 @@ impl<K: Kernel> Shard<K> {
         upstream: std::net::SocketAddr,
         mark: Option<u32>,
         source: Option<std::net::SocketAddr>,
+        record: Option<RedirectRecord>,
     ) {
         self.retire_upstream(slot);
-        let mut started = self.io.kernel.connect(upstream, mark, source);
+        let mut started = self
+            .io
+            .kernel
+            .connect(upstream, mark, source, record.as_ref());
         if started
             .as_ref()
             .is_err_and(|err| err.raw_os_error().is_some_and(is_descriptor_exhaustion))
             && self.io.pipes.shed_idle() > 0
         {
-            started = self.io.kernel.connect(upstream, mark, source);
+            started = self
+                .io
+                .kernel
+                .connect(upstream, mark, source, record.as_ref());
         }
         if let Err(err) = &started
             && let Some(errno) = err.raw_os_error().filter(|&e| is_descriptor_exhaustion(e))
@@ -37,7 +45,10 @@ impl<K: Kernel> Shard<K> {
             match self.spare_fd.take() {
                 Some(spare) => {
                     drop(spare);
-                    started = self.io.kernel.connect(upstream, mark, source);
+                    started = self
+                        .io
+                        .kernel
+                        .connect(upstream, mark, source, record.as_ref());
                 }
                 None => {
                     let generation = self.conns[slot].generation;
@@ -47,6 +58,7 @@ impl<K: Kernel> Shard<K> {
                         upstream,
                         mark,
                         source,
+                        record,
                     });
                     return;
                 }

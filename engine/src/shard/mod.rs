@@ -98,6 +98,7 @@ struct FdWaiter {
     upstream: std::net::SocketAddr,
     mark: Option<u32>,
     source: Option<std::net::SocketAddr>,
+    record: Option<origdst_core::orig_dst::RedirectRecord>,
 }
 
 /// A shard. Field order matters: `io` (and with it the kernel's ring) is dropped before anything
@@ -377,9 +378,9 @@ impl<K: Kernel> Shard<K> {
                     upstream,
                     mark,
                     source,
-                    record: _,
+                    record,
                 } => {
-                    self.start_connect(now, slot, upstream.get(), mark, source);
+                    self.start_connect(now, slot, upstream.get(), mark, source, record);
                 }
                 Action::ConnectInternal { listener, handoff } => {
                     self.connect_internal(now, slot, listener, *handoff);

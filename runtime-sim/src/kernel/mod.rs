@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use origdst_core::addr::{ClientAddr, LocalAddr};
 use origdst_core::config::{Config, DataPath};
-use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SockOptAnswer};
+use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, RedirectRecord, SockOptAnswer};
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::time::Instant;
 use origdst_engine::kernel::{ConnectStart, Errno, Kernel, MORE, NoNative, PipeEnds, interleave};
@@ -474,9 +474,29 @@ impl Kernel for SimKernel {
             }
             self.now = next;
             if self.now > self.limit {
+                let net = self.net.borrow();
+                let mut kinds = std::collections::BTreeMap::new();
+                for object in net.fds.values() {
+                    let kind = match object {
+                        Object::Socket(_) => "socket",
+                        Object::Listener(_) => "listener",
+                        Object::Pipe(_) => "pipe end",
+                        Object::Spare => "spare",
+                        Object::Wake => "wake",
+                    };
+                    *kinds.entry(kind).or_insert(0) += 1;
+                }
+                let backlog: Vec<usize> = net.listeners.iter().map(|l| l.backlog.len()).collect();
+                let regs: Vec<String> = self
+                    .regs
+                    .iter()
+                    .map(|r| format!("{:?}@{}", Token::decode(r.user_data).kind, r.fd))
+                    .collect();
                 return Err(io::Error::other(format!(
-                    "the simulated run passed its limit of {} ms of virtual time",
-                    self.limit / 1_000_000
+                    "the simulated run passed its limit of {} ms of virtual time: descriptors {kinds:?} \
+                     (limit {}), listener backlogs {backlog:?}, operations in flight {regs:?}",
+                    self.limit / 1_000_000,
+                    net.fd_limit
                 )));
             }
         }
@@ -517,18 +537,27 @@ impl Kernel for SimKernel {
 
     fn set_nodelay(&mut self, _socket: &SimFd) {}
 
+    fn redirect_record(&mut self, socket: &SimFd) -> RecordAnswer {
+        let net = self.net.borrow();
+        match &net.endpoints[net.ep(socket.fd)].record {
+            Some(record) => RecordAnswer::Record(record.clone()),
+            None => RecordAnswer::None,
+        }
+    }
+
     fn connect(
         &mut self,
         upstream: SocketAddr,
         _mark: Option<u32>,
         _source: Option<SocketAddr>,
+        record: Option<&RedirectRecord>,
     ) -> io::Result<ConnectStart<SimFd>> {
         let delay = self.rng.range(0, self.faults.connect_delay_ms.max(1)) * 1_000_000;
         let mut net = self.net.borrow_mut();
         if net.fds.len() >= net.fd_limit {
             return Err(os(libc::EMFILE));
         }
-        let ep = net.connect(upstream, self.now + delay);
+        let ep = net.connect(upstream, self.now + delay, record);
         let fd = net.open(Object::Socket(ep)).map_err(os)?;
         drop(net);
         Ok(ConnectStart::InProgress(self.fd(fd)))

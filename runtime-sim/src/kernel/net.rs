@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
+use origdst_core::orig_dst::RedirectRecord;
+
 /// An endpoint id (index into [`Net::endpoints`]).
 pub type Ep = usize;
 
@@ -44,6 +46,11 @@ pub struct Endpoint {
     pub orig_dst: Option<SocketAddr>,
     /// Bytes ever written into this endpoint's receive queue (for the workload's checks).
     pub received_total: u64,
+    /// The redirect record the platform attached (proxy-side endpoints of captured outbound
+    /// connections, where the platform has records).
+    pub record: Option<RedirectRecord>,
+    /// A proxy connect the platform's redirect policy sends back to the proxy (no valid record).
+    pub loop_back: bool,
 }
 
 impl Endpoint {
@@ -65,6 +72,8 @@ impl Endpoint {
             rcvlowat: 1,
             orig_dst: None,
             received_total: 0,
+            record: None,
+            loop_back: false,
         }
     }
 }
@@ -128,6 +137,11 @@ pub struct Net {
     next_port: u16,
     /// The proxy's own address (upstream sockets' source).
     pub proxy_ip: std::net::IpAddr,
+    /// The platform re-redirects the proxy's outbound connections that carry no record it
+    /// issued (Windows HNS/WFP): they come back to listener 0.
+    pub require_records: bool,
+    /// The records the platform issued.
+    pub issued: Vec<RedirectRecord>,
     /// Bumped by everything that changes what a socket could report: while it stands still and
     /// nothing is due, virtual time may jump.
     pub activity: u64,
@@ -148,6 +162,8 @@ impl Net {
             window,
             next_port: 40000,
             proxy_ip,
+            require_records: false,
+            issued: Vec::new(),
             activity: 0,
         }
     }
@@ -240,14 +256,40 @@ impl Net {
         client_ep
     }
 
+    /// A client dials `orig_dst`, captured outbound with a platform `record`.
+    pub fn dial_with_record(
+        &mut self,
+        client: SocketAddr,
+        orig_dst: SocketAddr,
+        listener: usize,
+        record: RedirectRecord,
+    ) -> Ep {
+        let client_ep = self.dial_redirected(client, orig_dst, listener);
+        let proxy_ep = self.endpoints[client_ep].peer.expect("paired");
+        self.issued.push(record.clone());
+        self.endpoints[proxy_ep].record = Some(record);
+        client_ep
+    }
+
     /// The proxy opens a socket towards `upstream`: its endpoint, connecting.
-    pub fn connect(&mut self, upstream: SocketAddr, completes_at: u64) -> Ep {
+    pub fn connect(
+        &mut self,
+        upstream: SocketAddr,
+        completes_at: u64,
+        record: Option<&RedirectRecord>,
+    ) -> Ep {
+        let looped = self.require_records
+            && upstream.ip() != self.proxy_ip
+            && !record.is_some_and(|r| self.issued.contains(r));
         let port = self.next_port;
         self.next_port = self.next_port.wrapping_add(1).max(40000);
         let local = SocketAddr::new(self.proxy_ip, port);
         let ep = self.endpoints.len();
         let mut e = Endpoint::new(local, upstream, self.window);
-        e.connecting = if self.black_holes.contains(&upstream) {
+        e.loop_back = looped;
+        e.connecting = if looped {
+            Some(Some((completes_at, false)))
+        } else if self.black_holes.contains(&upstream) {
             Some(None)
         } else {
             Some(Some((completes_at, !self.servers.contains_key(&upstream))))
@@ -273,6 +315,19 @@ impl Net {
                 continue;
             }
             let (local, remote) = (self.endpoints[ep].local, self.endpoints[ep].remote);
+            if self.endpoints[ep].loop_back {
+                // Redirected again, to the proxy's own capture listener: a loop the proxy must
+                // recognise (by its own upstream's address; no mark is visible here).
+                let proxy_addr = self.listeners[0].addr;
+                let back = self.endpoints.len();
+                self.endpoints
+                    .push(Endpoint::new(proxy_addr, local, self.window));
+                self.endpoints[back].orig_dst = Some(remote);
+                self.endpoints[ep].peer = Some(back);
+                self.endpoints[back].peer = Some(ep);
+                self.listeners[0].backlog.push_back(back);
+                continue;
+            }
             let server = self.endpoints.len();
             self.endpoints
                 .push(Endpoint::new(remote, local, self.window));
