@@ -159,6 +159,14 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn on_watch(&mut self, now: Instant, slot: usize, side: Side, res: i32) {
         let conn = &mut self.conns[slot];
+        // Watches are cancelled only at release, so a live connection's watch completion is for
+        // the watch it armed; anything else is another connection's (a slot handed on without a
+        // new generation).
+        debug_assert_eq!(
+            conn.watch[watch_index(side)],
+            Watch::Armed,
+            "a watch completion for a connection with no watch armed on that side"
+        );
         // Hung up without an error (the peer's FIN: io_uring polls always report RDHUP), or the
         // watch was cancelled: nothing more to watch on this socket — the reading pump will meet
         // the end of stream, the writing pump any later error.
