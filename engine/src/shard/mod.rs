@@ -322,7 +322,10 @@ impl<K: Kernel> Shard<K> {
             }
             Kind::HeadPoll => {
                 // Cancelled only at release: a live connection's head poll is its own.
-                debug_assert!(conn.head_poll_armed, "a head poll completion with none armed");
+                debug_assert!(
+                    conn.head_poll_armed,
+                    "a head poll completion with none armed"
+                );
                 conn.head_poll_armed = false;
                 self.finish_peek(now, slot, res);
                 return;
