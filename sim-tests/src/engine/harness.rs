@@ -1,0 +1,242 @@
+//! The shard over the simulated kernel: its config (capture, header-mode, internal-chain,
+//! inbound and misdeclared listeners), the reporter and access log the oracle reads, the run.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use origdst_core::config::Config;
+use origdst_core::orig_dst::SelfAddrs;
+use origdst_core::stats::Counters;
+use origdst_engine::own_upstreams::OwnUpstreams;
+use origdst_engine::report::{AccessLog, Finished, Gauge, Reporter};
+use origdst_engine::shard::{Listening, Shard, ShardSetup};
+use origdst_runtime_sim::kernel::SimKernel;
+use origdst_runtime_sim::kernel::net::Net;
+
+use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, dest};
+use super::workload::{Flows, Side};
+
+/// What the proxy reported.
+#[derive(Debug, Default)]
+struct Reports {
+    stats: Counters,
+    gauges: [u64; Gauge::ALL.len()],
+    finished: Vec<Finished>,
+}
+
+struct SimReporter(Rc<RefCell<Reports>>);
+
+impl Reporter for SimReporter {
+    fn publish(&mut self, stats: &Counters, gauges: &[u64; Gauge::ALL.len()]) {
+        let mut r = self.0.borrow_mut();
+        r.stats = stats.clone();
+        r.gauges = *gauges;
+    }
+}
+
+struct SimLog(Rc<RefCell<Reports>>);
+
+impl AccessLog for SimLog {
+    fn sampled(&mut self) -> bool {
+        true
+    }
+    fn send(&mut self, finished: Finished) {
+        self.0.borrow_mut().finished.push(finished);
+    }
+}
+
+/// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
+/// cluster is an internal listener that restores the destination from shared filter state.
+fn config(pipes: bool, records: bool) -> Config {
+    const TCP_PROXY: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+    const SET_STATE: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
+    let yaml = format!(
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, redirect_records: {records} }}
+static_resources:
+  listeners:
+  - name: capture
+    traffic_direction: OUTBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: out, cluster: pass, idle_timeout: 5s }}
+  - name: header
+    traffic_direction: OUTBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15002 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: hdr, cluster: by_header, idle_timeout: 5s }}
+  - name: outer
+    traffic_direction: OUTBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15003 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.set_filter_state
+        typed_config:
+          \"@type\": {SET_STATE}
+          on_new_connection:
+          - object_key: envoy.filters.listener.original_dst.local_ip
+            shared_with_upstream: ONCE
+            format_string: {{ text_format_source: {{ inline_string: \"%DOWNSTREAM_LOCAL_ADDRESS%\" }} }}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: outer, cluster: to_inner, idle_timeout: 5s }}
+  - name: inner
+    traffic_direction: OUTBOUND
+    address: {{ envoy_internal_address: {{ server_listener_name: inner }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: inner, cluster: pass, idle_timeout: 5s }}
+  - name: inbound
+    traffic_direction: INBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15004 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: in, cluster: pass, idle_timeout: 5s }}
+  - name: misdeclared
+    traffic_direction: INBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15005 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: wrong, cluster: pass, idle_timeout: 5s }}
+  clusters:
+  - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
+  - {{ name: by_header, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s, original_dst_lb_config: {{ use_http_header: true }} }}
+  - name: to_inner
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: to_inner
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ envoy_internal_address: {{ server_listener_name: inner }} }} }}
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+    buffer_size_kb: {queue_kb}
+",
+        budget = if pipes { 4 * 1024 * 1024 } else { 0 },
+        // Small internal-listener queues wrap often (a queue's ring arithmetic is exercised),
+        // large ones rarely fill.
+        queue_kb = if pipes { 1 } else { 64 },
+    );
+    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}\n{yaml}"))
+}
+
+/// What a run produced.
+pub struct EReport {
+    /// Each flow's (client, server) ledgers.
+    pub sides: Vec<(Side, Side)>,
+    /// The shard's last published counters.
+    pub stats: Counters,
+    /// The shard's last published gauges.
+    pub gauges: [u64; Gauge::ALL.len()],
+    /// Every finished connection.
+    pub finished: Vec<Finished>,
+    /// Descriptors still open after the shard stopped.
+    pub open_fds: usize,
+    /// The shard's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Runs the production shard over the simulated kernel.
+pub fn run(scenario: &EScenario) -> EReport {
+    let net = Rc::new(RefCell::new(Net::new(
+        PROXY_IP,
+        scenario.fd_limit,
+        scenario.window,
+    )));
+    net.borrow_mut().require_records = scenario.records;
+    for flow in &scenario.flows {
+        match flow.fault {
+            EFault::Refused => {}
+            EFault::BlackHole => net.borrow_mut().black_holes.push(dest(flow)),
+            _ => {
+                net.borrow_mut().servers.insert(dest(flow), VecDeque::new());
+            }
+        }
+    }
+    let state = Rc::new(RefCell::new(vec![
+        (Side::new(), Side::new());
+        scenario.flows.len()
+    ]));
+    let workload = Flows {
+        flows: scenario.flows.clone(),
+        state: Rc::clone(&state),
+    };
+    let mut kernel = SimKernel::new(
+        Rc::clone(&net),
+        Box::new(workload),
+        scenario.seed,
+        scenario.faults,
+        Duration::from_secs(120),
+    );
+    let listening: Vec<Listening<_>> = PORTS
+        .into_iter()
+        .enumerate()
+        .map(|(config_index, port)| Listening {
+            socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
+            config_index,
+        })
+        .collect();
+    let reports = Rc::new(RefCell::new(Reports::default()));
+    let config = Arc::new(config(scenario.pipes, scenario.records));
+    let setup = ShardSetup {
+        id: 0,
+        data_path: config.knobs.data_path,
+        me: Arc::new(SelfAddrs {
+            listeners: PORTS
+                .into_iter()
+                .map(|port| {
+                    origdst_core::addr::ListenerAddr::new(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        port,
+                    ))
+                })
+                .collect(),
+            local_ips: vec![PROXY_IP],
+            own_mark: Some(1337),
+            admin: None,
+        }),
+        control: kernel.control(),
+        reporter: Box::new(SimReporter(Rc::clone(&reports))),
+        pipe_budget_bytes: config.knobs.pipe_budget_bytes,
+        own_upstreams: Arc::new(OwnUpstreams::new()),
+        access_log: Some(Box::new(SimLog(Rc::clone(&reports)))),
+        config,
+    };
+    let error = match Shard::new(setup, kernel, listening) {
+        Ok(shard) => shard.run().err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    let reports = Rc::try_unwrap(reports)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|r| std::mem::take(&mut *r.borrow_mut()));
+    let open_fds = net.borrow().open_fds();
+    let sides = state.borrow().clone();
+    EReport {
+        sides,
+        stats: reports.stats,
+        gauges: reports.gauges,
+        finished: reports.finished,
+        open_fds,
+        error,
+    }
+}

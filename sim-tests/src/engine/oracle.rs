@@ -1,0 +1,270 @@
+//! What must hold for a run of the engine: every byte, each connection's outcome, the counters,
+//! and nothing left open.
+
+use std::fmt;
+
+use origdst_core::outcome::Outcome;
+use origdst_core::stats::Counter;
+use origdst_engine::report::{Finished, Gauge};
+
+use super::harness::EReport;
+use super::scenario::{EFault, ERoute, EScenario, PROXY_IP, client_addr, dest};
+use super::workload::{SideEnd, prefix};
+
+/// A broken rule.
+#[derive(Debug, Clone)]
+pub struct EViolation(pub String);
+
+impl fmt::Display for EViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything that must hold for a run.
+pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
+    let mut v = Vec::new();
+    let mut fail = |s: String| v.push(EViolation(s));
+    if let Some(err) = &report.error {
+        fail(format!("the shard failed: {err}"));
+    }
+    for flow in &scenario.flows {
+        let (client, server) = &report.sides[flow.id];
+        let f = flow.id;
+        // What the client uploads, its request head included (header mode).
+        let upload = prefix(flow).len() as u64 + flow.upload;
+        if let Some(at) = client.mismatch_at {
+            fail(format!(
+                "flow {f}: the client received a wrong byte at {at}"
+            ));
+        }
+        if let Some(at) = server.mismatch_at {
+            fail(format!(
+                "flow {f}: the server received a wrong byte at {at}"
+            ));
+        }
+        if client.end == SideEnd::Eof && client.received != flow.download {
+            fail(format!(
+                "flow {f}: clean EOF after {} of {} bytes (truncation disguised as success)",
+                client.received, flow.download
+            ));
+        }
+        if server.end == SideEnd::Eof && server.received != upload {
+            let allowed = matches!(flow.fault, EFault::UpstreamReset(_));
+            if !allowed {
+                fail(format!(
+                    "flow {f}: the server saw a clean EOF after {} of {} bytes",
+                    server.received, upload
+                ));
+            }
+        }
+        // An internal-listener flow is two connections (outer and inner, the inner with the
+        // outer's client): judge the inner one, which dials the server.
+        let records: Vec<&Finished> = report
+            .finished
+            .iter()
+            .filter(|r| r.client == client_addr(f))
+            .collect();
+        let record = records
+            .iter()
+            .find(|r| r.upstream == Some(dest(flow)))
+            .or_else(|| records.iter().find(|r| r.upstream.is_some()))
+            .or(records.first())
+            .copied();
+        if flow.route == ERoute::Internal && records.len() == 1 && !client.aborted {
+            fail(format!(
+                "flow {f}: an internal-listener flow left one connection record, not two"
+            ));
+        }
+        let Some(record) = record else {
+            // A client that reset before it was accepted is gone: nothing to relay or log.
+            if !client.aborted {
+                fail(format!("flow {f}: the proxy logged no finished connection"));
+            }
+            continue;
+        };
+        if flow.route == ERoute::Misdeclared {
+            // The record was never applied: the platform sent the proxy's connection back to
+            // it, the proxy refused its own upstream (no mark visible), and the client was reset.
+            if !matches!(
+                record.outcome,
+                Outcome::ConnectFailed(_) | Outcome::UpstreamFailed(_)
+            ) {
+                fail(format!(
+                    "flow {f} (listener declared INBOUND for outbound traffic): the proxy ended it as {}",
+                    record.outcome.name()
+                ));
+            }
+            if !matches!(client.end, SideEnd::Error(_)) {
+                fail(format!(
+                    "flow {f} (misdeclared): the client must see a reset, it ended {:?}",
+                    client.end
+                ));
+            }
+            if server.ep.is_some() {
+                fail(format!(
+                    "flow {f} (misdeclared): the looped connection reached the server"
+                ));
+            }
+            continue;
+        }
+        // A server that read everything before its reset byte came never reset: that flow is a
+        // normal one.
+        // Likewise one that reset only after the proxy had relayed everything both ways (the
+        // rest of the upload was in its receive queue): the proxy finished first, as TCP would.
+        let relayed_all = record.bytes_received == upload
+            && record.bytes_sent == flow.download
+            && client.end == SideEnd::Eof
+            && client.received == flow.download;
+        let fault = match flow.fault {
+            EFault::UpstreamReset(_) if !server.aborted || relayed_all => EFault::None,
+            fault => fault,
+        };
+        let want: fn(Outcome) -> bool = match fault {
+            EFault::None => |o| o == Outcome::Completed,
+            EFault::ClientReset(_) => |o| matches!(o, Outcome::ClientFailed(_)),
+            EFault::UpstreamReset(_) => |o| matches!(o, Outcome::UpstreamFailed(_)),
+            EFault::Refused => |o| matches!(o, Outcome::ConnectFailed(_)),
+            EFault::BlackHole => |o| o == Outcome::ConnectTimeout,
+        };
+        // Descriptor exhaustion may leave a connection parked until the drain resets it.
+        let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
+        if !want(record.outcome) && !starved {
+            fail(format!(
+                "flow {f} ({fault:?}): the proxy ended it as {}",
+                record.outcome.name()
+            ));
+        }
+        match fault {
+            EFault::None if !starved => {
+                if client.end != SideEnd::Eof || client.received != flow.download {
+                    fail(format!(
+                        "flow {f}: the client got {} of {} bytes and ended {:?}",
+                        client.received, flow.download, client.end
+                    ));
+                }
+                if server.received != upload && !server.aborted {
+                    fail(format!(
+                        "flow {f}: the server got {} of {} bytes",
+                        server.received, upload
+                    ));
+                }
+                if record.bytes_received != upload || record.bytes_sent != flow.download {
+                    fail(format!(
+                        "flow {f}: the proxy counted {}/{} bytes, the flow moved {}/{}",
+                        record.bytes_received, record.bytes_sent, upload, flow.download
+                    ));
+                }
+                if record.upstream != Some(dest(flow)) {
+                    fail(format!(
+                        "flow {f}: the proxy dialled {:?}, the client dialled {}",
+                        record.upstream,
+                        dest(flow)
+                    ));
+                }
+            }
+            EFault::UpstreamReset(_) | EFault::Refused | EFault::BlackHole => {
+                // The reset reaches the client unless it had already read everything cleanly.
+                let complete = client.end == SideEnd::Eof && client.received == flow.download;
+                if !matches!(client.end, SideEnd::Error(_)) && !complete && !starved {
+                    fail(format!(
+                        "flow {f} ({fault:?}): the client must see a reset, it ended {:?}",
+                        client.end
+                    ));
+                }
+            }
+            EFault::ClientReset(_) => {
+                if server.ep.is_some() && server.end == SideEnd::Eof && server.received < upload {
+                    fail(format!(
+                        "flow {f}: the client reset, the server saw a clean EOF"
+                    ));
+                }
+            }
+            EFault::None => {}
+        }
+    }
+    let count = |c: Counter| report.stats.get(c);
+    let gone = scenario
+        .flows
+        .iter()
+        .filter(|flow| {
+            !report
+                .finished
+                .iter()
+                .any(|r| r.client == client_addr(flow.id))
+        })
+        .count() as u64;
+    if count(Counter::AcceptClientGone) != gone {
+        fail(format!(
+            "{gone} clients left before they were accepted, downstream_cx_accept_client_gone = {}",
+            count(Counter::AcceptClientGone)
+        ));
+    }
+    if count(Counter::DownstreamCxTotal) != report.finished.len() as u64 {
+        fail(format!(
+            "downstream_cx_total {} for {} finished connections",
+            count(Counter::DownstreamCxTotal),
+            report.finished.len()
+        ));
+    }
+    let loops = report
+        .finished
+        .iter()
+        .filter(|r| r.client.ip() == PROXY_IP)
+        .count() as u64;
+    if count(Counter::RefusedOwnUpstream) != loops {
+        fail(format!(
+            "{loops} of the proxy's own connections came back, refused_own_upstream = {}",
+            count(Counter::RefusedOwnUpstream)
+        ));
+    }
+    let misdeclared = scenario
+        .flows
+        .iter()
+        .filter(|flow| {
+            flow.route == ERoute::Misdeclared
+                && report
+                    .finished
+                    .iter()
+                    .any(|r| r.client == client_addr(flow.id))
+        })
+        .count() as u64;
+    if loops < misdeclared {
+        fail(format!(
+            "{misdeclared} misdeclared flows, only {loops} loops recognised"
+        ));
+    }
+    if count(Counter::DownstreamCxDestroy) != count(Counter::DownstreamCxTotal) {
+        fail("not every accepted connection was destroyed".into());
+    }
+    let completed = report
+        .finished
+        .iter()
+        .filter(|r| r.outcome == Outcome::Completed)
+        .count() as u64;
+    if count(Counter::Completed) != completed {
+        fail(format!(
+            "completed = {}, {completed} finished records say completed",
+            count(Counter::Completed)
+        ));
+    }
+    let up: u64 = report.finished.iter().map(|r| r.bytes_received).sum();
+    let down: u64 = report.finished.iter().map(|r| r.bytes_sent).sum();
+    if count(Counter::DownstreamCxRxBytesTotal) != up
+        || count(Counter::DownstreamCxTxBytesTotal) != down
+    {
+        fail("byte counters disagree with the finished connections".into());
+    }
+    if report.gauges[Gauge::ConnectionsActive as usize] != 0
+        || report.gauges[Gauge::PipesLeased as usize] != 0
+    {
+        fail(format!("after the drain: gauges {:?}", report.gauges));
+    }
+    if report.open_fds != 0 {
+        fail(format!(
+            "{} descriptors still open after the shard stopped",
+            report.open_fds
+        ));
+    }
+    v
+}

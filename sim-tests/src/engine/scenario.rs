@@ -1,0 +1,228 @@
+//! What a run does, drawn from its seed: flows (sizes, chunking, faults, routes) and the kernel's
+//! faults, and the addresses and bytes every flow uses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use origdst_runtime_sim::kernel::{Faults, Rng};
+
+/// What goes wrong in an engine flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EFault {
+    /// Nothing.
+    None,
+    /// The client resets after sending this many bytes.
+    ClientReset(u64),
+    /// The server resets after reading this many bytes.
+    UpstreamReset(u64),
+    /// Nobody listens at the destination.
+    Refused,
+    /// The destination drops SYNs.
+    BlackHole,
+}
+
+/// How a flow reaches its server through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ERoute {
+    /// REDIRECT to the capture listener, ORIGINAL_DST to the restored destination.
+    Plain,
+    /// Header mode: the client's request head names the server (`x-envoy-original-dst-host`);
+    /// it dials a decoy address, the head is peeked and forwarded unchanged.
+    Header,
+    /// Through an internal listener: the outer listener's cluster is an
+    /// `envoy_internal_address` endpoint, the inner listener restores the destination from the
+    /// shared filter state and dials it.
+    Internal,
+    /// Where the platform attaches redirect records (Windows HNS/WFP): an outbound capture on the
+    /// OUTBOUND listener, which reads the record and applies it to the upstream socket.
+    Outbound,
+    /// An inbound capture on the INBOUND listener, to an application on the proxy's host (no
+    /// record is read, none is needed).
+    Inbound,
+    /// An outbound capture on a listener declared INBOUND: the record is never read, the
+    /// platform redirects the proxy's upstream connection back to it — a loop the proxy must
+    /// recognise and refuse.
+    Misdeclared,
+}
+
+/// One client connection.
+#[derive(Debug, Clone)]
+pub struct EFlow {
+    /// Index; picks its addresses and its bytes.
+    pub id: usize,
+    /// How it reaches the server.
+    pub route: ERoute,
+    /// Client → server bytes.
+    pub upload: u64,
+    /// Server → client bytes.
+    pub download: u64,
+    /// Bytes per write.
+    pub chunk: usize,
+    /// The server answers only after the upload ended (else at once).
+    pub client_first: bool,
+    /// Its fault.
+    pub fault: EFault,
+    /// Virtual ms before it dials.
+    pub start_ms: u64,
+    /// Bytes a slow reader takes per tick (0: all it can).
+    pub read_per_tick: usize,
+}
+
+/// A run of the engine.
+#[derive(Debug, Clone)]
+pub struct EScenario {
+    /// Its seed.
+    pub seed: u64,
+    /// The flows.
+    pub flows: Vec<EFlow>,
+    /// The kernel's faults.
+    pub faults: Faults,
+    /// The descriptor limit.
+    pub fd_limit: usize,
+    /// Receive windows.
+    pub window: usize,
+    /// The data path (the readiness pump; "copy" means no pipes).
+    pub pipes: bool,
+    /// The platform attaches redirect records and re-redirects connections without one.
+    pub records: bool,
+}
+
+impl EScenario {
+    /// Draws the scenario of `seed`.
+    pub fn draw(seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5eed_e761_4e00_0001);
+        let count = rng.range(1, 16) as usize;
+        let records = rng.chance(200);
+        let mut flows = Vec::new();
+        for id in 0..count {
+            let upload = pick(&mut rng, &[0, 1, 100, 5000, 70_000, 300_000]);
+            let download = pick(&mut rng, &[0, 1, 100, 5000, 70_000, 300_000]);
+            let fault = match rng.range(0, 9) {
+                0 if upload > 1 => EFault::ClientReset(rng.range(0, upload - 1)),
+                1 if upload > 1 => EFault::UpstreamReset(rng.range(0, upload - 1)),
+                2 => EFault::Refused,
+                3 => EFault::BlackHole,
+                _ => EFault::None,
+            };
+            let route = match (records, rng.range(0, 5)) {
+                (false, 0) => ERoute::Header,
+                (false, 1) => ERoute::Internal,
+                (false, _) => ERoute::Plain,
+                (true, 0) => ERoute::Inbound,
+                (true, 1) => ERoute::Misdeclared,
+                (true, _) => ERoute::Outbound,
+            };
+            let mut flow = EFlow {
+                id,
+                route,
+                upload,
+                download,
+                chunk: pick(&mut rng, &[1, 7, 1448, 16 * 1024, 64 * 1024]) as usize,
+                client_first: rng.chance(500),
+                fault,
+                start_ms: rng.range(0, 300),
+                read_per_tick: if rng.chance(200) {
+                    pick(&mut rng, &[100, 4096]) as usize
+                } else {
+                    0
+                },
+            };
+            // One-byte writes and slow readers cost a step per few bytes: keep those flows short
+            // (the sweep's time budget is for many seeds, not for long ones).
+            if flow.chunk == 1 || flow.read_per_tick == 100 {
+                flow.upload = flow.upload.min(4096);
+                flow.download = flow.download.min(4096);
+            }
+            if let EFault::ClientReset(k) | EFault::UpstreamReset(k) = &mut flow.fault {
+                *k = (*k).min(flow.upload.saturating_sub(1));
+            }
+            if flow.route == ERoute::Misdeclared {
+                flow.fault = EFault::None;
+            }
+            flows.push(flow);
+        }
+        let faults = Faults {
+            reorder: rng.chance(500),
+            short_io: pick(&mut rng, &[0, 0, 100, 500]) as u16,
+            spurious_eagain: pick(&mut rng, &[0, 0, 50, 200]) as u16,
+            small_pipe: pick(&mut rng, &[0, 0, 300]) as u16,
+            connect_delay_ms: pick(&mut rng, &[0, 2, 20]),
+        };
+        Self {
+            seed,
+            flows,
+            faults,
+            // Listeners, wake-up, spare, and three per connection at most (two sockets, pipes
+            // come and go): a low limit makes the shard pause accepting and park connects.
+            // (Not with records: a loop under descriptor exhaustion waits in the backlog until
+            // the idle timeout, which is right but not what those scenarios are about.)
+            fd_limit: if !records && rng.chance(150) {
+                12
+            } else {
+                10_000
+            },
+            window: pick(&mut rng, &[4096, 65536, 1 << 20]) as usize,
+            pipes: rng.chance(800),
+            records,
+        }
+    }
+}
+
+fn pick(rng: &mut Rng, from: &[u64]) -> u64 {
+    from[(rng.next_u64() % from.len() as u64) as usize]
+}
+
+/// The byte at `offset` of flow `flow`'s stream in direction `dir` (0 up, 1 down): every flow's
+/// bytes differ, so one delivered on another connection cannot pass.
+pub fn byte(flow: usize, dir: u8, offset: u64) -> u8 {
+    let x = (flow as u64) << 48 ^ u64::from(dir) << 40 ^ (offset / 8);
+    let mut rng = Rng::new(x);
+    rng.next_u64().to_le_bytes()[(offset % 8) as usize]
+}
+
+/// The request head a header-mode flow's client sends before its upload (and the server
+/// receives, unchanged).
+pub fn head(flow: usize) -> Vec<u8> {
+    format!(
+        "POST /upload HTTP/1.1\r\nHost: svc\r\nx-envoy-original-dst-host: {}\r\n\r\n",
+        server_addr(flow)
+    )
+    .into_bytes()
+}
+
+/// The byte at `offset` of what the client sends in `flow` (the head first, in header mode).
+pub(super) fn upload_byte(prefix: &[u8], flow: usize, offset: u64) -> u8 {
+    match prefix.get(offset as usize) {
+        Some(&b) => b,
+        None => byte(flow, 0, offset - prefix.len() as u64),
+    }
+}
+
+pub(super) fn client_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 30000 + id as u16)
+}
+
+pub(super) fn server_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), 8000 + id as u16)
+}
+
+/// An application on the proxy's own host (inbound captures go there).
+pub(super) fn app_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(PROXY_IP, 7000 + id as u16)
+}
+
+/// Where `flow`'s server listens.
+pub(super) fn dest(flow: &EFlow) -> SocketAddr {
+    match flow.route {
+        ERoute::Inbound => app_addr(flow.id),
+        _ => server_addr(flow.id),
+    }
+}
+
+/// What a header-mode client dials: the head, not this, decides where it goes.
+pub(super) fn decoy_addr(id: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 9, 9)), 9000 + id as u16)
+}
+
+pub(super) const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared.
+pub(super) const PORTS: [u16; 5] = [15001, 15002, 15003, 15004, 15005];

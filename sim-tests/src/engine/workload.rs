@@ -1,0 +1,279 @@
+//! The clients and servers outside the proxy: each client dials (redirected, perhaps with a
+//! redirect record), uploads its own bytes (its request head first in header mode), half-closes
+//! or resets at its byte, reads and checks the download; each server does the mirror image.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use origdst_core::orig_dst::RedirectRecord;
+use origdst_runtime_sim::kernel::Workload;
+use origdst_runtime_sim::kernel::net::{Ep, Net};
+
+use super::scenario::{
+    EFault, EFlow, ERoute, byte, client_addr, decoy_addr, dest, head, upload_byte,
+};
+
+/// How one side of a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideEnd {
+    /// Still going.
+    Open,
+    /// Clean EOF.
+    Eof,
+    /// An error (a reset reached it).
+    Error(i32),
+    /// It reset on purpose.
+    AbortedByMe,
+}
+
+/// One side's ledger.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// Its endpoint, once connected.
+    pub ep: Option<Ep>,
+    /// Bytes sent.
+    pub sent: u64,
+    /// Bytes received (checked).
+    pub received: u64,
+    /// The first wrong byte's offset.
+    pub mismatch_at: Option<u64>,
+    /// How its reading ended.
+    pub end: SideEnd,
+    /// A write failed with this errno.
+    pub write_error: Option<i32>,
+    /// It shut its write half.
+    pub shut: bool,
+    /// It reset the connection on purpose.
+    pub aborted: bool,
+    /// When its reading ended (ns).
+    pub ended_at: u64,
+}
+
+impl Side {
+    pub(super) fn new() -> Self {
+        Self {
+            ep: None,
+            sent: 0,
+            received: 0,
+            mismatch_at: None,
+            end: SideEnd::Open,
+            write_error: None,
+            shut: false,
+            aborted: false,
+            ended_at: 0,
+        }
+    }
+
+    /// Nothing more to do on this side.
+    fn done(&self) -> bool {
+        self.aborted || (self.end != SideEnd::Open && (self.shut || self.write_error.is_some()))
+    }
+}
+
+/// The clients and servers.
+pub(super) struct Flows {
+    pub(super) flows: Vec<EFlow>,
+    pub(super) state: Rc<RefCell<Vec<(Side, Side)>>>,
+}
+
+/// The prefix a flow's upload starts with (its request head in header mode).
+pub(super) fn prefix(flow: &EFlow) -> Vec<u8> {
+    match flow.route {
+        ERoute::Header => head(flow.id),
+        _ => Vec::new(),
+    }
+}
+
+/// Writes as much of direction `dir` of `flow` as the window takes, up to `total`.
+#[allow(clippy::too_many_arguments)]
+fn push(
+    net: &mut Net,
+    ep: Ep,
+    flow: usize,
+    dir: u8,
+    prefix: &[u8],
+    side: &mut Side,
+    total: u64,
+    chunk: usize,
+) {
+    while side.sent < total && side.write_error.is_none() {
+        let n = (total - side.sent).min(chunk as u64) as usize;
+        let bytes: Vec<u8> = (0..n as u64)
+            .map(|i| {
+                if dir == 0 {
+                    upload_byte(prefix, flow, side.sent + i)
+                } else {
+                    byte(flow, dir, side.sent + i)
+                }
+            })
+            .collect();
+        match net.write(ep, &bytes) {
+            Ok(0) | Err(libc::EAGAIN) => return,
+            Ok(written) => side.sent += written as u64,
+            Err(errno) => side.write_error = Some(errno),
+        }
+    }
+}
+
+/// Reads what is there (at most `limit` per call if set), checking every byte.
+#[allow(clippy::too_many_arguments)]
+fn pull(
+    net: &mut Net,
+    ep: Ep,
+    flow: usize,
+    dir: u8,
+    prefix: &[u8],
+    side: &mut Side,
+    limit: usize,
+    now: u64,
+) {
+    let mut buf = vec![0u8; if limit == 0 { 65536 } else { limit }];
+    while side.end == SideEnd::Open {
+        match net.read(ep, &mut buf) {
+            Ok(0) => {
+                side.end = SideEnd::Eof;
+                side.ended_at = now;
+            }
+            Ok(n) => {
+                for (i, &b) in buf[..n].iter().enumerate() {
+                    let offset = side.received + i as u64;
+                    let want = if dir == 0 {
+                        upload_byte(prefix, flow, offset)
+                    } else {
+                        byte(flow, dir, offset)
+                    };
+                    if side.mismatch_at.is_none() && b != want {
+                        side.mismatch_at = Some(offset);
+                    }
+                }
+                side.received += n as u64;
+                if limit != 0 {
+                    return;
+                }
+            }
+            Err(libc::EAGAIN) => return,
+            Err(errno) => {
+                side.end = SideEnd::Error(errno);
+                side.ended_at = now;
+            }
+        }
+    }
+}
+
+impl Workload for Flows {
+    fn step(&mut self, net: &mut Net, now: u64) {
+        let mut state = self.state.borrow_mut();
+        for flow in &self.flows {
+            let (client, server) = &mut state[flow.id];
+            let prefix = prefix(flow);
+            let upload = prefix.len() as u64 + flow.upload;
+            // The client: uploads (or resets at its byte), half-closes, reads the download.
+            if client.ep.is_none() && now >= flow.start_ms * 1_000_000 {
+                let record = || RedirectRecord(vec![0x7e, flow.id as u8]);
+                client.ep = Some(match flow.route {
+                    ERoute::Plain => net.dial_redirected(client_addr(flow.id), dest(flow), 0),
+                    ERoute::Header => {
+                        net.dial_redirected(client_addr(flow.id), decoy_addr(flow.id), 1)
+                    }
+                    ERoute::Internal => net.dial_redirected(client_addr(flow.id), dest(flow), 2),
+                    ERoute::Inbound => net.dial_redirected(client_addr(flow.id), dest(flow), 3),
+                    ERoute::Outbound => {
+                        net.dial_with_record(client_addr(flow.id), dest(flow), 0, record())
+                    }
+                    ERoute::Misdeclared => {
+                        net.dial_with_record(client_addr(flow.id), dest(flow), 4, record())
+                    }
+                });
+            }
+            if let Some(ep) = client.ep
+                && !client.aborted
+            {
+                let limit = match flow.fault {
+                    EFault::ClientReset(k) => k,
+                    _ => upload,
+                };
+                push(net, ep, flow.id, 0, &prefix, client, limit, flow.chunk);
+                if let EFault::ClientReset(k) = flow.fault
+                    && client.sent >= k
+                {
+                    net.abort(ep);
+                    client.aborted = true;
+                    client.ended_at = now;
+                    continue;
+                }
+                if client.sent >= upload && !client.shut && client.write_error.is_none() {
+                    client.shut = net.shutdown(ep).is_ok();
+                }
+                pull(
+                    net,
+                    ep,
+                    flow.id,
+                    1,
+                    &prefix,
+                    client,
+                    flow.read_per_tick,
+                    now,
+                );
+            }
+            // The server: reads the upload (or resets at its byte), answers, half-closes.
+            if server.ep.is_none()
+                && let Some(queue) = net.servers.get_mut(&dest(flow))
+            {
+                server.ep = queue.pop_front();
+            }
+            if let Some(ep) = server.ep
+                && !server.aborted
+            {
+                pull(net, ep, flow.id, 0, &prefix, server, 0, now);
+                if let EFault::UpstreamReset(k) = flow.fault
+                    && server.received >= k
+                    && server.end == SideEnd::Open
+                {
+                    net.abort(ep);
+                    server.aborted = true;
+                    server.ended_at = now;
+                    continue;
+                }
+                if !flow.client_first || server.end != SideEnd::Open {
+                    push(
+                        net,
+                        ep,
+                        flow.id,
+                        1,
+                        &prefix,
+                        server,
+                        flow.download,
+                        flow.chunk,
+                    );
+                    if server.sent >= flow.download && !server.shut && server.write_error.is_none()
+                    {
+                        server.shut = net.shutdown(ep).is_ok();
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_event(&self, now: u64) -> Option<u64> {
+        let state = self.state.borrow();
+        self.flows
+            .iter()
+            .filter(|flow| state[flow.id].0.ep.is_none())
+            .map(|flow| flow.start_ms * 1_000_000)
+            .filter(|&t| t > now)
+            .min()
+    }
+
+    fn done(&self, net: &Net, now: u64) -> bool {
+        let state = self.state.borrow();
+        self.flows.iter().all(|flow| {
+            let (client, server) = &state[flow.id];
+            let server_done = match server.ep {
+                None => true,
+                Some(ep) => server.done() || net.endpoints[ep].closed,
+            };
+            // After the client is done, the server side gets a grace period to see its end.
+            client.done() && (server_done || now > client.ended_at + 3_000_000_000)
+        })
+    }
+}
