@@ -37,7 +37,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connections the admin endpoint closed unanswered because [`CONNECTIONS_MAX`] were open.
 /// Exported as `origdst_admin_connections_evicted_total`.
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+pub static EVICTED: AtomicU64 = AtomicU64::new(0);
 
 /// A running admin server; stopped on drop.
 pub struct Admin {
@@ -137,7 +137,7 @@ fn accept_all(listener: &TcpListener, pending: &mut Vec<Pending>) {
                 if pending.len() >= CONNECTIONS_MAX {
                     // Full: the oldest waiting connection makes room (closed unanswered), so idle
                     // clients cannot lock a scraper out; they only lose their own connections.
-                    REFUSED.fetch_add(1, Ordering::Relaxed);
+                    EVICTED.fetch_add(1, Ordering::Relaxed);
                     pending.remove(0);
                 }
                 let _ = stream.set_nonblocking(true);
@@ -295,7 +295,7 @@ mod tests {
             .map(|_| TcpStream::connect(admin.addr).unwrap())
             .collect();
         let start = Instant::now();
-        while REFUSED.load(Ordering::Relaxed) < (100 - CONNECTIONS_MAX) as u64 {
+        while EVICTED.load(Ordering::Relaxed) < (100 - CONNECTIONS_MAX) as u64 {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "extra connections not refused"

@@ -206,7 +206,7 @@ impl Collector for Scrape {
             &mut encoder,
             "admin_connections_evicted",
             "Admin connections closed unanswered to make room (more than 32 open at once).",
-            crate::admin::REFUSED.load(Ordering::Relaxed),
+            crate::admin::EVICTED.load(Ordering::Relaxed),
         )?;
         Ok(())
     }

@@ -1,23 +1,19 @@
-//! The scenario RNG: splitmix64, ours so a seed means the same scenario forever, whatever
-//! version of `rand` turmoil pulls in.
+//! The scenario RNG: splitmix64 (the simulated kernel's), ours so a seed means the same scenario
+//! forever, whatever version of `rand` turmoil pulls in.
 
-/// A seeded generator.
+/// A seeded generator: the simulated kernel's splitmix64, with the scenario helpers.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(origdst_runtime_sim::kernel::Rng);
 
 impl Rng {
     /// The generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(origdst_runtime_sim::kernel::Rng::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `lo..=hi`.

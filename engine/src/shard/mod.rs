@@ -187,26 +187,6 @@ impl<K: Kernel> Shard<K> {
         })
     }
 
-    /// The kernel (for its own bookkeeping and tests).
-    pub fn kernel(&self) -> &K {
-        &self.io.kernel
-    }
-
-    /// The shard's counters.
-    pub fn stats(&self) -> &Counters {
-        &self.stats
-    }
-
-    /// Open connections.
-    pub fn open_connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// Pipes out on lease and fallback buffers' state, for checks that pools return to idle.
-    pub fn pipes_leased(&self) -> u32 {
-        self.io.pipes.leased()
-    }
-
     /// Runs until drained. Returns an error only for a kernel failure it cannot recover from.
     pub fn run(mut self) -> Result<(), ShardError> {
         for index in 0..self.listeners.len() {

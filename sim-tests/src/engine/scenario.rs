@@ -189,11 +189,13 @@ pub fn head(flow: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The byte at `offset` of what the client sends in `flow` (the head first, in header mode).
-pub(super) fn upload_byte(prefix: &[u8], flow: usize, offset: u64) -> u8 {
+/// The byte at `offset` of `flow`'s stream in direction `dir`, where the upload (0) starts with
+/// `prefix` (the request head, in header mode).
+pub(super) fn stream_byte(prefix: &[u8], flow: usize, dir: u8, offset: u64) -> u8 {
     match prefix.get(offset as usize) {
-        Some(&b) => b,
-        None => byte(flow, 0, offset - prefix.len() as u64),
+        Some(&b) if dir == 0 => b,
+        _ if dir == 0 => byte(flow, 0, offset - prefix.len() as u64),
+        _ => byte(flow, dir, offset),
     }
 }
 

@@ -9,9 +9,7 @@ use origdst_core::orig_dst::RedirectRecord;
 use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
-use super::scenario::{
-    EFault, EFlow, ERoute, byte, client_addr, decoy_addr, dest, head, upload_byte,
-};
+use super::scenario::{EFault, EFlow, ERoute, client_addr, decoy_addr, dest, head, stream_byte};
 
 /// How one side of a flow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +97,7 @@ fn push(
     while side.sent < total && side.write_error.is_none() {
         let n = (total - side.sent).min(chunk as u64) as usize;
         let bytes: Vec<u8> = (0..n as u64)
-            .map(|i| {
-                if dir == 0 {
-                    upload_byte(prefix, flow, side.sent + i)
-                } else {
-                    byte(flow, dir, side.sent + i)
-                }
-            })
+            .map(|i| stream_byte(prefix, flow, dir, side.sent + i))
             .collect();
         match net.write(ep, &bytes) {
             Ok(0) | Err(libc::EAGAIN) => return,
@@ -137,12 +129,7 @@ fn pull(
             Ok(n) => {
                 for (i, &b) in buf[..n].iter().enumerate() {
                     let offset = side.received + i as u64;
-                    let want = if dir == 0 {
-                        upload_byte(prefix, flow, offset)
-                    } else {
-                        byte(flow, dir, offset)
-                    };
-                    if side.mismatch_at.is_none() && b != want {
+                    if side.mismatch_at.is_none() && b != stream_byte(prefix, flow, dir, offset) {
                         side.mismatch_at = Some(offset);
                     }
                 }
