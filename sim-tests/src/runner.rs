@@ -64,9 +64,18 @@ pub fn sweep(
                 scenario,
                 violations,
             });
+            if fail_fast() {
+                break;
+            }
         }
     }
     failures
+}
+
+/// `SIM_FAIL_FAST=1` stops a block of seeds at its first failure: a mutation run needs one
+/// failing seed per mutant, not all of them.
+pub fn fail_fast() -> bool {
+    std::env::var_os("SIM_FAIL_FAST").is_some_and(|v| v == "1")
 }
 
 /// The seeds a test runs: `SIM_SEED=<n>` replays one; otherwise `count` seeds (or `SIM_SEEDS`)

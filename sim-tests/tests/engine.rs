@@ -31,6 +31,9 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
                     .collect::<Vec<_>>()
                     .join("\n    ")
             ));
+            if origdst_sim_tests::runner::fail_fast() {
+                break;
+            }
         }
     }
     for failure in &failures {

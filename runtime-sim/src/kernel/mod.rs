@@ -183,7 +183,15 @@ pub struct SimKernel {
     drain_sent: bool,
     /// Virtual time after which `wait` fails (a run that never ends is a bug).
     limit: u64,
+    /// Turns of the shard's loop at the current virtual instant: time stands still while
+    /// completions keep coming, so a shard that re-arms into an instant completion for ever would
+    /// spin without reaching `limit`. Past [`LIVELOCK_TURNS`] that is a failure, not a hang.
+    turns_at_now: (u64, u32),
 }
+
+/// Turns of the shard's loop allowed at one virtual instant (the 1 000 seeds of the engine test
+/// take at most ~1 200).
+const LIVELOCK_TURNS: u32 = 100_000;
 
 /// How far virtual time moves per step while things happen.
 const TICK_NS: u64 = 250_000;
@@ -221,6 +229,7 @@ impl SimKernel {
             now: 0,
             drain_sent: false,
             limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            turns_at_now: (0, 0),
         }
     }
 
@@ -434,6 +443,19 @@ impl Kernel for SimKernel {
 
     fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = timeout.map(|t| self.now + u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        if self.turns_at_now.0 == self.now {
+            self.turns_at_now.1 += 1;
+            if self.turns_at_now.1 > LIVELOCK_TURNS {
+                return Err(io::Error::other(format!(
+                    "livelock: the shard turned {LIVELOCK_TURNS} times at virtual instant {} ns \
+                     without time moving (operations in flight: {})",
+                    self.now,
+                    self.regs.len()
+                )));
+            }
+        } else {
+            self.turns_at_now = (self.now, 0);
+        }
         loop {
             let activity = self.net.borrow().activity;
             {
