@@ -122,6 +122,10 @@ counters! {
     /// Times a shard ran out of file descriptors and paused accepting (connections wait in the
     /// kernel's listen backlog meanwhile).
     AcceptPausedNoFd => "downstream_cx_accept_paused_no_fd",
+    /// Upstream connects that found no descriptor and waited for one (accepted connections are
+    /// parked, not reset; their connect timeout still bounds the wait, and one that expires
+    /// there ends as `upstream_cx_connect_timeout`).
+    UpstreamCxParkedNoFd => "upstream_cx_parked_no_fd",
     /// Errors (resets) found by the per-socket error watch while the connection waited on the
     /// other side; each ended its connection within the turn (they are counted again under their
     /// outcome, e.g. `downstream_cx_reset`).

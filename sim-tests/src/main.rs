@@ -5,6 +5,7 @@
 //! cargo run -p origdst-sim-tests --release -- --seeds 100000          # all families
 //! cargo run -p origdst-sim-tests --release -- --family resets --seeds 5000 --start 7 --jobs 2
 //! cargo run -p origdst-sim-tests --release -- --family resets --seed 1000042 --trace
+//! cargo run -p origdst-sim-tests --release -- --family engine --seeds 20000   # the production shard
 //! # split across machines: each runs one shard of the seed space and writes a report...
 //! cargo run -p origdst-sim-tests --release -- --seeds 1000000 --shard 3/16 --report shard3.txt
 //! # ...and one merges them (exit status as a single sweep's)
@@ -15,8 +16,62 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use origdst_sim_tests::coverage::Coverage;
-use origdst_sim_tests::runner::{self, Failure};
+use origdst_sim_tests::engine::{self, EScenario};
+use origdst_sim_tests::runner;
 use origdst_sim_tests::scenario::Family;
+
+/// What a block of seeds runs: one of the core's turmoil families, or the production shard over
+/// the simulated kernel (the engine tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    Turmoil(Family),
+    Engine,
+}
+
+impl Tier {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Turmoil(family) => family.name(),
+            Self::Engine => "engine",
+        }
+    }
+
+    fn all() -> Vec<Self> {
+        let mut all: Vec<Self> = Family::ALL.into_iter().map(Self::Turmoil).collect();
+        all.push(Self::Engine);
+        all
+    }
+
+    /// Runs seeds `from..to`; failures as (seed, what to print).
+    fn sweep(self, from: u64, to: u64, coverage: &mut Coverage) -> Vec<(u64, String)> {
+        match self {
+            Self::Turmoil(family) => runner::sweep(family, from..to, coverage)
+                .into_iter()
+                .map(|f| (f.scenario.seed, f.to_string()))
+                .collect(),
+            Self::Engine => (from..to)
+                .filter_map(|seed| {
+                    let scenario = EScenario::draw(seed);
+                    let violations = engine::run_checked(&scenario);
+                    (!violations.is_empty()).then(|| (seed, engine_failure(&scenario, &violations)))
+                })
+                .collect(),
+        }
+    }
+}
+
+fn engine_failure(scenario: &EScenario, violations: &[engine::EViolation]) -> String {
+    let mut text = format!("FAILED seed={} family=engine\n", scenario.seed);
+    for violation in violations {
+        text.push_str(&format!("  {violation}\n"));
+    }
+    text.push_str(&format!(
+        "{scenario:?}\nreplay: SIM_SEED={} cargo test -p origdst-sim-tests --test engine   \
+         (ledgers: cargo run -p origdst-sim-tests --example engine_one -- {})",
+        scenario.seed, scenario.seed
+    ));
+    text
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,21 +84,25 @@ fn main() -> ExitCode {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let families: Vec<Family> = match value("--family") {
+    let families: Vec<Tier> = match value("--family") {
+        Some(name) if name == "engine" => vec![Tier::Engine],
         Some(name) => match Family::parse(&name) {
-            Some(family) => vec![family],
+            Some(family) => vec![Tier::Turmoil(family)],
             None => {
                 eprintln!(
-                    "unknown family {name:?}; one of: {}",
+                    "unknown family {name:?}; one of: {}, engine",
                     Family::ALL.map(Family::name).join(", ")
                 );
                 return ExitCode::from(2);
             }
         },
-        None => Family::ALL.to_vec(),
+        None => Tier::all(),
     };
     if let Some(seed) = value("--seed").and_then(|s| s.parse().ok()) {
-        return replay(families[0], seed, args.iter().any(|a| a == "--trace"));
+        return match families[0] {
+            Tier::Turmoil(family) => replay(family, seed, args.iter().any(|a| a == "--trace")),
+            Tier::Engine => replay_engine(seed),
+        };
     }
     let total: u64 = value("--seeds")
         .and_then(|s| s.parse().ok())
@@ -92,7 +151,8 @@ fn main() -> ExitCode {
         .collect();
     let planned: u64 = chunks.iter().map(|(_, from, to)| to - from).sum();
     let queue = std::sync::Mutex::new(chunks.into_iter());
-    let results = std::sync::Mutex::new((Coverage::default(), Vec::<Failure>::new(), 0u64));
+    let results =
+        std::sync::Mutex::new((Coverage::default(), Vec::<(Tier, u64, String)>::new(), 0u64));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
@@ -101,10 +161,12 @@ fn main() -> ExitCode {
                         return;
                     };
                     let mut coverage = Coverage::default();
-                    let found = runner::sweep(family, from..to, &mut coverage);
+                    let found = family.sweep(from, to, &mut coverage);
                     let mut results = results.lock().expect("results");
                     results.0.merge(&coverage);
-                    results.1.extend(found);
+                    results
+                        .1
+                        .extend(found.into_iter().map(|(seed, text)| (family, seed, text)));
                     results.2 += to - from;
                     let rate = results.2 as f64 / began.elapsed().as_secs_f64();
                     if results.2 % PROGRESS_EVERY < to - from {
@@ -119,16 +181,12 @@ fn main() -> ExitCode {
         }
     });
     let (coverage, mut failures, done) = results.into_inner().expect("results");
-    failures.sort_by_key(|f| (f.scenario.family, f.scenario.seed));
+    failures.sort_by_key(|&(tier, seed, _)| (tier, seed));
     let elapsed = began.elapsed().as_secs_f64();
     if let Some(path) = value("--report") {
         let mut text = format!("seeds {done}\nseconds {elapsed:.1}\n");
-        for failure in &failures {
-            text.push_str(&format!(
-                "failure {} {}\n",
-                failure.scenario.family.name(),
-                failure.scenario.seed
-            ));
+        for (tier, seed, _) in &failures {
+            text.push_str(&format!("failure {} {seed}\n", tier.name()));
         }
         for (name, count) in coverage.iter() {
             text.push_str(&format!("coverage {name} {count}\n"));
@@ -143,13 +201,13 @@ fn main() -> ExitCode {
         done as f64 / elapsed,
         failures.len()
     );
-    for failure in failures.iter().take(FAILURES_SHOWN) {
+    for (_, _, failure) in failures.iter().take(FAILURES_SHOWN) {
         println!("{failure}\n");
     }
     conclude(
         &coverage,
         failures.is_empty(),
-        families.len() == Family::ALL.len(),
+        families.len() == Tier::all().len(),
     )
 }
 
@@ -227,6 +285,17 @@ fn replay(family: Family, seed: u64, trace: bool) -> ExitCode {
     for violation in &violations {
         println!("VIOLATION {violation}");
     }
+    ExitCode::FAILURE
+}
+
+fn replay_engine(seed: u64) -> ExitCode {
+    let scenario = EScenario::draw(seed);
+    let violations = engine::run_checked(&scenario);
+    if violations.is_empty() {
+        println!("{scenario:?}\nok");
+        return ExitCode::SUCCESS;
+    }
+    println!("{}", engine_failure(&scenario, &violations));
     ExitCode::FAILURE
 }
 

@@ -11,7 +11,7 @@ use super::io::Io;
 use super::splice::SpliceDir;
 use crate::kernel::{Kernel, NativeDir};
 use crate::progress::Progress;
-use crate::slots::DirKey;
+use crate::slots::{DirKey, SlotKey};
 use crate::token::{Kind, Token};
 
 /// One direction's data path state.
@@ -129,9 +129,9 @@ pub struct ConnIo<K: Kernel> {
     /// The client socket's peek offset is on (SO_PEEK_OFF): a peek returns only new bytes.
     pub peek_incremental: bool,
     /// This connection's upstream is an internal listener: the pair (outer end).
-    pub internal_upstream: Option<usize>,
+    pub internal_upstream: Option<SlotKey>,
     /// This connection came from an internal listener: the pair (inner end).
-    pub internal_client: Option<usize>,
+    pub internal_client: Option<SlotKey>,
     /// The listener that handled it, kept only when an access log wants it.
     pub listener_name: Option<std::sync::Arc<str>>,
     /// A POLLOUT on the connecting upstream socket is in flight.
@@ -180,7 +180,7 @@ impl<K: Kernel> ConnIo<K> {
     }
 
     /// The pair behind `side`, if that side is an internal-listener end.
-    pub fn internal(&self, side: Side) -> Option<usize> {
+    pub fn internal(&self, side: Side) -> Option<SlotKey> {
         match side {
             Side::Client => self.internal_client,
             Side::Upstream => self.internal_upstream,
@@ -199,7 +199,7 @@ impl<K: Kernel> ConnIo<K> {
 
     /// Turns both directions into queue pumps around `pair`; `outer`: this connection's upstream
     /// is the pair (else its client is).
-    pub fn use_pair(&mut self, pair: usize, outer: bool) {
+    pub fn use_pair(&mut self, pair: SlotKey, outer: bool) {
         let (c2u, u2c) = if outer {
             self.internal_upstream = Some(pair);
             (

@@ -4,6 +4,7 @@ use std::io as stdio;
 
 use origdst_core::orig_dst::RedirectRecord;
 use origdst_core::relay::{Dir, Side};
+use origdst_core::stats::Counter;
 use origdst_core::time::Instant;
 
 use super::{FdWaiter, Shard, errno_kind, error_kind, is_descriptor_exhaustion};
@@ -51,6 +52,7 @@ impl<K: Kernel> Shard<K> {
                         .connect(upstream, mark, source, record.as_ref());
                 }
                 None => {
+                    self.stats.incr(Counter::UpstreamCxParkedNoFd);
                     let generation = self.conns[slot].generation;
                     self.fd_waiters.push_back(FdWaiter {
                         slot,

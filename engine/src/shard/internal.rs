@@ -17,7 +17,7 @@ use super::io::{Io, PUMP_ROUNDS_MAX};
 use crate::kernel::Kernel;
 pub use crate::pairs::{Pair, Which};
 use crate::progress::{DirEnd, Progress};
-use crate::slots::DirKey;
+use crate::slots::{DirKey, SlotKey};
 use crate::token::Kind;
 
 /// Whether a direction fills its queue from its socket or drains it into its socket.
@@ -32,7 +32,9 @@ pub enum Role {
 /// One direction of a connection with an internal end.
 #[derive(Debug)]
 pub struct InternalDir {
-    pair: usize,
+    /// The pair, by key: a pair's index is reused once both its connections left, and a
+    /// connection that outlives its pair must find nothing there, never the next pair.
+    pair: SlotKey,
     which: Which,
     role: Role,
     /// The one-shot poll in flight on the socket end, if any.
@@ -41,7 +43,7 @@ pub struct InternalDir {
 
 impl InternalDir {
     /// The direction of `pair`'s `which` queue playing `role`.
-    pub fn new(pair: usize, which: Which, role: Role) -> Self {
+    pub fn new(pair: SlotKey, which: Which, role: Role) -> Self {
         Self {
             pair,
             which,

@@ -7,7 +7,7 @@ use crate::buffers::BufferPool;
 use crate::kernel::Kernel;
 use crate::pairs::Pair;
 use crate::pipes::{Pipe, PipePool};
-use crate::slots::DirKey;
+use crate::slots::{DirKey, Slots};
 use crate::token::{Kind, Token};
 
 /// Rounds (one flush + one fill each, up to a pipe's or queue's capacity) before a readiness pump
@@ -35,7 +35,7 @@ pub struct Io<K: Kernel> {
     /// Times a splice direction had to copy because no pipe was available.
     pub fallback_copies: u64,
     /// Internal-listener pairs (in-process connections) of this shard.
-    pub pairs: slab::Slab<Pair>,
+    pub pairs: Slots<Pair>,
 }
 
 impl<K: Kernel> Io<K> {
@@ -49,7 +49,7 @@ impl<K: Kernel> Io<K> {
             waiters: VecDeque::new(),
             closing: Vec::new(),
             fallback_copies: 0,
-            pairs: slab::Slab::new(),
+            pairs: Slots::default(),
         }
     }
 

@@ -39,10 +39,12 @@ impl<K: Kernel> Shard<K> {
             return;
         }
         let outer = &mut self.conns[slot];
-        let pair = self.io.pairs.insert(internal::Pair::new(
-            settings.buffer_size_bytes as usize,
-            (slot, outer.generation),
-        ));
+        let pair = self.io.pairs.insert_with(|_| {
+            internal::Pair::new(
+                settings.buffer_size_bytes as usize,
+                (slot, outer.generation),
+            )
+        });
         outer.use_pair(pair, true);
         outer.core.handle_connected(now);
         let client = handoff
@@ -72,7 +74,9 @@ impl<K: Kernel> Shard<K> {
         let inner = self.insert_conn(core, None);
         let generation = self.conns[inner].generation;
         self.conns[inner].use_pair(pair, false);
-        self.io.pairs[pair].inner = Some((inner, generation));
+        if let Some(entry) = self.io.pairs.get_mut(pair) {
+            entry.inner = Some((inner, generation));
+        }
         // Driven from the main loop, not from here: the inner connection may connect to another
         // internal listener in turn, and a chain must never become recursion on the shard's stack
         // (a cycle once overflowed it). Core bounds the hops; this bounds the stack.
@@ -87,7 +91,7 @@ impl<K: Kernel> Shard<K> {
         }
     }
 
-    pub(super) fn reset_peer(&mut self, pair: usize, side: Side) {
+    pub(super) fn reset_peer(&mut self, pair: SlotKey, side: Side) {
         let Some(entry) = self.io.pairs.get_mut(pair) else {
             return;
         };
@@ -121,7 +125,7 @@ impl<K: Kernel> Shard<K> {
         }
     }
 
-    pub(super) fn leave_pair(&mut self, pair: usize, side: Side) {
+    pub(super) fn leave_pair(&mut self, pair: SlotKey, side: Side) {
         let Some(entry) = self.io.pairs.get_mut(pair) else {
             return;
         };
@@ -140,7 +144,7 @@ impl<K: Kernel> Shard<K> {
             Side::Client => entry.inner = None,
         }
         if entry.outer.is_none() && entry.inner.is_none() {
-            self.io.pairs.remove(pair);
+            self.io.pairs.remove(pair.slot);
         }
     }
 }

@@ -30,7 +30,7 @@ use origdst_core::time::Instant;
 use origdst_engine::kernel::{ConnectStart, Errno, Kernel, MORE, NoNative, PipeEnds, interleave};
 use origdst_engine::report::Control;
 use origdst_engine::shard::errno_kind;
-use origdst_engine::token::Token;
+use origdst_engine::token::{Kind, Token};
 
 use self::net::{Net, Object};
 
@@ -179,6 +179,12 @@ pub struct SimKernel {
     /// Completions held back for a few batches (cancellations that land late, as io_uring's
     /// may): a connection's stale completion can then meet its slot's next tenant.
     late: Vec<(u32, (u64, i32, u32))>,
+    /// Completions of a released connection's operations held until the next accept, and then
+    /// delivered in the same batch: io_uring posts a new connection's accept between the shard's
+    /// reap and its submit of the cancels, so the slot's next tenant exists when the old
+    /// tenant's last completions land. (The count is evaluations waited; past
+    /// [`STRADDLE_TURNS`] they go anyway.)
+    straddling: Vec<(u32, (u64, i32, u32))>,
     now: u64,
     drain_sent: bool,
     /// Virtual time after which `wait` fails (a run that never ends is a bug).
@@ -188,6 +194,9 @@ pub struct SimKernel {
     /// spin without reaching `limit`. Past [`LIVELOCK_TURNS`] that is a failure, not a hang.
     turns_at_now: (u64, u32),
 }
+
+/// Evaluations a straddling completion waits for an accept before it is delivered anyway.
+const STRADDLE_TURNS: u32 = 400;
 
 /// Turns of the shard's loop allowed at one virtual instant (the 1 000 seeds of the engine test
 /// take at most ~1 200).
@@ -226,6 +235,7 @@ impl SimKernel {
             regs: Vec::new(),
             ready: VecDeque::new(),
             late: Vec::new(),
+            straddling: Vec::new(),
             now: 0,
             drain_sent: false,
             limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
@@ -320,6 +330,18 @@ impl SimKernel {
         }
         kept.append(&mut self.regs);
         self.regs = kept;
+        let accepted = batch
+            .iter()
+            .any(|&(data, res, _)| res >= 0 && Token::decode(data).kind == Kind::Accept);
+        let mut i = 0;
+        while i < self.straddling.len() {
+            if accepted || self.straddling[i].0 == 0 {
+                batch.push(self.straddling.swap_remove(i).1);
+            } else {
+                self.straddling[i].0 -= 1;
+                i += 1;
+            }
+        }
         let mut i = 0;
         while i < self.late.len() {
             if self.late[i].0 == 0 {
@@ -418,7 +440,9 @@ impl Kernel for SimKernel {
                     } else {
                         (target, -libc::ECANCELED, 0)
                     };
-                    if self.faults.reorder && self.rng.chance(700) {
+                    if self.faults.reorder && self.rng.chance(300) {
+                        self.straddling.push((STRADDLE_TURNS, cancelled));
+                    } else if self.faults.reorder && self.rng.chance(600) {
                         let delay = self.rng.range(0, 8) as u32;
                         self.late.push((delay, cancelled));
                     } else {

@@ -15,6 +15,23 @@ mod scenario;
 mod workload;
 
 pub use self::harness::{EReport, run};
+
+/// Runs `scenario` and judges it; a panic in the shard or the simulated kernel (an assertion an
+/// invariant broke) is a violation of this seed like any other, not the end of the block.
+pub fn run_checked(scenario: &EScenario) -> Vec<EViolation> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let report = run(scenario);
+        check(scenario, &report)
+    }));
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        vec![EViolation(format!("panicked: {message}"))]
+    })
+}
 pub use self::oracle::{EViolation, check};
 pub use self::scenario::{EFault, EFlow, ERoute, EScenario, byte, head};
 pub use self::workload::{Side, SideEnd};

@@ -127,8 +127,12 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             EFault::Refused => |o| matches!(o, Outcome::ConnectFailed(_)),
             EFault::BlackHole => |o| o == Outcome::ConnectTimeout,
         };
-        // Descriptor exhaustion may leave a connection parked until the drain resets it.
-        let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
+        // Descriptor exhaustion may leave a connection parked until the drain resets it, or past
+        // its connect timeout (which bounds the wait for a descriptor too).
+        let parked = report.stats.get(Counter::UpstreamCxParkedNoFd) > 0;
+        let starved = scenario.fd_limit < 100
+            && (record.outcome == Outcome::DrainAborted
+                || (parked && record.outcome == Outcome::ConnectTimeout));
         if !want(record.outcome) && !starved {
             fail(format!(
                 "flow {f} ({fault:?}): the proxy ended it as {}",

@@ -92,10 +92,24 @@ impl EScenario {
         let mut rng = Rng::new(seed ^ 0x5eed_e761_4e00_0001);
         let count = rng.range(1, 16) as usize;
         let records = rng.chance(200);
+        // Churn: many short connections in a few bursts, so slots, pipes and descriptors are
+        // handed from a closing connection to the next while the old one's completions are
+        // still landing.
+        let churn = rng.chance(200);
+        let count = if churn {
+            rng.range(24, 48) as usize
+        } else {
+            count
+        };
         let mut flows = Vec::new();
         for id in 0..count {
-            let upload = pick(&mut rng, &[0, 1, 100, 5000, 70_000, 300_000]);
-            let download = pick(&mut rng, &[0, 1, 100, 5000, 70_000, 300_000]);
+            let sizes: &[u64] = if churn {
+                &[0, 1, 100, 5000]
+            } else {
+                &[0, 1, 100, 5000, 70_000, 300_000]
+            };
+            let upload = pick(&mut rng, sizes);
+            let download = pick(&mut rng, sizes);
             let fault = match rng.range(0, 9) {
                 0 if upload > 1 => EFault::ClientReset(rng.range(0, upload - 1)),
                 1 if upload > 1 => EFault::UpstreamReset(rng.range(0, upload - 1)),
@@ -119,7 +133,11 @@ impl EScenario {
                 chunk: pick(&mut rng, &[1, 7, 1448, 16 * 1024, 64 * 1024]) as usize,
                 client_first: rng.chance(500),
                 fault,
-                start_ms: rng.range(0, 300),
+                start_ms: if churn {
+                    rng.range(0, 4) * 40 + rng.range(0, 2)
+                } else {
+                    rng.range(0, 300)
+                },
                 read_per_tick: if rng.chance(200) {
                     pick(&mut rng, &[100, 4096]) as usize
                 } else {
