@@ -648,6 +648,7 @@ impl Kernel for SimKernel {
         // Handshakes completed but never accepted are reset when the listener goes.
         while let Some(ep) = net.listeners[l].backlog.pop_front() {
             net.abort(ep);
+            net.never_accepted += 1;
         }
     }
 

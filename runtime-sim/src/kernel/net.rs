@@ -145,6 +145,10 @@ pub struct Net {
     /// Bumped by everything that changes what a socket could report: while it stands still and
     /// nothing is due, virtual time may jump.
     pub activity: u64,
+    /// Connect attempts the proxy made, by destination.
+    pub connects: BTreeMap<SocketAddr, u32>,
+    /// Connections reset in a backlog when its listener stopped (never accepted).
+    pub never_accepted: usize,
 }
 
 impl Net {
@@ -165,6 +169,8 @@ impl Net {
             require_records: false,
             issued: Vec::new(),
             activity: 0,
+            connects: BTreeMap::new(),
+            never_accepted: 0,
         }
     }
 
@@ -278,6 +284,7 @@ impl Net {
         completes_at: u64,
         record: Option<&RedirectRecord>,
     ) -> Ep {
+        *self.connects.entry(upstream).or_insert(0) += 1;
         let looped = self.require_records
             && upstream.ip() != self.proxy_ip
             && !record.is_some_and(|r| self.issued.contains(r));

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use origdst_core::config::Config;
+use origdst_core::config::{Config, ListenerAddress};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::stats::Counters;
 use origdst_engine::own_upstreams::OwnUpstreams;
@@ -57,7 +57,7 @@ fn config(pipes: bool, records: bool) -> Config {
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, redirect_records: {records} }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -67,7 +67,7 @@ static_resources:
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
-        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: out, cluster: pass, idle_timeout: 5s }}
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: out, cluster: pass, idle_timeout: 5s, max_connect_attempts: 2 }}
   - name: header
     traffic_direction: OUTBOUND
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15002 }} }}
@@ -98,7 +98,7 @@ static_resources:
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
-        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: inner, cluster: pass, idle_timeout: 5s }}
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: inner, cluster: pass, idle_timeout: 5s, max_connect_attempts: 3 }}
   - name: inbound
     traffic_direction: INBOUND
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15004 }} }}
@@ -154,6 +154,11 @@ pub struct EReport {
     pub open_fds: usize,
     /// The shard's error, if it failed.
     pub error: Option<String>,
+    /// Connect attempts the proxy made, by destination.
+    pub connects: std::collections::BTreeMap<SocketAddr, u32>,
+    /// Connections still in a listener's backlog when the shard stopped (never accepted: a
+    /// client that reset there just before the drain).
+    pub never_accepted: usize,
 }
 
 /// Runs the production shard over the simulated kernel.
@@ -188,16 +193,27 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.faults,
         Duration::from_secs(120),
     );
-    let listening: Vec<Listening<_>> = PORTS
-        .into_iter()
-        .enumerate()
-        .map(|(config_index, port)| Listening {
-            socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
-            config_index,
-        })
-        .collect();
     let reports = Rc::new(RefCell::new(Reports::default()));
     let config = Arc::new(config(scenario.pipes, scenario.records));
+    // Each bound socket serves the listener whose address names its port (the internal listener
+    // among them has none: indices in the config and in PORTS differ).
+    let listening: Vec<Listening<_>> = PORTS
+        .into_iter()
+        .map(|port| {
+            let config_index = config
+                .listeners
+                .iter()
+                .position(|l| {
+                    matches!(&l.address, ListenerAddress::Socket(addrs)
+                        if addrs.iter().any(|a| a.port() == port))
+                })
+                .expect("every port of the harness is a listener's");
+            Listening {
+                socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
+                config_index,
+            }
+        })
+        .collect();
     let setup = ShardSetup {
         id: 0,
         data_path: config.knobs.data_path,
@@ -230,6 +246,14 @@ pub fn run(scenario: &EScenario) -> EReport {
         .map(RefCell::into_inner)
         .unwrap_or_else(|r| std::mem::take(&mut *r.borrow_mut()));
     let open_fds = net.borrow().open_fds();
+    let connects = net.borrow().connects.clone();
+    let never_accepted = net.borrow().never_accepted
+        + net
+            .borrow()
+            .listeners
+            .iter()
+            .map(|l| l.backlog.len())
+            .sum::<usize>();
     let sides = state.borrow().clone();
     EReport {
         sides,
@@ -238,5 +262,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         finished: reports.finished,
         open_fds,
         error,
+        connects,
+        never_accepted,
     }
 }

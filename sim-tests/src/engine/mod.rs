@@ -33,5 +33,5 @@ pub fn run_checked(scenario: &EScenario) -> Vec<EViolation> {
     })
 }
 pub use self::oracle::{EViolation, check};
-pub use self::scenario::{EFault, EFlow, ERoute, EScenario, byte, head};
+pub use self::scenario::{EFault, EFlow, EHead, ERoute, EScenario, byte, head};
 pub use self::workload::{Side, SideEnd};

@@ -8,7 +8,9 @@ use origdst_core::stats::Counter;
 use origdst_engine::report::{Finished, Gauge};
 
 use super::harness::EReport;
-use super::scenario::{EFault, ERoute, EScenario, PROXY_IP, client_addr, dest};
+use super::scenario::{
+    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, PROXY_IP, client_addr, dest, max_attempts,
+};
 use super::workload::{SideEnd, prefix};
 
 /// A broken rule.
@@ -83,6 +85,42 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         };
+        if let Some(reason) = flow.head.refusal() {
+            // Refused on its head: logged with the reason, the client reset, no upstream ever.
+            let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
+            if record.outcome.name() != reason && !starved {
+                fail(format!(
+                    "flow {f} (head {:?}): the proxy ended it as {}, not {reason}",
+                    flow.head,
+                    record.outcome.name()
+                ));
+            }
+            if !matches!(client.end, SideEnd::Error(_)) {
+                fail(format!(
+                    "flow {f} (head {:?}): the client must see a reset, it ended {:?}",
+                    flow.head, client.end
+                ));
+            }
+            if server.ep.is_some() || record.upstream.is_some() {
+                fail(format!(
+                    "flow {f} (head {:?}): a refused head reached an upstream ({:?})",
+                    flow.head, record.upstream
+                ));
+            }
+            if flow.head == EHead::Never && record.outcome.name() == reason {
+                // Not before the head timeout; and, with descriptors to spare (accepted at
+                // once), not much after it either.
+                let waited = client.ended_at.saturating_sub(flow.start_ms * 1_000_000);
+                let timeout = HEAD_TIMEOUT_MS * 1_000_000;
+                if waited < timeout || (scenario.fd_limit >= 100 && waited > timeout + 50_000_000) {
+                    fail(format!(
+                        "flow {f}: a silent client was reset after {} ms (http_head_timeout {HEAD_TIMEOUT_MS} ms)",
+                        waited / 1_000_000
+                    ));
+                }
+            }
+            continue;
+        }
         if flow.route == ERoute::Misdeclared {
             // The record was never applied: the platform sent the proxy's connection back to
             // it, the proxy refused its own upstream (no mark visible), and the client was reset.
@@ -198,10 +236,12 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 .any(|r| r.client == client_addr(flow.id))
         })
         .count() as u64;
-    if count(Counter::AcceptClientGone) != gone {
+    if count(Counter::AcceptClientGone) + report.never_accepted as u64 != gone {
         fail(format!(
-            "{gone} clients left before they were accepted, downstream_cx_accept_client_gone = {}",
-            count(Counter::AcceptClientGone)
+            "{gone} clients left before they were accepted, downstream_cx_accept_client_gone = {} \
+             (and {} never accepted before the drain)",
+            count(Counter::AcceptClientGone),
+            report.never_accepted
         ));
     }
     if count(Counter::DownstreamCxTotal) != report.finished.len() as u64 {
@@ -237,6 +277,84 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         fail(format!(
             "{misdeclared} misdeclared flows, only {loops} loops recognised"
         ));
+    }
+    // Connect attempts: a refused or black-holed destination is tried as often as its listener
+    // allows, a reachable one once, and the retry counters say so. (Not under descriptor
+    // exhaustion: a parked connect that times out is retried without reaching the network.)
+    if scenario.fd_limit >= 100 {
+        let mut exceeded = 0;
+        for flow in &scenario.flows {
+            let attempts = report.connects.get(&dest(flow)).copied().unwrap_or(0);
+            let Some(record) = report
+                .finished
+                .iter()
+                .filter(|r| r.client == client_addr(flow.id))
+                .find(|r| r.upstream == Some(dest(flow)))
+            else {
+                continue;
+            };
+            let want = match record.outcome {
+                Outcome::ConnectFailed(_) | Outcome::ConnectTimeout => {
+                    if max_attempts(flow) > 1 {
+                        exceeded += 1;
+                    }
+                    max_attempts(flow)
+                }
+                _ if flow.route == ERoute::Misdeclared => attempts,
+                _ => 1,
+            };
+            if attempts != want {
+                fail(format!(
+                    "flow {f} ({:?}, {:?}): {attempts} connect attempts to {}, {want} expected (ended {})",
+                    flow.route,
+                    flow.fault,
+                    dest(flow),
+                    record.outcome.name(),
+                    f = flow.id
+                ));
+            }
+        }
+        let retried: u64 = report
+            .connects
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum();
+        if count(Counter::UpstreamCxConnectRetry) != retried {
+            fail(format!(
+                "{retried} connects retried, upstream_cx_connect_attempts_retried = {}",
+                count(Counter::UpstreamCxConnectRetry)
+            ));
+        }
+        if count(Counter::UpstreamCxConnectAttemptsExceeded) != exceeded {
+            fail(format!(
+                "{exceeded} connections used every attempt, upstream_cx_connect_attempts_exceeded = {}",
+                count(Counter::UpstreamCxConnectAttemptsExceeded)
+            ));
+        }
+    }
+    // Every refusal reason's counter agrees with the connections logged with it.
+    for (counter, reason) in [
+        (Counter::HttpHeadTooLarge, "http_head_too_large"),
+        (Counter::HttpHeadTimeout, "http_head_timeout"),
+        (Counter::HttpHeadInvalid, "http_head_invalid"),
+        (
+            Counter::OriginalDstHostDuplicate,
+            "original_dst_host_duplicate",
+        ),
+        (Counter::RefusedDestinationDenied, "destination_denied"),
+    ] {
+        let logged = report
+            .finished
+            .iter()
+            .filter(|r| r.outcome.name() == reason)
+            .count() as u64;
+        if count(counter) != logged {
+            fail(format!(
+                "{} = {}, {logged} connections logged as {reason}",
+                counter.name(),
+                count(counter)
+            ));
+        }
     }
     if count(Counter::DownstreamCxDestroy) != count(Counter::DownstreamCxTotal) {
         fail("not every accepted connection was destroyed".into());

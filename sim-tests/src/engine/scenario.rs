@@ -20,6 +20,58 @@ pub enum EFault {
     BlackHole,
 }
 
+/// How a header-mode client's request head arrives (and what the proxy must make of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EHead {
+    /// In one write: relayed to the server the header names.
+    Whole,
+    /// A few bytes per tick: relayed like a whole one.
+    Trickle,
+    /// Without the header: the restored destination (the address the client dialled) is used.
+    Missing,
+    /// Longer than `http_head_max_bytes` before its end: refused (`http_head_too_large`).
+    TooLarge,
+    /// Not HTTP: refused (`http_head_invalid`).
+    Malformed,
+    /// Half a head, then the client's FIN: refused (`http_head_invalid`).
+    EndsEarly,
+    /// Nothing at all, the connection left open: refused after `http_head_timeout`.
+    Never,
+    /// The header twice: refused (`original_dst_host_duplicate`).
+    Duplicate,
+    /// The header names a loopback destination: refused by the destination policy.
+    Denied,
+}
+
+impl EHead {
+    /// The refusal the proxy must log for this head, if it must refuse.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Self::Whole | Self::Trickle | Self::Missing => None,
+            Self::TooLarge => Some("http_head_too_large"),
+            Self::Malformed | Self::EndsEarly => Some("http_head_invalid"),
+            Self::Never => Some("http_head_timeout"),
+            Self::Duplicate => Some("original_dst_host_duplicate"),
+            Self::Denied => Some("destination_denied"),
+        }
+    }
+}
+
+/// The connect attempts the listener a flow arrives on allows (`max_connect_attempts` in the
+/// harness's config: the capture listener 2, the internal listener's inner one 3).
+pub(super) fn max_attempts(flow: &EFlow) -> u32 {
+    match flow.route {
+        ERoute::Plain | ERoute::Outbound => 2,
+        ERoute::Internal => 3,
+        ERoute::Header | ERoute::Inbound | ERoute::Misdeclared => 1,
+    }
+}
+
+/// The longest request head the harness's proxy waits for (`http_head_max_bytes`).
+pub(super) const HEAD_MAX: usize = 512;
+/// How long it waits for one (`http_head_timeout`).
+pub(super) const HEAD_TIMEOUT_MS: u64 = 1000;
+
 /// How a flow reaches its server through the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ERoute {
@@ -65,6 +117,8 @@ pub struct EFlow {
     pub start_ms: u64,
     /// Bytes a slow reader takes per tick (0: all it can).
     pub read_per_tick: usize,
+    /// Its request head (header mode; `Whole` otherwise).
+    pub head: EHead,
 }
 
 /// A run of the engine.
@@ -143,7 +197,29 @@ impl EScenario {
                 } else {
                     0
                 },
+                head: EHead::Whole,
             };
+            if flow.route == ERoute::Header {
+                flow.head = match rng.range(0, 12) {
+                    0..=2 => EHead::Whole,
+                    3..=5 => EHead::Trickle,
+                    6 => EHead::Missing,
+                    7 => EHead::TooLarge,
+                    8 => EHead::Malformed,
+                    9 => EHead::EndsEarly,
+                    10 => EHead::Never,
+                    _ => match rng.range(0, 2) {
+                        0 => EHead::Duplicate,
+                        _ => EHead::Denied,
+                    },
+                };
+                if flow.head.refusal().is_some() {
+                    // Refused before any upstream: no server fault to play, and nothing beyond
+                    // the head (or nothing at all) to upload.
+                    flow.fault = EFault::None;
+                    flow.upload = 0;
+                }
+            }
             // One-byte writes and slow readers cost a step per few bytes: keep those flows short
             // (the sweep's time budget is for many seeds, not for long ones).
             if flow.chunk == 1 || flow.read_per_tick == 100 {
@@ -197,14 +273,33 @@ pub fn byte(flow: usize, dir: u8, offset: u64) -> u8 {
     rng.next_u64().to_le_bytes()[(offset % 8) as usize]
 }
 
-/// The request head a header-mode flow's client sends before its upload (and the server
-/// receives, unchanged).
-pub fn head(flow: usize) -> Vec<u8> {
-    format!(
-        "POST /upload HTTP/1.1\r\nHost: svc\r\nx-envoy-original-dst-host: {}\r\n\r\n",
-        server_addr(flow)
-    )
-    .into_bytes()
+/// The request head a header-mode client sends before its upload (and the server receives,
+/// unchanged, when the proxy relays it).
+pub fn head(flow: &EFlow) -> Vec<u8> {
+    let id = flow.id;
+    let server = server_addr(id);
+    let text = match flow.head {
+        EHead::Whole | EHead::Trickle => format!(
+            "POST /upload HTTP/1.1\r\nHost: svc\r\nx-envoy-original-dst-host: {server}\r\n\r\n"
+        ),
+        EHead::Missing => "POST /upload HTTP/1.1\r\nHost: svc\r\n\r\n".to_owned(),
+        EHead::TooLarge => format!(
+            "POST /upload HTTP/1.1\r\nHost: svc\r\nx-pad: {}\r\nx-envoy-original-dst-host: {server}\r\n\r\n",
+            "a".repeat(HEAD_MAX)
+        ),
+        EHead::Malformed => "POST /upload HTTP/1.1\r\nthis line has no colon\r\n\r\n".to_owned(),
+        EHead::EndsEarly => "POST /upload HTTP/1.1\r\nHost: sv".to_owned(),
+        EHead::Never => String::new(),
+        EHead::Duplicate => format!(
+            "POST /upload HTTP/1.1\r\nx-envoy-original-dst-host: {server}\r\nx-envoy-original-dst-host: {}\r\n\r\n",
+            server_addr(id + 100)
+        ),
+        EHead::Denied => format!(
+            "POST /upload HTTP/1.1\r\nx-envoy-original-dst-host: 127.0.0.1:{}\r\n\r\n",
+            server.port()
+        ),
+    };
+    text.into_bytes()
 }
 
 /// The byte at `offset` of `flow`'s stream in direction `dir`, where the upload (0) starts with
@@ -234,6 +329,8 @@ pub(super) fn app_addr(id: usize) -> SocketAddr {
 pub(super) fn dest(flow: &EFlow) -> SocketAddr {
     match flow.route {
         ERoute::Inbound => app_addr(flow.id),
+        // No header: the address the client dialled, restored by the kernel.
+        ERoute::Header if flow.head == EHead::Missing => decoy_addr(flow.id),
         _ => server_addr(flow.id),
     }
 }

@@ -9,7 +9,9 @@ use origdst_core::orig_dst::RedirectRecord;
 use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
-use super::scenario::{EFault, EFlow, ERoute, client_addr, decoy_addr, dest, head, stream_byte};
+use super::scenario::{
+    EFault, EFlow, EHead, ERoute, client_addr, decoy_addr, dest, head, stream_byte,
+};
 
 /// How one side of a flow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +66,9 @@ impl Side {
 
     /// Nothing more to do on this side.
     fn done(&self) -> bool {
-        self.aborted || (self.end != SideEnd::Open && (self.shut || self.write_error.is_some()))
+        self.aborted
+            || matches!(self.end, SideEnd::Error(_))
+            || (self.end != SideEnd::Open && (self.shut || self.write_error.is_some()))
     }
 }
 
@@ -77,7 +81,7 @@ pub(super) struct Flows {
 /// The prefix a flow's upload starts with (its request head in header mode).
 pub(super) fn prefix(flow: &EFlow) -> Vec<u8> {
     match flow.route {
-        ERoute::Header => head(flow.id),
+        ERoute::Header => head(flow),
         _ => Vec::new(),
     }
 }
@@ -179,7 +183,13 @@ impl Workload for Flows {
                     EFault::ClientReset(k) => k,
                     _ => upload,
                 };
-                push(net, ep, flow.id, 0, &prefix, client, limit, flow.chunk);
+                if flow.head == EHead::Trickle && client.sent < prefix.len() as u64 {
+                    // A few bytes of the head per tick: the proxy sees it in pieces.
+                    let piece = (client.sent + flow.chunk.min(16) as u64).min(limit);
+                    push(net, ep, flow.id, 0, &prefix, client, piece, flow.chunk);
+                } else {
+                    push(net, ep, flow.id, 0, &prefix, client, limit, flow.chunk);
+                }
                 if let EFault::ClientReset(k) = flow.fault
                     && client.sent >= k
                 {
@@ -188,7 +198,11 @@ impl Workload for Flows {
                     client.ended_at = now;
                     continue;
                 }
-                if client.sent >= upload && !client.shut && client.write_error.is_none() {
+                if client.sent >= upload
+                    && !client.shut
+                    && client.write_error.is_none()
+                    && flow.head != EHead::Never
+                {
                     client.shut = net.shutdown(ep).is_ok();
                 }
                 pull(
