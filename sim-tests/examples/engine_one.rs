@@ -11,8 +11,15 @@ fn main() {
     let report = origdst_sim_tests::engine::run(&scenario);
     for (i, (client, server)) in report.sides.iter().enumerate() {
         println!(
-            "flow {i}: client sent {} received {} ended {:?} | server sent {} received {} ended {:?}",
-            client.sent, client.received, client.end, server.sent, server.received, server.end
+            "flow {i}: client sent {} received {} ended {:?} at {} ms (paused {:?}) | server sent {} received {} ended {:?}",
+            client.sent,
+            client.received,
+            client.end,
+            client.ended_at / 1_000_000,
+            client.paused.map(|(a, b)| (a / 1_000_000, b / 1_000_000)),
+            server.sent,
+            server.received,
+            server.end
         );
     }
     for finished in &report.finished {

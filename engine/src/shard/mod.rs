@@ -440,7 +440,13 @@ impl<K: Kernel> Shard<K> {
     }
 
     pub(super) fn fire_timers(&mut self, now: Instant) {
-        while let Some((at, key)) = self.timers.pop_due(now) {
+        // Bounded per turn, like every other source of work: a burst of expiries (or a deadline
+        // that keeps coming due) cannot starve completions; what is left fires next turn, the
+        // wait's timeout being zero while a deadline has passed.
+        for _ in 0..TIMERS_PER_TURN_MAX {
+            let Some((at, key)) = self.timers.pop_due(now) else {
+                break;
+            };
             match key {
                 TimerKey::Conn { slot, generation } => {
                     let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
@@ -535,3 +541,6 @@ pub fn errno_kind(errno: i32) -> IoErrorKind {
 const PEEK_SCRATCH_BYTES: usize = 64 * 1024;
 /// How long accepting waits after an error, or between tries to resume after EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Timer expiries handled per turn of the loop (the rest wait for the next turn).
+const TIMERS_PER_TURN_MAX: usize = 1024;

@@ -9,7 +9,8 @@ use origdst_engine::report::{Finished, Gauge};
 
 use super::harness::EReport;
 use super::scenario::{
-    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, PROXY_IP, client_addr, dest, max_attempts,
+    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PROXY_IP, client_addr,
+    dest, max_attempts,
 };
 use super::workload::{SideEnd, prefix};
 
@@ -85,6 +86,52 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         };
+        // The silence the proxy saw: from the last byte it delivered (the server's last receive,
+        // or the pause itself if that came later) to the end of the pause. Under descriptor
+        // exhaustion the proxy may accept late and see a shorter one.
+        let silence = client.paused.map(|(paused_at, until)| {
+            let last = paused_at.max(server.last_rx_at);
+            (last, until.saturating_sub(last) / 1_000_000)
+        });
+        let margin_ms = 50;
+        if let Some((_, silent_ms)) = silence
+            && silent_ms.abs_diff(IDLE_TIMEOUT_MS) <= margin_ms
+        {
+            // Too close to the idle timeout to say which way it goes.
+            continue;
+        }
+        if let Some((last, silent_ms)) = silence
+            && silent_ms > IDLE_TIMEOUT_MS
+        {
+            let ms = silent_ms;
+            // Silent past the idle timeout: both sides reset, an idle timeout after the last
+            // byte moved, not before.
+            let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
+            if record.outcome != Outcome::IdleTimeout && !starved {
+                fail(format!(
+                    "flow {f} (paused {ms} ms): the proxy ended it as {}, not idle_timeout",
+                    record.outcome.name()
+                ));
+            }
+            if !matches!(client.end, SideEnd::Error(_)) || !matches!(server.end, SideEnd::Error(_))
+            {
+                fail(format!(
+                    "flow {f} (paused {ms} ms): both sides must be reset, client {:?}, server {:?}",
+                    client.end, server.end
+                ));
+            }
+            if record.outcome == Outcome::IdleTimeout {
+                let waited = client.ended_at.saturating_sub(last);
+                let timeout = IDLE_TIMEOUT_MS * 1_000_000;
+                if waited < timeout || waited > timeout + margin_ms * 1_000_000 {
+                    fail(format!(
+                        "flow {f}: reset {} ms after the last byte moved, idle_timeout is {IDLE_TIMEOUT_MS} ms",
+                        waited / 1_000_000
+                    ));
+                }
+            }
+            continue;
+        }
         if let Some(reason) = flow.head.refusal() {
             // Refused on its head: logged with the reason, the client reset, no upstream ever.
             let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;

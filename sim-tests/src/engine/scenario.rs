@@ -119,7 +119,13 @@ pub struct EFlow {
     pub read_per_tick: usize,
     /// Its request head (header mode; `Whole` otherwise).
     pub head: EHead,
+    /// The client stops writing at this byte of its upload for this many ms (nothing else
+    /// moves meanwhile: the server answers only after the upload).
+    pub pause: Option<(u64, u64)>,
 }
+
+/// The idle timeout of the harness's listeners (`idle_timeout: 5s`).
+pub(super) const IDLE_TIMEOUT_MS: u64 = 5000;
 
 /// A run of the engine.
 #[derive(Debug, Clone)]
@@ -198,7 +204,17 @@ impl EScenario {
                     0
                 },
                 head: EHead::Whole,
+                pause: None,
             };
+            if !churn && flow.route == ERoute::Plain && flow.upload > 1 && rng.chance(120) {
+                // A pause shorter than the idle timeout (the flow completes, however long it
+                // takes) or longer (both sides reset, an idle timeout after the last byte).
+                let at = rng.range(0, flow.upload - 1);
+                let ms = pick(&mut rng, &[2000, 4900, 5200, 9000]);
+                flow.pause = Some((at, ms));
+                flow.fault = EFault::None;
+                flow.client_first = true;
+            }
             if flow.route == ERoute::Header {
                 flow.head = match rng.range(0, 12) {
                     0..=2 => EHead::Whole,
@@ -228,6 +244,9 @@ impl EScenario {
             }
             if let EFault::ClientReset(k) | EFault::UpstreamReset(k) = &mut flow.fault {
                 *k = (*k).min(flow.upload.saturating_sub(1));
+            }
+            if let Some((at, _)) = &mut flow.pause {
+                *at = (*at).min(flow.upload.saturating_sub(1));
             }
             if flow.route == ERoute::Misdeclared {
                 flow.fault = EFault::None;

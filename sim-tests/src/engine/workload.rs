@@ -47,6 +47,10 @@ pub struct Side {
     pub aborted: bool,
     /// When its reading ended (ns).
     pub ended_at: u64,
+    /// When it paused (ns), and until when.
+    pub paused: Option<(u64, u64)>,
+    /// When it last received a byte (ns).
+    pub last_rx_at: u64,
 }
 
 impl Side {
@@ -61,6 +65,8 @@ impl Side {
             shut: false,
             aborted: false,
             ended_at: 0,
+            paused: None,
+            last_rx_at: 0,
         }
     }
 
@@ -138,6 +144,7 @@ fn pull(
                     }
                 }
                 side.received += n as u64;
+                side.last_rx_at = now;
                 if limit != 0 {
                     return;
                 }
@@ -179,10 +186,22 @@ impl Workload for Flows {
             if let Some(ep) = client.ep
                 && !client.aborted
             {
-                let limit = match flow.fault {
+                let mut limit = match flow.fault {
                     EFault::ClientReset(k) => k,
                     _ => upload,
                 };
+                if let Some((at, ms)) = flow.pause {
+                    let at = prefix.len() as u64 + at;
+                    match client.paused {
+                        None if client.sent >= at => {
+                            client.paused = Some((now, now + ms * 1_000_000));
+                            limit = at;
+                        }
+                        None => limit = limit.min(at),
+                        Some((_, until)) if now < until => limit = at,
+                        Some(_) => {}
+                    }
+                }
                 if flow.head == EHead::Trickle && client.sent < prefix.len() as u64 {
                     // A few bytes of the head per tick: the proxy sees it in pieces.
                     let piece = (client.sent + flow.chunk.min(16) as u64).min(limit);
@@ -257,12 +276,15 @@ impl Workload for Flows {
 
     fn next_event(&self, now: u64) -> Option<u64> {
         let state = self.state.borrow();
-        self.flows
+        let starts = self
+            .flows
             .iter()
             .filter(|flow| state[flow.id].0.ep.is_none())
-            .map(|flow| flow.start_ms * 1_000_000)
-            .filter(|&t| t > now)
-            .min()
+            .map(|flow| flow.start_ms * 1_000_000);
+        let resumes = state
+            .iter()
+            .filter_map(|(client, _)| client.paused.map(|(_, until)| until));
+        starts.chain(resumes).filter(|&t| t > now).min()
     }
 
     fn done(&self, net: &Net, now: u64) -> bool {
