@@ -10,8 +10,10 @@
 mod accept;
 mod connect;
 mod control;
+mod dispatch;
 mod pairs;
 mod release;
+mod timing;
 
 pub mod conn;
 pub mod internal;
@@ -27,7 +29,7 @@ use origdst_core::config::{Config, DataPath};
 use origdst_core::connection::{Action, Connection};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::outcome::IoErrorKind;
-use origdst_core::relay::{Dir, HalfState, Side};
+use origdst_core::relay::{Dir, Side};
 use origdst_core::route::Balancer;
 use origdst_core::stats::Counters;
 use origdst_core::time::Instant;
@@ -37,11 +39,9 @@ use self::io::Io;
 use crate::kernel::Kernel;
 use crate::log_budget::LogBudget;
 use crate::own_upstreams::OwnUpstreams;
-use crate::progress::{DirEnd, Progress};
 use crate::report::{AccessLog, Control, Reporter};
 use crate::slots::{DirKey, SlotKey, Slots};
-use crate::timers::{TimerKey, Timers};
-use crate::token::{Kind, Token};
+use crate::timers::Timers;
 
 /// Why a shard stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -242,114 +242,12 @@ impl<K: Kernel> Shard<K> {
         }
     }
 
-    pub(super) fn handle_completions(&mut self, now: Instant) {
-        let mut batch = std::mem::take(&mut self.completions);
-        batch.clear();
-        self.io.kernel.completions(&mut batch);
-        for &(data, res, flags) in &batch {
-            self.handle_completion(now, Token::decode(data), res, flags);
-        }
-        self.completions = batch;
-    }
-
-    pub(super) fn handle_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
-        match token.kind {
-            Kind::Accept => self.on_accept(now, token.slot as usize, res, flags),
-            Kind::Wake => self.on_wake(now, flags),
-            Kind::Cancel => {}
-            _ => self.on_conn_completion(now, token, res, flags),
-        }
-    }
-
     pub(super) fn insert_conn(&mut self, core: Connection, client: Option<K::Socket>) -> usize {
         let path = self.dir_path;
         let kernel = &self.io.kernel;
         self.conns
             .insert_with(|key| ConnIo::new(kernel, core, key.generation, client, path))
             .slot
-    }
-
-    pub(super) fn on_conn_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
-        let slot = token.slot as usize;
-        let live = self
-            .conns
-            .get(SlotKey {
-                slot,
-                generation: token.generation,
-            })
-            .is_some();
-        if !live {
-            self.io.kernel.recycle_stale(token, flags);
-            return;
-        }
-        let key = DirKey {
-            slot,
-            generation: token.generation,
-            dir: token.dir,
-        };
-        let conn = &mut self.conns[slot];
-        let progress = match token.kind {
-            Kind::ConnectPoll => {
-                // A retry cancelled the previous attempt's poll; the new socket has its own. A
-                // cancelled poll may still complete with its real result (it fired before the
-                // cancel was seen): with no poll armed it belongs to a retired attempt, and the
-                // new socket (connected at once, say) must not take it for its own.
-                if res != -libc::ECANCELED && conn.connect_poll_armed {
-                    conn.connect_poll_armed = false;
-                    self.finish_connect(now, slot, res);
-                }
-                return;
-            }
-            Kind::HeadPoll => {
-                // Cancelled only at release: a live connection's head poll is its own.
-                debug_assert!(
-                    conn.head_poll_armed,
-                    "a head poll completion with none armed"
-                );
-                conn.head_poll_armed = false;
-                self.finish_peek(now, slot, res);
-                return;
-            }
-            Kind::Watch => {
-                self.on_watch(now, slot, token.dir.source(), res);
-                return;
-            }
-            Kind::Recv
-            | Kind::Send
-            | Kind::PollIn
-            | Kind::PollOut
-            | Kind::SpliceIn
-            | Kind::SpliceOut => {
-                let fds = conn.fds(token.dir);
-                conn.dirs[token.dir.index()].on_completion(
-                    &mut self.io,
-                    fds,
-                    key,
-                    token.kind,
-                    res,
-                    flags,
-                )
-            }
-            Kind::Accept | Kind::Wake | Kind::Cancel => unreachable!("not a connection completion"),
-        };
-        self.apply(now, key, progress);
-    }
-
-    pub(super) fn apply(&mut self, now: Instant, key: DirKey, progress: Progress) {
-        self.feed(now, key.slot, key.dir, progress);
-        self.drive(now, key.slot);
-    }
-
-    pub(super) fn feed(&mut self, now: Instant, slot: usize, dir: Dir, progress: Progress) {
-        let core = &mut self.conns[slot].core;
-        if progress.bytes > 0 {
-            core.handle_transferred(now, dir, progress.bytes, &mut self.stats);
-        }
-        match progress.end {
-            None => {}
-            Some(DirEnd::Eof) => core.handle_eof(now, dir, &mut self.stats),
-            Some(DirEnd::Failed(side, kind)) => core.handle_error(now, side, kind, &mut self.stats),
-        }
     }
 
     pub(super) fn drive(&mut self, now: Instant, slot: usize) {
@@ -421,74 +319,6 @@ impl<K: Kernel> Shard<K> {
         self.arm_watches(slot);
         self.rearm_timer(slot);
     }
-
-    pub(super) fn rearm_timer(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
-        let Some(at) = conn.core.next_timeout() else {
-            return;
-        };
-        if conn.timer_at.is_none_or(|armed| at < armed) {
-            conn.timer_at = Some(at);
-            self.timers.push(
-                at,
-                TimerKey::Conn {
-                    slot,
-                    generation: conn.generation,
-                },
-            );
-        }
-    }
-
-    pub(super) fn fire_timers(&mut self, now: Instant) {
-        // Bounded per turn, like every other source of work: a burst of expiries (or a deadline
-        // that keeps coming due) cannot starve completions; what is left fires next turn, the
-        // wait's timeout being zero while a deadline has passed.
-        for _ in 0..TIMERS_PER_TURN_MAX {
-            let Some((at, key)) = self.timers.pop_due(now) else {
-                break;
-            };
-            match key {
-                TimerKey::Conn { slot, generation } => {
-                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
-                        continue;
-                    };
-                    if conn.timer_at == Some(at) {
-                        conn.timer_at = None;
-                    }
-                    conn.core.handle_timeout(now, &mut self.stats);
-                    self.drive(now, slot);
-                }
-                TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
-                TimerKey::AcceptResume => {
-                    if self.resume_at == Some(at) {
-                        self.resume_at = None;
-                        self.try_resume_accepts(now);
-                    }
-                }
-                TimerKey::Drain => self.abort_all(now),
-            }
-        }
-    }
-
-    pub(super) fn run_ready(&mut self, now: Instant) {
-        for _ in 0..self.io.ready.len() {
-            let Some(key) = self.io.ready.pop_front() else {
-                break;
-            };
-            let Some(conn) = self.conns.get_mut(SlotKey {
-                slot: key.slot,
-                generation: key.generation,
-            }) else {
-                continue;
-            };
-            if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
-                continue;
-            }
-            let fds = conn.fds(key.dir);
-            let progress = conn.dirs[key.dir.index()].resume(&mut self.io, fds, key);
-            self.apply(now, key, progress);
-        }
-    }
 }
 
 /// Where a side's watch lives in [`ConnIo::watch`].
@@ -541,6 +371,3 @@ pub fn errno_kind(errno: i32) -> IoErrorKind {
 const PEEK_SCRATCH_BYTES: usize = 64 * 1024;
 /// How long accepting waits after an error, or between tries to resume after EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Timer expiries handled per turn of the loop (the rest wait for the next turn).
-const TIMERS_PER_TURN_MAX: usize = 1024;

@@ -1,0 +1,63 @@
+//! The shard's deadlines: each connection keeps at most one live entry in the timer heap (the
+//! earliest its core asked for); an entry that went stale is recognised when it pops and the
+//! connection's next deadline is armed instead. Expiries are bounded per turn.
+
+use origdst_core::time::Instant;
+
+use super::Shard;
+use crate::kernel::Kernel;
+use crate::slots::SlotKey;
+use crate::timers::TimerKey;
+
+impl<K: Kernel> Shard<K> {
+    pub(super) fn rearm_timer(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let Some(at) = conn.core.next_timeout() else {
+            return;
+        };
+        if conn.timer_at.is_none_or(|armed| at < armed) {
+            conn.timer_at = Some(at);
+            self.timers.push(
+                at,
+                TimerKey::Conn {
+                    slot,
+                    generation: conn.generation,
+                },
+            );
+        }
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        // Bounded per turn, like every other source of work: a burst of expiries (or a deadline
+        // that keeps coming due) cannot starve completions; what is left fires next turn, the
+        // wait's timeout being zero while a deadline has passed.
+        for _ in 0..TIMERS_PER_TURN_MAX {
+            let Some((at, key)) = self.timers.pop_due(now) else {
+                break;
+            };
+            match key {
+                TimerKey::Conn { slot, generation } => {
+                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
+                        continue;
+                    };
+                    if conn.timer_at == Some(at) {
+                        conn.timer_at = None;
+                    }
+                    conn.core.handle_timeout(now, &mut self.stats);
+                    self.drive(now, slot);
+                }
+                TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
+                TimerKey::AcceptResume => {
+                    if self.resume_at == Some(at) {
+                        self.resume_at = None;
+                        self.try_resume_accepts(now);
+                    }
+                }
+                TimerKey::Drain => self.abort_all(now),
+            }
+        }
+    }
+}
+
+/// Timer expiries handled per turn of the loop (the rest wait for the next turn).
+const TIMERS_PER_TURN_MAX: usize = 1024;
