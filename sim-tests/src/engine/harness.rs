@@ -17,7 +17,7 @@ use origdst_engine::shard::{Listening, Shard, ShardSetup};
 use origdst_runtime_sim::kernel::SimKernel;
 use origdst_runtime_sim::kernel::net::Net;
 
-use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, dest};
+use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, dest};
 use super::workload::{Flows, Side};
 
 /// What the proxy reported.
@@ -115,7 +115,23 @@ static_resources:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: wrong, cluster: pass, idle_timeout: 5s }}
+  - name: spread
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15006 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: spread, cluster: spread, idle_timeout: 5s }}
   clusters:
+  - name: spread
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: spread
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.1, port_value: 9000 }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.2, port_value: 9000 }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.3, port_value: 9000 }} }} }}
   - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
   - {{ name: by_header, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s, original_dst_lb_config: {{ use_http_header: true }} }}
   - name: to_inner
@@ -169,6 +185,9 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.window,
     )));
     net.borrow_mut().require_records = scenario.records;
+    for endpoint in SPREAD_ENDPOINTS {
+        net.borrow_mut().servers.insert(endpoint, VecDeque::new());
+    }
     for flow in &scenario.flows {
         match flow.fault {
             EFault::Refused => {}
@@ -185,6 +204,7 @@ pub fn run(scenario: &EScenario) -> EReport {
     let workload = Flows {
         flows: scenario.flows.clone(),
         state: Rc::clone(&state),
+        sinks: Vec::new(),
     };
     let mut kernel = SimKernel::new(
         Rc::clone(&net),

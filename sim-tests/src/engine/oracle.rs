@@ -9,8 +9,8 @@ use origdst_engine::report::{Finished, Gauge};
 
 use super::harness::EReport;
 use super::scenario::{
-    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PROXY_IP, client_addr,
-    dest, max_attempts,
+    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PROXY_IP, SPREAD_ENDPOINTS,
+    client_addr, dest, max_attempts,
 };
 use super::workload::{SideEnd, prefix};
 
@@ -86,6 +86,39 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         };
+        // Descriptor exhaustion may leave a connection parked until the drain resets it, or past
+        // its connect timeout (which bounds the wait for a descriptor too).
+        let parked = report.stats.get(Counter::UpstreamCxParkedNoFd) > 0;
+        let starved = scenario.fd_limit < 100
+            && (record.outcome == Outcome::DrainAborted
+                || (parked && record.outcome == Outcome::ConnectTimeout));
+        if flow.route == ERoute::Spread {
+            // To one of the STATIC endpoints: the whole upload, then the sink's FIN.
+            if client.aborted || starved {
+                continue;
+            }
+            if record.outcome != Outcome::Completed
+                || client.end != SideEnd::Eof
+                || record.bytes_received != upload
+            {
+                fail(format!(
+                    "flow {f} (STATIC endpoints): ended {} after {} of {upload} bytes, client {:?}",
+                    record.outcome.name(),
+                    record.bytes_received,
+                    client.end
+                ));
+            }
+            if !record
+                .upstream
+                .is_some_and(|u| SPREAD_ENDPOINTS.contains(&u))
+            {
+                fail(format!(
+                    "flow {f} (STATIC endpoints): dialled {:?}, not an endpoint of its cluster",
+                    record.upstream
+                ));
+            }
+            continue;
+        }
         // The silence the proxy saw: from the last byte it delivered (the server's last receive,
         // or the pause itself if that came later) to the end of the pause. Under descriptor
         // exhaustion the proxy may accept late and see a shorter one.
@@ -106,14 +139,15 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             let ms = silent_ms;
             // Silent past the idle timeout: both sides reset, an idle timeout after the last
             // byte moved, not before.
-            let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
             if record.outcome != Outcome::IdleTimeout && !starved {
                 fail(format!(
                     "flow {f} (paused {ms} ms): the proxy ended it as {}, not idle_timeout",
                     record.outcome.name()
                 ));
             }
-            if !matches!(client.end, SideEnd::Error(_)) || !matches!(server.end, SideEnd::Error(_))
+            if !starved
+                && (!matches!(client.end, SideEnd::Error(_))
+                    || !matches!(server.end, SideEnd::Error(_)))
             {
                 fail(format!(
                     "flow {f} (paused {ms} ms): both sides must be reset, client {:?}, server {:?}",
@@ -134,7 +168,6 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         }
         if let Some(reason) = flow.head.refusal() {
             // Refused on its head: logged with the reason, the client reset, no upstream ever.
-            let starved = scenario.fd_limit < 100 && record.outcome == Outcome::DrainAborted;
             if record.outcome.name() != reason && !starved {
                 fail(format!(
                     "flow {f} (head {:?}): the proxy ended it as {}, not {reason}",
@@ -212,12 +245,6 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             EFault::Refused => |o| matches!(o, Outcome::ConnectFailed(_)),
             EFault::BlackHole => |o| o == Outcome::ConnectTimeout,
         };
-        // Descriptor exhaustion may leave a connection parked until the drain resets it, or past
-        // its connect timeout (which bounds the wait for a descriptor too).
-        let parked = report.stats.get(Counter::UpstreamCxParkedNoFd) > 0;
-        let starved = scenario.fd_limit < 100
-            && (record.outcome == Outcome::DrainAborted
-                || (parked && record.outcome == Outcome::ConnectTimeout));
         if !want(record.outcome) && !starved {
             fail(format!(
                 "flow {f} ({fault:?}): the proxy ended it as {}",
@@ -330,7 +357,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     // exhaustion: a parked connect that times out is retried without reaching the network.)
     if scenario.fd_limit >= 100 {
         let mut exceeded = 0;
-        for flow in &scenario.flows {
+        for flow in scenario.flows.iter().filter(|f| f.route != ERoute::Spread) {
             let attempts = report.connects.get(&dest(flow)).copied().unwrap_or(0);
             let Some(record) = report
                 .finished
@@ -363,8 +390,9 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         }
         let retried: u64 = report
             .connects
-            .values()
-            .map(|&n| u64::from(n.saturating_sub(1)))
+            .iter()
+            .filter(|(dest, _)| !SPREAD_ENDPOINTS.contains(dest))
+            .map(|(_, &n)| u64::from(n.saturating_sub(1)))
             .sum();
         if count(Counter::UpstreamCxConnectRetry) != retried {
             fail(format!(
@@ -378,6 +406,22 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 count(Counter::UpstreamCxConnectAttemptsExceeded)
             ));
         }
+    }
+    // Round robin over the STATIC endpoints: the connections routed there differ by at most one
+    // per endpoint, whatever order they came in.
+    let mut spread = [0u64; SPREAD_ENDPOINTS.len()];
+    for record in &report.finished {
+        if let Some(at) = SPREAD_ENDPOINTS
+            .iter()
+            .position(|&e| record.upstream == Some(e))
+        {
+            spread[at] += 1;
+        }
+    }
+    if spread.iter().max().unwrap_or(&0) - spread.iter().min().unwrap_or(&0) > 1 {
+        fail(format!(
+            "round robin over three STATIC endpoints gave {spread:?} connections"
+        ));
     }
     // Every refusal reason's counter agrees with the connections logged with it.
     for (counter, reason) in [

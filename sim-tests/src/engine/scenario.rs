@@ -41,18 +41,22 @@ pub enum EHead {
     Duplicate,
     /// The header names a loopback destination: refused by the destination policy.
     Denied,
+    /// The header names the server as a v4-mapped IPv6 address: canonicalised, then dialled.
+    Mapped,
+    /// The header names loopback as a v4-mapped IPv6 address: canonicalised, then refused.
+    MappedDenied,
 }
 
 impl EHead {
     /// The refusal the proxy must log for this head, if it must refuse.
     pub fn refusal(self) -> Option<&'static str> {
         match self {
-            Self::Whole | Self::Trickle | Self::Missing => None,
+            Self::Whole | Self::Trickle | Self::Missing | Self::Mapped => None,
             Self::TooLarge => Some("http_head_too_large"),
             Self::Malformed | Self::EndsEarly => Some("http_head_invalid"),
             Self::Never => Some("http_head_timeout"),
             Self::Duplicate => Some("original_dst_host_duplicate"),
-            Self::Denied => Some("destination_denied"),
+            Self::Denied | Self::MappedDenied => Some("destination_denied"),
         }
     }
 }
@@ -63,7 +67,7 @@ pub(super) fn max_attempts(flow: &EFlow) -> u32 {
     match flow.route {
         ERoute::Plain | ERoute::Outbound => 2,
         ERoute::Internal => 3,
-        ERoute::Header | ERoute::Inbound | ERoute::Misdeclared => 1,
+        ERoute::Header | ERoute::Inbound | ERoute::Misdeclared | ERoute::Spread => 1,
     }
 }
 
@@ -94,7 +98,18 @@ pub enum ERoute {
     /// platform redirects the proxy's upstream connection back to it — a loop the proxy must
     /// recognise and refuse.
     Misdeclared,
+    /// To a listener whose cluster is STATIC with three endpoints (round robin): the upload goes
+    /// to whichever the balancer picks (a sink there reads it and closes), and the connections
+    /// spread evenly.
+    Spread,
 }
+
+/// The STATIC endpoints of the `Spread` listener's cluster.
+pub(super) const SPREAD_ENDPOINTS: [SocketAddr; 3] = [
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), 9000),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 9000),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 3)), 9000),
+];
 
 /// One client connection.
 #[derive(Debug, Clone)]
@@ -180,6 +195,7 @@ impl EScenario {
             let route = match (records, rng.range(0, 5)) {
                 (false, 0) => ERoute::Header,
                 (false, 1) => ERoute::Internal,
+                (false, 2) if rng.chance(500) => ERoute::Spread,
                 (false, _) => ERoute::Plain,
                 (true, 0) => ERoute::Inbound,
                 (true, 1) => ERoute::Misdeclared,
@@ -224,9 +240,11 @@ impl EScenario {
                     8 => EHead::Malformed,
                     9 => EHead::EndsEarly,
                     10 => EHead::Never,
-                    _ => match rng.range(0, 2) {
+                    _ => match rng.range(0, 4) {
                         0 => EHead::Duplicate,
-                        _ => EHead::Denied,
+                        1 => EHead::Denied,
+                        2 => EHead::Mapped,
+                        _ => EHead::MappedDenied,
                     },
                 };
                 if flow.head.refusal().is_some() {
@@ -247,6 +265,11 @@ impl EScenario {
             }
             if let Some((at, _)) = &mut flow.pause {
                 *at = (*at).min(flow.upload.saturating_sub(1));
+            }
+            if flow.route == ERoute::Spread {
+                // A sink answers nothing and plays no fault.
+                flow.download = 0;
+                flow.fault = EFault::None;
             }
             if flow.route == ERoute::Misdeclared {
                 flow.fault = EFault::None;
@@ -317,6 +340,15 @@ pub fn head(flow: &EFlow) -> Vec<u8> {
             "POST /upload HTTP/1.1\r\nx-envoy-original-dst-host: 127.0.0.1:{}\r\n\r\n",
             server.port()
         ),
+        EHead::Mapped => format!(
+            "POST /upload HTTP/1.1\r\nx-envoy-original-dst-host: [::ffff:{}]:{}\r\n\r\n",
+            server.ip(),
+            server.port()
+        ),
+        EHead::MappedDenied => format!(
+            "POST /upload HTTP/1.1\r\nx-envoy-original-dst-host: [::ffff:127.0.0.1]:{}\r\n\r\n",
+            server.port()
+        ),
     };
     text.into_bytes()
 }
@@ -350,6 +382,8 @@ pub(super) fn dest(flow: &EFlow) -> SocketAddr {
         ERoute::Inbound => app_addr(flow.id),
         // No header: the address the client dialled, restored by the kernel.
         ERoute::Header if flow.head == EHead::Missing => decoy_addr(flow.id),
+        // Whichever endpoint the balancer picks; the oracle judges these flows apart.
+        ERoute::Spread => SPREAD_ENDPOINTS[0],
         _ => server_addr(flow.id),
     }
 }
@@ -360,5 +394,5 @@ pub(super) fn decoy_addr(id: usize) -> SocketAddr {
 }
 
 pub(super) const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared.
-pub(super) const PORTS: [u16; 5] = [15001, 15002, 15003, 15004, 15005];
+/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared, spread.
+pub(super) const PORTS: [u16; 6] = [15001, 15002, 15003, 15004, 15005, 15006];

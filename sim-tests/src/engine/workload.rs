@@ -10,7 +10,8 @@ use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
 use super::scenario::{
-    EFault, EFlow, EHead, ERoute, client_addr, decoy_addr, dest, head, stream_byte,
+    EFault, EFlow, EHead, ERoute, SPREAD_ENDPOINTS, client_addr, decoy_addr, dest, head,
+    stream_byte,
 };
 
 /// How one side of a flow ended.
@@ -82,6 +83,8 @@ impl Side {
 pub(super) struct Flows {
     pub(super) flows: Vec<EFlow>,
     pub(super) state: Rc<RefCell<Vec<(Side, Side)>>>,
+    /// The servers at the STATIC endpoints: each connection read to its end, then closed.
+    pub(super) sinks: Vec<(Ep, bool)>,
 }
 
 /// The prefix a flow's upload starts with (its request head in header mode).
@@ -160,6 +163,26 @@ fn pull(
 
 impl Workload for Flows {
     fn step(&mut self, net: &mut Net, now: u64) {
+        for endpoint in SPREAD_ENDPOINTS {
+            if let Some(queue) = net.servers.get_mut(&endpoint) {
+                self.sinks.extend(queue.drain(..).map(|ep| (ep, false)));
+            }
+        }
+        let mut scratch = [0u8; 16 * 1024];
+        for (ep, shut) in &mut self.sinks {
+            while !*shut {
+                match net.read(*ep, &mut scratch) {
+                    Ok(0) => {
+                        // The upload ended: answer with the end of the (empty) download.
+                        let _ = net.shutdown(*ep);
+                        *shut = true;
+                    }
+                    Ok(_) => {}
+                    Err(libc::EAGAIN) => break,
+                    Err(_) => *shut = true,
+                }
+            }
+        }
         let mut state = self.state.borrow_mut();
         for flow in &self.flows {
             let (client, server) = &mut state[flow.id];
@@ -175,6 +198,7 @@ impl Workload for Flows {
                     }
                     ERoute::Internal => net.dial_redirected(client_addr(flow.id), dest(flow), 2),
                     ERoute::Inbound => net.dial_redirected(client_addr(flow.id), dest(flow), 3),
+                    ERoute::Spread => net.dial_redirected(client_addr(flow.id), dest(flow), 5),
                     ERoute::Outbound => {
                         net.dial_with_record(client_addr(flow.id), dest(flow), 0, record())
                     }
