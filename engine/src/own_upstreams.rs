@@ -43,6 +43,19 @@ impl OwnUpstreams {
             self.0[usize::from(port)].compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// Sockets recorded and not forgotten (a scan of the table: for the end of a drain and tests).
+    pub fn len(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|k| k.load(Ordering::Acquire) != 0)
+            .count()
+    }
+
+    /// No socket recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether `peer` is one of our upstream sockets connecting to `dst`.
     pub fn contains(&self, peer: SocketAddr, dst: SocketAddr) -> bool {
         self.0[usize::from(peer.port())].load(Ordering::Acquire) == key(peer.ip(), dst)

@@ -1,6 +1,8 @@
 //! The production shard (`origdst-engine`) under the simulated kernel: a block of seeds, each a
 //! scenario of flows and kernel faults judged by the engine oracle. `SIM_SEED=<n>` reruns one.
 
+use std::collections::BTreeMap;
+
 use origdst_core::stats::Counter;
 use origdst_sim_tests::engine::{self, EScenario};
 
@@ -18,9 +20,20 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn the_production_shard_relays_every_scenario_under_kernel_faults() {
     let mut failures = Vec::new();
-    for seed in seeds() {
+    let seeds = seeds();
+    // Sometimes-assertions: across a block, every fault the kernel can inject fired, and a storm
+    // made the log budget suppress lines (a fault point that never fires tests nothing).
+    let mut fired: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut suppressed = 0;
+    for &seed in &seeds {
         let scenario = EScenario::draw(seed);
-        let violations = engine::run_checked(&scenario);
+        let (violations, report) = engine::run_judged(&scenario);
+        if let Some(report) = &report {
+            for (fault, n) in &report.fired {
+                *fired.entry(fault).or_insert(0) += n;
+            }
+            suppressed += report.logs.summaries;
+        }
         if !violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {}\n  scenario: {scenario:?}\n  replay: SIM_SEED={seed} cargo test -p origdst-sim-tests --test engine",
@@ -43,6 +56,28 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
         "{} seeds failed (above)",
         failures.len()
     );
+    if seeds.len() >= 200 {
+        for fault in [
+            "reorder",
+            "short_io",
+            "spurious_eagain",
+            "small_pipe",
+            "cancel_lost_race",
+            "late_cancel",
+            "straddles_accept",
+        ] {
+            assert!(
+                fired.get(fault).is_some_and(|&n| n > 0),
+                "the fault {fault:?} never fired in {} seeds: {fired:?}",
+                seeds.len()
+            );
+        }
+        assert!(
+            suppressed > 0,
+            "no storm ever filled the log budget in {} seeds",
+            seeds.len()
+        );
+    }
 }
 
 #[test]

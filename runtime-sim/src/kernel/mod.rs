@@ -352,14 +352,24 @@ impl SimKernel {
             }
         }
         if self.faults.reorder && batch.len() > 1 {
+            let before = batch.clone();
             let rng = &mut self.rng;
             interleave(&mut batch, |n| (rng.next_u64() % n as u64) as usize);
+            if batch != before {
+                self.fired("reorder");
+            }
         }
         self.ready.extend(batch);
     }
 
+    /// Counts a fault that fired (the tests check that every kind fires somewhere in a block).
+    fn fired(&self, fault: &'static str) {
+        *self.net.borrow_mut().fired.entry(fault).or_insert(0) += 1;
+    }
+
     fn short(&mut self, n: usize) -> usize {
         if n > 1 && self.rng.chance(self.faults.short_io) {
+            self.fired("short_io");
             self.rng.range(1, n as u64 - 1) as usize
         } else {
             n
@@ -367,6 +377,13 @@ impl SimKernel {
     }
 
     fn register(&mut self, fd: i32, events: u32, user_data: u64, kind: RegKind) {
+        // The shard never has two operations in flight under one token (a re-arm while the
+        // first is live would double every completion after it).
+        assert!(
+            self.regs.iter().all(|r| r.user_data != user_data),
+            "a second operation with a live one's token: {:?} on fd {fd}",
+            Token::decode(user_data)
+        );
         self.regs.push(Reg {
             fd,
             events,
@@ -436,13 +453,16 @@ impl Kernel for SimKernel {
                         0
                     };
                     let cancelled = if ready != 0 && self.rng.chance(500) {
+                        self.fired("cancel_lost_race");
                         (target, ready as i32, 0)
                     } else {
                         (target, -libc::ECANCELED, 0)
                     };
                     if self.faults.reorder && self.rng.chance(300) {
+                        self.fired("straddles_accept");
                         self.straddling.push((STRADDLE_TURNS, cancelled));
                     } else if self.faults.reorder && self.rng.chance(600) {
+                        self.fired("late_cancel");
                         let delay = self.rng.range(0, 8) as u32;
                         self.late.push((delay, cancelled));
                     } else {
@@ -710,6 +730,9 @@ impl Kernel for SimKernel {
         let read = net.open(Object::Pipe(id)).ok()?;
         let write = net.open(Object::Pipe(id)).ok()?;
         drop(net);
+        if capacity < size_bytes as usize {
+            self.fired("small_pipe");
+        }
         Some((
             SimPipe {
                 id,
@@ -722,6 +745,7 @@ impl Kernel for SimKernel {
 
     fn splice_in(&mut self, src: i32, pipe: &SimPipe, len: usize) -> Result<usize, Errno> {
         if self.rng.chance(self.faults.spurious_eagain) {
+            self.fired("spurious_eagain");
             return Err(libc::EAGAIN);
         }
         let mut net = self.net.borrow_mut();
@@ -758,6 +782,7 @@ impl Kernel for SimKernel {
 
     fn read(&mut self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
         if self.rng.chance(self.faults.spurious_eagain) {
+            self.fired("spurious_eagain");
             return Err(libc::EAGAIN);
         }
         let n = self.short(buf.len());

@@ -149,6 +149,8 @@ pub struct Net {
     pub connects: BTreeMap<SocketAddr, u32>,
     /// Connections reset in a backlog when its listener stopped (never accepted).
     pub never_accepted: usize,
+    /// How often each kind of fault fired.
+    pub fired: BTreeMap<&'static str, u64>,
 }
 
 impl Net {
@@ -164,13 +166,16 @@ impl Net {
             servers: BTreeMap::new(),
             black_holes: Vec::new(),
             window,
-            next_port: 40000,
+            // The range clients use too (ports are per address): a client's port often equals
+            // one of the proxy's own upstream sockets', as on a real node.
+            next_port: 30000,
             proxy_ip,
             require_records: false,
             issued: Vec::new(),
             activity: 0,
             connects: BTreeMap::new(),
             never_accepted: 0,
+            fired: BTreeMap::new(),
         }
     }
 
@@ -289,7 +294,7 @@ impl Net {
             && upstream.ip() != self.proxy_ip
             && !record.is_some_and(|r| self.issued.contains(r));
         let port = self.next_port;
-        self.next_port = self.next_port.wrapping_add(1).max(40000);
+        self.next_port = self.next_port.wrapping_add(1).max(30000);
         let local = SocketAddr::new(self.proxy_ip, port);
         let ep = self.endpoints.len();
         let mut e = Endpoint::new(local, upstream, self.window);

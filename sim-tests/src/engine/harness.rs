@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use origdst_core::config::{Config, ListenerAddress};
@@ -17,6 +18,7 @@ use origdst_engine::shard::{Listening, Shard, ShardSetup};
 use origdst_runtime_sim::kernel::SimKernel;
 use origdst_runtime_sim::kernel::net::Net;
 
+use super::logs::{LogLines, Recorder};
 use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, dest};
 use super::workload::{Flows, Side};
 
@@ -25,6 +27,7 @@ use super::workload::{Flows, Side};
 struct Reports {
     stats: Counters,
     gauges: [u64; Gauge::ALL.len()],
+    gauges_max: [u64; Gauge::ALL.len()],
     finished: Vec<Finished>,
 }
 
@@ -35,6 +38,9 @@ impl Reporter for SimReporter {
         let mut r = self.0.borrow_mut();
         r.stats = stats.clone();
         r.gauges = *gauges;
+        for (max, &now) in r.gauges_max.iter_mut().zip(gauges) {
+            *max = (*max).max(now);
+        }
     }
 }
 
@@ -172,6 +178,16 @@ pub struct EReport {
     pub error: Option<String>,
     /// Connect attempts the proxy made, by destination.
     pub connects: std::collections::BTreeMap<SocketAddr, u32>,
+    /// Pipes the kernel made during the run.
+    pub pipes_created: usize,
+    /// Each gauge's highest published value during the run.
+    pub gauges_max: [u64; Gauge::ALL.len()],
+    /// How often each kind of kernel fault fired.
+    pub fired: std::collections::BTreeMap<&'static str, u64>,
+    /// The proxy's own upstream sockets still recorded after the drain (loop detection's table).
+    pub own_upstreams_left: usize,
+    /// The shard's log lines.
+    pub logs: LogLines,
     /// Connections still in a listener's backlog when the shard stopped (never accepted: a
     /// client that reset there just before the drain).
     pub never_accepted: usize,
@@ -201,10 +217,12 @@ pub fn run(scenario: &EScenario) -> EReport {
         (Side::new(), Side::new());
         scenario.flows.len()
     ]));
+    let clock = Arc::new(AtomicU64::new(0));
     let workload = Flows {
         flows: scenario.flows.clone(),
         state: Rc::clone(&state),
         sinks: Vec::new(),
+        clock: Arc::clone(&clock),
     };
     let mut kernel = SimKernel::new(
         Rc::clone(&net),
@@ -234,6 +252,7 @@ pub fn run(scenario: &EScenario) -> EReport {
             }
         })
         .collect();
+    let own_upstreams = Arc::new(OwnUpstreams::new());
     let setup = ShardSetup {
         id: 0,
         data_path: config.knobs.data_path,
@@ -254,14 +273,22 @@ pub fn run(scenario: &EScenario) -> EReport {
         control: kernel.control(),
         reporter: Box::new(SimReporter(Rc::clone(&reports))),
         pipe_budget_bytes: config.knobs.pipe_budget_bytes,
-        own_upstreams: Arc::new(OwnUpstreams::new()),
+        own_upstreams: Arc::clone(&own_upstreams),
         access_log: Some(Box::new(SimLog(Rc::clone(&reports)))),
         config,
     };
-    let error = match Shard::new(setup, kernel, listening) {
-        Ok(shard) => shard.run().err().map(|e| e.to_string()),
-        Err(e) => Some(e.to_string()),
+    let lines = Arc::new(Mutex::new(LogLines::default()));
+    let recorder = Recorder {
+        clock,
+        lines: Arc::clone(&lines),
     };
+    let error = tracing::subscriber::with_default(recorder, || {
+        match Shard::new(setup, kernel, listening) {
+            Ok(shard) => shard.run().err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    });
+    let logs = std::mem::take(&mut *lines.lock().expect("log lines"));
     let reports = Rc::try_unwrap(reports)
         .map(RefCell::into_inner)
         .unwrap_or_else(|r| std::mem::take(&mut *r.borrow_mut()));
@@ -279,7 +306,12 @@ pub fn run(scenario: &EScenario) -> EReport {
         sides,
         stats: reports.stats,
         gauges: reports.gauges,
+        gauges_max: reports.gauges_max,
         finished: reports.finished,
+        fired: net.borrow().fired.clone(),
+        pipes_created: net.borrow().pipes.len(),
+        own_upstreams_left: own_upstreams.len(),
+        logs,
         open_fds,
         error,
         connects,

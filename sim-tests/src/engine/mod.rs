@@ -10,18 +10,26 @@
 //! `harness` builds the shard over the simulated kernel and runs it, `oracle` judges the result.
 
 mod harness;
+mod logs;
 mod oracle;
 mod scenario;
 mod workload;
 
 pub use self::harness::{EReport, run};
+pub use self::logs::LogLines;
 
 /// Runs `scenario` and judges it; a panic in the shard or the simulated kernel (an assertion an
 /// invariant broke) is a violation of this seed like any other, not the end of the block.
 pub fn run_checked(scenario: &EScenario) -> Vec<EViolation> {
+    run_judged(scenario).0
+}
+
+/// [`run_checked`], with the report when the run did not panic.
+pub fn run_judged(scenario: &EScenario) -> (Vec<EViolation>, Option<EReport>) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let report = run(scenario);
-        check(scenario, &report)
+        let violations = check(scenario, &report);
+        (violations, Some(report))
     }));
     outcome.unwrap_or_else(|panic| {
         let message = panic
@@ -29,7 +37,7 @@ pub fn run_checked(scenario: &EScenario) -> Vec<EViolation> {
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "a panic without a message".to_owned());
-        vec![EViolation(format!("panicked: {message}"))]
+        (vec![EViolation(format!("panicked: {message}"))], None)
     })
 }
 pub use self::oracle::{EViolation, check};

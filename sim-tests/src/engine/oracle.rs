@@ -5,6 +5,7 @@ use std::fmt;
 
 use origdst_core::outcome::Outcome;
 use origdst_core::stats::Counter;
+use origdst_engine::log_budget::LOG_LINES_PER_SECOND_MAX;
 use origdst_engine::report::{Finished, Gauge};
 
 use super::harness::EReport;
@@ -423,6 +424,63 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             "round robin over three STATIC endpoints gave {spread:?} connections"
         ));
     }
+    // Pipes: every one the kernel made smaller than asked is counted; where pipes are configured
+    // and descriptors are plenty, relaying leases them.
+    let small = report.fired.get("small_pipe").copied().unwrap_or(0);
+    if report.gauges[Gauge::PipesShrunk as usize] != small {
+        fail(format!(
+            "the kernel made {small} pipes smaller than asked, pipes_shrunk = {}",
+            report.gauges[Gauge::PipesShrunk as usize]
+        ));
+    }
+    // (Socket to socket: an internal listener's connections move bytes through queues.)
+    let relayed = scenario
+        .flows
+        .iter()
+        .filter(|flow| !matches!(flow.route, ERoute::Internal | ERoute::Misdeclared))
+        .any(|flow| {
+            report.finished.iter().any(|r| {
+                r.client == client_addr(flow.id)
+                    && r.outcome == Outcome::Completed
+                    && r.bytes_received + r.bytes_sent > 0
+            })
+        });
+    if scenario.pipes && scenario.fd_limit >= 100 && relayed && report.pipes_created == 0 {
+        fail("pipes configured and bytes relayed, but no pipe was ever made".into());
+    }
+    if report.own_upstreams_left != 0 {
+        fail(format!(
+            "{} of the proxy's upstream sockets still in the loop-detection table after the drain",
+            report.own_upstreams_left
+        ));
+    }
+    // The log budget: failures are logged, but never more than two windows' worth in any second.
+    let failures = report
+        .finished
+        .iter()
+        .filter(|r| r.outcome != Outcome::Completed)
+        .count();
+    let budget = LOG_LINES_PER_SECOND_MAX as usize;
+    let lines = &report.logs.closed;
+    if lines.len() < failures.min(budget) {
+        fail(format!(
+            "{failures} connections failed, only {} logged (the first {budget} a second must be)",
+            lines.len()
+        ));
+    }
+    for (i, &at) in lines.iter().enumerate() {
+        let within = lines[i..]
+            .iter()
+            .take_while(|&&t| t < at + 1_000_000_000)
+            .count();
+        if within > 2 * budget {
+            fail(format!(
+                "{within} failure lines within a second from {} ms (budget {budget} a second)",
+                at / 1_000_000
+            ));
+            break;
+        }
+    }
     // Every refusal reason's counter agrees with the connections logged with it.
     for (counter, reason) in [
         (Counter::HttpHeadTooLarge, "http_head_too_large"),
@@ -470,6 +528,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     }
     if report.gauges[Gauge::ConnectionsActive as usize] != 0
         || report.gauges[Gauge::PipesLeased as usize] != 0
+        || report.gauges[Gauge::BuffersInFlight as usize] != 0
     {
         fail(format!("after the drain: gauges {:?}", report.gauges));
     }

@@ -171,7 +171,12 @@ impl EScenario {
         // handed from a closing connection to the next while the old one's completions are
         // still landing.
         let churn = rng.chance(200);
-        let count = if churn {
+        // A storm: a burst of connections to dead ports (a scan of the capture port), each
+        // refused — the log budget must hold while the counters keep the tally.
+        let storm = churn && rng.chance(300);
+        let count = if storm {
+            rng.range(48, 64) as usize
+        } else if churn {
             rng.range(24, 48) as usize
         } else {
             count
@@ -265,6 +270,10 @@ impl EScenario {
             }
             if let Some((at, _)) = &mut flow.pause {
                 *at = (*at).min(flow.upload.saturating_sub(1));
+            }
+            if storm && matches!(flow.route, ERoute::Plain | ERoute::Outbound) {
+                flow.fault = EFault::Refused;
+                flow.pause = None;
             }
             if flow.route == ERoute::Spread {
                 // A sink answers nothing and plays no fault.

@@ -85,6 +85,8 @@ pub(super) struct Flows {
     pub(super) state: Rc<RefCell<Vec<(Side, Side)>>>,
     /// The servers at the STATIC endpoints: each connection read to its end, then closed.
     pub(super) sinks: Vec<(Ep, bool)>,
+    /// Virtual time, for the log recorder.
+    pub(super) clock: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The prefix a flow's upload starts with (its request head in header mode).
@@ -163,6 +165,7 @@ fn pull(
 
 impl Workload for Flows {
     fn step(&mut self, net: &mut Net, now: u64) {
+        self.clock.store(now, std::sync::atomic::Ordering::Relaxed);
         for endpoint in SPREAD_ENDPOINTS {
             if let Some(queue) = net.servers.get_mut(&endpoint) {
                 self.sinks.extend(queue.drain(..).map(|ep| (ep, false)));
