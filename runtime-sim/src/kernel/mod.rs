@@ -668,7 +668,10 @@ impl Kernel for SimKernel {
         // Handshakes completed but never accepted are reset when the listener goes.
         while let Some(ep) = net.listeners[l].backlog.pop_front() {
             net.abort(ep);
-            net.never_accepted += 1;
+            // Clients only: the proxy's own connections that looped back are not anyone's.
+            if net.endpoints[ep].remote.ip() != net.proxy_ip {
+                net.never_accepted += 1;
+            }
         }
     }
 

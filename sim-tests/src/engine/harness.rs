@@ -15,8 +15,8 @@ use origdst_core::stats::Counters;
 use origdst_engine::own_upstreams::OwnUpstreams;
 use origdst_engine::report::{AccessLog, Finished, Gauge, Reporter};
 use origdst_engine::shard::{Listening, Shard, ShardSetup};
-use origdst_runtime_sim::kernel::SimKernel;
 use origdst_runtime_sim::kernel::net::Net;
+use origdst_runtime_sim::kernel::{SimKernel, Workload};
 
 use super::logs::{LogLines, Recorder};
 use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, dest};
@@ -63,7 +63,7 @@ fn config(pipes: bool, records: bool) -> Config {
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, redirect_records: {records} }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, drain_timeout: 2s, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -219,6 +219,7 @@ pub fn run(scenario: &EScenario) -> EReport {
     ]));
     let clock = Arc::new(AtomicU64::new(0));
     let workload = Flows {
+        drain_at: scenario.drain_at_ms.map(|ms| ms * 1_000_000),
         flows: scenario.flows.clone(),
         state: Rc::clone(&state),
         sinks: Vec::new(),
@@ -279,7 +280,7 @@ pub fn run(scenario: &EScenario) -> EReport {
     };
     let lines = Arc::new(Mutex::new(LogLines::default()));
     let recorder = Recorder {
-        clock,
+        clock: Arc::clone(&clock),
         lines: Arc::clone(&lines),
     };
     let error = tracing::subscriber::with_default(recorder, || {
@@ -289,6 +290,23 @@ pub fn run(scenario: &EScenario) -> EReport {
         }
     });
     let logs = std::mem::take(&mut *lines.lock().expect("log lines"));
+    // The world outside goes on for a moment after the shard stopped: clients and servers read
+    // what its last turns delivered (an early drain's resets among them).
+    let mut after = Flows {
+        drain_at: None,
+        flows: scenario.flows.clone(),
+        state: Rc::clone(&state),
+        sinks: Vec::new(),
+        clock: Arc::new(AtomicU64::new(0)),
+    };
+    let end = clock.load(std::sync::atomic::Ordering::Relaxed);
+    for tick in 1..=10_000 {
+        let now = end + tick * 1_000_000;
+        after.step(&mut net.borrow_mut(), now);
+        if after.done(&net.borrow(), now) {
+            break;
+        }
+    }
     let reports = Rc::try_unwrap(reports)
         .map(RefCell::into_inner)
         .unwrap_or_else(|r| std::mem::take(&mut *r.borrow_mut()));
@@ -299,8 +317,9 @@ pub fn run(scenario: &EScenario) -> EReport {
             .borrow()
             .listeners
             .iter()
-            .map(|l| l.backlog.len())
-            .sum::<usize>();
+            .flat_map(|l| l.backlog.iter())
+            .filter(|&&ep| net.borrow().endpoints[ep].remote.ip() != PROXY_IP)
+            .count();
     let sides = state.borrow().clone();
     EReport {
         sides,

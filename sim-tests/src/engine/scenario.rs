@@ -159,6 +159,9 @@ pub struct EScenario {
     pub pipes: bool,
     /// The platform attaches redirect records and re-redirects connections without one.
     pub records: bool,
+    /// The supervisor drains the shard at this virtual ms, flows still running (else once every
+    /// flow is done); connections still open after `drain_timeout` (2 s here) are reset.
+    pub drain_at_ms: Option<u64>,
 }
 
 impl EScenario {
@@ -308,6 +311,7 @@ impl EScenario {
             window: pick(&mut rng, &[4096, 65536, 1 << 20]) as usize,
             pipes: rng.chance(800),
             records,
+            drain_at_ms: (!churn && rng.chance(120)).then(|| rng.range(50, 400)),
         }
     }
 }

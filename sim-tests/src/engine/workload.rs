@@ -52,6 +52,8 @@ pub struct Side {
     pub paused: Option<(u64, u64)>,
     /// When it last received a byte (ns).
     pub last_rx_at: u64,
+    /// Its dial was refused by the kernel (the proxy's listener had stopped).
+    pub refused: bool,
 }
 
 impl Side {
@@ -68,6 +70,7 @@ impl Side {
             ended_at: 0,
             paused: None,
             last_rx_at: 0,
+            refused: false,
         }
     }
 
@@ -81,6 +84,8 @@ impl Side {
 
 /// The clients and servers.
 pub(super) struct Flows {
+    /// When the supervisor drains the proxy regardless of the flows (ns).
+    pub(super) drain_at: Option<u64>,
     pub(super) flows: Vec<EFlow>,
     pub(super) state: Rc<RefCell<Vec<(Side, Side)>>>,
     /// The servers at the STATIC endpoints: each connection read to its end, then closed.
@@ -211,6 +216,13 @@ impl Workload for Flows {
                 });
             }
             if let Some(ep) = client.ep
+                && !client.refused
+                && client.sent == 0
+                && net.endpoints[ep].error == Some(libc::ECONNREFUSED)
+            {
+                client.refused = true;
+            }
+            if let Some(ep) = client.ep
                 && !client.aborted
             {
                 let mut limit = match flow.fault {
@@ -311,10 +323,17 @@ impl Workload for Flows {
         let resumes = state
             .iter()
             .filter_map(|(client, _)| client.paused.map(|(_, until)| until));
-        starts.chain(resumes).filter(|&t| t > now).min()
+        starts
+            .chain(resumes)
+            .chain(self.drain_at)
+            .filter(|&t| t > now)
+            .min()
     }
 
     fn done(&self, net: &Net, now: u64) -> bool {
+        if self.drain_at.is_some_and(|at| now >= at) {
+            return true;
+        }
         let state = self.state.borrow();
         self.flows.iter().all(|flow| {
             let (client, server) = &state[flow.id];
