@@ -65,6 +65,7 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
             "cancel_lost_race",
             "late_cancel",
             "straddles_accept",
+            "multishot_ended",
         ] {
             assert!(
                 fired.get(fault).is_some_and(|&n| n > 0),

@@ -312,6 +312,14 @@ impl SimKernel {
                         match net.open(Object::Socket(ep)) {
                             Ok(fd) => {
                                 net.listeners[l].backlog.pop_front();
+                                // io_uring may end a multishot with a successful completion
+                                // (no MORE: its CQ overflowed, say); the shard must re-arm.
+                                if self.faults.reorder && self.rng.chance(100) {
+                                    *net.fired.entry("multishot_ended").or_insert(0) += 1;
+                                    batch.push((reg.user_data, fd, 0));
+                                    ended = true;
+                                    break;
+                                }
                                 batch.push((reg.user_data, fd, MORE));
                             }
                             Err(errno) => {

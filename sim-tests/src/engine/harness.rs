@@ -29,6 +29,7 @@ struct Reports {
     gauges: [u64; Gauge::ALL.len()],
     gauges_max: [u64; Gauge::ALL.len()],
     finished: Vec<Finished>,
+    finished_at: Vec<u64>,
 }
 
 struct SimReporter(Rc<RefCell<Reports>>);
@@ -44,14 +45,18 @@ impl Reporter for SimReporter {
     }
 }
 
-struct SimLog(Rc<RefCell<Reports>>);
+struct SimLog(Rc<RefCell<Reports>>, Arc<AtomicU64>);
 
 impl AccessLog for SimLog {
     fn sampled(&mut self) -> bool {
         true
     }
     fn send(&mut self, finished: Finished) {
-        self.0.borrow_mut().finished.push(finished);
+        let mut reports = self.0.borrow_mut();
+        reports.finished.push(finished);
+        reports
+            .finished_at
+            .push(self.1.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
 
@@ -178,6 +183,8 @@ pub struct EReport {
     pub error: Option<String>,
     /// Connect attempts the proxy made, by destination.
     pub connects: std::collections::BTreeMap<SocketAddr, u32>,
+    /// When each finished connection was logged (virtual ns), by index in `finished`.
+    pub finished_at: Vec<u64>,
     /// Pipes the kernel made during the run.
     pub pipes_created: usize,
     /// Each gauge's highest published value during the run.
@@ -275,7 +282,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         reporter: Box::new(SimReporter(Rc::clone(&reports))),
         pipe_budget_bytes: config.knobs.pipe_budget_bytes,
         own_upstreams: Arc::clone(&own_upstreams),
-        access_log: Some(Box::new(SimLog(Rc::clone(&reports)))),
+        access_log: Some(Box::new(SimLog(Rc::clone(&reports), Arc::clone(&clock)))),
         config,
     };
     let lines = Arc::new(Mutex::new(LogLines::default()));
@@ -327,6 +334,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         gauges: reports.gauges,
         gauges_max: reports.gauges_max,
         finished: reports.finished,
+        finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),
         own_upstreams_left: own_upstreams.len(),

@@ -96,6 +96,26 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         };
+        // A reset reaches the client a tick or two after the proxy logged the close, never at
+        // some later event (nothing may wait in a closing descriptor); checked where the client
+        // reads everything as it comes.
+        if flow.route != ERoute::Internal
+            && flow.read_per_tick == 0
+            && !client.aborted
+            && matches!(client.end, SideEnd::Error(_))
+            && let Some(at) = report
+                .finished
+                .iter()
+                .position(|r| std::ptr::eq(r, record))
+                .map(|i| report.finished_at[i])
+            && client.ended_at > at + 50_000_000
+        {
+            fail(format!(
+                "flow {f}: the proxy closed at {} ms, the client saw the reset only at {} ms",
+                at / 1_000_000,
+                client.ended_at / 1_000_000
+            ));
+        }
         // Descriptor exhaustion may leave a connection parked until the drain resets it, or past
         // its connect timeout (which bounds the wait for a descriptor too).
         let parked = report.stats.get(Counter::UpstreamCxParkedNoFd) > 0;
