@@ -83,21 +83,6 @@ impl<T> Slots<T> {
             .filter(|_| current == Some(key.generation))
     }
 
-    /// The current tenant of `slot`, whatever its generation.
-    pub fn by_slot(&self, slot: usize) -> Option<&T> {
-        self.entries.get(slot)
-    }
-
-    /// Mutable [`Self::by_slot`].
-    pub fn by_slot_mut(&mut self, slot: usize) -> Option<&mut T> {
-        self.entries.get_mut(slot)
-    }
-
-    /// The current generation of an occupied `slot`.
-    pub fn generation(&self, slot: usize) -> Option<u16> {
-        self.entries.contains(slot).then(|| self.generations[slot])
-    }
-
     /// Frees `slot`; its generation stays so the next tenant gets a new one.
     pub fn remove(&mut self, slot: usize) -> T {
         self.entries.remove(slot)
@@ -150,7 +135,6 @@ mod tests {
         assert_eq!(slots.get(first), None);
         assert_eq!(slots.get_mut(first), None);
         assert_eq!(slots.get(second), Some(&"second"));
-        assert_eq!(slots.generation(second.slot), Some(second.generation));
     }
 
     #[test]

@@ -631,6 +631,14 @@ impl Kernel for SimKernel {
         if net.fds.len() >= net.fd_limit {
             return Err(os(libc::EMFILE));
         }
+        if net.socket_fails.contains(&upstream) {
+            *net.connects.entry(upstream).or_insert(0) += 1;
+            return Err(os(libc::ENOBUFS));
+        }
+        if net.unreachable.contains(&upstream) {
+            *net.connects.entry(upstream).or_insert(0) += 1;
+            return Ok(ConnectStart::Failed(IoErrorKind::Unreachable));
+        }
         let ep = net.connect(upstream, self.now + delay, record);
         let fd = net.open(Object::Socket(ep)).map_err(os)?;
         drop(net);

@@ -131,6 +131,10 @@ pub struct Net {
     pub servers: BTreeMap<SocketAddr, VecDeque<Ep>>,
     /// Destinations whose SYNs are dropped: connects there never complete.
     pub black_holes: Vec<SocketAddr>,
+    /// Destinations with no route: `connect` fails at once.
+    pub unreachable: Vec<SocketAddr>,
+    /// Destinations for which making the socket fails (`ENOBUFS`).
+    pub socket_fails: Vec<SocketAddr>,
     /// The receive window of new endpoints.
     pub window: usize,
     /// Ephemeral port counter for the proxy's upstream sockets.
@@ -165,6 +169,8 @@ impl Net {
             fd_limit,
             servers: BTreeMap::new(),
             black_holes: Vec::new(),
+            unreachable: Vec::new(),
+            socket_fails: Vec::new(),
             window,
             // The range clients use too (ports are per address): a client's port often equals
             // one of the proxy's own upstream sockets', as on a real node.

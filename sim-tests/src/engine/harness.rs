@@ -214,6 +214,8 @@ pub fn run(scenario: &EScenario) -> EReport {
     for flow in &scenario.flows {
         match flow.fault {
             EFault::Refused => {}
+            EFault::Unreachable => net.borrow_mut().unreachable.push(dest(flow)),
+            EFault::SocketFails => net.borrow_mut().socket_fails.push(dest(flow)),
             EFault::BlackHole => net.borrow_mut().black_holes.push(dest(flow)),
             _ => {
                 net.borrow_mut().servers.insert(dest(flow), VecDeque::new());

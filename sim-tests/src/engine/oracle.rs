@@ -10,8 +10,8 @@ use origdst_engine::report::{Finished, Gauge};
 
 use super::harness::EReport;
 use super::scenario::{
-    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PROXY_IP, SPREAD_ENDPOINTS,
-    client_addr, dest, max_attempts,
+    DRAIN_TIMEOUT_MS, EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PROXY_IP,
+    SPREAD_ENDPOINTS, client_addr, dest, max_attempts,
 };
 use super::workload::{SideEnd, prefix};
 
@@ -275,7 +275,9 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             EFault::None => |o| o == Outcome::Completed,
             EFault::ClientReset(_) => |o| matches!(o, Outcome::ClientFailed(_)),
             EFault::UpstreamReset(_) => |o| matches!(o, Outcome::UpstreamFailed(_)),
-            EFault::Refused => |o| matches!(o, Outcome::ConnectFailed(_)),
+            EFault::Refused | EFault::Unreachable | EFault::SocketFails => {
+                |o| matches!(o, Outcome::ConnectFailed(_))
+            }
             EFault::BlackHole => |o| o == Outcome::ConnectTimeout,
         };
         if !want(record.outcome) && !starved {
@@ -312,7 +314,11 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     ));
                 }
             }
-            EFault::UpstreamReset(_) | EFault::Refused | EFault::BlackHole => {
+            EFault::UpstreamReset(_)
+            | EFault::Refused
+            | EFault::BlackHole
+            | EFault::Unreachable
+            | EFault::SocketFails => {
                 // The reset reaches the client unless it had already read everything cleanly.
                 let complete = client.end == SideEnd::Eof && client.received == flow.download;
                 if !matches!(client.end, SideEnd::Error(_)) && !complete && !starved {
@@ -330,6 +336,16 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 }
             }
             EFault::None => {}
+        }
+    }
+    // An early drain ends within its timeout: whatever is still open then is reset.
+    if let Some(ms) = scenario.drain_at_ms {
+        let deadline = (ms + DRAIN_TIMEOUT_MS + 50) * 1_000_000;
+        if let Some(&late) = report.finished_at.iter().find(|&&t| t > deadline) {
+            fail(format!(
+                "drained at {ms} ms (drain_timeout {DRAIN_TIMEOUT_MS} ms), a connection closed only at {} ms",
+                late / 1_000_000
+            ));
         }
     }
     let count = |c: Counter| report.stats.get(c);

@@ -18,6 +18,11 @@ pub enum EFault {
     Refused,
     /// The destination drops SYNs.
     BlackHole,
+    /// No route to the destination: `connect` fails at once (`ENETUNREACH`).
+    Unreachable,
+    /// Making the upstream socket fails for a reason other than descriptors (`ENOBUFS`): the
+    /// connection fails, nothing pauses.
+    SocketFails,
 }
 
 /// How a header-mode client's request head arrives (and what the proxy must make of it).
@@ -139,6 +144,9 @@ pub struct EFlow {
     pub pause: Option<(u64, u64)>,
 }
 
+/// The harness's `drain_timeout`.
+pub(super) const DRAIN_TIMEOUT_MS: u64 = 2000;
+
 /// The idle timeout of the harness's listeners (`idle_timeout: 5s`).
 pub(super) const IDLE_TIMEOUT_MS: u64 = 5000;
 
@@ -196,7 +204,11 @@ impl EScenario {
             let fault = match rng.range(0, 9) {
                 0 if upload > 1 => EFault::ClientReset(rng.range(0, upload - 1)),
                 1 if upload > 1 => EFault::UpstreamReset(rng.range(0, upload - 1)),
-                2 => EFault::Refused,
+                2 => match rng.range(0, 4) {
+                    0 => EFault::Unreachable,
+                    1 => EFault::SocketFails,
+                    _ => EFault::Refused,
+                },
                 3 => EFault::BlackHole,
                 _ => EFault::None,
             };
