@@ -66,10 +66,8 @@ pub enum ConnectStart<S> {
 
 /// The two ends of a pipe the kernel made.
 pub trait PipeEnds: Debug {
-    /// What the kernel says the pipe holds, where it can tell.
-    fn kernel_queued(&self) -> Option<u32> {
-        None
-    }
+    /// What the kernel says the pipe holds, where it can tell (`None` where it cannot).
+    fn kernel_queued(&self) -> Option<u32>;
 }
 
 /// What a shard needs from a kernel.

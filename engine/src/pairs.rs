@@ -105,6 +105,7 @@ impl Queue {
     }
 
     /// Bytes queued and not consumed.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

@@ -40,9 +40,7 @@ pub trait PooledPipe {
     /// What the kernel says the pipe holds, where it can tell (FIONREAD); checked against the
     /// bookkeeping in debug builds, so an accounting slip fails the tests instead of leaking one
     /// connection's bytes into the next.
-    fn kernel_queued(&self) -> Option<u32> {
-        None
-    }
+    fn kernel_queued(&self) -> Option<u32>;
 }
 
 /// A shard's pipes: free ones, and how many exist.
@@ -157,6 +155,9 @@ mod tests {
         }
         fn capacity(&self) -> u32 {
             self.capacity
+        }
+        fn kernel_queued(&self) -> Option<u32> {
+            None
         }
     }
 

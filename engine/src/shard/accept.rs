@@ -127,12 +127,13 @@ impl<K: Kernel> Shard<K> {
         };
         let limit = self.setup.config.knobs.connections_per_shard_max as usize;
         if self.conns.len() >= limit.min(SLOT_LIMIT) {
+            // Reset at once, and logged and recorded like any other connection (the log line
+            // names the reason, `overflow`, within the log budget).
             let mut core = Connection::overflow(now, evidence.client, &mut self.stats);
             while core.poll_action().is_some() {}
             self.io.kernel.arm_reset(&fd);
-            if self.log_budget.take(now) {
-                tracing::warn!(shard = self.setup.id, client = %evidence.client, limit, "connection limit reached; reset");
-            }
+            let listener_name = Arc::clone(&self.listener_names[config_index]);
+            self.report_close(now, &core, Some(listener_name));
             return;
         }
         let route = route::route(

@@ -72,27 +72,7 @@ impl<K: Kernel> Shard<K> {
         for dir in &mut conn.dirs {
             dir.release(&mut self.io);
         }
-        let outcome = conn.core.outcome().expect("released only once closed");
-        self.log_close(now, &conn.core, outcome);
-        // Sampling thins the completed connections; every failure and refusal is logged (the
-        // queue bound still holds if they flood).
-        if let Some(log) = self.setup.access_log.as_mut()
-            && (outcome != Outcome::Completed || log.sampled())
-        {
-            let core = &conn.core;
-            log.send(Finished {
-                age: core.age(now),
-                client: core.client().get(),
-                orig_dst: core.orig_dst().map(|a| a.get()),
-                provenance: core.provenance().map(|p| p.name()),
-                upstream: core.upstream().map(|a| a.get()),
-                listener: conn.listener_name.clone().unwrap_or_else(|| Arc::from("-")),
-                bytes_received: core.bytes(Dir::ClientToUpstream),
-                bytes_sent: core.bytes(Dir::UpstreamToClient),
-                outcome,
-                shard: self.setup.id,
-            });
-        }
+        self.report_close(now, &conn.core, conn.listener_name.clone());
         if let Some(client) = conn.client {
             self.io.closing.push(client);
         }
@@ -105,7 +85,37 @@ impl<K: Kernel> Shard<K> {
         }
     }
 
-    pub(super) fn log_close(&mut self, now: Instant, core: &Connection, outcome: Outcome) {
+    /// A closed connection's log line and access record (every connection the shard accepted
+    /// has exactly one, refused and overflowed ones included).
+    pub(super) fn report_close(
+        &mut self,
+        now: Instant,
+        core: &Connection,
+        listener_name: Option<Arc<str>>,
+    ) {
+        let outcome = core.outcome().expect("reported only once closed");
+        self.log_close(now, core, outcome);
+        // Sampling thins the completed connections; every failure and refusal is logged (the
+        // queue bound still holds if they flood).
+        if let Some(log) = self.setup.access_log.as_mut()
+            && (outcome != Outcome::Completed || log.sampled())
+        {
+            log.send(Finished {
+                age: core.age(now),
+                client: core.client().get(),
+                orig_dst: core.orig_dst().map(|a| a.get()),
+                provenance: core.provenance().map(|p| p.name()),
+                upstream: core.upstream().map(|a| a.get()),
+                listener: listener_name.unwrap_or_else(|| Arc::from("-")),
+                bytes_received: core.bytes(Dir::ClientToUpstream),
+                bytes_sent: core.bytes(Dir::UpstreamToClient),
+                outcome,
+                shard: self.setup.id,
+            });
+        }
+    }
+
+    fn log_close(&mut self, now: Instant, core: &Connection, outcome: Outcome) {
         let c2u = core.bytes(Dir::ClientToUpstream);
         let u2c = core.bytes(Dir::UpstreamToClient);
         let orig_dst = core

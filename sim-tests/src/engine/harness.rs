@@ -62,13 +62,13 @@ impl AccessLog for SimLog {
 
 /// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
 /// cluster is an internal listener that restores the destination from shared filter state.
-fn config(pipes: bool, records: bool) -> Config {
+fn config(pipes: bool, records: bool, conn_limit: Option<u32>) -> Config {
     const TCP_PROXY: &str =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, drain_timeout: 2s, redirect_records: {records} }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -160,6 +160,7 @@ bootstrap_extensions:
     buffer_size_kb: {queue_kb}
 ",
         budget = if pipes { 4 * 1024 * 1024 } else { 0 },
+        limit = conn_limit.unwrap_or(10_000),
         // Small internal-listener queues wrap often (a queue's ring arithmetic is exercised),
         // large ones rarely fill.
         queue_kb = if pipes { 1 } else { 64 },
@@ -242,7 +243,11 @@ pub fn run(scenario: &EScenario) -> EReport {
         Duration::from_secs(120),
     );
     let reports = Rc::new(RefCell::new(Reports::default()));
-    let config = Arc::new(config(scenario.pipes, scenario.records));
+    let config = Arc::new(config(
+        scenario.pipes,
+        scenario.records,
+        scenario.conn_limit,
+    ));
     // Each bound socket serves the listener whose address names its port (the internal listener
     // among them has none: indices in the config and in PORTS differ).
     let listening: Vec<Listening<_>> = PORTS

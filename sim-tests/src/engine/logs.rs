@@ -16,6 +16,8 @@ pub struct LogLines {
     pub closed: Vec<u64>,
     /// "log lines suppressed" summaries.
     pub summaries: u64,
+    /// "pipe smaller than requested" warnings.
+    pub shrunk_warnings: u64,
 }
 
 /// Counts INFO-and-above events into a [`LogLines`], stamped with `clock`.
@@ -49,6 +51,8 @@ impl Subscriber for Recorder {
             lines.closed.push(self.clock.load(Ordering::Relaxed));
         } else if fields.field("suppressed").is_some() {
             lines.summaries += 1;
+        } else if fields.field("requested").is_some() && fields.field("got").is_some() {
+            lines.shrunk_warnings += 1;
         }
     }
 

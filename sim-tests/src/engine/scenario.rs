@@ -170,6 +170,9 @@ pub struct EScenario {
     /// The supervisor drains the shard at this virtual ms, flows still running (else once every
     /// flow is done); connections still open after `drain_timeout` (2 s here) are reset.
     pub drain_at_ms: Option<u64>,
+    /// `connections_per_shard_max` (churn scenarios): past it, connections are reset at once
+    /// and counted (`downstream_cx_overflow`).
+    pub conn_limit: Option<u32>,
 }
 
 impl EScenario {
@@ -324,6 +327,7 @@ impl EScenario {
             pipes: rng.chance(800),
             records,
             drain_at_ms: (!churn && rng.chance(120)).then(|| rng.range(50, 400)),
+            conn_limit: (churn && rng.chance(500)).then_some(12),
         }
     }
 }
