@@ -277,7 +277,7 @@ fn metrics_move_as_a_scripted_workload_says_and_the_access_log_has_a_line_each()
     drop(held);
     settle(&gw, "origdst_downstream_cx_active", 0.0);
     // The writer thread counts a line once it has it; the last one may trail the close.
-    let after = settle(&gw, "origdst_access_log_written_total", 8.0);
+    let after = settle(&gw, "origdst_access_log_written_total", 9.0);
 
     let bytes_down = 3.0 * pass.to_string().len() as f64;
     for (series, want) in [
@@ -296,7 +296,7 @@ fn metrics_move_as_a_scripted_workload_says_and_the_access_log_has_a_line_each()
         ("origdst_orig_dst_total{provenance=\"sockopt_v4\"}", 4.0),
         ("origdst_refused_destination_is_listener_total", 1.0),
         ("origdst_shard_connections_active{shard=\"0\"}", 0.0),
-        ("origdst_access_log_written_total", 8.0),
+        ("origdst_access_log_written_total", 9.0),
         ("origdst_access_log_dropped_total", 0.0),
         ("origdst_config_generation", 1.0),
     ] {
@@ -349,13 +349,13 @@ fn metrics_move_as_a_scripted_workload_says_and_the_access_log_has_a_line_each()
     assert_eq!(stats["server"]["backend"], "io_uring");
     let exit = proxy.stop_clean();
 
-    // One line per connection that got a slot (the overflow is refused before one exists).
+    // One line per accepted connection, the one refused at the connection limit included.
     let log = std::fs::read_to_string(&log_path).expect("the access log exists");
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 8, "{log}");
+    assert_eq!(lines.len(), 9, "{log}");
     let completed: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["termination_reason"] == "completed")
@@ -378,6 +378,7 @@ fn metrics_move_as_a_scripted_workload_says_and_the_access_log_has_a_line_each()
         "no_filter_chain_match",
         "no_original_dst",
         "destination_is_listener",
+        "overflow",
     ] {
         assert!(reasons.contains(&reason), "{reason} not in {reasons:?}");
     }
