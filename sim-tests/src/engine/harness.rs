@@ -217,7 +217,9 @@ pub fn run(scenario: &EScenario) -> EReport {
             EFault::Refused => {}
             EFault::Unreachable => net.borrow_mut().unreachable.push(dest(flow)),
             EFault::SocketFails => net.borrow_mut().socket_fails.push(dest(flow)),
-            EFault::BlackHole => net.borrow_mut().black_holes.push(dest(flow)),
+            EFault::BlackHole | EFault::ClientGivesUp(_) => {
+                net.borrow_mut().black_holes.push(dest(flow));
+            }
             _ => {
                 net.borrow_mut().servers.insert(dest(flow), VecDeque::new());
             }

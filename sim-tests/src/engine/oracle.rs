@@ -283,7 +283,9 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         };
         let want: fn(Outcome) -> bool = match fault {
             EFault::None => |o| o == Outcome::Completed,
-            EFault::ClientReset(_) => |o| matches!(o, Outcome::ClientFailed(_)),
+            EFault::ClientReset(_) | EFault::ClientGivesUp(_) => {
+                |o| matches!(o, Outcome::ClientFailed(_))
+            }
             EFault::UpstreamReset(_) => |o| matches!(o, Outcome::UpstreamFailed(_)),
             EFault::Refused | EFault::Unreachable | EFault::SocketFails => {
                 |o| matches!(o, Outcome::ConnectFailed(_))
@@ -297,6 +299,24 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             ));
         }
         match fault {
+            EFault::ClientGivesUp(_) if !starved => {
+                // Noticed on the client's socket while the proxy waited on the connect: within
+                // a tick or two of the reset, not at the connect timeout.
+                let closed = report
+                    .finished
+                    .iter()
+                    .position(|r| std::ptr::eq(r, record))
+                    .map(|i| report.finished_at[i])
+                    .unwrap_or(0);
+                if closed > client.ended_at + 50_000_000 {
+                    fail(format!(
+                        "flow {f}: the client reset at {} ms, the proxy let go only at {} ms",
+                        client.ended_at / 1_000_000,
+                        closed / 1_000_000
+                    ));
+                }
+            }
+            EFault::ClientGivesUp(_) => {}
             EFault::None if !starved => {
                 if client.end != SideEnd::Eof || client.received != flow.download {
                     fail(format!(

@@ -23,6 +23,10 @@ pub enum EFault {
     /// Making the upstream socket fails for a reason other than descriptors (`ENOBUFS`): the
     /// connection fails, nothing pauses.
     SocketFails,
+    /// The destination drops SYNs and the client gives up (resets) after this many ms, while
+    /// the proxy still waits for its connect: the proxy must notice at once (its error watch on
+    /// the client), not at the connect timeout.
+    ClientGivesUp(u64),
 }
 
 /// How a header-mode client's request head arrives (and what the proxy must make of it).
@@ -212,6 +216,7 @@ impl EScenario {
                     1 => EFault::SocketFails,
                     _ => EFault::Refused,
                 },
+                3 if rng.chance(400) => EFault::ClientGivesUp(rng.range(50, 800)),
                 3 => EFault::BlackHole,
                 _ => EFault::None,
             };

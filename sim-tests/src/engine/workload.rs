@@ -248,6 +248,14 @@ impl Workload for Flows {
                 } else {
                     push(net, ep, flow.id, 0, &prefix, client, limit, flow.chunk);
                 }
+                if let EFault::ClientGivesUp(ms) = flow.fault
+                    && now >= (flow.start_ms + ms) * 1_000_000
+                {
+                    net.abort(ep);
+                    client.aborted = true;
+                    client.ended_at = now;
+                    continue;
+                }
                 if let EFault::ClientReset(k) = flow.fault
                     && client.sent >= k
                 {
@@ -260,6 +268,7 @@ impl Workload for Flows {
                     && !client.shut
                     && client.write_error.is_none()
                     && flow.head != EHead::Never
+                    && !matches!(flow.fault, EFault::ClientGivesUp(_))
                 {
                     client.shut = net.shutdown(ep).is_ok();
                 }
