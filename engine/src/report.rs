@@ -26,17 +26,20 @@ pub enum Gauge {
     BuffersInFlight,
     /// Directions that fell back to copying because no pipe was available.
     SpliceFallbackCopies,
+    /// Internal-listener pairs open (an outer and an inner connection, or what is left of them).
+    InternalPairs,
 }
 
 impl Gauge {
     /// Every gauge, in index order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::ConnectionsActive,
         Self::PipesLeased,
         Self::PipesShrunk,
         Self::PipesDiscarded,
         Self::BuffersInFlight,
         Self::SpliceFallbackCopies,
+        Self::InternalPairs,
     ];
 
     /// Cumulative (exported as a counter) rather than a level.
@@ -60,6 +63,7 @@ impl Gauge {
             Self::SpliceFallbackCopies => {
                 "Times a splice direction copied because the pipe pool was empty."
             }
+            Self::InternalPairs => "Internal-listener connection pairs open on the shard.",
         }
     }
 
@@ -72,6 +76,7 @@ impl Gauge {
             Self::PipesDiscarded => "pipes_discarded",
             Self::BuffersInFlight => "buffers_in_flight",
             Self::SpliceFallbackCopies => "splice_fallback_copies",
+            Self::InternalPairs => "internal_pairs_active",
         }
     }
 }

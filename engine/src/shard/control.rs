@@ -79,6 +79,7 @@ impl<K: Kernel> Shard<K> {
         gauges[Gauge::PipesLeased as usize] = u64::from(self.io.pipes.leased());
         gauges[Gauge::PipesShrunk as usize] = self.io.pipes.shrunk;
         gauges[Gauge::PipesDiscarded as usize] = self.io.pipes.discarded;
+        gauges[Gauge::InternalPairs as usize] = self.io.pairs.len() as u64;
         gauges[Gauge::BuffersInFlight as usize] = self.io.kernel.buffers_in_flight();
         gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
         self.setup.reporter.publish(&self.stats, &gauges);
