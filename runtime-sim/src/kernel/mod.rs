@@ -315,7 +315,7 @@ impl SimKernel {
                                 // io_uring may end a multishot with a successful completion
                                 // (no MORE: its CQ overflowed, say); the shard must re-arm.
                                 if self.faults.reorder && self.rng.chance(100) {
-                                    *net.fired.entry("multishot_ended").or_insert(0) += 1;
+                                    net.fire("multishot_ended");
                                     batch.push((reg.user_data, fd, 0));
                                     ended = true;
                                     break;
@@ -372,7 +372,7 @@ impl SimKernel {
 
     /// Counts a fault that fired (the tests check that every kind fires somewhere in a block).
     fn fired(&self, fault: &'static str) {
-        *self.net.borrow_mut().fired.entry(fault).or_insert(0) += 1;
+        self.net.borrow_mut().fire(fault);
     }
 
     fn short(&mut self, n: usize) -> usize {
@@ -631,12 +631,12 @@ impl Kernel for SimKernel {
         if net.fds.len() >= net.fd_limit {
             return Err(os(libc::EMFILE));
         }
+        // An attempt from here on (out of descriptors, there was none).
+        *net.connects.entry(upstream).or_insert(0) += 1;
         if net.socket_fails.contains(&upstream) {
-            *net.connects.entry(upstream).or_insert(0) += 1;
             return Err(os(libc::ENOBUFS));
         }
         if net.unreachable.contains(&upstream) {
-            *net.connects.entry(upstream).or_insert(0) += 1;
             return Ok(ConnectStart::Failed(IoErrorKind::Unreachable));
         }
         let ep = net.connect(upstream, self.now + delay, record);

@@ -149,7 +149,7 @@ pub struct Net {
     /// Bumped by everything that changes what a socket could report: while it stands still and
     /// nothing is due, virtual time may jump.
     pub activity: u64,
-    /// Connect attempts the proxy made, by destination.
+    /// Connect attempts the proxy made, by destination (counted by the kernel's `connect`).
     pub connects: BTreeMap<SocketAddr, u32>,
     /// Connections reset in a backlog when its listener stopped (never accepted).
     pub never_accepted: usize,
@@ -255,6 +255,11 @@ impl Net {
         (a, b)
     }
 
+    /// Counts a fault the kernel injected.
+    pub fn fire(&mut self, fault: &'static str) {
+        *self.fired.entry(fault).or_insert(0) += 1;
+    }
+
     /// A client dials `orig_dst`; REDIRECT sends it to `listener`. The client's endpoint.
     pub fn dial_redirected(
         &mut self,
@@ -295,7 +300,6 @@ impl Net {
         completes_at: u64,
         record: Option<&RedirectRecord>,
     ) -> Ep {
-        *self.connects.entry(upstream).or_insert(0) += 1;
         let looped = self.require_records
             && upstream.ip() != self.proxy_ip
             && !record.is_some_and(|r| self.issued.contains(r));

@@ -27,7 +27,6 @@ use super::workload::{Flows, Side};
 struct Reports {
     stats: Counters,
     gauges: [u64; Gauge::ALL.len()],
-    gauges_max: [u64; Gauge::ALL.len()],
     finished: Vec<Finished>,
     finished_at: Vec<u64>,
 }
@@ -39,9 +38,6 @@ impl Reporter for SimReporter {
         let mut r = self.0.borrow_mut();
         r.stats = stats.clone();
         r.gauges = *gauges;
-        for (max, &now) in r.gauges_max.iter_mut().zip(gauges) {
-            *max = (*max).max(now);
-        }
     }
 }
 
@@ -188,8 +184,6 @@ pub struct EReport {
     pub finished_at: Vec<u64>,
     /// Pipes the kernel made during the run.
     pub pipes_created: usize,
-    /// Each gauge's highest published value during the run.
-    pub gauges_max: [u64; Gauge::ALL.len()],
     /// How often each kind of kernel fault fired.
     pub fired: std::collections::BTreeMap<&'static str, u64>,
     /// The proxy's own upstream sockets still recorded after the drain (loop detection's table).
@@ -341,7 +335,6 @@ pub fn run(scenario: &EScenario) -> EReport {
         sides,
         stats: reports.stats,
         gauges: reports.gauges,
-        gauges_max: reports.gauges_max,
         finished: reports.finished,
         finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
