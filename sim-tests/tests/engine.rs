@@ -66,6 +66,10 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
             "late_cancel",
             "straddles_accept",
             "multishot_ended",
+            "accept_nomem",
+            "accept_aborted",
+            "stray_wake",
+            "multishot_poll_ended",
         ] {
             assert!(
                 fired.get(fault).is_some_and(|&n| n > 0),

@@ -57,6 +57,12 @@ pub struct Faults {
     pub small_pipe: u16,
     /// A connect completes only after up to this many ms.
     pub connect_delay_ms: u64,
+    /// An accept fails: `ENOMEM` (the connection stays queued), or `ECONNABORTED` for one whose
+    /// client reset in the queue; either ends the multishot accept, as io_uring's errors do.
+    pub accept_errors: u16,
+    /// The supervisor wakes the shard with nothing to ask (per mille per tick), and the wake-up's
+    /// multishot poll sometimes ends (io_uring ends multishots when its queue overflows).
+    pub stray_wakes: u16,
 }
 
 /// A deterministic generator (splitmix64): the kernel's only source of choice.
@@ -102,6 +108,11 @@ impl SimControl {
     /// Asks the shard to drain.
     pub fn request_drain(&self) {
         self.drain.store(true, Ordering::Release);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Wakes the shard without asking anything (a reload that was coalesced away, say).
+    pub fn poke(&self) {
         self.pending.store(true, Ordering::Release);
     }
 }
@@ -298,10 +309,16 @@ impl SimKernel {
                     }
                 }
                 RegKind::Multi => {
-                    if net.readiness(reg.fd, wake_pending) != 0 {
+                    if net.readiness(reg.fd, wake_pending) == 0 {
+                        kept.push(reg);
+                    } else if self.rng.chance(self.faults.stray_wakes.saturating_mul(50)) {
+                        // Ended (no MORE): the shard must arm it again or hear nothing more.
+                        net.fire("multishot_poll_ended");
+                        batch.push((reg.user_data, libc::POLLIN as i32, 0));
+                    } else {
                         batch.push((reg.user_data, libc::POLLIN as i32, MORE));
+                        kept.push(reg);
                     }
-                    kept.push(reg);
                 }
                 RegKind::Accept => {
                     let Some(Object::Listener(l)) = net.object(reg.fd) else {
@@ -309,6 +326,22 @@ impl SimKernel {
                     };
                     let mut ended = false;
                     while let Some(&ep) = net.listeners[l].backlog.front() {
+                        if self.rng.chance(self.faults.accept_errors) {
+                            // As io_uring: an error ends the multishot accept.
+                            if net.endpoints[ep].error.is_some() {
+                                // The client reset while queued: the kernel drops it.
+                                net.listeners[l].backlog.pop_front();
+                                net.close_endpoint(ep);
+                                net.fire("accept_aborted");
+                                batch.push((reg.user_data, -libc::ECONNABORTED, 0));
+                            } else {
+                                // No memory for the new socket's file: it stays queued.
+                                net.fire("accept_nomem");
+                                batch.push((reg.user_data, -libc::ENOMEM, 0));
+                            }
+                            ended = true;
+                            break;
+                        }
                         match net.open(Object::Socket(ep)) {
                             Ok(fd) => {
                                 net.listeners[l].backlog.pop_front();
@@ -324,6 +357,7 @@ impl SimKernel {
                             }
                             Err(errno) => {
                                 // As io_uring: the multishot accept ends with the error.
+                                net.fire("accept_emfile");
                                 batch.push((reg.user_data, -errno, 0));
                                 ended = true;
                                 break;
@@ -381,6 +415,45 @@ impl SimKernel {
             self.rng.range(1, n as u64 - 1) as usize
         } else {
             n
+        }
+    }
+
+    /// Cancels the operations `targets` name: each completes with `-ECANCELED` (or, if it was
+    /// ready already, sometimes with its real result), and the cancel itself completes.
+    fn cancel_targets(&mut self, targets: &[u64], user_data: u64) {
+        for &target in targets {
+            match self.regs.iter().position(|r| r.user_data == target) {
+                Some(at) => {
+                    let reg = self.regs.remove(at);
+                    // An operation that was ready when the cancel came may have completed first:
+                    // its real result arrives instead of -ECANCELED (the cancel finds nothing).
+                    let wake_pending = self.control.pending.load(Ordering::Acquire);
+                    let always = (libc::POLLERR | libc::POLLHUP) as u32 | libc::POLLRDHUP as u32;
+                    let ready = if reg.kind == RegKind::Once {
+                        self.net.borrow().readiness(reg.fd, wake_pending) & (reg.events | always)
+                    } else {
+                        0
+                    };
+                    let cancelled = if ready != 0 && self.rng.chance(500) {
+                        self.fired("cancel_lost_race");
+                        (target, ready as i32, 0)
+                    } else {
+                        (target, -libc::ECANCELED, 0)
+                    };
+                    if self.faults.reorder && self.rng.chance(300) {
+                        self.fired("straddles_accept");
+                        self.straddling.push((STRADDLE_TURNS, cancelled));
+                    } else if self.faults.reorder && self.rng.chance(600) {
+                        self.fired("late_cancel");
+                        let delay = self.rng.range(0, 8) as u32;
+                        self.late.push((delay, cancelled));
+                    } else {
+                        self.ready.push_back(cancelled);
+                    }
+                    self.ready.push_back((user_data, 0, 0));
+                }
+                None => self.ready.push_back((user_data, -libc::ENOENT, 0)),
+            }
         }
     }
 
@@ -446,45 +519,29 @@ impl Kernel for SimKernel {
         self.register(fd, libc::POLLIN as u32, user_data, RegKind::Multi);
     }
 
-    fn cancel_ops(&mut self, _fds: &[i32], targets: &[u64], user_data: u64) {
-        for &target in targets {
-            match self.regs.iter().position(|r| r.user_data == target) {
-                Some(at) => {
-                    let reg = self.regs.remove(at);
-                    // An operation that was ready when the cancel came may have completed first:
-                    // its real result arrives instead of -ECANCELED (the cancel finds nothing).
-                    let wake_pending = self.control.pending.load(Ordering::Acquire);
-                    let always = (libc::POLLERR | libc::POLLHUP) as u32 | libc::POLLRDHUP as u32;
-                    let ready = if reg.kind == RegKind::Once {
-                        self.net.borrow().readiness(reg.fd, wake_pending) & (reg.events | always)
-                    } else {
-                        0
-                    };
-                    let cancelled = if ready != 0 && self.rng.chance(500) {
-                        self.fired("cancel_lost_race");
-                        (target, ready as i32, 0)
-                    } else {
-                        (target, -libc::ECANCELED, 0)
-                    };
-                    if self.faults.reorder && self.rng.chance(300) {
-                        self.fired("straddles_accept");
-                        self.straddling.push((STRADDLE_TURNS, cancelled));
-                    } else if self.faults.reorder && self.rng.chance(600) {
-                        self.fired("late_cancel");
-                        let delay = self.rng.range(0, 8) as u32;
-                        self.late.push((delay, cancelled));
-                    } else {
-                        self.ready.push_back(cancelled);
-                    }
-                    self.ready.push_back((user_data, 0, 0));
-                }
-                None => self.ready.push_back((user_data, -libc::ENOENT, 0)),
+    fn cancel_ops(&mut self, fds: &[i32], targets: &[u64], user_data: u64) {
+        // The contract allows either: by the targets' tokens (io_uring), or everything on the
+        // descriptors (epoll removes them from its interest list). The seed picks per call, so a
+        // shard that names the wrong descriptors or forgets a target leaves an operation on a
+        // closed descriptor, which `evaluate` refuses.
+        if self.rng.chance(500) {
+            let on_fds: Vec<u64> = self
+                .regs
+                .iter()
+                .filter(|r| fds.contains(&r.fd))
+                .map(|r| r.user_data)
+                .collect();
+            if on_fds.is_empty() {
+                self.ready.push_back((user_data, -libc::ENOENT, 0));
             }
+            self.cancel_targets(&on_fds, user_data);
+        } else {
+            self.cancel_targets(targets, user_data);
         }
     }
 
     fn cancel_accept(&mut self, _fd: i32, target: u64, user_data: u64) {
-        self.cancel_ops(&[], &[target], user_data);
+        self.cancel_targets(&[target], user_data);
     }
 
     fn submit(&mut self) {}
@@ -510,6 +567,10 @@ impl Kernel for SimKernel {
         }
         loop {
             let activity = self.net.borrow().activity;
+            if self.rng.chance(self.faults.stray_wakes) {
+                self.net.borrow_mut().fire("stray_wake");
+                self.control.poke();
+            }
             {
                 let mut net = self.net.borrow_mut();
                 self.workload.step(&mut net, self.now);
@@ -706,6 +767,11 @@ impl Kernel for SimKernel {
     }
 
     fn peek(&mut self, socket: &SimFd, buf: &mut [u8]) -> io::Result<usize> {
+        // Readiness is a hint: the bytes a poll saw may not be there for the peek after it.
+        if self.rng.chance(self.faults.spurious_eagain) {
+            self.fired("spurious_eagain");
+            return Err(os(libc::EAGAIN));
+        }
         let mut net = self.net.borrow_mut();
         let ep = net.ep(socket.fd);
         let e = &mut net.endpoints[ep];

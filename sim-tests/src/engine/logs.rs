@@ -14,6 +14,8 @@ use tracing::{Event, Level, Metadata, Subscriber};
 pub struct LogLines {
     /// "connection closed" lines (a connection that did not complete).
     pub closed: Vec<u64>,
+    /// "accept failed" warnings (they share the log budget with the closed lines).
+    pub accept_failed: Vec<u64>,
     /// "log lines suppressed" summaries.
     pub summaries: u64,
     /// "pipe smaller than requested" warnings.
@@ -49,6 +51,8 @@ impl Subscriber for Recorder {
         let mut lines = self.lines.lock().expect("log lines");
         if fields.field("reason").is_some() && fields.field("c2u").is_some() {
             lines.closed.push(self.clock.load(Ordering::Relaxed));
+        } else if fields.field("errno").is_some() && fields.field("shard").is_some() {
+            lines.accept_failed.push(self.clock.load(Ordering::Relaxed));
         } else if fields.field("suppressed").is_some() {
             lines.summaries += 1;
         } else if fields.field("requested").is_some() && fields.field("got").is_some() {

@@ -233,14 +233,16 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 ));
             }
             if flow.head == EHead::Never && record.outcome.name() == reason {
-                // Not before the head timeout; and, with descriptors to spare (accepted at
-                // once), not much after it either.
+                // Not before the head timeout from its dial, nor much after it from its accept
+                // (which an accept error or descriptor exhaustion may delay).
                 let waited = client.ended_at.saturating_sub(flow.start_ms * 1_000_000);
+                let age = u64::try_from(record.age.as_nanos()).unwrap_or(u64::MAX);
                 let timeout = HEAD_TIMEOUT_MS * 1_000_000;
-                if waited < timeout || (scenario.fd_limit >= 100 && waited > timeout + 50_000_000) {
+                if waited < timeout || age > timeout + 50_000_000 {
                     fail(format!(
-                        "flow {f}: a silent client was reset after {} ms (http_head_timeout {HEAD_TIMEOUT_MS} ms)",
-                        waited / 1_000_000
+                        "flow {f}: a silent client was reset {} ms after its dial, {} ms after its accept (http_head_timeout {HEAD_TIMEOUT_MS} ms)",
+                        waited / 1_000_000,
+                        age / 1_000_000
                     ));
                 }
             }
@@ -405,6 +407,16 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             report.never_accepted
         ));
     }
+    // An accept that failed (no memory, no descriptor) is counted and retried; the connection
+    // it left queued is accepted later (the per-flow checks above see it relayed).
+    let fired = |fault: &str| report.fired.get(fault).copied().unwrap_or(0);
+    let failed = fired("accept_nomem") + fired("accept_emfile");
+    if count(Counter::AcceptFail) != failed {
+        fail(format!(
+            "{failed} accepts failed (ENOMEM, EMFILE), downstream_cx_accept_fail = {}",
+            count(Counter::AcceptFail)
+        ));
+    }
     if count(Counter::DownstreamCxTotal) != report.finished.len() as u64 {
         fail(format!(
             "downstream_cx_total {} for {} finished connections",
@@ -542,17 +554,22 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             report.own_upstreams_left
         ));
     }
-    // The log budget: failures are logged, but never more than two windows' worth in any second.
+    // The log budget: failures (connections that did not complete, accepts that failed for a
+    // reason other than descriptors) are logged, but never more than two windows' worth in any
+    // second.
     let failures = report
         .finished
         .iter()
         .filter(|r| r.outcome != Outcome::Completed)
-        .count();
+        .count()
+        + fired("accept_nomem") as usize;
     let budget = LOG_LINES_PER_SECOND_MAX as usize;
-    let lines = &report.logs.closed;
+    let mut lines = report.logs.closed.clone();
+    lines.extend(&report.logs.accept_failed);
+    lines.sort_unstable();
     if lines.len() < failures.min(budget) {
         fail(format!(
-            "{failures} connections failed, only {} logged (the first {budget} a second must be)",
+            "{failures} failures, only {} logged (the first {budget} a second must be)",
             lines.len()
         ));
     }
@@ -560,7 +577,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     // line a second or more after the last opened (the line that opens a window is always
     // granted); none holds more than the budget.
     let mut window = (0u64, 0usize);
-    for &at in lines {
+    for &at in &lines {
         if at >= window.0 + 1_000_000_000 {
             window = (at, 0);
         }

@@ -308,14 +308,16 @@ impl EScenario {
             }
             flows.push(flow);
         }
-        let faults = Faults {
+        let mut faults = Faults {
             reorder: rng.chance(500),
             short_io: pick(&mut rng, &[0, 0, 100, 500]) as u16,
             spurious_eagain: pick(&mut rng, &[0, 0, 50, 200]) as u16,
             small_pipe: pick(&mut rng, &[0, 0, 300]) as u16,
             connect_delay_ms: pick(&mut rng, &[0, 2, 20]),
+            accept_errors: 0,
+            stray_wakes: 0,
         };
-        Self {
+        let mut scenario = Self {
             seed,
             flows,
             faults,
@@ -333,7 +335,12 @@ impl EScenario {
             records,
             drain_at_ms: (!churn && rng.chance(120)).then(|| rng.range(50, 400)),
             conn_limit: (churn && rng.chance(500)).then_some(12),
-        }
+        };
+        // Drawn last, so what the draws above give each seed stays as it was.
+        faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
+        faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
+        scenario.faults = faults;
+        scenario
     }
 }
 
