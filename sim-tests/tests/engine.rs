@@ -70,6 +70,8 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
             "accept_aborted",
             "stray_wake",
             "multishot_poll_ended",
+            "pipe_fails",
+            "pipe_no_fd",
         ] {
             assert!(
                 fired.get(fault).is_some_and(|&n| n > 0),

@@ -803,14 +803,21 @@ impl Kernel for SimKernel {
         } else {
             size_bytes as usize
         };
+        // pipe(2) fails now and then (ENFILE: the system's file table is full).
+        if self.rng.chance(self.faults.small_pipe / 3) {
+            self.fired("pipe_fails");
+            return None;
+        }
         let mut net = self.net.borrow_mut();
         if net.fds.len() + 2 > net.fd_limit {
+            net.fire("pipe_no_fd");
             return None;
         }
         let id = net.pipes.len();
         net.pipes.push(net::Pipe {
             data: VecDeque::new(),
             capacity,
+            closed: false,
         });
         let read = net.open(Object::Pipe(id)).ok()?;
         let write = net.open(Object::Pipe(id)).ok()?;

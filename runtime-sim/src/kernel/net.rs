@@ -111,6 +111,8 @@ pub struct Pipe {
     pub data: VecDeque<u8>,
     /// Its capacity.
     pub capacity: usize,
+    /// Both its ends are closed.
+    pub closed: bool,
 }
 
 /// The whole simulated network and descriptor table.
@@ -155,6 +157,8 @@ pub struct Net {
     pub never_accepted: usize,
     /// How often each kind of fault fired.
     pub fired: BTreeMap<&'static str, u64>,
+    /// Pipes closed while they still held bytes (a connection that died with bytes in flight).
+    pub pipes_closed_holding_bytes: u64,
 }
 
 impl Net {
@@ -182,6 +186,7 @@ impl Net {
             connects: BTreeMap::new(),
             never_accepted: 0,
             fired: BTreeMap::new(),
+            pipes_closed_holding_bytes: 0,
         }
     }
 
@@ -215,8 +220,19 @@ impl Net {
             .fds
             .remove(&fd)
             .unwrap_or_else(|| panic!("close of fd {fd} not open"));
-        if let Object::Socket(ep) = object {
-            self.close_endpoint(ep);
+        match object {
+            Object::Socket(ep) => self.close_endpoint(ep),
+            Object::Pipe(id) => {
+                let still_open = self.fds.values().any(|o| *o == Object::Pipe(id));
+                let pipe = &mut self.pipes[id];
+                if !still_open && !pipe.closed {
+                    pipe.closed = true;
+                    if !pipe.data.is_empty() {
+                        self.pipes_closed_holding_bytes += 1;
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

@@ -184,6 +184,8 @@ pub struct EReport {
     pub finished_at: Vec<u64>,
     /// Pipes the kernel made during the run.
     pub pipes_created: usize,
+    /// Pipes closed while they still held bytes.
+    pub pipes_closed_holding_bytes: u64,
     /// How often each kind of kernel fault fired.
     pub fired: std::collections::BTreeMap<&'static str, u64>,
     /// The proxy's own upstream sockets still recorded after the drain (loop detection's table).
@@ -339,6 +341,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),
+        pipes_closed_holding_bytes: net.borrow().pipes_closed_holding_bytes,
         own_upstreams_left: own_upstreams.len(),
         logs,
         open_fds,

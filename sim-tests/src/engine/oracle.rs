@@ -533,6 +533,22 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             report.gauges[Gauge::PipesShrunk as usize]
         ));
     }
+    // A pipe closed with bytes in it is a discarded one (never pooled), and counted.
+    if report.gauges[Gauge::PipesDiscarded as usize] != report.pipes_closed_holding_bytes {
+        fail(format!(
+            "{} pipes closed holding bytes, pipes_discarded = {}",
+            report.pipes_closed_holding_bytes,
+            report.gauges[Gauge::PipesDiscarded as usize]
+        ));
+    }
+    // Every pipe the kernel would not make left a direction copying instead, counted.
+    let refused = fired("pipe_fails") + fired("pipe_no_fd");
+    if scenario.pipes && report.gauges[Gauge::SpliceFallbackCopies as usize] < refused {
+        fail(format!(
+            "the kernel refused {refused} pipes, splice_fallback_copies = {}",
+            report.gauges[Gauge::SpliceFallbackCopies as usize]
+        ));
+    }
     // (Socket to socket: an internal listener's connections move bytes through queues.)
     let relayed = scenario
         .flows
