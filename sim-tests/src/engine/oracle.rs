@@ -54,7 +54,10 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             ));
         }
         if server.end == SideEnd::Eof && server.received != upload {
-            let allowed = matches!(flow.fault, EFault::UpstreamReset(_));
+            let allowed = matches!(
+                flow.fault,
+                EFault::UpstreamReset(_) | EFault::UpstreamResetStuck
+            );
             if !allowed {
                 fail(format!(
                     "flow {f}: the server saw a clean EOF after {} of {} bytes",
@@ -283,7 +286,11 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             && client.end == SideEnd::Eof
             && client.received == flow.download;
         let fault = match flow.fault {
-            EFault::UpstreamReset(_) if !server.aborted || relayed_all => EFault::None,
+            EFault::UpstreamReset(_) | EFault::UpstreamResetStuck
+                if !server.aborted || relayed_all =>
+            {
+                EFault::None
+            }
             fault => fault,
         };
         let want: fn(Outcome) -> bool = match fault {
@@ -291,7 +298,9 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             EFault::ClientReset(_) | EFault::ClientGivesUp(_) => {
                 |o| matches!(o, Outcome::ClientFailed(_))
             }
-            EFault::UpstreamReset(_) => |o| matches!(o, Outcome::UpstreamFailed(_)),
+            EFault::UpstreamReset(_) | EFault::UpstreamResetStuck => {
+                |o| matches!(o, Outcome::UpstreamFailed(_))
+            }
             EFault::Refused | EFault::Unreachable | EFault::SocketFails => {
                 |o| matches!(o, Outcome::ConnectFailed(_))
             }
@@ -349,7 +358,31 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     ));
                 }
             }
+            EFault::UpstreamResetStuck if !starved => {
+                // Noticed on the upstream socket while the proxy only waited to write to the
+                // client: within a tick or two of the reset, not once the client drained the pipe.
+                let closed = report
+                    .finished
+                    .iter()
+                    .position(|r| std::ptr::eq(r, record))
+                    .map(|i| report.finished_at[i])
+                    .unwrap_or(0);
+                if closed > server.ended_at + 50_000_000 {
+                    fail(format!(
+                        "flow {f}: the server reset at {} ms, the proxy let go only at {} ms",
+                        server.ended_at / 1_000_000,
+                        closed / 1_000_000
+                    ));
+                }
+                if !matches!(client.end, SideEnd::Error(_)) {
+                    fail(format!(
+                        "flow {f} ({fault:?}): the client must see a reset, it ended {:?}",
+                        client.end
+                    ));
+                }
+            }
             EFault::UpstreamReset(_)
+            | EFault::UpstreamResetStuck
             | EFault::Refused
             | EFault::BlackHole
             | EFault::Unreachable

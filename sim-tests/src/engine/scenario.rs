@@ -14,6 +14,11 @@ pub enum EFault {
     ClientReset(u64),
     /// The server resets after reading this many bytes.
     UpstreamReset(u64),
+    /// The client reads nothing of a large download until the server resets, which it does once
+    /// its writes stall (the client's window, the proxy's pipe and the proxy's own receive window
+    /// all full): the proxy, blocked writing to the client and reading nothing from the server,
+    /// must still notice the reset at once (its error watch on the upstream socket).
+    UpstreamResetStuck,
     /// Nobody listens at the destination.
     Refused,
     /// The destination drops SYNs.
@@ -337,6 +342,20 @@ impl EScenario {
             conn_limit: (churn && rng.chance(500)).then_some(12),
         };
         // Drawn last, so what the draws above give each seed stays as it was.
+        for flow in &mut scenario.flows {
+            if flow.route == ERoute::Plain
+                && flow.fault == EFault::None
+                && flow.pause.is_none()
+                && rng.chance(60)
+            {
+                flow.fault = EFault::UpstreamResetStuck;
+                flow.upload = flow.upload.min(100);
+                flow.download = 4 * scenario.window as u64 + (2 << 20);
+                flow.client_first = false;
+                flow.chunk = 64 * 1024;
+                flow.read_per_tick = 0;
+            }
+        }
         faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
         scenario.faults = faults;

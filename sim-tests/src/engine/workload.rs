@@ -272,16 +272,24 @@ impl Workload for Flows {
                 {
                     client.shut = net.shutdown(ep).is_ok();
                 }
-                pull(
-                    net,
-                    ep,
-                    flow.id,
-                    1,
-                    &prefix,
-                    client,
-                    flow.read_per_tick,
-                    now,
-                );
+                // (Not reading a stuck download until 200 ms after the server reset, so a proxy
+                // that notices the reset only once the client drained its pipe is late; a reset
+                // of its own connection it sees at once.)
+                if flow.fault != EFault::UpstreamResetStuck
+                    || (server.aborted && now >= server.ended_at + 200_000_000)
+                    || net.endpoints[ep].error.is_some()
+                {
+                    pull(
+                        net,
+                        ep,
+                        flow.id,
+                        1,
+                        &prefix,
+                        client,
+                        flow.read_per_tick,
+                        now,
+                    );
+                }
             }
             // The server: reads the upload (or resets at its byte), answers, half-closes.
             if server.ep.is_none()
@@ -293,10 +301,22 @@ impl Workload for Flows {
                 && !server.aborted
             {
                 pull(net, ep, flow.id, 0, &prefix, server, 0, now);
-                if let EFault::UpstreamReset(k) = flow.fault
-                    && server.received >= k
-                    && server.end == SideEnd::Open
-                {
+                let reset = match flow.fault {
+                    EFault::UpstreamReset(k) => server.received >= k && server.end == SideEnd::Open,
+                    // Once the proxy is stuck: after its turn, the client's window is full and
+                    // so is the proxy's own receive window on this socket (it holds bytes for
+                    // the client and reads nothing more from the server).
+                    EFault::UpstreamResetStuck => {
+                        let full = |e: Option<usize>| {
+                            e.is_some_and(|e| {
+                                net.endpoints[e].recv.len() >= net.endpoints[e].window
+                            })
+                        };
+                        full(client.ep) && full(net.endpoints[ep].peer)
+                    }
+                    _ => false,
+                };
+                if reset {
                     net.abort(ep);
                     server.aborted = true;
                     server.ended_at = now;
