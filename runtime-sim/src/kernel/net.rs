@@ -159,6 +159,12 @@ pub struct Net {
     pub fired: BTreeMap<&'static str, u64>,
     /// Pipes closed while they still held bytes (a connection that died with bytes in flight).
     pub pipes_closed_holding_bytes: u64,
+    /// Destinations whose connections from the proxy TPROXY captures again (a node whose rules
+    /// do not exempt the proxy's own traffic), delivered to this listener as a transparent
+    /// connection.
+    pub recaptured: Vec<SocketAddr>,
+    /// The listener TPROXY delivers to.
+    pub tproxy_listener: usize,
 }
 
 impl Net {
@@ -187,6 +193,8 @@ impl Net {
             never_accepted: 0,
             fired: BTreeMap::new(),
             pipes_closed_holding_bytes: 0,
+            recaptured: Vec::new(),
+            tproxy_listener: 0,
         }
     }
 
@@ -294,6 +302,18 @@ impl Net {
         client_ep
     }
 
+    /// A client dials `orig_dst`; TPROXY delivers it to `listener` as it is: the proxy's end has
+    /// the address the client dialled as its own (no NAT, nothing for `SO_ORIGINAL_DST`).
+    pub fn dial_tproxy(&mut self, client: SocketAddr, orig_dst: SocketAddr, listener: usize) -> Ep {
+        let (client_ep, proxy_ep) = self.pair(client, orig_dst);
+        if self.listeners[listener].stopped {
+            self.endpoints[client_ep].error = Some(libc::ECONNREFUSED);
+        } else {
+            self.listeners[listener].backlog.push_back(proxy_ep);
+        }
+        client_ep
+    }
+
     /// A client dials `orig_dst`, captured outbound with a platform `record`.
     pub fn dial_with_record(
         &mut self,
@@ -316,9 +336,10 @@ impl Net {
         completes_at: u64,
         record: Option<&RedirectRecord>,
     ) -> Ep {
-        let looped = self.require_records
+        let looped = (self.require_records
             && upstream.ip() != self.proxy_ip
-            && !record.is_some_and(|r| self.issued.contains(r));
+            && !record.is_some_and(|r| self.issued.contains(r)))
+            || self.recaptured.contains(&upstream);
         let port = self.next_port;
         self.next_port = self.next_port.wrapping_add(1).max(30000);
         let local = SocketAddr::new(self.proxy_ip, port);
@@ -353,6 +374,18 @@ impl Net {
                 continue;
             }
             let (local, remote) = (self.endpoints[ep].local, self.endpoints[ep].remote);
+            if self.endpoints[ep].loop_back && self.recaptured.contains(&remote) {
+                // Captured again by TPROXY: the proxy accepts its own connection, whose local
+                // address is the destination it dialled.
+                let back = self.endpoints.len();
+                self.endpoints
+                    .push(Endpoint::new(remote, local, self.window));
+                self.endpoints[ep].peer = Some(back);
+                self.endpoints[back].peer = Some(ep);
+                let listener = self.tproxy_listener;
+                self.listeners[listener].backlog.push_back(back);
+                continue;
+            }
             if self.endpoints[ep].loop_back {
                 // Redirected again, to the proxy's own capture listener: a loop the proxy must
                 // recognise (by its own upstream's address; no mark is visible here).

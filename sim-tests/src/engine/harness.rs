@@ -19,7 +19,9 @@ use origdst_runtime_sim::kernel::net::Net;
 use origdst_runtime_sim::kernel::{SimKernel, Workload};
 
 use super::logs::{LogLines, Recorder};
-use super::scenario::{EFault, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, dest};
+use super::scenario::{
+    EFault, ERoute, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, TPROXY_LISTENER, dest,
+};
 use super::workload::{Flows, Side};
 
 /// What the proxy reported.
@@ -128,6 +130,15 @@ static_resources:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: spread, cluster: spread, idle_timeout: 5s }}
+  - name: tproxy
+    transparent: true
+    traffic_direction: OUTBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15007 }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: tproxy, cluster: pass, idle_timeout: 5s, max_connect_attempts: 2 }}
   clusters:
   - name: spread
     type: STATIC
@@ -205,10 +216,14 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.window,
     )));
     net.borrow_mut().require_records = scenario.records;
+    net.borrow_mut().tproxy_listener = TPROXY_LISTENER;
     for endpoint in SPREAD_ENDPOINTS {
         net.borrow_mut().servers.insert(endpoint, VecDeque::new());
     }
     for flow in &scenario.flows {
+        if flow.route == ERoute::TproxyLoop {
+            net.borrow_mut().recaptured.push(dest(flow));
+        }
         match flow.fault {
             EFault::Refused => {}
             EFault::Unreachable => net.borrow_mut().unreachable.push(dest(flow)),

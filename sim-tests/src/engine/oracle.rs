@@ -251,28 +251,31 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             }
             continue;
         }
-        if flow.route == ERoute::Misdeclared {
-            // The record was never applied: the platform sent the proxy's connection back to
-            // it, the proxy refused its own upstream (no mark visible), and the client was reset.
+        if matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop) {
+            // The record was never applied (or TPROXY captured the proxy's own connection): the
+            // platform sent the proxy's connection back to it, the proxy refused its own upstream
+            // (no mark visible), and the client was reset.
             if !matches!(
                 record.outcome,
                 Outcome::ConnectFailed(_) | Outcome::UpstreamFailed(_)
             ) && !starved
             {
                 fail(format!(
-                    "flow {f} (listener declared INBOUND for outbound traffic): the proxy ended it as {}",
+                    "flow {f} ({:?}: its own connection came back to the proxy): the proxy ended it as {}",
+                    flow.route,
                     record.outcome.name()
                 ));
             }
             if !matches!(client.end, SideEnd::Error(_)) {
                 fail(format!(
-                    "flow {f} (misdeclared): the client must see a reset, it ended {:?}",
-                    client.end
+                    "flow {f} ({:?}): the client must see a reset, it ended {:?}",
+                    flow.route, client.end
                 ));
             }
             if server.ep.is_some() {
                 fail(format!(
-                    "flow {f} (misdeclared): the looped connection reached the server"
+                    "flow {f} ({:?}): the looped connection reached the server",
+                    flow.route
                 ));
             }
             continue;
@@ -472,7 +475,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         .flows
         .iter()
         .filter(|flow| {
-            flow.route == ERoute::Misdeclared
+            matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop)
                 && report
                     .finished
                     .iter()
@@ -508,7 +511,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     }
                     max_attempts(flow)
                 }
-                _ if flow.route == ERoute::Misdeclared => attempts,
+                _ if matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop) => attempts,
                 _ => 1,
             };
             if attempts != want {
@@ -586,7 +589,12 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     let relayed = scenario
         .flows
         .iter()
-        .filter(|flow| !matches!(flow.route, ERoute::Internal | ERoute::Misdeclared))
+        .filter(|flow| {
+            !matches!(
+                flow.route,
+                ERoute::Internal | ERoute::Misdeclared | ERoute::TproxyLoop
+            )
+        })
         .any(|flow| {
             report.finished.iter().any(|r| {
                 r.client == client_addr(flow.id)

@@ -79,7 +79,7 @@ impl EHead {
 /// harness's config: the capture listener 2, the internal listener's inner one 3).
 pub(super) fn max_attempts(flow: &EFlow) -> u32 {
     match flow.route {
-        ERoute::Plain | ERoute::Outbound => 2,
+        ERoute::Plain | ERoute::Outbound | ERoute::Tproxy | ERoute::TproxyLoop => 2,
         ERoute::Internal => 3,
         ERoute::Header | ERoute::Inbound | ERoute::Misdeclared | ERoute::Spread => 1,
     }
@@ -112,6 +112,11 @@ pub enum ERoute {
     /// platform redirects the proxy's upstream connection back to it — a loop the proxy must
     /// recognise and refuse.
     Misdeclared,
+    /// TPROXY to a transparent listener: the destination is the accepted socket's own address.
+    Tproxy,
+    /// TPROXY, on a node whose rules capture the proxy's own connection to the destination
+    /// again: the proxy must recognise its own upstream (no mark visible) and refuse it.
+    TproxyLoop,
     /// To a listener whose cluster is STATIC with three endpoints (round robin): the upload goes
     /// to whichever the balancer picks (a sink there reads it and closes), and the connections
     /// spread evenly.
@@ -343,6 +348,18 @@ impl EScenario {
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
+            if flow.route == ERoute::Plain && !churn && rng.chance(250) {
+                // (A loop under descriptor exhaustion waits in the backlog until the idle
+                // timeout, as with records.)
+                flow.route = if rng.chance(250) && scenario.fd_limit >= 100 {
+                    flow.fault = EFault::None;
+                    flow.pause = None;
+                    ERoute::TproxyLoop
+                } else {
+                    ERoute::Tproxy
+                };
+                continue;
+            }
             if flow.route == ERoute::Plain
                 && flow.fault == EFault::None
                 && flow.pause.is_none()
@@ -454,5 +471,8 @@ pub(super) fn decoy_addr(id: usize) -> SocketAddr {
 }
 
 pub(super) const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared, spread.
-pub(super) const PORTS: [u16; 6] = [15001, 15002, 15003, 15004, 15005, 15006];
+/// The bound listeners, in config order: capture, header, outer, inbound, misdeclared, spread,
+/// tproxy.
+pub(super) const PORTS: [u16; 7] = [15001, 15002, 15003, 15004, 15005, 15006, 15007];
+/// The transparent listener's index in [`PORTS`].
+pub(super) const TPROXY_LISTENER: usize = 6;

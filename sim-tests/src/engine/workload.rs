@@ -10,8 +10,8 @@ use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
 use super::scenario::{
-    EFault, EFlow, EHead, ERoute, SPREAD_ENDPOINTS, client_addr, decoy_addr, dest, head,
-    stream_byte,
+    EFault, EFlow, EHead, ERoute, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr, dest,
+    head, stream_byte,
 };
 
 /// How one side of a flow ended.
@@ -207,6 +207,9 @@ impl Workload for Flows {
                     ERoute::Internal => net.dial_redirected(client_addr(flow.id), dest(flow), 2),
                     ERoute::Inbound => net.dial_redirected(client_addr(flow.id), dest(flow), 3),
                     ERoute::Spread => net.dial_redirected(client_addr(flow.id), dest(flow), 5),
+                    ERoute::Tproxy | ERoute::TproxyLoop => {
+                        net.dial_tproxy(client_addr(flow.id), dest(flow), TPROXY_LISTENER)
+                    }
                     ERoute::Outbound => {
                         net.dial_with_record(client_addr(flow.id), dest(flow), 0, record())
                     }
