@@ -189,6 +189,14 @@ impl<K: Kernel> Shard<K> {
         if !self.accepts_paused {
             return;
         }
+        if !self.io.closing.is_empty() {
+            // What this turn released closes only once its cancels are submitted: submit them
+            // now, or the descriptors wanted below are still open and accepting waits out a
+            // whole backoff (found by the simulator's accept watchdog: 50 ms of a full backlog
+            // with descriptors about to be free).
+            self.io.kernel.submit();
+            self.close_submitted();
+        }
         while let Some(waiter) = self.fd_waiters.pop_front() {
             let Some(conn) = self.conns.get(SlotKey {
                 slot: waiter.slot,

@@ -11,6 +11,7 @@
 //! timeout passes. When the workload is done, the kernel asks the shard to drain through its
 //! [`SimControl`]; `Shard::run` then returns and the test inspects what is left.
 
+mod accept_watch;
 pub mod net;
 
 use std::cell::RefCell;
@@ -32,6 +33,7 @@ use origdst_engine::report::Control;
 use origdst_engine::shard::errno_kind;
 use origdst_engine::token::{Kind, Token};
 
+use self::accept_watch::AcceptWatch;
 use self::net::{Net, Object};
 
 /// The clients and servers outside the proxy.
@@ -204,6 +206,8 @@ pub struct SimKernel {
     /// completions keep coming, so a shard that re-arms into an instant completion for ever would
     /// spin without reaching `limit`. Past [`LIVELOCK_TURNS`] that is a failure, not a hang.
     turns_at_now: (u64, u32),
+    /// Clients must not wait in a backlog while descriptors are spare and nothing accepts.
+    accept_watch: AcceptWatch,
 }
 
 /// Evaluations a straddling completion waits for an accept before it is delivered anyway.
@@ -251,6 +255,7 @@ impl SimKernel {
             drain_sent: false,
             limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
             turns_at_now: (0, 0),
+            accept_watch: AcceptWatch::default(),
         }
     }
 
@@ -336,6 +341,7 @@ impl SimKernel {
                                 batch.push((reg.user_data, -libc::ECONNABORTED, 0));
                             } else {
                                 // No memory for the new socket's file: it stays queued.
+                                self.accept_watch.excuse(l, self.now);
                                 net.fire("accept_nomem");
                                 batch.push((reg.user_data, -libc::ENOMEM, 0));
                             }
@@ -402,6 +408,32 @@ impl SimKernel {
             }
         }
         self.ready.extend(batch);
+    }
+
+    /// Fails the run if a listener's backlog waits while descriptors are spare and no accept is
+    /// armed there (nor its last completion still on its way to the shard).
+    fn watch_accepts(&mut self) -> io::Result<()> {
+        let pending = |l: usize| {
+            let accept = |data: u64| {
+                let token = Token::decode(data);
+                // The shard's listener index is the kernel's: the harness binds them in order.
+                token.kind == Kind::Accept && token.slot as usize == l
+            };
+            self.ready.iter().any(|&(data, _, _)| accept(data))
+                || self.late.iter().any(|&(_, (data, _, _))| accept(data))
+                || self
+                    .straddling
+                    .iter()
+                    .any(|&(_, (data, _, _))| accept(data))
+        };
+        let regs = &self.regs;
+        let armed = |fd: i32, l: usize| {
+            regs.iter().any(|r| r.kind == RegKind::Accept && r.fd == fd) || pending(l)
+        };
+        let net = self.net.borrow();
+        self.accept_watch
+            .check(&net, self.now, armed)
+            .map_err(io::Error::other)
     }
 
     /// Counts a fault that fired (the tests check that every kind fires somewhere in a block).
@@ -581,6 +613,7 @@ impl Kernel for SimKernel {
                 }
             }
             self.evaluate();
+            self.watch_accepts()?;
             if want == 0 || !self.ready.is_empty() {
                 return Ok(());
             }

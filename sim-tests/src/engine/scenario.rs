@@ -373,6 +373,12 @@ impl EScenario {
                 flow.read_per_tick = 0;
             }
         }
+        if scenario.fd_limit < 100 {
+            // Eight descriptors are the shard's own (seven listeners, the wake-up): 12 leaves
+            // room for one connection, 15 or 16 for a connection and its two pipes, so idle
+            // pooled pipes can hold the descriptors a paused shard needs back.
+            scenario.fd_limit = pick(&mut rng, &[12, 15, 16]) as usize;
+        }
         faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
         scenario.faults = faults;
