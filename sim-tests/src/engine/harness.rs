@@ -31,6 +31,10 @@ struct Reports {
     gauges: [u64; Gauge::ALL.len()],
     finished: Vec<Finished>,
     finished_at: Vec<u64>,
+    /// Completed connections the sampling left out of the access log.
+    unsampled: u64,
+    /// Completed connections offered to the sampling.
+    offered: u64,
 }
 
 struct SimReporter(Rc<RefCell<Reports>>);
@@ -43,11 +47,17 @@ impl Reporter for SimReporter {
     }
 }
 
-struct SimLog(Rc<RefCell<Reports>>, Arc<AtomicU64>);
+struct SimLog(Rc<RefCell<Reports>>, Arc<AtomicU64>, u32);
 
 impl AccessLog for SimLog {
     fn sampled(&mut self) -> bool {
-        true
+        let mut reports = self.0.borrow_mut();
+        reports.offered += 1;
+        let keep = reports.offered % u64::from(self.2) == 0;
+        if !keep {
+            reports.unsampled += 1;
+        }
+        keep
     }
     fn send(&mut self, finished: Finished) {
         let mut reports = self.0.borrow_mut();
@@ -60,13 +70,14 @@ impl AccessLog for SimLog {
 
 /// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
 /// cluster is an internal listener that restores the destination from shared filter state.
-fn config(pipes: bool, records: bool, conn_limit: Option<u32>) -> Config {
+fn config(scenario: &EScenario) -> Config {
+    let (pipes, records, conn_limit) = (scenario.pipes, scenario.records, scenario.conn_limit);
     const TCP_PROXY: &str =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: 512, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
+        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: {head_max}, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -168,6 +179,7 @@ bootstrap_extensions:
 ",
         budget = if pipes { 4 * 1024 * 1024 } else { 0 },
         limit = conn_limit.unwrap_or(10_000),
+        head_max = scenario.head_max,
         // Small internal-listener queues wrap often (a queue's ring arithmetic is exercised),
         // large ones rarely fill.
         queue_kb = if pipes { 1 } else { 64 },
@@ -183,8 +195,10 @@ pub struct EReport {
     pub stats: Counters,
     /// The shard's last published gauges.
     pub gauges: [u64; Gauge::ALL.len()],
-    /// Every finished connection.
+    /// Every finished connection the access log kept (all failures, the sampled completions).
     pub finished: Vec<Finished>,
+    /// Completed connections the access log's sampling left out.
+    pub unsampled: u64,
     /// Descriptors still open after the shard stopped.
     pub open_fds: usize,
     /// The shard's error, if it failed.
@@ -256,11 +270,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         Duration::from_secs(120),
     );
     let reports = Rc::new(RefCell::new(Reports::default()));
-    let config = Arc::new(config(
-        scenario.pipes,
-        scenario.records,
-        scenario.conn_limit,
-    ));
+    let config = Arc::new(config(scenario));
     // Each bound socket serves the listener whose address names its port (the internal listener
     // among them has none: indices in the config and in PORTS differ).
     let listening: Vec<Listening<_>> = PORTS
@@ -302,7 +312,11 @@ pub fn run(scenario: &EScenario) -> EReport {
         reporter: Box::new(SimReporter(Rc::clone(&reports))),
         pipe_budget_bytes: config.knobs.pipe_budget_bytes,
         own_upstreams: Arc::clone(&own_upstreams),
-        access_log: Some(Box::new(SimLog(Rc::clone(&reports), Arc::clone(&clock)))),
+        access_log: Some(Box::new(SimLog(
+            Rc::clone(&reports),
+            Arc::clone(&clock),
+            scenario.sample_every,
+        ))),
         config,
     };
     let lines = Arc::new(Mutex::new(LogLines::default()));
@@ -353,6 +367,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         stats: reports.stats,
         gauges: reports.gauges,
         finished: reports.finished,
+        unsampled: reports.unsampled,
         finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),

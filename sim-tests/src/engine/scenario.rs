@@ -85,8 +85,11 @@ pub(super) fn max_attempts(flow: &EFlow) -> u32 {
     }
 }
 
-/// The longest request head the harness's proxy waits for (`http_head_max_bytes`).
+/// The longest request head the harness's proxy waits for (`http_head_max_bytes`), unless a
+/// scenario raises it ([`EScenario::head_max`]).
 pub(super) const HEAD_MAX: usize = 512;
+/// The raised limit: heads of a few KiB, padded, must pass whole.
+pub(super) const HEAD_MAX_LARGE: usize = 4096;
 /// How long it waits for one (`http_head_timeout`).
 pub(super) const HEAD_TIMEOUT_MS: u64 = 1000;
 
@@ -156,6 +159,9 @@ pub struct EFlow {
     /// The client stops writing at this byte of its upload for this many ms (nothing else
     /// moves meanwhile: the server answers only after the upload).
     pub pause: Option<(u64, u64)>,
+    /// Bytes of an `x-pad` header in its request head (header mode): a large head, or one too
+    /// large.
+    pub head_pad: usize,
 }
 
 /// The harness's `drain_timeout`.
@@ -187,6 +193,10 @@ pub struct EScenario {
     /// `connections_per_shard_max` (churn scenarios): past it, connections are reset at once
     /// and counted (`downstream_cx_overflow`).
     pub conn_limit: Option<u32>,
+    /// `http_head_max_bytes`.
+    pub head_max: usize,
+    /// The access log keeps one completed connection in this many (failures always); 1: all.
+    pub sample_every: u32,
 }
 
 impl EScenario {
@@ -259,6 +269,7 @@ impl EScenario {
                 },
                 head: EHead::Whole,
                 pause: None,
+                head_pad: 0,
             };
             if !churn && flow.route == ERoute::Plain && flow.upload > 1 && rng.chance(120) {
                 // A pause shorter than the idle timeout (the flow completes, however long it
@@ -345,6 +356,8 @@ impl EScenario {
             records,
             drain_at_ms: (!churn && rng.chance(120)).then(|| rng.range(50, 400)),
             conn_limit: (churn && rng.chance(500)).then_some(12),
+            head_max: HEAD_MAX,
+            sample_every: 1,
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -379,6 +392,21 @@ impl EScenario {
             // pooled pipes can hold the descriptors a paused shard needs back.
             scenario.fd_limit = pick(&mut rng, &[12, 15, 16]) as usize;
         }
+        if rng.chance(300) {
+            scenario.head_max = HEAD_MAX_LARGE;
+        }
+        for flow in &mut scenario.flows {
+            flow.head_pad = match flow.head {
+                EHead::TooLarge => scenario.head_max,
+                EHead::Whole | EHead::Trickle if scenario.head_max > HEAD_MAX => {
+                    rng.range(1200, 3000) as usize
+                }
+                _ => 0,
+            };
+        }
+        if rng.chance(200) {
+            scenario.sample_every = 2;
+        }
         faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
         scenario.faults = faults;
@@ -404,13 +432,17 @@ pub fn head(flow: &EFlow) -> Vec<u8> {
     let id = flow.id;
     let server = server_addr(id);
     let text = match flow.head {
+        EHead::Whole | EHead::Trickle if flow.head_pad > 0 => format!(
+            "POST /upload HTTP/1.1\r\nHost: svc\r\nx-pad: {}\r\nx-envoy-original-dst-host: {server}\r\n\r\n",
+            "p".repeat(flow.head_pad)
+        ),
         EHead::Whole | EHead::Trickle => format!(
             "POST /upload HTTP/1.1\r\nHost: svc\r\nx-envoy-original-dst-host: {server}\r\n\r\n"
         ),
         EHead::Missing => "POST /upload HTTP/1.1\r\nHost: svc\r\n\r\n".to_owned(),
         EHead::TooLarge => format!(
             "POST /upload HTTP/1.1\r\nHost: svc\r\nx-pad: {}\r\nx-envoy-original-dst-host: {server}\r\n\r\n",
-            "a".repeat(HEAD_MAX)
+            "a".repeat(flow.head_pad)
         ),
         EHead::Malformed => "POST /upload HTTP/1.1\r\nthis line has no colon\r\n\r\n".to_owned(),
         EHead::EndsEarly => "POST /upload HTTP/1.1\r\nHost: sv".to_owned(),
