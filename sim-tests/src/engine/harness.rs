@@ -53,7 +53,7 @@ impl AccessLog for SimLog {
     fn sampled(&mut self) -> bool {
         let mut reports = self.0.borrow_mut();
         reports.offered += 1;
-        let keep = reports.offered % u64::from(self.2) == 0;
+        let keep = reports.offered.is_multiple_of(u64::from(self.2));
         if !keep {
             reports.unsampled += 1;
         }
