@@ -433,9 +433,10 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         .iter()
         .filter(|flow| {
             let client = &report.sides[flow.id].0;
+            let thinned = scenario.sample_every > 1 && clean(flow, client);
             client.ep.is_some()
                 && !client.refused
-                && !(scenario.sample_every > 1 && clean(flow, client))
+                && !thinned
                 && !report
                     .finished
                     .iter()
