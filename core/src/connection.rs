@@ -458,8 +458,11 @@ impl Connection {
     }
 
     /// I/O on `side` failed. Whatever the phase, the *other* side is reset so it can never mistake
-    /// a truncated stream for a complete one. Errors after the connection closed are ignored (a
-    /// late completion racing the close).
+    /// a truncated stream for a complete one. An error that is not the socket's own (no reset,
+    /// pipe or route error: a poll the kernel refused, memory) leaves that socket healthy, so it
+    /// is reset too — a FIN would tell its peer the stream ended cleanly (found by the simulator:
+    /// a header-mode client whose head poll was refused saw a clean EOF). Errors after the
+    /// connection closed are ignored (a late completion racing the close).
     pub fn handle_error(
         &mut self,
         now: Instant,
@@ -479,7 +482,11 @@ impl Connection {
             (_, Side::Client) => Outcome::ClientFailed(kind),
         };
         self.history.failed_side = Some(side);
-        self.fail(outcome, &[side.peer()], stats);
+        if matches!(kind, IoErrorKind::Other { .. }) {
+            self.fail(outcome, &[side.peer(), side], stats);
+        } else {
+            self.fail(outcome, &[side.peer()], stats);
+        }
     }
 
     /// Fires whichever timer is due at `now` (connect or idle); a no-op if none is.

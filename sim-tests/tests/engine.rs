@@ -72,6 +72,8 @@ fn the_production_shard_relays_every_scenario_under_kernel_faults() {
             "multishot_poll_ended",
             "pipe_fails",
             "pipe_no_fd",
+            "poll_refused_connect",
+            "poll_refused_head",
         ] {
             assert!(
                 fired.get(fault).is_some_and(|&n| n > 0),

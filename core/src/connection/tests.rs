@@ -915,3 +915,27 @@ fn a_failed_record_query_is_refused_and_a_record_is_applied() {
     };
     assert_eq!(applied, Some(record));
 }
+
+#[test]
+fn an_error_that_is_not_the_sockets_own_resets_that_side_too() {
+    const ENOSPC: i32 = 28;
+    // A poll the kernel refused (ENOSPC) says nothing about the client's socket, which is still
+    // healthy: closing it without a reset would hand the client a clean EOF.
+    let mut h = Harness::relaying();
+    h.send(U2C, 1000);
+    h.error(Side::Client, IoErrorKind::Other { errno: ENOSPC });
+    assert_eq!(
+        h.actions(),
+        vec![
+            Action::Reset {
+                side: Side::Upstream
+            },
+            Action::Reset { side: Side::Client },
+            Action::Close
+        ]
+    );
+    assert_eq!(
+        h.conn.outcome(),
+        Some(Outcome::ClientFailed(IoErrorKind::Other { errno: ENOSPC }))
+    );
+}

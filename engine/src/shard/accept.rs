@@ -64,7 +64,7 @@ impl<K: Kernel> Shard<K> {
             }
             self.stats.incr(Counter::AcceptFail);
             if is_descriptor_exhaustion(-res) {
-                if self.io.pipes.shed_idle() > 0 && !more {
+                if !more && (self.io.pipes.shed_idle() > 0 || self.descriptor_came_back()) {
                     self.arm_accept(index);
                     return;
                 }
@@ -157,6 +157,32 @@ impl<K: Kernel> Shard<K> {
         self.drive(now, slot);
     }
 
+    /// Closes now what this turn released (its cancels submitted first), instead of just before
+    /// the next wait: descriptors are wanted back at once.
+    pub(super) fn close_released(&mut self) {
+        if !self.io.closing.is_empty() {
+            self.io.kernel.submit();
+            self.close_submitted();
+        }
+    }
+
+    /// Whether a descriptor is free now, although an accept said none was: the accept ran before
+    /// connections released in this turn closed their sockets, and its answer is stale (found
+    /// by the simulator's accept watchdog: a full backlog waited out a 50 ms backoff with
+    /// descriptors free). The probe becomes the reserve if that was spent.
+    fn descriptor_came_back(&mut self) -> bool {
+        self.close_released();
+        match self.io.kernel.reserve_fd() {
+            Ok(fd) => {
+                if self.spare_fd.is_none() {
+                    self.spare_fd = Some(fd);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     pub(super) fn pause_accepts(&mut self, now: Instant, errno: i32) {
         if self.accepts_paused {
             return;
@@ -189,14 +215,7 @@ impl<K: Kernel> Shard<K> {
         if !self.accepts_paused {
             return;
         }
-        if !self.io.closing.is_empty() {
-            // What this turn released closes only once its cancels are submitted: submit them
-            // now, or the descriptors wanted below are still open and accepting waits out a
-            // whole backoff (found by the simulator's accept watchdog: 50 ms of a full backlog
-            // with descriptors about to be free).
-            self.io.kernel.submit();
-            self.close_submitted();
-        }
+        self.close_released();
         while let Some(waiter) = self.fd_waiters.pop_front() {
             let Some(conn) = self.conns.get(SlotKey {
                 slot: waiter.slot,

@@ -26,11 +26,22 @@ impl<K: Kernel> Shard<K> {
             .io
             .kernel
             .connect(upstream, mark, source, record.as_ref());
-        if started
-            .as_ref()
-            .is_err_and(|err| err.raw_os_error().is_some_and(is_descriptor_exhaustion))
-            && self.io.pipes.shed_idle() > 0
-        {
+        let exhausted = |started: &std::io::Result<ConnectStart<K::Socket>>| {
+            started
+                .as_ref()
+                .is_err_and(|err| err.raw_os_error().is_some_and(is_descriptor_exhaustion))
+        };
+        // Out of descriptors: close idle pooled pipes, and what this turn released (a retry's
+        // retired socket among them: found by the simulator's accept watchdog, connects parked
+        // while their own old sockets waited to close), then try again.
+        if exhausted(&started) && self.io.pipes.shed_idle() > 0 {
+            started = self
+                .io
+                .kernel
+                .connect(upstream, mark, source, record.as_ref());
+        }
+        if exhausted(&started) && !self.io.closing.is_empty() {
+            self.close_released();
             started = self
                 .io
                 .kernel
@@ -122,6 +133,9 @@ impl<K: Kernel> Shard<K> {
             &[]
         };
         conn.connect_poll_armed = false;
+        // A retired attempt may have connected after all (its poll failed, not its connect):
+        // reset it, or the server would see a clean, empty connection nobody made.
+        self.io.kernel.arm_reset(&old);
         self.io
             .kernel
             .cancel_ops(&[K::raw(&old)], targets, token.encode());

@@ -77,6 +77,12 @@ impl<K: Kernel> Shard<K> {
             self.io.closing.push(client);
         }
         if let Some(upstream) = conn.upstream {
+            if !conn.core.history().connected {
+                // An attempt whose connect we gave up on (its poll failed, or timed out) may
+                // have connected after all: reset it, or the server would see a clean, empty
+                // connection nobody made.
+                self.io.kernel.arm_reset(&upstream);
+            }
             self.io.closing.push(upstream);
         }
         if self.accepts_paused {

@@ -70,7 +70,8 @@ impl AcceptWatch {
             if now - since > STALL_LIMIT_NS {
                 return Err(format!(
                     "accepting stalled: listener {} had {} connections queued and {free} free \
-                     descriptors (idle pipes' included) for {} ms with no accept armed (since {} ms)",
+                     descriptors ({empty_pipe_ends} of them empty pipes' ends) for {} ms with no \
+                     accept armed (since {} ms)",
                     listener.addr,
                     listener.backlog.len(),
                     (now - since) / 1_000_000,

@@ -65,6 +65,10 @@ pub struct Faults {
     /// The supervisor wakes the shard with nothing to ask (per mille per tick), and the wake-up's
     /// multishot poll sometimes ends (io_uring ends multishots when its queue overflows).
     pub stray_wakes: u16,
+    /// The kernel refuses a connect or head poll's registration (`ENOSPC`: epoll's
+    /// `max_user_watches`), failing every readiness interest on that descriptor, as the epoll
+    /// backend reports it.
+    pub poll_refused: u16,
 }
 
 /// A deterministic generator (splitmix64): the kernel's only source of choice.
@@ -335,6 +339,9 @@ impl SimKernel {
                             // As io_uring: an error ends the multishot accept.
                             if net.endpoints[ep].error.is_some() {
                                 // The client reset while queued: the kernel drops it.
+                                if net.endpoints[ep].remote.ip() == net.proxy_ip {
+                                    net.fire("own_connection_gone_at_accept");
+                                }
                                 net.listeners[l].backlog.pop_front();
                                 net.close_endpoint(ep);
                                 net.fire("accept_aborted");
@@ -489,6 +496,32 @@ impl SimKernel {
         }
     }
 
+    /// Refuses a poll's registration: it and every other readiness interest on `fd` complete with
+    /// `-ENOSPC` (the epoll backend drops the descriptor's interests together). Noted by
+    /// destination (a connect poll) or client (a head poll) for the oracle.
+    fn refuse_poll(&mut self, fd: i32, kind: Kind, user_data: u64) {
+        let mut net = self.net.borrow_mut();
+        let remote = net.endpoints[net.ep(fd)].remote;
+        if kind == Kind::ConnectPoll {
+            net.fire("poll_refused_connect");
+            *net.refused_connect_polls.entry(remote).or_insert(0) += 1;
+        } else {
+            net.fire("poll_refused_head");
+            net.refused_head_polls.insert(remote);
+        }
+        drop(net);
+        self.ready.push_back((user_data, -libc::ENOSPC, 0));
+        let mut i = 0;
+        while i < self.regs.len() {
+            if self.regs[i].fd == fd && self.regs[i].kind == RegKind::Once {
+                let other = self.regs.remove(i);
+                self.ready.push_back((other.user_data, -libc::ENOSPC, 0));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn register(&mut self, fd: i32, events: u32, user_data: u64, kind: RegKind) {
         // The shard never has two operations in flight under one token (a re-arm while the
         // first is live would double every completion after it).
@@ -536,6 +569,13 @@ impl Kernel for SimKernel {
     }
 
     fn poll_once(&mut self, fd: i32, events: u32, user_data: u64) {
+        let kind = Token::decode(user_data).kind;
+        if matches!(kind, Kind::ConnectPoll | Kind::HeadPoll)
+            && self.rng.chance(self.faults.poll_refused)
+        {
+            self.refuse_poll(fd, kind, user_data);
+            return;
+        }
         self.register(fd, events, user_data, RegKind::Once);
     }
 
@@ -683,6 +723,11 @@ impl Kernel for SimKernel {
         let ep = &net.endpoints[net.ep(socket.fd)];
         if ep.error.is_some() {
             // Reset while in the accept queue: getpeername says ENOTCONN.
+            let own = ep.remote.ip() == net.proxy_ip;
+            drop(net);
+            if own {
+                self.fired("own_connection_gone_at_accept");
+            }
             return Err(os(libc::ENOTCONN));
         }
         let sockopt = match (transparent, ep.orig_dst) {

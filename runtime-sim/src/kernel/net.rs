@@ -165,6 +165,10 @@ pub struct Net {
     pub recaptured: Vec<SocketAddr>,
     /// The listener TPROXY delivers to.
     pub tproxy_listener: usize,
+    /// Connect polls the kernel refused, by the destination being dialled.
+    pub refused_connect_polls: BTreeMap<SocketAddr, u32>,
+    /// Clients whose head poll the kernel refused.
+    pub refused_head_polls: std::collections::BTreeSet<SocketAddr>,
 }
 
 impl Net {
@@ -195,6 +199,8 @@ impl Net {
             pipes_closed_holding_bytes: 0,
             recaptured: Vec::new(),
             tproxy_listener: 0,
+            refused_connect_polls: BTreeMap::new(),
+            refused_head_polls: std::collections::BTreeSet::new(),
         }
     }
 

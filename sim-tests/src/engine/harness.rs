@@ -211,6 +211,10 @@ pub struct EReport {
     pub pipes_created: usize,
     /// Pipes closed while they still held bytes.
     pub pipes_closed_holding_bytes: u64,
+    /// Connect polls the kernel refused, by destination.
+    pub refused_connect_polls: std::collections::BTreeMap<SocketAddr, u32>,
+    /// Clients whose head poll the kernel refused.
+    pub refused_head_polls: std::collections::BTreeSet<SocketAddr>,
     /// How often each kind of kernel fault fired.
     pub fired: std::collections::BTreeMap<&'static str, u64>,
     /// The proxy's own upstream sockets still recorded after the drain (loop detection's table).
@@ -372,6 +376,8 @@ pub fn run(scenario: &EScenario) -> EReport {
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),
         pipes_closed_holding_bytes: net.borrow().pipes_closed_holding_bytes,
+        refused_connect_polls: net.borrow().refused_connect_polls.clone(),
+        refused_head_polls: net.borrow().refused_head_polls.clone(),
         own_upstreams_left: own_upstreams.len(),
         logs,
         open_fds,

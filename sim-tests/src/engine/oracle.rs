@@ -7,6 +7,7 @@ use origdst_core::outcome::Outcome;
 use origdst_core::stats::Counter;
 use origdst_engine::log_budget::LOG_LINES_PER_SECOND_MAX;
 use origdst_engine::report::{Finished, Gauge};
+use origdst_engine::shard::errno_kind;
 
 use super::harness::EReport;
 use super::scenario::{
@@ -146,6 +147,47 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                 && (record.outcome == Outcome::Overflow
                     || (flow.route == ERoute::Internal
                         && matches!(record.outcome, Outcome::ConnectFailed(_)))));
+        // The kernel refused a poll of this flow's (ENOSPC): a head poll's refusal ends the
+        // connection (the client reset, nothing dialled); a connect poll's fails that attempt,
+        // retried while attempts remain.
+        let connect_refused = refused_connects(report, flow);
+        if report.refused_head_polls.contains(&client_addr(f)) {
+            let want = Outcome::ClientFailed(errno_kind(libc::ENOSPC));
+            if record.outcome != want && !starved {
+                fail(format!(
+                    "flow {f}: its head poll was refused, the proxy ended it as {:?}, not {want:?}",
+                    record.outcome
+                ));
+            }
+            if !matches!(client.end, SideEnd::Error(_)) || server.ep.is_some() {
+                fail(format!(
+                    "flow {f}: its head poll was refused, yet the client ended {:?} and the server was {}",
+                    client.end,
+                    if server.ep.is_some() {
+                        "reached"
+                    } else {
+                        "not reached"
+                    }
+                ));
+            }
+            continue;
+        }
+        if connect_refused > 0 && (flow.route == ERoute::Spread || flow.fault != EFault::None) {
+            // Mixed with the flow's own fault, or on endpoints other flows share: any outcome a
+            // connect can have is right (its bytes are checked above).
+            continue;
+        }
+        let looping = matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop);
+        if connect_refused >= max_attempts(flow) && !starved && !looping {
+            let want = Outcome::ConnectFailed(errno_kind(libc::ENOSPC));
+            if record.outcome != want || !matches!(client.end, SideEnd::Error(_)) {
+                fail(format!(
+                    "flow {f}: each of its {connect_refused} connect polls refused, the proxy ended it as {:?} (not {want:?}), the client {:?}",
+                    record.outcome, client.end
+                ));
+            }
+            continue;
+        }
         if flow.route == ERoute::Spread {
             // To one of the STATIC endpoints: the whole upload, then the sink's FIN.
             if client.aborted || starved {
@@ -428,6 +470,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     let count = |c: Counter| report.stats.get(c);
     // (A flow that never dialled, or was refused by the kernel after an early drain closed the
     // listeners, never reached the proxy at all.)
+    let fired = |fault: &str| report.fired.get(fault).copied().unwrap_or(0);
     let gone = scenario
         .flows
         .iter()
@@ -443,6 +486,8 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     .any(|r| r.client == client_addr(flow.id))
         })
         .count() as u64;
+    // (The proxy's own looped connections, reset before their accept, count there too.)
+    let gone = gone + fired("own_connection_gone_at_accept");
     if count(Counter::AcceptClientGone) + report.never_accepted as u64 != gone {
         fail(format!(
             "{gone} clients left before they were accepted, downstream_cx_accept_client_gone = {} \
@@ -453,7 +498,6 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     }
     // An accept that failed (no memory, no descriptor) is counted and retried; the connection
     // it left queued is accepted later (the per-flow checks above see it relayed).
-    let fired = |fault: &str| report.fired.get(fault).copied().unwrap_or(0);
     let failed = fired("accept_nomem") + fired("accept_emfile");
     if count(Counter::AcceptFail) != failed {
         fail(format!(
@@ -474,7 +518,15 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
         .iter()
         .filter(|r| r.client.ip() == PROXY_IP && r.outcome != Outcome::Overflow)
         .count() as u64;
-    if count(Counter::RefusedOwnUpstream) != loops {
+    // A looping attempt retired after its connect poll was refused no longer counts as the
+    // proxy's own when its loop arrives (it was reset; nothing else is recognisable without a
+    // mark): then only some of the returns are refused as loops.
+    let retired_loops = scenario.flows.iter().any(|flow| {
+        matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop)
+            && refused_connects(report, flow) > 0
+    });
+    let refused_loops = count(Counter::RefusedOwnUpstream);
+    if refused_loops != loops && !(retired_loops && refused_loops < loops) {
         fail(format!(
             "{loops} of the proxy's own connections came back, refused_own_upstream = {}",
             count(Counter::RefusedOwnUpstream)
@@ -491,7 +543,11 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     .any(|r| r.client == client_addr(flow.id))
         })
         .count() as u64;
-    if loops < misdeclared && scenario.drain_at_ms.is_none() && scenario.conn_limit.is_none() {
+    if loops < misdeclared
+        && scenario.drain_at_ms.is_none()
+        && scenario.conn_limit.is_none()
+        && !retired_loops
+    {
         fail(format!(
             "{misdeclared} misdeclared flows, only {loops} loops recognised"
         ));
@@ -502,6 +558,12 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     if scenario.fd_limit >= 100 {
         let mut exceeded = 0;
         for flow in scenario.flows.iter().filter(|f| f.route != ERoute::Spread) {
+            if matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop)
+                && refused_connects(report, flow) > 0
+            {
+                // Its retired attempt's loop came back as a new client and dialled again.
+                continue;
+            }
             let attempts = report.connects.get(&dest(flow)).copied().unwrap_or(0);
             let Some(record) = report
                 .finished
@@ -521,7 +583,8 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
                     max_attempts(flow)
                 }
                 _ if matches!(flow.route, ERoute::Misdeclared | ERoute::TproxyLoop) => attempts,
-                _ => 1,
+                // Each refused connect poll cost an attempt.
+                _ => 1 + refused_connects(report, flow),
             };
             if attempts != want {
                 fail(format!(
@@ -540,13 +603,14 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
             .filter(|(dest, _)| !SPREAD_ENDPOINTS.contains(dest))
             .map(|(_, &n)| u64::from(n.saturating_sub(1)))
             .sum();
-        if count(Counter::UpstreamCxConnectRetry) != retried {
+        // (Retired looping attempts come back as clients that dial again: not retries.)
+        if count(Counter::UpstreamCxConnectRetry) != retried && !retired_loops {
             fail(format!(
                 "{retried} connects retried, upstream_cx_connect_attempts_retried = {}",
                 count(Counter::UpstreamCxConnectRetry)
             ));
         }
-        if count(Counter::UpstreamCxConnectAttemptsExceeded) != exceeded {
+        if count(Counter::UpstreamCxConnectAttemptsExceeded) != exceeded && !retired_loops {
             fail(format!(
                 "{exceeded} connections used every attempt, upstream_cx_connect_attempts_exceeded = {}",
                 count(Counter::UpstreamCxConnectAttemptsExceeded)
@@ -762,4 +826,20 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
 /// The client saw the flow through: every byte of its download, then a clean end.
 fn clean(flow: &super::scenario::EFlow, client: &super::workload::Side) -> bool {
     !client.aborted && client.end == SideEnd::Eof && client.received == flow.download
+}
+
+/// Connect polls the kernel refused while `flow`'s destination was dialled (for the STATIC
+/// endpoints, any of them).
+fn refused_connects(report: &EReport, flow: &super::scenario::EFlow) -> u32 {
+    let refused = |dest| {
+        report
+            .refused_connect_polls
+            .get(&dest)
+            .copied()
+            .unwrap_or(0)
+    };
+    match flow.route {
+        ERoute::Spread => SPREAD_ENDPOINTS.into_iter().map(refused).sum(),
+        _ => refused(dest(flow)),
+    }
 }

@@ -337,6 +337,7 @@ impl EScenario {
             connect_delay_ms: pick(&mut rng, &[0, 2, 20]),
             accept_errors: 0,
             stray_wakes: 0,
+            poll_refused: 0,
         };
         let mut scenario = Self {
             seed,
@@ -409,6 +410,7 @@ impl EScenario {
         }
         faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
+        faults.poll_refused = pick(&mut rng, &[0, 0, 0, 100]) as u16;
         scenario.faults = faults;
         scenario
     }

@@ -295,6 +295,15 @@ impl Workload for Flows {
                 }
             }
             // The server: reads the upload (or resets at its byte), answers, half-closes.
+            // A retried connect whose first attempt reached the server after all: that one was
+            // reset unused, the next is the flow's.
+            if let Some(ep) = server.ep
+                && server.received == 0
+                && net.endpoints[ep].error.is_some()
+                && net.servers.get(&dest(flow)).is_some_and(|q| !q.is_empty())
+            {
+                *server = Side::new();
+            }
             if server.ep.is_none()
                 && let Some(queue) = net.servers.get_mut(&dest(flow))
             {
