@@ -30,7 +30,8 @@ pub type Errno = i32;
 
 /// Reorders a batch of completions the way a kernel may: any interleaving of different
 /// operations, but each operation's own completions (a multishot's) in the order they came.
-/// `pick(n)` chooses one of `n` operations to deliver from next (a test's seeded choice).
+/// `pick(n)` chooses one of `n` operations to deliver from next (a test's seeded choice, below
+/// `n`).
 pub fn interleave(batch: &mut Vec<(u64, i32, u32)>, mut pick: impl FnMut(usize) -> usize) {
     use std::collections::VecDeque;
     let mut queues: Vec<VecDeque<(u64, i32, u32)>> = Vec::new();
@@ -44,7 +45,7 @@ pub fn interleave(batch: &mut Vec<(u64, i32, u32)>, mut pick: impl FnMut(usize) 
     }
     let mut live: Vec<usize> = (0..queues.len()).collect();
     while !live.is_empty() {
-        let choice = pick(live.len()) % live.len();
+        let choice = pick(live.len());
         let queue = &mut queues[live[choice]];
         batch.push(queue.pop_front().expect("live queues are not empty"));
         if queue.is_empty() {

@@ -17,6 +17,7 @@
 //! source port) only ctnetlink knows. Rules that exclude origdst's mark or uid make loops
 //! impossible; with such rules `origdst.detect_own_upstream: false` turns this check off.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,16 +45,11 @@ impl OwnUpstreams {
     }
 
     /// Sockets recorded and not forgotten (a scan of the table: for the end of a drain and tests).
-    pub fn len(&self) -> usize {
+    pub fn recorded(&self) -> usize {
         self.0
             .iter()
             .filter(|k| k.load(Ordering::Acquire) != 0)
             .count()
-    }
-
-    /// No socket recorded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Whether `peer` is one of our upstream sockets connecting to `dst`.
@@ -62,25 +58,16 @@ impl OwnUpstreams {
     }
 }
 
-/// FNV-1a over source IP and destination; never 0 (0 marks an empty slot).
+/// A hash of source IP and destination (v4 as v4-mapped v6, so both families compare alike);
+/// never 0 (0 marks an empty slot). std's SipHash with its fixed keys: the same in every shard.
 fn key(source: IpAddr, dst: SocketAddr) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let source = match source {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
     };
-    let dst_ip = match dst.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    for byte in source
-        .iter()
-        .chain(dst_ip.iter())
-        .chain(dst.port().to_be_bytes().iter())
-    {
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash | 1
+    let mut hasher = DefaultHasher::new();
+    (v6(source), v6(dst.ip()), dst.port()).hash(&mut hasher);
+    hasher.finish() | 1
 }
 
 #[cfg(test)]

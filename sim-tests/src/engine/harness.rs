@@ -35,6 +35,21 @@ struct Reports {
     unsampled: u64,
     /// Completed connections offered to the sampling.
     offered: u64,
+    /// The engine's metrics by exported name.
+    scraped: std::collections::BTreeMap<&'static str, Scraped>,
+    /// Counters that went down between two publications.
+    went_down: Vec<String>,
+}
+
+/// One engine metric as a scrape shows it: its type, help text and value.
+#[derive(Debug, Clone, Copy)]
+pub struct Scraped {
+    /// Exported as a counter (else a gauge).
+    pub counter: bool,
+    /// Its help text.
+    pub help: &'static str,
+    /// Its last value.
+    pub value: u64,
 }
 
 struct SimReporter(Rc<RefCell<Reports>>);
@@ -44,6 +59,23 @@ impl Reporter for SimReporter {
         let mut r = self.0.borrow_mut();
         r.stats = stats.clone();
         r.gauges = *gauges;
+        // As a scraper sees the engine's metrics: by exported name, with type and help; a
+        // counter must never go down between scrapes.
+        for gauge in Gauge::ALL {
+            let value = gauges[gauge as usize];
+            let metric = Scraped {
+                counter: gauge.is_counter(),
+                help: gauge.help(),
+                value,
+            };
+            if let Some(before) = r.scraped.insert(gauge.name(), metric)
+                && metric.counter
+                && value < before.value
+            {
+                r.went_down
+                    .push(format!("{}: {} then {value}", gauge.name(), before.value));
+            }
+        }
     }
 }
 
@@ -199,6 +231,10 @@ pub struct EReport {
     pub finished: Vec<Finished>,
     /// Completed connections the access log's sampling left out.
     pub unsampled: u64,
+    /// The engine's metrics as a scrape shows them, by exported name.
+    pub scraped: std::collections::BTreeMap<&'static str, Scraped>,
+    /// Counters that went down between two publications.
+    pub went_down: Vec<String>,
     /// Descriptors still open after the shard stopped.
     pub open_fds: usize,
     /// The shard's error, if it failed.
@@ -372,13 +408,15 @@ pub fn run(scenario: &EScenario) -> EReport {
         gauges: reports.gauges,
         finished: reports.finished,
         unsampled: reports.unsampled,
+        scraped: reports.scraped,
+        went_down: reports.went_down,
         finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),
         pipes_closed_holding_bytes: net.borrow().pipes_closed_holding_bytes,
         refused_connect_polls: net.borrow().refused_connect_polls.clone(),
         refused_head_polls: net.borrow().refused_head_polls.clone(),
-        own_upstreams_left: own_upstreams.len(),
+        own_upstreams_left: own_upstreams.recorded(),
         logs,
         open_fds,
         error,

@@ -15,7 +15,7 @@ mod oracle;
 mod scenario;
 mod workload;
 
-pub use self::harness::{EReport, run};
+pub use self::harness::{EReport, Scraped, run};
 pub use self::logs::LogLines;
 
 /// Runs `scenario` and judges it; a panic in the shard or the simulated kernel (an assertion an

@@ -814,6 +814,30 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     {
         fail(format!("after the drain: gauges {:?}", report.gauges));
     }
+    // The engine's metrics under the names the README documents (dashboards use them), each of
+    // the right type with its help text; counters never go down.
+    for (name, counter) in [
+        ("connections_active", false),
+        ("pipes_leased", false),
+        ("pipes_shrunk", true),
+        ("pipes_discarded", true),
+        ("buffers_in_flight", false),
+        ("splice_fallback_copies", true),
+        ("internal_pairs_active", false),
+    ] {
+        match report.scraped.get(name) {
+            None => fail(format!("no metric named {name} in the scrape")),
+            Some(metric) if metric.counter != counter || metric.help.is_empty() => fail(format!(
+                "metric {name}: exported as a {}, help {:?}",
+                if metric.counter { "counter" } else { "gauge" },
+                metric.help
+            )),
+            Some(_) => {}
+        }
+    }
+    if !report.went_down.is_empty() {
+        fail(format!("counters went down: {:?}", report.went_down));
+    }
     if report.open_fds != 0 {
         fail(format!(
             "{} descriptors still open after the shard stopped",
