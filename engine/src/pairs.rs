@@ -47,12 +47,15 @@ impl Queue {
             self.ring = vec![0; self.cap];
         }
         let tail = (self.head + self.len) % self.cap;
-        let end = if tail >= self.head && self.len < self.cap {
+        // Full: nothing. Queued bytes that do not wrap (or none): up to the end of the ring.
+        // Queued bytes that wrap: up to their head.
+        let end = if self.len == self.cap {
+            tail
+        } else if tail >= self.head {
             self.cap
         } else {
             self.head
         };
-        let end = if self.len == self.cap { tail } else { end };
         &mut self.ring[tail..end]
     }
 
