@@ -37,8 +37,8 @@ struct Reports {
     offered: u64,
     /// The engine's metrics by exported name.
     scraped: std::collections::BTreeMap<&'static str, Scraped>,
-    /// Counters that went down between two publications.
-    went_down: Vec<String>,
+    /// Counters that went down between two publications, gauges below what the kernel shows.
+    scrape_errors: Vec<String>,
 }
 
 /// One engine metric as a scrape shows it: its type, help text and value.
@@ -52,13 +52,27 @@ pub struct Scraped {
     pub value: u64,
 }
 
-struct SimReporter(Rc<RefCell<Reports>>);
+struct SimReporter(Rc<RefCell<Reports>>, Rc<RefCell<Net>>);
 
 impl Reporter for SimReporter {
     fn publish(&mut self, stats: &Counters, gauges: &[u64; Gauge::ALL.len()]) {
         let mut r = self.0.borrow_mut();
         r.stats = stats.clone();
         r.gauges = *gauges;
+        // A pipe that holds bytes is leased (the pool keeps only empty ones): the gauge counts it.
+        let holding = self
+            .1
+            .borrow()
+            .pipes
+            .iter()
+            .filter(|p| !p.closed && !p.data.is_empty())
+            .count() as u64;
+        let leased = gauges[Gauge::PipesLeased as usize];
+        if leased < holding {
+            r.scrape_errors.push(format!(
+                "pipes_leased {leased} while {holding} pipes hold bytes"
+            ));
+        }
         // As a scraper sees the engine's metrics: by exported name, with type and help; a
         // counter must never go down between scrapes.
         for gauge in Gauge::ALL {
@@ -72,7 +86,7 @@ impl Reporter for SimReporter {
                 && metric.counter
                 && value < before.value
             {
-                r.went_down
+                r.scrape_errors
                     .push(format!("{}: {} then {value}", gauge.name(), before.value));
             }
         }
@@ -234,7 +248,7 @@ pub struct EReport {
     /// The engine's metrics as a scrape shows them, by exported name.
     pub scraped: std::collections::BTreeMap<&'static str, Scraped>,
     /// Counters that went down between two publications.
-    pub went_down: Vec<String>,
+    pub scrape_errors: Vec<String>,
     /// Descriptors still open after the shard stopped.
     pub open_fds: usize,
     /// The shard's error, if it failed.
@@ -349,7 +363,7 @@ pub fn run(scenario: &EScenario) -> EReport {
             admin: None,
         }),
         control: kernel.control(),
-        reporter: Box::new(SimReporter(Rc::clone(&reports))),
+        reporter: Box::new(SimReporter(Rc::clone(&reports), Rc::clone(&net))),
         pipe_budget_bytes: config.knobs.pipe_budget_bytes,
         own_upstreams: Arc::clone(&own_upstreams),
         access_log: Some(Box::new(SimLog(
@@ -409,7 +423,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         finished: reports.finished,
         unsampled: reports.unsampled,
         scraped: reports.scraped,
-        went_down: reports.went_down,
+        scrape_errors: reports.scrape_errors,
         finished_at: reports.finished_at,
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),

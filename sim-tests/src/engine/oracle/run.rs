@@ -394,8 +394,11 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             Some(_) => {}
         }
     }
-    if !report.went_down.is_empty() {
-        fail(format!("counters went down: {:?}", report.went_down));
+    if !report.scrape_errors.is_empty() {
+        fail(format!(
+            "metrics a scrape got wrong: {:?}",
+            report.scrape_errors
+        ));
     }
     if report.open_fds != 0 {
         fail(format!(
