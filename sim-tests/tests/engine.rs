@@ -113,7 +113,12 @@ fn the_seeds_that_found_bugs_stay_fixed() {
     // (its inner end reset), the pair's index went to a new pair, and the old outer's release
     // then unlinked the new pair's outer: the new connection was reset after relaying everything
     // (560) or mid-stream (932). Pairs are now addressed by (index, generation).
-    for seed in [560, 932, 1062] {
+    // 7002773, 7004093: descriptor exhaustion (limit 12) — accepting paused for a whole 50 ms
+    // backoff with descriptors free (the accept watchdog): an EMFILE accept answered before the
+    // sockets released in the same turn were closed (7002773); connect retries parked for want
+    // of a descriptor while their own retired sockets waited to close (7004093). An EMFILE accept
+    // or connect now first closes what the turn released.
+    for seed in [560, 932, 1062, 7_002_773, 7_004_093] {
         let scenario = EScenario::draw(seed);
         let violations = engine::run_checked(&scenario);
         assert!(
