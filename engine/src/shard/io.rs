@@ -40,11 +40,17 @@ pub struct Io<K: Kernel> {
 
 impl<K: Kernel> Io<K> {
     /// A context around `kernel` with a pipe budget and buffer sizes.
-    pub fn new(kernel: K, pipe_budget_bytes: u64, pipe_size_bytes: u32, buffer_bytes: u32) -> Self {
+    pub fn new(
+        kernel: K,
+        pipe_budget_bytes: u64,
+        pipe_size_bytes: u32,
+        buffer_bytes: u32,
+        fallback_buffers: u32,
+    ) -> Self {
         Self {
             kernel,
             pipes: PipePool::new(pipe_budget_bytes, pipe_size_bytes),
-            fallback: BufferPool::new(FALLBACK_BUFFERS_MAX, buffer_bytes),
+            fallback: BufferPool::new(fallback_buffers, buffer_bytes),
             ready: VecDeque::new(),
             waiters: VecDeque::new(),
             closing: Vec::new(),

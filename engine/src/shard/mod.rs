@@ -70,6 +70,10 @@ pub struct ShardSetup {
     pub reporter: Box<dyn Reporter>,
     /// Pipe capacity this shard may hold.
     pub pipe_budget_bytes: u64,
+    /// Copy buffers this shard may hold at once (a splice direction without a pipe, or the
+    /// readiness copy path): [`io::FALLBACK_BUFFERS_MAX`] in production; a test sets a few to
+    /// make directions wait for one.
+    pub fallback_buffers: u32,
     /// Every shard's upstream sockets, for loop detection.
     pub own_upstreams: Arc<OwnUpstreams>,
     /// Where finished connections are logged, if anywhere.
@@ -152,6 +156,7 @@ impl<K: Kernel> Shard<K> {
             setup.pipe_budget_bytes,
             knobs.pipe_size_bytes,
             knobs.buffer_size_bytes,
+            setup.fallback_buffers,
         );
         let listeners = listening
             .into_iter()

@@ -228,6 +228,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
         control: setup.control,
         reporter: Box::new(RowReporter(setup.row)),
         pipe_budget_bytes: pipe_budget,
+        fallback_buffers: origdst_engine::shard::io::FALLBACK_BUFFERS_MAX,
         own_upstreams: setup.own_upstreams,
         access_log: setup
             .access_log

@@ -365,6 +365,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         control: kernel.control(),
         reporter: Box::new(SimReporter(Rc::clone(&reports), Rc::clone(&net))),
         pipe_budget_bytes: config.knobs.pipe_budget_bytes,
+        fallback_buffers: scenario.copy_buffers,
         own_upstreams: Arc::clone(&own_upstreams),
         access_log: Some(Box::new(SimLog(
             Rc::clone(&reports),

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use origdst_engine::shard::io::FALLBACK_BUFFERS_MAX;
 use origdst_runtime_sim::kernel::{Faults, Rng};
 
 /// What goes wrong in an engine flow.
@@ -197,6 +198,9 @@ pub struct EScenario {
     pub head_max: usize,
     /// The access log keeps one completed connection in this many (failures always); 1: all.
     pub sample_every: u32,
+    /// Copy buffers the shard may hold at once (production: 256); a few make directions wait
+    /// for one to come back.
+    pub copy_buffers: u32,
 }
 
 impl EScenario {
@@ -359,6 +363,7 @@ impl EScenario {
             conn_limit: (churn && rng.chance(500)).then_some(12),
             head_max: HEAD_MAX,
             sample_every: 1,
+            copy_buffers: FALLBACK_BUFFERS_MAX,
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -407,6 +412,12 @@ impl EScenario {
         }
         if rng.chance(200) {
             scenario.sample_every = 2;
+        }
+        if rng.chance(200) {
+            // Copying through a pool of one to four buffers: directions wait for one to come back
+            // (and must be woken when it does).
+            scenario.copy_buffers = pick(&mut rng, &[1, 2, 4]) as u32;
+            scenario.pipes = false;
         }
         faults.accept_errors = pick(&mut rng, &[0, 0, 0, 150]) as u16;
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;

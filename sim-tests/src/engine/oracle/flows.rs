@@ -142,7 +142,8 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
                     record.outcome
                 ));
             }
-            if !matches!(client.end, SideEnd::Error(_)) || server.ep.is_some() {
+            if (!matches!(client.end, SideEnd::Error(_)) && !client.aborted) || server.ep.is_some()
+            {
                 fail(format!(
                     "flow {f}: its head poll was refused, yet the client ended {:?} and the server was {}",
                     client.end,
