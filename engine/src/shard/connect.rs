@@ -22,10 +22,8 @@ impl<K: Kernel> Shard<K> {
         record: Option<RedirectRecord>,
     ) {
         self.retire_upstream(slot);
-        let mut started = self
-            .io
-            .kernel
-            .connect(upstream, mark, source, record.as_ref());
+        let connect = |kernel: &mut K| kernel.connect(upstream, mark, source, record.as_ref());
+        let mut started = connect(&mut self.io.kernel);
         let exhausted = |started: &std::io::Result<ConnectStart<K::Socket>>| {
             started
                 .as_ref()
@@ -35,17 +33,11 @@ impl<K: Kernel> Shard<K> {
         // retired socket among them: found by the simulator's accept watchdog, connects parked
         // while their own old sockets waited to close), then try again.
         if exhausted(&started) && self.io.pipes.shed_idle() > 0 {
-            started = self
-                .io
-                .kernel
-                .connect(upstream, mark, source, record.as_ref());
+            started = connect(&mut self.io.kernel);
         }
         if exhausted(&started) && !self.io.closing.is_empty() {
             self.close_released();
-            started = self
-                .io
-                .kernel
-                .connect(upstream, mark, source, record.as_ref());
+            started = connect(&mut self.io.kernel);
         }
         if let Err(err) = &started
             && let Some(errno) = err.raw_os_error().filter(|&e| is_descriptor_exhaustion(e))
@@ -57,10 +49,7 @@ impl<K: Kernel> Shard<K> {
             match self.spare_fd.take() {
                 Some(spare) => {
                     drop(spare);
-                    started = self
-                        .io
-                        .kernel
-                        .connect(upstream, mark, source, record.as_ref());
+                    started = connect(&mut self.io.kernel);
                 }
                 None => {
                     self.stats.incr(Counter::UpstreamCxParkedNoFd);

@@ -219,7 +219,7 @@ impl SimKernel {
                             // As io_uring: an error ends the multishot accept.
                             if net.endpoints[ep].error.is_some() {
                                 // The client reset while queued: the kernel drops it.
-                                if net.endpoints[ep].remote.ip() == net.proxy_ip {
+                                if net.from_proxy(ep) {
                                     net.fire("own_connection_gone_at_accept");
                                 }
                                 net.listeners[l].backlog.pop_front();

@@ -300,11 +300,7 @@ impl Net {
         let proxy_addr = self.listeners[listener].addr;
         let (client_ep, proxy_ep) = self.pair(client, proxy_addr);
         self.endpoints[proxy_ep].orig_dst = Some(orig_dst);
-        if self.listeners[listener].stopped {
-            self.endpoints[client_ep].error = Some(libc::ECONNREFUSED);
-        } else {
-            self.listeners[listener].backlog.push_back(proxy_ep);
-        }
+        self.queue(listener, client_ep, proxy_ep);
         client_ep
     }
 
@@ -312,12 +308,23 @@ impl Net {
     /// the address the client dialled as its own (no NAT, nothing for `SO_ORIGINAL_DST`).
     pub fn dial_tproxy(&mut self, client: SocketAddr, orig_dst: SocketAddr, listener: usize) -> Ep {
         let (client_ep, proxy_ep) = self.pair(client, orig_dst);
+        self.queue(listener, client_ep, proxy_ep);
+        client_ep
+    }
+
+    /// A dialled connection waits in `listener`'s backlog (its handshake done), or is refused
+    /// when the listener stopped.
+    fn queue(&mut self, listener: usize, client_ep: Ep, proxy_ep: Ep) {
         if self.listeners[listener].stopped {
             self.endpoints[client_ep].error = Some(libc::ECONNREFUSED);
         } else {
             self.listeners[listener].backlog.push_back(proxy_ep);
         }
-        client_ep
+    }
+
+    /// Whether `ep`'s remote end is one of the proxy's own sockets (its connection come back).
+    pub fn from_proxy(&self, ep: Ep) -> bool {
+        self.endpoints[ep].remote.ip() == self.proxy_ip
     }
 
     /// A client dials `orig_dst`, captured outbound with a platform `record`.
@@ -379,15 +386,11 @@ impl Net {
                 self.endpoints[ep].error = Some(libc::ECONNREFUSED);
                 continue;
             }
-            let (local, remote) = (self.endpoints[ep].local, self.endpoints[ep].remote);
+            let remote = self.endpoints[ep].remote;
             if self.endpoints[ep].loop_back && self.recaptured.contains(&remote) {
                 // Captured again by TPROXY: the proxy accepts its own connection, whose local
                 // address is the destination it dialled.
-                let back = self.endpoints.len();
-                self.endpoints
-                    .push(Endpoint::new(remote, local, self.window));
-                self.endpoints[ep].peer = Some(back);
-                self.endpoints[back].peer = Some(ep);
+                let back = self.answer(ep, remote);
                 let listener = self.tproxy_listener;
                 self.listeners[listener].backlog.push_back(back);
                 continue;
@@ -395,23 +398,24 @@ impl Net {
             if self.endpoints[ep].loop_back {
                 // Redirected again, to the proxy's own capture listener: a loop the proxy must
                 // recognise (by its own upstream's address; no mark is visible here).
-                let proxy_addr = self.listeners[0].addr;
-                let back = self.endpoints.len();
-                self.endpoints
-                    .push(Endpoint::new(proxy_addr, local, self.window));
+                let back = self.answer(ep, self.listeners[0].addr);
                 self.endpoints[back].orig_dst = Some(remote);
-                self.endpoints[ep].peer = Some(back);
-                self.endpoints[back].peer = Some(ep);
                 self.listeners[0].backlog.push_back(back);
                 continue;
             }
-            let server = self.endpoints.len();
-            self.endpoints
-                .push(Endpoint::new(remote, local, self.window));
-            self.endpoints[ep].peer = Some(server);
-            self.endpoints[server].peer = Some(ep);
+            let server = self.answer(ep, remote);
             self.servers.entry(remote).or_default().push_back(server);
         }
+    }
+
+    /// The far end of the proxy's connecting `ep`, at `addr`, connected to it.
+    fn answer(&mut self, ep: Ep, addr: SocketAddr) -> Ep {
+        let far = self.endpoints.len();
+        let local = self.endpoints[ep].local;
+        self.endpoints.push(Endpoint::new(addr, local, self.window));
+        self.endpoints[ep].peer = Some(far);
+        self.endpoints[far].peer = Some(ep);
+        far
     }
 
     /// Room in the peer's window for bytes written by `ep`.

@@ -188,7 +188,7 @@ impl Kernel for SimKernel {
         let ep = &net.endpoints[net.ep(socket.fd)];
         if ep.error.is_some() {
             // Reset while in the accept queue: getpeername says ENOTCONN.
-            let own = ep.remote.ip() == net.proxy_ip;
+            let own = net.from_proxy(net.ep(socket.fd));
             drop(net);
             if own {
                 self.fired("own_connection_gone_at_accept");
@@ -289,7 +289,7 @@ impl Kernel for SimKernel {
         while let Some(ep) = net.listeners[l].backlog.pop_front() {
             net.abort(ep);
             // Clients only: the proxy's own connections that looped back are not anyone's.
-            if net.endpoints[ep].remote.ip() != net.proxy_ip {
+            if !net.from_proxy(ep) {
                 net.never_accepted += 1;
             }
         }

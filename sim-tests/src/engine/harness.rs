@@ -414,7 +414,7 @@ pub fn run(scenario: &EScenario) -> EReport {
             .listeners
             .iter()
             .flat_map(|l| l.backlog.iter())
-            .filter(|&&ep| net.borrow().endpoints[ep].remote.ip() != PROXY_IP)
+            .filter(|&&ep| !net.borrow().from_proxy(ep))
             .count();
     let sides = state.borrow().clone();
     EReport {

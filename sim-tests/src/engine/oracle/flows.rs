@@ -6,7 +6,7 @@ use origdst_core::stats::Counter;
 use origdst_engine::report::Finished;
 use origdst_engine::shard::errno_kind;
 
-use super::{clean, refused_connects};
+use super::{clean, closed_at, refused_connects};
 use crate::engine::harness::EReport;
 use crate::engine::scenario::{
     EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, SPREAD_ENDPOINTS,
@@ -351,12 +351,7 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             EFault::ClientGivesUp(_) if !starved => {
                 // Noticed on the client's socket while the proxy waited on the connect: within
                 // a tick or two of the reset, not at the connect timeout.
-                let closed = report
-                    .finished
-                    .iter()
-                    .position(|r| std::ptr::eq(r, record))
-                    .map(|i| report.finished_at[i])
-                    .unwrap_or(0);
+                let closed = closed_at(report, record);
                 if closed > client.ended_at + 50_000_000 {
                     fail(format!(
                         "flow {f}: the client reset at {} ms, the proxy let go only at {} ms",
@@ -396,12 +391,7 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             EFault::UpstreamResetStuck if !starved => {
                 // Noticed on the upstream socket while the proxy only waited to write to the
                 // client: within a tick or two of the reset, not once the client drained the pipe.
-                let closed = report
-                    .finished
-                    .iter()
-                    .position(|r| std::ptr::eq(r, record))
-                    .map(|i| report.finished_at[i])
-                    .unwrap_or(0);
+                let closed = closed_at(report, record);
                 if closed > server.ended_at + 50_000_000 {
                     fail(format!(
                         "flow {f}: the server reset at {} ms, the proxy let go only at {} ms",

@@ -6,6 +6,8 @@ mod run;
 
 use std::fmt;
 
+use origdst_engine::report::Finished;
+
 use super::harness::EReport;
 use super::scenario::{ERoute, EScenario, SPREAD_ENDPOINTS, dest};
 use super::workload::SideEnd;
@@ -51,4 +53,13 @@ fn refused_connects(report: &EReport, flow: &super::scenario::EFlow) -> u32 {
         ERoute::Spread => SPREAD_ENDPOINTS.into_iter().map(refused).sum(),
         _ => refused(dest(flow)),
     }
+}
+
+/// When the proxy logged `record`'s close (virtual ns).
+fn closed_at(report: &EReport, record: &Finished) -> u64 {
+    report
+        .finished
+        .iter()
+        .position(|r| std::ptr::eq(r, record))
+        .map_or(0, |i| report.finished_at[i])
 }
