@@ -21,8 +21,9 @@ pub(crate) enum Kind {
         backend: &'static str,
         data_path: &'static str,
         uid: Option<u32>,
-        /// `busy_poll: 0.00005s` (50 µs of polling before a shard sleeps).
-        busy_poll: bool,
+        /// Lines added to the default config's `origdst:` section (each indented two spaces and
+        /// ending in a newline); empty: the default config.
+        knobs: &'static str,
     },
     /// HAProxy, forced splice or none; `busy_poll`: its global `busy-polling` (never sleeps).
     Haproxy { splice: bool, busy_poll: bool },
@@ -106,16 +107,25 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-splice",
             uid: None,
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
-        name: "origdst-uring-splice-busypoll",
+        name: "origdst-uring-splice-nopoll",
         kind: Kind::Origdst {
             backend: "io-uring",
             data_path: "uring-splice",
             uid: None,
-            busy_poll: true,
+            knobs: "  busy_poll: 0s\n",
+        },
+    },
+    Candidate {
+        name: "origdst-uring-splice-pinned",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "uring-splice",
+            uid: None,
+            knobs: "  pin_shards: true\n",
         },
     },
     Candidate {
@@ -124,7 +134,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-copy",
             uid: None,
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
@@ -133,7 +143,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-opsplice",
             uid: None,
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
@@ -142,7 +152,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "epoll",
             data_path: "uring-splice",
             uid: None,
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
@@ -151,7 +161,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "epoll",
             data_path: "uring-copy",
             uid: None,
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
@@ -160,7 +170,7 @@ pub(crate) const ALL: &[Candidate] = &[
             backend: "io-uring",
             data_path: "uring-splice",
             uid: Some(1337),
-            busy_poll: false,
+            knobs: "",
         },
     },
     Candidate {
@@ -250,33 +260,29 @@ impl Running {
                 backend,
                 data_path,
                 uid,
-                busy_poll,
+                knobs,
             } => {
                 let binary = origdst.to_str().ok_or("origdst path is not UTF-8")?;
-                let mut command = match uid {
-                    None => router.command(binary),
-                    Some(uid) => {
-                        // Istio's sidecar convention: uid 1337 without capabilities, so no
-                        // SO_MARK (`upstream_mark: null`), its pipes under the per-user limit.
-                        let id = uid.to_string();
-                        let mut command = router.command("setpriv");
-                        command
-                            .args(["--reuid", &id, "--regid", &id, "--clear-groups"])
-                            .args(["--inh-caps=-all", "--bounding-set=-all", binary]);
-                        command
-                    }
-                };
-                command.arg("run");
-                if uid.is_some() || busy_poll {
+                // Confined as HAProxy and socat are: one thread on CPU 0, two on both CPUs.
+                let mut command = router.command("taskset");
+                command.args(["-c", if threads == 1 { "0" } else { "0-1" }]);
+                if let Some(uid) = uid {
+                    // Istio's sidecar convention: uid 1337 without capabilities, so no SO_MARK
+                    // (`upstream_mark: null`), its pipes under the per-user limit.
+                    let id = uid.to_string();
+                    command
+                        .args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"])
+                        .args(["--inh-caps=-all", "--bounding-set=-all"]);
+                }
+                command.arg(binary).arg("run");
+                if uid.is_some() || !knobs.is_empty() {
                     let path = std::env::temp_dir()
                         .join(format!("bench-origdst-{}.yaml", std::process::id()));
                     let mut yaml = origdst_core::config::DEFAULT_YAML.to_string();
                     if uid.is_some() {
                         yaml = yaml.replacen("upstream_mark: 1337", "upstream_mark: null", 1);
                     }
-                    if busy_poll {
-                        yaml = yaml.replacen("origdst:\n", "origdst:\n  busy_poll: 0.00005s\n", 1);
-                    }
+                    yaml = yaml.replacen("origdst:\n", &format!("origdst:\n{knobs}"), 1);
                     assert!(
                         yaml != origdst_core::config::DEFAULT_YAML,
                         "config unchanged"

@@ -241,7 +241,8 @@ pub(crate) fn ping_pong(
 }
 
 /// New connections for `duration` from one client thread per destination in `dsts`, each: connect,
-/// one byte each way, close. Returns (completed connections per second, errors). One destination
+/// one byte each way, close. Returns (completed connections per second, errors, completed
+/// connections). One destination
 /// per thread because each source/destination pair is its own ephemeral-port space: with one
 /// destination, TIME_WAIT reuse (after 1 s) capped every candidate, direct included, at ~22 500/s.
 pub(crate) fn connection_rate(
@@ -249,7 +250,7 @@ pub(crate) fn connection_rate(
     dsts: &[SocketAddr],
     duration: Duration,
     pin: Option<usize>,
-) -> (f64, u64) {
+) -> (f64, u64, u64) {
     let dsts = dsts.to_vec();
     ns.run(move || {
         let started = Instant::now();
@@ -283,7 +284,7 @@ pub(crate) fn connection_rate(
             .into_iter()
             .map(|w| w.join().expect("connection-rate worker"))
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-        (ok as f64 / started.elapsed().as_secs_f64(), errors)
+        (ok as f64 / started.elapsed().as_secs_f64(), errors, ok)
     })
 }
 

@@ -48,6 +48,9 @@ struct Cli {
     /// Where results.md, results.json and results.svg go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Skip the idle-connection scale (for runs that measure only the data path).
+    #[arg(long)]
+    skip_idle: bool,
     /// Internal: the idle-connection echo server, run as a child process.
     #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "SECONDS"])]
     echo_holder: Option<Vec<String>>,
@@ -60,7 +63,8 @@ const IDLE_PORT: u16 = 5003;
 /// The connection-rate test's destinations: one echo port per client thread.
 const CONN_PORT_BASE: u16 = 5010;
 const CONN_THREADS: usize = 4;
-/// The proxies run on CPU 0 (origdst pins shard 0 there); clients and servers on CPU 1.
+/// With one thread the proxies run on CPU 0 (under `taskset`, or `cpu-map`); clients and servers
+/// on CPU 1.
 const LOAD_CPU: usize = 1;
 
 fn parse_topology(text: &str) -> Result<Topology, String> {
@@ -167,7 +171,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
         }
     }
-    let levels = idle_levels(cli.quick);
+    let levels = if cli.skip_idle {
+        Vec::new()
+    } else {
+        idle_levels(cli.quick)
+    };
     for candidate in candidates.iter().filter(|c| c.kind != Kind::Socat) {
         for &n in &levels {
             match idle_sample(candidate, &gw, &origdst, idle, n, &targets) {
@@ -197,12 +205,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         ("results.md", markdown.clone()),
         ("results.json", results.json()),
         ("results.svg", results.svg()),
+        ("latency.svg", results.latency_svg()),
     ] {
         let path = cli.out.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!("{markdown}");
-    eprintln!("wrote {}/results.{{md,json,svg}}", cli.out.display());
+    eprintln!(
+        "wrote {0}/results.{{md,json,svg}} and {0}/latency.svg",
+        cli.out.display()
+    );
     Ok(())
 }
 
@@ -278,6 +290,17 @@ fn measure(
             cpu / gib
         );
     }
+    // The connection rate with a shard (thread) per core: what a node runs. The load stays on
+    // CPU 1, so the proxy's second thread shares it with the clients and servers, for every
+    // candidate alike.
+    connection_rate(
+        setup,
+        client,
+        candidate,
+        &format!("{prefix}conn2"),
+        tag,
+        results,
+    );
     drop(running);
     let Some(running) = start(1) else { return };
     let (histogram, tps) = load::ping_pong(client, setup.echo, setup.ping_count, Some(LOAD_CPU));
@@ -293,21 +316,51 @@ fn measure(
         );
     }
     results.add(candidate.name, &format!("{prefix}rr_tps"), tps);
-    let (rate, errors) =
-        load::connection_rate(client, setup.conn_dsts, setup.duration, Some(LOAD_CPU));
-    results.add(candidate.name, &format!("{prefix}conn_per_s"), rate);
-    results.add(
-        candidate.name,
-        &format!("{prefix}conn_errors"),
-        errors as f64,
-    );
     eprintln!(
-        "{tag} {:<28} 64 B ping-pong p50 {:.1} µs p99 {:.1} µs, {tps:.0} tx/s; {rate:.0} conn/s ({errors} errors)",
+        "{tag} {:<28} 64 B ping-pong p50 {:.1} µs p99 {:.1} µs p99.9 {:.1} µs, {tps:.0} tx/s",
         candidate.name,
         histogram.value_at_quantile(0.5) as f64 / 1e3,
         histogram.value_at_quantile(0.99) as f64 / 1e3,
+        histogram.value_at_quantile(0.999) as f64 / 1e3,
+    );
+    connection_rate(
+        setup,
+        client,
+        candidate,
+        &format!("{prefix}conn"),
+        tag,
+        results,
     );
     drop(running);
+}
+
+/// New connections per second through the running candidate, its errors, and the whole-system
+/// CPU time each connection cost (proxy, kernel, clients and servers together, in µs), under the
+/// metric keys `{key}_per_s`, `{key}_errors` and `{key}_cpu_us`.
+fn connection_rate(
+    setup: &Setup<'_>,
+    client: &origdst_netns_tests::netns::Netns,
+    candidate: &Candidate,
+    key: &str,
+    tag: &str,
+    results: &mut Results,
+) {
+    let busy = system::cpu_busy_seconds();
+    let (rate, errors, connections) =
+        load::connection_rate(client, setup.conn_dsts, setup.duration, Some(LOAD_CPU));
+    let cpu = system::cpu_busy_seconds() - busy;
+    let cpu_us = if connections == 0 {
+        f64::NAN
+    } else {
+        cpu * 1e6 / connections as f64
+    };
+    results.add(candidate.name, &format!("{key}_per_s"), rate);
+    results.add(candidate.name, &format!("{key}_errors"), errors as f64);
+    results.add(candidate.name, &format!("{key}_cpu_us"), cpu_us);
+    eprintln!(
+        "{tag} {:<28} {key}: {rate:.0} conn/s ({errors} errors), {cpu_us:.1} CPU µs per connection",
+        candidate.name,
+    );
 }
 
 /// 10, 1 000 and 10 000 idle connections (capped by the hard descriptor limit, which a process

@@ -38,7 +38,11 @@ const METRICS: &[(&str, &str, bool)] = &[
     ("rr_p999_us", "p99.9 µs", true),
     ("rr_tps", "RR tx/s", false),
     ("conn_per_s", "conn/s", false),
+    ("conn_cpu_us", "CPU µs/conn", true),
     ("conn_errors", "conn errors", true),
+    ("conn2_per_s", "conn/s, shard per core", false),
+    ("conn2_cpu_us", "CPU µs/conn, shard per core", true),
+    ("conn2_errors", "conn errors, shard per core", true),
 ];
 
 const REFERENCE: &str = "haproxy-splice";
@@ -172,7 +176,7 @@ impl Results {
                     }
                     Some(value) => {
                         let _ = write!(*out, " {}", format_value(value));
-                        if !metric.ends_with("conn_errors")
+                        if !metric.ends_with("_errors")
                             && let Some(r) = self.ratio(candidate, metric, REFERENCE)
                         {
                             let _ = write!(*out, " ({r:.2}×hs");
@@ -233,28 +237,62 @@ impl Results {
     /// Two panels of horizontal bars: bulk throughput (1 and 8 streams) and whole-system CPU
     /// seconds per GiB, one row per candidate.
     pub(crate) fn svg(&self) -> String {
+        self.bars_svg(&[
+            (
+                "Throughput, Gbit/s (1 stream, 8 streams)",
+                &["bulk1_gbit_s", "bulk8_gbit_s"],
+            ),
+            (
+                "Whole-system CPU s/GiB (1 stream, 8 streams)",
+                &["bulk1_cpu_s_per_gib", "bulk8_cpu_s_per_gib"],
+            ),
+        ])
+    }
+
+    /// The 64-byte request/response latency distribution: p50, p99 and p99.9 per candidate, the
+    /// gateway and (if measured) the sidecar side by side.
+    pub(crate) fn latency_svg(&self) -> String {
+        let gateway: (&str, &[&str]) = (
+            "Gateway 64 B RR latency, µs (p50, p99, p99.9)",
+            &["rr_p50_us", "rr_p99_us", "rr_p999_us"],
+        );
+        let sidecar: (&str, &[&str]) = (
+            "Sidecar 64 B RR latency, µs (p50, p99, p99.9)",
+            &[
+                "sidecar_rr_p50_us",
+                "sidecar_rr_p99_us",
+                "sidecar_rr_p999_us",
+            ],
+        );
+        if self
+            .order
+            .iter()
+            .any(|c| self.median(c, "sidecar_rr_p50_us").is_some())
+        {
+            self.bars_svg(&[gateway, sidecar])
+        } else {
+            self.bars_svg(&[gateway])
+        }
+    }
+
+    /// Panels of horizontal bars side by side, one row per candidate, one bar per metric (at
+    /// most three) in each panel; each panel scaled to its own largest value.
+    fn bars_svg(&self, panels: &[(&str, &[&str])]) -> String {
+        const COLOURS: [&str; 3] = ["#4878b0", "#e08a3c", "#6a9f58"];
+        let bars = panels.iter().map(|(_, m)| m.len()).max().unwrap_or(1);
+        assert!(bars <= COLOURS.len(), "at most three bars per row");
         let rows = self.order.len().max(1);
-        let row_h = 34.0;
+        let row_h = 8.0 + bars as f64 * 14.0;
         let panel_w = 420.0;
         let label_w = 190.0;
         let height = 70.0 + rows as f64 * row_h;
-        let width = label_w + 2.0 * panel_w + 60.0;
+        let width = label_w + panels.len() as f64 * (panel_w + 30.0) + 30.0;
         let mut out = String::new();
         let _ = writeln!(
             out,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let panels = [
-            (
-                "Throughput, Gbit/s (1 stream, 8 streams)",
-                ["bulk1_gbit_s", "bulk8_gbit_s"],
-            ),
-            (
-                "Whole-system CPU s/GiB (1 stream, 8 streams)",
-                ["bulk1_cpu_s_per_gib", "bulk8_cpu_s_per_gib"],
-            ),
-        ];
         for (p, (title, metrics)) in panels.iter().enumerate() {
             let x0 = label_w + p as f64 * (panel_w + 30.0);
             let _ = writeln!(
@@ -265,6 +303,7 @@ impl Results {
                 .order
                 .iter()
                 .flat_map(|c| metrics.iter().filter_map(move |m| self.median(c, m)))
+                .filter(|v| v.is_finite())
                 .fold(0.0f64, f64::max)
                 .max(f64::MIN_POSITIVE);
             for (i, candidate) in self.order.iter().enumerate() {
@@ -273,15 +312,16 @@ impl Results {
                     let _ = writeln!(out, r#"<text x="8" y="{}">{candidate}</text>"#, y + 18.0);
                 }
                 for (k, metric) in metrics.iter().enumerate() {
-                    let Some(value) = self.median(candidate, metric) else {
+                    let Some(value) = self.median(candidate, metric).filter(|v| v.is_finite())
+                    else {
                         continue;
                     };
                     let w = value / max * (panel_w - 70.0);
                     let yy = y + k as f64 * 14.0;
-                    let colour = if k == 0 { "#4878b0" } else { "#e08a3c" };
                     let _ = writeln!(
                         out,
-                        r#"<rect x="{x0}" y="{yy}" width="{w:.1}" height="12" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+                        r#"<rect x="{x0}" y="{yy}" width="{w:.1}" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+                        COLOURS[k],
                         x0 + w + 4.0,
                         yy + 10.0,
                         format_value(value)

@@ -31,8 +31,23 @@ fn quick_run_measures_every_candidate_and_writes_its_outputs() {
         "no idle row:\n{markdown}"
     );
     let json = std::fs::read_to_string(out.join("results.json")).expect("results.json");
-    assert!(json.contains("\"bulk1_gbit_s\""));
-    let svg = std::fs::read_to_string(out.join("results.svg")).expect("results.svg");
-    assert!(svg.starts_with("<svg"));
+    for key in [
+        "\"bulk1_gbit_s\"",
+        "\"rr_p999_us\"",
+        "\"conn_per_s\"",
+        "\"conn_cpu_us\"",
+        "\"conn2_per_s\"",
+        "\"conn2_cpu_us\"",
+    ] {
+        assert!(json.contains(key), "no {key} in results.json");
+    }
+    for plot in ["results.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(out.join(plot)).expect(plot);
+        assert!(svg.starts_with("<svg"), "{plot} is not an SVG");
+        assert!(
+            svg.contains("origdst-uring-splice"),
+            "{plot} has no origdst row"
+        );
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

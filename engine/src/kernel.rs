@@ -185,6 +185,11 @@ pub trait Kernel: Sized {
     fn buffers_in_flight(&self) -> u64 {
         0
     }
+    /// (waits a busy poll answered, waits that slept) since the start: how the event source's
+    /// polling window is doing.
+    fn wait_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// A direction on a kernel-specific data path, driven by the shard like the readiness pump.

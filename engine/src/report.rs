@@ -28,11 +28,15 @@ pub enum Gauge {
     SpliceFallbackCopies,
     /// Internal-listener pairs open (an outer and an inner connection, or what is left of them).
     InternalPairs,
+    /// Waits a busy poll answered without sleeping.
+    BusyPollHits,
+    /// Waits that slept until the kernel woke the shard.
+    WaitSleeps,
 }
 
 impl Gauge {
     /// Every gauge, in index order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::ConnectionsActive,
         Self::PipesLeased,
         Self::PipesShrunk,
@@ -40,13 +44,19 @@ impl Gauge {
         Self::BuffersInFlight,
         Self::SpliceFallbackCopies,
         Self::InternalPairs,
+        Self::BusyPollHits,
+        Self::WaitSleeps,
     ];
 
     /// Cumulative (exported as a counter) rather than a level.
     pub const fn is_counter(self) -> bool {
         matches!(
             self,
-            Self::PipesShrunk | Self::PipesDiscarded | Self::SpliceFallbackCopies
+            Self::PipesShrunk
+                | Self::PipesDiscarded
+                | Self::SpliceFallbackCopies
+                | Self::BusyPollHits
+                | Self::WaitSleeps
         )
     }
 
@@ -64,6 +74,10 @@ impl Gauge {
                 "Times a splice direction copied because the pipe pool was empty."
             }
             Self::InternalPairs => "Internal-listener connection pairs open on the shard.",
+            Self::BusyPollHits => {
+                "Waits for completions that the adaptive busy poll answered without sleeping."
+            }
+            Self::WaitSleeps => "Waits for completions that slept until the kernel woke the shard.",
         }
     }
 
@@ -77,6 +91,8 @@ impl Gauge {
             Self::BuffersInFlight => "buffers_in_flight",
             Self::SpliceFallbackCopies => "splice_fallback_copies",
             Self::InternalPairs => "internal_pairs_active",
+            Self::BusyPollHits => "busy_poll_hits",
+            Self::WaitSleeps => "wait_sleeps",
         }
     }
 }

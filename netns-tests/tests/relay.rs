@@ -235,27 +235,41 @@ fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
     );
 }
 
-/// `busy_poll`: shards poll for 50 µs before sleeping; the bytes must be the same on both backends.
+/// Adaptive busy polling, on by default (`busy_poll: 50µs` the ceiling): the bytes are the same on
+/// both backends, and a bulk transfer's short waits open the window, so some waits are answered
+/// by polling; `busy_poll: 0s` never polls.
 #[test]
-fn busy_poll_relays_byte_exact_on_both_backends() {
-    let config = ConfigFile::default_with(
-        "busypoll",
-        &[("origdst:\n", "origdst:\n  busy_poll: 0.00005s\n")],
-    );
+fn adaptive_busy_poll_relays_byte_exact_on_both_backends_and_can_be_turned_off() {
     for (tag, backend) in [("busyuring", "io-uring"), ("busyepoll", "epoll")] {
         let exit = bulk_each_way_with(
             tag,
             "uring-splice",
             SERVER_V4,
             ROUTER_SERVER_SIDE_V4,
-            &["--config", config.arg(), "--backend", backend],
+            &["--backend", backend],
         );
         assert!(
             exit.log.contains("busy_poll=50µs"),
-            "the start-up line names the spin:\n{}",
+            "the start-up line names the polling ceiling:\n{}",
+            exit.log
+        );
+        assert!(
+            exit.stat("busy_poll_hits") > 0,
+            "{backend}: no wait was answered by polling during a bulk transfer:\n{}",
             exit.log
         );
     }
+    let off = ConfigFile::default_with("nopoll", &[("origdst:\n", "origdst:\n  busy_poll: 0s\n")]);
+    let exit = bulk_each_way_with(
+        "nopoll",
+        "uring-splice",
+        SERVER_V4,
+        ROUTER_SERVER_SIDE_V4,
+        &["--config", off.arg()],
+    );
+    assert!(!exit.log.contains("busy_poll="), "{}", exit.log);
+    assert_eq!(exit.stat("busy_poll_hits"), 0, "busy_poll: 0s polled");
+    assert!(exit.stat("wait_sleeps") > 0, "{}", exit.log);
 }
 
 #[test]

@@ -305,6 +305,10 @@ impl Kernel for RealKernel {
         }
     }
 
+    fn wait_counts(&self) -> (u64, u64) {
+        self.poller.wait_counts()
+    }
+
     fn buffers_in_flight(&self) -> u64 {
         self.buf_ring
             .as_ref()

@@ -284,7 +284,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             own_upstreams: Arc::clone(&own_upstreams),
             access_log: access_sender.as_ref().map(|s| s.for_shard(id)),
         };
-        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let core = (config.knobs.pin_shards && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let events = events_tx.clone();
         let handle = thread::Builder::new()
             .name(format!("origdst-shard-{id}"))
@@ -416,6 +416,7 @@ fn needs_no_restart(old: &Config, new: &Config) -> Result<(), String> {
             a.iowq_workers_max == b.iowq_workers_max,
         ),
         ("origdst.busy_poll", a.busy_poll == b.busy_poll),
+        ("origdst.pin_shards", a.pin_shards == b.pin_shards),
         ("origdst.admin", a.admin == b.admin),
         ("origdst.access_log", a.access_log == b.access_log),
         ("origdst.drain_timeout", a.drain_timeout == b.drain_timeout),
@@ -609,11 +610,16 @@ fn print_startup(
         tracing::warn!("using the epoll backend ({reason})");
     }
     tracing::info!(
-        "origdst {} started: backend={} data_path={} shards={} listeners={} upstream_mark={}{}",
+        "origdst {} started: backend={} data_path={} shards={}{} listeners={} upstream_mark={}{}",
         env!("CARGO_PKG_VERSION"),
         backend.name(),
         data_path,
         settings.shards,
+        if config.knobs.pin_shards {
+            " (pinned)"
+        } else {
+            ""
+        },
         listeners.join(" "),
         mark,
         if config.knobs.busy_poll.is_zero() {

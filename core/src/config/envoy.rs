@@ -39,6 +39,7 @@ pub(crate) struct Knobs {
     pub(crate) http_head_max_bytes: Option<u32>,
     pub(crate) http_head_timeout: Option<String>,
     pub(crate) busy_poll: Option<String>,
+    pub(crate) pin_shards: Option<bool>,
     /// `null` turns the admin endpoint off: double Option, as for the mark.
     #[serde(default, deserialize_with = "explicit_null")]
     pub(crate) admin: Option<Option<String>>,

@@ -71,9 +71,16 @@ pub struct Knobs {
     pub http_head_max_bytes: u32,
     /// `use_http_header`: how long origdst waits for the whole head.
     pub http_head_timeout: Duration,
-    /// How long a shard keeps polling for completions before it sleeps (0: never spins). Trades
-    /// CPU for latency: a sleeping shard pays a wake-up (an IPI, a vCPU exit on a VM) per event.
+    /// The most a shard polls for completions before it sleeps (0: never). The window adapts
+    /// (`runtime-uring/src/shard/spin.rs`): it grows while sleeps are shorter than this and
+    /// shrinks to zero when they are longer, so it costs CPU only where it saves a wake-up (an
+    /// IPI, a vCPU exit on a VM), which is most of the latency a proxy adds to small messages.
     pub busy_poll: Duration,
+    /// Pin shard `i` to the `i`-th CPU the process may run on. Off by default: on a node the
+    /// cores are shared with the workloads, and `SO_REUSEPORT` hands every shard the same share
+    /// of connections however busy its core is, so a pinned shard on a busy core makes its share
+    /// wait (measured: `bench/README.md`); unpinned, the scheduler moves it.
+    pub pin_shards: bool,
     /// The admin endpoint (`/metrics`, `/ready`, …); `None`: off.
     pub admin: Option<std::net::SocketAddr>,
     /// One JSON line per finished connection; `None`: off.
@@ -144,7 +151,8 @@ impl Default for Knobs {
             redirect_records: false,
             http_head_max_bytes: HTTP_HEAD_MAX_BYTES_DEFAULT,
             http_head_timeout: HTTP_HEAD_TIMEOUT_DEFAULT,
-            busy_poll: Duration::ZERO,
+            busy_poll: BUSY_POLL_DEFAULT,
+            pin_shards: false,
             admin: Some(std::net::SocketAddr::from((
                 [127, 0, 0, 1],
                 ADMIN_PORT_DEFAULT,
@@ -285,6 +293,7 @@ impl Knobs {
             http_head_max_bytes,
             http_head_timeout,
             busy_poll,
+            pin_shards: raw.pin_shards.unwrap_or(d.pin_shards),
             admin,
             access_log,
             detect_own_upstream: raw.detect_own_upstream.unwrap_or(d.detect_own_upstream),
@@ -324,6 +333,9 @@ const PAGE_BYTES: u32 = 4096;
 const ADMIN_PORT_DEFAULT: u16 = 15000;
 /// Past a millisecond a spin is a busy CPU, not a latency trade.
 const BUSY_POLL_MAX: Duration = Duration::from_millis(1);
+/// The adaptive window's ceiling: a proxied round trip on a node (the server's turn included)
+/// fits in it; gaps longer than it shrink the window to zero.
+const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(50);
 const SHARDS_MAX: u32 = 256;
 /// 256 KiB pipes: the measured sweet spot between 64 KiB (16 slots ≈ 23 KB of MSS-sized skbs)
 /// and 1 MiB (which hits the per-UID soft limit after 16 pipes).

@@ -333,7 +333,12 @@ fn limits_are_enforced_at_their_edges() {
     assert!(err.to_string().contains("more than 1ms"), "{err}");
     assert_eq!(
         Config::from_yaml(MINIMAL).unwrap().knobs.busy_poll,
-        Duration::ZERO
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        with("busy_poll: 0s").unwrap().knobs.busy_poll,
+        Duration::ZERO,
+        "0s turns polling off"
     );
 }
 

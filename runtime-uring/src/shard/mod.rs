@@ -5,6 +5,7 @@
 pub(crate) mod copy;
 pub(crate) mod opsplice;
 pub(crate) mod poller;
+pub(crate) mod spin;
 
 use std::io as stdio;
 use std::os::fd::{AsFd, AsRawFd};

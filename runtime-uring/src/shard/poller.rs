@@ -13,6 +13,8 @@ use io_uring::{IoUring, opcode, squeue, types};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
+use super::spin::SpinWindow;
+
 /// Which event source a shard runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
@@ -38,8 +40,8 @@ pub(crate) enum Poller {
         ring: IoUring,
         /// SQEs that did not fit the submission queue; flushed before anything else each turn.
         backlog: VecDeque<squeue::Entry>,
-        /// `busy_poll`: how long to poll before sleeping (zero: never).
-        spin: Duration,
+        /// How long to poll before sleeping (adaptive, up to `busy_poll`).
+        spin: SpinWindow,
     },
     Epoll(EpollPoller),
 }
@@ -88,8 +90,8 @@ pub(crate) struct EpollPoller {
     events: Vec<EpollEvent>,
     /// Completions produced and not yet taken by the shard.
     pending: VecDeque<(u64, i32, u32)>,
-    /// `busy_poll`.
-    spin: Duration,
+    /// How long to poll before sleeping (adaptive, up to `busy_poll`).
+    spin: SpinWindow,
 }
 
 impl Poller {
@@ -97,7 +99,7 @@ impl Poller {
         Self::Uring {
             ring,
             backlog: VecDeque::new(),
-            spin,
+            spin: SpinWindow::new(spin),
         }
     }
 
@@ -107,7 +109,7 @@ impl Poller {
             interests: HashMap::new(),
             events: vec![EpollEvent::empty(); EPOLL_EVENTS_MAX],
             pending: VecDeque::new(),
-            spin,
+            spin: SpinWindow::new(spin),
         }))
     }
 
@@ -261,7 +263,10 @@ impl Poller {
                     }
                     backlog.pop_front();
                 }
-                if want > 0 && !spin.is_zero() && spin_for_completions(ring, *spin) {
+                let started = std::time::Instant::now();
+                let window = spin.window().min(timeout.unwrap_or(Duration::MAX));
+                if want > 0 && !window.is_zero() && spin_for_completions(ring, window) {
+                    spin.hit();
                     return Ok(());
                 }
                 let result = match (want, timeout) {
@@ -273,6 +278,9 @@ impl Poller {
                     }
                     (_, None) => ring.submit_and_wait(want),
                 };
+                if want > 0 {
+                    spin.slept(started.elapsed());
+                }
                 match result {
                     Ok(_) => Ok(()),
                     Err(err) => match err.raw_os_error() {
@@ -282,6 +290,14 @@ impl Poller {
                 }
             }
             Self::Epoll(epoll) => epoll.wait(want, timeout),
+        }
+    }
+
+    /// (waits a busy poll answered, waits that slept) since the start.
+    pub(crate) fn wait_counts(&self) -> (u64, u64) {
+        match self {
+            Self::Uring { spin, .. } => spin.counts(),
+            Self::Epoll(epoll) => epoll.spin.counts(),
         }
     }
 
@@ -353,13 +369,16 @@ impl EpollPoller {
     }
 
     fn wait(&mut self, want: usize, timeout: Option<Duration>) -> std::io::Result<()> {
-        if want > 0 && self.pending.is_empty() && !self.spin.is_zero() {
-            let until = std::time::Instant::now() + self.spin;
+        let started = std::time::Instant::now();
+        let window = self.spin.window().min(timeout.unwrap_or(Duration::MAX));
+        if want > 0 && self.pending.is_empty() && !window.is_zero() {
+            let until = started + window;
             loop {
                 match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
                     Ok(0) | Err(Errno::EINTR) => {}
                     Ok(n) => {
                         self.dispatch_all(n);
+                        self.spin.hit();
                         return Ok(());
                     }
                     Err(errno) => return Err(errno.into()),
@@ -382,7 +401,12 @@ impl EpollPoller {
                 }
             }
         };
-        let n = match self.epoll.wait(&mut self.events, timeout) {
+        let sleeps = timeout != EpollTimeout::ZERO;
+        let result = self.epoll.wait(&mut self.events, timeout);
+        if sleeps {
+            self.spin.slept(started.elapsed());
+        }
+        let n = match result {
             Ok(n) => n,
             Err(Errno::EINTR) => return Ok(()),
             Err(errno) => return Err(errno.into()),

@@ -383,6 +383,8 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         ("buffers_in_flight", false),
         ("splice_fallback_copies", true),
         ("internal_pairs_active", false),
+        ("busy_poll_hits", true),
+        ("wait_sleeps", true),
     ] {
         match report.scraped.get(name) {
             None => fail(format!("no metric named {name} in the scrape")),
