@@ -124,8 +124,6 @@ pub trait Kernel: Sized {
         socket: &Self::Socket,
         transparent: bool,
     ) -> io::Result<AcceptEvidence>;
-    /// `TCP_NODELAY` on an accepted socket.
-    fn set_nodelay(&mut self, socket: &Self::Socket);
     /// Creates the upstream socket (marked, bound to `source` if given, carrying the platform's
     /// redirect `record` if any) and starts connecting.
     fn connect(

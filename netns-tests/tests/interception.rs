@@ -194,6 +194,44 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
     assert_eq!(exit.stat("upstream_cx_total"), 2);
 }
 
+/// Where the node sets `net.ipv4.tcp_fwmark_accept=1`, a looped connection carries origdst's own
+/// mark into the accepted socket, and that alone refuses it (the address check turned off here).
+/// origdst reads the mark only where the sysctl makes it meaningful: this is the case it is read.
+#[test]
+fn with_fwmark_accept_a_looped_connection_is_refused_by_its_mark() {
+    let (pod, server) = sidecar(
+        "fwmark",
+        PodRules::Iptables(&[
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN",
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ]),
+    );
+    pod.exec("sysctl", &["-qw", "net.ipv4.tcp_fwmark_accept=1"]);
+    let dst: SocketAddr = SIDECAR_DSTS[0].parse().unwrap();
+    let (_server, seen) = Server::echo_local(&server, &[dst]);
+    let config = ConfigFile::default_with(
+        "fwmark",
+        &[("origdst:\n", "origdst:\n  detect_own_upstream: false\n")],
+    );
+    let proxy = Proxy::start(origdst_bin!(), &pod, &["--config", config.arg()]);
+    let outcome = pod.run(move || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(dst).expect("the proxy accepts");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.read(&mut [0u8; 64]).map_err(|e| e.kind())
+    });
+    assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset));
+    assert!(seen.try_recv().is_err(), "nothing reached the server");
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("refused_own_mark"), 1, "{}", exit.log);
+    assert_eq!(exit.stat("refused_own_upstream"), 0, "{}", exit.log);
+    assert_eq!(
+        exit.stat("downstream_cx_total"),
+        2,
+        "the attempt looped exactly once"
+    );
+}
+
 /// Least privilege for the mark: uid 1337 with CAP_NET_ADMIN alone marks its upstream sockets
 /// and relays through mark-excluding rules; without the capability, start-up stops and names the
 /// field and the capability instead of failing on every connection.

@@ -34,6 +34,9 @@ pub(crate) struct RealKernel {
     origin: std::time::Instant,
     /// Test-only fault injection (`ORIGDST_BUGGIFY=<seed>`), FoundationDB's BUGGIFY.
     buggify: Option<Buggify>,
+    /// `net.ipv4.tcp_fwmark_accept`: only then does an accepted socket carry its SYN's mark, so
+    /// only then is it worth a `getsockopt` per connection.
+    fwmark_accept: bool,
 }
 
 /// The simulator's faults, in the real runtime, for the real-kernel tests: short splices, reads
@@ -95,6 +98,7 @@ impl RealKernel {
             buf_ring,
             origin,
             buggify,
+            fwmark_accept: sys::fwmark_accept(),
         }
     }
 
@@ -183,11 +187,7 @@ impl Kernel for RealKernel {
         socket: &OwnedFd,
         transparent: bool,
     ) -> io::Result<AcceptEvidence> {
-        sys::accept_evidence(socket, transparent)
-    }
-
-    fn set_nodelay(&mut self, socket: &OwnedFd) {
-        sys::set_nodelay(socket);
+        sys::accept_evidence(socket, transparent, self.fwmark_accept)
     }
 
     fn connect(

@@ -94,7 +94,6 @@ impl<K: Kernel> Shard<K> {
     pub(super) fn accept_one(&mut self, now: Instant, index: usize, fd: K::Socket) {
         let config_index = self.listeners[index].config_index;
         let listener = &self.setup.config.listeners[config_index];
-        self.io.kernel.set_nodelay(&fd);
         let evidence = match self.io.kernel.accept_evidence(&fd, listener.transparent) {
             Ok(mut evidence) => {
                 let dst = match evidence.sockopt {

@@ -213,8 +213,6 @@ impl Kernel for SimKernel {
         })
     }
 
-    fn set_nodelay(&mut self, _socket: &SimFd) {}
-
     fn redirect_record(&mut self, socket: &SimFd) -> RecordAnswer {
         let net = self.net.borrow();
         match &net.endpoints[net.ep(socket.fd)].record {
