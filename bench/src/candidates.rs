@@ -29,6 +29,8 @@ pub(crate) enum Kind {
     Haproxy { splice: bool, busy_poll: bool },
     /// socat, one process per connection, a fixed target per capture port.
     Socat,
+    /// The in-kernel anchor: a BPF sockmap relay (`src/sockmap.rs`).
+    Sockmap,
 }
 
 /// Where the proxy sits, and so which chain captures the load's connections.
@@ -198,12 +200,17 @@ pub(crate) const ALL: &[Candidate] = &[
         name: "socat",
         kind: Kind::Socat,
     },
+    Candidate {
+        name: "kernel-sockmap",
+        kind: Kind::Sockmap,
+    },
 ];
 
 /// Whether a candidate's program exists here (HAProxy and socat are optional).
 pub(crate) fn available(candidate: &Candidate) -> bool {
     let program = match candidate.kind {
         Kind::Direct | Kind::Origdst { .. } => return true,
+        Kind::Sockmap => return crate::sockmap::available(),
         Kind::Haproxy { .. } => "haproxy",
         Kind::Socat => "socat",
     };
@@ -346,6 +353,30 @@ impl Running {
                 running.child = Some(child);
                 running._config = Some(TempFile(path));
             }
+            Kind::Sockmap => {
+                let object = sockmap_object()?;
+                let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut command = router.command("taskset");
+                command
+                    .args(["-c", if threads == 1 { "0" } else { "0-1" }])
+                    .arg(me)
+                    .arg("--sockmap-relay")
+                    .arg(format!("0.0.0.0:{CAPTURE_PORT}"))
+                    .arg(object);
+                let log_path = std::env::temp_dir().join(format!(
+                    "bench-{}-{}-{threads}.log",
+                    candidate.name,
+                    topology.name()
+                ));
+                let log = std::fs::File::create(&log_path)
+                    .map_err(|e| format!("{}: {e}", log_path.display()))?;
+                let child = command
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .map_err(|e| format!("start the sockmap relay: {e}"))?;
+                running.child = Some(child);
+            }
             Kind::Socat => {
                 for (index, target) in targets.iter().enumerate() {
                     let port = CAPTURE_PORT + 100 + index as u16;
@@ -478,4 +509,10 @@ fn wait_listening(router: &str, port: u16) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("nothing listens on port {port} after 10 s"))
+}
+
+/// The anchor's BPF object, compiled once per harness run.
+fn sockmap_object() -> Result<PathBuf, String> {
+    static OBJECT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    OBJECT.get_or_init(crate::sockmap::compile).clone()
 }

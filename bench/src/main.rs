@@ -10,6 +10,7 @@
 mod candidates;
 mod load;
 mod report;
+mod sockmap;
 mod system;
 
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ struct Cli {
     /// Skip the idle-connection scale (for runs that measure only the data path).
     #[arg(long)]
     skip_idle: bool,
+    /// Internal: the in-kernel anchor's relay, run as a child process.
+    #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "OBJECT"])]
+    sockmap_relay: Option<Vec<String>>,
     /// Internal: the idle-connection echo server, run as a child process.
     #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "SECONDS"])]
     echo_holder: Option<Vec<String>>,
@@ -81,6 +85,14 @@ fn main() {
         let addr: SocketAddr = args[0].parse().expect("ADDR");
         let seconds: u64 = args[1].parse().expect("SECONDS");
         origdst_netns_tests::echo_holder::run(addr, Duration::from_secs(seconds));
+        return;
+    }
+    if let Some(args) = &cli.sockmap_relay {
+        let addr: SocketAddr = args[0].parse().expect("ADDR");
+        if let Err(err) = sockmap::run(addr, Path::new(&args[1])) {
+            eprintln!("sockmap relay: {err}");
+            std::process::exit(1);
+        }
         return;
     }
     if let Err(err) = run(&cli) {
@@ -176,7 +188,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     } else {
         idle_levels(cli.quick)
     };
-    for candidate in candidates.iter().filter(|c| c.kind != Kind::Socat) {
+    // socat and the sockmap relay hold a process or thread per connection: not for 10 000.
+    for candidate in candidates
+        .iter()
+        .filter(|c| !matches!(c.kind, Kind::Socat | Kind::Sockmap))
+    {
         for &n in &levels {
             match idle_sample(candidate, &gw, &origdst, idle, n, &targets) {
                 Ok(sample) => {

@@ -23,6 +23,8 @@ fn quick_run_measures_every_candidate_and_writes_its_outputs() {
         "| direct |",
         "| origdst-uring-splice |",
         "| origdst-epoll-splice |",
+        "| haproxy-splice |",
+        "| kernel-sockmap |",
     ] {
         assert!(markdown.contains(row), "no {row} row:\n{markdown}");
     }
