@@ -1,4 +1,5 @@
-//! Heap buffers for the splice path's copy fallback (when the pipe pool is empty): bounded, reused.
+//! Heap buffers for the splice path's copies (small messages, splice-auto; and when the pipe pool is
+//! empty): bounded, reused.
 
 /// Heap buffers for the splice path's copy fallback (when the pipe pool is empty). Bounded.
 pub struct BufferPool {
@@ -29,6 +30,11 @@ impl BufferPool {
         }
         self.allocated += 1;
         Some(vec![0; self.size_bytes].into_boxed_slice())
+    }
+
+    /// The size of each buffer.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
     }
 
     /// A leased buffer comes back.

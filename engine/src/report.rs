@@ -28,6 +28,10 @@ pub enum Gauge {
     SpliceFallbackCopies,
     /// Internal-listener pairs open (an outer and an inner connection, or what is left of them).
     InternalPairs,
+    /// Bytes the readiness data path spliced (socket → pipe → socket).
+    SplicedBytes,
+    /// Bytes the readiness data path copied (small messages, or no pipe free).
+    CopiedBytes,
     /// Waits a busy poll answered without sleeping.
     BusyPollHits,
     /// Waits that slept until the kernel woke the shard.
@@ -36,7 +40,7 @@ pub enum Gauge {
 
 impl Gauge {
     /// Every gauge, in index order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::ConnectionsActive,
         Self::PipesLeased,
         Self::PipesShrunk,
@@ -44,6 +48,8 @@ impl Gauge {
         Self::BuffersInFlight,
         Self::SpliceFallbackCopies,
         Self::InternalPairs,
+        Self::SplicedBytes,
+        Self::CopiedBytes,
         Self::BusyPollHits,
         Self::WaitSleeps,
     ];
@@ -55,6 +61,8 @@ impl Gauge {
             Self::PipesShrunk
                 | Self::PipesDiscarded
                 | Self::SpliceFallbackCopies
+                | Self::SplicedBytes
+                | Self::CopiedBytes
                 | Self::BusyPollHits
                 | Self::WaitSleeps
         )
@@ -74,6 +82,12 @@ impl Gauge {
                 "Times a splice direction copied because the pipe pool was empty."
             }
             Self::InternalPairs => "Internal-listener connection pairs open on the shard.",
+            Self::SplicedBytes => {
+                "Bytes relayed by splice(2) through a pipe (uring-splice, epoll)."
+            }
+            Self::CopiedBytes => {
+                "Bytes relayed by read and send (uring-splice, epoll): small messages (splice-auto), or no pipe free."
+            }
             Self::BusyPollHits => {
                 "Waits for completions that the adaptive busy poll answered without sleeping."
             }
@@ -91,6 +105,8 @@ impl Gauge {
             Self::BuffersInFlight => "buffers_in_flight",
             Self::SpliceFallbackCopies => "splice_fallback_copies",
             Self::InternalPairs => "internal_pairs_active",
+            Self::SplicedBytes => "spliced_bytes",
+            Self::CopiedBytes => "copied_bytes",
             Self::BusyPollHits => "busy_poll_hits",
             Self::WaitSleeps => "wait_sleeps",
         }

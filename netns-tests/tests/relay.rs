@@ -156,13 +156,25 @@ fn bulk_each_way_with(
         0,
         "no buffer stays out after the connection ends"
     );
-    println!("{tag}: 2 × 64 MiB through origdst ({data_path}) in {elapsed:?}");
+    // The readiness path (uring-splice on either backend) accounts for every byte once, spliced
+    // or copied; bulk is spliced (splice-auto copies only small reads, and where no pipe is free).
+    let (spliced, copied) = (exit.stat("spliced_bytes"), exit.stat("copied_bytes"));
+    if data_path == "uring-splice" {
+        assert_eq!(spliced + copied, 2 * BULK_BYTES, "spliced + copied bytes");
+    }
+    println!(
+        "{tag}: 2 × 64 MiB through origdst ({data_path}) in {elapsed:?}: {spliced} bytes spliced, {copied} copied"
+    );
     exit
 }
 
 #[test]
 fn ipv4_64mib_each_way_byte_exact_splice() {
-    bulk_each_way("v4splice", "uring-splice", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+    let exit = bulk_each_way("v4splice", "uring-splice", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+    assert!(
+        exit.stat("spliced_bytes") > exit.stat("copied_bytes"),
+        "splice-auto must splice bulk"
+    );
 }
 
 #[test]
@@ -233,6 +245,7 @@ fn empty_pipe_pool_falls_back_to_copying_byte_exact() {
         exit.stat("splice_fallback_copies") > 0,
         "the copy fallback must have been used"
     );
+    assert_eq!(exit.stat("spliced_bytes"), 0, "no pipe, nothing spliced");
 }
 
 /// Adaptive busy polling, on by default (`busy_poll: 50µs` the ceiling): the bytes are the same on

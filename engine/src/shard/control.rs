@@ -82,6 +82,8 @@ impl<K: Kernel> Shard<K> {
         gauges[Gauge::InternalPairs as usize] = self.io.pairs.len() as u64;
         gauges[Gauge::BuffersInFlight as usize] = self.io.kernel.buffers_in_flight();
         gauges[Gauge::SpliceFallbackCopies as usize] = self.io.fallback_copies;
+        gauges[Gauge::SplicedBytes as usize] = self.io.spliced_bytes;
+        gauges[Gauge::CopiedBytes as usize] = self.io.copied_bytes;
         let (hits, sleeps) = self.io.kernel.wait_counts();
         gauges[Gauge::BusyPollHits as usize] = hits;
         gauges[Gauge::WaitSleeps as usize] = sleeps;

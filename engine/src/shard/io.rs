@@ -34,6 +34,11 @@ pub struct Io<K: Kernel> {
     pub closing: Vec<K::Socket>,
     /// Times a splice direction had to copy because no pipe was available.
     pub fallback_copies: u64,
+    /// Bytes the readiness data path wrote from pipes (spliced): with `copied_bytes`, which way
+    /// splice-auto sent the traffic.
+    pub spliced_bytes: u64,
+    /// Bytes the readiness data path wrote from buffers (copied).
+    pub copied_bytes: u64,
     /// Internal-listener pairs (in-process connections) of this shard.
     pub pairs: Slots<Pair>,
 }
@@ -55,6 +60,8 @@ impl<K: Kernel> Io<K> {
             waiters: VecDeque::new(),
             closing: Vec::new(),
             fallback_copies: 0,
+            spliced_bytes: 0,
+            copied_bytes: 0,
             pairs: Slots::default(),
         }
     }

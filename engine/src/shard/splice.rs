@@ -6,6 +6,14 @@
 //!
 //! The pipe is always drained before reading again, so an EAGAIN from `splice(sock → pipe)` always
 //! means "socket empty", never the ambiguous "pipe full".
+//!
+//! **Splice-auto**, per direction: small messages are cheaper copied (`read` + `send` through a
+//! pooled buffer: no pipe, no page references handed to the socket), bulk is cheaper spliced. A
+//! direction starts copying; a read that fills a whole buffer means bulk is queued, and it
+//! splices from then on; a splice that brings in less than a quarter of a buffer (or of the pipe,
+//! if the kernel made it smaller) means the bulk is over, and it copies again. Each switch happens between fills, when nothing is held. Where no
+//! buffer is free it splices, where no pipe is free it copies (the pipe pool's fallback), and
+//! where splice is refused it copies.
 
 use super::errno_kind;
 use super::io::{Io, PUMP_ROUNDS_MAX};
@@ -26,6 +34,15 @@ pub struct SpliceDir<K: Kernel> {
     armed: Option<Kind>,
     /// splice(2) refused this socket pair (EINVAL/ENOSYS): copy from now on.
     splice_refused: bool,
+    /// How the next fill reads (splice-auto).
+    next: Via,
+}
+
+/// How a fill reads: through a pipe (splice) or a buffer (copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Pipe,
+    Buffer,
 }
 
 impl<K: Kernel> Default for SpliceDir<K> {
@@ -36,6 +53,7 @@ impl<K: Kernel> Default for SpliceDir<K> {
             src_eof: false,
             armed: None,
             splice_refused: false,
+            next: Via::Buffer,
         }
     }
 }
@@ -127,43 +145,65 @@ impl<K: Kernel> SpliceDir<K> {
                 "spliced out more than the pipe held"
             );
             pipe.data -= n as u32;
+            io.spliced_bytes += n as u64;
             return Ok(n as u64);
         }
         if let Some((buf, offset, len)) = self.buf.as_mut().filter(|b| b.2 > 0) {
             let n = io.kernel.send(sink, &buf[*offset..*offset + *len])?;
             *offset += n;
             *len -= n;
+            io.copied_bytes += n as u64;
             return Ok(n as u64);
         }
         Ok(0)
     }
 
-    /// Reads into a pipe (preferred) or a fallback buffer. Everything held is flushed already.
+    /// Reads into a pipe or a buffer, as splice-auto chose (`next`), or whichever of the two is
+    /// free. Everything held is flushed already.
     fn fill(&mut self, io: &mut Io<K>, src: i32) -> Result<Fill, Errno> {
-        if !self.splice_refused && self.pipe.is_none() {
-            self.pipe = io.lease_pipe();
-            if self.pipe.is_none() {
-                io.fallback_copies += 1;
+        let mut via = if self.splice_refused {
+            Via::Buffer
+        } else {
+            self.next
+        };
+        if via == Via::Buffer && self.buf.is_none() && !self.splice_refused {
+            match io.fallback.lease() {
+                Some(buf) => self.buf = Some((buf, 0, 0)),
+                // No buffer free: splice rather than wait for one.
+                None => via = Via::Pipe,
             }
         }
-        if let Some(pipe) = self.pipe.as_mut() {
-            debug_assert_eq!(pipe.data, 0);
-            match io.kernel.splice_in(src, &pipe.ends, pipe.capacity as usize) {
-                Ok(0) => return Ok(Fill::Eof),
-                Ok(n) => {
-                    assert!(
-                        n <= pipe.capacity as usize,
-                        "spliced in more than the pipe holds"
-                    );
-                    pipe.data = n as u32;
-                    return Ok(Fill::Read);
+        if via == Via::Pipe {
+            if self.pipe.is_none() {
+                self.pipe = io.lease_pipe();
+                if self.pipe.is_none() {
+                    io.fallback_copies += 1;
                 }
-                Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                    tracing::warn!("splice(2) refused on this socket pair; copying instead");
-                    self.splice_refused = true;
-                    self.give_back(io);
+            }
+            if let Some(pipe) = self.pipe.as_mut() {
+                debug_assert_eq!(pipe.data, 0);
+                match io.kernel.splice_in(src, &pipe.ends, pipe.capacity as usize) {
+                    Ok(0) => return Ok(Fill::Eof),
+                    Ok(n) => {
+                        assert!(
+                            n <= pipe.capacity as usize,
+                            "spliced in more than the pipe holds"
+                        );
+                        pipe.data = n as u32;
+                        let asked = (pipe.capacity as usize).min(io.fallback.size_bytes());
+                        if n < asked / 4 {
+                            // The bulk is over: copy what comes next.
+                            self.next = Via::Buffer;
+                        }
+                        return Ok(Fill::Read);
+                    }
+                    Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        tracing::warn!("splice(2) refused on this socket pair; copying instead");
+                        self.splice_refused = true;
+                        self.give_back(io);
+                    }
+                    Err(errno) => return Err(errno),
                 }
-                Err(errno) => return Err(errno),
             }
         }
         if self.buf.is_none() {
@@ -177,6 +217,10 @@ impl<K: Kernel> SpliceDir<K> {
         let n = io.kernel.read(src, buf)?;
         if n == 0 {
             return Ok(Fill::Eof);
+        }
+        if n == buf.len() && !self.splice_refused {
+            // A whole buffer at once: bulk is queued, splice what comes next.
+            self.next = Via::Pipe;
         }
         *offset = 0;
         *len = n;

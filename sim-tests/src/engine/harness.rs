@@ -123,7 +123,7 @@ fn config(scenario: &EScenario) -> Config {
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, http_head_timeout: 1s, http_head_max_bytes: {head_max}, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
+        "origdst: {{ pipe_budget_bytes: {budget}, buffer_size_bytes: {buffer}, http_head_timeout: 1s, http_head_max_bytes: {head_max}, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -224,6 +224,7 @@ bootstrap_extensions:
     buffer_size_kb: {queue_kb}
 ",
         budget = if pipes { 4 * 1024 * 1024 } else { 0 },
+        buffer = scenario.buffer_bytes,
         limit = conn_limit.unwrap_or(10_000),
         head_max = scenario.head_max,
         // Small internal-listener queues wrap often (a queue's ring arithmetic is exercised),

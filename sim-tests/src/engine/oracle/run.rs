@@ -219,25 +219,38 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             report.gauges[Gauge::SpliceFallbackCopies as usize]
         ));
     }
-    // (Socket to socket: an internal listener's connections move bytes through queues.)
-    let relayed = scenario
-        .flows
-        .iter()
-        .filter(|flow| {
-            !matches!(
-                flow.route,
-                ERoute::Internal | ERoute::Misdeclared | ERoute::TproxyLoop
-            )
-        })
-        .any(|flow| {
-            report.finished.iter().any(|r| {
-                r.client == client_addr(flow.id)
-                    && r.outcome == Outcome::Completed
-                    && r.bytes_received + r.bytes_sent > 0
+    // Splice-auto splices once a read fills a whole buffer: certain for a socket-to-socket flow
+    // (an internal listener's connections move bytes through queues) that completed after
+    // writing whole buffers at once, several of them, into a window that holds one, with no read
+    // shortened.
+    let buffer = u64::from(scenario.buffer_bytes);
+    let bulk_relayed = scenario.faults.short_io == 0
+        && scenario.window as u64 >= buffer
+        && scenario
+            .flows
+            .iter()
+            .filter(|flow| {
+                !matches!(
+                    flow.route,
+                    ERoute::Internal | ERoute::Misdeclared | ERoute::TproxyLoop
+                ) && flow.chunk as u64 >= buffer
             })
-        });
-    if scenario.pipes && scenario.fd_limit >= 100 && relayed && report.pipes_created == 0 {
-        fail("pipes configured and bytes relayed, but no pipe was ever made".into());
+            .any(|flow| {
+                report.finished.iter().any(|r| {
+                    r.client == client_addr(flow.id)
+                        && r.outcome == Outcome::Completed
+                        && r.bytes_received.max(r.bytes_sent) >= 4 * buffer
+                })
+            });
+    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed && report.pipes_created == 0 {
+        fail("pipes configured and bulk relayed, but no pipe was ever made".into());
+    }
+    let spliced = report.gauges[Gauge::SplicedBytes as usize];
+    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed && spliced == 0 {
+        fail("pipes configured and bulk relayed, but spliced_bytes is 0".into());
+    }
+    if !scenario.pipes && spliced != 0 {
+        fail(format!("no pipe budget, yet spliced_bytes is {spliced}"));
     }
     if report.own_upstreams_left != 0 {
         fail(format!(
@@ -383,6 +396,8 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         ("buffers_in_flight", false),
         ("splice_fallback_copies", true),
         ("internal_pairs_active", false),
+        ("spliced_bytes", true),
+        ("copied_bytes", true),
         ("busy_poll_hits", true),
         ("wait_sleeps", true),
     ] {
