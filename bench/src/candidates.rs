@@ -272,7 +272,7 @@ impl Running {
                 let binary = origdst.to_str().ok_or("origdst path is not UTF-8")?;
                 // Confined as HAProxy and socat are: one thread on CPU 0, two on both CPUs.
                 let mut command = router.command("taskset");
-                command.args(["-c", if threads == 1 { "0" } else { "0-1" }]);
+                command.args(["-c", cpus(threads)]);
                 if let Some(uid) = uid {
                     // Istio's sidecar convention: uid 1337 without capabilities, so no SO_MARK
                     // (`upstream_mark: null`), its pipes under the per-user limit.
@@ -298,15 +298,7 @@ impl Running {
                     command.arg("--config").arg(&path);
                     running._config = Some(TempFile(path));
                 }
-                // Its log (warnings, and the final counters at exit) for when a number needs
-                // explaining; overwritten by the next start of the same candidate.
-                let log_path = std::env::temp_dir().join(format!(
-                    "bench-{}-{}-{threads}.log",
-                    candidate.name,
-                    topology.name()
-                ));
-                let log = std::fs::File::create(&log_path)
-                    .map_err(|e| format!("{}: {e}", log_path.display()))?;
+                let log = log_file(candidate, topology, threads)?;
                 let child = command
                     .args(["--shards", &threads.to_string(), "--backend", backend])
                     .args(["--data-path", data_path, "--log-level", "info"])
@@ -358,18 +350,12 @@ impl Running {
                 let me = std::env::current_exe().map_err(|e| e.to_string())?;
                 let mut command = router.command("taskset");
                 command
-                    .args(["-c", if threads == 1 { "0" } else { "0-1" }])
+                    .args(["-c", cpus(threads)])
                     .arg(me)
                     .arg("--sockmap-relay")
                     .arg(format!("0.0.0.0:{CAPTURE_PORT}"))
                     .arg(object);
-                let log_path = std::env::temp_dir().join(format!(
-                    "bench-{}-{}-{threads}.log",
-                    candidate.name,
-                    topology.name()
-                ));
-                let log = std::fs::File::create(&log_path)
-                    .map_err(|e| format!("{}: {e}", log_path.display()))?;
+                let log = log_file(candidate, topology, threads)?;
                 let child = command
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -384,9 +370,7 @@ impl Running {
                     // own process group, so stopping it stops the forked children too (they
                     // inherit the listening socket).
                     let mut command = router.command("taskset");
-                    command
-                        .process_group(0)
-                        .args(["-c", if threads == 1 { "0" } else { "0-1" }]);
+                    command.process_group(0).args(["-c", cpus(threads)]);
                     if topology == Topology::Sidecar {
                         // Its upstream connections must not be captured again.
                         command.args(["setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID]);
@@ -515,4 +499,25 @@ fn wait_listening(router: &str, port: u16) -> Result<(), String> {
 fn sockmap_object() -> Result<PathBuf, String> {
     static OBJECT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     OBJECT.get_or_init(crate::sockmap::compile).clone()
+}
+
+/// Where a proxy of `threads` threads may run: one thread on CPU 0 (the load is on CPU 1), more
+/// on both CPUs.
+fn cpus(threads: usize) -> &'static str {
+    if threads == 1 { "0" } else { "0-1" }
+}
+
+/// A candidate's log (warnings, and origdst's final counters at exit) for when a number needs
+/// explaining; overwritten by the next start of the same candidate.
+fn log_file(
+    candidate: &Candidate,
+    topology: Topology,
+    threads: usize,
+) -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join(format!(
+        "bench-{}-{}-{threads}.log",
+        candidate.name,
+        topology.name()
+    ));
+    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
