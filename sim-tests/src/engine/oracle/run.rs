@@ -5,12 +5,12 @@
 use origdst_core::outcome::Outcome;
 use origdst_core::stats::Counter;
 use origdst_engine::log_budget::LOG_LINES_PER_SECOND_MAX;
-use origdst_engine::report::Gauge;
+use origdst_engine::report::{Finished, Gauge};
 
 use super::{clean, refused_connects};
 use crate::engine::harness::EReport;
 use crate::engine::scenario::{
-    DRAIN_TIMEOUT_MS, ERoute, EScenario, PROXY_IP, SPREAD_ENDPOINTS, client_addr, dest,
+    DRAIN_TIMEOUT_MS, EFlow, ERoute, EScenario, PROXY_IP, SPREAD_ENDPOINTS, client_addr, dest,
     max_attempts,
 };
 
@@ -219,38 +219,33 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             report.gauges[Gauge::SpliceFallbackCopies as usize]
         ));
     }
-    // Splice-auto splices once a read fills a whole buffer: certain for a socket-to-socket flow
-    // (an internal listener's connections move bytes through queues) that completed after
-    // writing whole buffers at once, several of them, into a window that holds one, with no read
-    // shortened.
+    // The readiness path's split between splicing and copying. Splice-auto splices once a read
+    // fills a whole buffer: certain for a socket-to-socket flow that completed after writing
+    // whole buffers at once, several of them, into a window that holds one, with no read
+    // shortened. Without pipes, every byte between two sockets is copied.
     let buffer = u64::from(scenario.buffer_bytes);
     let bulk_relayed = scenario.faults.short_io == 0
         && scenario.window as u64 >= buffer
-        && scenario
-            .flows
-            .iter()
-            .filter(|flow| {
-                !matches!(
-                    flow.route,
-                    ERoute::Internal | ERoute::Misdeclared | ERoute::TproxyLoop
-                ) && flow.chunk as u64 >= buffer
-            })
-            .any(|flow| {
-                report.finished.iter().any(|r| {
-                    r.client == client_addr(flow.id)
-                        && r.outcome == Outcome::Completed
-                        && r.bytes_received.max(r.bytes_sent) >= 4 * buffer
-                })
-            });
-    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed && report.pipes_created == 0 {
-        fail("pipes configured and bulk relayed, but no pipe was ever made".into());
-    }
+        && socket_flows_completed(scenario, report).any(|(flow, r)| {
+            flow.chunk as u64 >= buffer && r.bytes_received.max(r.bytes_sent) >= 4 * buffer
+        });
+    let relayed =
+        socket_flows_completed(scenario, report).any(|(_, r)| r.bytes_received + r.bytes_sent > 0);
     let spliced = report.gauges[Gauge::SplicedBytes as usize];
-    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed && spliced == 0 {
-        fail("pipes configured and bulk relayed, but spliced_bytes is 0".into());
+    let copied = report.gauges[Gauge::CopiedBytes as usize];
+    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed {
+        if report.pipes_created == 0 {
+            fail("pipes configured and bulk relayed, but no pipe was ever made".into());
+        }
+        if spliced == 0 {
+            fail("pipes configured and bulk relayed, but spliced_bytes is 0".into());
+        }
     }
     if !scenario.pipes && spliced != 0 {
         fail(format!("no pipe budget, yet spliced_bytes is {spliced}"));
+    }
+    if !scenario.pipes && relayed && copied == 0 {
+        fail("no pipe budget and bytes relayed, yet copied_bytes is 0".into());
     }
     if report.own_upstreams_left != 0 {
         fail(format!(
@@ -423,4 +418,28 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             report.open_fds
         ));
     }
+}
+
+/// Flows whose connections run socket to socket through the readiness path (an internal
+/// listener's move bytes through queues; a loop is refused), with their completed record.
+fn socket_flows_completed<'a>(
+    scenario: &'a EScenario,
+    report: &'a EReport,
+) -> impl Iterator<Item = (&'a EFlow, &'a Finished)> + 'a {
+    scenario
+        .flows
+        .iter()
+        .filter(|flow| {
+            !matches!(
+                flow.route,
+                ERoute::Internal | ERoute::Misdeclared | ERoute::TproxyLoop
+            )
+        })
+        .filter_map(|flow| {
+            report
+                .finished
+                .iter()
+                .find(|r| r.client == client_addr(flow.id) && r.outcome == Outcome::Completed)
+                .map(|r| (flow, r))
+        })
 }
