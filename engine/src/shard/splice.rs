@@ -9,9 +9,9 @@
 //!
 //! **Splice-auto**, per direction: small messages are cheaper copied (`read` + `send` through a
 //! pooled buffer: no pipe, no page references handed to the socket), bulk is cheaper spliced. A
-//! direction starts copying; a read that fills a whole buffer means bulk is queued, and it
-//! splices from then on; a splice that brings in less than a quarter of a buffer (or of the pipe,
-//! if the kernel made it smaller) means the bulk is over, and it copies again. Each switch happens between fills, when nothing is held. Where no
+//! direction starts copying; a read that fills half a buffer or more means bulk is flowing, and
+//! it splices from then on; a splice that brings in less than a quarter of a buffer (or of the
+//! pipe, if the kernel made it smaller) means the bulk is over, and it copies again. Each switch happens between fills, when nothing is held. Where no
 //! buffer is free it splices, where no pipe is free it copies (the pipe pool's fallback), and
 //! where splice is refused it copies.
 
@@ -218,8 +218,10 @@ impl<K: Kernel> SpliceDir<K> {
         if n == 0 {
             return Ok(Fill::Eof);
         }
-        if n == buf.len() && !self.splice_refused {
-            // A whole buffer at once: bulk is queued, splice what comes next.
+        if n >= buf.len() / 2 && !self.splice_refused {
+            // Half a buffer or more at once: bulk is flowing, splice what comes next. (Not "a
+            // whole buffer": a proxy that keeps up reads what one GRO batch brought, just under
+            // 64 KiB, and would never switch.)
             self.next = Via::Pipe;
         }
         *offset = 0;

@@ -201,7 +201,7 @@ pub struct EScenario {
     /// Copy buffers the shard may hold at once (production: 256); a few make directions wait
     /// for one to come back.
     pub copy_buffers: u32,
-    /// `buffer_size_bytes`: splice-auto copies until a read fills a whole buffer, so small
+    /// `buffer_size_bytes`: splice-auto copies until a read fills half a buffer, so small
     /// buffers make flows switch between copying and splicing.
     pub buffer_bytes: u32,
 }
@@ -427,7 +427,7 @@ impl EScenario {
         faults.stray_wakes = pick(&mut rng, &[0, 0, 5]) as u16;
         faults.poll_refused = pick(&mut rng, &[0, 0, 0, 100]) as u16;
         scenario.faults = faults;
-        // At most the socket window: a read can fill a whole buffer only if the window holds one.
+        // At most the socket window: a read can fill a buffer only if the window holds one.
         scenario.buffer_bytes =
             pick(&mut rng, &[4096, 4096, 16384, 65536]).min(scenario.window as u64) as u32;
         scenario

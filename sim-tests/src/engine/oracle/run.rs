@@ -220,7 +220,7 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         ));
     }
     // The readiness path's split between splicing and copying. Splice-auto splices once a read
-    // fills a whole buffer: certain for a socket-to-socket flow that completed after writing
+    // fills half a buffer: certain for a socket-to-socket flow that completed after writing
     // whole buffers at once, several of them, into a window that holds one, with no read
     // shortened. Without pipes, every byte between two sockets is copied.
     let buffer = u64::from(scenario.buffer_bytes);
