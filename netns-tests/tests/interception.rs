@@ -189,7 +189,8 @@ fn sidecar_rules_that_forget_the_mark_loop_once_and_are_refused() {
     assert_eq!(
         exit.stat("downstream_cx_total"),
         4,
-        "each attempt looped exactly once"
+        "each attempt looped exactly once:\n{}",
+        exit.log
     );
     assert_eq!(exit.stat("upstream_cx_total"), 2);
 }

@@ -105,7 +105,7 @@ impl<K: Kernel> Shard<K> {
                     && dst.is_some_and(|dst| {
                         self.setup
                             .own_upstreams
-                            .contains(evidence.client.get(), dst)
+                            .contains_settled(evidence.client.get(), dst)
                     });
                 // Where the platform attaches redirect records, an OUTBOUND listener reads the
                 // connection's and applies it to the upstream socket (else the platform would

@@ -1,6 +1,7 @@
 //! Upstream connects (with retries and descriptor exhaustion) and header mode's peeks.
 
 use std::io as stdio;
+use std::sync::Arc;
 
 use origdst_core::orig_dst::RedirectRecord;
 use origdst_core::relay::{Dir, Side};
@@ -22,6 +23,11 @@ impl<K: Kernel> Shard<K> {
         record: Option<RedirectRecord>,
     ) {
         self.retire_upstream(slot);
+        // Until this socket is recorded (or the connect failed), shards accepting a connection to
+        // the same destination wait before they decide it is not ours: the kernel can complete a
+        // looped connection inside connect(2) (see `own_upstreams`).
+        let own_upstreams = Arc::clone(&self.setup.own_upstreams);
+        let _connecting = own_upstreams.begin_connect(upstream);
         let connect = |kernel: &mut K| kernel.connect(upstream, mark, source, record.as_ref());
         let mut started = connect(&mut self.io.kernel);
         let exhausted = |started: &std::io::Result<ConnectStart<K::Socket>>| {
