@@ -312,7 +312,10 @@ fn slow_heads_do_not_delay_another_clients_head() {
                         break;
                     }
                     sent += 1;
-                    std::thread::sleep(Duration::from_micros(50));
+                    // One segment per byte, 5 000 a second per client: slow, and light enough
+                    // that the shard's wake-ups alone (tens of µs each on a slow VM) do not fill
+                    // its CPU, which would measure the machine rather than the head handling.
+                    std::thread::sleep(Duration::from_micros(200));
                 }
                 sent
             })
