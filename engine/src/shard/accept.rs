@@ -101,11 +101,18 @@ impl<K: Kernel> Shard<K> {
                     _ if evidence.transparent => Some(evidence.local.get()),
                     _ => None,
                 };
+                let client = evidence.client.get();
+                // Our own connection comes from one of our addresses: only such a client can be
+                // one whose record is still being written (the wait is for those alone).
+                let ours = self.setup.me.local_ips.contains(&client.ip());
                 evidence.own_upstream = self.setup.config.knobs.detect_own_upstream
                     && dst.is_some_and(|dst| {
-                        self.setup
-                            .own_upstreams
-                            .contains_settled(evidence.client.get(), dst)
+                        let own = &self.setup.own_upstreams;
+                        if ours {
+                            own.contains_settled(client, dst)
+                        } else {
+                            own.contains(client, dst)
+                        }
                     });
                 // Where the platform attaches redirect records, an OUTBOUND listener reads the
                 // connection's and applies it to the upstream socket (else the platform would
