@@ -104,6 +104,13 @@ impl Results {
         (reference != 0.0).then(|| self.median(candidate, metric).map(|v| v / reference))?
     }
 
+    /// Whether the sidecar topology was measured.
+    fn has_sidecar(&self) -> bool {
+        self.order
+            .iter()
+            .any(|c| self.median(c, "sidecar_bulk1_gbit_s").is_some())
+    }
+
     pub(crate) fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -112,11 +119,7 @@ impl Results {
             self.reps, self.seconds
         );
         self.table(&mut out, "");
-        if self
-            .order
-            .iter()
-            .any(|c| self.median(c, "sidecar_bulk1_gbit_s").is_some())
-        {
+        if self.has_sidecar() {
             let _ = writeln!(
                 out,
                 "\nSidecar topology (the client in the proxy's namespace, `OUTPUT` REDIRECT to the server subnet excluding mark 1337 and uid 1337 → server ns), same run:\n"
@@ -264,11 +267,7 @@ impl Results {
                 "sidecar_rr_p999_us",
             ],
         );
-        if self
-            .order
-            .iter()
-            .any(|c| self.median(c, "sidecar_rr_p50_us").is_some())
-        {
+        if self.has_sidecar() {
             self.bars_svg(&[gateway, sidecar])
         } else {
             self.bars_svg(&[gateway])

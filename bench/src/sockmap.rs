@@ -151,15 +151,11 @@ fn pass_fins(client: &TcpStream, upstream: &TcpStream) {
     let mut open = [true, true];
     let sockets = [client, upstream];
     while open.iter().any(|o| *o) && Instant::now() < deadline {
-        let mut fds: Vec<libc::pollfd> = sockets
-            .iter()
-            .zip(open)
-            .map(|(s, o)| libc::pollfd {
-                fd: if o { s.as_raw_fd() } else { -1 },
-                events: libc::POLLRDHUP,
-                revents: 0,
-            })
-            .collect();
+        let mut fds = [0, 1].map(|i| libc::pollfd {
+            fd: if open[i] { sockets[i].as_raw_fd() } else { -1 },
+            events: libc::POLLRDHUP,
+            revents: 0,
+        });
         // SAFETY: two pollfd entries owned by this frame.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         if n <= 0 {

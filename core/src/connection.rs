@@ -482,11 +482,12 @@ impl Connection {
             (_, Side::Client) => Outcome::ClientFailed(kind),
         };
         self.history.failed_side = Some(side);
-        if matches!(kind, IoErrorKind::Other { .. }) {
-            self.fail(outcome, &[side.peer(), side], stats);
+        let reset: &[Side] = if matches!(kind, IoErrorKind::Other { .. }) {
+            &[side.peer(), side]
         } else {
-            self.fail(outcome, &[side.peer()], stats);
-        }
+            &[side.peer()]
+        };
+        self.fail(outcome, reset, stats);
     }
 
     /// Fires whichever timer is due at `now` (connect or idle); a no-op if none is.

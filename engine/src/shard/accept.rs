@@ -102,13 +102,12 @@ impl<K: Kernel> Shard<K> {
                     _ => None,
                 };
                 let client = evidence.client.get();
-                // Our own connection comes from one of our addresses: only such a client can be
-                // one whose record is still being written (the wait is for those alone).
-                let ours = self.setup.me.local_ips.contains(&client.ip());
                 evidence.own_upstream = self.setup.config.knobs.detect_own_upstream
                     && dst.is_some_and(|dst| {
                         let own = &self.setup.own_upstreams;
-                        if ours {
+                        // Our own connection comes from one of our addresses: only such a client
+                        // can be one whose record is still being written (the wait is for those).
+                        if self.setup.me.local_ips.contains(&client.ip()) {
                             own.contains_settled(client, dst)
                         } else {
                             own.contains(client, dst)

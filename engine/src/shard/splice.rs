@@ -32,17 +32,19 @@ pub struct SpliceDir<K: Kernel> {
     src_eof: bool,
     /// The one-shot poll in flight (PollIn on the source or PollOut on the sink), if any.
     armed: Option<Kind>,
-    /// splice(2) refused this socket pair (EINVAL/ENOSYS): copy from now on.
-    splice_refused: bool,
     /// How the next fill reads (splice-auto).
     next: Via,
 }
 
-/// How a fill reads: through a pipe (splice) or a buffer (copy).
+/// How a fill reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
+    /// Splice through a pipe (bulk).
     Pipe,
+    /// Copy through a buffer (small messages), or splice if no buffer is free.
     Buffer,
+    /// Copy, always: splice(2) refused this socket pair (EINVAL/ENOSYS).
+    BufferOnly,
 }
 
 impl<K: Kernel> Default for SpliceDir<K> {
@@ -52,7 +54,6 @@ impl<K: Kernel> Default for SpliceDir<K> {
             buf: None,
             src_eof: false,
             armed: None,
-            splice_refused: false,
             next: Via::Buffer,
         }
     }
@@ -161,50 +162,18 @@ impl<K: Kernel> SpliceDir<K> {
     /// Reads into a pipe or a buffer, as splice-auto chose (`next`), or whichever of the two is
     /// free. Everything held is flushed already.
     fn fill(&mut self, io: &mut Io<K>, src: i32) -> Result<Fill, Errno> {
-        let mut via = if self.splice_refused {
-            Via::Buffer
-        } else {
-            self.next
-        };
-        if via == Via::Buffer && self.buf.is_none() && !self.splice_refused {
+        let mut via = self.next;
+        if via == Via::Buffer && self.buf.is_none() {
             match io.fallback.lease() {
                 Some(buf) => self.buf = Some((buf, 0, 0)),
                 // No buffer free: splice rather than wait for one.
                 None => via = Via::Pipe,
             }
         }
-        if via == Via::Pipe {
-            if self.pipe.is_none() {
-                self.pipe = io.lease_pipe();
-                if self.pipe.is_none() {
-                    io.fallback_copies += 1;
-                }
-            }
-            if let Some(pipe) = self.pipe.as_mut() {
-                debug_assert_eq!(pipe.data, 0);
-                match io.kernel.splice_in(src, &pipe.ends, pipe.capacity as usize) {
-                    Ok(0) => return Ok(Fill::Eof),
-                    Ok(n) => {
-                        assert!(
-                            n <= pipe.capacity as usize,
-                            "spliced in more than the pipe holds"
-                        );
-                        pipe.data = n as u32;
-                        let asked = (pipe.capacity as usize).min(io.fallback.size_bytes());
-                        if n < asked / 4 {
-                            // The bulk is over: copy what comes next.
-                            self.next = Via::Buffer;
-                        }
-                        return Ok(Fill::Read);
-                    }
-                    Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                        tracing::warn!("splice(2) refused on this socket pair; copying instead");
-                        self.splice_refused = true;
-                        self.give_back(io);
-                    }
-                    Err(errno) => return Err(errno),
-                }
-            }
+        if via == Via::Pipe
+            && let Some(filled) = self.fill_pipe(io, src)
+        {
+            return filled;
         }
         if self.buf.is_none() {
             let Some(buf) = io.fallback.lease() else {
@@ -218,7 +187,7 @@ impl<K: Kernel> SpliceDir<K> {
         if n == 0 {
             return Ok(Fill::Eof);
         }
-        if n >= buf.len() / 2 && !self.splice_refused {
+        if n >= buf.len() / 2 && self.next == Via::Buffer {
             // Half a buffer or more at once: bulk is flowing, splice what comes next. (Not "a
             // whole buffer": a proxy that keeps up reads what one GRO batch brought, just under
             // 64 KiB, and would never switch.)
@@ -227,6 +196,43 @@ impl<K: Kernel> SpliceDir<K> {
         *offset = 0;
         *len = n;
         Ok(Fill::Read)
+    }
+
+    /// Splices into this direction's pipe (leased if need be); `None` when it must copy instead
+    /// (no pipe free, or splice refused).
+    fn fill_pipe(&mut self, io: &mut Io<K>, src: i32) -> Option<Result<Fill, Errno>> {
+        if self.pipe.is_none() {
+            self.pipe = io.lease_pipe();
+            if self.pipe.is_none() {
+                io.fallback_copies += 1;
+                return None;
+            }
+        }
+        let pipe = self.pipe.as_mut().expect("leased above");
+        debug_assert_eq!(pipe.data, 0);
+        match io.kernel.splice_in(src, &pipe.ends, pipe.capacity as usize) {
+            Ok(0) => Some(Ok(Fill::Eof)),
+            Ok(n) => {
+                assert!(
+                    n <= pipe.capacity as usize,
+                    "spliced in more than the pipe holds"
+                );
+                pipe.data = n as u32;
+                let asked = (pipe.capacity as usize).min(io.fallback.size_bytes());
+                if n < asked / 4 && self.next == Via::Pipe {
+                    // The bulk is over: copy what comes next.
+                    self.next = Via::Buffer;
+                }
+                Some(Ok(Fill::Read))
+            }
+            Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                tracing::warn!("splice(2) refused on this socket pair; copying instead");
+                self.next = Via::BufferOnly;
+                self.give_back(io);
+                None
+            }
+            Err(errno) => Some(Err(errno)),
+        }
     }
 
     /// Returns an empty pipe or buffer: idle directions hold neither.

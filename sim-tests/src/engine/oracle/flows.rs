@@ -351,14 +351,13 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             EFault::ClientGivesUp(_) if !starved => {
                 // Noticed on the client's socket while the proxy waited on the connect: within
                 // a tick or two of the reset, not at the connect timeout.
-                let closed = closed_at(report, record);
-                if closed > client.ended_at + 50_000_000 {
-                    fail(format!(
-                        "flow {f}: the client reset at {} ms, the proxy let go only at {} ms",
-                        client.ended_at / 1_000_000,
-                        closed / 1_000_000
-                    ));
-                }
+                let_go_promptly(
+                    f,
+                    "client",
+                    client.ended_at,
+                    closed_at(report, record),
+                    fail,
+                );
             }
             EFault::ClientGivesUp(_) => {}
             EFault::None if !starved => {
@@ -391,14 +390,13 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             EFault::UpstreamResetStuck if !starved => {
                 // Noticed on the upstream socket while the proxy only waited to write to the
                 // client: within a tick or two of the reset, not once the client drained the pipe.
-                let closed = closed_at(report, record);
-                if closed > server.ended_at + 50_000_000 {
-                    fail(format!(
-                        "flow {f}: the server reset at {} ms, the proxy let go only at {} ms",
-                        server.ended_at / 1_000_000,
-                        closed / 1_000_000
-                    ));
-                }
+                let_go_promptly(
+                    f,
+                    "server",
+                    server.ended_at,
+                    closed_at(report, record),
+                    fail,
+                );
                 if !matches!(client.end, SideEnd::Error(_)) {
                     fail(format!(
                         "flow {f} ({fault:?}): the client must see a reset, it ended {:?}",
@@ -430,5 +428,17 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             }
             EFault::None => {}
         }
+    }
+}
+
+/// A reset the proxy can see on a socket it watches is acted on within a tick or two (50 ms), not
+/// at the next timeout: `who` reset at `reset_at`, the proxy closed the connection at `closed`.
+fn let_go_promptly(f: usize, who: &str, reset_at: u64, closed: u64, fail: &mut impl FnMut(String)) {
+    if closed > reset_at + 50_000_000 {
+        fail(format!(
+            "flow {f}: the {who} reset at {} ms, the proxy let go only at {} ms",
+            reset_at / 1_000_000,
+            closed / 1_000_000
+        ));
     }
 }
