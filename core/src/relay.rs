@@ -38,7 +38,7 @@ impl Side {
 }
 
 /// A direction of byte flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dir {
     /// Bytes read from the client, written to the upstream.
     ClientToUpstream,

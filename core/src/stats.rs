@@ -130,6 +130,14 @@ counters! {
     /// other side; each ended its connection within the turn (they are counted again under their
     /// outcome, e.g. `downstream_cx_reset`).
     WatchedErrors => "watched_socket_errors",
+    /// Connections the kernel relayed (`kernel-sockmap`: the pair went into the BPF socket map).
+    KernelRelayCx => "kernel_relay_cx_total",
+    /// Connections the kernel relay did not take (map full, socket refused): relayed by the
+    /// readiness path instead.
+    KernelRelayRefused => "kernel_relay_refused",
+    /// Directions the kernel relay handed back before they started (bytes arrived before the
+    /// pair was complete): copied by the shard, in order, from then on.
+    KernelRelaySpilled => "kernel_relay_spilled",
     /// Accepted connections whose client was already gone (reset while in the accept queue, or
     /// before origdst could read its addresses): nothing to relay or reset.
     AcceptClientGone => "downstream_cx_accept_client_gone",

@@ -65,6 +65,31 @@ pub enum ConnectStart<S> {
     Failed(IoErrorKind),
 }
 
+/// What one socket has moved so far, in TCP sequence space (`TCP_INFO`, `SIOCOUTQ`): how the
+/// shard follows a pair the kernel relays without seeing its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpCounts {
+    /// Received from the peer: data, and one for a FIN (`tcpi_bytes_received`).
+    pub received: u64,
+    /// Queued for the peer: acknowledged plus still in the send queue (`tcpi_bytes_acked` +
+    /// `SIOCOUTQ`; a connecting socket's SYN counts one).
+    pub queued: u64,
+}
+
+/// What the source of a direction the kernel relays has to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayedSource {
+    /// Nothing for the shard: the kernel takes what arrives.
+    Quiet,
+    /// Bytes sit in the receive queue the relay has not taken yet (it will): look again soon.
+    Pending,
+    /// The relay handed this socket's bytes back (they arrived before its peer was in the map):
+    /// the shard must move them, all of them from now on.
+    Spilled,
+    /// The peer's FIN arrived.
+    Eof,
+}
+
 /// The two ends of a pipe the kernel made.
 pub trait PipeEnds: Debug {
     /// What the kernel says the pipe holds, where it can tell (`None` where it cannot).
@@ -170,6 +195,26 @@ pub trait Kernel: Sized {
     fn read(&mut self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno>;
     /// `send(2)` with `MSG_NOSIGNAL`, non-blocking.
     fn send(&mut self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
+
+    // --- the in-kernel relay (kernel-sockmap) ---
+
+    /// Hands a connected pair to the kernel's relay: what each socket receives leaves through
+    /// the other, and bytes already queued are taken. `Err` (an errno) if this kernel has no
+    /// relay or it refused the pair; the pair is then untouched.
+    fn relay_pair(&mut self, _client: &Self::Socket, _upstream: &Self::Socket) -> Result<(), Errno> {
+        Err(libc::ENOSYS)
+    }
+    /// The TCP counts of a socket (`None` if it cannot say: closed, not TCP).
+    fn tcp_counts(&mut self, _fd: i32) -> Option<TcpCounts> {
+        None
+    }
+    /// What the source `fd` of a relayed direction has to say, or its pending error.
+    fn relayed_source(&mut self, _fd: i32) -> Result<RelayedSource, Errno> {
+        Err(libc::ENOSYS)
+    }
+    /// The connection of a relayed pair is closing: forget whatever the relay keeps about `fd`
+    /// beyond the socket's life (its spill mark).
+    fn relay_forget(&mut self, _fd: i32) {}
 
     // --- kernel-specific data paths ---
 

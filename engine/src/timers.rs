@@ -17,6 +17,15 @@ pub enum TimerKey {
         /// The connection's generation.
         generation: u16,
     },
+    /// Look at a direction again (a relayed direction waiting for the kernel).
+    Dir {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's generation.
+        generation: u16,
+        /// The direction.
+        dir: origdst_core::relay::Dir,
+    },
     /// Re-arm a listener's accept after an error back-off (ENOMEM, ENOBUFS, ...).
     AcceptBackoff {
         /// The listener's index.

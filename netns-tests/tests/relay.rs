@@ -205,6 +205,64 @@ fn ipv6_64mib_each_way_byte_exact_copy() {
     bulk_each_way("v6copy", "uring-copy", SERVER_V6, ROUTER_SERVER_SIDE_V6);
 }
 
+/// The in-kernel relay (kernel-sockmap): the same bytes, none of them through the shard, and
+/// core's byte counts (from the sockets' TCP counters) exact.
+fn bulk_each_way_in_kernel(tag: &str, ips: [&str; 2], router_ip: &str, extra: &[&str]) {
+    let exit = bulk_each_way_with(tag, "kernel-sockmap", ips, router_ip, extra);
+    assert!(
+        exit.log.contains(" data_path=kernel-sockmap ")
+            || exit.log.contains(" data_path=epoll-kernel-sockmap "),
+        "the start-up line names the relay (it loaded):\n{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1, "the kernel relayed the pair");
+    assert_eq!(exit.stat("kernel_relay_refused"), 0);
+    assert_eq!(
+        exit.stat("spliced_bytes") + exit.stat("copied_bytes"),
+        0,
+        "no byte went through the shard"
+    );
+}
+
+#[test]
+fn ipv4_64mib_each_way_byte_exact_kernel_sockmap() {
+    bulk_each_way_in_kernel("v4kernel", SERVER_V4, ROUTER_SERVER_SIDE_V4, &[]);
+}
+
+#[test]
+fn ipv6_64mib_each_way_byte_exact_kernel_sockmap_on_epoll() {
+    bulk_each_way_in_kernel(
+        "v6kernelepoll",
+        SERVER_V6,
+        ROUTER_SERVER_SIDE_V6,
+        &["--backend", "epoll"],
+    );
+}
+
+/// Each FIN is passed on only after every byte before it: the response follows the client's
+/// half-close, byte-exact, through the kernel.
+#[test]
+fn half_close_client_first_through_the_kernel_relay() {
+    let exit = half_close_client_first("hcckernel", "kernel-sockmap");
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1);
+    assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), 1 << 20);
+    assert_eq!(exit.stat("downstream_cx_tx_bytes_total"), 4 << 20);
+}
+
+/// A server that speaks first (its bytes may reach the upstream socket before the pair is
+/// complete in the map: kicked, or handed back and copied — either way in order).
+#[test]
+fn half_close_server_first_through_the_kernel_relay() {
+    let exit = half_close_server_first("hcskernel", "kernel-sockmap");
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1);
+    assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), 1 << 20);
+    assert_eq!(exit.stat("downstream_cx_tx_bytes_total"), 4 << 20);
+    println!(
+        "server first through the kernel: {} directions spilled",
+        exit.stat("kernel_relay_spilled")
+    );
+}
+
 /// The epoll backend (what origdst uses where io_uring is refused) moves the same bytes.
 fn bulk_each_way_on_epoll(tag: &str, data_path: &str, ips: [&str; 2], router_ip: &str) {
     let exit = bulk_each_way_with(tag, data_path, ips, router_ip, &["--backend", "epoll"]);
@@ -313,7 +371,11 @@ fn server_sees_the_address_the_client_dialled() {
 
 #[test]
 fn half_close_client_first_response_still_flows() {
-    let gw = Gateway::new("hcc");
+    half_close_client_first("hcc", "uring-splice");
+}
+
+fn half_close_client_first(tag: &str, data_path: &str) -> ProxyExit {
+    let gw = Gateway::new(tag);
     let (tx, done) = mpsc::channel();
     // The server reads the whole request (to the client's FIN), then answers.
     let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
@@ -328,7 +390,7 @@ fn half_close_client_first_response_still_flows() {
         });
     });
     let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
-    let proxy = start_proxy(&gw, "uring-splice");
+    let proxy = start_proxy(&gw, data_path);
     let dst = addr(SERVER_V4[0], SERVER_PORT);
     let response = gw.client.run(move || {
         let stream = TcpStream::connect(dst).expect("connect");
@@ -346,11 +408,16 @@ fn half_close_client_first_response_still_flows() {
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("half_close_from_client"), 1);
     assert_eq!(exit.stat("completed"), 1);
+    exit
 }
 
 #[test]
 fn half_close_server_first_upload_still_flows() {
-    let gw = Gateway::new("hcs");
+    half_close_server_first("hcs", "uring-copy");
+}
+
+fn half_close_server_first(tag: &str, data_path: &str) -> ProxyExit {
+    let gw = Gateway::new(tag);
     let (tx, done) = mpsc::channel();
     // The server sends everything and shuts its write half first, then reads the upload.
     let handler = Arc::new(move |stream: TcpStream, _: SocketAddr, _: SocketAddr| {
@@ -364,7 +431,7 @@ fn half_close_server_first_upload_still_flows() {
         });
     });
     let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], SERVER_PORT)], handler);
-    let proxy = start_proxy(&gw, "uring-copy");
+    let proxy = start_proxy(&gw, data_path);
     let dst = addr(SERVER_V4[0], SERVER_PORT);
     let download = gw.client.run(move || {
         let stream = TcpStream::connect(dst).expect("connect");
@@ -384,6 +451,7 @@ fn half_close_server_first_upload_still_flows() {
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("half_close_from_upstream"), 1);
     assert_eq!(exit.stat("completed"), 1);
+    exit
 }
 
 #[test]

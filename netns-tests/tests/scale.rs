@@ -86,6 +86,12 @@ fn ten_thousand_concurrent_connections_opsplice() {
     ten_thousand_concurrent_connections("scaleopsplice", "uring-opsplice");
 }
 
+/// The in-kernel relay: 20 000 sockets in the BPF map, each first byte relayed by the kernel.
+#[test]
+fn ten_thousand_concurrent_connections_kernel_sockmap() {
+    ten_thousand_concurrent_connections("scalekernel", "kernel-sockmap");
+}
+
 #[test]
 fn ten_thousand_concurrent_connections_epoll() {
     ten_thousand_concurrent_connections("scaleepoll", "epoll");
@@ -145,6 +151,13 @@ fn ten_thousand_concurrent_connections(tag: &str, data_path: &str) {
         (rss - rss_idle) as f64 / n as f64
     );
     assert_eq!(active, n, "every connection is open in origdst");
+    if data_path == "kernel-sockmap" {
+        assert_eq!(
+            proxy.live_stat("kernel_relay_cx_total"),
+            n,
+            "the kernel relays every pair"
+        );
+    }
     // opsplice's ops ran on workers that linger a few seconds after their last op; the cap is 2
     // bounded + 2 unbound per ring (`iowq_workers_max`), 2 rings.
     let iou_wrk_max = if data_path == "uring-opsplice" { 8 } else { 0 };

@@ -37,6 +37,8 @@ pub(crate) struct RealKernel {
     /// `net.ipv4.tcp_fwmark_accept`: only then does an accepted socket carry its SYN's mark, so
     /// only then is it worth a `getsockopt` per connection.
     fwmark_accept: bool,
+    /// The in-kernel relay's maps (kernel-sockmap).
+    relay: Option<crate::sockmap::ShardRelay>,
 }
 
 /// The simulator's faults, in the real runtime, for the real-kernel tests: short splices, reads
@@ -85,6 +87,7 @@ impl RealKernel {
         buf_ring: Option<BufRing>,
         origin: std::time::Instant,
         shard: usize,
+        relay: Option<crate::sockmap::ShardRelay>,
     ) -> Self {
         let buggify = Buggify::from_env(shard);
         if buggify.is_some() && shard == 0 {
@@ -99,6 +102,7 @@ impl RealKernel {
             origin,
             buggify,
             fwmark_accept: sys::fwmark_accept(),
+            relay,
         }
     }
 
@@ -284,7 +288,31 @@ impl Kernel for RealKernel {
         match path {
             DataPath::UringCopy => Some(NativeDirs::Copy(CopyDir::default())),
             DataPath::UringOpSplice => Some(NativeDirs::OpSplice(OpSpliceDir::default())),
-            DataPath::UringSplice => None,
+            DataPath::UringSplice | DataPath::KernelSockmap => None,
+        }
+    }
+
+    fn relay_pair(&mut self, client: &OwnedFd, upstream: &OwnedFd) -> Result<(), Errno> {
+        match self.relay.as_mut() {
+            Some(relay) => relay.insert(client.as_raw_fd(), upstream.as_raw_fd()),
+            None => Err(libc::ENOSYS),
+        }
+    }
+
+    fn tcp_counts(&mut self, fd: i32) -> Option<origdst_engine::kernel::TcpCounts> {
+        crate::sockmap::tcp_counts(fd)
+    }
+
+    fn relayed_source(&mut self, fd: i32) -> Result<origdst_engine::kernel::RelayedSource, Errno> {
+        match self.relay.as_mut() {
+            Some(relay) => relay.source(fd),
+            None => Err(libc::ENOSYS),
+        }
+    }
+
+    fn relay_forget(&mut self, fd: i32) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.forget(fd);
         }
     }
 

@@ -14,5 +14,6 @@ pub mod observed;
 mod pipe_pool;
 pub mod published;
 mod shard;
+mod sockmap;
 pub mod supervisor;
 mod sys;

@@ -81,6 +81,8 @@ enum DataPathArg {
     /// IORING_OP_SPLICE after POLL_ADD readiness (kept to measure: an io-wq hand-off per op).
     #[value(name = "uring-opsplice")]
     UringOpSplice,
+    /// The kernel relays (BPF sockmap stream verdict); needs CAP_BPF, falls back to uring-splice.
+    KernelSockmap,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
                     DataPathArg::UringSplice => DataPath::UringSplice,
                     DataPathArg::UringCopy => DataPath::UringCopy,
                     DataPathArg::UringOpSplice => DataPath::UringOpSplice,
+                    DataPathArg::KernelSockmap => DataPath::KernelSockmap,
                 }),
                 admin: admin.map(|AdminArg(admin)| admin),
             };

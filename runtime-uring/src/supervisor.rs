@@ -217,6 +217,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     raise_nofile_limit();
     check_privileges(&settings.config)?;
     let (backend, backend_reason) = choose_backend(settings.backend);
+    let (data_path, relay) = load_relay(settings.data_path);
     let config = Arc::new(settings.config.clone());
     let access_counts = config
         .knobs
@@ -237,7 +238,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     let observed = Arc::new(Observed {
         rows: rows.clone(),
         backend: backend.name(),
-        data_path: data_path_name(backend, settings.data_path),
+        data_path: data_path_name(backend, data_path),
         started: Default::default(),
         draining: Default::default(),
         reloads_ok: Default::default(),
@@ -274,7 +275,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         let setup = ShardSetup {
             id,
             config: Arc::clone(&config),
-            data_path: settings.data_path,
+            data_path,
             backend,
             me: Arc::clone(&me),
             control: Arc::clone(&control),
@@ -283,6 +284,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             origin,
             own_upstreams: Arc::clone(&own_upstreams),
             access_log: access_sender.as_ref().map(|s| s.for_shard(id)),
+            relay: relay.clone(),
         };
         let core = (config.knobs.pin_shards && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let events = events_tx.clone();
@@ -315,12 +317,37 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     result
 }
 
+/// kernel-sockmap: loads the in-kernel relay. Where it cannot be loaded (no CAP_BPF, a kernel
+/// without sockmap, a build without clang) the shards relay with uring-splice, the path the
+/// relay falls back to for single connections anyway, and the log says why; the metrics'
+/// `data_path` label names the path that runs.
+fn load_relay(data_path: DataPath) -> (DataPath, Option<Arc<crate::sockmap::Loaded>>) {
+    if data_path != DataPath::KernelSockmap {
+        return (data_path, None);
+    }
+    match crate::sockmap::Loaded::load() {
+        Ok(relay) => {
+            tracing::info!("in-kernel relay loaded (BPF sk_skb stream verdict on a SOCKHASH)");
+            (data_path, Some(relay))
+        }
+        Err(err) => {
+            tracing::warn!(
+                "origdst.data_path=kernel-sockmap: the in-kernel relay is unavailable ({err}); it \
+                 needs CAP_BPF and CAP_NET_ADMIN (or root) and a kernel with sockmap — relaying \
+                 with uring-splice instead"
+            );
+            (DataPath::UringSplice, None)
+        }
+    }
+}
+
 /// The data path's name in logs and metrics (the epoll backend has only its readiness pumps).
 fn data_path_name(backend: Backend, data_path: DataPath) -> &'static str {
     match (backend, data_path) {
         (Backend::IoUring, path) => path.name(),
         (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => "epoll-splice",
         (Backend::Epoll, DataPath::UringCopy) => "epoll-copy",
+        (Backend::Epoll, DataPath::KernelSockmap) => "epoll-kernel-sockmap",
     }
 }
 
@@ -509,7 +536,7 @@ fn supervise(
         wait_exits(events, running);
         return Err(err);
     }
-    print_startup(settings, config, backend);
+    print_startup(settings, config, backend, observed.data_path);
     observed.started.store(true, Ordering::Relaxed);
     let reloads = reload_thread(
         Arc::clone(observed),
@@ -576,6 +603,7 @@ fn print_startup(
     settings: &EngineSettings,
     config: &Config,
     (backend, backend_reason): (Backend, Option<String>),
+    data_path: &str,
 ) {
     let listeners: Vec<String> = config
         .listeners
@@ -605,7 +633,6 @@ fn print_startup(
         .knobs
         .upstream_mark
         .map_or("off".to_string(), |m| m.to_string());
-    let data_path = data_path_name(backend, settings.data_path);
     if let Some(reason) = backend_reason {
         tracing::warn!("using the epoll backend ({reason})");
     }

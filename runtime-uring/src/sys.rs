@@ -191,6 +191,59 @@ pub(crate) fn peek(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     .map_err(io::Error::from)
 }
 
+/// `SO_RCVLOWAT` on a descriptor the shard holds (the relay's kick).
+pub(crate) fn set_rcvlowat_raw(fd: RawFd, bytes: libc::c_int) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// `SO_COOKIE`: the socket's kernel-wide id, what the relay's maps are keyed by.
+pub(crate) fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: the shard passes only descriptors of sockets it holds open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    SockRef::from(&fd).cookie()
+}
+
+/// One byte of the stream, not consumed: 0 at EOF.
+pub(crate) fn peek_one(fd: RawFd) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+}
+
+/// `TCP_INFO` (neither socket2 nor nix reads it).
+pub(crate) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: an all-zero tcp_info is valid; the kernel fills what it knows of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(info)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SIOCOUTQ`: bytes in the send queue not yet acknowledged.
+pub(crate) fn outq(fd: RawFd) -> io::Result<u64> {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut bytes) };
+    if rc == 0 {
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn set_int_option(
     fd: RawFd,
     level: libc::c_int,

@@ -18,6 +18,12 @@ pub enum DataPath {
     /// ready (non-blocking sockets, so no io-wq worker ever parks). Kept to measure: every op is
     /// an io-wq hand-off.
     UringOpSplice,
+    /// The kernel relays: a BPF `sk_skb` stream verdict redirects what each socket of a pair
+    /// receives to the other's egress (a `SOCKHASH`), so the bytes never reach user space; the
+    /// shard only watches for each FIN and passes it on once every byte before it is queued on
+    /// the other side. Needs CAP_BPF (or root); a pair the kernel does not take is relayed by
+    /// the readiness path (uring-splice) instead.
+    KernelSockmap,
 }
 
 impl DataPath {
@@ -27,6 +33,7 @@ impl DataPath {
             Self::UringSplice => "uring-splice",
             Self::UringCopy => "uring-copy",
             Self::UringOpSplice => "uring-opsplice",
+            Self::KernelSockmap => "kernel-sockmap",
         }
     }
 
@@ -36,6 +43,7 @@ impl DataPath {
             "uring-splice" => Some(Self::UringSplice),
             "uring-copy" => Some(Self::UringCopy),
             "uring-opsplice" => Some(Self::UringOpSplice),
+            "kernel-sockmap" => Some(Self::KernelSockmap),
             _ => None,
         }
     }
@@ -179,7 +187,9 @@ impl Knobs {
             Some(text) => DataPath::parse(&text).ok_or_else(|| {
                 ConfigError::new(
                     "origdst.data_path",
-                    format!("{text:?} is not one of uring-splice, uring-copy, uring-opsplice"),
+                    format!(
+                        "{text:?} is not one of uring-splice, uring-copy, uring-opsplice, kernel-sockmap"
+                    ),
                 )
             })?,
         };

@@ -283,14 +283,21 @@ fn documented_defaults_are_the_defaults() {
         [
             DataPath::UringSplice.name(),
             DataPath::UringCopy.name(),
-            DataPath::UringOpSplice.name()
+            DataPath::UringOpSplice.name(),
+            DataPath::KernelSockmap.name()
         ],
-        ["uring-splice", "uring-copy", "uring-opsplice"]
+        [
+            "uring-splice",
+            "uring-copy",
+            "uring-opsplice",
+            "kernel-sockmap"
+        ]
     );
     for path in [
         DataPath::UringSplice,
         DataPath::UringCopy,
         DataPath::UringOpSplice,
+        DataPath::KernelSockmap,
     ] {
         assert_eq!(DataPath::parse(path.name()), Some(path));
     }

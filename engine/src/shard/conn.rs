@@ -8,6 +8,7 @@ use origdst_core::time::Instant;
 
 use super::internal::{InternalDir, Role, Which};
 use super::io::Io;
+use super::relayed::{RelayedDir, Step};
 use super::splice::SpliceDir;
 use crate::kernel::{Kernel, NativeDir};
 use crate::progress::Progress;
@@ -23,6 +24,8 @@ pub enum DirIo<K: Kernel> {
     Native(K::Native),
     /// One end is an internal-listener queue.
     Internal(InternalDir),
+    /// The kernel relays (kernel-sockmap); the shard watches for the end.
+    Relayed(RelayedDir),
 }
 
 impl<K: Kernel> DirIo<K> {
@@ -39,15 +42,47 @@ impl<K: Kernel> DirIo<K> {
             Self::Splice(splice) => splice.pump(io, fds, key),
             Self::Native(native) => native.start(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
+            Self::Relayed(relayed) => {
+                let step = relayed.resume(io, fds, key);
+                self.settle(io, fds, key, step)
+            }
         }
     }
 
-    /// Woken from the ready queue (yielded, or a buffer/pipe came back).
+    /// Woken from the ready queue (yielded, or a buffer/pipe came back), or by its timer.
     pub fn resume(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {
         match self {
             Self::Splice(splice) => splice.pump(io, fds, key),
             Self::Native(native) => native.resume(io, fds, key),
             Self::Internal(internal) => internal.pump(io, fds, key),
+            Self::Relayed(relayed) => {
+                let step = relayed.resume(io, fds, key);
+                self.settle(io, fds, key, step)
+            }
+        }
+    }
+
+    /// A relayed direction's step: a spilled one becomes a copying readiness direction (every
+    /// byte of its source comes to the shard now, in order) and pumps at once.
+    fn settle(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey, step: Step) -> Progress {
+        match step {
+            Step::Progress(progress) => progress,
+            Step::Spilled => {
+                io.relay_spills += 1;
+                let mut copy = SpliceDir::copy_only();
+                let progress = copy.pump(io, fds, key);
+                *self = Self::Splice(copy);
+                progress
+            }
+        }
+    }
+
+    /// Bytes a relayed direction moved that core has not been told of (0 for other paths: they
+    /// report as they go).
+    pub fn unreported(&mut self, io: &mut Io<K>, fds: (i32, i32)) -> u64 {
+        match self {
+            Self::Relayed(relayed) => relayed.progress(io, fds.1),
+            _ => 0,
         }
     }
 
@@ -61,6 +96,10 @@ impl<K: Kernel> DirIo<K> {
         res: i32,
         flags: u32,
     ) -> Progress {
+        if let (Self::Relayed(relayed), Kind::PollIn) = (&mut *self, kind) {
+            let step = relayed.on_poll(io, fds, key);
+            return self.settle(io, fds, key, step);
+        }
         match (self, kind) {
             (Self::Splice(splice), Kind::PollIn | Kind::PollOut) => splice.on_poll(io, fds, key),
             (Self::Internal(internal), Kind::PollIn | Kind::PollOut) => {
@@ -79,6 +118,7 @@ impl<K: Kernel> DirIo<K> {
             Self::Native(native) => return native.inflight(key, out),
             Self::Splice(splice) => splice.armed(),
             Self::Internal(internal) => internal.armed(),
+            Self::Relayed(relayed) => relayed.armed(),
         };
         if let Some(kind) = armed {
             out.push(Token::new(kind, key.slot, key.generation, key.dir).encode());
@@ -90,7 +130,7 @@ impl<K: Kernel> DirIo<K> {
         match self {
             Self::Splice(splice) => splice.release(io),
             Self::Native(native) => native.release(io),
-            Self::Internal(_) => {}
+            Self::Internal(_) | Self::Relayed(_) => {}
         }
     }
 }
@@ -140,6 +180,8 @@ pub struct ConnIo<K: Kernel> {
     pub head_poll_armed: bool,
     /// The error watches on the client (0) and the upstream (1) socket.
     pub watch: [Watch; 2],
+    /// The pair was handed to the kernel's relay (kernel-sockmap).
+    pub relayed: bool,
 }
 
 impl<K: Kernel> ConnIo<K> {
@@ -168,6 +210,7 @@ impl<K: Kernel> ConnIo<K> {
             connect_poll_armed: false,
             head_poll_armed: false,
             watch: [Watch::Off; 2],
+            relayed: false,
         }
     }
 
@@ -195,6 +238,34 @@ impl<K: Kernel> ConnIo<K> {
             None => K::raw(self.fd(side).expect("both sockets exist while relaying")),
         };
         (fd(dir.source()), fd(dir.sink()))
+    }
+
+    /// Hands the pair to the kernel's relay if the data path asks for it and both ends are
+    /// sockets that have moved nothing yet: `Some(taken)` if it was tried. Called at the first
+    /// `Transfer`, before either direction has started.
+    pub fn try_relay(&mut self, io: &mut Io<K>, path: DataPath) -> Option<bool> {
+        let fresh = matches!(&self.dirs, [DirIo::Splice(a), DirIo::Splice(b)] if a.is_fresh() && b.is_fresh());
+        if path != DataPath::KernelSockmap
+            || self.relayed
+            || !fresh
+            || self.internal_client.is_some()
+            || self.internal_upstream.is_some()
+        {
+            return None;
+        }
+        let (client, upstream) = (self.client.as_ref()?, self.upstream.as_ref()?);
+        // Baselines first: whatever the sinks queue from here on is the relay's.
+        let client_counts = io.kernel.tcp_counts(K::raw(client))?;
+        let upstream_counts = io.kernel.tcp_counts(K::raw(upstream))?;
+        if io.kernel.relay_pair(client, upstream).is_err() {
+            return Some(false);
+        }
+        self.relayed = true;
+        self.dirs = [
+            DirIo::Relayed(RelayedDir::new(upstream_counts.queued)),
+            DirIo::Relayed(RelayedDir::new(client_counts.queued)),
+        ];
+        Some(true)
     }
 
     /// Turns both directions into queue pumps around `pair`; `outer`: this connection's upstream

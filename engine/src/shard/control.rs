@@ -74,6 +74,11 @@ impl<K: Kernel> Shard<K> {
     }
 
     pub(super) fn publish(&mut self) {
+        let spills = std::mem::take(&mut self.io.relay_spills);
+        if spills > 0 {
+            self.stats
+                .add(origdst_core::stats::Counter::KernelRelaySpilled, spills);
+        }
         let mut gauges = [0u64; Gauge::ALL.len()];
         gauges[Gauge::ConnectionsActive as usize] = self.conns.len() as u64;
         gauges[Gauge::PipesLeased as usize] = u64::from(self.io.pipes.leased());

@@ -41,6 +41,10 @@ pub struct Io<K: Kernel> {
     pub copied_bytes: u64,
     /// Internal-listener pairs (in-process connections) of this shard.
     pub pairs: Slots<Pair>,
+    /// Directions to look at again after a delay (a relayed direction waiting for the kernel).
+    pub later: Vec<(std::time::Duration, DirKey)>,
+    /// Relayed directions the kernel handed back (spilled), not yet counted.
+    pub relay_spills: u64,
 }
 
 impl<K: Kernel> Io<K> {
@@ -63,6 +67,8 @@ impl<K: Kernel> Io<K> {
             spliced_bytes: 0,
             copied_bytes: 0,
             pairs: Slots::default(),
+            later: Vec::new(),
+            relay_spills: 0,
         }
     }
 

@@ -18,6 +18,7 @@ mod timing;
 pub mod conn;
 pub mod internal;
 pub mod io;
+pub mod relayed;
 pub mod splice;
 
 use std::collections::VecDeque;
@@ -31,7 +32,7 @@ use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::relay::{Dir, Side};
 use origdst_core::route::Balancer;
-use origdst_core::stats::Counters;
+use origdst_core::stats::{Counter, Counters};
 use origdst_core::time::Instant;
 
 use self::conn::{ConnIo, Watch};
@@ -208,6 +209,7 @@ impl<K: Kernel> Shard<K> {
             if self.draining && self.conns.is_empty() {
                 break;
             }
+            self.schedule_later();
             self.publish();
             self.wait()?;
             let now = self.now();
@@ -275,6 +277,11 @@ impl<K: Kernel> Shard<K> {
                 }
                 Action::PeekHead { have, max } => self.start_peek(slot, have, max),
                 Action::Transfer { dir } => {
+                    match conn.try_relay(&mut self.io, self.dir_path) {
+                        Some(true) => self.stats.incr(Counter::KernelRelayCx),
+                        Some(false) => self.stats.incr(Counter::KernelRelayRefused),
+                        None => {}
+                    }
                     let key = DirKey {
                         slot,
                         generation: conn.generation,

@@ -72,6 +72,11 @@ impl<K: Kernel> Shard<K> {
         for dir in &mut conn.dirs {
             dir.release(&mut self.io);
         }
+        if conn.relayed {
+            for fd in &fds[..nfds] {
+                self.io.kernel.relay_forget(*fd);
+            }
+        }
         self.report_close(now, &conn.core, conn.listener_name.clone());
         if let Some(client) = conn.client {
             self.io.closing.push(client);

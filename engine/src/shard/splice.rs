@@ -60,6 +60,20 @@ impl<K: Kernel> Default for SpliceDir<K> {
 }
 
 impl<K: Kernel> SpliceDir<K> {
+    /// A direction that only copies (a source the kernel relay handed back: splice(2) reads a
+    /// socket's receive queue, not what the relay queued for it).
+    pub fn copy_only() -> Self {
+        Self {
+            next: Via::BufferOnly,
+            ..Self::default()
+        }
+    }
+
+    /// Nothing has happened on it yet.
+    pub fn is_fresh(&self) -> bool {
+        self.pipe.is_none() && self.buf.is_none() && !self.src_eof && self.armed.is_none()
+    }
+
     /// Moves bytes until the source is empty, the sink is full, the direction ends, or the round
     /// budget is spent (then it re-queues itself so other connections get a turn).
     pub fn pump(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Progress {

@@ -2,11 +2,12 @@
 //! earliest its core asked for); an entry that went stale is recognised when it pops and the
 //! connection's next deadline is armed instead. Expiries are bounded per turn.
 
+use origdst_core::relay::{Dir, HalfState};
 use origdst_core::time::Instant;
 
 use super::Shard;
 use crate::kernel::Kernel;
-use crate::slots::SlotKey;
+use crate::slots::{DirKey, SlotKey};
 use crate::timers::TimerKey;
 
 impl<K: Kernel> Shard<K> {
@@ -22,6 +23,24 @@ impl<K: Kernel> Shard<K> {
                 TimerKey::Conn {
                     slot,
                     generation: conn.generation,
+                },
+            );
+        }
+    }
+
+    /// Moves the directions that asked to be looked at again into the timer heap.
+    pub(super) fn schedule_later(&mut self) {
+        if self.io.later.is_empty() {
+            return;
+        }
+        let now = self.now();
+        for (delay, key) in self.io.later.drain(..) {
+            self.timers.push(
+                now + delay,
+                TimerKey::Dir {
+                    slot: key.slot,
+                    generation: key.generation,
+                    dir: key.dir,
                 },
             );
         }
@@ -43,8 +62,37 @@ impl<K: Kernel> Shard<K> {
                     if conn.timer_at == Some(at) {
                         conn.timer_at = None;
                     }
+                    // What the kernel relayed since the last look is activity the idle timer
+                    // must see before it decides.
+                    for dir in Dir::ALL {
+                        let fds = conn.fds(dir);
+                        let bytes = conn.dirs[dir.index()].unreported(&mut self.io, fds);
+                        if bytes > 0 {
+                            conn.core.handle_transferred(now, dir, bytes, &mut self.stats);
+                        }
+                    }
                     conn.core.handle_timeout(now, &mut self.stats);
                     self.drive(now, slot);
+                }
+                TimerKey::Dir {
+                    slot,
+                    generation,
+                    dir,
+                } => {
+                    let key = DirKey {
+                        slot,
+                        generation,
+                        dir,
+                    };
+                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
+                        continue;
+                    };
+                    if conn.core.is_closed() || conn.core.half_state(dir) != HalfState::Open {
+                        continue;
+                    }
+                    let fds = conn.fds(dir);
+                    let progress = conn.dirs[dir.index()].resume(&mut self.io, fds, key);
+                    self.apply(now, key, progress);
                 }
                 TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
                 TimerKey::AcceptResume => {

@@ -133,6 +133,8 @@ pub(crate) struct ShardSetup0 {
     pub(crate) own_upstreams: Arc<OwnUpstreams>,
     /// Where finished connections are logged, if anywhere.
     pub(crate) access_log: Option<AccessLogSender>,
+    /// The in-kernel relay, where the data path is kernel-sockmap and it loaded.
+    pub(crate) relay: Option<Arc<crate::sockmap::Loaded>>,
 }
 
 /// Why a shard could not start.
@@ -146,6 +148,8 @@ pub(crate) enum StartError {
     IoWq(stdio::Error),
     #[error("registering the provided-buffer ring failed: {0}")]
     BufRing(stdio::Error),
+    #[error("opening the in-kernel relay's maps failed: {0}")]
+    Relay(stdio::Error),
     #[error("epoll set-up failed: {0}")]
     Epoll(stdio::Error),
     #[error("listener {listener:?}: cannot listen on {addr}: {err}")]
@@ -179,7 +183,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
                     )
                     .map_err(StartError::BufRing)?,
                 ),
-                DataPath::UringSplice | DataPath::UringOpSplice => None,
+                DataPath::UringSplice | DataPath::UringOpSplice | DataPath::KernelSockmap => None,
             };
             (Poller::uring(ring, knobs.busy_poll), buf_ring)
         }
@@ -194,6 +198,9 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
         (Backend::Epoll, DataPath::UringCopy) => (DataPath::UringSplice, 0),
         (Backend::Epoll, DataPath::UringSplice | DataPath::UringOpSplice) => {
             (DataPath::UringSplice, setup.pipe_budget_bytes)
+        }
+        (Backend::Epoll, DataPath::KernelSockmap) => {
+            (DataPath::KernelSockmap, setup.pipe_budget_bytes)
         }
         (Backend::IoUring, path) => (path, setup.pipe_budget_bytes),
     };
@@ -220,7 +227,11 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
             });
         }
     }
-    let kernel = RealKernel::new(poller, buf_ring, setup.origin, setup.id);
+    let relay = match &setup.relay {
+        Some(loaded) => Some(loaded.for_shard().map_err(StartError::Relay)?),
+        None => None,
+    };
+    let kernel = RealKernel::new(poller, buf_ring, setup.origin, setup.id, relay);
     let engine_setup = ShardSetup {
         id: setup.id,
         config: setup.config,
