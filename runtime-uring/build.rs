@@ -16,20 +16,35 @@ fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
     let built = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", "-I", &multiarch, "-c", "bpf/relay.c", "-o"])
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I",
+            &multiarch,
+            "-c",
+            "bpf/relay.c",
+            "-o",
+        ])
         .arg(&object)
         .output();
     match built {
         Ok(output) if output.status.success() => {}
         Ok(output) => skip(&format!(
             "clang failed: {}",
-            String::from_utf8_lossy(&output.stderr).lines().next().unwrap_or("")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
         )),
         Err(err) => skip(&format!("clang not found ({err})")),
     }
 }
 
 fn skip(why: &str) {
-    println!("cargo::warning=building without the kernel-sockmap relay: {why} (install clang and libbpf-dev)");
+    println!(
+        "cargo::warning=building without the kernel-sockmap relay: {why} (install clang and libbpf-dev)"
+    );
     println!("cargo::rustc-cfg=origdst_no_bpf");
 }

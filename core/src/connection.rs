@@ -433,7 +433,9 @@ impl Connection {
         );
         half.bytes += n;
         stats.record_bytes(dir, n);
-        self.last_activity = now;
+        // Never backwards: a direction the kernel relays reports its bytes after the fact, with
+        // the time they last moved, which may be before another event core has seen.
+        self.last_activity = self.last_activity.max(now);
     }
 
     /// `dir`'s source reached EOF and every byte read from it was written: shut the sink's write

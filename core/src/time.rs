@@ -23,6 +23,14 @@ impl Instant {
         self.0
     }
 
+    /// `ago` before `self`, or the origin if that is earlier.
+    pub fn saturating_sub(self, ago: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later (clocks never go back, but a
     /// caller comparing two events out of order must not underflow).
     pub fn saturating_duration_since(self, earlier: Self) -> Duration {

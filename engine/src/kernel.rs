@@ -74,6 +74,11 @@ pub struct TcpCounts {
     /// Queued for the peer: acknowledged plus still in the send queue (`tcpi_bytes_acked` +
     /// `SIOCOUTQ`; a connecting socket's SYN counts one).
     pub queued: u64,
+    /// The connection is gone (`TCP_CLOSE`: reset, or failed): nothing sent from it arrives.
+    pub closed: bool,
+    /// Since this socket last sent data (`tcpi_last_data_sent`, milliseconds): when a relayed
+    /// direction's bytes last moved.
+    pub since_sent: Duration,
 }
 
 /// What the source of a direction the kernel relays has to say.
@@ -201,7 +206,11 @@ pub trait Kernel: Sized {
     /// Hands a connected pair to the kernel's relay: what each socket receives leaves through
     /// the other, and bytes already queued are taken. `Err` (an errno) if this kernel has no
     /// relay or it refused the pair; the pair is then untouched.
-    fn relay_pair(&mut self, _client: &Self::Socket, _upstream: &Self::Socket) -> Result<(), Errno> {
+    fn relay_pair(
+        &mut self,
+        _client: &Self::Socket,
+        _upstream: &Self::Socket,
+    ) -> Result<(), Errno> {
         Err(libc::ENOSYS)
     }
     /// The TCP counts of a socket (`None` if it cannot say: closed, not TCP).

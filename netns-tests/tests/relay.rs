@@ -215,7 +215,11 @@ fn bulk_each_way_in_kernel(tag: &str, ips: [&str; 2], router_ip: &str, extra: &[
         "the start-up line names the relay (it loaded):\n{}",
         exit.log
     );
-    assert_eq!(exit.stat("kernel_relay_cx_total"), 1, "the kernel relayed the pair");
+    assert_eq!(
+        exit.stat("kernel_relay_cx_total"),
+        1,
+        "the kernel relayed the pair"
+    );
     assert_eq!(exit.stat("kernel_relay_refused"), 0);
     assert_eq!(
         exit.stat("spliced_bytes") + exit.stat("copied_bytes"),

@@ -25,7 +25,8 @@ struct Aligned<B: ?Sized>(B);
 /// The compiled program (`build.rs`), or nothing where this build has none.
 #[cfg(not(origdst_no_bpf))]
 const OBJECT: Option<&[u8]> = {
-    static ALIGNED: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay.o")));
+    static ALIGNED: &Aligned<[u8]> =
+        &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay.o")));
     Some(&ALIGNED.0)
 };
 #[cfg(origdst_no_bpf)]
@@ -64,7 +65,10 @@ impl Loaded {
         let spilled = map_data(&mut bpf, "spilled")?;
         let program: &mut SkSkb = bpf
             .program_mut("relay")
-            .ok_or(LoadError::Bpf("the object", "no program named relay".into()))?
+            .ok_or(LoadError::Bpf(
+                "the object",
+                "no program named relay".into(),
+            ))?
             .try_into()
             .map_err(|e| bpf_err("the relay program")(&e))?;
         program
@@ -101,19 +105,20 @@ fn map_data(bpf: &mut aya::Ebpf, name: &'static str) -> Result<MapData, LoadErro
         .ok_or(LoadError::Bpf("the object", format!("no map named {name}")))?;
     match map {
         Map::SockHash(data) | Map::HashMap(data) => Ok(data),
-        _ => Err(LoadError::Bpf("the object", format!("{name} has another type"))),
+        _ => Err(LoadError::Bpf(
+            "the object",
+            format!("{name} has another type"),
+        )),
     }
 }
 
 fn clone_map(map: &MapData) -> Result<MapData, MapError> {
-    let fd = map
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|io_error| MapError::SyscallError(aya::sys::SyscallError {
+    let fd = map.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError {
             call: "dup",
             io_error,
-        }))?;
+        })
+    })?;
     MapData::from_fd(fd)
 }
 
@@ -176,8 +181,13 @@ pub(crate) fn tcp_counts(fd: i32) -> Option<TcpCounts> {
     Some(TcpCounts {
         received: info.tcpi_bytes_received,
         queued: info.tcpi_bytes_acked + unacked,
+        closed: info.tcpi_state == TCP_CLOSE,
+        since_sent: std::time::Duration::from_millis(u64::from(info.tcpi_last_data_sent)),
     })
 }
+
+/// `TCP_CLOSE` of the kernel's `tcp_states.h` (libc does not export the TCP states).
+const TCP_CLOSE: u8 = 7;
 
 fn errno(err: io::Error) -> Errno {
     err.raw_os_error().unwrap_or(libc::EIO)

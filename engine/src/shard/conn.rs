@@ -5,6 +5,7 @@ use origdst_core::config::DataPath;
 use origdst_core::connection::Connection;
 use origdst_core::relay::{Dir, Side};
 use origdst_core::time::Instant;
+use std::time::Duration;
 
 use super::internal::{InternalDir, Role, Which};
 use super::io::Io;
@@ -77,12 +78,19 @@ impl<K: Kernel> DirIo<K> {
         }
     }
 
-    /// Bytes a relayed direction moved that core has not been told of (0 for other paths: they
-    /// report as they go).
-    pub fn unreported(&mut self, io: &mut Io<K>, fds: (i32, i32)) -> u64 {
+    /// The other direction ended: a relayed direction looks after its sink from now on.
+    pub fn other_ended(&mut self, io: &mut Io<K>, key: DirKey) {
+        if let Self::Relayed(relayed) = self {
+            relayed.watch_sink(io, key);
+        }
+    }
+
+    /// Bytes a relayed direction moved that core has not been told of, and how long ago the
+    /// last moved (`None` for other paths: they report as they go).
+    pub fn unreported(&mut self, io: &mut Io<K>, fds: (i32, i32)) -> Option<(u64, Duration)> {
         match self {
             Self::Relayed(relayed) => relayed.progress(io, fds.1),
-            _ => 0,
+            _ => None,
         }
     }
 

@@ -100,6 +100,14 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn apply(&mut self, now: Instant, key: DirKey, progress: Progress) {
         self.feed(now, key.slot, key.dir, progress);
+        if progress.end == Some(DirEnd::Eof) && self.conns[key.slot].relayed {
+            let other = DirKey {
+                dir: Dir::from_source(key.dir.sink()),
+                ..key
+            };
+            let conn = &mut self.conns[key.slot];
+            conn.dirs[other.dir.index()].other_ended(&mut self.io, other);
+        }
         self.drive(now, key.slot);
     }
 

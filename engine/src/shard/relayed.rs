@@ -35,6 +35,10 @@ use crate::token::Kind;
 pub const RECHECK_FIRST: Duration = Duration::from_micros(50);
 /// The longest wait between two looks (the backoff doubles up to it).
 pub const RECHECK_MAX: Duration = Duration::from_millis(5);
+/// The first look at a half-closed relayed connection's remaining sink.
+pub const HEALTH_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between two looks at it.
+pub const HEALTH_MAX: Duration = Duration::from_millis(200);
 
 /// One direction the kernel relays.
 #[derive(Debug)]
@@ -45,6 +49,12 @@ pub struct RelayedDir {
     /// Bytes reported to core so far.
     reported: u64,
     state: State,
+    /// The other direction has ended, so its source (this direction's sink) has its peer's
+    /// FIN, and a poll on it would fire at once for ever (io_uring always reports RDHUP): the
+    /// sink's health is looked at on a timer instead, backing off from [`HEALTH_FIRST`] to
+    /// [`HEALTH_MAX`]. The kernel stops relaying to a sink that failed (and drops what it
+    /// takes for it): this is how the shard learns of it before the source's FIN.
+    health: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,14 +83,23 @@ impl RelayedDir {
             sink_base,
             reported: 0,
             state: State::Relaying { armed: false },
+            health: None,
+        }
+    }
+
+    /// The other direction ended: look after this one's sink on a timer from now on.
+    pub fn watch_sink<K: Kernel>(&mut self, io: &mut Io<K>, key: DirKey) {
+        if self.health.is_none() {
+            self.health = Some(HEALTH_FIRST);
+            io.later.push((HEALTH_FIRST, key));
         }
     }
 
     /// `Transfer{dir}`, or woken by its recheck timer.
     pub fn resume<K: Kernel>(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Step {
         match self.state {
-            // A poll is in flight: its completion will look.
-            State::Relaying { armed: true } => Step::Progress(Progress::default()),
+            // A poll is in flight: its completion will look; the timer is the sink's health.
+            State::Relaying { armed: true } => self.check_sink(io, fds, key),
             State::Relaying { armed: false } | State::Pending { .. } => self.look(io, fds, key),
             State::Delivering { .. } => self.deliver(io, fds, key),
         }
@@ -102,15 +121,27 @@ impl RelayedDir {
         (self.state == State::Relaying { armed: true }).then_some(Kind::PollIn)
     }
 
-    /// Bytes the relay moved that core has not been told of (the connection's timer fired).
-    pub fn progress<K: Kernel>(&mut self, io: &mut Io<K>, sink: i32) -> u64 {
-        let Some(counts) = io.kernel.tcp_counts(sink) else {
-            return 0;
-        };
+    /// Bytes the relay moved that core has not been told of (the connection's timer fired), and
+    /// how long ago the last of them moved.
+    pub fn progress<K: Kernel>(&mut self, io: &mut Io<K>, sink: i32) -> Option<(u64, Duration)> {
+        let counts = io.kernel.tcp_counts(sink)?;
         let moved = counts.queued.saturating_sub(self.sink_base);
         let new = moved.saturating_sub(self.reported);
         self.reported += new;
-        new
+        (new > 0).then_some((new, counts.since_sent))
+    }
+
+    fn check_sink<K: Kernel>(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Step {
+        let Some(delay) = self.health else {
+            return Step::Progress(Progress::default());
+        };
+        if io.kernel.tcp_counts(fds.1).is_none_or(|c| c.closed) {
+            return failed(key.dir.sink(), libc::ECONNRESET);
+        }
+        let next = (delay * 2).min(HEALTH_MAX);
+        self.health = Some(next);
+        io.later.push((next, key));
+        Step::Progress(Progress::default())
     }
 
     fn look<K: Kernel>(&mut self, io: &mut Io<K>, fds: (i32, i32), key: DirKey) -> Step {
@@ -153,6 +184,8 @@ impl RelayedDir {
             unreachable!("delivering in state {:?}", self.state);
         };
         match io.kernel.tcp_counts(fds.1) {
+            // The sink failed: what the relay still held for it is lost, and the peer knows.
+            Some(counts) if counts.closed => failed(key.dir.sink(), libc::ECONNRESET),
             Some(counts) if counts.queued >= target => {
                 let total = target - self.sink_base;
                 let bytes = total.saturating_sub(self.reported);

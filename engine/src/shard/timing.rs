@@ -64,11 +64,14 @@ impl<K: Kernel> Shard<K> {
                     }
                     // What the kernel relayed since the last look is activity the idle timer
                     // must see before it decides.
-                    for dir in Dir::ALL {
+                    for dir in Dir::ALL.into_iter().filter(|_| conn.relayed) {
                         let fds = conn.fds(dir);
-                        let bytes = conn.dirs[dir.index()].unreported(&mut self.io, fds);
-                        if bytes > 0 {
-                            conn.core.handle_transferred(now, dir, bytes, &mut self.stats);
+                        if let Some((bytes, ago)) =
+                            conn.dirs[dir.index()].unreported(&mut self.io, fds)
+                        {
+                            let at = now.saturating_sub(ago);
+                            conn.core
+                                .handle_transferred(at, dir, bytes, &mut self.stats);
                         }
                     }
                     conn.core.handle_timeout(now, &mut self.stats);

@@ -23,6 +23,14 @@ pub struct Faults {
     /// `max_user_watches`), failing every readiness interest on that descriptor, as the epoll
     /// backend reports it.
     pub poll_refused: u16,
+    /// The in-kernel relay refuses a pair (its map is full): the shard relays it.
+    pub relay_refused: u16,
+    /// The upstream socket of a relayed pair is handed back (a server's bytes arrived before
+    /// the pair was complete in the map): the shard copies that direction.
+    pub relay_spill: u16,
+    /// The relay's work queue sends a backlog on a given tick (per mille): lower means the last
+    /// bytes trail further behind the FIN the shard sees.
+    pub relay_send: u16,
 }
 
 /// A deterministic generator (splitmix64): the kernel's only source of choice.

@@ -51,6 +51,20 @@ pub struct Endpoint {
     pub record: Option<RedirectRecord>,
     /// A proxy connect the platform's redirect policy sends back to the proxy (no valid record).
     pub loop_back: bool,
+    /// Bytes ever written by this endpoint into its peer's receive queue.
+    pub sent_total: u64,
+    /// When it last wrote any (virtual ns).
+    pub last_sent_at: u64,
+    /// Sequence space a connecting socket's SYN took (1; 0 for an accepted one): what TCP's
+    /// counters add to the bytes, which the shard must not mistake for bytes.
+    pub syn: u64,
+    /// The in-kernel relay moves what this endpoint receives to this endpoint's egress.
+    pub relay_to: Option<Ep>,
+    /// The relay handed this endpoint's bytes back to it (they stay in `recv`).
+    pub spilled: bool,
+    /// Bytes the relay took from its source and has not sent from this endpoint yet (the
+    /// kernel's work queue, `sk_psock_backlog`).
+    pub relay_backlog: VecDeque<u8>,
 }
 
 impl Endpoint {
@@ -74,7 +88,18 @@ impl Endpoint {
             received_total: 0,
             record: None,
             loop_back: false,
+            sent_total: 0,
+            last_sent_at: 0,
+            syn: 0,
+            relay_to: None,
+            spilled: false,
+            relay_backlog: VecDeque::new(),
         }
+    }
+
+    /// Relayed by the kernel and not handed back: received bytes are the relay's, not readable.
+    pub fn relayed(&self) -> bool {
+        self.relay_to.is_some() && !self.spilled
     }
 }
 
@@ -159,6 +184,11 @@ pub struct Net {
     pub fired: BTreeMap<&'static str, u64>,
     /// Pipes closed while they still held bytes (a connection that died with bytes in flight).
     pub pipes_closed_holding_bytes: u64,
+    /// Virtual time as of the kernel's last step (ns).
+    pub now: u64,
+    /// Bytes the relay had taken and could not send because its sink's write half was shut
+    /// first (the FIN passed on before them: a truncated stream).
+    pub relay_bytes_lost: u64,
     /// Destinations whose connections from the proxy TPROXY captures again (a node whose rules
     /// do not exempt the proxy's own traffic), delivered to this listener as a transparent
     /// connection.
@@ -197,6 +227,8 @@ impl Net {
             never_accepted: 0,
             fired: BTreeMap::new(),
             pipes_closed_holding_bytes: 0,
+            relay_bytes_lost: 0,
+            now: 0,
             recaptured: Vec::new(),
             tproxy_listener: 0,
             refused_connect_polls: BTreeMap::new(),
@@ -359,6 +391,7 @@ impl Net {
         let ep = self.endpoints.len();
         let mut e = Endpoint::new(local, upstream, self.window);
         e.loop_back = looped;
+        e.syn = 1;
         e.connecting = if looped {
             Some(Some((completes_at, false)))
         } else if self.black_holes.contains(&upstream) {
@@ -461,8 +494,70 @@ impl Net {
         let p = &mut self.endpoints[peer];
         p.recv.extend(&bytes[..n]);
         p.received_total += n as u64;
+        self.endpoints[ep].sent_total += n as u64;
+        self.endpoints[ep].last_sent_at = self.now;
         self.activity += 1;
         Ok(n)
+    }
+
+    /// The in-kernel relay's work: each relayed endpoint's received bytes are taken into its
+    /// sink's backlog at once (the verdict runs as they arrive), up to a window; a backlog is sent on only when
+    /// `send_now` says (the work queue runs when it runs). A sink whose write half is shut, or
+    /// that failed, loses its backlog: counted, and the socket fails as the kernel's would
+    /// (EPIPE).
+    pub fn relay_step(&mut self, mut send_now: impl FnMut() -> bool) {
+        for ep in 0..self.endpoints.len() {
+            let e = &self.endpoints[ep];
+            let Some(sink) = e.relay_to.filter(|_| e.relayed() && !e.closed) else {
+                continue;
+            };
+            // Taken bytes stay charged to the source's receive memory until sent, so the
+            // backlog is bounded by the source's window (TCP's back-pressure through a relay).
+            let room = self.endpoints[ep]
+                .window
+                .saturating_sub(self.endpoints[sink].relay_backlog.len());
+            let n = room.min(self.endpoints[ep].recv.len());
+            if n > 0 {
+                let bytes: Vec<u8> = self.endpoints[ep].recv.drain(..n).collect();
+                self.endpoints[sink].relay_backlog.extend(bytes);
+                self.activity += 1;
+            }
+        }
+        for sink in 0..self.endpoints.len() {
+            if self.endpoints[sink].relay_backlog.is_empty() || !send_now() {
+                continue;
+            }
+            let e = &self.endpoints[sink];
+            if e.closed {
+                continue;
+            }
+            if e.error.is_some() {
+                // The connection failed: what it held is lost with it, as the peer was told.
+                self.endpoints[sink].relay_backlog.clear();
+                self.activity += 1;
+                continue;
+            }
+            if e.wr_shut {
+                self.relay_bytes_lost += e.relay_backlog.len() as u64;
+                let e = &mut self.endpoints[sink];
+                e.relay_backlog.clear();
+                e.error = Some(libc::EPIPE);
+                self.activity += 1;
+                continue;
+            }
+            let bytes: Vec<u8> = self.endpoints[sink].relay_backlog.iter().copied().collect();
+            match self.write(sink, &bytes) {
+                Ok(n) => {
+                    self.endpoints[sink].relay_backlog.drain(..n);
+                }
+                Err(libc::EAGAIN) => {}
+                Err(errno) => {
+                    let e = &mut self.endpoints[sink];
+                    e.relay_backlog.clear();
+                    e.error.get_or_insert(errno);
+                }
+            }
+        }
     }
 
     /// Reads up to `buf.len()` bytes: how many (0 at EOF), or an errno.
@@ -538,7 +633,11 @@ impl Net {
                     r |= libc::POLLRDHUP as u32;
                     return r;
                 }
-                if e.recv.len() >= e.rcvlowat.max(1) || (e.fin && !e.recv.is_empty()) {
+                // A relayed socket's bytes are the relay's: only a FIN (or an error, or bytes
+                // handed back) makes it readable.
+                if !e.relayed()
+                    && (e.recv.len() >= e.rcvlowat.max(1) || (e.fin && !e.recv.is_empty()))
+                {
                     r |= bits(libc::POLLIN);
                 }
                 if e.fin {
@@ -554,6 +653,13 @@ impl Net {
             }
             Some(Object::Pipe(_) | Object::Spare) | None => 0,
         }
+    }
+
+    /// A relay backlog waits to be sent from an open socket.
+    pub fn relay_has_work(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| !e.relay_backlog.is_empty() && !e.closed && e.error.is_none())
     }
 
     /// When the next pending connect completes, if one will.

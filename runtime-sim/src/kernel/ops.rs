@@ -12,7 +12,7 @@ use origdst_core::config::DataPath;
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, RedirectRecord, SockOptAnswer};
 use origdst_core::outcome::IoErrorKind;
 use origdst_core::time::Instant;
-use origdst_engine::kernel::{ConnectStart, Errno, Kernel, NoNative};
+use origdst_engine::kernel::{ConnectStart, Errno, Kernel, NoNative, RelayedSource, TcpCounts};
 use origdst_engine::shard::errno_kind;
 use origdst_engine::token::{Kind, Token};
 
@@ -110,6 +110,11 @@ impl Kernel for SimKernel {
             }
             {
                 let mut net = self.net.borrow_mut();
+                // The relay's work queue runs before the workload looks: what it sends at this
+                // instant is received at it, as the shard's own sends are.
+                net.now = self.now;
+                let (rng, send) = (&mut self.rng, self.faults.relay_send);
+                net.relay_step(|| send == 0 || rng.chance(send));
                 self.workload.step(&mut net, self.now);
                 net.progress_connects(self.now);
                 if !self.drain_sent && self.workload.done(&net, self.now) {
@@ -131,7 +136,12 @@ impl Kernel for SimKernel {
             let mut next = self.now + TICK_NS;
             let (idle, next_connect) = {
                 let net = self.net.borrow();
-                (net.activity == activity, net.next_connect())
+                // The relay's work queue has bytes to send: time moves tick by tick, as it
+                // would for any socket with bytes in flight.
+                (
+                    net.activity == activity && !net.relay_has_work(),
+                    net.next_connect(),
+                )
             };
             if idle {
                 // Nothing moved this tick and nothing is ready: jump to what comes next.
@@ -436,4 +446,61 @@ impl Kernel for SimKernel {
     }
 
     fn recycle_stale(&mut self, _token: Token, _flags: u32) {}
+
+    fn relay_pair(&mut self, client: &SimFd, upstream: &SimFd) -> Result<(), Errno> {
+        if self.rng.chance(self.faults.relay_refused) {
+            self.fired("relay_refused");
+            return Err(libc::ENOSPC);
+        }
+        let spill = self.rng.chance(self.faults.relay_spill);
+        if spill {
+            self.fired("relay_spill");
+        }
+        let mut net = self.net.borrow_mut();
+        let (c, u) = (net.ep(client.fd), net.ep(upstream.fd));
+        assert!(
+            net.endpoints[c].relay_to.is_none() && net.endpoints[u].relay_to.is_none(),
+            "a socket put in the relay's map twice"
+        );
+        net.endpoints[c].relay_to = Some(u);
+        net.endpoints[u].relay_to = Some(c);
+        net.endpoints[u].spilled = spill;
+        net.activity += 1;
+        Ok(())
+    }
+
+    fn tcp_counts(&mut self, fd: i32) -> Option<TcpCounts> {
+        let net = self.net.borrow();
+        let Some(Object::Socket(ep)) = net.object(fd) else {
+            return None;
+        };
+        let e = &net.endpoints[ep];
+        Some(TcpCounts {
+            received: e.received_total + u64::from(e.fin),
+            queued: e.syn + e.sent_total,
+            closed: e.error.is_some(),
+            since_sent: Duration::from_nanos(self.now.saturating_sub(e.last_sent_at)),
+        })
+    }
+
+    fn relayed_source(&mut self, fd: i32) -> Result<RelayedSource, Errno> {
+        let net = self.net.borrow();
+        let e = &net.endpoints[net.ep(fd)];
+        assert!(
+            e.relay_to.is_some(),
+            "relayed_source on a socket not in the relay's map"
+        );
+        if let Some(err) = e.error {
+            return Err(err);
+        }
+        Ok(if e.spilled {
+            RelayedSource::Spilled
+        } else if !e.recv.is_empty() {
+            RelayedSource::Pending
+        } else if e.fin {
+            RelayedSource::Eof
+        } else {
+            RelayedSource::Quiet
+        })
+    }
 }

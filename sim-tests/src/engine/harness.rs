@@ -123,7 +123,7 @@ fn config(scenario: &EScenario) -> Config {
     const SET_STATE: &str =
         "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
     let yaml = format!(
-        "origdst: {{ pipe_budget_bytes: {budget}, buffer_size_bytes: {buffer}, http_head_timeout: 1s, http_head_max_bytes: {head_max}, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
+        "origdst: {{ data_path: {data_path}, pipe_budget_bytes: {budget}, buffer_size_bytes: {buffer}, http_head_timeout: 1s, http_head_max_bytes: {head_max}, drain_timeout: 2s, connections_per_shard_max: {limit}, redirect_records: {records} }}
 static_resources:
   listeners:
   - name: capture
@@ -223,6 +223,7 @@ bootstrap_extensions:
     \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
     buffer_size_kb: {queue_kb}
 ",
+        data_path = if scenario.relay { "kernel-sockmap" } else { "uring-splice" },
         budget = if pipes { 4 * 1024 * 1024 } else { 0 },
         buffer = scenario.buffer_bytes,
         limit = conn_limit.unwrap_or(10_000),
@@ -262,6 +263,8 @@ pub struct EReport {
     pub pipes_created: usize,
     /// Pipes closed while they still held bytes.
     pub pipes_closed_holding_bytes: u64,
+    /// Bytes the in-kernel relay could not send because the FIN was passed on before them.
+    pub relay_bytes_lost: u64,
     /// Connect polls the kernel refused, by destination.
     pub refused_connect_polls: std::collections::BTreeMap<SocketAddr, u32>,
     /// Clients whose head poll the kernel refused.
@@ -430,6 +433,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         fired: net.borrow().fired.clone(),
         pipes_created: net.borrow().pipes.len(),
         pipes_closed_holding_bytes: net.borrow().pipes_closed_holding_bytes,
+        relay_bytes_lost: net.borrow().relay_bytes_lost,
         refused_connect_polls: net.borrow().refused_connect_polls.clone(),
         refused_head_polls: net.borrow().refused_head_polls.clone(),
         own_upstreams_left: own_upstreams.recorded(),

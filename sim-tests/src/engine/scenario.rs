@@ -204,6 +204,9 @@ pub struct EScenario {
     /// `buffer_size_bytes`: splice-auto copies until a read fills half a buffer, so small
     /// buffers make flows switch between copying and splicing.
     pub buffer_bytes: u32,
+    /// `data_path: kernel-sockmap`: the kernel relays socket pairs (some refused, some handed
+    /// back, its backlog trailing the FINs the shard sees).
+    pub relay: bool,
 }
 
 impl EScenario {
@@ -345,6 +348,9 @@ impl EScenario {
             accept_errors: 0,
             stray_wakes: 0,
             poll_refused: 0,
+            relay_refused: 0,
+            relay_spill: 0,
+            relay_send: 0,
         };
         let mut scenario = Self {
             seed,
@@ -368,6 +374,7 @@ impl EScenario {
             sample_every: 1,
             copy_buffers: FALLBACK_BUFFERS_MAX,
             buffer_bytes: 65536,
+            relay: false,
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -430,6 +437,13 @@ impl EScenario {
         // At most the socket window: a read can fill a buffer only if the window holds one.
         scenario.buffer_bytes =
             pick(&mut rng, &[4096, 4096, 16384, 65536]).min(scenario.window as u64) as u32;
+        // Drawn last, so what the draws above give each seed stays as it was.
+        if rng.chance(250) {
+            scenario.relay = true;
+            scenario.faults.relay_refused = pick(&mut rng, &[0, 0, 200]) as u16;
+            scenario.faults.relay_spill = pick(&mut rng, &[0, 0, 300]) as u16;
+            scenario.faults.relay_send = pick(&mut rng, &[0, 100, 500]) as u16;
+        }
         scenario
     }
 }

@@ -233,7 +233,8 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         socket_flows_completed(scenario, report).any(|(_, r)| r.bytes_received + r.bytes_sent > 0);
     let spliced = report.gauges[Gauge::SplicedBytes as usize];
     let copied = report.gauges[Gauge::CopiedBytes as usize];
-    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed {
+    // (With the in-kernel relay, the socket flows' bytes never reach the readiness path.)
+    if scenario.pipes && scenario.fd_limit >= 100 && bulk_relayed && !scenario.relay {
         if report.pipes_created == 0 {
             fail("pipes configured and bulk relayed, but no pipe was ever made".into());
         }
@@ -244,8 +245,44 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
     if !scenario.pipes && spliced != 0 {
         fail(format!("no pipe budget, yet spliced_bytes is {spliced}"));
     }
-    if !scenario.pipes && relayed && copied == 0 {
+    if !scenario.pipes && relayed && copied == 0 && !scenario.relay {
         fail("no pipe budget and bytes relayed, yet copied_bytes is 0".into());
+    }
+    // The in-kernel relay: a FIN is passed on only after every byte before it has left.
+    if report.relay_bytes_lost != 0 {
+        fail(format!(
+            "the relay lost {} bytes: a FIN was passed on before them",
+            report.relay_bytes_lost
+        ));
+    }
+    let (relayed_pairs, refused_pairs, spilled) = (
+        count(Counter::KernelRelayCx),
+        count(Counter::KernelRelayRefused),
+        count(Counter::KernelRelaySpilled),
+    );
+    if !scenario.relay && relayed_pairs + refused_pairs + spilled != 0 {
+        fail(format!(
+            "no relay configured, yet kernel_relay_cx_total {relayed_pairs}, refused \
+             {refused_pairs}, spilled {spilled}"
+        ));
+    }
+    if refused_pairs != fired("relay_refused") {
+        fail(format!(
+            "the relay refused {} pairs, kernel_relay_refused = {refused_pairs}",
+            fired("relay_refused")
+        ));
+    }
+    if spilled > fired("relay_spill") {
+        fail(format!(
+            "the relay handed back {} sockets, kernel_relay_spilled = {spilled}",
+            fired("relay_spill")
+        ));
+    }
+    if scenario.relay && relayed && relayed_pairs + refused_pairs == 0 {
+        fail(
+            "kernel-sockmap and bytes relayed between sockets, yet no pair went to the relay"
+                .into(),
+        );
     }
     if report.own_upstreams_left != 0 {
         fail(format!(
