@@ -20,6 +20,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const DATA: Pattern = Pattern::new(0xfa17);
 
 fn start(gw: &Gateway, config: &ConfigFile) -> Proxy {
+    start_on(gw, config, "uring-splice")
+}
+
+fn start_on(gw: &Gateway, config: &ConfigFile, data_path: &str) -> Proxy {
     Proxy::start(
         origdst_bin!(),
         &gw.router,
@@ -30,6 +34,8 @@ fn start(gw: &Gateway, config: &ConfigFile) -> Proxy {
             "2",
             "--log-level",
             "debug",
+            "--data-path",
+            data_path,
         ],
     )
 }
@@ -89,7 +95,16 @@ fn black_holed_upstream_resets_the_client_at_the_connect_timeout() {
 
 #[test]
 fn upstream_reset_mid_stream_reaches_the_client_as_a_reset() {
-    let gw = Gateway::new("upreset");
+    upstream_reset_mid_stream("upreset", "uring-splice");
+}
+
+#[test]
+fn upstream_reset_mid_stream_reaches_the_client_through_the_kernel_relay() {
+    upstream_reset_mid_stream("upresetk", "kernel-sockmap");
+}
+
+fn upstream_reset_mid_stream(tag: &str, data_path: &str) {
+    let gw = Gateway::new(tag);
     let handler = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
         thread::spawn(move || {
             DATA.write_to(&mut &stream, 256 * 1024)
@@ -99,8 +114,8 @@ fn upstream_reset_mid_stream_reaches_the_client_as_a_reset() {
         });
     });
     let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8091)], handler);
-    let config = ConfigFile::default_with("upreset", &[]);
-    let proxy = start(&gw, &config);
+    let config = ConfigFile::default_with(tag, &[]);
+    let proxy = start_on(&gw, &config, data_path);
     let dst = addr(SERVER_V4[0], 8091);
     let (got, end) = gw.client.run(move || {
         let mut stream = TcpStream::connect(dst).expect("connect");
@@ -119,7 +134,16 @@ fn upstream_reset_mid_stream_reaches_the_client_as_a_reset() {
 
 #[test]
 fn client_reset_mid_upload_reaches_the_upstream_as_a_reset() {
-    let gw = Gateway::new("clreset");
+    client_reset_mid_upload("clreset", "uring-splice");
+}
+
+#[test]
+fn client_reset_mid_upload_reaches_the_upstream_through_the_kernel_relay() {
+    client_reset_mid_upload("clresetk", "kernel-sockmap");
+}
+
+fn client_reset_mid_upload(tag: &str, data_path: &str) {
+    let gw = Gateway::new(tag);
     let (tx, seen) = mpsc::channel();
     let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
         let tx = tx.clone();
@@ -129,8 +153,8 @@ fn client_reset_mid_upload_reaches_the_upstream_as_a_reset() {
         });
     });
     let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8092)], handler);
-    let config = ConfigFile::default_with("clreset", &[]);
-    let proxy = start(&gw, &config);
+    let config = ConfigFile::default_with(tag, &[]);
+    let proxy = start_on(&gw, &config, data_path);
     let dst = addr(SERVER_V4[0], 8092);
     gw.client.run(move || {
         let stream = TcpStream::connect(dst).expect("connect");
@@ -150,7 +174,16 @@ fn client_reset_mid_upload_reaches_the_upstream_as_a_reset() {
 
 #[test]
 fn idle_timeout_resets_both_sides() {
-    let gw = Gateway::new("idle");
+    idle_timeout_resets("idle", "uring-splice");
+}
+
+#[test]
+fn idle_timeout_resets_both_sides_of_a_kernel_relayed_connection() {
+    idle_timeout_resets("idlek", "kernel-sockmap");
+}
+
+fn idle_timeout_resets(tag: &str, data_path: &str) {
+    let gw = Gateway::new(tag);
     let (tx, seen) = mpsc::channel();
     let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
         let tx = tx.clone();
@@ -162,8 +195,8 @@ fn idle_timeout_resets_both_sides() {
         });
     });
     let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8093)], handler);
-    let config = ConfigFile::default_with("idle", &[("idle_timeout: 3600s", "idle_timeout: 1s")]);
-    let proxy = start(&gw, &config);
+    let config = ConfigFile::default_with(tag, &[("idle_timeout: 3600s", "idle_timeout: 1s")]);
+    let proxy = start_on(&gw, &config, data_path);
     let dst = addr(SERVER_V4[0], 8093);
     let (waited, end) = gw.client.run(move || {
         let mut stream = TcpStream::connect(dst).expect("connect");
@@ -185,6 +218,153 @@ fn idle_timeout_resets_both_sides() {
     );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("idle_timeout"), 1);
+}
+
+/// The kernel relays the bytes, so the shard sees none of them: a transfer that keeps moving for
+/// three idle timeouts must not be cut as idle (the shard reads the sockets' TCP counters when
+/// the idle timer comes due).
+#[test]
+fn a_busy_kernel_relayed_connection_is_not_idle() {
+    let gw = Gateway::new("busyk");
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let _ = tx.send(read_until_end(&mut stream));
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8094)], handler);
+    let config = ConfigFile::default_with("busyk", &[("idle_timeout: 3600s", "idle_timeout: 1s")]);
+    let proxy = start_on(&gw, &config, "kernel-sockmap");
+    let dst = addr(SERVER_V4[0], 8094);
+    gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        // 3 s of 1 KiB every 100 ms, then a clean end.
+        for _ in 0..30 {
+            stream.write_all(&[7u8; 1024]).expect("client send");
+            thread::sleep(Duration::from_millis(100));
+        }
+        stream.shutdown(Shutdown::Write).expect("client shutdown");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        assert_eq!(read_until_end(&mut stream), (0, Ok(())), "client end");
+    });
+    let (got, end) = seen.recv_timeout(IO_TIMEOUT).expect("server result");
+    assert_eq!(
+        (got, end),
+        (30 * 1024, Ok(())),
+        "the server got the whole upload"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("idle_timeout"), 0, "{}", exit.log);
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1);
+    assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), 30 * 1024);
+}
+
+/// The client sends its request and half-closes; the server streams its answer for three idle
+/// timeouts. Every idle-timer look at the relay must count only the open direction (the closed
+/// one's sink has queued a FIN since, which TCP counts; counting it once crashed the shard).
+#[test]
+fn a_half_closed_kernel_relayed_connection_streams_past_its_timers() {
+    let gw = Gateway::new("halfk");
+    let handler = Arc::new(move |mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        thread::spawn(move || {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let request = read_until_end(&mut stream);
+            assert_eq!(request, (100, Ok(())), "server: the request, then the FIN");
+            for _ in 0..30 {
+                stream.write_all(&[9u8; 1024]).expect("server send");
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8096)], handler);
+    let config = ConfigFile::default_with(
+        "halfk",
+        &[
+            ("idle_timeout: 3600s", "idle_timeout: 1s"),
+            ("connect_timeout: 10s", "connect_timeout: 0.5s"),
+        ],
+    );
+    let proxy = start_on(&gw, &config, "kernel-sockmap");
+    let dst = addr(SERVER_V4[0], 8096);
+    let answer = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream.write_all(&[3u8; 100]).expect("client send");
+        // (A socket that has its peer's FIN already is not ESTABLISHED, and the kernel's socket
+        // map takes only established ones: such a pair is relayed by the shard, and counted as
+        // refused. Half-close once the pair is in the map.)
+        thread::sleep(Duration::from_millis(100));
+        stream.shutdown(Shutdown::Write).expect("client shutdown");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        read_until_end(&mut stream)
+    });
+    assert_eq!(
+        answer,
+        (30 * 1024, Ok(())),
+        "the whole answer, then the FIN"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("idle_timeout"), 0, "{}", exit.log);
+    assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
+    assert_eq!(exit.stat("downstream_cx_rx_bytes_total"), 100);
+    assert_eq!(exit.stat("downstream_cx_tx_bytes_total"), 30 * 1024);
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1);
+}
+
+/// The upstream answers, half-closes, then resets while the client is still uploading: the
+/// kernel stops relaying to the dead socket, and the shard, looking after it on a timer since
+/// its FIN, resets the client promptly (not at the idle timeout an hour later).
+#[test]
+fn an_upstream_reset_after_its_fin_reaches_a_kernel_relayed_client() {
+    let gw = Gateway::new("finrstk");
+    let handler = Arc::new(|stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        thread::spawn(move || {
+            DATA.write_to(&mut &stream, 64 * 1024).expect("server send");
+            stream.shutdown(Shutdown::Write).expect("server FIN");
+            thread::sleep(Duration::from_millis(300));
+            reset_on_close(&stream);
+        });
+    });
+    let _server = Server::start(&gw.server, &[addr(SERVER_V4[0], 8095)], handler);
+    let config = ConfigFile::default_with("finrstk", &[]);
+    let proxy = start_on(&gw, &config, "kernel-sockmap");
+    let dst = addr(SERVER_V4[0], 8095);
+    let (download, upload_end, waited) = gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let download = read_until_end(&mut stream);
+        // Upload until the reset arrives (a few seconds at most).
+        let started = Instant::now();
+        let end = loop {
+            if started.elapsed() > Duration::from_secs(20) {
+                break Ok(());
+            }
+            if let Err(e) = stream.write_all(&[1u8; 4096]) {
+                break Err(e.kind());
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        (download, end, started.elapsed())
+    });
+    assert_eq!(
+        download,
+        (64 * 1024, Ok(())),
+        "the download, then the server's FIN"
+    );
+    assert!(
+        matches!(
+            upload_end,
+            Err(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+        ),
+        "the client must be reset, saw {upload_end:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "the reset took {waited:?} to reach the client"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("upstream_cx_reset"), 1, "{}", exit.log);
 }
 
 #[test]

@@ -125,7 +125,11 @@ impl RelayedDir {
     /// how long ago the last of them moved.
     pub fn progress<K: Kernel>(&mut self, io: &mut Io<K>, sink: i32) -> Option<(u64, Duration)> {
         let counts = io.kernel.tcp_counts(sink)?;
-        let moved = counts.queued.saturating_sub(self.sink_base);
+        let mut moved = counts.queued.saturating_sub(self.sink_base);
+        if let State::Delivering { target, .. } = self.state {
+            // At most the bytes before the FIN: the sink's own FIN, once queued, counts one.
+            moved = moved.min(target - self.sink_base);
+        }
         let new = moved.saturating_sub(self.reported);
         self.reported += new;
         (new > 0).then_some((new, counts.since_sent))

@@ -64,7 +64,12 @@ impl<K: Kernel> Shard<K> {
                     }
                     // What the kernel relayed since the last look is activity the idle timer
                     // must see before it decides.
-                    for dir in Dir::ALL.into_iter().filter(|_| conn.relayed) {
+                    // (Open directions only: a finished one's sink has queued its FIN since,
+                    // which TCP counts and which is no byte.)
+                    for dir in Dir::ALL {
+                        if !conn.relayed || conn.core.half_state(dir) != HalfState::Open {
+                            continue;
+                        }
                         let fds = conn.fds(dir);
                         if let Some((bytes, ago)) =
                             conn.dirs[dir.index()].unreported(&mut self.io, fds)

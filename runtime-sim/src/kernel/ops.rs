@@ -477,7 +477,8 @@ impl Kernel for SimKernel {
         let e = &net.endpoints[ep];
         Some(TcpCounts {
             received: e.received_total + u64::from(e.fin),
-            queued: e.syn + e.sent_total,
+            // Sequence space, as TCP counts it: the SYN and the FIN take one each.
+            queued: e.syn + e.sent_total + u64::from(e.wr_shut),
             closed: e.error.is_some(),
             since_sent: Duration::from_nanos(self.now.saturating_sub(e.last_sent_at)),
         })

@@ -443,6 +443,17 @@ impl EScenario {
             scenario.faults.relay_refused = pick(&mut rng, &[0, 0, 200]) as u16;
             scenario.faults.relay_spill = pick(&mut rng, &[0, 0, 300]) as u16;
             scenario.faults.relay_send = pick(&mut rng, &[0, 100, 500]) as u16;
+            // A half-closed relayed connection that outlives a timer: the server answers at
+            // once and half-closes, the client pauses mid-upload (past the idle timeout, or
+            // not), so the connection's timer looks at the relay with one direction finished.
+            let chosen = scenario.flows.iter_mut().find(|f| {
+                f.route == ERoute::Plain && f.upload > 1 && f.fault == EFault::None && f.chunk > 1
+            });
+            if let Some(flow) = chosen.filter(|_| rng.chance(500)) {
+                flow.pause = Some((flow.upload / 2, pick(&mut rng, &[2000, 5200])));
+                flow.client_first = false;
+                flow.download = flow.download.clamp(1, 100);
+            }
         }
         scenario
     }

@@ -225,17 +225,26 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
                     record.outcome.name()
                 ));
             }
-            if !starved
-                && (!matches!(client.end, SideEnd::Error(_))
-                    || !matches!(server.end, SideEnd::Error(_)))
-            {
+            // (A client whose download had ended already — the server answered first and
+            // half-closed — meets its reset on the write side, when the pause is over.)
+            let client_reset = matches!(client.end, SideEnd::Error(_))
+                || (!flow.client_first
+                    && client.end == SideEnd::Eof
+                    && client.write_error.is_some());
+            if !starved && (!client_reset || !matches!(server.end, SideEnd::Error(_))) {
                 fail(format!(
                     "flow {f} (paused {ms} ms): both sides must be reset, client {:?}, server {:?}",
                     client.end, server.end
                 ));
             }
             if record.outcome == Outcome::IdleTimeout {
-                let waited = client.ended_at.saturating_sub(last);
+                // (When the reset: on the server's side where the client's read side had ended.)
+                let reset_at = if matches!(client.end, SideEnd::Error(_)) {
+                    client.ended_at
+                } else {
+                    server.ended_at
+                };
+                let waited = reset_at.saturating_sub(last);
                 let timeout = IDLE_TIMEOUT_MS * 1_000_000;
                 if waited < timeout || waited > timeout + margin_ms * 1_000_000 {
                     fail(format!(
