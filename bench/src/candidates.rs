@@ -149,6 +149,15 @@ pub(crate) const ALL: &[Candidate] = &[
         },
     },
     Candidate {
+        name: "origdst-kernel-sockmap",
+        kind: Kind::Origdst {
+            backend: "io-uring",
+            data_path: "kernel-sockmap",
+            uid: None,
+            knobs: "",
+        },
+    },
+    Candidate {
         name: "origdst-epoll-splice",
         kind: Kind::Origdst {
             backend: "epoll",

@@ -262,18 +262,33 @@ pub(crate) fn connection_rate(
                     let deadline = Instant::now() + duration;
                     let (mut ok, mut errors) = (0u64, 0u64);
                     while Instant::now() < deadline {
+                        let step = |what: &'static str| {
+                            move |e: std::io::Error| {
+                                std::io::Error::new(e.kind(), format!("{what}: {e}"))
+                            }
+                        };
                         let attempt = (|| -> std::io::Result<()> {
                             let mut stream =
-                                TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+                                TcpStream::connect_timeout(&dst, Duration::from_secs(2))
+                                    .map_err(step("connect"))?;
                             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                            stream.write_all(&[1])?;
+                            stream.write_all(&[1]).map_err(step("send"))?;
                             let mut byte = [0u8; 1];
-                            stream.read_exact(&mut byte)?;
+                            stream.read_exact(&mut byte).map_err(step("receive"))?;
                             Ok(())
                         })();
                         match attempt {
                             Ok(()) => ok += 1,
-                            Err(_) => errors += 1,
+                            Err(err) => {
+                                errors += 1;
+                                // The first few say what went wrong (the tables only count).
+                                if errors <= 3 {
+                                    eprintln!(
+                                        "connection to {dst} failed: {err} ({:?})",
+                                        err.kind()
+                                    );
+                                }
+                            }
                         }
                     }
                     (ok, errors)

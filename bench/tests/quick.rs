@@ -25,6 +25,7 @@ fn quick_run_measures_every_candidate_and_writes_its_outputs() {
         "| origdst-epoll-splice |",
         "| haproxy-splice |",
         "| kernel-sockmap |",
+        "| origdst-kernel-sockmap |",
     ] {
         assert!(markdown.contains(row), "no {row} row:\n{markdown}");
     }

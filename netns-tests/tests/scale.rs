@@ -181,3 +181,70 @@ fn ten_thousand_concurrent_connections(tag: &str, data_path: &str) {
     assert_eq!(exit.stat("completed"), n, "{}", exit.log);
     assert_eq!(exit.stat("downstream_cx_total"), n);
 }
+
+/// Short connections at full speed through the kernel relay (the benchmark's connection test):
+/// each sends one byte, reads its echo and closes first. None may
+/// fail: every pair goes through the map, its FINs through the delivery wait.
+#[test]
+fn short_connections_through_the_kernel_relay_all_complete() {
+    let gw = Gateway::new("shortk");
+    let dst = addr(SERVER_V4[0], 8097);
+    let handler = std::sync::Arc::new(
+        |mut stream: TcpStream, _: std::net::SocketAddr, _: std::net::SocketAddr| {
+            // An echo until the client's FIN (the benchmark's connection test: the client closes
+            // first, its FIN passed on after its byte, the server's after the echo).
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        },
+    );
+    let _server = origdst_netns_tests::server::Server::start(&gw.server, &[dst], handler);
+    let mut proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--shards", "2", "--data-path", "kernel-sockmap"],
+    );
+    let failures: Vec<String> = gw.client.run(move || {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    for i in 0..3000 {
+                        let attempt = (|| -> std::io::Result<()> {
+                            let mut stream =
+                                TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+                            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            stream.write_all(&[i as u8])?;
+                            let mut byte = [0u8; 1];
+                            stream.read_exact(&mut byte)?;
+                            assert_eq!(byte[0], i as u8);
+                            Ok(())
+                        })();
+                        if let Err(err) = attempt {
+                            failures.push(format!("#{i}: {err}"));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let relayed = proxy.live_stat("kernel_relay_cx_total");
+    let refused = proxy.live_stat("kernel_relay_refused");
+    println!(
+        "6 000 short connections: {relayed} relayed by the kernel, {refused} refused, failures {failures:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(relayed + refused, 6000);
+}
