@@ -189,18 +189,16 @@ fn ten_thousand_concurrent_connections(tag: &str, data_path: &str) {
 fn short_connections_through_the_kernel_relay_all_complete() {
     let gw = Gateway::new("shortk");
     let dst = addr(SERVER_V4[0], 8097);
-    let handler = std::sync::Arc::new(
-        |mut stream: TcpStream, _: std::net::SocketAddr, _: std::net::SocketAddr| {
-            // An echo until the client's FIN (the benchmark's connection test: the client closes
-            // first, its FIN passed on after its byte, the server's after the echo).
-            let mut buf = [0u8; 64];
-            while let Ok(n @ 1..) = stream.read(&mut buf) {
-                if stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
+    let handler = std::sync::Arc::new(|mut stream: TcpStream, _: SocketAddr, _: SocketAddr| {
+        // An echo until the client's FIN (the benchmark's connection test: the client closes
+        // first, its FIN passed on after its byte, the server's after the echo).
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            if stream.write_all(&buf[..n]).is_err() {
+                break;
             }
-        },
-    );
+        }
+    });
     let _server = origdst_netns_tests::server::Server::start(&gw.server, &[dst], handler);
     let mut proxy = Proxy::start(
         origdst_bin!(),
