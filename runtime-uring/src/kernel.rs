@@ -78,6 +78,10 @@ impl Buggify {
     }
 }
 
+/// BUGGIFY's pause between a relayed pair's two map updates: long enough for a server that
+/// writes on accept to be heard in between.
+const RELAY_SPILL_PAUSE: Duration = Duration::from_millis(20);
+
 /// Turns BUGGIFY on for a process (with a seed): test-only.
 pub(crate) const BUGGIFY_ENV: &str = "ORIGDST_BUGGIFY";
 
@@ -294,7 +298,12 @@ impl Kernel for RealKernel {
 
     fn relay_pair(&mut self, client: &OwnedFd, upstream: &OwnedFd) -> Result<(), Errno> {
         match self.relay.as_mut() {
-            Some(relay) => relay.insert(client.as_raw_fd(), upstream.as_raw_fd()),
+            Some(relay) => {
+                // BUGGIFY: a pause between the two map updates, so a server that speaks at once
+                // spills (its direction is handed back and copied).
+                let between = self.buggify.as_ref().map(|_| RELAY_SPILL_PAUSE);
+                relay.insert(client.as_raw_fd(), upstream.as_raw_fd(), between)
+            }
             None => Err(libc::ENOSYS),
         }
     }

@@ -131,7 +131,14 @@ pub(crate) struct ShardRelay {
 
 impl ShardRelay {
     /// Puts a connected pair in the map and kicks what each socket holds already.
-    pub(crate) fn insert(&mut self, client: i32, upstream: i32) -> Result<(), Errno> {
+    /// `between`: a pause between the two updates (BUGGIFY only: it makes a server that speaks
+    /// at once spill, so the real-kernel tests cover the handed-back path).
+    pub(crate) fn insert(
+        &mut self,
+        client: i32,
+        upstream: i32,
+        between: Option<std::time::Duration>,
+    ) -> Result<(), Errno> {
         let client_cookie = sys::socket_cookie(client).map_err(errno)?;
         let upstream_cookie = sys::socket_cookie(upstream).map_err(errno)?;
         // Under the client's cookie: where the client's bytes go. The upstream socket gets the
@@ -139,6 +146,9 @@ impl ShardRelay {
         self.peers
             .insert(client_cookie, upstream, 0)
             .map_err(map_errno)?;
+        if let Some(pause) = between {
+            std::thread::sleep(pause);
+        }
         if let Err(err) = self.peers.insert(upstream_cookie, client, 0) {
             // Take the first one out again: the pair is relayed by the shard. (If the upstream
             // received bytes meanwhile, they were passed and marked, and the shard copies them.)

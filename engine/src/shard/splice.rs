@@ -17,6 +17,7 @@
 
 use super::errno_kind;
 use super::io::{Io, PUMP_ROUNDS_MAX};
+use super::relayed::{RECHECK_FIRST, RECHECK_MAX};
 use crate::kernel::{Errno, Kernel};
 use crate::pipes::Pipe;
 use crate::progress::{DirEnd, Progress};
@@ -34,6 +35,13 @@ pub struct SpliceDir<K: Kernel> {
     armed: Option<Kind>,
     /// How the next fill reads (splice-auto).
     next: Via,
+    /// A source the kernel relay handed back (spilled): the bytes read from it so far. Its EOF
+    /// is believed only once they are all the source received: the kernel may report the FIN
+    /// while passed bytes still wait in the relay's backlog (`tcp_bpf_recvmsg` reads the
+    /// socket's own queue, empty, once the backlog holds what the verdict passed).
+    spilled_read: Option<u64>,
+    /// Looks in a row that found such an early EOF (the recheck backs off with it).
+    not_yet: u32,
 }
 
 /// How a fill reads.
@@ -55,6 +63,8 @@ impl<K: Kernel> Default for SpliceDir<K> {
             src_eof: false,
             armed: None,
             next: Via::Buffer,
+            spilled_read: None,
+            not_yet: 0,
         }
     }
 }
@@ -65,6 +75,7 @@ impl<K: Kernel> SpliceDir<K> {
     pub fn copy_only() -> Self {
         Self {
             next: Via::BufferOnly,
+            spilled_read: Some(0),
             ..Self::default()
         }
     }
@@ -107,6 +118,14 @@ impl<K: Kernel> SpliceDir<K> {
                 Ok(Fill::Eof) => self.src_eof = true,
                 Ok(Fill::NoBuffer) => {
                     io.waiters.push_back(key);
+                    return Progress::bytes(bytes);
+                }
+                Ok(Fill::NotYet) => {
+                    // The FIN came before the last bytes the relay handed back: look again.
+                    self.give_back(io);
+                    let delay = (RECHECK_FIRST * 2u32.pow(self.not_yet)).min(RECHECK_MAX);
+                    self.not_yet = (self.not_yet + 1).min(8);
+                    io.later.push((delay, key));
                     return Progress::bytes(bytes);
                 }
                 Err(libc::EAGAIN) => {
@@ -199,7 +218,21 @@ impl<K: Kernel> SpliceDir<K> {
         debug_assert_eq!(*len, 0);
         let n = io.kernel.read(src, buf)?;
         if n == 0 {
+            if let Some(read) = self.spilled_read {
+                // Sequence space: the FIN counts one.
+                let received = io
+                    .kernel
+                    .tcp_counts(src)
+                    .map(|c| c.received.saturating_sub(1));
+                if received.is_some_and(|received| received > read) {
+                    return Ok(Fill::NotYet);
+                }
+            }
             return Ok(Fill::Eof);
+        }
+        if let Some(read) = self.spilled_read.as_mut() {
+            *read += n as u64;
+            self.not_yet = 0;
         }
         if n >= buf.len() / 2 && self.next == Via::Buffer {
             // Half a buffer or more at once: bulk is flowing, splice what comes next. (Not "a
@@ -272,4 +305,6 @@ enum Fill {
     Read,
     Eof,
     NoBuffer,
+    /// A spilled source reported EOF before all it received was read.
+    NotYet,
 }

@@ -65,6 +65,10 @@ pub struct Endpoint {
     /// Bytes the relay took from its source and has not sent from this endpoint yet (the
     /// kernel's work queue, `sk_psock_backlog`).
     pub relay_backlog: VecDeque<u8>,
+    /// A spilled endpoint's bytes the verdict passed that the work queue has not put in `recv`
+    /// yet (the kernel queues them when the socket's receive memory is full). A read that finds
+    /// `recv` empty after the FIN returns 0 even while bytes wait here, as the kernel's does.
+    pub pass_backlog: VecDeque<u8>,
 }
 
 impl Endpoint {
@@ -94,6 +98,7 @@ impl Endpoint {
             relay_to: None,
             spilled: false,
             relay_backlog: VecDeque::new(),
+            pass_backlog: VecDeque::new(),
         }
     }
 
@@ -290,7 +295,7 @@ impl Net {
             return;
         }
         e.closed = true;
-        let reset = e.linger0 || !e.recv.is_empty();
+        let reset = e.linger0 || !e.recv.is_empty() || !e.pass_backlog.is_empty();
         let peer = e.peer;
         if let Some(peer) = peer {
             let p = &mut self.endpoints[peer];
@@ -459,7 +464,7 @@ impl Net {
                 if p.closed {
                     usize::MAX
                 } else {
-                    p.window.saturating_sub(p.recv.len())
+                    p.window.saturating_sub(p.recv.len() + p.pass_backlog.len())
                 }
             }
             None => 0,
@@ -492,7 +497,11 @@ impl Net {
             return Err(libc::EAGAIN);
         }
         let p = &mut self.endpoints[peer];
-        p.recv.extend(&bytes[..n]);
+        if p.spilled {
+            p.pass_backlog.extend(&bytes[..n]);
+        } else {
+            p.recv.extend(&bytes[..n]);
+        }
         p.received_total += n as u64;
         self.endpoints[ep].sent_total += n as u64;
         self.endpoints[ep].last_sent_at = self.now;
@@ -520,6 +529,14 @@ impl Net {
             if n > 0 {
                 let bytes: Vec<u8> = self.endpoints[ep].recv.drain(..n).collect();
                 self.endpoints[sink].relay_backlog.extend(bytes);
+                self.activity += 1;
+            }
+        }
+        for ep in 0..self.endpoints.len() {
+            if !self.endpoints[ep].pass_backlog.is_empty() && send_now() {
+                let e = &mut self.endpoints[ep];
+                let bytes: Vec<u8> = e.pass_backlog.drain(..).collect();
+                e.recv.extend(bytes);
                 self.activity += 1;
             }
         }
@@ -657,9 +674,11 @@ impl Net {
 
     /// A relay backlog waits to be sent from an open socket.
     pub fn relay_has_work(&self) -> bool {
-        self.endpoints
-            .iter()
-            .any(|e| !e.relay_backlog.is_empty() && !e.closed && e.error.is_none())
+        self.endpoints.iter().any(|e| {
+            (!e.relay_backlog.is_empty() || !e.pass_backlog.is_empty())
+                && !e.closed
+                && e.error.is_none()
+        })
     }
 
     /// When the next pending connect completes, if one will.
