@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod echo_holder;
 pub mod netns;
+pub mod node;
 pub mod pattern;
 pub mod proxy;
 pub mod server;

@@ -2,18 +2,22 @@
 //! family (a declared chain is created or flushed, so a second apply replaces, never duplicates),
 //! then the jumps from the built-in chains are added only where `iptables -C` does not find them.
 
-use crate::spec::{Family, Inbound, Spec};
+use crate::spec::{Family, Inbound, Scope, Spec};
 use crate::{Command, Mode};
 
 /// (table, built-in chain, our chain it jumps to). Every jump origdst ever installs.
-const JUMPS: [(&str, &str, &str); 3] = [
+const JUMPS: [(&str, &str, &str); 4] = [
     ("nat", "OUTPUT", "ORIGDST_OUTPUT"),
     ("nat", "PREROUTING", "ORIGDST_INBOUND"),
     ("mangle", "PREROUTING", "ORIGDST_INBOUND"),
+    ("nat", "PREROUTING", "ORIGDST_NODE"),
 ];
 
 /// Every chain origdst ever creates, by table.
-const CHAINS: [(&str, &str); 7] = [
+const CHAINS: [(&str, &str); 10] = [
+    ("nat", "ORIGDST_NODE"),
+    ("nat", "ORIGDST_POD_OUT"),
+    ("nat", "ORIGDST_POD_IN"),
     ("nat", "ORIGDST_OUTPUT"),
     ("nat", "ORIGDST_REDIRECT"),
     ("nat", "ORIGDST_INBOUND"),
@@ -108,10 +112,12 @@ fn jump(family: Family, op: &str, table: &str, builtin: &str, chain: &str) -> Ve
 fn wanted_jumps(spec: &Spec) -> Vec<(&'static str, &'static str, &'static str)> {
     JUMPS
         .into_iter()
-        .filter(|jump| match *jump {
-            ("nat", "OUTPUT", _) => spec.outbound,
-            ("nat", "PREROUTING", _) => spec.inbound == Inbound::Redirect,
-            ("mangle", "PREROUTING", _) => spec.inbound == Inbound::Tproxy,
+        .filter(|jump| match (spec.scope, *jump) {
+            (Scope::Node, (_, _, chain)) => chain == "ORIGDST_NODE",
+            (Scope::Local, (_, _, "ORIGDST_NODE")) => false,
+            (Scope::Local, ("nat", "OUTPUT", _)) => spec.outbound,
+            (Scope::Local, ("nat", "PREROUTING", _)) => spec.inbound == Inbound::Redirect,
+            (Scope::Local, ("mangle", "PREROUTING", _)) => spec.inbound == Inbound::Tproxy,
             _ => unreachable!("every jump is listed"),
         })
         .collect()
@@ -141,6 +147,9 @@ impl Table {
 }
 
 fn tables(spec: &Spec, family: Family) -> Vec<Table> {
+    if spec.scope == Scope::Node {
+        return vec![node_table(spec, family)];
+    }
     let mut nat = Table {
         name: "nat",
         chains: Vec::new(),
@@ -251,4 +260,88 @@ fn tables(spec: &Spec, family: Family) -> Vec<Table> {
         out.insert(0, nat);
     }
     out
+}
+
+/// The node scope: one `nat PREROUTING` entry that sorts what the node routes for its pods —
+/// opted-out pods first, then what pods send (`ORIGDST_POD_OUT`, to the outbound port), then what
+/// is sent to them from elsewhere (`ORIGDST_POD_IN`, to the inbound port). A pod talking to a pod
+/// is the sender's outbound only: origdst's connection to the receiver leaves the host's own
+/// stack, which `PREROUTING` never sees, so nothing is captured twice and origdst's upstream
+/// connections need no mark to pass.
+fn node_table(spec: &Spec, family: Family) -> Table {
+    let pods = &spec.pods;
+    let mine = |nets: &[ipnet::IpNet]| -> Vec<ipnet::IpNet> {
+        nets.iter().copied().filter(|n| family.matches(n)).collect()
+    };
+    let mut node = Vec::new();
+    for name in &pods.exclude_interfaces {
+        node.push(format!("-i {name} -j RETURN"));
+    }
+    for net in mine(&pods.exclude_cidrs) {
+        node.push(format!("-s {net} -j RETURN"));
+        node.push(format!("-d {net} -j RETURN"));
+    }
+    if spec.outbound {
+        for name in &pods.interfaces {
+            node.push(format!("-i {name} -j ORIGDST_POD_OUT"));
+        }
+        for net in mine(&pods.cidrs) {
+            node.push(format!("-s {net} -j ORIGDST_POD_OUT"));
+        }
+    }
+    if spec.inbound == Inbound::Redirect {
+        for net in mine(&pods.cidrs) {
+            node.push(format!("-d {net} -j ORIGDST_POD_IN"));
+        }
+    }
+    let mut chains = vec![("ORIGDST_NODE", node)];
+    if spec.outbound {
+        let mut out: Vec<String> = spec
+            .exclude_outbound_ports
+            .iter()
+            .map(|port| format!("-p tcp --dport {port} -j RETURN"))
+            .collect();
+        for net in mine(&spec.exclude_outbound_cidrs) {
+            out.push(format!("-d {net} -j RETURN"));
+        }
+        if spec.include_outbound_cidrs.is_empty() {
+            out.push("-j ORIGDST_REDIRECT".into());
+        }
+        for net in mine(&spec.include_outbound_cidrs) {
+            out.push(format!("-d {net} -j ORIGDST_REDIRECT"));
+        }
+        chains.push(("ORIGDST_POD_OUT", out));
+        chains.push((
+            "ORIGDST_REDIRECT",
+            vec![format!(
+                "-p tcp -j REDIRECT --to-ports {}",
+                spec.outbound_port
+            )],
+        ));
+    }
+    if spec.inbound == Inbound::Redirect {
+        let mut rules: Vec<String> = spec
+            .inbound_skip_ports()
+            .iter()
+            .map(|port| format!("-p tcp --dport {port} -j RETURN"))
+            .collect();
+        if spec.include_inbound_ports.is_empty() {
+            rules.push("-j ORIGDST_IN_REDIRECT".into());
+        }
+        for port in &spec.include_inbound_ports {
+            rules.push(format!("-p tcp --dport {port} -j ORIGDST_IN_REDIRECT"));
+        }
+        chains.push(("ORIGDST_POD_IN", rules));
+        chains.push((
+            "ORIGDST_IN_REDIRECT",
+            vec![format!(
+                "-p tcp -j REDIRECT --to-ports {}",
+                spec.inbound_port
+            )],
+        ));
+    }
+    Table {
+        name: "nat",
+        chains,
+    }
 }

@@ -11,7 +11,7 @@ mod iptables;
 mod nftables;
 mod spec;
 
-pub use spec::{Backend, Family, Inbound, Spec, SpecError};
+pub use spec::{Backend, Family, Inbound, Pods, Scope, Spec, SpecError};
 
 /// How a command's exit status is treated; each has a shell spelling for `print`.
 #[derive(Debug, Clone, PartialEq, Eq)]

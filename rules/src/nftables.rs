@@ -2,13 +2,18 @@
 //! transaction: declare the table (so deleting it cannot fail), delete it, define it again. A
 //! second apply therefore converges, and the rules are never half-installed.
 
-use crate::spec::{Family, Inbound, Spec};
+use crate::spec::{Family, Inbound, Scope, Spec};
 use crate::{Command, Mode};
 
 const TABLE: &str = "inet origdst";
 
 pub(crate) fn apply(spec: &Spec) -> Vec<Command> {
     let mut script = format!("table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+    if spec.scope == Scope::Node {
+        node(spec, &mut script);
+        script.push_str("}\n");
+        return vec![Command::new(&["nft", "-f", "-"], Mode::Once).with_stdin(script)];
+    }
     if spec.outbound {
         let mut rules = family_guard(spec);
         rules.push("meta l4proto != tcp return".into());
@@ -111,6 +116,116 @@ pub(crate) fn remove() -> Vec<Command> {
         Command::new(&["nft", "-f", "-"], Mode::Once)
             .with_stdin(format!("table {TABLE}\ndelete table {TABLE}\n")),
     ]
+}
+
+/// The node scope (see the iptables side): one prerouting chain sorts what the node routes for
+/// its pods into `pod_out` and `pod_in`.
+fn node(spec: &Spec, script: &mut String) {
+    let pods = &spec.pods;
+    let mut rules = family_guard(spec);
+    rules.push("meta l4proto != tcp return".into());
+    if !pods.exclude_interfaces.is_empty() {
+        rules.push(format!(
+            "iifname {} return",
+            interfaces(&pods.exclude_interfaces)
+        ));
+    }
+    for family in spec.families() {
+        let excluded = nets(&pods.exclude_cidrs, family);
+        if !excluded.is_empty() {
+            rules.push(format!("{} saddr {excluded} return", keyword(family)));
+            rules.push(format!("{} daddr {excluded} return", keyword(family)));
+        }
+    }
+    if spec.outbound {
+        if !pods.interfaces.is_empty() {
+            rules.push(format!(
+                "iifname {} jump pod_out",
+                interfaces(&pods.interfaces)
+            ));
+        }
+        for family in spec.families() {
+            let cidrs = nets(&pods.cidrs, family);
+            if !cidrs.is_empty() {
+                rules.push(format!("{} saddr {cidrs} jump pod_out", keyword(family)));
+            }
+        }
+    }
+    if spec.inbound == Inbound::Redirect {
+        for family in spec.families() {
+            let cidrs = nets(&pods.cidrs, family);
+            if !cidrs.is_empty() {
+                rules.push(format!("{} daddr {cidrs} jump pod_in", keyword(family)));
+            }
+        }
+    }
+    chain(
+        script,
+        "prerouting_node",
+        "type nat hook prerouting priority dstnat; policy accept;",
+        &rules,
+    );
+    if spec.outbound {
+        let mut out = Vec::new();
+        if !spec.exclude_outbound_ports.is_empty() {
+            out.push(format!(
+                "tcp dport {} return",
+                set(&spec.exclude_outbound_ports)
+            ));
+        }
+        for family in spec.families() {
+            let excluded = nets(&spec.exclude_outbound_cidrs, family);
+            if !excluded.is_empty() {
+                out.push(format!("{} daddr {excluded} return", keyword(family)));
+            }
+        }
+        let redirect = format!("meta l4proto tcp redirect to :{}", spec.outbound_port);
+        if spec.include_outbound_cidrs.is_empty() {
+            out.push(redirect);
+        } else {
+            for family in spec.families() {
+                let included = nets(&spec.include_outbound_cidrs, family);
+                if !included.is_empty() {
+                    out.push(format!("{} daddr {included} {redirect}", keyword(family)));
+                }
+            }
+        }
+        plain_chain(script, "pod_out", &out);
+    }
+    if spec.inbound == Inbound::Redirect {
+        let ports = if spec.include_inbound_ports.is_empty() {
+            String::new()
+        } else {
+            format!("tcp dport {} ", set(&spec.include_inbound_ports))
+        };
+        let rules = vec![
+            format!("tcp dport {} return", set(&spec.inbound_skip_ports())),
+            format!("{ports}meta l4proto tcp redirect to :{}", spec.inbound_port),
+        ];
+        plain_chain(script, "pod_in", &rules);
+    }
+}
+
+/// A chain without a hook (a jump target).
+fn plain_chain(script: &mut String, name: &str, rules: &[String]) {
+    script.push_str(&format!("  chain {name} {{\n"));
+    for rule in rules {
+        script.push_str(&format!("    {rule}\n"));
+    }
+    script.push_str("  }\n");
+}
+
+/// Interface names in nft's spelling (iptables' trailing `+` is nft's `*`), quoted, as a set
+/// when there are several.
+fn interfaces(names: &[String]) -> String {
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|name| match name.strip_suffix('+') {
+            Some(stem) => format!("\"{stem}*\""),
+            None => format!("\"{name}\""),
+        })
+        .collect();
+    set(&quoted)
 }
 
 fn chain(script: &mut String, name: &str, hook: &str, rules: &[String]) {

@@ -1,5 +1,6 @@
 //! What to capture. The defaults are Istio's sidecar conventions: outbound to 15001, inbound to
-//! 15006, the proxy's own traffic (uid 1337, mark 1337) never captured.
+//! 15006, the proxy's own traffic (uid 1337, mark 1337) never captured. In the node scope the
+//! same two ports take what the node's pods send and receive.
 
 use ipnet::IpNet;
 
@@ -22,6 +23,33 @@ pub enum Inbound {
     /// mangle PREROUTING TPROXY to `inbound_port` (needs a `transparent: true` listener there)
     /// plus fwmark policy routing.
     Tproxy,
+}
+
+/// Whose connections are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This network namespace's own (a sidecar, or a host's processes): outbound in `OUTPUT`,
+    /// inbound to local addresses in `PREROUTING`.
+    Local,
+    /// The pods of a node, from the host namespace (a node proxy): what arrives from a pod
+    /// interface or a pod CIDR is its outbound, what is routed to a pod CIDR from elsewhere its
+    /// inbound, both in `PREROUTING`. The node's own traffic (and so origdst's upstream
+    /// connections, which leave the host's own stack) never passes there.
+    Node,
+}
+
+/// The pods a node-scope capture serves, and those opted out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pods {
+    /// The pods' address ranges (their traffic out, and to them).
+    pub cidrs: Vec<IpNet>,
+    /// Host-side interfaces pods' traffic arrives on (`+` at the end: any suffix, as iptables
+    /// spells it).
+    pub interfaces: Vec<String>,
+    /// Pods never captured, by address (neither what they send nor what they receive).
+    pub exclude_cidrs: Vec<IpNet>,
+    /// Pods never captured, by the host-side interface their traffic arrives on.
+    pub exclude_interfaces: Vec<String>,
 }
 
 /// IP families to write rules for.
@@ -72,6 +100,9 @@ impl Family {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub backend: Backend,
+    pub scope: Scope,
+    /// The node scope's pods (unused in the local scope).
+    pub pods: Pods,
     pub ipv4: bool,
     pub ipv6: bool,
     /// Capture outbound connections (OUTPUT) to `outbound_port`.
@@ -99,6 +130,8 @@ impl Default for Spec {
     fn default() -> Self {
         Self {
             backend: Backend::Iptables,
+            scope: Scope::Local,
+            pods: Pods::default(),
             ipv4: true,
             ipv6: true,
             outbound: true,
@@ -144,6 +177,9 @@ impl Spec {
                 "nothing to capture: outbound is off and inbound is none",
             );
         }
+        if self.scope == Scope::Node {
+            return self.validate_node();
+        }
         if self.outbound && self.proxy_uids.is_empty() && self.proxy_mark.is_none() {
             return err(
                 "proxy-uid",
@@ -186,6 +222,49 @@ impl Spec {
         Ok(())
     }
 
+    /// The node scope's own checks (after the common ones).
+    fn validate_node(&self) -> Result<(), SpecError> {
+        let err = |field, reason: String| Err(SpecError { field, reason });
+        if self.pods.cidrs.is_empty() && self.pods.interfaces.is_empty() {
+            return err(
+                "pod-cidr",
+                "the node scope needs the pods' CIDRs or interfaces (--pod-cidr, --pod-interface)"
+                    .into(),
+            );
+        }
+        if self.inbound == Inbound::Tproxy {
+            return err(
+                "inbound",
+                "tproxy is not available in the node scope yet; use redirect".into(),
+            );
+        }
+        for name in self
+            .pods
+            .interfaces
+            .iter()
+            .chain(&self.pods.exclude_interfaces)
+        {
+            if let Err(why) = interface_name(name) {
+                return err("pod-interface", format!("{name:?}: {why}"));
+            }
+        }
+        let families: Vec<Family> = self.families();
+        if !self.pods.cidrs.is_empty()
+            && self.pods.interfaces.is_empty()
+            && !self
+                .pods
+                .cidrs
+                .iter()
+                .any(|n| families.iter().any(|f| f.matches(n)))
+        {
+            return err(
+                "pod-cidr",
+                "no pod CIDR of a family the rules are written for".into(),
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn families(&self) -> Vec<Family> {
         let mut out = Vec::new();
         if self.ipv4 {
@@ -207,4 +286,23 @@ impl Spec {
         }
         ports
     }
+}
+
+/// An interface name as iptables and nft take it: 1–15 bytes of letters, digits, `_`, `-`, `.`,
+/// `@`, optionally ending in `+` (any suffix).
+fn interface_name(name: &str) -> Result<(), &'static str> {
+    let stem = name.strip_suffix('+').unwrap_or(name);
+    if stem.is_empty() && name != "+" {
+        return Err("empty");
+    }
+    if name.len() > 15 {
+        return Err("longer than 15 bytes (IFNAMSIZ)");
+    }
+    if !stem
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+    {
+        return Err("only letters, digits, `_`, `-`, `.`, `@` and a final `+`");
+    }
+    Ok(())
 }

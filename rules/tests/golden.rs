@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use origdst_rules::{Backend, Inbound, Spec, apply, remove, script};
+use origdst_rules::{Backend, Inbound, Pods, Scope, Spec, apply, remove, script};
 
 fn check(name: &str, spec: &Spec) {
     spec.validate().expect("golden specs are valid");
@@ -160,4 +160,51 @@ fn specs_that_cannot_work_are_refused_naming_the_flag() {
         assert_eq!(err.field, field, "{err}");
     }
     Spec::default().validate().expect("the defaults work");
+}
+
+/// A node proxy: pods by CIDR (both families) and interface, one pod opted out by address and
+/// one by interface, DNS never captured.
+fn node(backend: Backend) -> Spec {
+    Spec {
+        backend,
+        scope: Scope::Node,
+        pods: Pods {
+            cidrs: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:10:244:1::/64".parse().unwrap(),
+            ],
+            interfaces: vec!["veth+".into(), "cni0".into()],
+            exclude_cidrs: vec!["10.244.1.9/32".parse().unwrap()],
+            exclude_interfaces: vec!["vethlegacy".into()],
+        },
+        exclude_outbound_ports: vec![53],
+        ..Spec::default()
+    }
+}
+
+#[test]
+fn node_redirect_iptables() {
+    check("node-redirect-iptables", &node(Backend::Iptables));
+}
+
+#[test]
+fn node_redirect_nftables() {
+    check("node-redirect-nftables", &node(Backend::Nftables));
+}
+
+#[test]
+fn node_scope_refuses_what_cannot_work() {
+    let mut spec = node(Backend::Iptables);
+    spec.pods.cidrs.clear();
+    spec.pods.interfaces.clear();
+    assert_eq!(spec.validate().unwrap_err().field, "pod-cidr");
+    let mut spec = node(Backend::Iptables);
+    spec.inbound = Inbound::Tproxy;
+    assert_eq!(spec.validate().unwrap_err().field, "inbound");
+    let mut spec = node(Backend::Iptables);
+    spec.pods.interfaces = vec!["a-name-that-is-too-long".into()];
+    assert_eq!(spec.validate().unwrap_err().field, "pod-interface");
+    let mut spec = node(Backend::Iptables);
+    spec.pods.exclude_interfaces = vec!["bad name".into()];
+    assert_eq!(spec.validate().unwrap_err().field, "pod-interface");
 }

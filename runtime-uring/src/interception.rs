@@ -7,7 +7,7 @@ use std::process::{Command as Process, Stdio};
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use origdst_core::config::{Config, Listener};
-use origdst_rules::{Backend, Command, Inbound, Mode, Spec};
+use origdst_rules::{Backend, Command, Inbound, Mode, Pods, Scope, Spec};
 
 /// What to do with the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,12 +43,39 @@ pub enum InboundArg {
     Tproxy,
 }
 
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// This namespace's own connections (a sidecar, or a host's processes): OUTPUT and
+    /// PREROUTING to local addresses.
+    Local,
+    /// A node proxy in the host namespace: what the node's pods (--pod-cidr, --pod-interface)
+    /// send and receive, captured where the node routes it.
+    Node,
+}
+
 /// The interception to install. Defaults: Istio's sidecar conventions.
 #[derive(Debug, Args)]
 pub struct InterceptionArgs {
     /// print, apply or remove.
     #[arg(value_enum)]
     pub action: Action,
+    /// Whose connections: this namespace's own (`local`), or the node's pods (`node`).
+    #[arg(long, value_enum, default_value = "local")]
+    pub mode: ModeArg,
+    /// Node mode: the pods' address ranges, comma-separated CIDRs (what they send is outbound,
+    /// what is routed to them from elsewhere inbound).
+    #[arg(long, value_delimiter = ',')]
+    pub pod_cidr: Vec<IpNet>,
+    /// Node mode: host-side interfaces pods' traffic arrives on (`veth+`: any suffix).
+    #[arg(long, value_delimiter = ',')]
+    pub pod_interface: Vec<String>,
+    /// Node mode: pods never captured, by address.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_pod_cidr: Vec<IpNet>,
+    /// Node mode: pods never captured, by the host-side interface of their traffic.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_pod_interface: Vec<String>,
     /// iptables/ip6tables (iptables-restore) or one nftables table (`inet origdst`).
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
@@ -147,6 +174,16 @@ impl InterceptionArgs {
             backend: match self.backend {
                 BackendArg::Iptables => Backend::Iptables,
                 BackendArg::Nftables => Backend::Nftables,
+            },
+            scope: match self.mode {
+                ModeArg::Local => Scope::Local,
+                ModeArg::Node => Scope::Node,
+            },
+            pods: Pods {
+                cidrs: self.pod_cidr.clone(),
+                interfaces: self.pod_interface.clone(),
+                exclude_cidrs: self.exclude_pod_cidr.clone(),
+                exclude_interfaces: self.exclude_pod_interface.clone(),
             },
             ipv4: !self.ipv6_only,
             ipv6: !self.ipv4_only,
@@ -263,8 +300,8 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
     match args.action {
         Action::Print => {
             let title = format!(
-                "origdst interception rules (backend={:?}, inbound={:?}, outbound={}); `origdst iptables apply` runs the same",
-                args.backend, args.inbound, !args.no_outbound
+                "origdst interception rules (mode={:?}, backend={:?}, inbound={:?}, outbound={}); `origdst iptables apply` runs the same",
+                args.mode, args.backend, args.inbound, !args.no_outbound
             );
             print!(
                 "{}",

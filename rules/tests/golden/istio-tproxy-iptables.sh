@@ -28,8 +28,15 @@ ORIGDST_EOF
 iptables -t nat -C OUTPUT -p tcp -j ORIGDST_OUTPUT 2>/dev/null || iptables -t nat -A OUTPUT -p tcp -j ORIGDST_OUTPUT
 iptables -t mangle -C PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null || iptables -t mangle -A PREROUTING -p tcp -j ORIGDST_INBOUND
 while iptables -t nat -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
+while iptables -t nat -D PREROUTING -p tcp -j ORIGDST_NODE 2>/dev/null; do :; done
+iptables -t nat -F ORIGDST_NODE 2>/dev/null || true
+iptables -t nat -F ORIGDST_POD_OUT 2>/dev/null || true
+iptables -t nat -F ORIGDST_POD_IN 2>/dev/null || true
 iptables -t nat -F ORIGDST_INBOUND 2>/dev/null || true
 iptables -t nat -F ORIGDST_IN_REDIRECT 2>/dev/null || true
+iptables -t nat -X ORIGDST_NODE 2>/dev/null || true
+iptables -t nat -X ORIGDST_POD_OUT 2>/dev/null || true
+iptables -t nat -X ORIGDST_POD_IN 2>/dev/null || true
 iptables -t nat -X ORIGDST_INBOUND 2>/dev/null || true
 iptables -t nat -X ORIGDST_IN_REDIRECT 2>/dev/null || true
 ip6tables-restore --noflush <<'ORIGDST_EOF'
@@ -59,8 +66,15 @@ ORIGDST_EOF
 ip6tables -t nat -C OUTPUT -p tcp -j ORIGDST_OUTPUT 2>/dev/null || ip6tables -t nat -A OUTPUT -p tcp -j ORIGDST_OUTPUT
 ip6tables -t mangle -C PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null || ip6tables -t mangle -A PREROUTING -p tcp -j ORIGDST_INBOUND
 while ip6tables -t nat -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
+while ip6tables -t nat -D PREROUTING -p tcp -j ORIGDST_NODE 2>/dev/null; do :; done
+ip6tables -t nat -F ORIGDST_NODE 2>/dev/null || true
+ip6tables -t nat -F ORIGDST_POD_OUT 2>/dev/null || true
+ip6tables -t nat -F ORIGDST_POD_IN 2>/dev/null || true
 ip6tables -t nat -F ORIGDST_INBOUND 2>/dev/null || true
 ip6tables -t nat -F ORIGDST_IN_REDIRECT 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_NODE 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_POD_OUT 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_POD_IN 2>/dev/null || true
 ip6tables -t nat -X ORIGDST_INBOUND 2>/dev/null || true
 ip6tables -t nat -X ORIGDST_IN_REDIRECT 2>/dev/null || true
 sh -c 'ip -4 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -4 rule add fwmark 1338 lookup 133
@@ -74,6 +88,10 @@ set -e
 while iptables -t nat -D OUTPUT -p tcp -j ORIGDST_OUTPUT 2>/dev/null; do :; done
 while iptables -t nat -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
 while iptables -t mangle -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
+while iptables -t nat -D PREROUTING -p tcp -j ORIGDST_NODE 2>/dev/null; do :; done
+iptables -t nat -F ORIGDST_NODE 2>/dev/null || true
+iptables -t nat -F ORIGDST_POD_OUT 2>/dev/null || true
+iptables -t nat -F ORIGDST_POD_IN 2>/dev/null || true
 iptables -t nat -F ORIGDST_OUTPUT 2>/dev/null || true
 iptables -t nat -F ORIGDST_REDIRECT 2>/dev/null || true
 iptables -t nat -F ORIGDST_INBOUND 2>/dev/null || true
@@ -81,6 +99,9 @@ iptables -t nat -F ORIGDST_IN_REDIRECT 2>/dev/null || true
 iptables -t mangle -F ORIGDST_INBOUND 2>/dev/null || true
 iptables -t mangle -F ORIGDST_DIVERT 2>/dev/null || true
 iptables -t mangle -F ORIGDST_TPROXY 2>/dev/null || true
+iptables -t nat -X ORIGDST_NODE 2>/dev/null || true
+iptables -t nat -X ORIGDST_POD_OUT 2>/dev/null || true
+iptables -t nat -X ORIGDST_POD_IN 2>/dev/null || true
 iptables -t nat -X ORIGDST_OUTPUT 2>/dev/null || true
 iptables -t nat -X ORIGDST_REDIRECT 2>/dev/null || true
 iptables -t nat -X ORIGDST_INBOUND 2>/dev/null || true
@@ -91,6 +112,10 @@ iptables -t mangle -X ORIGDST_TPROXY 2>/dev/null || true
 while ip6tables -t nat -D OUTPUT -p tcp -j ORIGDST_OUTPUT 2>/dev/null; do :; done
 while ip6tables -t nat -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
 while ip6tables -t mangle -D PREROUTING -p tcp -j ORIGDST_INBOUND 2>/dev/null; do :; done
+while ip6tables -t nat -D PREROUTING -p tcp -j ORIGDST_NODE 2>/dev/null; do :; done
+ip6tables -t nat -F ORIGDST_NODE 2>/dev/null || true
+ip6tables -t nat -F ORIGDST_POD_OUT 2>/dev/null || true
+ip6tables -t nat -F ORIGDST_POD_IN 2>/dev/null || true
 ip6tables -t nat -F ORIGDST_OUTPUT 2>/dev/null || true
 ip6tables -t nat -F ORIGDST_REDIRECT 2>/dev/null || true
 ip6tables -t nat -F ORIGDST_INBOUND 2>/dev/null || true
@@ -98,6 +123,9 @@ ip6tables -t nat -F ORIGDST_IN_REDIRECT 2>/dev/null || true
 ip6tables -t mangle -F ORIGDST_INBOUND 2>/dev/null || true
 ip6tables -t mangle -F ORIGDST_DIVERT 2>/dev/null || true
 ip6tables -t mangle -F ORIGDST_TPROXY 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_NODE 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_POD_OUT 2>/dev/null || true
+ip6tables -t nat -X ORIGDST_POD_IN 2>/dev/null || true
 ip6tables -t nat -X ORIGDST_OUTPUT 2>/dev/null || true
 ip6tables -t nat -X ORIGDST_REDIRECT 2>/dev/null || true
 ip6tables -t nat -X ORIGDST_INBOUND 2>/dev/null || true
