@@ -140,20 +140,28 @@ fn deployment_files_hold_a_valid_config_and_valid_command_lines() {
         let spec = &value["spec"]["template"]["spec"];
         for list in ["initContainers", "containers"] {
             for container in spec[list].as_sequence().into_iter().flatten() {
+                // Kubernetes expands `$(NAME)` from the container's environment.
+                let env: Vec<(String, String)> = container["env"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+                    .collect();
+                let expand = |word: &str| -> String {
+                    env.iter().fold(word.to_string(), |w, (name, value)| {
+                        w.replace(&format!("$({name})"), value)
+                    })
+                };
                 let mut words: Vec<String> = Vec::new();
                 for key in ["command", "args"] {
                     for word in container[key].as_sequence().into_iter().flatten() {
-                        words.push(word.as_str().unwrap().to_string());
+                        words.push(expand(word.as_str().unwrap()));
                     }
                 }
                 if let Some(stop) =
                     container["lifecycle"]["preStop"]["exec"]["command"].as_sequence()
                 {
-                    commands.push(
-                        stop.iter()
-                            .map(|w| w.as_str().unwrap().to_string())
-                            .collect(),
-                    );
+                    commands.push(stop.iter().map(|w| expand(w.as_str().unwrap())).collect());
                 }
                 commands.push(words);
             }
@@ -175,11 +183,19 @@ fn deployment_files_hold_a_valid_config_and_valid_command_lines() {
             ["origdst", "iptables", "apply" | "remove", rest @ ..] => {
                 // `print` with the same flags validates them without installing anything; a
                 // user name that does not exist here (the unit's `origdst`) is replaced.
+                // The config path is the container's, absent here: without it, `print` checks
+                // the ports against the embedded default and only warns.
                 let mut args = vec!["iptables", "print"];
-                args.extend(
-                    rest.iter()
-                        .map(|w| if *w == "origdst" { "1337" } else { w }),
-                );
+                let mut words = rest.iter();
+                while let Some(word) = words.next() {
+                    match *word {
+                        "--config" => {
+                            words.next();
+                        }
+                        "origdst" => args.push("1337"),
+                        other => args.push(other),
+                    }
+                }
                 args
             }
             ["origdst", "check", "--config", _] | ["origdst", "run", ..] | ["run", ..] => {
