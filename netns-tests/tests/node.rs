@@ -187,7 +187,7 @@ fn every_pods_traffic_relayed_once(tag: &str, backend: &str) {
             )
         })
         .collect();
-    let v6 = |i: usize| i % 5 == 0;
+    let v6 = |i: usize| i.is_multiple_of(5);
 
     // Outbound: every pod to the world (IPv6 too for every fifth).
     let mut outbound = Vec::new();
@@ -330,4 +330,49 @@ fn node_mode_iptables_relays_every_pods_traffic_once() {
 #[test]
 fn node_mode_nftables_relays_every_pods_traffic_once() {
     every_pods_traffic_relayed_once("nodenft", "nftables");
+}
+
+/// `origdst demo`, the README's first command, as a user runs it: it builds its node, relays
+/// every kind of traffic, checks it, cleans up, and exits 0 — leaving no namespace behind.
+#[test]
+fn the_demo_runs_its_checks_and_cleans_up() {
+    let out = std::process::Command::new(origdst_bin!())
+        .args(["demo", "--pods", "3"])
+        .output()
+        .expect("run origdst demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "origdst demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("checks held"), "{stdout}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+    for section in [
+        "per pod:",
+        "destination_is_listener 1",
+        "upstream_connect_failed 1",
+    ] {
+        assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
+    }
+    let prefix = format!("odemo{}-", out_pid(&stdout));
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&prefix),
+        "the demo left namespaces behind"
+    );
+}
+
+/// The demo's pid, from its first line ("… in network namespaces odemo<pid>-*").
+fn out_pid(stdout: &str) -> String {
+    stdout
+        .split("odemo")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .unwrap_or_default()
+        .to_string()
 }
