@@ -29,28 +29,9 @@ const POD_PORT: u16 = 9000;
 const PODS: usize = 50;
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The embedded default plus an inbound listener on 15006 (Istio's virtualInbound shape).
+/// The node proxy's config (the demo's): the embedded default and an inbound listener on 15006.
 fn node_config(tag: &str) -> ConfigFile {
-    let inbound = "  - name: virtualInbound
-    address:
-      socket_address: { address: 0.0.0.0, port_value: 15006 }
-    additional_addresses:
-    - address:
-        socket_address: { address: \"::\", port_value: 15006 }
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config:
-        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: InboundPassthroughCluster
-          cluster: PassthroughCluster
-  clusters:
-";
-    ConfigFile::default_with(tag, &[("  clusters:\n", inbound)])
+    ConfigFile::new(tag, &origdst_runtime_uring::demo::node_yaml())
 }
 
 /// What a server saw of one connection.

@@ -232,11 +232,30 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
     Ok(checks.failed == 0)
 }
 
-/// The embedded default, an inbound listener on 15006, the access log, the admin endpoint.
+/// The demo's config: the embedded default with an inbound listener on 15006 (Istio's
+/// `virtualInbound` shape), two shards, and the access log at `access_log`.
 fn node_config(access_log: &Path) -> String {
+    node_yaml()
+        .replacen(
+            "origdst:\n",
+            &format!(
+                "origdst:\n  access_log: {{ path: {} }}\n",
+                access_log.display()
+            ),
+            1,
+        )
+        .replacen("  shards: 0 ", "  shards: 2 ", 1)
+}
+
+/// The embedded default plus an inbound listener on 15006 (IPv4 and IPv6) relaying to each
+/// original destination: what a node proxy needs, and what the node tests run.
+pub fn node_yaml() -> String {
     let inbound = "  - name: virtualInbound
     address:
       socket_address: { address: 0.0.0.0, port_value: 15006 }
+    additional_addresses:
+    - address:
+        socket_address: { address: \"::\", port_value: 15006 }
     listener_filters:
     - name: envoy.filters.listener.original_dst
       typed_config:
@@ -250,17 +269,7 @@ fn node_config(access_log: &Path) -> String {
           cluster: PassthroughCluster
   clusters:
 ";
-    origdst_core::config::DEFAULT_YAML
-        .replacen(
-            "origdst:\n",
-            &format!(
-                "origdst:\n  access_log: {{ path: {} }}\n",
-                access_log.display()
-            ),
-            1,
-        )
-        .replacen("  shards: 0 ", "  shards: 2 ", 1)
-        .replacen("  clusters:\n", inbound, 1)
+    origdst_core::config::DEFAULT_YAML.replacen("  clusters:\n", inbound, 1)
 }
 
 /// origdst, running in the node.
