@@ -453,6 +453,13 @@ impl EScenario {
                 flow.pause = Some((flow.upload / 2, pick(&mut rng, &[2000, 5200])));
                 flow.client_first = false;
                 flow.download = flow.download.clamp(1, 100);
+                if rng.chance(400) {
+                    // ...and the server, having answered, resets while the client is paused:
+                    // no byte moves and no poll can fire (the server's FIN came first), only
+                    // the relay's look at its sink notices.
+                    flow.pause = Some((flow.upload / 2, 2000));
+                    flow.fault = EFault::UpstreamReset(flow.upload / 2);
+                }
             }
         }
         scenario

@@ -414,6 +414,26 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
                 }
             }
             EFault::UpstreamReset(_)
+                if scenario.relay
+                    && scenario.faults.relay_refused == 0
+                    && !flow.client_first
+                    && flow.pause.is_some()
+                    && !starved =>
+            {
+                // A relayed, half-closed connection whose server resets while its client is
+                // paused: the relay's look at its sink (a timer backing off to 200 ms) must
+                // notice, not the client's next write two seconds later.
+                let closed = closed_at(report, record);
+                if closed > server.ended_at + 250_000_000 {
+                    fail(format!(
+                        "flow {f}: the server reset at {} ms behind the relay, the proxy let go \
+                         only at {} ms",
+                        server.ended_at / 1_000_000,
+                        closed / 1_000_000
+                    ));
+                }
+            }
+            EFault::UpstreamReset(_)
             | EFault::UpstreamResetStuck
             | EFault::Refused
             | EFault::BlackHole
