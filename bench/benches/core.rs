@@ -116,6 +116,7 @@ fn benches(c: &mut Criterion) {
         idle_timeout: Some(Duration::from_secs(3600)),
         upstream_mark: Some(1337),
         original_src: None,
+        bind_source: Default::default(),
     };
     c.bench_function("connection_lifecycle", |b| {
         b.iter(|| {

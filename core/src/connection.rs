@@ -19,11 +19,10 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::addr::{ClientAddr, OrigDstAddr, UpstreamAddr};
-use crate::config::{ConnParams, DestinationPolicy};
+use crate::config::{ConnParams, DestinationPolicy, Source};
 use crate::http_head::{self, Head};
 use crate::orig_dst::{
     self, AcceptEvidence, InternalMetadata, Provenance, RecordAnswer, RedirectRecord, RefuseReason,
@@ -47,8 +46,9 @@ pub enum Action {
         upstream: UpstreamAddr,
         /// `SO_MARK` to set before connecting.
         mark: Option<u32>,
-        /// Local address to bind first (source preservation); `None`: let the kernel choose.
-        source: Option<SocketAddr>,
+        /// Local address to bind first (source preservation, or the cluster's bind address);
+        /// `None`: let the kernel choose.
+        source: Option<Source>,
         /// Platform redirect record to apply to the upstream socket before connecting.
         record: Option<RedirectRecord>,
     },
@@ -349,17 +349,34 @@ impl Connection {
         };
         let action = match target {
             Target::Socket(upstream) => {
-                let source = plan
+                let preserved = plan
                     .params
                     .original_src
                     .and_then(|src| src.source_for(self.client, upstream));
                 if attempt == 1 {
-                    match (plan.params.original_src, source) {
+                    match (plan.params.original_src, preserved) {
                         (Some(_), Some(_)) => stats.incr(Counter::OriginalSrcBound),
                         (Some(_), None) => stats.incr(Counter::OriginalSrcFamilyMismatch),
                         (None, _) => {}
                     }
                 }
+                // The client's address (original_src), else the cluster's own bind address.
+                let source = match (plan.params.original_src, preserved) {
+                    (_, Some(addr)) => Some(Source {
+                        addr,
+                        transparent: true,
+                    }),
+                    (Some(_), None) => None,
+                    (None, None) => {
+                        plan.params
+                            .bind_source
+                            .for_upstream(upstream)
+                            .map(|addr| Source {
+                                addr,
+                                transparent: false,
+                            })
+                    }
+                };
                 self.upstream = Some(upstream);
                 Action::Connect {
                     upstream,

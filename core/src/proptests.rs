@@ -204,6 +204,7 @@ fn check_ops(ops: &[Op]) {
         idle_timeout: Some(Duration::from_secs(60)),
         upstream_mark: Some(1337),
         original_src: None,
+        bind_source: crate::config::BindSource::default(),
     };
     let ev = AcceptEvidence {
         client: ClientAddr::new("10.0.0.2:1".parse().unwrap()),

@@ -160,7 +160,7 @@ pub trait Kernel: Sized {
         &mut self,
         upstream: SocketAddr,
         mark: Option<u32>,
-        source: Option<SocketAddr>,
+        source: Option<origdst_core::config::Source>,
         record: Option<&RedirectRecord>,
     ) -> io::Result<ConnectStart<Self::Socket>>;
     /// The redirect record the platform attached to an accepted connection (Windows HNS/WFP

@@ -593,3 +593,93 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll() {
         "{stderr}"
     );
 }
+
+/// Istio's inbound passthrough: a connection to the workload's own address is redirected to
+/// 15006, and origdst connects to the workload from 127.0.0.6 (the `InboundPassthroughCluster`'s
+/// `upstream_bind_config`) — as uid 1337 with no capability at all: binding one of the host's own
+/// addresses needs no IP_TRANSPARENT.
+#[test]
+fn inbound_passthrough_connects_from_127_0_0_6_without_capabilities() {
+    let gw = Gateway::new("inpass");
+    let app = addr(ROUTER_CLIENT_SIDE_V4, 8080);
+    let (tx, seen) = mpsc::channel();
+    let handler = Arc::new(
+        move |stream: TcpStream, local: SocketAddr, peer: SocketAddr| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                timeouts(&stream);
+                let upload = UP.verify_from(&mut &stream).expect("app receive");
+                DOWN.write_to(&mut &stream, 4096).expect("app send");
+                let _ = stream.shutdown(Shutdown::Write);
+                let _ = tx.send((local, peer, upload));
+            });
+        },
+    );
+    let _app = Server::start(&gw.router, &[app], handler);
+    gw.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-i",
+            "rc",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ],
+    );
+    let yaml = r#"origdst: { upstream_mark: null, shards: 1 }
+static_resources:
+  listeners:
+  - name: virtualInbound
+    address: { socket_address: { address: 0.0.0.0, port_value: 15006 } }
+    listener_filters: [ { name: envoy.filters.listener.original_dst } ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: InboundPassthroughCluster
+          cluster: InboundPassthroughCluster
+  clusters:
+  - name: InboundPassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 10s
+    upstream_bind_config:
+      source_address: { address: 127.0.0.6, port_value: 0 }
+"#;
+    let config = ConfigFile::new("inpass", yaml);
+    let proxy = Proxy::start_as(
+        origdst_bin!(),
+        &gw.router,
+        1337,
+        &["--config", config.arg()],
+    );
+    let download = gw.client.run(move || {
+        let stream = TcpStream::connect(app).expect("connect to the app");
+        timeouts(&stream);
+        UP.write_to(&mut &stream, 4096).expect("client send");
+        stream.shutdown(Shutdown::Write).expect("client shutdown");
+        DOWN.verify_from(&mut &stream).expect("client receive")
+    });
+    assert_eq!(download, Verified::intact(4096));
+    let (local, peer, upload) = seen.recv_timeout(IO_TIMEOUT).expect("the app's report");
+    assert_eq!(upload, Verified::intact(4096));
+    assert_eq!(local, app, "the app accepted on its own address");
+    assert_eq!(
+        peer.ip().to_string(),
+        "127.0.0.6",
+        "origdst connects from the cluster's bind address"
+    );
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("completed"), 1, "{}", exit.log);
+}

@@ -202,7 +202,7 @@ impl Kernel for RealKernel {
         &mut self,
         upstream: SocketAddr,
         mark: Option<u32>,
-        source: Option<SocketAddr>,
+        source: Option<origdst_core::config::Source>,
         // Linux has no redirect records (the platforms that do are modelled in the simulator).
         _record: Option<&origdst_core::orig_dst::RedirectRecord>,
     ) -> io::Result<ConnectStart<OwnedFd>> {

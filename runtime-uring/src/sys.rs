@@ -117,7 +117,7 @@ fn not_inet() -> io::Error {
 pub(crate) fn connect(
     upstream: SocketAddr,
     mark: Option<u32>,
-    source: Option<SocketAddr>,
+    source: Option<origdst_core::config::Source>,
 ) -> io::Result<ConnectStart<OwnedFd>> {
     let socket = Socket::new(
         Domain::for_address(upstream),
@@ -128,11 +128,18 @@ pub(crate) fn connect(
         socket.set_mark(mark)?;
     }
     socket.set_tcp_nodelay(true)?;
-    if let Some(source) = source {
-        // The client's address is not ours: binding it needs IP_TRANSPARENT.
-        match source {
-            SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
-            SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+    if let Some(origdst_core::config::Source {
+        addr: source,
+        transparent,
+    }) = source
+    {
+        // The client's address is not ours: binding it needs IP_TRANSPARENT. A cluster's bind
+        // address (upstream_bind_config) is the host's own and needs no capability.
+        if transparent {
+            match source {
+                SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
         }
         if source.port() == 0 {
             // Defer the port choice to connect(), which picks it per 4-tuple instead of per

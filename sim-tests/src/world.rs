@@ -211,6 +211,7 @@ pub fn run(scenario: &Scenario, keep_trace: bool) -> Report {
             idle_timeout: Some(IDLE_TIMEOUT),
             upstream_mark: Some(MARK),
             original_src: None,
+            bind_source: Default::default(),
         },
         me: SelfAddrs {
             listeners: [PORTS.capture, PORTS.transparent, PORTS.internal]

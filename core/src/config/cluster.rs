@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    Cluster, ClusterKind, ConfigError, Endpoint, EndpointTarget, FilterMetadata, Listener,
-    ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, port_number,
+    BindSource, Cluster, ClusterKind, ConfigError, Endpoint, EndpointTarget, FilterMetadata,
+    Listener, ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, port_number,
     socket_address, typed,
 };
 
@@ -59,12 +59,71 @@ fn validate_one(
         None => Vec::new(),
         Some(socket) => transport_socket(&format!("{path}.transport_socket"), socket)?,
     };
+    let bind_source = match &raw.upstream_bind_config {
+        None => BindSource::default(),
+        Some(bind) => bind_config(&format!("{path}.upstream_bind_config"), bind)?,
+    };
     Ok(Cluster {
         name: raw.name.clone(),
         connect_timeout,
         kind,
         passthrough_metadata,
+        bind_source,
     })
+}
+
+/// `upstream_bind_config`: `source_address` and `additional_source_addresses`, at most one per
+/// family, each an IP with port 0 (a fixed port would allow one upstream connection at a time).
+fn bind_config(path: &str, raw: &envoy::BindConfig) -> Result<BindSource, ConfigError> {
+    let Some(first) = &raw.source_address else {
+        return Err(ConfigError::new(
+            format!("{path}.source_address"),
+            "required (the address upstream connections leave from)",
+        ));
+    };
+    let mut out = BindSource::default();
+    let addresses = std::iter::once((format!("{path}.source_address"), first)).chain(
+        raw.additional_source_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (
+                    format!("{path}.additional_source_addresses[{i}].address"),
+                    &a.address,
+                )
+            }),
+    );
+    for (at, address) in addresses {
+        if let Some(protocol) = address.protocol.as_deref().filter(|&p| p != "TCP") {
+            return Err(ConfigError::new(
+                format!("{at}.protocol"),
+                format!("only TCP is supported, got {protocol:?}"),
+            ));
+        }
+        let ip: std::net::IpAddr = address.address.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{at}.address"),
+                format!("{:?} is not an IP address", address.address),
+            )
+        })?;
+        if address.port_value != 0 {
+            return Err(ConfigError::new(
+                format!("{at}.port_value"),
+                "must be 0: a fixed source port allows one upstream connection at a time",
+            ));
+        }
+        let taken = match ip {
+            std::net::IpAddr::V4(ip) => out.v4.replace(ip).is_some(),
+            std::net::IpAddr::V6(ip) => out.v6.replace(ip).is_some(),
+        };
+        if taken {
+            return Err(ConfigError::new(
+                at,
+                "a second source address of the same family (one per family)",
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigError> {

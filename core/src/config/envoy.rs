@@ -261,6 +261,24 @@ pub(crate) struct Cluster {
     pub(crate) load_assignment: Option<LoadAssignment>,
     #[serde(default)]
     pub(crate) transport_socket: Option<TypedFilter>,
+    #[serde(default)]
+    pub(crate) upstream_bind_config: Option<BindConfig>,
+}
+
+/// `upstream_bind_config` (Envoy's `BindConfig`): the source address of upstream connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BindConfig {
+    #[serde(default)]
+    pub(crate) source_address: Option<SocketAddress>,
+    #[serde(default)]
+    pub(crate) additional_source_addresses: Vec<ExtraSourceAddress>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtraSourceAddress {
+    pub(crate) address: SocketAddress,
 }
 
 #[derive(Debug, Default, Deserialize)]

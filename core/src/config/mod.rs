@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use error::ConfigError;
 pub use internal_graph::INTERNAL_HOPS_MAX;
 pub use knobs::{AccessLog, DataPath, KnobOverrides, Knobs};
-pub use params::{ConnParams, OriginalSrc};
+pub use params::{BindSource, ConnParams, OriginalSrc, Source};
 pub use policy::{DenyRule, DestinationPolicy, PortRange};
 
 /// The embedded default config (`origdst run` with no `--config`).
@@ -270,6 +270,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// What the cluster connects to.
     pub kind: ClusterKind,
+    /// `upstream_bind_config`: the source address of its upstream connections, per family.
+    pub bind_source: BindSource,
     /// `internal_upstream` `passthrough_metadata` namespaces copied from the endpoint (host)
     /// metadata to an internal listener's dynamic metadata.
     pub passthrough_metadata: Vec<String>,
@@ -378,6 +380,7 @@ impl Config {
             idle_timeout: chain.tcp_proxy.idle_timeout,
             upstream_mark: listener.original_src_mark.or(self.knobs.upstream_mark),
             original_src: listener.original_src,
+            bind_source: cluster.bind_source,
         }
     }
 

@@ -17,6 +17,38 @@ pub struct ConnParams {
     /// Source preservation (Envoy's `original_src` listener filter): bind the upstream socket to
     /// the client's address. `None`: the kernel picks the source.
     pub original_src: Option<OriginalSrc>,
+    /// The cluster's `upstream_bind_config`: a fixed source address per family (Istio's
+    /// `InboundPassthroughCluster` binds `127.0.0.6` / `::6`). `original_src` wins over it.
+    pub bind_source: BindSource,
+}
+
+/// An address the upstream socket binds before it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The address (port 0: connect picks it).
+    pub addr: SocketAddr,
+    /// Not one of this host's addresses (the client's, under `original_src`): binding it needs
+    /// `IP_TRANSPARENT`. A cluster's bind address is the host's own and needs nothing.
+    pub transparent: bool,
+}
+
+/// A cluster's source address per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindSource {
+    /// For IPv4 upstreams.
+    pub v4: Option<std::net::Ipv4Addr>,
+    /// For IPv6 upstreams.
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+impl BindSource {
+    /// The source for a connection to `upstream`, if the cluster has one of its family.
+    pub fn for_upstream(self, upstream: UpstreamAddr) -> Option<SocketAddr> {
+        match upstream.get() {
+            SocketAddr::V4(_) => self.v4.map(|ip| SocketAddr::new(ip.into(), 0)),
+            SocketAddr::V6(_) => self.v6.map(|ip| SocketAddr::new(ip.into(), 0)),
+        }
+    }
 }
 
 /// How the upstream socket takes the client's address (`IP_TRANSPARENT` bind).

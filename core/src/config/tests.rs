@@ -454,3 +454,67 @@ fn original_src_errors_name_the_field() {
         "static_resources.listeners[0].listener_filters[1].typed_config.@type"
     );
 }
+
+/// Istio's `InboundPassthroughCluster`: connections leave from 127.0.0.6 (and ::6).
+#[test]
+fn upstream_bind_config_gives_a_source_per_family() {
+    let yaml = MINIMAL.replace(
+        "  - { name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }",
+        "  - name: pass
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    upstream_bind_config:
+      source_address: { address: 127.0.0.6, port_value: 0 }
+      additional_source_addresses:
+      - address: { address: \"::6\", port_value: 0 }",
+    );
+    let config = Config::from_yaml(&yaml).expect("valid");
+    let bind = params(&config, 0).bind_source;
+    assert_eq!(bind.v4, Some("127.0.0.6".parse().unwrap()));
+    assert_eq!(bind.v6, Some("::6".parse().unwrap()));
+    let default = Config::from_yaml(MINIMAL).expect("valid");
+    assert_eq!(params(&default, 0).bind_source, BindSource::default());
+}
+
+#[test]
+fn upstream_bind_config_refuses_what_cannot_work() {
+    let cluster = |bind: &str| {
+        MINIMAL.replace(
+            "  - { name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }",
+            &format!(
+                "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    upstream_bind_config: {bind}"
+            ),
+        )
+    };
+    let path = "static_resources.clusters[0].upstream_bind_config";
+    for (bind, field, why) in [
+        (
+            "{ source_address: { address: 127.0.0.6, port_value: 5000 } }",
+            format!("{path}.source_address.port_value"),
+            "must be 0",
+        ),
+        (
+            "{ source_address: { address: 127.0.0.6 }, additional_source_addresses: [ { address: { address: 127.0.0.7 } } ] }",
+            format!("{path}.additional_source_addresses[0].address"),
+            "same family",
+        ),
+        (
+            "{ additional_source_addresses: [] }",
+            format!("{path}.source_address"),
+            "required",
+        ),
+        (
+            "{ source_address: { address: not-an-ip } }",
+            format!("{path}.source_address.address"),
+            "",
+        ),
+    ] {
+        let error = err(&cluster(bind));
+        assert_eq!(error.path, field, "{bind}: {error}");
+        assert!(error.to_string().contains(why), "{bind}: {error}");
+    }
+    let error = err(&cluster(
+        "{ source_address: { address: 127.0.0.6 }, freebind: true }",
+    ));
+    assert!(error.to_string().contains("freebind"), "{error}");
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::addr::{ListenerAddr, LocalAddr};
-use crate::config::{DenyRule, DestinationPolicy, OriginalSrc};
+use crate::config::{BindSource, DenyRule, DestinationPolicy, OriginalSrc};
 use crate::orig_dst::{RecordAnswer, SockOptAnswer};
 use crate::route::{ChainId, HeadPlan, Route, Target, UpstreamPlan};
 
@@ -24,6 +24,7 @@ fn params() -> ConnParams {
         idle_timeout: Some(IDLE_TIMEOUT),
         upstream_mark: Some(1337),
         original_src: None,
+        bind_source: BindSource::default(),
     }
 }
 
@@ -531,7 +532,13 @@ fn original_src_binds_the_client_ip_with_a_kernel_chosen_port_by_default() {
     let [Action::Connect { source, .. }] = actions.as_slice() else {
         panic!("expected one connect, got {actions:?}");
     };
-    assert_eq!(*source, Some(sa("10.0.0.2:0")));
+    assert_eq!(
+        *source,
+        Some(Source {
+            addr: sa("10.0.0.2:0"),
+            transparent: true
+        })
+    );
     assert_eq!(stats.get(Counter::OriginalSrcBound), 1);
 }
 
@@ -541,7 +548,13 @@ fn original_src_bind_port_keeps_the_client_port() {
     let [Action::Connect { source, .. }] = actions.as_slice() else {
         panic!("expected one connect, got {actions:?}");
     };
-    assert_eq!(*source, Some(sa("10.0.0.2:40000")));
+    assert_eq!(
+        *source,
+        Some(Source {
+            addr: sa("10.0.0.2:40000"),
+            transparent: true
+        })
+    );
 }
 
 #[test]
@@ -937,5 +950,53 @@ fn an_error_that_is_not_the_sockets_own_resets_that_side_too() {
     assert_eq!(
         h.conn.outcome(),
         Some(Outcome::ClientFailed(IoErrorKind::Other { errno: ENOSPC }))
+    );
+}
+
+/// A cluster's `upstream_bind_config` (Istio's InboundPassthroughCluster): the host's own
+/// address per family, no IP_TRANSPARENT; `original_src` wins over it.
+#[test]
+fn a_clusters_bind_address_is_the_source_per_family_and_original_src_wins() {
+    let bind = BindSource {
+        v4: Some("127.0.0.6".parse().unwrap()),
+        v6: None,
+    };
+    let connect_source = |params: &ConnParams, dst: SockOptAnswer| {
+        let mut stats = Counters::default();
+        let mut ev = evidence("192.0.2.7:80");
+        ev.sockopt = dst;
+        let mut conn = Connection::accept(Instant::from_nanos(1), &ev, &me(), params, &mut stats);
+        let actions: Vec<Action> = std::iter::from_fn(|| conn.poll_action()).collect();
+        match actions.as_slice() {
+            [Action::Connect { source, .. }] => *source,
+            other => panic!("expected one connect, got {other:?}"),
+        }
+    };
+    let params = ConnParams {
+        bind_source: bind,
+        ..params()
+    };
+    assert_eq!(
+        connect_source(&params, SockOptAnswer::V4(sa("192.0.2.7:80"))),
+        Some(Source {
+            addr: sa("127.0.0.6:0"),
+            transparent: false
+        })
+    );
+    // No IPv6 address configured: an IPv6 upstream gets the kernel's choice.
+    assert_eq!(
+        connect_source(&params, SockOptAnswer::V6(sa("[2001:db8::7]:80"))),
+        None
+    );
+    let both = ConnParams {
+        original_src: Some(OriginalSrc { bind_port: false }),
+        ..params
+    };
+    assert_eq!(
+        connect_source(&both, SockOptAnswer::V4(sa("192.0.2.7:80"))),
+        Some(Source {
+            addr: sa("10.0.0.2:0"),
+            transparent: true
+        })
     );
 }

@@ -19,7 +19,7 @@ impl<K: Kernel> Shard<K> {
         slot: usize,
         upstream: std::net::SocketAddr,
         mark: Option<u32>,
-        source: Option<std::net::SocketAddr>,
+        source: Option<origdst_core::config::Source>,
         record: Option<RedirectRecord>,
     ) {
         self.retire_upstream(slot);

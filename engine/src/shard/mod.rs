@@ -102,7 +102,7 @@ struct FdWaiter {
     generation: u16,
     upstream: std::net::SocketAddr,
     mark: Option<u32>,
-    source: Option<std::net::SocketAddr>,
+    source: Option<origdst_core::config::Source>,
     record: Option<origdst_core::orig_dst::RedirectRecord>,
 }
 

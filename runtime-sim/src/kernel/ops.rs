@@ -235,7 +235,7 @@ impl Kernel for SimKernel {
         &mut self,
         upstream: SocketAddr,
         _mark: Option<u32>,
-        _source: Option<SocketAddr>,
+        _source: Option<origdst_core::config::Source>,
         record: Option<&RedirectRecord>,
     ) -> io::Result<ConnectStart<SimFd>> {
         let delay = self.rng.range(0, self.faults.connect_delay_ms.max(1)) * 1_000_000;
