@@ -11,7 +11,9 @@ mod iptables;
 mod nftables;
 mod spec;
 
-pub use spec::{Backend, Family, Inbound, Pods, Scope, Spec, SpecError};
+pub use spec::{
+    Backend, Family, ISTIO_EXCLUDED_INBOUND_PORTS, Inbound, Pods, Scope, Spec, SpecError,
+};
 
 /// How a command's exit status is treated; each has a shell spelling for `print`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -146,10 +146,14 @@ impl Default for Spec {
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             include_inbound_ports: Vec::new(),
-            exclude_inbound_ports: Vec::new(),
+            exclude_inbound_ports: ISTIO_EXCLUDED_INBOUND_PORTS.to_vec(),
         }
     }
 }
+
+/// Inbound ports Istio never captures: the proxy's admin (15000), the agent (15020), health
+/// (15021) and Prometheus (15090) endpoints.
+pub const ISTIO_EXCLUDED_INBOUND_PORTS: [u16; 4] = [15000, 15020, 15021, 15090];
 
 /// A spec that would install rules that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -129,8 +129,9 @@ pub struct InterceptionArgs {
     /// Inbound destination ports to capture (default: all but the excluded).
     #[arg(long, value_delimiter = ',')]
     pub include_inbound_ports: Vec<u16>,
-    /// Inbound destination ports never captured (origdst's own two always are not).
-    #[arg(long, value_delimiter = ',')]
+    /// Inbound destination ports never captured (origdst's own two never are). Default: Istio's
+    /// admin, agent, health and Prometheus ports.
+    #[arg(long, value_delimiter = ',', default_value = "15000,15020,15021,15090")]
     pub exclude_inbound_ports: Vec<u16>,
 }
 

@@ -17,7 +17,7 @@ table inet origdst {
     type nat hook prerouting priority dstnat; policy accept;
     iifname "lo" return
     meta l4proto != tcp return
-    tcp dport { 15001, 15006 } return
+    tcp dport { 15001, 15006, 15000, 15020, 15021, 15090 } return
     meta l4proto tcp redirect to :15006
   }
 }

@@ -19,6 +19,10 @@ COMMIT
 -A ORIGDST_INBOUND -p tcp -m socket --transparent -j ORIGDST_DIVERT
 -A ORIGDST_INBOUND -p tcp --dport 15001 -j RETURN
 -A ORIGDST_INBOUND -p tcp --dport 15006 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15000 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15020 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15021 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15090 -j RETURN
 -A ORIGDST_INBOUND -p tcp --syn -j ORIGDST_TPROXY
 -A ORIGDST_DIVERT -j MARK --set-xmark 1338/0xffffffff
 -A ORIGDST_DIVERT -j ACCEPT
@@ -57,6 +61,10 @@ COMMIT
 -A ORIGDST_INBOUND -p tcp -m socket --transparent -j ORIGDST_DIVERT
 -A ORIGDST_INBOUND -p tcp --dport 15001 -j RETURN
 -A ORIGDST_INBOUND -p tcp --dport 15006 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15000 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15020 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15021 -j RETURN
+-A ORIGDST_INBOUND -p tcp --dport 15090 -j RETURN
 -A ORIGDST_INBOUND -p tcp --syn -j ORIGDST_TPROXY
 -A ORIGDST_DIVERT -j MARK --set-xmark 1338/0xffffffff
 -A ORIGDST_DIVERT -j ACCEPT

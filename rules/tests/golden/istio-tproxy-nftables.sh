@@ -18,7 +18,7 @@ table inet origdst {
     iifname "lo" return
     meta l4proto != tcp return
     socket transparent 1 meta mark set 1338 accept
-    tcp dport { 15001, 15006 } return
+    tcp dport { 15001, 15006, 15000, 15020, 15021, 15090 } return
     ip daddr != 127.0.0.0/8 tcp flags & (fin|syn|rst|ack) == syn tproxy ip to :15006 meta mark set 1338 accept
     ip6 daddr != ::1/128 tcp flags & (fin|syn|rst|ack) == syn tproxy ip6 to :15006 meta mark set 1338 accept
   }

@@ -20,6 +20,10 @@ iptables-restore --noflush <<'ORIGDST_EOF'
 -A ORIGDST_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 -A ORIGDST_POD_IN -p tcp --dport 15001 -j RETURN
 -A ORIGDST_POD_IN -p tcp --dport 15006 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15000 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15020 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15021 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15090 -j RETURN
 -A ORIGDST_POD_IN -j ORIGDST_IN_REDIRECT
 -A ORIGDST_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
 COMMIT
@@ -55,6 +59,10 @@ ip6tables-restore --noflush <<'ORIGDST_EOF'
 -A ORIGDST_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 -A ORIGDST_POD_IN -p tcp --dport 15001 -j RETURN
 -A ORIGDST_POD_IN -p tcp --dport 15006 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15000 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15020 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15021 -j RETURN
+-A ORIGDST_POD_IN -p tcp --dport 15090 -j RETURN
 -A ORIGDST_POD_IN -j ORIGDST_IN_REDIRECT
 -A ORIGDST_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
 COMMIT

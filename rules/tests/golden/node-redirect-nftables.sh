@@ -22,7 +22,7 @@ table inet origdst {
     meta l4proto tcp redirect to :15001
   }
   chain pod_in {
-    tcp dport { 15001, 15006 } return
+    tcp dport { 15001, 15006, 15000, 15020, 15021, 15090 } return
     meta l4proto tcp redirect to :15006
   }
 }
