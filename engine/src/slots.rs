@@ -15,7 +15,7 @@ pub struct SlotKey {
 }
 
 /// One direction of one live connection; stale keys are detected by generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DirKey {
     /// The connection's slot.
     pub slot: usize,

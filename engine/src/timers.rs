@@ -18,14 +18,7 @@ pub enum TimerKey {
         generation: u16,
     },
     /// Look at a direction again (a relayed direction waiting for the kernel).
-    Dir {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's generation.
-        generation: u16,
-        /// The direction.
-        dir: origdst_core::relay::Dir,
-    },
+    Dir(crate::slots::DirKey),
     /// Re-arm a listener's accept after an error back-off (ENOMEM, ENOBUFS, ...).
     AcceptBackoff {
         /// The listener's index.

@@ -252,13 +252,11 @@ impl<K: Kernel> ConnIo<K> {
     /// sockets that have moved nothing yet: `Some(taken)` if it was tried. Called at the first
     /// `Transfer`, before either direction has started.
     pub fn try_relay(&mut self, io: &mut Io<K>, path: DataPath) -> Option<bool> {
+        if path != DataPath::KernelSockmap || self.relayed {
+            return None;
+        }
         let fresh = matches!(&self.dirs, [DirIo::Splice(a), DirIo::Splice(b)] if a.is_fresh() && b.is_fresh());
-        if path != DataPath::KernelSockmap
-            || self.relayed
-            || !fresh
-            || self.internal_client.is_some()
-            || self.internal_upstream.is_some()
-        {
+        if !fresh || self.internal_client.is_some() || self.internal_upstream.is_some() {
             return None;
         }
         let (client, upstream) = (self.client.as_ref()?, self.upstream.as_ref()?);

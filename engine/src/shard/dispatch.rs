@@ -128,18 +128,24 @@ impl<K: Kernel> Shard<K> {
             let Some(key) = self.io.ready.pop_front() else {
                 break;
             };
-            let Some(conn) = self.conns.get_mut(SlotKey {
-                slot: key.slot,
-                generation: key.generation,
-            }) else {
-                continue;
-            };
-            if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
-                continue;
-            }
-            let fds = conn.fds(key.dir);
-            let progress = conn.dirs[key.dir.index()].resume(&mut self.io, fds, key);
-            self.apply(now, key, progress);
+            self.resume_dir(now, key);
         }
+    }
+
+    /// Runs a direction woken from the ready queue or by its timer, if its connection is still
+    /// there and the direction still open.
+    pub(super) fn resume_dir(&mut self, now: Instant, key: DirKey) {
+        let Some(conn) = self.conns.get_mut(SlotKey {
+            slot: key.slot,
+            generation: key.generation,
+        }) else {
+            return;
+        };
+        if conn.core.is_closed() || conn.core.half_state(key.dir) != HalfState::Open {
+            return;
+        }
+        let fds = conn.fds(key.dir);
+        let progress = conn.dirs[key.dir.index()].resume(&mut self.io, fds, key);
+        self.apply(now, key, progress);
     }
 }

@@ -7,7 +7,7 @@ use origdst_core::time::Instant;
 
 use super::Shard;
 use crate::kernel::Kernel;
-use crate::slots::{DirKey, SlotKey};
+use crate::slots::SlotKey;
 use crate::timers::TimerKey;
 
 impl<K: Kernel> Shard<K> {
@@ -35,14 +35,7 @@ impl<K: Kernel> Shard<K> {
         }
         let now = self.now();
         for (delay, key) in self.io.later.drain(..) {
-            self.timers.push(
-                now + delay,
-                TimerKey::Dir {
-                    slot: key.slot,
-                    generation: key.generation,
-                    dir: key.dir,
-                },
-            );
+            self.timers.push(now + delay, TimerKey::Dir(key));
         }
     }
 
@@ -82,26 +75,7 @@ impl<K: Kernel> Shard<K> {
                     conn.core.handle_timeout(now, &mut self.stats);
                     self.drive(now, slot);
                 }
-                TimerKey::Dir {
-                    slot,
-                    generation,
-                    dir,
-                } => {
-                    let key = DirKey {
-                        slot,
-                        generation,
-                        dir,
-                    };
-                    let Some(conn) = self.conns.get_mut(SlotKey { slot, generation }) else {
-                        continue;
-                    };
-                    if conn.core.is_closed() || conn.core.half_state(dir) != HalfState::Open {
-                        continue;
-                    }
-                    let fds = conn.fds(dir);
-                    let progress = conn.dirs[dir.index()].resume(&mut self.io, fds, key);
-                    self.apply(now, key, progress);
-                }
+                TimerKey::Dir(key) => self.resume_dir(now, key),
                 TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
                 TimerKey::AcceptResume => {
                     if self.resume_at == Some(at) {

@@ -510,10 +510,11 @@ impl Net {
     }
 
     /// The in-kernel relay's work: each relayed endpoint's received bytes are taken into its
-    /// sink's backlog at once (the verdict runs as they arrive), up to a window; a backlog is sent on only when
-    /// `send_now` says (the work queue runs when it runs). A sink whose write half is shut, or
-    /// that failed, loses its backlog: counted, and the socket fails as the kernel's would
-    /// (EPIPE).
+    /// sink's backlog at once (the verdict runs as they arrive), up to a window; a backlog is
+    /// sent on only when `send_now` says (the work queue runs when it runs), as are the bytes a
+    /// spilled endpoint was passed. A sink whose write half is shut first loses its backlog:
+    /// counted (a FIN passed on too early), and the socket fails as the kernel's would (EPIPE);
+    /// a sink that failed loses it with the connection.
     pub fn relay_step(&mut self, mut send_now: impl FnMut() -> bool) {
         for ep in 0..self.endpoints.len() {
             let e = &self.endpoints[ep];

@@ -59,10 +59,10 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
     std::fs::write(&config, node_config(&access_log)).map_err(|e| format!("config: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
     let mut proxy = Proxy::start(&topology, &exe, &config, &work.join("origdst.log"))?;
-    if let Ok(Some((_, pid))) = cleanup.lock().as_deref_mut().map(Option::as_mut) {
+    if let Some((_, pid)) = cleanup.lock().expect("cleanup lock").as_mut() {
         *pid = Some(proxy.pid());
     }
-    let rules = topology::run(
+    topology::run(
         topology
             .node
             .command(exe.to_str().ok_or("a non-UTF-8 binary path")?)
@@ -77,7 +77,6 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
             .args(["--pod-cidr", POD_CIDR, "--ipv4-only", "--config"])
             .arg(&config),
     )?;
-    drop(rules);
     println!(
         "  origdst runs in the node (pid {}), rules: origdst iptables apply --mode node --pod-cidr {POD_CIDR}\n",
         proxy.pid()
@@ -223,7 +222,8 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
     println!("  final counters: {}", interesting(&stats));
     drop(servers);
     drop(topology);
-    cleanup.lock().map(|mut c| c.take()).ok();
+    // Removed already: Ctrl-C from here on has nothing to clean.
+    cleanup.lock().expect("cleanup lock").take();
     let _ = std::fs::remove_dir_all(&work);
     println!(
         "\nremoved the namespaces (and with them the rules); {}",
