@@ -155,13 +155,14 @@ pub trait Kernel: Sized {
         transparent: bool,
     ) -> io::Result<AcceptEvidence>;
     /// Creates the upstream socket (marked, bound to `source` if given, carrying the platform's
-    /// redirect `record` if any) and starts connecting.
+    /// redirect `record` if any, in network namespace `netns` if given) and starts connecting.
     fn connect(
         &mut self,
         upstream: SocketAddr,
         mark: Option<u32>,
         source: Option<origdst_core::config::Source>,
         record: Option<&RedirectRecord>,
+        netns: Option<crate::listeners::NetnsId>,
     ) -> io::Result<ConnectStart<Self::Socket>>;
     /// The redirect record the platform attached to an accepted connection (Windows HNS/WFP
     /// style); Linux attaches none.

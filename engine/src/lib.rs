@@ -13,6 +13,7 @@
 
 pub mod buffers;
 pub mod kernel;
+pub mod listeners;
 pub mod log_budget;
 pub mod own_upstreams;
 pub mod pairs;

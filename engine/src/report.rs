@@ -117,6 +117,9 @@ impl Gauge {
 pub trait Reporter {
     /// The shard's counters and gauges now.
     fn publish(&mut self, stats: &Counters, gauges: &[u64; Gauge::ALL.len()]);
+    /// Each group's connections (per-pod counters), when they changed: every group the shard
+    /// serves or drains, and removed groups one last time.
+    fn publish_groups(&mut self, _groups: &[crate::listeners::GroupReport]) {}
 }
 
 /// Requests from the supervisor, noticed when the wake-up descriptor fires.
@@ -131,6 +134,10 @@ pub trait Control: Send + Sync {
     fn abort_requested(&self) -> bool;
     /// A new config for new connections, if one came.
     fn take_reload(&self) -> Option<Arc<Config>>;
+    /// Listening sockets to add or remove (in-pod mode's pods), in the order they were asked.
+    fn take_listener_changes(&self) -> Vec<crate::listeners::ListenerChange> {
+        Vec::new()
+    }
 }
 
 /// A finished connection, as values: the runtime formats (and time-stamps) it off the shard.
@@ -148,6 +155,8 @@ pub struct Finished {
     pub upstream: Option<SocketAddr>,
     /// The listener that handled it.
     pub listener: Arc<str>,
+    /// The group (pod) whose listener accepted it, if it came through one added at run time.
+    pub group: Option<Arc<str>>,
     /// Bytes from the client relayed upstream.
     pub bytes_received: u64,
     /// Bytes from the upstream relayed to the client.

@@ -23,11 +23,17 @@ pub enum TimerKey {
     AcceptBackoff {
         /// The listener's index.
         listener: usize,
+        /// Its generation (the entry may hold another socket by then).
+        generation: u16,
     },
     /// Accepts are paused for want of descriptors: try to take them up again.
     AcceptResume,
     /// The drain deadline.
     Drain,
+    /// A removed group's drain deadline: its connections still open are reset.
+    GroupDrain(crate::listeners::GroupId),
+    /// Publish the groups' counters held back by the rate limit.
+    GroupsPublish,
 }
 
 /// Deadlines in order, stale ones included (the caller recognises them).
@@ -72,7 +78,10 @@ mod tests {
         timers.push(Instant::from_nanos(30), TimerKey::Drain);
         timers.push(
             Instant::from_nanos(10),
-            TimerKey::AcceptBackoff { listener: 1 },
+            TimerKey::AcceptBackoff {
+                listener: 1,
+                generation: 0,
+            },
         );
         assert_eq!(timers.next(), Some(Instant::from_nanos(10)));
         assert_eq!(timers.pop_due(Instant::from_nanos(9)), None);
@@ -80,7 +89,10 @@ mod tests {
             timers.pop_due(Instant::from_nanos(30)),
             Some((
                 Instant::from_nanos(10),
-                TimerKey::AcceptBackoff { listener: 1 }
+                TimerKey::AcceptBackoff {
+                    listener: 1,
+                    generation: 0,
+                }
             ))
         );
         assert_eq!(

@@ -39,6 +39,9 @@ pub struct Record {
     pub upstream_host: Option<SocketAddr>,
     /// The listener that handled it (after a hand-off, the target listener).
     pub listener: Arc<str>,
+    /// The pod whose listener accepted it (in-pod mode); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Arc<str>>,
     /// Bytes from the client relayed upstream.
     pub bytes_received: u64,
     /// Bytes from the upstream relayed to the client.
@@ -66,6 +69,7 @@ impl Record {
             original_destination_provenance: f.provenance,
             upstream_host: f.upstream,
             listener: f.listener,
+            pod: f.group,
             bytes_received: f.bytes_received,
             bytes_sent: f.bytes_sent,
             termination_reason: f.outcome.name(),

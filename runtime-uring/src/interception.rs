@@ -29,6 +29,16 @@ pub enum BackendArg {
     Nftables,
 }
 
+impl BackendArg {
+    /// The rules crate's backend.
+    pub fn backend(self) -> Backend {
+        match self {
+            Self::Iptables => Backend::Iptables,
+            Self::Nftables => Backend::Nftables,
+        }
+    }
+}
+
 /// `--inbound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InboundArg {
@@ -172,10 +182,7 @@ impl InterceptionArgs {
     /// The validated spec for `config`; the error names the flag.
     pub fn spec(&self, config: &Config) -> Result<Spec, String> {
         let spec = Spec {
-            backend: match self.backend {
-                BackendArg::Iptables => Backend::Iptables,
-                BackendArg::Nftables => Backend::Nftables,
-            },
+            backend: self.backend.backend(),
             scope: match self.mode {
                 ModeArg::Local => Scope::Local,
                 ModeArg::Node => Scope::Node,
@@ -217,7 +224,7 @@ impl InterceptionArgs {
 }
 
 /// The first bound listener of `config` on `port`.
-fn listener_on(config: &Config, port: u16) -> Option<&Listener> {
+pub(crate) fn listener_on(config: &Config, port: u16) -> Option<&Listener> {
     config
         .listeners
         .iter()
@@ -315,7 +322,7 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
     }
 }
 
-fn execute(commands: &[Command]) -> Result<(), String> {
+pub(crate) fn execute(commands: &[Command]) -> Result<(), String> {
     for command in commands {
         let stdin = command.stdin.as_deref();
         match &command.mode {

@@ -39,6 +39,8 @@ pub(crate) struct RealKernel {
     fwmark_accept: bool,
     /// The in-kernel relay's maps (kernel-sockmap).
     relay: Option<crate::sockmap::ShardRelay>,
+    /// Pods' network namespaces (in-pod mode).
+    netns: Option<std::sync::Arc<crate::pods::netns::NetnsRegistry>>,
 }
 
 /// The simulator's faults, in the real runtime, for the real-kernel tests: short splices, reads
@@ -92,6 +94,7 @@ impl RealKernel {
         origin: std::time::Instant,
         shard: usize,
         relay: Option<crate::sockmap::ShardRelay>,
+        netns: Option<std::sync::Arc<crate::pods::netns::NetnsRegistry>>,
     ) -> Self {
         let buggify = Buggify::from_env(shard);
         if buggify.is_some() && shard == 0 {
@@ -107,6 +110,7 @@ impl RealKernel {
             buggify,
             fwmark_accept: sys::fwmark_accept(),
             relay,
+            netns,
         }
     }
 
@@ -205,8 +209,17 @@ impl Kernel for RealKernel {
         source: Option<origdst_core::config::Source>,
         // Linux has no redirect records (the platforms that do are modelled in the simulator).
         _record: Option<&origdst_core::orig_dst::RedirectRecord>,
+        netns: Option<origdst_engine::listeners::NetnsId>,
     ) -> io::Result<ConnectStart<OwnedFd>> {
-        sys::connect(upstream, mark, source)
+        match (netns, &self.netns) {
+            (None, _) => sys::connect(upstream, mark, source),
+            // A pod's connection: its socket is made in the pod (its routes, its address, its
+            // capture rules, which skip origdst's mark); connect(2) itself may run anywhere.
+            (Some(id), Some(registry)) => {
+                registry.run_in_id(id, || sys::connect(upstream, mark, source))?
+            }
+            (Some(_), None) => Err(io::Error::other("no pod namespaces in this process")),
+        }
     }
 
     fn socket_error(&mut self, socket: &OwnedFd) -> Option<IoErrorKind> {

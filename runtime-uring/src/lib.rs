@@ -13,6 +13,7 @@ mod kernel;
 pub mod metrics;
 pub mod observed;
 mod pipe_pool;
+pub mod pods;
 pub mod published;
 mod shard;
 mod sockmap;

@@ -48,6 +48,28 @@ enum Command {
         /// Override origdst.admin: the admin endpoint's ip:port, or `off`.
         #[arg(long, value_parser = parse_admin)]
         admin: Option<AdminArg>,
+        /// In-pod mode: serve pods from inside their network namespaces. Pods are added and
+        /// removed through this Unix socket (`origdst pod add|remove|list`, or a node agent
+        /// speaking the protocol in README); the config's listeners open in each pod, not here.
+        #[arg(long)]
+        in_pod_socket: Option<PathBuf>,
+        /// In-pod mode: pods served at most at once.
+        #[arg(long, default_value_t = origdst_runtime_uring::pods::PODS_MAX_DEFAULT,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+                  .range(1..=origdst_runtime_uring::pods::PODS_MAX_LIMIT as u64))]
+        pods_max: usize,
+        /// In-pod mode: how each pod's capture rules are installed.
+        #[arg(long, value_enum, default_value = "iptables")]
+        pod_rules: interception::BackendArg,
+    },
+    /// Add, remove or list the pods an in-pod origdst serves (the pod interface's client).
+    Pod {
+        /// What to do.
+        #[command(subcommand)]
+        action: PodAction,
+        /// origdst's pod socket (`run --in-pod-socket`).
+        #[arg(long, global = true, default_value = "/var/run/origdst/pods.sock")]
+        socket: PathBuf,
     },
     /// Validate a config file and exit: 0 if valid, 2 with the offending field if not.
     Check {
@@ -74,6 +96,25 @@ enum Command {
         #[arg(long, default_value_t = 4 << 20)]
         bulk_bytes: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum PodAction {
+    /// Serve a pod: its network namespace is handed over (SCM_RIGHTS).
+    Add {
+        /// The pod's name (`namespace/name`).
+        name: String,
+        /// Its network namespace: a file such as /var/run/netns/<name> or /proc/<pid>/ns/net.
+        #[arg(long)]
+        netns: PathBuf,
+    },
+    /// Stop serving a pod: its listeners stop at once, its connections drain.
+    Remove {
+        /// The pod's name.
+        name: String,
+    },
+    /// The pods served.
+    List,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +151,9 @@ fn main() -> ExitCode {
             backend,
             log_level,
             admin,
+            in_pod_socket,
+            pods_max,
+            pod_rules,
         } => {
             init_logging(log_level);
             let config_path = config;
@@ -152,6 +196,11 @@ fn main() -> ExitCode {
                     yaml,
                     overrides,
                 },
+                in_pod: in_pod_socket.map(|socket| origdst_runtime_uring::pods::InPodSettings {
+                    socket,
+                    pods_max,
+                    rules_backend: pod_rules.backend(),
+                }),
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -193,6 +242,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Pod { action, socket } => match pod(&socket, action) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("origdst pod: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Iptables(args) => match interception::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -201,6 +262,21 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn pod(socket: &std::path::Path, action: PodAction) -> Result<String, String> {
+    use origdst_runtime_uring::pods::protocol::Client;
+    let client = Client::connect(socket).map_err(|err| err.to_string())?;
+    match action {
+        PodAction::Add { name, netns } => {
+            let file =
+                std::fs::File::open(&netns).map_err(|err| format!("{}: {err}", netns.display()))?;
+            client.add(&name, &file)
+        }
+        PodAction::Remove { name } => client.remove(&name),
+        PodAction::List => client.list(),
+    }
+    .map_err(|err| err.to_string())
 }
 
 fn config_name(config: &Config) -> String {

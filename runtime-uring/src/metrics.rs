@@ -202,6 +202,9 @@ impl Collector for Scrape {
                 counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
             }
         }
+        if let Some(pods) = &observed.pods {
+            encode_pods(&mut encoder, observed, pods)?;
+        }
         counter(
             &mut encoder,
             "admin_connections_evicted",
@@ -210,6 +213,93 @@ impl Collector for Scrape {
         )?;
         Ok(())
     }
+}
+
+/// In-pod mode: the pod manager's gauges, and each pod's connections (labelled by pod).
+fn encode_pods(
+    encoder: &mut DescriptorEncoder<'_>,
+    observed: &Observed,
+    pods: &crate::pods::PodGauges,
+) -> Result<(), std::fmt::Error> {
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    gauge(
+        encoder,
+        "pods",
+        "Pods served (in-pod mode).",
+        load(&pods.pods) as i64,
+    )?;
+    gauge(
+        encoder,
+        "pod_listeners",
+        "Listening sockets held in pods, over every shard.",
+        load(&pods.listeners) as i64,
+    )?;
+    counter(
+        encoder,
+        "pods_added",
+        "Pods added since start.",
+        load(&pods.added),
+    )?;
+    counter(
+        encoder,
+        "pods_removed",
+        "Pods removed since start.",
+        load(&pods.removed),
+    )?;
+    counter(
+        encoder,
+        "pod_requests_refused",
+        "Pod-interface requests refused (malformed, over the limit, a namespace that could not be set up).",
+        load(&pods.refused),
+    )?;
+    let per_pod = crate::published::pods(&observed.rows);
+    type Field = fn(&crate::published::GroupReport) -> u64;
+    let families: [(&str, &str, bool, Field); 5] = [
+        ("pod_cx", "Connections accepted in the pod.", true, |g| {
+            g.accepted
+        }),
+        (
+            "pod_cx_active",
+            "Open connections of the pod.",
+            false,
+            |g| g.active,
+        ),
+        (
+            "pod_rx_bytes",
+            "Bytes from the pod's clients relayed upstream (closed connections).",
+            true,
+            |g| g.bytes_up,
+        ),
+        (
+            "pod_tx_bytes",
+            "Bytes relayed to the pod's clients (closed connections).",
+            true,
+            |g| g.bytes_down,
+        ),
+        (
+            "pod_cx_drain_reset",
+            "The pod's connections reset at the end of its drain after removal.",
+            true,
+            |g| g.drain_reset,
+        ),
+    ];
+    for (name, help, is_counter, field) in families {
+        let kind = if is_counter {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for report in &per_pod {
+            let labels = [("pod", &*report.name)];
+            if is_counter {
+                ConstCounter::new(field(report)).encode(family.encode_family(&labels)?)?;
+            } else {
+                ConstGauge::new(field(report) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `/stats`: the same numbers as JSON.

@@ -57,6 +57,8 @@ pub struct Observed {
     pub access_log: Option<Arc<AccessLogCounts>>,
     /// When the process started.
     pub started_at: Instant,
+    /// In-pod mode's pods, when it runs in that mode.
+    pub pods: Option<Arc<crate::pods::PodGauges>>,
 }
 
 impl Observed {
@@ -79,6 +81,7 @@ impl Observed {
             })),
             access_log: None,
             started_at: Instant::now(),
+            pods: None,
         }
     }
 

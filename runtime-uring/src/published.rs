@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use origdst_core::stats::{Counter, Counters};
 
+pub use origdst_engine::listeners::GroupReport;
 pub use origdst_engine::report::Gauge;
 
 /// One shard's published row.
@@ -13,6 +14,8 @@ pub use origdst_engine::report::Gauge;
 pub struct ShardRow {
     counters: [AtomicU64; Counter::COUNT],
     gauges: [AtomicU64; Gauge::ALL.len()],
+    /// Its pods' connections (in-pod mode), replaced whole at most every 100 ms.
+    groups: std::sync::Mutex<Vec<GroupReport>>,
 }
 
 impl Default for ShardRow {
@@ -20,6 +23,7 @@ impl Default for ShardRow {
         Self {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             gauges: std::array::from_fn(|_| AtomicU64::new(0)),
+            groups: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -33,6 +37,21 @@ impl ShardRow {
         for (slot, value) in self.gauges.iter().zip(gauges) {
             slot.store(*value, Ordering::Relaxed);
         }
+    }
+
+    /// Called by the owning shard only (rarely: a lock is fine here).
+    pub(crate) fn publish_groups(&self, groups: &[GroupReport]) {
+        let mut row = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        row.clear();
+        row.extend_from_slice(groups);
+    }
+
+    /// Its pods' connections as last published.
+    pub fn groups(&self) -> Vec<GroupReport> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A snapshot of the counters.
@@ -73,4 +92,28 @@ pub fn render(rows: &[Arc<ShardRow>]) -> String {
     }
     out.pop();
     out
+}
+
+/// Each pod's connections summed over the shards, by pod name (sorted).
+pub fn pods(rows: &[Arc<ShardRow>]) -> Vec<GroupReport> {
+    let mut by_name: std::collections::BTreeMap<Arc<str>, GroupReport> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        for report in row.groups() {
+            match by_name.get_mut(&report.name) {
+                Some(sum) => {
+                    sum.accepted += report.accepted;
+                    sum.active += report.active;
+                    sum.bytes_up += report.bytes_up;
+                    sum.bytes_down += report.bytes_down;
+                    sum.drain_reset += report.drain_reset;
+                    sum.removed &= report.removed;
+                }
+                None => {
+                    by_name.insert(Arc::clone(&report.name), report);
+                }
+            }
+        }
+    }
+    by_name.into_values().collect()
 }

@@ -59,6 +59,9 @@ pub struct EngineSettings {
     pub backend: BackendChoice,
     /// Where the config came from (for SIGHUP and `/config_dump`).
     pub source: ConfigSource,
+    /// In-pod mode: pods come and go through the pod interface, and the config's listeners are
+    /// opened in each pod, not in the host.
+    pub in_pod: Option<crate::pods::InPodSettings>,
 }
 
 /// A config's origin.
@@ -219,6 +222,21 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     let (backend, backend_reason) = choose_backend(settings.backend);
     let (data_path, relay) = load_relay(settings.data_path);
     let config = Arc::new(settings.config.clone());
+    let in_pod = match &settings.in_pod {
+        Some(pods) => {
+            // Refused now, not at the first pod: a config whose pod rules cannot work.
+            crate::pods::manager::pod_spec(&config, pods.rules_backend)
+                .map_err(|err| EngineError::Setup(format!("in-pod mode: {err}")))?;
+            let registry = crate::pods::netns::NetnsRegistry::new().map_err(|err| {
+                EngineError::Setup(format!("in-pod mode: opening our network namespace: {err}"))
+            })?;
+            Some((
+                Arc::new(registry),
+                Arc::new(crate::pods::PodGauges::default()),
+            ))
+        }
+        None => None,
+    };
     let access_counts = config
         .knobs
         .access_log
@@ -251,6 +269,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         })),
         access_log: access_counts,
         started_at: std::time::Instant::now(),
+        pods: in_pod.as_ref().map(|(_, gauges)| Arc::clone(gauges)),
     });
     let admin = match config.knobs.admin {
         Some(addr) => Some(Admin::start(addr, Arc::clone(&observed)).map_err(|err| {
@@ -285,6 +304,8 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             own_upstreams: Arc::clone(&own_upstreams),
             access_log: access_sender.as_ref().map(|s| s.for_shard(id)),
             relay: relay.clone(),
+            bind_listeners: in_pod.is_none(),
+            netns: in_pod.as_ref().map(|(registry, _)| Arc::clone(registry)),
         };
         let core = (config.knobs.pin_shards && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let events = events_tx.clone();
@@ -303,8 +324,8 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         (backend, backend_reason),
         &controls,
         &observed,
-        &events,
-        &signals,
+        (&events, &signals),
+        in_pod.map(|(registry, _)| registry),
     );
     for handle in handles {
         let _ = handle.join();
@@ -506,8 +527,8 @@ fn supervise(
     backend: (Backend, Option<String>),
     controls: &[Arc<ShardControl>],
     observed: &Arc<Observed>,
-    events: &Receiver<ShardEvent>,
-    signals: &Receiver<i32>,
+    (events, signals): (&Receiver<ShardEvent>, &Receiver<i32>),
+    netns: Option<Arc<crate::pods::netns::NetnsRegistry>>,
 ) -> Result<(), EngineError> {
     let config = &settings.config;
     let rows = &observed.rows;
@@ -535,6 +556,22 @@ fn supervise(
         controls.iter().for_each(|c| c.abort());
         wait_exits(events, running);
         return Err(err);
+    }
+    if let (Some(pods), Some(registry), Some(gauges)) =
+        (&settings.in_pod, netns, observed.pods.as_ref())
+    {
+        let started = crate::pods::manager::start(
+            pods.clone(),
+            Arc::clone(observed),
+            controls.to_vec(),
+            registry,
+            Arc::clone(gauges),
+        );
+        if let Err(err) = started {
+            controls.iter().for_each(|c| c.abort());
+            wait_exits(events, running);
+            return Err(EngineError::Setup(format!("in-pod mode: {err}")));
+        }
     }
     print_startup(settings, config, backend, observed.data_path);
     observed.started.store(true, Ordering::Relaxed);
@@ -655,6 +692,13 @@ fn print_startup(
             format!(" busy_poll={:?}", config.knobs.busy_poll)
         },
     );
+    if let Some(pods) = &settings.in_pod {
+        tracing::info!(
+            socket = %pods.socket.display(),
+            pods_max = pods.pods_max,
+            "in-pod mode: listeners open in each pod added through the pod interface"
+        );
+    }
     match config.knobs.admin {
         Some(addr) => tracing::info!(
             "admin endpoint on http://{addr}: /metrics /stats /ready /healthz /config_dump"

@@ -27,14 +27,43 @@ impl<K: Kernel> Shard<K> {
         if listener.armed || self.draining || self.accepts_paused {
             return;
         }
-        let token = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream);
+        let token = Token::new(
+            Kind::Accept,
+            index,
+            listener.generation,
+            Dir::ClientToUpstream,
+        );
         listener.armed = true;
         let fd = K::raw(socket);
         self.io.kernel.accept_multi(fd, token.encode());
     }
 
-    pub(super) fn on_accept(&mut self, now: Instant, index: usize, res: i32, flags: u32) {
+    pub(super) fn on_accept(
+        &mut self,
+        now: Instant,
+        index: usize,
+        generation: u16,
+        res: i32,
+        flags: u32,
+    ) {
         let more = flags & MORE != 0;
+        let current = self
+            .listeners
+            .get(index)
+            .is_some_and(|l| l.generation == generation);
+        if !current {
+            // An entry is reused only once its last accept completion came (`vacant`), so no
+            // completion can outlive its socket's entry; should one, its connection is not
+            // served by the wrong listener: reset and counted as gone.
+            debug_assert!(false, "an accept completion for a reused listener entry");
+            if res >= 0 {
+                let socket = self.io.kernel.adopt(res);
+                self.io.kernel.arm_reset(&socket);
+                self.io.closing.push(socket);
+                self.stats.incr(Counter::AcceptClientGone);
+            }
+            return;
+        }
         if !more {
             self.listeners[index].armed = false;
         }
@@ -79,7 +108,10 @@ impl<K: Kernel> Shard<K> {
             if !more {
                 self.timers.push(
                     now + ACCEPT_BACKOFF,
-                    TimerKey::AcceptBackoff { listener: index },
+                    TimerKey::AcceptBackoff {
+                        listener: index,
+                        generation,
+                    },
                 );
             }
             return;
@@ -93,6 +125,7 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn accept_one(&mut self, now: Instant, index: usize, fd: K::Socket) {
         let config_index = self.listeners[index].config_index;
+        let group = self.listeners[index].group;
         let listener = &self.setup.config.listeners[config_index];
         let evidence = match self.io.kernel.accept_evidence(&fd, listener.transparent) {
             Ok(mut evidence) => {
@@ -140,7 +173,7 @@ impl<K: Kernel> Shard<K> {
             while core.poll_action().is_some() {}
             self.io.kernel.arm_reset(&fd);
             let listener_name = Arc::clone(&self.listener_names[config_index]);
-            self.report_close(now, &core, Some(listener_name));
+            self.report_close(now, &core, Some(listener_name), group);
             return;
         }
         let route = route::route(
@@ -159,6 +192,10 @@ impl<K: Kernel> Shard<K> {
         let core = Connection::start(now, &evidence, route, &mut self.stats);
         let slot = self.insert_conn(core, Some(fd));
         self.conns[slot].listener_name = listener_name;
+        if let Some(group) = group {
+            self.conns[slot].group = Some(group);
+            self.conns[slot].netns = self.group_accepted(group);
+        }
         self.drive(now, slot);
     }
 
@@ -198,8 +235,10 @@ impl<K: Kernel> Shard<K> {
             "out of file descriptors; accepting paused until connections close (raise `ulimit -n`)");
         for (index, listener) in self.listeners.iter().enumerate() {
             if let (true, Some(socket)) = (listener.armed, &listener.socket) {
-                let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
-                let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
+                let generation = listener.generation;
+                let token = Token::new(Kind::Cancel, index, generation, Dir::ClientToUpstream);
+                let target =
+                    Token::new(Kind::Accept, index, generation, Dir::ClientToUpstream).encode();
                 self.io
                     .kernel
                     .cancel_accept(K::raw(socket), target, token.encode());

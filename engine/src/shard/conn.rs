@@ -190,6 +190,10 @@ pub struct ConnIo<K: Kernel> {
     pub watch: [Watch; 2],
     /// The pair was handed to the kernel's relay (kernel-sockmap).
     pub relayed: bool,
+    /// The group (pod) whose listener accepted it, if one added at run time.
+    pub group: Option<crate::listeners::GroupId>,
+    /// The namespace its upstream socket is made in (its group's).
+    pub netns: Option<crate::listeners::NetnsId>,
 }
 
 impl<K: Kernel> ConnIo<K> {
@@ -219,6 +223,8 @@ impl<K: Kernel> ConnIo<K> {
             head_poll_armed: false,
             watch: [Watch::Off; 2],
             relayed: false,
+            group: None,
+            netns: None,
         }
     }
 

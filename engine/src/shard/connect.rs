@@ -28,7 +28,10 @@ impl<K: Kernel> Shard<K> {
         // looped connection inside connect(2) (see `own_upstreams`).
         let own_upstreams = Arc::clone(&self.setup.own_upstreams);
         let _connecting = own_upstreams.begin_connect(upstream);
-        let connect = |kernel: &mut K| kernel.connect(upstream, mark, source, record.as_ref());
+        // A pod's connection dials from the pod's own namespace (its routes, its address).
+        let netns = self.conns[slot].netns;
+        let connect =
+            |kernel: &mut K| kernel.connect(upstream, mark, source, record.as_ref(), netns);
         let mut started = connect(&mut self.io.kernel);
         let exhausted = |started: &std::io::Result<ConnectStart<K::Socket>>| {
             started

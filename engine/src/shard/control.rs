@@ -28,6 +28,9 @@ impl<K: Kernel> Shard<K> {
         if self.setup.control.abort_requested() {
             self.abort_all(now);
         }
+        for change in self.setup.control.take_listener_changes() {
+            self.change_listeners(now, change);
+        }
         let reloaded = self.setup.control.take_reload();
         if let Some(config) = reloaded {
             // The supervisor only sends configs whose bound listeners are the ones this shard
@@ -45,20 +48,8 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn start_drain(&mut self, now: Instant) {
         self.draining = true;
-        for (index, listener) in self.listeners.iter_mut().enumerate() {
-            let Some(socket) = listener.socket.take() else {
-                continue;
-            };
-            // Stop listening now: the socket itself lives on until the kernel has finished
-            // cancelling its accept request (milliseconds), and until then it would still
-            // complete handshakes that nobody accepts.
-            self.io.kernel.stop_listening(&socket);
-            let token = Token::new(Kind::Cancel, index, 0, Dir::ClientToUpstream);
-            let target = Token::new(Kind::Accept, index, 0, Dir::ClientToUpstream).encode();
-            self.io
-                .kernel
-                .cancel_accept(K::raw(&socket), target, token.encode());
-            self.io.closing.push(socket);
+        for index in 0..self.listeners.len() {
+            self.stop_listener(index);
         }
         let deadline = now + self.setup.config.knobs.drain_timeout;
         self.timers.push(deadline, TimerKey::Drain);
@@ -93,5 +84,9 @@ impl<K: Kernel> Shard<K> {
         gauges[Gauge::BusyPollHits as usize] = hits;
         gauges[Gauge::WaitSleeps as usize] = sleeps;
         self.setup.reporter.publish(&self.stats, &gauges);
+        if self.groups_dirty {
+            let now = self.now();
+            self.publish_groups(Some(now));
+        }
     }
 }

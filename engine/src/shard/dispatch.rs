@@ -25,7 +25,9 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn handle_completion(&mut self, now: Instant, token: Token, res: i32, flags: u32) {
         match token.kind {
-            Kind::Accept => self.on_accept(now, token.slot as usize, res, flags),
+            Kind::Accept => {
+                self.on_accept(now, token.slot as usize, token.generation, res, flags);
+            }
             Kind::Wake => self.on_wake(now, flags),
             Kind::Cancel => {}
             _ => self.on_conn_completion(now, token, res, flags),

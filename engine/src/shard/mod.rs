@@ -11,6 +11,7 @@ mod accept;
 mod connect;
 mod control;
 mod dispatch;
+mod groups;
 mod pairs;
 mod release;
 mod timing;
@@ -38,6 +39,7 @@ use origdst_core::time::Instant;
 use self::conn::{ConnIo, Watch};
 use self::io::Io;
 use crate::kernel::Kernel;
+use crate::listeners::GroupId;
 use crate::log_budget::LogBudget;
 use crate::own_upstreams::OwnUpstreams;
 use crate::report::{AccessLog, Control, Reporter};
@@ -90,10 +92,24 @@ pub struct Listening<S> {
 }
 
 struct ListenerIo<S> {
+    /// `None` once it stopped (drain, its group removed).
     socket: Option<S>,
     /// Index into `config.listeners`.
     config_index: usize,
+    /// A multishot accept is in flight (its last completion, without MORE, not yet seen).
     armed: bool,
+    /// Bumped each time the entry is reused for another socket: an accept completion carries
+    /// the generation it was armed with, so a late one cannot be taken for the new socket's.
+    generation: u16,
+    /// The group it was added with at run time (`None`: one of the config's, bound at start).
+    group: Option<GroupId>,
+}
+
+impl<S> ListenerIo<S> {
+    /// Free for another socket: stopped, and the kernel holds no accept of it any more.
+    fn vacant(&self) -> bool {
+        self.socket.is_none() && !self.armed
+    }
 }
 
 /// An accepted connection waiting for a descriptor for its upstream socket.
@@ -141,6 +157,14 @@ pub struct Shard<K: Kernel> {
     dir_path: DataPath,
     /// Where request heads are peeked into (header mode): allocated once, never zeroed again.
     peek_scratch: Box<[u8]>,
+    /// Groups of listeners added at run time (pods), serving or draining.
+    groups: std::collections::BTreeMap<GroupId, groups::GroupIo>,
+    /// A group's counters changed since they were last published.
+    groups_dirty: bool,
+    /// When they were last published.
+    groups_published_at: Option<Instant>,
+    /// A `GroupsPublish` timer is pending.
+    groups_publish_pending: bool,
 }
 
 impl<K: Kernel> Shard<K> {
@@ -165,6 +189,8 @@ impl<K: Kernel> Shard<K> {
                 socket: Some(l.socket),
                 config_index: l.config_index,
                 armed: false,
+                generation: 0,
+                group: None,
             })
             .collect();
         let listener_names = listener_names(&setup.config);
@@ -190,6 +216,10 @@ impl<K: Kernel> Shard<K> {
             inner_starts: VecDeque::new(),
             dir_path,
             peek_scratch: vec![0; PEEK_SCRATCH_BYTES].into_boxed_slice(),
+            groups: std::collections::BTreeMap::new(),
+            groups_dirty: false,
+            groups_published_at: None,
+            groups_publish_pending: false,
         })
     }
 

@@ -71,8 +71,12 @@ impl<K: Kernel> Shard<K> {
             &mut self.stats,
         );
         let core = Connection::start(now, &evidence, route, &mut self.stats);
+        let netns = self.conns[slot].netns;
         let inner = self.insert_conn(core, None);
         let generation = self.conns[inner].generation;
+        // A pod's chain dials from the pod's namespace to its end (the outer connection's group
+        // drains it: a reset of the outer crosses the pair).
+        self.conns[inner].netns = netns;
         self.conns[inner].use_pair(pair, false);
         if let Some(entry) = self.io.pairs.get_mut(pair) {
             entry.inner = Some((inner, generation));

@@ -77,7 +77,10 @@ impl<K: Kernel> Shard<K> {
                 self.io.kernel.relay_forget(*fd);
             }
         }
-        self.report_close(now, &conn.core, conn.listener_name.clone());
+        self.report_close(now, &conn.core, conn.listener_name.clone(), conn.group);
+        if let Some(group) = conn.group {
+            self.group_released(group, &conn.core);
+        }
         if let Some(client) = conn.client {
             self.io.closing.push(client);
         }
@@ -103,6 +106,7 @@ impl<K: Kernel> Shard<K> {
         now: Instant,
         core: &Connection,
         listener_name: Option<Arc<str>>,
+        group: Option<crate::listeners::GroupId>,
     ) {
         let outcome = core.outcome().expect("reported only once closed");
         self.log_close(now, core, outcome);
@@ -118,6 +122,9 @@ impl<K: Kernel> Shard<K> {
                 provenance: core.provenance().map(|p| p.name()),
                 upstream: core.upstream().map(|a| a.get()),
                 listener: listener_name.unwrap_or_else(|| Arc::from("-")),
+                group: group
+                    .and_then(|g| self.groups.get(&g))
+                    .map(|g| Arc::clone(&g.name)),
                 bytes_received: core.bytes(Dir::ClientToUpstream),
                 bytes_sent: core.bytes(Dir::UpstreamToClient),
                 outcome,

@@ -76,7 +76,19 @@ impl<K: Kernel> Shard<K> {
                     self.drive(now, slot);
                 }
                 TimerKey::Dir(key) => self.resume_dir(now, key),
-                TimerKey::AcceptBackoff { listener } => self.arm_accept(listener),
+                TimerKey::AcceptBackoff {
+                    listener,
+                    generation,
+                } => {
+                    if self.listeners[listener].generation == generation {
+                        self.arm_accept(listener);
+                    }
+                }
+                TimerKey::GroupDrain(group) => self.group_drain_ends(now, group),
+                TimerKey::GroupsPublish => {
+                    self.groups_publish_pending = false;
+                    self.publish_groups(Some(now));
+                }
                 TimerKey::AcceptResume => {
                     if self.resume_at == Some(at) {
                         self.resume_at = None;

@@ -183,6 +183,8 @@ pub struct Net {
     pub activity: u64,
     /// Connect attempts the proxy made, by destination (counted by the kernel's `connect`).
     pub connects: BTreeMap<SocketAddr, u32>,
+    /// The namespaces the proxy made its sockets towards each destination in (`None`: its own).
+    pub connect_netns: BTreeMap<SocketAddr, std::collections::BTreeSet<Option<u32>>>,
     /// Connections reset in a backlog when its listener stopped (never accepted).
     pub never_accepted: usize,
     /// How often each kind of fault fired.
@@ -229,6 +231,7 @@ impl Net {
             issued: Vec::new(),
             activity: 0,
             connects: BTreeMap::new(),
+            connect_netns: BTreeMap::new(),
             never_accepted: 0,
             fired: BTreeMap::new(),
             pipes_closed_holding_bytes: 0,

@@ -237,12 +237,17 @@ impl Kernel for SimKernel {
         _mark: Option<u32>,
         _source: Option<origdst_core::config::Source>,
         record: Option<&RedirectRecord>,
+        netns: Option<origdst_engine::listeners::NetnsId>,
     ) -> io::Result<ConnectStart<SimFd>> {
         let delay = self.rng.range(0, self.faults.connect_delay_ms.max(1)) * 1_000_000;
         let mut net = self.net.borrow_mut();
         if net.fds.len() >= net.fd_limit {
             return Err(os(libc::EMFILE));
         }
+        net.connect_netns
+            .entry(upstream)
+            .or_default()
+            .insert(netns.map(|n| n.0));
         // An attempt from here on (out of descriptors, there was none).
         *net.connects.entry(upstream).or_insert(0) += 1;
         if net.socket_fails.contains(&upstream) {

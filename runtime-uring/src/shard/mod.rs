@@ -17,6 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::config::{Config, DataPath};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::stats::Counters;
+use origdst_engine::listeners::{GroupReport, ListenerChange};
 use origdst_engine::own_upstreams::OwnUpstreams;
 use origdst_engine::report::{AccessLog, Control, Finished, Gauge, Reporter};
 use origdst_engine::shard::{Listening, Shard, ShardSetup};
@@ -39,6 +40,8 @@ pub(crate) struct ShardControl {
     abort: AtomicBool,
     /// A reloaded config for new connections; taken on the next wake. Locked only on reload.
     reload: std::sync::Mutex<Option<Arc<Config>>>,
+    /// Listening sockets to add or remove (pods), in order; taken on the next wake.
+    listener_changes: std::sync::Mutex<Vec<ListenerChange>>,
 }
 
 impl ShardControl {
@@ -50,7 +53,17 @@ impl ShardControl {
             drain: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             reload: std::sync::Mutex::new(None),
+            listener_changes: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds or removes listening sockets from the shard's next turn.
+    pub(crate) fn change_listeners(&self, change: ListenerChange) {
+        self.listener_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(change);
+        let _ = self.wake.write(1);
     }
 
     /// New connections use `config` from the shard's next turn; open ones keep what they have.
@@ -92,6 +105,15 @@ impl Control for ShardControl {
     fn take_reload(&self) -> Option<Arc<Config>> {
         self.reload.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+
+    fn take_listener_changes(&self) -> Vec<ListenerChange> {
+        std::mem::take(
+            &mut *self
+                .listener_changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
 }
 
 /// Publishes into the shard's row of the process's counters.
@@ -100,6 +122,10 @@ struct RowReporter(Arc<ShardRow>);
 impl Reporter for RowReporter {
     fn publish(&mut self, stats: &Counters, gauges: &[u64; Gauge::ALL.len()]) {
         self.0.publish(stats, gauges);
+    }
+
+    fn publish_groups(&mut self, groups: &[GroupReport]) {
+        self.0.publish_groups(groups);
     }
 }
 
@@ -135,6 +161,10 @@ pub(crate) struct ShardSetup0 {
     pub(crate) access_log: Option<AccessLogSender>,
     /// The in-kernel relay, where the data path is kernel-sockmap and it loaded.
     pub(crate) relay: Option<Arc<crate::sockmap::Loaded>>,
+    /// Bind the config's listeners here (not in in-pod mode: pods bring their own).
+    pub(crate) bind_listeners: bool,
+    /// Pods' network namespaces (in-pod mode), where their upstream sockets are made.
+    pub(crate) netns: Option<Arc<crate::pods::netns::NetnsRegistry>>,
 }
 
 /// Why a shard could not start.
@@ -206,7 +236,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
     };
     let mut listening = Vec::new();
     for (config_index, listener) in setup.config.listeners.iter().enumerate() {
-        if !listener.is_bound() {
+        if !listener.is_bound() || !setup.bind_listeners {
             continue;
         }
         for &addr in listener.socket_addresses() {
@@ -231,7 +261,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
         Some(loaded) => Some(loaded.for_shard().map_err(StartError::Relay)?),
         None => None,
     };
-    let kernel = RealKernel::new(poller, buf_ring, setup.origin, setup.id, relay);
+    let kernel = RealKernel::new(poller, buf_ring, setup.origin, setup.id, relay, setup.netns);
     let engine_setup = ShardSetup {
         id: setup.id,
         config: setup.config,

@@ -1,0 +1,75 @@
+//! Listening sockets that come and go while the shard runs: a *group* (one pod's sockets in
+//! in-pod mode) is added with its sockets and removed as a whole. Removing a group stops its
+//! sockets accepting at once; its open connections drain until `drain_timeout`, then are reset.
+//!
+//! The supervisor hands the changes to the shard through [`crate::report::Control`]; the shard
+//! applies them on its next turn (`shard::listeners`).
+
+use std::sync::Arc;
+
+/// A group of listening sockets added at run time, named by the runtime (a pod, in in-pod mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u32);
+
+/// The network namespace a group's upstream sockets are made in. The number means something only
+/// to the runtime (which keeps the namespace's descriptor); the engine passes it back to
+/// [`crate::kernel::Kernel::connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetnsId(pub u32);
+
+/// A listening socket handed to the shard: its descriptor (the shard owns it from now on) and the
+/// listener of the config it serves (index into `config.listeners`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandedSocket {
+    /// The listening descriptor, its own `SO_REUSEPORT` member for this shard.
+    pub fd: i32,
+    /// Index into `config.listeners`.
+    pub config_index: usize,
+}
+
+/// A group to start serving.
+#[derive(Debug, Clone)]
+pub struct GroupAdd {
+    /// Its number (unique for the life of the process).
+    pub group: GroupId,
+    /// Its name in logs, the access log and metrics (the pod's).
+    pub name: Arc<str>,
+    /// Its listening sockets for this shard.
+    pub sockets: Vec<HandedSocket>,
+    /// Where its connections' upstream sockets are made (`None`: the shard's own namespace).
+    pub netns: Option<NetnsId>,
+}
+
+/// A change to the shard's listening sockets.
+#[derive(Debug, Clone)]
+pub enum ListenerChange {
+    /// Start accepting on a new group's sockets.
+    Add(GroupAdd),
+    /// Stop accepting on a group's sockets now; its connections drain, then are reset.
+    Remove(GroupId),
+}
+
+/// Listening sockets one shard holds at most (a limit on everything: the runtime bounds pods
+/// far below this; the shard refuses a group past it rather than grow without end).
+pub const LISTENERS_PER_SHARD_MAX: usize = 1 << 16;
+
+/// One group's connections, as the shard publishes them (per-pod counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupReport {
+    /// The group.
+    pub group: GroupId,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Connections it accepted since it was added.
+    pub accepted: u64,
+    /// Connections of it open now.
+    pub active: u64,
+    /// Bytes relayed client → upstream by its closed connections.
+    pub bytes_up: u64,
+    /// Bytes relayed upstream → client by its closed connections.
+    pub bytes_down: u64,
+    /// Its connections reset at the end of its drain.
+    pub drain_reset: u64,
+    /// Removed: draining (or drained).
+    pub removed: bool,
+}

@@ -1,0 +1,402 @@
+//! The pod manager: a control thread that serves the pod interface ([`super::protocol`]). Adding
+//! a pod enters its network namespace, opens one `SO_REUSEPORT` listening socket per shard for
+//! every bound listener of the config, installs the pod's capture rules there, comes back, and
+//! hands each shard its sockets. Removing a pod stops its sockets at once (the shards drain its
+//! connections) and takes its rules out.
+//!
+//! Never on a shard: entering namespaces and running iptables take milliseconds.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket,
+};
+use origdst_core::config::Config;
+use origdst_engine::listeners::{GroupAdd, GroupId, HandedSocket, ListenerChange, NetnsId};
+use origdst_rules::Spec;
+
+use super::netns::NetnsRegistry;
+use super::protocol::{self, Request};
+use crate::observed::Observed;
+use crate::shard::ShardControl;
+use crate::sys;
+
+/// In-pod mode's settings.
+#[derive(Debug, Clone)]
+pub struct InPodSettings {
+    /// Where the pod interface listens (a Unix `SOCK_SEQPACKET` socket, mode 0600).
+    pub socket: PathBuf,
+    /// Pods served at most at once.
+    pub pods_max: usize,
+    /// How pods' capture rules are installed.
+    pub rules_backend: origdst_rules::Backend,
+}
+
+/// Pods served at most by default (a node runs ~110 pods in Kubernetes' default).
+pub const PODS_MAX_DEFAULT: usize = 512;
+/// The hard ceiling on `--pods-max`: each pod holds (listening addresses × shards) descriptors.
+pub const PODS_MAX_LIMIT: usize = 8192;
+
+/// What the pod manager shows in `/metrics`.
+#[derive(Debug, Default)]
+pub struct PodGauges {
+    /// Pods served now.
+    pub pods: AtomicU64,
+    /// Listening sockets the pods hold now (over every shard).
+    pub listeners: AtomicU64,
+    /// Pods added since start.
+    pub added: AtomicU64,
+    /// Pods removed since start.
+    pub removed: AtomicU64,
+    /// Requests refused (bad request, limit, a namespace that could not be set up).
+    pub refused: AtomicU64,
+}
+
+struct Pod {
+    group: GroupId,
+    netns_id: NetnsId,
+    netns: Arc<OwnedFd>,
+    /// The rules installed in it (taken out again on removal).
+    rules: Spec,
+    /// Listening sockets it holds over all shards.
+    listeners: u64,
+}
+
+/// Starts the pod manager's thread (bound and listening before this returns, so a client may
+/// connect as soon as origdst says it started).
+pub(crate) fn start(
+    settings: InPodSettings,
+    observed: Arc<Observed>,
+    controls: Vec<Arc<ShardControl>>,
+    registry: Arc<NetnsRegistry>,
+    gauges: Arc<PodGauges>,
+) -> Result<(), String> {
+    let listening = bind_socket(&settings.socket)
+        .map_err(|err| format!("pod interface {}: {err}", settings.socket.display()))?;
+    let mut manager = Manager {
+        settings,
+        observed,
+        controls,
+        registry,
+        gauges,
+        pods: BTreeMap::new(),
+        next_id: 1,
+    };
+    std::thread::Builder::new()
+        .name("origdst-pods".into())
+        .spawn(move || manager.serve(&listening))
+        .map_err(|err| format!("pod manager thread: {err}"))?;
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    // A socket left by an earlier run is replaced; anything else at the path is not ours.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::other("exists and is not a socket"));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let socket = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(socket.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // Adding a pod installs rules in its namespace: only root (the node agent) may ask.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listen(&socket, Backlog::new(16).map_err(io::Error::from)?)?;
+    Ok(socket)
+}
+
+struct Manager {
+    settings: InPodSettings,
+    observed: Arc<Observed>,
+    controls: Vec<Arc<ShardControl>>,
+    registry: Arc<NetnsRegistry>,
+    gauges: Arc<PodGauges>,
+    pods: BTreeMap<String, Pod>,
+    next_id: u32,
+}
+
+/// How long a client may stay silent mid-conversation before it is dropped (one client at a
+/// time is served: a stuck one must not hold the interface).
+const CLIENT_IDLE: Duration = Duration::from_secs(10);
+
+impl Manager {
+    fn serve(&mut self, listening: &OwnedFd) {
+        loop {
+            let client = match accept4(listening.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 returned a fresh descriptor nothing else owns.
+                Ok(fd) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+                Err(err) => {
+                    tracing::warn!(error = %err, "pod interface: accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let _ = socket2::SockRef::from(&client).set_read_timeout(Some(CLIENT_IDLE));
+            self.converse(&client);
+        }
+    }
+
+    fn converse(&mut self, client: &OwnedFd) {
+        loop {
+            let received = match protocol::receive(client) {
+                Ok(Some(received)) => received,
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::debug!(error = %err, "pod interface: client dropped");
+                    return;
+                }
+            };
+            let answer = match self.handle(received) {
+                Ok(text) => format!("OK{text}"),
+                Err(why) => {
+                    self.gauges.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("pod interface: refused: {why}");
+                    format!("ERR {why}")
+                }
+            };
+            let mut bytes = answer.into_bytes();
+            bytes.truncate(protocol::ANSWER_BYTES_MAX);
+            if nix::unistd::write(client, &bytes).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, received: protocol::Received) -> Result<String, String> {
+        if received.truncated {
+            return Err(format!(
+                "the request is longer than {} bytes or carries more than one descriptor",
+                protocol::REQUEST_BYTES_MAX
+            ));
+        }
+        let request = protocol::parse(&received.bytes)?;
+        let mut fds = received.fds;
+        match request {
+            Request::Add(name) => {
+                if fds.len() != 1 {
+                    return Err(format!(
+                        "ADD {name}: needs exactly one descriptor (the pod's network namespace), got {}",
+                        fds.len()
+                    ));
+                }
+                let netns = fds.remove(0);
+                self.add(&name, netns).map(|()| String::new())
+            }
+            Request::Del(name) => {
+                if !fds.is_empty() {
+                    return Err(format!("DEL {name}: takes no descriptor"));
+                }
+                self.remove(&name).map(|()| String::new())
+            }
+            Request::List => {
+                let mut out = format!(" {}", self.pods.len());
+                for name in self.pods.keys() {
+                    out.push('\n');
+                    out.push_str(name);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn add(&mut self, name: &str, netns: OwnedFd) -> Result<(), String> {
+        if self.observed.draining.load(Ordering::Relaxed) {
+            return Err(format!("ADD {name}: origdst is draining"));
+        }
+        if self.pods.contains_key(name) {
+            return Err(format!("ADD {name}: the pod is already served"));
+        }
+        if self.pods.len() >= self.settings.pods_max {
+            return Err(format!(
+                "ADD {name}: {} pods are served, the limit (--pods-max)",
+                self.pods.len()
+            ));
+        }
+        if same_namespace(&netns, self.registry.home())? {
+            return Err(format!(
+                "ADD {name}: the descriptor is origdst's own network namespace, not a pod's"
+            ));
+        }
+        let config = Arc::clone(
+            &self
+                .observed
+                .config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .config,
+        );
+        let spec = pod_spec(&config, self.settings.rules_backend)?;
+        let shards = self.controls.len();
+        let netns = Arc::new(netns);
+        // In the pod: its sockets first (so connections its rules capture find a backlog), then
+        // its rules.
+        let made = self
+            .registry
+            .run_in(&netns, || -> Result<Vec<Vec<(OwnedFd, usize)>>, String> {
+                let sockets = listen_in_pod(&config, shards)?;
+                crate::interception::execute(&origdst_rules::apply(&spec))
+                    .map_err(|err| format!("installing its capture rules: {err}"))?;
+                Ok(sockets)
+            })
+            .map_err(|err| {
+                format!("ADD {name}: entering its network namespace: {err} (is the descriptor a network namespace?)")
+            })?
+            .map_err(|err| format!("ADD {name}: {err}"))?;
+        let group = GroupId(self.next_id);
+        let netns_id = NetnsId(self.next_id);
+        self.next_id += 1;
+        self.registry.insert(netns_id, Arc::clone(&netns));
+        let listeners: u64 = made.iter().map(|s| s.len() as u64).sum();
+        let pod_name: Arc<str> = Arc::from(name);
+        for (control, sockets) in self.controls.iter().zip(made) {
+            let sockets = sockets
+                .into_iter()
+                .map(|(fd, config_index)| HandedSocket {
+                    fd: fd.into_raw_fd(),
+                    config_index,
+                })
+                .collect();
+            control.change_listeners(ListenerChange::Add(GroupAdd {
+                group,
+                name: Arc::clone(&pod_name),
+                sockets,
+                netns: Some(netns_id),
+            }));
+        }
+        self.pods.insert(
+            name.to_string(),
+            Pod {
+                group,
+                netns_id,
+                netns,
+                rules: spec,
+                listeners,
+            },
+        );
+        self.gauges.pods.fetch_add(1, Ordering::Relaxed);
+        self.gauges
+            .listeners
+            .fetch_add(listeners, Ordering::Relaxed);
+        self.gauges.added.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pod = name, listeners, "pod added");
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), String> {
+        let pod = self
+            .pods
+            .remove(name)
+            .ok_or_else(|| format!("DEL {name}: no such pod"))?;
+        for control in &self.controls {
+            control.change_listeners(ListenerChange::Remove(pod.group));
+        }
+        // Its rules go now: nothing may be redirected to sockets that are closing. (A namespace
+        // already emptied of its processes still exists while we hold it.)
+        let removed = self
+            .registry
+            .run_in(&pod.netns, || {
+                crate::interception::execute(&origdst_rules::remove(&pod.rules))
+            })
+            .map_err(|err| err.to_string())
+            .and_then(|r| r);
+        if let Err(err) = removed {
+            tracing::warn!(
+                pod = name,
+                "taking the pod's capture rules out failed: {err}"
+            );
+        }
+        self.registry.remove(pod.netns_id);
+        self.gauges.pods.fetch_sub(1, Ordering::Relaxed);
+        self.gauges
+            .listeners
+            .fetch_sub(pod.listeners, Ordering::Relaxed);
+        self.gauges.removed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pod = name, "pod removed; its connections drain");
+        Ok(())
+    }
+}
+
+/// The capture rules a pod gets: its own connections (outbound) and, when the config has an
+/// inbound listener, what arrives for it, redirected to origdst's listeners in the pod; origdst's
+/// own upstream connections (made in the pod, carrying its mark) are left alone.
+pub(crate) fn pod_spec(config: &Config, backend: origdst_rules::Backend) -> Result<Spec, String> {
+    let Some(mark) = config.knobs.upstream_mark else {
+        return Err(
+            "in-pod mode needs origdst.upstream_mark: a pod's rules tell origdst's own \
+             connections from the pod's by it"
+                .into(),
+        );
+    };
+    let defaults = Spec::default();
+    let inbound = match crate::interception::listener_on(config, defaults.inbound_port) {
+        Some(listener) if listener.transparent => {
+            return Err(format!(
+                "listener {:?} is transparent: in-pod mode captures with REDIRECT only",
+                listener.name
+            ));
+        }
+        Some(_) => origdst_rules::Inbound::Redirect,
+        None => origdst_rules::Inbound::None,
+    };
+    let spec = Spec {
+        backend,
+        inbound,
+        proxy_uids: Vec::new(),
+        proxy_mark: Some(mark),
+        ..defaults
+    };
+    spec.validate().map_err(|err| format!("pod rules: {err}"))?;
+    crate::interception::check_ports(&spec, config, "the config")?;
+    Ok(spec)
+}
+
+/// One listening socket per shard for every address of every bound listener, made in the
+/// calling thread's namespace (the pod's): `[shard][socket]`.
+fn listen_in_pod(config: &Config, shards: usize) -> Result<Vec<Vec<(OwnedFd, usize)>>, String> {
+    let mut per_shard: Vec<Vec<(OwnedFd, usize)>> = (0..shards).map(|_| Vec::new()).collect();
+    for (config_index, listener) in config.listeners.iter().enumerate() {
+        if !listener.is_bound() {
+            continue;
+        }
+        for &addr in listener.socket_addresses() {
+            for sockets in &mut per_shard {
+                let socket = sys::listener(addr, false, listener.freebind, POD_LISTEN_BACKLOG)
+                    .map_err(|err| {
+                        format!(
+                            "listener {:?}: cannot listen on {addr} in the pod: {err}",
+                            listener.name
+                        )
+                    })?;
+                sockets.push((socket.into(), config_index));
+            }
+        }
+    }
+    Ok(per_shard)
+}
+
+/// A pod's connections are one workload's: a smaller backlog than the host listeners'.
+const POD_LISTEN_BACKLOG: i32 = 1024;
+
+/// Whether two namespace descriptors name the same namespace (same inode on nsfs).
+fn same_namespace(a: &impl AsFd, b: &impl AsFd) -> Result<bool, String> {
+    let stat = |fd: &dyn AsFd| {
+        nix::sys::stat::fstat(fd.as_fd()).map_err(|err| format!("fstat of a namespace: {err}"))
+    };
+    let (a, b) = (stat(a)?, stat(b)?);
+    Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+}
