@@ -22,14 +22,16 @@ impl<K: Kernel> Shard<K> {
         if flags & MORE == 0 {
             self.arm_wake();
         }
+        // Listener changes first: a pod added just before a drain is served (and drained) like
+        // every other, not dropped.
+        for change in self.setup.control.take_listener_changes() {
+            self.change_listeners(now, change);
+        }
         if self.setup.control.drain_requested() && !self.draining {
             self.start_drain(now);
         }
         if self.setup.control.abort_requested() {
             self.abort_all(now);
-        }
-        for change in self.setup.control.take_listener_changes() {
-            self.change_listeners(now, change);
         }
         let reloaded = self.setup.control.take_reload();
         if let Some(config) = reloaded {

@@ -206,6 +206,8 @@ impl<K: Kernel> Shard<K> {
                 .all(|slot| self.conns[slot].group != Some(group)),
             "a removed group's connection outlived its drain"
         );
+        // Published one last time as removed (its final counts), then gone.
+        self.publish_groups(None);
         self.groups.remove(&group);
         self.publish_groups(None);
     }

@@ -246,6 +246,10 @@ impl<K: Kernel> Shard<K> {
             self.handle_completions(now);
         }
         self.publish();
+        if self.groups_dirty {
+            // The final counts, past the rate limit.
+            self.publish_groups(None);
+        }
         // Submit the final cancels before the descriptors they name are closed.
         self.io.kernel.submit();
         self.io.closing.clear();

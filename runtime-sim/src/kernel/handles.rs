@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use origdst_core::config::Config;
 use origdst_engine::kernel::PipeEnds;
+use origdst_engine::listeners::ListenerChange;
 use origdst_engine::report::Control;
 
 use super::net::Net;
@@ -19,12 +20,23 @@ pub struct SimControl {
     pub(super) pending: AtomicBool,
     pub(super) drain: AtomicBool,
     pub(super) abort: AtomicBool,
+    /// Listener groups to add or remove (pods), for the shard's next wake.
+    pub(super) changes: std::sync::Mutex<Vec<ListenerChange>>,
 }
 
 impl SimControl {
     /// Asks the shard to drain.
     pub fn request_drain(&self) {
         self.drain.store(true, Ordering::Release);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Adds or removes a listener group (a pod) at the shard's next wake.
+    pub fn change_listeners(&self, change: ListenerChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(change);
         self.pending.store(true, Ordering::Release);
     }
 
@@ -49,6 +61,9 @@ impl Control for SimControl {
     }
     fn take_reload(&self) -> Option<Arc<Config>> {
         None
+    }
+    fn take_listener_changes(&self) -> Vec<ListenerChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

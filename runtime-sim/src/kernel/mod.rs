@@ -124,6 +124,7 @@ impl SimKernel {
             pending: AtomicBool::new(false),
             drain: AtomicBool::new(false),
             abort: AtomicBool::new(false),
+            changes: std::sync::Mutex::new(Vec::new()),
         });
         Self {
             net,
@@ -150,16 +151,7 @@ impl SimKernel {
 
     /// A listening socket for the shard, registered in the table.
     pub fn listen(&mut self, addr: SocketAddr) -> SimFd {
-        let mut net = self.net.borrow_mut();
-        let index = net.listeners.len();
-        net.listeners.push(net::Listener {
-            addr,
-            backlog: VecDeque::new(),
-            stopped: false,
-        });
-        let fd = net
-            .open(Object::Listener(index))
-            .expect("a descriptor for a listener");
+        let (_, fd) = self.net.borrow_mut().listen(addr);
         SimFd {
             fd,
             net: Rc::clone(&self.net),

@@ -325,6 +325,21 @@ impl Net {
         (a, b)
     }
 
+    /// A listening socket (its handshakes queue in its backlog): its index in
+    /// [`Net::listeners`] and its descriptor.
+    pub fn listen(&mut self, addr: SocketAddr) -> (usize, i32) {
+        let index = self.listeners.len();
+        self.listeners.push(Listener {
+            addr,
+            backlog: VecDeque::new(),
+            stopped: false,
+        });
+        let fd = self
+            .open(Object::Listener(index))
+            .expect("a descriptor for a listener");
+        (index, fd)
+    }
+
     /// Counts a fault the kernel injected.
     pub fn fire(&mut self, fault: &'static str) {
         *self.fired.entry(fault).or_insert(0) += 1;

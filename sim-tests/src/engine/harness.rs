@@ -12,6 +12,7 @@ use std::time::Duration;
 use origdst_core::config::{Config, ListenerAddress};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::stats::Counters;
+use origdst_engine::listeners::GroupReport;
 use origdst_engine::own_upstreams::OwnUpstreams;
 use origdst_engine::report::{AccessLog, Finished, Gauge, Reporter};
 use origdst_engine::shard::{Listening, Shard, ShardSetup};
@@ -39,6 +40,8 @@ struct Reports {
     scraped: std::collections::BTreeMap<&'static str, Scraped>,
     /// Counters that went down between two publications, gauges below what the kernel shows.
     scrape_errors: Vec<String>,
+    /// Each group's (pod's) last published counters, by name.
+    groups: std::collections::BTreeMap<String, GroupReport>,
 }
 
 /// One engine metric as a scrape shows it: its type, help text and value.
@@ -55,6 +58,26 @@ pub struct Scraped {
 struct SimReporter(Rc<RefCell<Reports>>, Rc<RefCell<Net>>);
 
 impl Reporter for SimReporter {
+    fn publish_groups(&mut self, groups: &[GroupReport]) {
+        let mut guard = self.0.borrow_mut();
+        let r = &mut *guard;
+        for group in groups {
+            if let Some(before) = r.groups.get(&*group.name)
+                && (group.accepted < before.accepted || group.drain_reset < before.drain_reset)
+            {
+                r.scrape_errors.push(format!(
+                    "pod {}: accepted {} then {}, drain resets {} then {}",
+                    group.name,
+                    before.accepted,
+                    group.accepted,
+                    before.drain_reset,
+                    group.drain_reset
+                ));
+            }
+            r.groups.insert(group.name.to_string(), group.clone());
+        }
+    }
+
     fn publish(&mut self, stats: &Counters, gauges: &[u64; Gauge::ALL.len()]) {
         let mut r = self.0.borrow_mut();
         r.stats = stats.clone();
@@ -278,6 +301,11 @@ pub struct EReport {
     /// Connections still in a listener's backlog when the shard stopped (never accepted: a
     /// client that reset there just before the drain).
     pub never_accepted: usize,
+    /// Each pod's last published counters, by name.
+    pub groups: std::collections::BTreeMap<String, GroupReport>,
+    /// The namespaces the proxy dialled each destination from (`None`: its own).
+    pub connect_netns:
+        std::collections::BTreeMap<SocketAddr, std::collections::BTreeSet<Option<u32>>>,
 }
 
 /// Runs the production shard over the simulated kernel.
@@ -313,12 +341,17 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.flows.len()
     ]));
     let clock = Arc::new(AtomicU64::new(0));
+    let pod_state = Rc::new(RefCell::new(vec![(None, false); scenario.pods.len()]));
+    let control_slot = Rc::new(std::cell::OnceCell::new());
     let workload = Flows {
         drain_at: scenario.drain_at_ms.map(|ms| ms * 1_000_000),
         flows: scenario.flows.clone(),
         state: Rc::clone(&state),
         sinks: Vec::new(),
         clock: Arc::clone(&clock),
+        pods: scenario.pods.clone(),
+        pod_state: Rc::clone(&pod_state),
+        control: Rc::clone(&control_slot),
     };
     let mut kernel = SimKernel::new(
         Rc::clone(&net),
@@ -327,6 +360,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         scenario.faults,
         Duration::from_secs(120),
     );
+    let _ = control_slot.set(kernel.control());
     let reports = Rc::new(RefCell::new(Reports::default()));
     let config = Arc::new(config(scenario));
     // Each bound socket serves the listener whose address names its port (the internal listener
@@ -398,6 +432,9 @@ pub fn run(scenario: &EScenario) -> EReport {
         state: Rc::clone(&state),
         sinks: Vec::new(),
         clock: Arc::new(AtomicU64::new(0)),
+        pods: Vec::new(),
+        pod_state: Rc::clone(&pod_state),
+        control: Rc::new(std::cell::OnceCell::new()),
     };
     let end = clock.load(std::sync::atomic::Ordering::Relaxed);
     for tick in 1..=10_000 {
@@ -442,5 +479,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         error,
         connects,
         never_accepted,
+        groups: reports.groups,
+        connect_netns: net.borrow().connect_netns.clone(),
     }
 }

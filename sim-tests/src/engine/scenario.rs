@@ -163,6 +163,41 @@ pub struct EFlow {
     /// Bytes of an `x-pad` header in its request head (header mode): a large head, or one too
     /// large.
     pub head_pad: usize,
+    /// Arrives through this pod's listener (a group added at run time) instead of the capture
+    /// listener: relayed the same, dialled from the pod's namespace, counted as the pod's.
+    pub pod: Option<usize>,
+}
+
+/// A pod: a listener group the supervisor adds while the shard runs, and may remove while its
+/// connections are still open (they drain until `drain_timeout`, then are reset).
+#[derive(Debug, Clone, Copy)]
+pub struct EPod {
+    /// When it is added (virtual ms).
+    pub add_at_ms: u64,
+    /// When it is removed, if it is.
+    pub remove_at_ms: Option<u64>,
+}
+
+impl EPod {
+    /// Its listening address (one socket, serving the capture listener's config).
+    pub fn addr(index: usize) -> SocketAddr {
+        SocketAddr::new(PROXY_IP, 16000 + index as u16)
+    }
+
+    /// Its group's number in the engine.
+    pub fn group(index: usize) -> u32 {
+        100 + index as u32
+    }
+
+    /// The namespace number its connections must be dialled from.
+    pub fn netns(index: usize) -> u32 {
+        200 + index as u32
+    }
+
+    /// Its name (metrics, access log).
+    pub fn name(index: usize) -> String {
+        format!("ns/pod-{index}")
+    }
 }
 
 /// The harness's `drain_timeout`.
@@ -207,6 +242,8 @@ pub struct EScenario {
     /// `data_path: kernel-sockmap`: the kernel relays socket pairs (some refused, some handed
     /// back, its backlog trailing the FINs the shard sees).
     pub relay: bool,
+    /// Pods added (and removed) while flows run.
+    pub pods: Vec<EPod>,
 }
 
 impl EScenario {
@@ -280,6 +317,7 @@ impl EScenario {
                 head: EHead::Whole,
                 pause: None,
                 head_pad: 0,
+                pod: None,
             };
             if !churn && flow.route == ERoute::Plain && flow.upload > 1 && rng.chance(120) {
                 // A pause shorter than the idle timeout (the flow completes, however long it
@@ -375,6 +413,7 @@ impl EScenario {
             copy_buffers: FALLBACK_BUFFERS_MAX,
             buffer_bytes: 65536,
             relay: false,
+            pods: Vec::new(),
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -459,6 +498,40 @@ impl EScenario {
                     // the relay's look at its sink notices.
                     flow.pause = Some((flow.upload / 2, 2000));
                     flow.fault = EFault::UpstreamReset(flow.upload / 2);
+                }
+            }
+        }
+        // Drawn last, so what the draws above give each seed stays as it was.
+        if scenario.fd_limit >= 100
+            && scenario.conn_limit.is_none()
+            && scenario.drain_at_ms.is_none()
+            && rng.chance(250)
+        {
+            let count = rng.range(1, 3) as usize;
+            for _ in 0..count {
+                let add_at_ms = rng.range(0, 150);
+                let remove_at_ms = rng
+                    .chance(600)
+                    .then(|| add_at_ms + pick(&mut rng, &[20, 80, 200, 400]));
+                scenario.pods.push(EPod {
+                    add_at_ms,
+                    remove_at_ms,
+                });
+            }
+            for flow in &mut scenario.flows {
+                if flow.route != ERoute::Plain || !rng.chance(500) {
+                    continue;
+                }
+                let pod = rng.range(0, count as u64 - 1) as usize;
+                flow.pod = Some(pod);
+                // After its pod was added: before, nothing listens (and nothing captures: in
+                // a real pod the rules arrive with the listeners).
+                flow.start_ms = scenario.pods[pod].add_at_ms + 1 + rng.range(0, 450);
+                if flow.upload > 1 && flow.fault == EFault::None && rng.chance(300) {
+                    // Still open when its pod is removed, and silent past the pod's drain (not
+                    // past the idle timeout): the drain's deadline must reset it.
+                    flow.pause = Some((flow.upload / 2, 3000));
+                    flow.client_first = true;
                 }
             }
         }

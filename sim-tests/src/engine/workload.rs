@@ -9,9 +9,12 @@ use origdst_core::orig_dst::RedirectRecord;
 use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
+use origdst_engine::listeners::{GroupAdd, GroupId, HandedSocket, ListenerChange, NetnsId};
+use origdst_runtime_sim::kernel::SimControl;
+
 use super::scenario::{
-    EFault, EFlow, EHead, ERoute, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr, dest,
-    head, stream_byte,
+    EFault, EFlow, EHead, EPod, ERoute, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr,
+    dest, head, stream_byte,
 };
 
 /// How one side of a flow ended.
@@ -92,6 +95,59 @@ pub(super) struct Flows {
     pub(super) sinks: Vec<(Ep, bool)>,
     /// Virtual time, for the log recorder.
     pub(super) clock: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The pods the supervisor adds and removes.
+    pub(super) pods: Vec<EPod>,
+    /// Each pod's listener in the network (once added) and whether it was removed.
+    pub(super) pod_state: Rc<RefCell<Vec<(Option<usize>, bool)>>>,
+    /// The shard's control (set once the kernel exists), through which pods come and go.
+    pub(super) control: Rc<std::cell::OnceCell<std::sync::Arc<SimControl>>>,
+}
+
+impl Flows {
+    /// Adds and removes the pods that are due: a pod's listening socket is made and handed to
+    /// the shard, as the pod manager does; removing it asks the shard to stop it.
+    fn pods_step(&mut self, net: &mut Net, now: u64) {
+        let Some(control) = self.control.get() else {
+            return;
+        };
+        let mut state = self.pod_state.borrow_mut();
+        for (index, pod) in self.pods.iter().enumerate() {
+            let (listener, removed) = &mut state[index];
+            if listener.is_none() && now >= pod.add_at_ms * 1_000_000 {
+                let (at, fd) = net.listen(EPod::addr(index));
+                *listener = Some(at);
+                control.change_listeners(ListenerChange::Add(GroupAdd {
+                    group: GroupId(EPod::group(index)),
+                    name: std::sync::Arc::from(EPod::name(index).as_str()),
+                    // The capture listener's config (index 0 in the harness's config).
+                    sockets: vec![HandedSocket {
+                        fd,
+                        config_index: 0,
+                    }],
+                    netns: Some(NetnsId(EPod::netns(index))),
+                }));
+            }
+            if let Some(at) = pod.remove_at_ms
+                && !*removed
+                && listener.is_some()
+                && now >= at * 1_000_000
+            {
+                *removed = true;
+                control.change_listeners(ListenerChange::Remove(GroupId(EPod::group(index))));
+            }
+        }
+    }
+
+    /// Every pod change is made.
+    fn pods_done(&self) -> bool {
+        let state = self.pod_state.borrow();
+        self.pods
+            .iter()
+            .zip(state.iter())
+            .all(|(pod, (listener, removed))| {
+                listener.is_some() && (pod.remove_at_ms.is_none() || *removed)
+            })
+    }
 }
 
 /// The prefix a flow's upload starts with (its request head in header mode).
@@ -171,6 +227,7 @@ fn pull(
 impl Workload for Flows {
     fn step(&mut self, net: &mut Net, now: u64) {
         self.clock.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.pods_step(net, now);
         for endpoint in SPREAD_ENDPOINTS {
             if let Some(queue) = net.servers.get_mut(&endpoint) {
                 self.sinks.extend(queue.drain(..).map(|ep| (ep, false)));
@@ -199,7 +256,14 @@ impl Workload for Flows {
             // The client: uploads (or resets at its byte), half-closes, reads the download.
             if client.ep.is_none() && now >= flow.start_ms * 1_000_000 {
                 let record = || RedirectRecord(vec![0x7e, flow.id as u8]);
+                let pod_listener = flow
+                    .pod
+                    .and_then(|pod| self.pod_state.borrow().get(pod).and_then(|p| p.0));
                 client.ep = Some(match flow.route {
+                    ERoute::Plain if flow.pod.is_some() => {
+                        let listener = pod_listener.expect("a pod's flows start after it is added");
+                        net.dial_redirected(client_addr(flow.id), dest(flow), listener)
+                    }
                     ERoute::Plain => net.dial_redirected(client_addr(flow.id), dest(flow), 0),
                     ERoute::Header => {
                         net.dial_redirected(client_addr(flow.id), decoy_addr(flow.id), 1)
@@ -364,8 +428,15 @@ impl Workload for Flows {
         let resumes = state
             .iter()
             .filter_map(|(client, _)| client.paused.map(|(_, until)| until));
+        let pods = self
+            .pods
+            .iter()
+            .flat_map(|pod| [Some(pod.add_at_ms), pod.remove_at_ms])
+            .flatten()
+            .map(|ms| ms * 1_000_000);
         starts
             .chain(resumes)
+            .chain(pods)
             .chain(self.drain_at)
             .filter(|&t| t > now)
             .min()
@@ -374,6 +445,9 @@ impl Workload for Flows {
     fn done(&self, net: &Net, now: u64) -> bool {
         if self.drain_at.is_some_and(|at| now >= at) {
             return true;
+        }
+        if !self.pods_done() {
+            return false;
         }
         let state = self.state.borrow();
         self.flows.iter().all(|flow| {

@@ -79,7 +79,11 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         }
         // An early drain closes the listeners: a flow that dials later is refused by the kernel,
         // one still in the backlog is reset, one that had not started yet never runs.
-        let shut_out = scenario.drain_at_ms.is_some()
+        // So does removing a flow's pod (its listener stops at once, its backlog is reset).
+        let pod_removed = flow
+            .pod
+            .is_some_and(|pod| scenario.pods[pod].remove_at_ms.is_some());
+        let shut_out = (scenario.drain_at_ms.is_some() || pod_removed)
             && (client.ep.is_none()
                 || client.refused
                 || matches!(
@@ -122,8 +126,10 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         let starved = (scenario.fd_limit < 100
             && (record.outcome == Outcome::DrainAborted
                 || (parked && record.outcome == Outcome::ConnectTimeout)))
-            // Cut by an early drain: reset at its deadline.
-            || (scenario.drain_at_ms.is_some() && record.outcome == Outcome::DrainAborted)
+            // Cut by an early drain, or by its pod's removal: reset at its deadline.
+            || ((scenario.drain_at_ms.is_some()
+                || flow.pod.is_some_and(|pod| scenario.pods[pod].remove_at_ms.is_some()))
+                && record.outcome == Outcome::DrainAborted)
             // Past the connection limit: reset at once (an internal listener's inner
             // connection needs a slot too; without one its outer connection fails to connect).
             || (scenario.conn_limit.is_some()

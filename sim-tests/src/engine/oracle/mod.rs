@@ -2,6 +2,7 @@
 //! and nothing left open.
 
 mod flows;
+mod pods;
 mod run;
 
 use std::fmt;
@@ -31,6 +32,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     }
     flows::check(scenario, report, &mut fail);
     run::check(scenario, report, &mut fail);
+    pods::check(scenario, report, &mut fail);
     v
 }
 
