@@ -98,7 +98,7 @@ pub(super) struct Flows {
     /// The pods the supervisor adds and removes.
     pub(super) pods: Vec<EPod>,
     /// Each pod's listener in the network (once added) and whether it was removed.
-    pub(super) pod_state: Rc<RefCell<Vec<(Option<usize>, bool)>>>,
+    pub(super) pod_state: PodStates,
     /// The shard's control (set once the kernel exists), through which pods come and go.
     pub(super) control: Rc<std::cell::OnceCell<std::sync::Arc<SimControl>>>,
 }
@@ -149,6 +149,9 @@ impl Flows {
             })
     }
 }
+
+/// Each pod's listener in the network (once added) and whether it was removed.
+pub(super) type PodStates = Rc<RefCell<Vec<(Option<usize>, bool)>>>;
 
 /// The prefix a flow's upload starts with (its request head in header mode).
 pub(super) fn prefix(flow: &EFlow) -> Vec<u8> {
