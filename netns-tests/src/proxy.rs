@@ -250,6 +250,25 @@ impl Proxy {
             .count()
     }
 
+    /// Descriptors the process holds, by kind (`socket`, `pipe`, `net` for a network namespace,
+    /// `anon_inode:[eventfd]`, a file's path, ...), counted.
+    pub fn fds_by_kind(&self) -> std::collections::BTreeMap<String, usize> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let mut kinds = std::collections::BTreeMap::new();
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let Ok(target) = entry.and_then(|e| fs::read_link(e.path())) else {
+                continue;
+            };
+            let target = target.display().to_string();
+            let kind = target
+                .split_once(":[")
+                .map_or(target.as_str(), |(kind, _)| kind)
+                .to_string();
+            *kinds.entry(kind).or_insert(0) += 1;
+        }
+        kinds
+    }
+
     /// Stops origdst (SIGTERM) and asserts it exited 0, showing its log otherwise.
     pub fn stop_clean(self) -> ProxyExit {
         let exit = self.stop();

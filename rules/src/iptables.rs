@@ -78,6 +78,38 @@ pub(crate) fn remove(spec: &Spec) -> Vec<Command> {
     out
 }
 
+pub(crate) fn detach(spec: &Spec) -> Vec<Command> {
+    let mut out = Vec::new();
+    for family in spec.families() {
+        for (table, builtin, chain) in JUMPS {
+            out.push(Command::owned(
+                jump(family, "-D", table, builtin, chain),
+                Mode::WhileSucceeds,
+            ));
+        }
+    }
+    out
+}
+
+pub(crate) fn drop_detached(spec: &Spec) -> Vec<Command> {
+    let mut out = Vec::new();
+    for family in spec.families() {
+        let mut script = String::new();
+        for table in tables(spec, family) {
+            script.push_str(&format!("*{}\n", table.name));
+            for op in ["-F", "-X"] {
+                for (chain, _) in &table.chains {
+                    script.push_str(&format!("{op} {chain}\n"));
+                }
+            }
+            script.push_str("COMMIT\n");
+        }
+        let restore = format!("{}-restore", family.iptables());
+        out.push(Command::new(&[restore.as_str(), "--noflush"], Mode::Once).with_stdin(script));
+    }
+    out
+}
+
 /// Flushes every chain first (they jump to each other), then deletes them.
 fn drop_chains(family: Family, chains: &[(&str, &str)]) -> Vec<Command> {
     let mut out = Vec::new();

@@ -85,6 +85,30 @@ pub fn remove(spec: &Spec) -> Vec<Command> {
     out
 }
 
+/// The commands that stop `spec`'s rules capturing new connections while the connections they
+/// already redirected keep working: the kernel translates those (REDIRECT's NAT) only while a
+/// NAT rule still exists in the namespace, so removing the rules outright breaks them mid-stream.
+/// iptables: the jumps into origdst's chains go, the chains stay. nftables: each chain returns
+/// before its rules, which stay. [`remove`] takes the rest out once those connections are done.
+pub fn detach(spec: &Spec) -> Vec<Command> {
+    match spec.backend {
+        Backend::Iptables => iptables::detach(spec),
+        Backend::Nftables => nftables::detach(spec),
+    }
+}
+
+/// After [`detach`], once the connections the rules redirected are done: takes out what `spec`
+/// installed, in one transaction per family (fails if something else changed them meanwhile:
+/// then [`remove`] takes out everything origdst may have made).
+pub fn drop_detached(spec: &Spec) -> Vec<Command> {
+    let mut out = match spec.backend {
+        Backend::Iptables => iptables::drop_detached(spec),
+        Backend::Nftables => nftables::remove(),
+    };
+    out.extend(policy_routing_remove(spec));
+    out
+}
+
 /// A shell script equivalent to running `commands` (what `origdst iptables print` shows).
 pub fn script(title: &str, commands: &[Command]) -> String {
     let mut out = format!("#!/bin/sh\n# {title}\nset -e\n");
@@ -204,6 +228,63 @@ mod tests {
         assert_eq!(
             shell_words(&argv),
             r"iptables -m comment --comment 'it'\''s here' ''"
+        );
+    }
+
+    #[test]
+    fn detaching_stops_capture_but_keeps_the_redirecting_rules() {
+        let spec = Spec {
+            proxy_uids: Vec::new(),
+            ..Spec::default()
+        };
+        // iptables: only the jumps go (no chain is flushed or deleted).
+        let detached = detach(&spec);
+        assert!(!detached.is_empty());
+        for command in &detached {
+            assert!(command.argv.contains(&"-D".to_string()), "{command:?}");
+            assert!(
+                !command.argv.iter().any(|a| a == "-F" || a == "-X"),
+                "{command:?}"
+            );
+        }
+        // nftables: the same table, each hooked chain returning before its rules.
+        let spec = Spec {
+            backend: Backend::Nftables,
+            ..spec
+        };
+        let applied = apply(&spec)[0].stdin.clone().expect("a script");
+        let detached = detach(&spec)[0].stdin.clone().expect("a script");
+        let hooks = applied.matches(" hook ").count();
+        assert_eq!(hooks, 2, "output and prerouting: {applied}");
+        assert_eq!(
+            detached.matches("    return\n").count(),
+            hooks,
+            "{detached}"
+        );
+        assert_eq!(
+            detached.replace("    return\n", ""),
+            applied,
+            "nothing else changes"
+        );
+        assert!(detached.contains("redirect to :15001"), "{detached}");
+        // Dropping what was detached: iptables in one restore per family, each chain flushed
+        // then deleted.
+        let spec = Spec {
+            backend: Backend::Iptables,
+            ..spec
+        };
+        let dropped = drop_detached(&spec);
+        let restores: Vec<&Command> = dropped
+            .iter()
+            .filter(|c| c.argv[0].ends_with("-restore"))
+            .collect();
+        assert_eq!(restores.len(), 2, "{dropped:?}");
+        let script = restores[0].stdin.clone().expect("a script");
+        assert_eq!(
+            script,
+            "*nat\n-F ORIGDST_OUTPUT\n-F ORIGDST_REDIRECT\n-F ORIGDST_INBOUND\n\
+             -F ORIGDST_IN_REDIRECT\n-X ORIGDST_OUTPUT\n-X ORIGDST_REDIRECT\n\
+             -X ORIGDST_INBOUND\n-X ORIGDST_IN_REDIRECT\nCOMMIT\n"
         );
     }
 }

@@ -111,6 +111,28 @@ pub(crate) fn apply(spec: &Spec) -> Vec<Command> {
     vec![Command::new(&["nft", "-f", "-"], Mode::Once).with_stdin(script)]
 }
 
+/// `apply`'s table with every hooked chain returning first: nothing new is captured, and the
+/// redirecting rules (and with them the kernel's translation of what they redirected) stay.
+pub(crate) fn detach(spec: &Spec) -> Vec<Command> {
+    apply(spec)
+        .into_iter()
+        .map(|mut command| {
+            if let Some(script) = &command.stdin {
+                let mut detached = String::with_capacity(script.len());
+                for line in script.lines() {
+                    detached.push_str(line);
+                    detached.push('\n');
+                    if line.trim_start().starts_with("type ") && line.contains(" hook ") {
+                        detached.push_str("    return\n");
+                    }
+                }
+                command.stdin = Some(detached);
+            }
+            command
+        })
+        .collect()
+}
+
 pub(crate) fn remove() -> Vec<Command> {
     vec![
         Command::new(&["nft", "-f", "-"], Mode::Once)

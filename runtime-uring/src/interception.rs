@@ -16,8 +16,12 @@ pub enum Action {
     Print,
     /// Install them (idempotent: a second apply converges to the same rules).
     Apply,
-    /// Remove every rule origdst installed with this backend.
+    /// Remove every rule origdst installed with this backend. Connections they redirected
+    /// break at once (the kernel stops translating them): `detach` first on a live node.
     Remove,
+    /// Stop capturing new connections, keeping the rules that redirected the open ones (they
+    /// finish through origdst); `remove` once origdst has drained.
+    Detach,
 }
 
 /// `--backend`.
@@ -299,7 +303,7 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
     let checked = check_ports(&spec, &config, &config_name);
     match args.action {
         Action::Apply => checked?,
-        Action::Print | Action::Remove => {
+        Action::Print | Action::Remove | Action::Detach => {
             if let (Action::Print, Err(why)) = (args.action, &checked) {
                 eprintln!("origdst iptables: warning: `apply` would refuse these rules: {why}");
             }
@@ -319,6 +323,7 @@ pub fn run(args: &InterceptionArgs) -> Result<(), String> {
         }
         Action::Apply => execute(&origdst_rules::apply(&spec)),
         Action::Remove => execute(&origdst_rules::remove(&spec)),
+        Action::Detach => execute(&origdst_rules::detach(&spec)),
     }
 }
 

@@ -330,6 +330,12 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
     for handle in handles {
         let _ = handle.join();
     }
+    if let Some(pods) = &settings.in_pod {
+        // The pod interface is gone with us: a node agent must not connect to a dead socket.
+        // (Pods' rules stay as they are: their traffic fails closed until origdst is back and
+        // the agent adds them again, as ztunnel's do.)
+        let _ = std::fs::remove_file(&pods.socket);
+    }
     if let Some(writer) = access_writer {
         writer.finish();
     }

@@ -87,6 +87,7 @@ pub(crate) fn start(
         gauges,
         pods: BTreeMap::new(),
         next_id: 1,
+        cleanups: Vec::new(),
     };
     std::thread::Builder::new()
         .name("origdst-pods".into())
@@ -128,15 +129,42 @@ struct Manager {
     gauges: Arc<PodGauges>,
     pods: BTreeMap<String, Pod>,
     next_id: u32,
+    /// Removed pods whose rules are still to be taken out.
+    cleanups: Vec<Cleanup>,
 }
 
-/// How long a client may stay silent mid-conversation before it is dropped (one client at a
-/// time is served: a stuck one must not hold the interface).
+/// How long a client may stay silent before it is closed (one client at a time is served: a
+/// stuck one must not hold the interface; a node agent reconnects).
 const CLIENT_IDLE: Duration = Duration::from_secs(10);
+/// How often removed pods' rules are looked at (and a silent client's clock advances).
+const CLEANUP_EVERY: Duration = Duration::from_millis(100);
+/// Past a removed pod's drain deadline, when its rules go whatever the shards published.
+const CLEANUP_MARGIN: Duration = Duration::from_secs(1);
+
+/// A removed pod's rules, detached, to take out once its connections are done.
+struct Cleanup {
+    name: String,
+    group: GroupId,
+    netns: Arc<OwnedFd>,
+    rules: Spec,
+    deadline: std::time::Instant,
+}
+
+/// Whether `fd` became readable within `timeout`.
+fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+}
 
 impl Manager {
     fn serve(&mut self, listening: &OwnedFd) {
         loop {
+            if !wait_readable(listening, CLEANUP_EVERY) {
+                self.clean_up(false);
+                continue;
+            }
             let client = match accept4(listening.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
                 // SAFETY: accept4 returned a fresh descriptor nothing else owns.
                 Ok(fd) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
@@ -146,13 +174,25 @@ impl Manager {
                     continue;
                 }
             };
-            let _ = socket2::SockRef::from(&client).set_read_timeout(Some(CLIENT_IDLE));
             self.converse(&client);
         }
     }
 
+    /// Serves one client until it hangs up or stays silent for [`CLIENT_IDLE`] (one client at a
+    /// time: a stuck one must not hold the interface).
     fn converse(&mut self, client: &OwnedFd) {
+        let mut silent = Duration::ZERO;
         loop {
+            if !wait_readable(client, CLEANUP_EVERY) {
+                self.clean_up(false);
+                silent += CLEANUP_EVERY;
+                if silent >= CLIENT_IDLE {
+                    tracing::debug!("pod interface: client silent for {CLIENT_IDLE:?}; closed");
+                    return;
+                }
+                continue;
+            }
+            silent = Duration::ZERO;
             let received = match protocol::receive(client) {
                 Ok(Some(received)) => received,
                 Ok(None) => return,
@@ -173,6 +213,49 @@ impl Manager {
             bytes.truncate(protocol::ANSWER_BYTES_MAX);
             if nix::unistd::write(client, &bytes).is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Takes out the rules of removed pods whose connections are all closed (or whose drain
+    /// deadline passed; `all`: every one now).
+    fn clean_up(&mut self, all: bool) {
+        if self.cleanups.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let reports: Vec<_> = self
+            .observed
+            .rows
+            .iter()
+            .flat_map(|row| row.groups())
+            .collect();
+        let drained = |group: GroupId| {
+            reports
+                .iter()
+                .filter(|r| r.group == group)
+                .all(|r| r.removed && r.active == 0)
+        };
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cleanups)
+            .into_iter()
+            .partition(|c| all || now >= c.deadline || drained(c.group));
+        self.cleanups = waiting;
+        for cleanup in due {
+            let removed = self
+                .registry
+                .run_in(&cleanup.netns, || {
+                    crate::interception::execute(&origdst_rules::drop_detached(&cleanup.rules))
+                        .or_else(|_| {
+                            crate::interception::execute(&origdst_rules::remove(&cleanup.rules))
+                        })
+                })
+                .map_err(|err| err.to_string())
+                .and_then(|r| r);
+            match removed {
+                Ok(()) => tracing::debug!(pod = %cleanup.name, "the removed pod's rules are gone"),
+                Err(err) => {
+                    tracing::warn!(pod = %cleanup.name, "taking the pod's capture rules out failed: {err}");
+                }
             }
         }
     }
@@ -221,15 +304,15 @@ impl Manager {
         if self.pods.contains_key(name) {
             return Err(format!("ADD {name}: the pod is already served"));
         }
+        if same_namespace(&netns, self.registry.home())? {
+            return Err(format!(
+                "ADD {name}: the descriptor is origdst's own network namespace, not a pod's"
+            ));
+        }
         if self.pods.len() >= self.settings.pods_max {
             return Err(format!(
                 "ADD {name}: {} pods are served, the limit (--pods-max)",
                 self.pods.len()
-            ));
-        }
-        if same_namespace(&netns, self.registry.home())? {
-            return Err(format!(
-                "ADD {name}: the descriptor is origdst's own network namespace, not a pod's"
             ));
         }
         let config = Arc::clone(
@@ -302,23 +385,33 @@ impl Manager {
             .pods
             .remove(name)
             .ok_or_else(|| format!("DEL {name}: no such pod"))?;
-        for control in &self.controls {
-            control.change_listeners(ListenerChange::Remove(pod.group));
-        }
-        // Its rules go now: nothing may be redirected to sockets that are closing. (A namespace
-        // already emptied of its processes still exists while we hold it.)
-        let removed = self
+        // Its rules stop capturing first: from now on its new connections go where they were
+        // dialled. Only then do its listeners stop (the other order would refuse whatever the
+        // rules still redirect in between). The rules themselves stay until its connections are
+        // done: the kernel translates a redirected connection only while a NAT rule exists.
+        let detached = self
             .registry
             .run_in(&pod.netns, || {
-                crate::interception::execute(&origdst_rules::remove(&pod.rules))
+                crate::interception::execute(&origdst_rules::detach(&pod.rules))
             })
             .map_err(|err| err.to_string())
             .and_then(|r| r);
-        if let Err(err) = removed {
+        if let Err(err) = detached {
             tracing::warn!(
                 pod = name,
-                "taking the pod's capture rules out failed: {err}"
+                "detaching the pod's capture rules failed: {err}"
             );
+        }
+        let drain = self.observed.running().config.knobs.drain_timeout;
+        self.cleanups.push(Cleanup {
+            name: name.to_string(),
+            group: pod.group,
+            netns: Arc::clone(&pod.netns),
+            rules: pod.rules.clone(),
+            deadline: std::time::Instant::now() + drain + CLEANUP_MARGIN,
+        });
+        for control in &self.controls {
+            control.change_listeners(ListenerChange::Remove(pod.group));
         }
         self.registry.remove(pod.netns_id);
         self.gauges.pods.fetch_sub(1, Ordering::Relaxed);
