@@ -317,8 +317,18 @@ fn node_mode_nftables_relays_every_pods_traffic_once() {
 /// every kind of traffic, checks it, cleans up, and exits 0 — leaving no namespace behind.
 #[test]
 fn the_demo_runs_its_checks_and_cleans_up() {
+    demo("node", "destination_is_listener 1");
+}
+
+/// The same in in-pod mode: origdst opens its listeners inside each pod (`origdst pod add`).
+#[test]
+fn the_in_pod_demo_runs_its_checks_and_cleans_up() {
+    demo("in-pod", "no_original_dst 1");
+}
+
+fn demo(mode: &str, loop_outcome: &str) {
     let out = std::process::Command::new(origdst_bin!())
-        .args(["demo", "--pods", "3"])
+        .args(["demo", "--pods", "3", "--mode", mode])
         .output()
         .expect("run origdst demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -330,11 +340,8 @@ fn the_demo_runs_its_checks_and_cleans_up() {
     );
     assert!(stdout.contains("checks held"), "{stdout}");
     assert!(!stdout.contains('✗'), "{stdout}");
-    for section in [
-        "per pod:",
-        "destination_is_listener 1",
-        "upstream_connect_failed 1",
-    ] {
+    let label = if mode == "in-pod" { "demo/pod-0" } else { "" };
+    for section in ["per pod:", loop_outcome, "upstream_connect_failed 1", label] {
         assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
     }
     let prefix = format!("odemo{}-", out_pid(&stdout));

@@ -95,7 +95,19 @@ enum Command {
         /// Bytes each pod sends to the world and receives back.
         #[arg(long, default_value_t = 4 << 20)]
         bulk_bytes: u64,
+        /// Where origdst captures: in the node (node-mode rules), or inside each pod (in-pod
+        /// mode: listeners and rules in the pod's namespace, handed over `origdst pod add`).
+        #[arg(long, value_enum, default_value = "node")]
+        mode: DemoModeArg,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DemoModeArg {
+    /// origdst in the node's namespace, node-mode rules.
+    Node,
+    /// origdst opens its listeners inside each pod (ztunnel's in-pod design).
+    InPod,
 }
 
 #[derive(Subcommand)]
@@ -229,10 +241,18 @@ fn main() -> ExitCode {
             print!("{DEFAULT_YAML}");
             ExitCode::SUCCESS
         }
-        Command::Demo { pods, bulk_bytes } => {
+        Command::Demo {
+            pods,
+            bulk_bytes,
+            mode,
+        } => {
             match origdst_runtime_uring::demo::run(&origdst_runtime_uring::demo::DemoArgs {
                 pods,
                 bulk_bytes,
+                mode: match mode {
+                    DemoModeArg::Node => origdst_runtime_uring::demo::DemoMode::Node,
+                    DemoModeArg::InPod => origdst_runtime_uring::demo::DemoMode::InPod,
+                },
             }) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,

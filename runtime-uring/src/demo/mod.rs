@@ -26,6 +26,19 @@ pub struct DemoArgs {
     pub pods: usize,
     /// Bytes each pod sends and receives in its bulk transfer.
     pub bulk_bytes: u64,
+    /// Where origdst captures.
+    pub mode: DemoMode,
+}
+
+/// Where the demo's origdst captures the pods' traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    /// In the node's namespace, with node-mode rules (`origdst iptables apply --mode node`):
+    /// origdst's connections leave from the node.
+    Node,
+    /// Inside each pod (`origdst run --in-pod-socket`, `origdst pod add`): origdst's connections
+    /// leave from the pod, with its address.
+    InPod,
 }
 
 const WORLD_BULK: u16 = 8080;
@@ -58,29 +71,54 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
     let access_log = work.join("access.log");
     std::fs::write(&config, node_config(&access_log)).map_err(|e| format!("config: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
-    let mut proxy = Proxy::start(&topology, &exe, &config, &work.join("origdst.log"))?;
+    let pod_socket = work.join("pods.sock");
+    let in_pod = args.mode == DemoMode::InPod;
+    let extra: Vec<String> = if in_pod {
+        vec!["--in-pod-socket".into(), pod_socket.display().to_string()]
+    } else {
+        Vec::new()
+    };
+    let mut proxy = Proxy::start(&topology, &exe, &config, &work.join("origdst.log"), &extra)?;
     if let Some((_, pid)) = cleanup.lock().expect("cleanup lock").as_mut() {
         *pid = Some(proxy.pid());
     }
-    topology::run(
-        topology
-            .node
-            .command(exe.to_str().ok_or("a non-UTF-8 binary path")?)
-            .args([
-                "iptables",
-                "apply",
-                "--mode",
-                "node",
-                "--inbound",
-                "redirect",
-            ])
-            .args(["--pod-cidr", POD_CIDR, "--ipv4-only", "--config"])
-            .arg(&config),
-    )?;
-    println!(
-        "  origdst runs in the node (pid {}), rules: origdst iptables apply --mode node --pod-cidr {POD_CIDR}\n",
-        proxy.pid()
-    );
+    let exe_str = exe.to_str().ok_or("a non-UTF-8 binary path")?;
+    if in_pod {
+        for (i, pod) in topology.pods.iter().enumerate() {
+            topology::run(
+                Command::new(exe_str)
+                    .args(["pod", "--socket"])
+                    .arg(&pod_socket)
+                    .args(["add", &pod_name(i), "--netns"])
+                    .arg(format!("/var/run/netns/{}", pod.name)),
+            )?;
+        }
+        println!(
+            "  origdst runs in the node (pid {}), in-pod mode: origdst pod add pod-<i> --netns <the pod's netns>\n  \
+             (its listeners and capture rules live inside each pod; it dials from there)\n",
+            proxy.pid()
+        );
+    } else {
+        topology::run(
+            topology
+                .node
+                .command(exe_str)
+                .args([
+                    "iptables",
+                    "apply",
+                    "--mode",
+                    "node",
+                    "--inbound",
+                    "redirect",
+                ])
+                .args(["--pod-cidr", POD_CIDR, "--ipv4-only", "--config"])
+                .arg(&config),
+        )?;
+        println!(
+            "  origdst runs in the node (pid {}), rules: origdst iptables apply --mode node --pod-cidr {POD_CIDR}\n",
+            proxy.pid()
+        );
+    }
 
     let servers = Servers::start(&topology, WORLD_BULK, WORLD_ECHO, POD_ECHO);
     let mut checks = Checks::default();
@@ -100,11 +138,24 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
         expected += 1;
     }
     let world = servers.world_seen(topology.pods.len(), Duration::from_secs(5));
+    let (from_whom, from) = if in_pod {
+        (
+            "each pod's own address (origdst dials from inside the pod)",
+            None,
+        )
+    } else {
+        (
+            "origdst on the node's uplink",
+            Some(IpAddr::V4(NODE_UPLINK)),
+        )
+    };
     checks.check(
-        "the world saw origdst on the node's uplink, at the address each pod dialled",
-        if world
-            .iter()
-            .all(|s| s.peer.ip() == IpAddr::V4(NODE_UPLINK) && s.local.port() == WORLD_BULK)
+        &format!("the world saw {from_whom}, at the address each pod dialled"),
+        if world.iter().all(|s| {
+            let pod_address =
+                (0..topology.pods.len()).any(|i| s.peer.ip() == IpAddr::V4(pod_ip(i)));
+            from.map_or(pod_address, |ip| s.peer.ip() == ip) && s.local.port() == WORLD_BULK
+        }) && world.len() == topology.pods.len()
         {
             Ok(())
         } else {
@@ -138,22 +189,36 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
         );
         expected += 1;
     }
-    // The node's uplink address at origdst's own port: captured like any destination, it would
-    // have origdst connect to itself for ever.
-    let looped = SocketAddr::new(IpAddr::V4(NODE_UPLINK), 15001);
+    // origdst's own port: captured like any destination (node mode: the node's uplink), or
+    // reached directly (in-pod: the pod's own address, where origdst listens), it would have
+    // origdst connect to itself for ever.
+    let (looped, where_) = if in_pod {
+        (SocketAddr::new(IpAddr::V4(pod_ip(0)), 15001), "in the pod")
+    } else {
+        (
+            SocketAddr::new(IpAddr::V4(NODE_UPLINK), 15001),
+            "on the node",
+        )
+    };
     let result = topology.pods[0].run(move || refused(looped));
     checks.check(
-        "pod 0: a connection to origdst's own port on the node is refused (no loop)",
+        &format!("pod 0: a connection to origdst's own port {where_} is refused (no loop)"),
         result,
     );
     expected += 1;
     let records = report(&access_log, expected, args.pods);
     let reasons = |reason: &str| records.iter().filter(|r| r.reason == reason).count();
+    // Node mode: the loop was redirected, so its destination is origdst's own listener. In-pod:
+    // it reached the listener directly (a pod's own address is never captured), so nothing says
+    // where it was going.
+    let loop_reason = if in_pod {
+        "no_original_dst"
+    } else {
+        "destination_is_listener"
+    };
     checks.check(
-        "the access log says why: upstream_connect_failed per pod, destination_is_listener once",
-        if reasons("upstream_connect_failed") == args.pods
-            && reasons("destination_is_listener") == 1
-        {
+        &format!("the access log says why: upstream_connect_failed per pod, {loop_reason} once"),
+        if reasons("upstream_connect_failed") == args.pods && reasons(loop_reason) == 1 {
             Ok(())
         } else {
             Err(format!("{records:?}"))
@@ -168,11 +233,21 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
         expected += 1;
     }
     let seen = servers.pod_peers();
+    let pods = topology.pods.len();
+    let (what, from_origdst): (&str, fn(IpAddr, usize) -> bool) = if in_pod {
+        (
+            "each pod saw origdst dial from inside it (its own address), not the world",
+            |ip, pods| (0..pods).any(|i| ip == IpAddr::V4(pod_ip(i))),
+        )
+    } else {
+        (
+            "each pod saw origdst (the node's bridge address), not the world",
+            |ip, _| ip == IpAddr::V4(NODE_POD_SIDE),
+        )
+    };
     checks.check(
-        "each pod saw origdst (the node's bridge address), not the world",
-        if seen.len() == topology.pods.len()
-            && seen.iter().all(|p| p.ip() == IpAddr::V4(NODE_POD_SIDE))
-        {
+        what,
+        if seen.len() == pods && seen.iter().all(|p| from_origdst(p.ip(), pods)) {
             Ok(())
         } else {
             Err(format!("{seen:?}"))
@@ -180,10 +255,17 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
     );
     report(&access_log, expected, args.pods);
 
-    step("5. the node's own connection to a pod is not captured");
-    let dst = SocketAddr::new(IpAddr::V4(pod_ip(0)), POD_ECHO);
-    let result = topology.node.run(move || ping_pong(dst, 10));
-    checks.check("the node reaches pod 0 directly", result.map(drop));
+    if in_pod {
+        step("5. the node's own connection to the world is not captured");
+        let dst = SocketAddr::new(IpAddr::V4(WORLD), WORLD_ECHO);
+        let result = topology.node.run(move || ping_pong(dst, 10));
+        checks.check("the node reaches the world directly", result.map(drop));
+    } else {
+        step("5. the node's own connection to a pod is not captured");
+        let dst = SocketAddr::new(IpAddr::V4(pod_ip(0)), POD_ECHO);
+        let result = topology.node.run(move || ping_pong(dst, 10));
+        checks.check("the node reaches pod 0 directly", result.map(drop));
+    }
     std::thread::sleep(Duration::from_millis(300));
     let records = read_log(&access_log);
     checks.check(
@@ -195,7 +277,41 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
         },
     );
 
-    step("6. origdst stops: SIGTERM drains, nothing left open");
+    if in_pod {
+        step("6. the pods leave: origdst pod remove (listeners stop, rules go once drained)");
+        let mut removed = Ok(());
+        for i in 0..topology.pods.len() {
+            removed = removed.and(
+                topology::run(
+                    Command::new(exe_str)
+                        .args(["pod", "--socket"])
+                        .arg(&pod_socket)
+                        .args(["remove", &pod_name(i)]),
+                )
+                .map(drop),
+            );
+        }
+        checks.check("every pod removed", removed);
+        let dst = SocketAddr::new(IpAddr::V4(WORLD), WORLD_ECHO);
+        let result = topology.pods[0].run(move || ping_pong(dst, 10));
+        std::thread::sleep(Duration::from_millis(300));
+        checks.check(
+            "pod 0, removed, reaches the world directly (origdst relayed nothing more)",
+            result.map(drop).and_then(|()| {
+                let n = read_log(&access_log).len();
+                if n == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{n} records, expected {expected}"))
+                }
+            }),
+        );
+    }
+    step(if in_pod {
+        "7. origdst stops: SIGTERM drains, nothing left open"
+    } else {
+        "6. origdst stops: SIGTERM drains, nothing left open"
+    });
     let stats = proxy.stop()?;
     let counter = |name: &str| {
         stats.split_whitespace().find_map(|kv| {
@@ -230,6 +346,11 @@ pub fn run(args: &DemoArgs) -> Result<bool, String> {
         checks.summary()
     );
     Ok(checks.failed == 0)
+}
+
+/// Pod `i`'s name at origdst's pod interface (and in its metrics and access log).
+fn pod_name(i: usize) -> String {
+    format!("demo/pod-{i}")
 }
 
 /// The demo's config: the embedded default with an inbound listener on 15006 (Istio's
@@ -279,13 +400,20 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(topology: &Topology, exe: &Path, config: &Path, log: &Path) -> Result<Self, String> {
+    fn start(
+        topology: &Topology,
+        exe: &Path,
+        config: &Path,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<Self, String> {
         let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = topology
             .node
             .command(exe.to_str().ok_or("a non-UTF-8 binary path")?)
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -352,6 +480,8 @@ impl Drop for Proxy {
 /// One access-log record, as the demo reads it.
 #[derive(Debug, Clone)]
 struct Record {
+    /// The pod origdst says it served (in-pod mode).
+    pod: Option<String>,
     client: IpAddr,
     dst: Option<SocketAddr>,
     up: u64,
@@ -366,6 +496,7 @@ fn read_log(path: &Path) -> Vec<Record> {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
             let addr = |key: &str| v[key].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
             Some(Record {
+                pod: v["pod"].as_str().map(str::to_string),
                 client: addr("downstream_remote_address")?.ip(),
                 dst: addr("original_destination"),
                 up: v["bytes_received"].as_u64().unwrap_or(0),
@@ -385,7 +516,7 @@ fn report(path: &Path, expected: usize, pods: usize) -> Vec<Record> {
         records = read_log(path);
     }
     println!("  what origdst saw (its access log), per pod:");
-    println!("    pod  address       out  in   bytes up   bytes down  outcomes");
+    println!("    pod  address       out  in   bytes up   bytes down  origdst's label  outcomes");
     for i in 0..pods {
         let ip = IpAddr::V4(pod_ip(i));
         let out: Vec<&Record> = records.iter().filter(|r| r.client == ip).collect();
@@ -398,13 +529,20 @@ fn report(path: &Path, expected: usize, pods: usize) -> Vec<Record> {
             *outcomes.entry(r.reason.as_str()).or_default() += 1;
         }
         let outcomes: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let labels: std::collections::BTreeSet<&str> = out
+            .iter()
+            .chain(&inbound)
+            .map(|r| r.pod.as_deref().unwrap_or("-"))
+            .collect();
+        let labels: Vec<&str> = labels.into_iter().collect();
         println!(
-            "    {i:<4} {:<13} {:<4} {:<4} {:<10} {:<11} {}",
+            "    {i:<4} {:<13} {:<4} {:<4} {:<10} {:<11} {:<16} {}",
             ip.to_string(),
             out.len(),
             inbound.len(),
             out.iter().chain(&inbound).map(|r| r.up).sum::<u64>(),
             out.iter().chain(&inbound).map(|r| r.down).sum::<u64>(),
+            labels.join(","),
             outcomes.join(", ")
         );
     }
