@@ -53,11 +53,14 @@ fn tproxy_relays_v4_and_v6(tag: &str, interception: Interception) {
     let config = ConfigFile::default_with(
         tag,
         &[
+            // (The default's inbound listener makes room on the TPROXY port.)
+            ("port_value: 15006 }", "port_value: 15016 }"),
+            ("port_value: 15006 }", "port_value: 15016 }"),
             ("port_value: 15001 }", &port),
             ("port_value: 15001 }", &port),
             (
                 "  - name: virtualOutbound\n",
-                "  - name: virtualInbound\n    transparent: true\n",
+                "  - name: tproxyCapture\n    transparent: true\n",
             ),
         ],
     );

@@ -102,27 +102,45 @@ fn install_unrelated(ns: &Netns, backend: &str) {
     }
 }
 
-/// origdst's default outbound listener plus an inbound one on 15006 (transparent for TPROXY).
+/// origdst's embedded default (outbound 15001, inbound 15006 from 127.0.0.6 / ::6), its inbound
+/// listener transparent for TPROXY.
 fn sidecar_config(tag: &str, transparent: bool) -> ConfigFile {
     let default = origdst_core::config::DEFAULT_YAML;
-    let listeners = "static_resources:\n  listeners:\n";
-    assert!(default.contains(listeners));
-    let inbound = format!(
-        "{listeners}  - name: virtualInbound
-    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15006 }} }}
-    additional_addresses:
-    - address: {{ socket_address: {{ address: \"::\", port_value: 15006 }} }}
-    transparent: {transparent}
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: InboundPassthrough, cluster: PassthroughCluster }}
-"
-    );
-    ConfigFile::new(tag, &default.replacen(listeners, &inbound, 1))
+    let inbound = "  - name: virtualInbound\n";
+    assert!(default.contains(inbound));
+    let yaml = if transparent {
+        default.replacen(inbound, &format!("{inbound}    transparent: true\n"), 1)
+    } else {
+        default.to_string()
+    };
+    ConfigFile::new(tag, &yaml)
+}
+
+/// Dials `dst` from inside `ns` on a socket carrying `mark` (as origdst's upstream sockets do)
+/// and returns what an `echo_local` server answered.
+fn ask_local_marked(ns: &Netns, dst: SocketAddr, mark: u32) -> String {
+    ns.run(move || {
+        use std::io::Read;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(dst),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket.set_mark(mark).expect("SO_MARK");
+        socket
+            .connect_timeout(&dst.into(), std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        let mut stream = std::net::TcpStream::from(socket);
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("read timeout");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("read from {dst}: {e}"));
+        answer
+    })
 }
 
 fn captures_and_cleans_up(tag: &str, backend: &str, inbound: &str) {
@@ -199,14 +217,28 @@ fn captures_and_cleans_up(tag: &str, backend: &str, inbound: &str) {
     }
     assert_eq!(ask_local(&remote, health), health.to_string());
     assert_eq!(health_seen.recv().unwrap(), health);
+    // The application calling its own address is not captured; the proxy's own connection to
+    // it (marked) goes through the inbound listener, as Istio's sidecar rule has it (REDIRECT
+    // only), and that relay's connection from 127.0.0.6 / ::6 is not captured again.
+    let mut captured = 4;
+    for &dst in &inbound_dsts {
+        assert_eq!(ask_local(&pod, dst), dst.to_string());
+        assert_eq!(app_seen.recv().unwrap(), dst);
+        if inbound == "redirect" {
+            assert_eq!(ask_local_marked(&pod, dst, 1337), dst.to_string());
+            assert_eq!(app_seen.recv().unwrap(), dst);
+            captured += 1;
+        }
+    }
     let exit = proxy.stop_clean();
-    // Four connections, each captured exactly once (none looped back through the rules; the
-    // health check went straight to the application).
-    assert_eq!(exit.stat("downstream_cx_total"), 4, "{}", exit.log);
-    assert_eq!(exit.stat("completed"), 4);
+    // Each captured connection exactly once (none looped back through the rules; the health
+    // check and the application's own calls went straight to the application).
+    assert_eq!(exit.stat("downstream_cx_total"), captured, "{}", exit.log);
+    assert_eq!(exit.stat("completed"), captured);
     let provenance = match inbound {
         "tproxy" => ("orig_dst_transparent_local", 2),
-        _ => ("orig_dst_sockopt_v4", 2),
+        // (The proxy's own call to the pod's address too, through the inbound listener.)
+        _ => ("orig_dst_sockopt_v4", 3),
     };
     assert_eq!(exit.stat(provenance.0), provenance.1, "{}", exit.log);
 
@@ -251,18 +283,25 @@ fn nftables_tproxy_captures_both_ways_is_idempotent_and_removes_cleanly() {
 fn apply_refuses_rules_that_redirect_to_a_port_without_a_listener() {
     let (pod, _remote) = pod_and_remote("rulesnolisten");
     let before = snapshot(&pod, "iptables");
-    // The embedded default has no inbound listener: inbound REDIRECT to 15006 would black-hole
-    // every inbound connection of the host (SSH included).
+    // Inbound REDIRECT to a port where the embedded default has no listener would black-hole
+    // every inbound connection of the host.
     let output = pod
         .command(origdst_bin!())
-        .args(["iptables", "apply", "--inbound", "redirect"])
+        .args([
+            "iptables",
+            "apply",
+            "--inbound",
+            "redirect",
+            "--inbound-port",
+            "15008",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(
-            "--inbound-port 15006: the embedded default config has no IPv4 listener on port 15006"
+            "--inbound-port 15008: the embedded default config has no IPv4 listener on port 15008"
         ),
         "{stderr}"
     );
@@ -271,11 +310,18 @@ fn apply_refuses_rules_that_redirect_to_a_port_without_a_listener() {
         before,
         "a refused apply changed the rules"
     );
-    // With its defaults, apply follows the default config: outbound only.
+    // With its defaults, apply follows the default config: outbound to 15001, inbound to
+    // 15006 but for SSH and Istio's ports, 127.0.0.6 never captured.
     origdst_iptables(&pod, &["apply"]);
     let applied = snapshot(&pod, "iptables");
-    assert!(applied.contains("--to-ports 15001"), "{applied}");
-    assert!(!applied.contains("15006"), "{applied}");
+    for rule in [
+        "--to-ports 15001",
+        "--to-ports 15006",
+        "--dport 22 -j RETURN",
+        "-s 127.0.0.6/32 -o lo -j RETURN",
+    ] {
+        assert!(applied.contains(rule), "no {rule:?} in {applied}");
+    }
     origdst_iptables(&pod, &["remove"]);
     assert_eq!(snapshot(&pod, "iptables"), before);
 }

@@ -188,7 +188,29 @@ fn tables(spec: &Spec, family: Family) -> Vec<Table> {
     };
     let mut out = Vec::new();
     if spec.outbound {
-        let mut rules = vec!["-o lo -j RETURN".to_string()];
+        let mut rules = Vec::new();
+        if spec.inbound != Inbound::None
+            && let Some(source) = spec.inbound_source.host(family)
+        {
+            // The inbound passthrough's connection to the workload: never captured.
+            rules.push(format!("-s {source} -o lo -j RETURN"));
+            if spec.inbound == Inbound::Redirect {
+                // The proxy's own connection to the pod's own address goes through the inbound
+                // listener (Istio's sidecar rule).
+                let loopback = family.loopback();
+                for uid in &spec.proxy_uids {
+                    rules.push(format!(
+                        "! -d {loopback} -o lo -m owner --uid-owner {uid} -j ORIGDST_IN_REDIRECT"
+                    ));
+                }
+                if let Some(mark) = spec.proxy_mark {
+                    rules.push(format!(
+                        "! -d {loopback} -o lo -m mark --mark {mark} -j ORIGDST_IN_REDIRECT"
+                    ));
+                }
+            }
+        }
+        rules.push("-o lo -j RETURN".to_string());
         if let Some(mark) = spec.proxy_mark {
             rules.push(format!("-m mark --mark {mark} -j RETURN"));
         }

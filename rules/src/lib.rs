@@ -12,7 +12,8 @@ mod nftables;
 mod spec;
 
 pub use spec::{
-    Backend, Family, ISTIO_EXCLUDED_INBOUND_PORTS, Inbound, Pods, Scope, Spec, SpecError,
+    Backend, Family, ISTIO_EXCLUDED_INBOUND_PORTS, Inbound, InboundSource, Pods, Scope, Spec,
+    SpecError,
 };
 
 /// How a command's exit status is treated; each has a shell spelling for `print`.
@@ -72,7 +73,31 @@ pub fn apply(spec: &Spec) -> Vec<Command> {
     } else {
         out.extend(policy_routing_remove(spec));
     }
+    out.extend(inbound_source_address(spec));
     out
+}
+
+/// The inbound passthrough's IPv6 source (Istio's `::6`) is no address of the namespace until it
+/// is added to `lo`, as istio-iptables does; without it every inbound IPv6 connection's upstream
+/// bind fails. (IPv4's 127.0.0.6 is loopback already.) Left in place by `remove`: it may be
+/// someone else's too, and an unused loopback address captures nothing.
+fn inbound_source_address(spec: &Spec) -> Vec<Command> {
+    match spec.inbound_source.v6 {
+        Some(v6)
+            if spec.scope == Scope::Local
+                && spec.ipv6
+                && spec.inbound != Inbound::None
+                && !v6.is_loopback() =>
+        {
+            let address = format!("{v6}/128");
+            // (Fails when it is there already: fine.)
+            vec![Command::new(
+                &["ip", "-6", "addr", "add", address.as_str(), "dev", "lo"],
+                Mode::IgnoreFailure,
+            )]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The commands that remove every rule origdst may have installed with this backend.

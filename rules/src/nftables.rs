@@ -17,6 +17,31 @@ pub(crate) fn apply(spec: &Spec) -> Vec<Command> {
     if spec.outbound {
         let mut rules = family_guard(spec);
         rules.push("meta l4proto != tcp return".into());
+        if spec.inbound != Inbound::None {
+            for family in spec.families() {
+                let Some(source) = spec.inbound_source.host(family) else {
+                    continue;
+                };
+                let ip = keyword(family);
+                // The inbound passthrough's connection to the workload: never captured.
+                rules.push(format!("{ip} saddr {source} oifname \"lo\" return"));
+                if spec.inbound == Inbound::Redirect {
+                    // The proxy's own connection to the pod's own address goes through the
+                    // inbound listener (Istio's sidecar rule).
+                    let to_inbound = format!("{ip} daddr != {} oifname \"lo\"", family.loopback());
+                    let redirect = format!("meta l4proto tcp redirect to :{}", spec.inbound_port);
+                    if !spec.proxy_uids.is_empty() {
+                        rules.push(format!(
+                            "{to_inbound} meta skuid {} {redirect}",
+                            set(&spec.proxy_uids)
+                        ));
+                    }
+                    if let Some(mark) = spec.proxy_mark {
+                        rules.push(format!("{to_inbound} meta mark {mark} {redirect}"));
+                    }
+                }
+            }
+        }
         rules.push("oifname \"lo\" return".into());
         if let Some(mark) = spec.proxy_mark {
             rules.push(format!("meta mark {mark} return"));

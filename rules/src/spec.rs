@@ -124,6 +124,37 @@ pub struct Spec {
     /// Inbound destination ports to capture; empty: all.
     pub include_inbound_ports: Vec<u16>,
     pub exclude_inbound_ports: Vec<u16>,
+    /// Where the proxy's inbound passthrough connects to the workload from (Istio's
+    /// `InboundPassthroughCluster` binds 127.0.0.6 and ::6), per family; `None`: from the
+    /// workload's own address (no rule can tell those apart).
+    pub inbound_source: InboundSource,
+}
+
+/// The loopback addresses the proxy's inbound passthrough connects from (Istio: 127.0.0.6, ::6).
+/// Knowing them, the local scope's rules (1) never capture those connections
+/// (`-s 127.0.0.6 -o lo -j RETURN`), and (2) send the proxy's own connections to the pod's own
+/// (non-loopback) address through the inbound listener, as Istio's sidecar does — safe only
+/// because of (1): without it that inbound relay's connection would be captured again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InboundSource {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+impl InboundSource {
+    /// Istio's: 127.0.0.6 and ::6.
+    pub const ISTIO: Self = Self {
+        v4: Some(std::net::Ipv4Addr::new(127, 0, 0, 6)),
+        v6: Some(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+    };
+
+    /// The family's source, as a host prefix (`127.0.0.6/32`).
+    pub fn host(&self, family: Family) -> Option<String> {
+        match family {
+            Family::V4 => self.v4.map(|a| format!("{a}/32")),
+            Family::V6 => self.v6.map(|a| format!("{a}/128")),
+        }
+    }
 }
 
 impl Default for Spec {
@@ -147,6 +178,7 @@ impl Default for Spec {
             exclude_outbound_ports: Vec::new(),
             include_inbound_ports: Vec::new(),
             exclude_inbound_ports: ISTIO_EXCLUDED_INBOUND_PORTS.to_vec(),
+            inbound_source: InboundSource::ISTIO,
         }
     }
 }

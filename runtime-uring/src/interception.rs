@@ -7,7 +7,7 @@ use std::process::{Command as Process, Stdio};
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use origdst_core::config::{Config, Listener};
-use origdst_rules::{Backend, Command, Inbound, Mode, Pods, Scope, Spec};
+use origdst_rules::{Backend, Command, Inbound, InboundSource, Mode, Pods, Scope, Spec};
 
 /// What to do with the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,9 +143,14 @@ pub struct InterceptionArgs {
     /// Inbound destination ports to capture (default: all but the excluded).
     #[arg(long, value_delimiter = ',')]
     pub include_inbound_ports: Vec<u16>,
-    /// Inbound destination ports never captured (origdst's own two never are). Default: Istio's
-    /// admin, agent, health and Prometheus ports.
-    #[arg(long, value_delimiter = ',', default_value = "15000,15020,15021,15090")]
+    /// Inbound destination ports never captured (origdst's own two never are). Default: SSH (a
+    /// host's way in must not depend on origdst running) and Istio's admin, agent, health and
+    /// Prometheus ports.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "22,15000,15020,15021,15090"
+    )]
     pub exclude_inbound_ports: Vec<u16>,
 }
 
@@ -221,6 +226,7 @@ impl InterceptionArgs {
             exclude_outbound_ports: self.exclude_outbound_ports.clone(),
             include_inbound_ports: self.include_inbound_ports.clone(),
             exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            inbound_source: inbound_source(config, self.inbound_port),
         };
         spec.validate().map_err(|err| format!("--{err}"))?;
         Ok(spec)
@@ -228,6 +234,40 @@ impl InterceptionArgs {
 }
 
 /// The first bound listener of `config` on `port`.
+/// Where the config's inbound listener (on `port`) connects to the workload from, per family:
+/// the `upstream_bind_config` every one of its filter chains' clusters shares (Istio's
+/// `InboundPassthroughCluster`: 127.0.0.6 and ::6), an IPv4 one only on loopback. `None` for a
+/// family where they do not all agree: then no rule may tell the inbound relay's connections
+/// from the workload's own, and the rules that need to are left out.
+pub(crate) fn inbound_source(config: &Config, port: u16) -> InboundSource {
+    let Some(listener) = listener_on(config, port) else {
+        return InboundSource::default();
+    };
+    let binds: Vec<_> = listener
+        .filter_chains
+        .iter()
+        .chain(&listener.default_filter_chain)
+        .map(|chain| config.clusters[chain.tcp_proxy.cluster].bind_source)
+        .collect();
+    let agreed = |pick: &dyn Fn(&origdst_core::config::BindSource) -> Option<std::net::IpAddr>| {
+        let first = pick(binds.first()?)?;
+        binds
+            .iter()
+            .all(|b| pick(b) == Some(first))
+            .then_some(first)
+    };
+    InboundSource {
+        v4: agreed(&|b| b.v4.map(std::net::IpAddr::V4)).and_then(|ip| match ip {
+            std::net::IpAddr::V4(v4) if v4.is_loopback() => Some(v4),
+            _ => None,
+        }),
+        v6: agreed(&|b| b.v6.map(std::net::IpAddr::V6)).and_then(|ip| match ip {
+            std::net::IpAddr::V6(v6) => Some(v6),
+            std::net::IpAddr::V4(_) => None,
+        }),
+    }
+}
+
 pub(crate) fn listener_on(config: &Config, port: u16) -> Option<&Listener> {
     config
         .listeners
@@ -408,41 +448,61 @@ mod tests {
         cli.args.spec(&Config::default_config())
     }
 
+    /// The embedded default without its inbound listener (a gateway-style outbound-only config).
+    fn outbound_only() -> Config {
+        let mut config = Config::default_config();
+        config.listeners.retain(|l| l.name != "virtualInbound");
+        config
+    }
+
     #[test]
     fn rules_never_redirect_to_a_port_without_a_listener() {
-        // The defaults against the embedded default config: outbound to 15001 (which it
-        // serves), inbound follows the config — it has no 15006 listener, so none.
+        // The defaults against the embedded default config agree: outbound to 15001, inbound
+        // to 15006, both of which it serves; its inbound connects from 127.0.0.6 / ::6, which
+        // the rules then know.
         let default = Config::default_config();
         let spec = parse(&["apply"]).unwrap();
-        assert_eq!(spec.inbound, Inbound::None);
+        assert_eq!(spec.inbound, Inbound::Redirect);
+        assert_eq!(spec.inbound_source, InboundSource::ISTIO);
+        assert_eq!(spec.exclude_inbound_ports, [22, 15000, 15020, 15021, 15090]);
         check_ports(&spec, &default, "the default").unwrap();
-        // Asking for inbound REDIRECT to 15006 anyway is refused, naming the port.
-        let spec = parse(&["apply", "--inbound", "redirect"]).unwrap();
-        let err = check_ports(&spec, &default, "the default").unwrap_err();
+        // Against a config without an inbound listener, auto captures no inbound, and asking
+        // for it anyway is refused, naming the port.
+        let outbound_only = outbound_only();
+        let cli = Cli::try_parse_from(["origdst", "apply"]).unwrap();
+        let spec = cli.args.spec(&outbound_only).unwrap();
+        assert_eq!(spec.inbound, Inbound::None);
+        assert_eq!(spec.inbound_source, InboundSource::default());
+        check_ports(&spec, &outbound_only, "c").unwrap();
+        let cli = Cli::try_parse_from(["origdst", "apply", "--inbound", "redirect"]).unwrap();
+        let spec = cli.args.spec(&outbound_only).unwrap();
+        let err = check_ports(&spec, &outbound_only, "c").unwrap_err();
         assert!(
-            err.starts_with("--inbound-port 15006: the default has no IPv4 listener on port 15006"),
+            err.starts_with("--inbound-port 15006: c has no IPv4 listener on port 15006"),
             "{err}"
         );
         let spec = parse(&["apply", "--outbound-port", "15009"]).unwrap();
         let err = check_ports(&spec, &default, "the default").unwrap_err();
         assert!(err.starts_with("--outbound-port 15009"), "{err}");
-        // TPROXY needs a transparent listener; an inbound listener in the config turns auto on.
-        let with_inbound = origdst_core::config::DEFAULT_YAML.replacen(
-            "static_resources:\n  listeners:\n",
-            "static_resources:\n  listeners:\n  - name: in\n    address: { socket_address: { address: \"::\", port_value: 15006 } }\n    additional_addresses: [ { address: { socket_address: { address: 0.0.0.0, port_value: 15006 } } } ]\n    listener_filters: [ { name: envoy.filters.listener.original_dst } ]\n    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: in, cluster: PassthroughCluster } } ] } ]\n",
-            1,
-        );
-        let config = Config::from_yaml(&with_inbound).unwrap();
-        let cli = Cli::try_parse_from(["origdst", "apply"]).unwrap();
-        let spec = cli.args.spec(&config).unwrap();
-        assert_eq!(spec.inbound, Inbound::Redirect);
-        check_ports(&spec, &config, "c").unwrap();
-        let cli = Cli::try_parse_from(["origdst", "apply", "--inbound", "tproxy"]).unwrap();
-        let err = check_ports(&cli.args.spec(&config).unwrap(), &config, "c").unwrap_err();
+        // TPROXY needs a transparent listener.
+        let spec = parse(&["apply", "--inbound", "tproxy"]).unwrap();
+        let err = check_ports(&spec, &default, "c").unwrap_err();
         assert!(
             err.contains("no IPv4 transparent listener on port 15006"),
             "{err}"
         );
+        // An inbound listener whose cluster binds no loopback source: the rules cannot tell
+        // its connections from the workload's, and leave out what needs to.
+        let mut unbound = Config::default_config();
+        let cluster = unbound.listeners[1].filter_chains[0].tcp_proxy.cluster;
+        unbound.clusters[cluster].bind_source = Default::default();
+        let cli = Cli::try_parse_from(["origdst", "apply"]).unwrap();
+        let spec = cli.args.spec(&unbound).unwrap();
+        assert_eq!(spec.inbound, Inbound::Redirect);
+        assert_eq!(spec.inbound_source, InboundSource::default());
+        let script = origdst_rules::script("t", &origdst_rules::apply(&spec));
+        assert!(!script.contains("127.0.0.6"), "{script}");
+        assert!(!script.contains("-o lo -m owner"), "{script}");
     }
 
     #[test]
@@ -468,9 +528,13 @@ mod tests {
         assert_eq!(spec.proxy_mark, None);
         assert_eq!(spec.exclude_outbound_cidrs.len(), 2);
         assert!(spec.ipv4 && !spec.ipv6);
+        // Istio's sidecar defaults, but for SSH never captured inbound.
         assert_eq!(
             parse(&["print", "--inbound", "redirect"]).unwrap(),
-            Spec::default()
+            Spec {
+                exclude_inbound_ports: vec![22, 15000, 15020, 15021, 15090],
+                ..Spec::default()
+            }
         );
     }
 

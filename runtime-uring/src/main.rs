@@ -24,8 +24,9 @@ struct Cli {
 // Parsed once at start-up: the size of the largest variant (the interception flags) is no cost.
 #[allow(clippy::large_enum_variant)]
 enum Command {
-    /// Run the proxy. Without --config it runs the embedded default: an Istio-style outbound
-    /// capture listener on port 15001 (IPv4 and IPv6) relaying to each original destination.
+    /// Run the proxy. Without --config it runs the embedded default, Istio's sidecar shape: an
+    /// outbound capture listener on 15001 and an inbound one on 15006 (IPv4 and IPv6 each)
+    /// relaying to each original destination, inbound ones from 127.0.0.6 / ::6.
     /// SIGTERM/SIGINT drain (no new connections; open ones finish until origdst.drain_timeout),
     /// a second signal resets what is left; SIGUSR1 logs the counters.
     Run {

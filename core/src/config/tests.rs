@@ -29,11 +29,29 @@ fn err(yaml: &str) -> ConfigError {
 }
 
 #[test]
-fn embedded_default_is_istio_style_dual_stack_15001() {
+fn embedded_default_is_istio_style_dual_stack_15001_and_15006() {
     let config = Config::default_config();
-    let [listener] = config.listeners.as_slice() else {
-        panic!("one listener")
+    let [listener, inbound] = config.listeners.as_slice() else {
+        panic!("two listeners")
     };
+    // Inbound: 15006, connecting to the workload from 127.0.0.6 / ::6 (Istio's
+    // InboundPassthroughCluster), which the generated rules never capture.
+    assert_eq!(inbound.name, "virtualInbound");
+    assert_eq!(
+        inbound.socket_addresses(),
+        [
+            "0.0.0.0:15006".parse::<SocketAddr>().unwrap(),
+            "[::]:15006".parse().unwrap()
+        ]
+    );
+    let bind = config.clusters[inbound.filter_chains[0].tcp_proxy.cluster].bind_source;
+    assert_eq!(bind.v4, Some("127.0.0.6".parse().unwrap()));
+    assert_eq!(bind.v6, Some("::6".parse().unwrap()));
+    assert_eq!(
+        config.clusters[listener.filter_chains[0].tcp_proxy.cluster].bind_source,
+        Default::default(),
+        "outbound connections leave from the host's own address"
+    );
     assert_eq!(listener.name, "virtualOutbound");
     assert_eq!(
         listener.socket_addresses(),
@@ -377,7 +395,9 @@ fn listen_addrs_lists_every_bound_address() {
         addrs,
         vec![
             "0.0.0.0:15001".parse::<SocketAddr>().unwrap(),
-            "[::]:15001".parse().unwrap()
+            "[::]:15001".parse().unwrap(),
+            "0.0.0.0:15006".parse().unwrap(),
+            "[::]:15006".parse().unwrap()
         ]
     );
 }

@@ -7,6 +7,9 @@ iptables-restore --noflush <<'ORIGDST_EOF'
 :ORIGDST_REDIRECT - [0:0]
 :ORIGDST_INBOUND - [0:0]
 :ORIGDST_IN_REDIRECT - [0:0]
+-A ORIGDST_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
+-A ORIGDST_OUTPUT ! -d 127.0.0.0/8 -o lo -m owner --uid-owner 1337 -j ORIGDST_IN_REDIRECT
+-A ORIGDST_OUTPUT ! -d 127.0.0.0/8 -o lo -m mark --mark 1337 -j ORIGDST_IN_REDIRECT
 -A ORIGDST_OUTPUT -o lo -j RETURN
 -A ORIGDST_OUTPUT -m mark --mark 1337 -j RETURN
 -A ORIGDST_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -45,6 +48,9 @@ ip6tables-restore --noflush <<'ORIGDST_EOF'
 :ORIGDST_REDIRECT - [0:0]
 :ORIGDST_INBOUND - [0:0]
 :ORIGDST_IN_REDIRECT - [0:0]
+-A ORIGDST_OUTPUT -s ::6/128 -o lo -j RETURN
+-A ORIGDST_OUTPUT ! -d ::1/128 -o lo -m owner --uid-owner 1337 -j ORIGDST_IN_REDIRECT
+-A ORIGDST_OUTPUT ! -d ::1/128 -o lo -m mark --mark 1337 -j ORIGDST_IN_REDIRECT
 -A ORIGDST_OUTPUT -o lo -j RETURN
 -A ORIGDST_OUTPUT -m mark --mark 1337 -j RETURN
 -A ORIGDST_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -81,6 +87,7 @@ while ip -4 rule del fwmark 1338 lookup 133 2>/dev/null; do :; done
 ip -4 route flush table 133 2>/dev/null || true
 while ip -6 rule del fwmark 1338 lookup 133 2>/dev/null; do :; done
 ip -6 route flush table 133 2>/dev/null || true
+ip -6 addr add ::6/128 dev lo 2>/dev/null || true
 
 #!/bin/sh
 # remove

@@ -5,6 +5,7 @@ iptables-restore --noflush <<'ORIGDST_EOF'
 *nat
 :ORIGDST_OUTPUT - [0:0]
 :ORIGDST_REDIRECT - [0:0]
+-A ORIGDST_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
 -A ORIGDST_OUTPUT -o lo -j RETURN
 -A ORIGDST_OUTPUT -m mark --mark 1337 -j RETURN
 -A ORIGDST_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -47,6 +48,7 @@ ip6tables-restore --noflush <<'ORIGDST_EOF'
 *nat
 :ORIGDST_OUTPUT - [0:0]
 :ORIGDST_REDIRECT - [0:0]
+-A ORIGDST_OUTPUT -s ::6/128 -o lo -j RETURN
 -A ORIGDST_OUTPUT -o lo -j RETURN
 -A ORIGDST_OUTPUT -m mark --mark 1337 -j RETURN
 -A ORIGDST_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -89,6 +91,7 @@ sh -c 'ip -4 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -4 
 ip -4 route replace local 0.0.0.0/0 dev lo table 133
 sh -c 'ip -6 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -6 rule add fwmark 1338 lookup 133
 ip -6 route replace local ::/0 dev lo table 133
+ip -6 addr add ::6/128 dev lo 2>/dev/null || true
 
 #!/bin/sh
 # remove

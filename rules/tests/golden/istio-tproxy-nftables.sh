@@ -8,6 +8,8 @@ table inet origdst {
   chain output {
     type nat hook output priority -100; policy accept;
     meta l4proto != tcp return
+    ip saddr 127.0.0.6/32 oifname "lo" return
+    ip6 saddr ::6/128 oifname "lo" return
     oifname "lo" return
     meta mark 1337 return
     meta skuid 1337 return
@@ -28,6 +30,7 @@ sh -c 'ip -4 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -4 
 ip -4 route replace local 0.0.0.0/0 dev lo table 133
 sh -c 'ip -6 rule list fwmark 1338 lookup 133 | grep -q .' 2>/dev/null || ip -6 rule add fwmark 1338 lookup 133
 ip -6 route replace local ::/0 dev lo table 133
+ip -6 addr add ::6/128 dev lo 2>/dev/null || true
 
 #!/bin/sh
 # remove

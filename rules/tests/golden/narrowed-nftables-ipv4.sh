@@ -9,6 +9,9 @@ table inet origdst {
     type nat hook output priority -100; policy accept;
     meta nfproto != ipv4 return
     meta l4proto != tcp return
+    ip saddr 127.0.0.6/32 oifname "lo" return
+    ip daddr != 127.0.0.0/8 oifname "lo" meta skuid { 1337, 1338 } meta l4proto tcp redirect to :15006
+    ip daddr != 127.0.0.0/8 oifname "lo" meta mark 1337 meta l4proto tcp redirect to :15006
     oifname "lo" return
     meta mark 1337 return
     meta skuid { 1337, 1338 } return

@@ -368,29 +368,16 @@ fn node_config(access_log: &Path) -> String {
         .replacen("  shards: 0 ", "  shards: 2 ", 1)
 }
 
-/// The embedded default plus an inbound listener on 15006 (IPv4 and IPv6) relaying to each
-/// original destination: what a node proxy needs, and what the node tests run.
+/// The node proxy's config: the embedded default (outbound 15001, inbound 15006), its inbound
+/// connecting from the node's own address rather than 127.0.0.6 / ::6 — a node relays to pods
+/// on other interfaces, where a loopback source cannot go.
 pub fn node_yaml() -> String {
-    let inbound = "  - name: virtualInbound
-    address:
-      socket_address: { address: 0.0.0.0, port_value: 15006 }
-    additional_addresses:
-    - address:
-        socket_address: { address: \"::\", port_value: 15006 }
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config:
-        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: InboundPassthroughCluster
-          cluster: PassthroughCluster
-  clusters:
-";
-    origdst_core::config::DEFAULT_YAML.replacen("  clusters:\n", inbound, 1)
+    let bind = "    upstream_bind_config:\n      source_address: { address: 127.0.0.6, port_value: 0 }\n      additional_source_addresses:\n      - address: { address: \"::6\", port_value: 0 }\n";
+    assert!(
+        origdst_core::config::DEFAULT_YAML.contains(bind),
+        "the embedded default's inbound passthrough binds 127.0.0.6 / ::6"
+    );
+    origdst_core::config::DEFAULT_YAML.replacen(bind, "", 1)
 }
 
 /// origdst, running in the node.

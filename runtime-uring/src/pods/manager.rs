@@ -451,6 +451,7 @@ pub(crate) fn pod_spec(config: &Config, backend: origdst_rules::Backend) -> Resu
         inbound,
         proxy_uids: Vec::new(),
         proxy_mark: Some(mark),
+        inbound_source: crate::interception::inbound_source(config, defaults.inbound_port),
         ..defaults
     };
     spec.validate().map_err(|err| format!("pod rules: {err}"))?;
