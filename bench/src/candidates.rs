@@ -43,6 +43,10 @@ pub(crate) enum Topology {
     /// root) or uid 1337 (HAProxy, socat and the unprivileged origdst run as that uid), Istio's
     /// conventions.
     Sidecar,
+    /// A node proxy: [`crate::POD_COUNT`] pod namespaces behind a bridge on the router (the
+    /// node), what they send captured where the node routes it (`PREROUTING -i pods0 …
+    /// REDIRECT`, node mode's shape); the load spread over the pods.
+    Node,
 }
 
 impl Topology {
@@ -50,6 +54,7 @@ impl Topology {
         match self {
             Self::Gateway => "gateway",
             Self::Sidecar => "sidecar",
+            Self::Node => "node",
         }
     }
 
@@ -58,6 +63,7 @@ impl Topology {
         match self {
             Self::Gateway => "",
             Self::Sidecar => "sidecar_",
+            Self::Node => "node_",
         }
     }
 
@@ -65,6 +71,7 @@ impl Topology {
     fn rule_head(self) -> &'static [&'static str] {
         match self {
             Self::Gateway => &["-t", "nat", "-A", "PREROUTING", "-i", "rc"],
+            Self::Node => &["-t", "nat", "-A", "PREROUTING", "-i", crate::POD_BRIDGE],
             Self::Sidecar => &[
                 "-t",
                 "nat",
@@ -334,7 +341,7 @@ impl Running {
                 // As a sidecar it runs as the excluded uid (it binds first, then drops root).
                 let busy_poll = if busy_poll { "  busy-polling\n" } else { "" };
                 let user = match topology {
-                    Topology::Gateway => String::new(),
+                    Topology::Gateway | Topology::Node => String::new(),
                     Topology::Sidecar => format!("  uid {PROXY_UID}\n  gid {PROXY_UID}\n"),
                 };
                 std::fs::write(

@@ -157,10 +157,11 @@ pub(crate) fn pin_to(cpu: Option<usize>) {
     }
 }
 
-/// `streams` connections writing as fast as they can until `duration` passes; returns the bytes
-/// the sink received and the time until it had them all.
+/// Bulk upload for `duration` over `streams` connections, spread round-robin over the client
+/// namespaces `from` (the first takes the first stream), to the sink at `dst`: (bytes written
+/// and received, elapsed).
 pub(crate) fn bulk(
-    ns: &Netns,
+    from: &[&Netns],
     dst: SocketAddr,
     streams: usize,
     duration: Duration,
@@ -168,31 +169,19 @@ pub(crate) fn bulk(
 ) -> (u64, Duration) {
     let start_count = received.load(Ordering::Relaxed);
     let started = Instant::now();
-    let written: u64 = ns.run(move || {
-        let threads: Vec<_> = (0..streams)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let mut stream =
-                        TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
-                    let buf = vec![0x5au8; 256 * 1024];
-                    let deadline = Instant::now() + duration;
-                    let mut total = 0u64;
-                    while Instant::now() < deadline {
-                        match stream.write(&buf) {
-                            Ok(n) => total += n as u64,
-                            Err(e) => panic!("bulk write to {dst}: {e}"),
-                        }
-                    }
-                    let _ = stream.shutdown(std::net::Shutdown::Write);
-                    total
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("bulk writer"))
-            .sum()
-    });
+    let per_ns: Vec<usize> = (0..from.len())
+        .map(|i| streams / from.len() + usize::from(i < streams % from.len()))
+        .collect();
+    let writers: Vec<_> = from
+        .iter()
+        .zip(per_ns)
+        .filter(|(_, n)| *n > 0)
+        .map(|(ns, n)| ns.spawn(move || bulk_writers(dst, n, duration)))
+        .collect();
+    let written: u64 = writers
+        .into_iter()
+        .map(|w| w.join().expect("bulk writers"))
+        .sum();
     // Done when the sink has everything that was written (bounded: a stalled path is an error).
     let limit = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::Relaxed) - start_count < written {
@@ -203,6 +192,33 @@ pub(crate) fn bulk(
         std::thread::sleep(Duration::from_millis(1));
     }
     (written, started.elapsed())
+}
+
+/// `streams` writers to `dst` from the calling thread's namespace, for `duration`: bytes written.
+fn bulk_writers(dst: SocketAddr, streams: usize, duration: Duration) -> u64 {
+    let threads: Vec<_> = (0..streams)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream =
+                    TcpStream::connect(dst).unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+                let buf = vec![0x5au8; 256 * 1024];
+                let deadline = Instant::now() + duration;
+                let mut total = 0u64;
+                while Instant::now() < deadline {
+                    match stream.write(&buf) {
+                        Ok(n) => total += n as u64,
+                        Err(e) => panic!("bulk write to {dst}: {e}"),
+                    }
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                total
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("bulk writer"))
+        .sum()
 }
 
 /// Ping-pong of 64-byte messages on one connection: round-trip times and transactions per second.
@@ -246,61 +262,55 @@ pub(crate) fn ping_pong(
 /// per thread because each source/destination pair is its own ephemeral-port space: with one
 /// destination, TIME_WAIT reuse (after 1 s) capped every candidate, direct included, at ~22 500/s.
 pub(crate) fn connection_rate(
-    ns: &Netns,
+    from: &[&Netns],
     dsts: &[SocketAddr],
     duration: Duration,
     pin: Option<usize>,
 ) -> (f64, u64, u64) {
-    let dsts = dsts.to_vec();
-    ns.run(move || {
-        let started = Instant::now();
-        let workers: Vec<_> = dsts
-            .into_iter()
-            .map(|dst| {
-                std::thread::spawn(move || {
-                    pin_to(pin);
-                    let deadline = Instant::now() + duration;
-                    let (mut ok, mut errors) = (0u64, 0u64);
-                    while Instant::now() < deadline {
-                        let step = |what: &'static str| {
-                            move |e: std::io::Error| {
-                                std::io::Error::new(e.kind(), format!("{what}: {e}"))
-                            }
-                        };
-                        let attempt = (|| -> std::io::Result<()> {
-                            let mut stream =
-                                TcpStream::connect_timeout(&dst, Duration::from_secs(2))
-                                    .map_err(step("connect"))?;
-                            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                            stream.write_all(&[1]).map_err(step("send"))?;
-                            let mut byte = [0u8; 1];
-                            stream.read_exact(&mut byte).map_err(step("receive"))?;
-                            Ok(())
-                        })();
-                        match attempt {
-                            Ok(()) => ok += 1,
-                            Err(err) => {
-                                errors += 1;
-                                // The first few say what went wrong (the tables only count).
-                                if errors <= 3 {
-                                    eprintln!(
-                                        "connection to {dst} failed: {err} ({:?})",
-                                        err.kind()
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    (ok, errors)
-                })
-            })
-            .collect();
-        let (ok, errors) = workers
-            .into_iter()
-            .map(|w| w.join().expect("connection-rate worker"))
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-        (ok as f64 / started.elapsed().as_secs_f64(), errors, ok)
-    })
+    let started = Instant::now();
+    // Destination i's thread runs in namespace i mod the namespaces' count.
+    let workers: Vec<_> = dsts
+        .iter()
+        .enumerate()
+        .map(|(i, &dst)| from[i % from.len()].spawn(move || connect_loop(dst, duration, pin)))
+        .collect();
+    let (ok, errors) = workers
+        .into_iter()
+        .map(|w| w.join().expect("connection-rate worker"))
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    (ok as f64 / started.elapsed().as_secs_f64(), errors, ok)
+}
+
+/// Connect, one byte each way, close, to `dst` until `duration` is up: (completed, errors).
+fn connect_loop(dst: SocketAddr, duration: Duration, pin: Option<usize>) -> (u64, u64) {
+    pin_to(pin);
+    let deadline = Instant::now() + duration;
+    let (mut ok, mut errors) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let step = |what: &'static str| {
+            move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
+        let attempt = (|| -> std::io::Result<()> {
+            let mut stream = TcpStream::connect_timeout(&dst, Duration::from_secs(2))
+                .map_err(step("connect"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(&[1]).map_err(step("send"))?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).map_err(step("receive"))?;
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => ok += 1,
+            Err(err) => {
+                errors += 1;
+                // The first few say what went wrong (the tables only count).
+                if errors <= 3 {
+                    eprintln!("connection to {dst} failed: {err} ({:?})", err.kind());
+                }
+            }
+        }
+    }
+    (ok, errors)
 }
 
 /// Opens `n` connections to an echo server, one byte echoed on each, and keeps them open.

@@ -1,7 +1,9 @@
 //! The macro benchmark: origdst's backends beside `direct` (no proxy), HAProxy with and without
-//! splice, and socat, **in one run**, through the gateway network-namespace topology (client ns →
-//! router ns with iptables REDIRECT → server ns). Interleaved repetitions, medians, ratios to
-//! HAProxy-splice and to direct from the same run; Markdown, JSON and an SVG plot.
+//! splice, and socat, **in one run**, through network-namespace topologies: the gateway (client ns
+//! → router ns with iptables REDIRECT → server ns), the sidecar (the client in the proxy's ns,
+//! OUTPUT capture) and the node (four pod namespaces behind a bridge on the router, PREROUTING
+//! capture of what they send). Interleaved repetitions, medians, ratios to HAProxy-splice and to
+//! direct from the same run; Markdown, JSON and SVG plots.
 //!
 //! ```text
 //! sudo cargo run -p bench --release -- [--quick] [--reps 3] [--seconds 5] [--only a,b] [--out bench/results]
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use origdst_netns_tests::netns::raise_nofile_limit;
+use origdst_netns_tests::netns::{Netns, veth};
 use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
 
 use crate::candidates::{ALL, Candidate, Kind, Running, Topology};
@@ -41,7 +44,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Topologies to measure (the idle scale runs in the gateway only).
-    #[arg(long, value_delimiter = ',', default_value = "gateway,sidecar", value_parser = parse_topology)]
+    #[arg(long, value_delimiter = ',', default_value = "gateway,sidecar,node", value_parser = parse_topology)]
     topology: Vec<Topology>,
     /// The origdst binary (default: `origdst` beside this one, built if missing).
     #[arg(long)]
@@ -71,12 +74,53 @@ const CONN_THREADS: usize = 4;
 /// on CPU 1.
 const LOAD_CPU: usize = 1;
 
+/// The node topology's pods, and the bridge they hang off on the router (the node).
+pub(crate) const POD_COUNT: usize = 4;
+pub(crate) const POD_BRIDGE: &str = "pods0";
+
 fn parse_topology(text: &str) -> Result<Topology, String> {
     match text {
         "gateway" => Ok(Topology::Gateway),
         "sidecar" => Ok(Topology::Sidecar),
-        other => Err(format!("{other:?} is not gateway or sidecar")),
+        "node" => Ok(Topology::Node),
+        other => Err(format!("{other:?} is not gateway, sidecar or node")),
     }
+}
+
+/// The node topology's pods: [`POD_COUNT`] namespaces, `10.11.3.(10+i)/24`, each a veth into
+/// the router's bridge [`POD_BRIDGE`] (`10.11.3.1`), their default route through it. The server
+/// namespace reaches them through the router already (its default route).
+fn build_pods(gw: &Gateway) -> Vec<Netns> {
+    gw.router.ip(&["link", "add", POD_BRIDGE, "type", "bridge"]);
+    gw.router.ip(&["link", "set", POD_BRIDGE, "up"]);
+    gw.router
+        .ip(&["addr", "add", "10.11.3.1/24", "dev", POD_BRIDGE]);
+    (0..POD_COUNT)
+        .map(|i| {
+            let pod = Netns::new(&format!("bench-pod{i}"));
+            let host_side = format!("bp{i}");
+            veth(&pod, "eth0", &gw.router, &host_side);
+            gw.router
+                .ip(&["link", "set", &host_side, "master", POD_BRIDGE]);
+            pod.ip(&[
+                "addr",
+                "add",
+                &format!("10.11.3.{}/24", 10 + i),
+                "dev",
+                "eth0",
+            ]);
+            pod.ip(&["route", "add", "default", "via", "10.11.3.1"]);
+            pod.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv4.tcp_tw_reuse=1",
+                    "net.ipv4.ip_local_port_range=20000 65000",
+                ],
+            );
+            pod
+        })
+        .collect()
 }
 
 fn main() {
@@ -129,6 +173,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         .copied()
         .collect();
     let gw = Gateway::new("bench");
+    let pods = if cli.topology.contains(&Topology::Node) {
+        build_pods(&gw)
+    } else {
+        Vec::new()
+    };
     for tables in ["iptables", "ip6tables"] {
         // The topology's own REDIRECT rules: each candidate installs what it needs.
         gw.router.exec(tables, &["-t", "nat", "-F", "PREROUTING"]);
@@ -166,6 +215,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut results = Results::new(reps, seconds);
     let setup = Setup {
         gw: &gw,
+        pods: &pods,
         origdst: &origdst,
         targets: &targets,
         servers: &servers,
@@ -237,6 +287,8 @@ fn run(cli: &Cli) -> Result<(), String> {
 /// What every measurement needs.
 struct Setup<'a> {
     gw: &'a Gateway,
+    /// The node topology's pods (empty unless it is measured).
+    pods: &'a [Netns],
     origdst: &'a Path,
     targets: &'a [SocketAddr],
     servers: &'a load::Servers,
@@ -259,11 +311,14 @@ fn measure(
     results: &mut Results,
 ) {
     let gw = setup.gw;
-    // As a sidecar the client runs beside the proxy.
-    let client = match topology {
-        Topology::Gateway => &gw.client,
-        Topology::Sidecar => &gw.router,
+    // As a sidecar the client runs beside the proxy; on a node, in every pod (the first one
+    // alone for one stream and for latency).
+    let clients: Vec<&Netns> = match topology {
+        Topology::Gateway => vec![&gw.client],
+        Topology::Sidecar => vec![&gw.router],
+        Topology::Node => setup.pods.iter().collect(),
     };
+    let client = clients[0];
     let prefix = topology.metric_prefix();
     let start = |threads| {
         Running::start(
@@ -281,7 +336,7 @@ fn measure(
     for streams in [1, 8] {
         let busy = system::cpu_busy_seconds();
         let (bytes, elapsed) = load::bulk(
-            client,
+            &clients,
             setup.sink,
             streams,
             setup.duration,
@@ -311,7 +366,7 @@ fn measure(
     // candidate alike.
     connection_rate(
         setup,
-        client,
+        &clients,
         candidate,
         &format!("{prefix}conn2"),
         tag,
@@ -341,7 +396,7 @@ fn measure(
     );
     connection_rate(
         setup,
-        client,
+        &clients,
         candidate,
         &format!("{prefix}conn"),
         tag,
@@ -355,7 +410,7 @@ fn measure(
 /// metric keys `{key}_per_s`, `{key}_errors` and `{key}_cpu_us`.
 fn connection_rate(
     setup: &Setup<'_>,
-    client: &origdst_netns_tests::netns::Netns,
+    clients: &[&Netns],
     candidate: &Candidate,
     key: &str,
     tag: &str,
@@ -363,7 +418,7 @@ fn connection_rate(
 ) {
     let busy = system::cpu_busy_seconds();
     let (rate, errors, connections) =
-        load::connection_rate(client, setup.conn_dsts, setup.duration, Some(LOAD_CPU));
+        load::connection_rate(clients, setup.conn_dsts, setup.duration, Some(LOAD_CPU));
     let cpu = system::cpu_busy_seconds() - busy;
     let cpu_us = if connections == 0 {
         f64::NAN
@@ -461,7 +516,7 @@ fn origdst_binary() -> Result<PathBuf, String> {
 struct EchoHolder(Child);
 
 impl EchoHolder {
-    fn start(ns: &origdst_netns_tests::netns::Netns, at: SocketAddr) -> Result<Self, String> {
+    fn start(ns: &Netns, at: SocketAddr) -> Result<Self, String> {
         use std::io::BufRead;
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = ns

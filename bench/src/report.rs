@@ -106,9 +106,14 @@ impl Results {
 
     /// Whether the sidecar topology was measured.
     fn has_sidecar(&self) -> bool {
+        self.has("sidecar_")
+    }
+
+    /// Whether the topology whose metric keys start `prefix` was measured.
+    fn has(&self, prefix: &str) -> bool {
         self.order
             .iter()
-            .any(|c| self.median(c, "sidecar_bulk1_gbit_s").is_some())
+            .any(|c| self.median(c, &format!("{prefix}bulk1_gbit_s")).is_some())
     }
 
     pub(crate) fn markdown(&self) -> String {
@@ -118,13 +123,23 @@ impl Results {
             "Gateway topology (client ns → router ns with iptables REDIRECT → server ns), {} interleaved repetition(s), medians; bulk and connection rate {} s each; whole-system CPU from /proc/stat. `×hs`: ratio to HAProxy forced splice, `×d`: to direct, both from this run.\n",
             self.reps, self.seconds
         );
-        self.table(&mut out, "");
+        if self.has("") {
+            self.table(&mut out, "");
+        }
         if self.has_sidecar() {
             let _ = writeln!(
                 out,
                 "\nSidecar topology (the client in the proxy's namespace, `OUTPUT` REDIRECT to the server subnet excluding mark 1337 and uid 1337 → server ns), same run:\n"
             );
             self.table(&mut out, "sidecar_");
+        }
+        if self.has("node_") {
+            let _ = writeln!(
+                out,
+                "\nNode topology ({} pods behind a bridge on the router, what they send captured where the node routes it: `PREROUTING -i pods0` REDIRECT → server ns; one stream and latency from the first pod, 8 streams and the connection rates spread over all of them), same run:\n",
+                crate::POD_COUNT
+            );
+            self.table(&mut out, "node_");
         }
         if !self.idle.is_empty() {
             let _ = writeln!(

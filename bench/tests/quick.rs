@@ -33,6 +33,9 @@ fn quick_run_measures_every_candidate_and_writes_its_outputs() {
         markdown.contains("| origdst-uring-splice | 200 |"),
         "no idle row:\n{markdown}"
     );
+    for section in ["Sidecar topology", "Node topology (4 pods"] {
+        assert!(markdown.contains(section), "no {section:?}:\n{markdown}");
+    }
     let json = std::fs::read_to_string(out.join("results.json")).expect("results.json");
     for key in [
         "\"bulk1_gbit_s\"",
@@ -41,6 +44,8 @@ fn quick_run_measures_every_candidate_and_writes_its_outputs() {
         "\"conn_cpu_us\"",
         "\"conn2_per_s\"",
         "\"conn2_cpu_us\"",
+        "\"node_bulk8_gbit_s\"",
+        "\"node_conn2_per_s\"",
     ] {
         assert!(json.contains(key), "no {key} in results.json");
     }

@@ -129,6 +129,9 @@ fn upstream_reset_mid_stream(tag: &str, data_path: &str) {
     );
     assert!(got <= 256 * 1024);
     let exit = proxy.stop_clean();
+    // Through the kernel relay, the pair really was in its map (not relayed by the fallback).
+    let relayed = u64::from(data_path == "kernel-sockmap");
+    assert_eq!(exit.stat("kernel_relay_cx_total"), relayed, "{}", exit.log);
     assert_eq!(exit.stat("upstream_cx_reset"), 1, "{}", exit.log);
 }
 
@@ -169,6 +172,9 @@ fn client_reset_mid_upload(tag: &str, data_path: &str) {
         "after {got} bytes the upstream saw {end:?}, not a reset"
     );
     let exit = proxy.stop_clean();
+    // Through the kernel relay, the pair really was in its map (not relayed by the fallback).
+    let relayed = u64::from(data_path == "kernel-sockmap");
+    assert_eq!(exit.stat("kernel_relay_cx_total"), relayed, "{}", exit.log);
     assert_eq!(exit.stat("downstream_cx_reset"), 1, "{}", exit.log);
 }
 
@@ -218,6 +224,9 @@ fn idle_timeout_resets(tag: &str, data_path: &str) {
     );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("idle_timeout"), 1);
+    // Through the kernel relay, the pair really was in its map (not relayed by the fallback).
+    let relayed = u64::from(data_path == "kernel-sockmap");
+    assert_eq!(exit.stat("kernel_relay_cx_total"), relayed, "{}", exit.log);
 }
 
 /// The kernel relays the bytes, so the shard sees none of them: a transfer that keeps moving for
@@ -365,6 +374,7 @@ fn an_upstream_reset_after_its_fin_reaches_a_kernel_relayed_client() {
     );
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("upstream_cx_reset"), 1, "{}", exit.log);
+    assert_eq!(exit.stat("kernel_relay_cx_total"), 1, "{}", exit.log);
 }
 
 #[test]
