@@ -50,6 +50,25 @@ fn every_supported_field_validates_into_the_pinned_model() {
     check("every-field.expected", &format!("{config:#?}\n"));
 }
 
+/// A stock Envoy ADS bootstrap validates into a pinned model; the same document as proto-JSON
+/// (camelCase) validates into the same one.
+#[test]
+fn an_envoy_ads_bootstrap_yaml_or_proto_json_validates_into_the_pinned_model() {
+    let yaml = std::fs::read_to_string(golden("bootstrap.yaml")).expect("read bootstrap.yaml");
+    let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    check("bootstrap.expected", &format!("{config:#?}\n"));
+    let json = std::fs::read_to_string(golden("bootstrap.json")).expect("read bootstrap.json");
+    assert!(
+        json.contains("\"staticResources\""),
+        "the JSON is camelCase"
+    );
+    let from_json = Config::from_yaml(&json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        from_json, config,
+        "the proto-JSON bootstrap reads as the YAML one"
+    );
+}
+
 const BASE: &str = r#"static_resources:
   listeners:
   - name: out
@@ -72,9 +91,69 @@ const BASE: &str = r#"static_resources:
 /// (case, from, to): BASE with `from` replaced by `to` once.
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
     (
-        "bootstrap admin",
+        "admin pipe address",
         "static_resources:\n",
-        "admin: {}\nstatic_resources:\n",
+        "admin: { address: { pipe: { path: /tmp/admin } } }\nstatic_resources:\n",
+    ),
+    (
+        "admin address twice",
+        "static_resources:\n",
+        "origdst: { admin: 127.0.0.1:15000 }\nadmin: { address: { socket_address: { address: 127.0.0.1, port_value: 15000 } } }\nstatic_resources:\n",
+    ),
+    (
+        "admin unknown field",
+        "static_resources:\n",
+        "admin: { profile_path: /tmp/p, ignore_global_conn_limit: true }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources delta xDS",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: DELTA_GRPC, grpc_services: [ { envoy_grpc: { cluster_name: pass } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources google_grpc",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, grpc_services: [ { google_grpc: { target_uri: x } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources transport v2",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, transport_api_version: V2, grpc_services: [ { envoy_grpc: { cluster_name: pass } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources unknown xDS cluster",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, grpc_services: [ { envoy_grpc: { cluster_name: xds } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources xDS cluster not STATIC",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, grpc_services: [ { envoy_grpc: { cluster_name: pass } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "dynamic_resources lds from a file",
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { lds_config: { path_config_source: { path: /x } } }\nstatic_resources:\n",
+    ),
+    (
+        "node without id",
+        "static_resources:\n",
+        "node: { cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, grpc_services: [ { envoy_grpc: { cluster_name: xds } } ] } }\nstatic_resources:\n",
+    ),
+    (
+        "cluster protocol options other than HTTP",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    typed_extension_protocol_options: { envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: {} }\n",
+    ),
+    (
+        "internal_listener on a socket listener",
+        "  - name: out\n",
+        "  - name: out\n    internal_listener: {}\n",
+    ),
+    (
+        "proto-JSON camelCase unknown field",
+        "  - name: out\n",
+        "  - name: out\n    perConnectionBufferLimitBytes: 1024\n",
     ),
     (
         "bootstrap dynamic_resources",

@@ -51,6 +51,42 @@ fn check_accepts_the_embedded_default() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
 
+/// A stock Envoy bootstrap pointing at a control plane (ADS), in YAML and as proto-JSON, checks
+/// valid; the same with an xDS cluster that is not STATIC is refused naming the field.
+#[test]
+fn check_accepts_an_envoy_ads_bootstrap_in_yaml_and_proto_json() {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/golden/");
+    for file in ["bootstrap.yaml", "bootstrap.json"] {
+        let path = format!("{golden}{file}");
+        let out = origdst(&["check", "--config", &path]);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("valid"),
+            "{file}"
+        );
+    }
+    let yaml = std::fs::read_to_string(format!("{golden}bootstrap.yaml")).expect("bootstrap");
+    let broken = yaml.replacen(
+        "cluster_name: xds-grpc\n      timeout",
+        "cluster_name: PassthroughCluster\n      timeout",
+        1,
+    );
+    assert_ne!(broken, yaml);
+    let path = temp_config("xdsbad", &broken);
+    let out = origdst(&["check", "--config", path.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name")
+            && stderr.contains("must be STATIC"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_names_the_bad_field_and_exits_2() {
     let yaml = origdst_core::config::DEFAULT_YAML.replace("port_value: 15001", "port_value: 99999");

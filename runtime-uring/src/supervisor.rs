@@ -698,6 +698,16 @@ fn print_startup(
             format!(" busy_poll={:?}", config.knobs.busy_poll)
         },
     );
+    for note in &config.notes {
+        tracing::info!("config: {note}");
+    }
+    if let Some(dynamic) = &config.dynamic {
+        // Parsed and checked, not yet acted on: say so where an operator looks first.
+        tracing::warn!(
+            xds_cluster = %config.clusters[dynamic.ads_cluster].name,
+            "dynamic_resources: the ADS client is not built yet; only the static resources are served"
+        );
+    }
     if let Some(pods) = &settings.in_pod {
         tracing::info!(
             socket = %pods.socket.display(),

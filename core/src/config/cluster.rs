@@ -63,6 +63,7 @@ fn validate_one(
         None => BindSource::default(),
         Some(bind) => bind_config(&format!("{path}.upstream_bind_config"), bind)?,
     };
+    super::bootstrap::protocol_options(path, &raw.typed_extension_protocol_options)?;
     Ok(Cluster {
         name: raw.name.clone(),
         connect_timeout,

@@ -17,6 +17,109 @@ pub(crate) struct Bootstrap {
     pub(crate) bootstrap_extensions: Vec<TypedFilter>,
     #[serde(default)]
     pub(crate) layered_runtime: Option<LayeredRuntime>,
+    #[serde(default)]
+    pub(crate) node: Option<Node>,
+    #[serde(default)]
+    pub(crate) admin: Option<Admin>,
+    #[serde(default)]
+    pub(crate) dynamic_resources: Option<DynamicResources>,
+}
+
+/// `node`: who this proxy is to a control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Node {
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+    #[serde(default)]
+    pub(crate) cluster: Option<String>,
+    /// Free-form (a `Struct`): sent to the control plane as it is.
+    #[serde(default)]
+    pub(crate) metadata: Option<Value>,
+    #[serde(default)]
+    pub(crate) locality: Option<Locality>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Locality {
+    #[serde(default)]
+    pub(crate) region: Option<String>,
+    #[serde(default)]
+    pub(crate) zone: Option<String>,
+    #[serde(default)]
+    pub(crate) sub_zone: Option<String>,
+}
+
+/// Envoy's `admin`: its address becomes origdst's admin address; the rest is Envoy's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Admin {
+    #[serde(default)]
+    pub(crate) address: Option<Address>,
+    #[serde(default)]
+    pub(crate) access_log: Option<Value>,
+    #[serde(default)]
+    pub(crate) access_log_path: Option<String>,
+    #[serde(default)]
+    pub(crate) profile_path: Option<String>,
+}
+
+/// `dynamic_resources`: listeners and clusters from a control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DynamicResources {
+    #[serde(default)]
+    pub(crate) ads_config: Option<ApiConfigSource>,
+    #[serde(default)]
+    pub(crate) lds_config: Option<ConfigSource>,
+    #[serde(default)]
+    pub(crate) cds_config: Option<ConfigSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiConfigSource {
+    pub(crate) api_type: String,
+    #[serde(default)]
+    pub(crate) transport_api_version: Option<String>,
+    #[serde(default)]
+    pub(crate) grpc_services: Vec<GrpcService>,
+    #[serde(default)]
+    pub(crate) set_node_on_first_message_only: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcService {
+    #[serde(default)]
+    pub(crate) envoy_grpc: Option<EnvoyGrpc>,
+    #[serde(default)]
+    pub(crate) google_grpc: Option<Value>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnvoyGrpc {
+    pub(crate) cluster_name: String,
+}
+
+/// `lds_config` / `cds_config`: origdst takes them from the ADS stream only (`ads: {}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigSource {
+    #[serde(default)]
+    pub(crate) ads: Option<Value>,
+    #[serde(default)]
+    pub(crate) resource_api_version: Option<String>,
+    #[serde(default)]
+    pub(crate) initial_fetch_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) path_config_source: Option<Value>,
+    #[serde(default)]
+    pub(crate) api_config_source: Option<Value>,
 }
 
 /// origdst's own knobs. `None` means "use the default" (see `config::Knobs`).
@@ -106,6 +209,10 @@ pub(crate) struct Listener {
     pub(crate) filter_chains: Vec<FilterChain>,
     #[serde(default)]
     pub(crate) default_filter_chain: Option<FilterChain>,
+    /// Envoy requires `internal_listener: {}` on an internal listener; origdst knows one by its
+    /// address and accepts the (empty) marker.
+    #[serde(default)]
+    pub(crate) internal_listener: Option<Value>,
 }
 
 /// Exactly one of the two (checked during validation).
@@ -263,6 +370,9 @@ pub(crate) struct Cluster {
     pub(crate) transport_socket: Option<TypedFilter>,
     #[serde(default)]
     pub(crate) upstream_bind_config: Option<BindConfig>,
+    /// Protocol options by extension name (an xDS cluster asks for HTTP/2 here).
+    #[serde(default)]
+    pub(crate) typed_extension_protocol_options: BTreeMap<String, Value>,
 }
 
 /// `upstream_bind_config` (Envoy's `BindConfig`): the source address of upstream connections.

@@ -21,6 +21,25 @@ pub(super) fn validate_addresses(
     for (index, raw) in raw.iter().enumerate() {
         let path = format!("static_resources.listeners[{index}]");
         let listener = validate_one(&path, raw, knobs, internal)?;
+        // Envoy marks an internal listener with `internal_listener: {}`; origdst knows one by
+        // its address and takes the marker where it fits.
+        match (&raw.internal_listener, &listener.address) {
+            (None, _) => {}
+            (Some(serde_yaml_ng::Value::Mapping(m)), ListenerAddress::Internal { .. })
+                if m.is_empty() => {}
+            (Some(_), ListenerAddress::Internal { .. }) => {
+                return Err(ConfigError::new(
+                    format!("{path}.internal_listener"),
+                    "must be empty (`internal_listener: {}`)",
+                ));
+            }
+            (Some(_), ListenerAddress::Socket(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.internal_listener"),
+                    "only for a listener whose address is an envoy_internal_address",
+                ));
+            }
+        }
         if listeners.iter().any(|l| l.name == listener.name) {
             return Err(ConfigError::new(
                 format!("{path}.name"),

@@ -6,6 +6,7 @@
 //! cluster, a cluster is `ORIGINAL_DST` or `STATIC` — with names resolved to indexes, so routing a
 //! connection ([`crate::route`]) never looks a string up.
 
+pub mod bootstrap;
 mod cluster;
 mod envoy;
 mod error;
@@ -40,6 +41,13 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// The `envoy.bootstrap.internal_listener` extension; `None`: internal listeners are refused.
     pub internal_listener: Option<InternalListenerSettings>,
+    /// `node`: who this proxy is to a control plane.
+    pub node: Option<bootstrap::Node>,
+    /// `dynamic_resources`: listeners and clusters from a control plane (ADS).
+    pub dynamic: Option<bootstrap::DynamicResources>,
+    /// What the bootstrap carried that origdst accepts and ignores, one sentence each (the
+    /// runtime logs them at start-up).
+    pub notes: Vec<String>,
 }
 
 /// `envoy.bootstrap.internal_listener` settings.
@@ -345,15 +353,27 @@ impl Config {
     /// the result: an override passes the same checks as the field it replaces.
     pub fn from_yaml_with(text: &str, overrides: &KnobOverrides) -> Result<Self, ConfigError> {
         limits::preflight(text)?;
-        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let mut raw: envoy::Bootstrap =
-            serde_path_to_error::deserialize(deserializer).map_err(|err| {
-                let path = err.path().to_string();
-                let reason = err.into_inner().to_string();
-                ConfigError::new(&path, without_path_prefix(&path, &reason))
-            })?;
+        let error = |path: String, reason: String| {
+            ConfigError::new(&path, without_path_prefix(&path, &reason))
+        };
+        // Proto-JSON spells fields in camelCase: such a document is read again with the names
+        // origdst knows (a document without any reads as it is, its messages unchanged).
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::new("", err.to_string()))?;
+        let mut raw: envoy::Bootstrap = if bootstrap::snake_case_keys(&mut value) {
+            serde_path_to_error::deserialize(value)
+                .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?
+        } else {
+            let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(deserializer)
+                .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?
+        };
+        let mut notes = Vec::new();
+        bootstrap::move_admin(&mut raw, &mut notes)?;
         overrides.apply(raw.origdst.get_or_insert_with(Default::default));
-        validate(raw)
+        let mut config = validate(raw)?;
+        config.notes.splice(0..0, notes);
+        Ok(config)
     }
 
     /// The embedded default.
@@ -405,7 +425,7 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
     if let Some(runtime) = &raw.layered_runtime {
         validate_runtime(runtime)?;
     }
-    let resources = raw.static_resources;
+    let resources = &raw.static_resources;
     if resources.listeners.is_empty() {
         return Err(ConfigError::new(
             "static_resources.listeners",
@@ -418,11 +438,16 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
         listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
     let clusters = cluster::validate(&resources.clusters, &listeners)?;
     listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
+    let node = bootstrap::node(raw.node.as_ref());
+    let dynamic = bootstrap::dynamic(raw.dynamic_resources.as_ref(), node.as_ref(), &clusters)?;
     let config = Config {
         knobs,
         listeners,
         clusters,
         internal_listener,
+        node,
+        dynamic,
+        notes: Vec::new(),
     };
     internal_graph::validate(&config)?;
     check_admin_clash(&config)?;
