@@ -43,28 +43,33 @@ fn evidence(dst: &str) -> AcceptEvidence {
     }
 }
 
-/// Istio's outbound shape with `services` hand-off listeners, each with a STATIC cluster.
+/// Istio's outbound shape with `services` hand-off listeners (`bind_to_port: false`, what a
+/// control plane pushes one per service) behind a `use_original_dst` capture listener, over up to
+/// 100 STATIC clusters (compact: 10 000 listeners stay under the config size limit).
 fn istio(services: u16) -> Config {
     let chain = |cluster: &str| {
         format!(
-            "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }}\n"
+            "filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }} }} ] }} ]"
         )
     };
     let mut listeners = format!(
-        "  - name: virtualOutbound\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}\n    use_original_dst: true\n{}",
+        "  - {{ name: virtualOutbound, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, use_original_dst: true, {} }}\n",
         chain("PassthroughCluster")
     );
     let mut clusters =
         "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
             .to_string();
+    let cluster_count = services.clamp(1, 100);
     for i in 0..services {
         let port = 20000 + i;
         listeners.push_str(&format!(
-            "  - name: svc{i}\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}\n    bind_to_port: false\n{}",
-            chain(&format!("svc{i}"))
+            "  - {{ name: svc{i}, address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}, bind_to_port: false, {} }}\n",
+            chain(&format!("c{}", i % cluster_count))
         ));
+    }
+    for i in 0..cluster_count {
         clusters.push_str(&format!(
-            "  - name: svc{i}\n    type: STATIC\n    load_assignment: {{ cluster_name: svc{i}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 10.1.0.{}, port_value: {port} }} }} }} }} ] }} ] }}\n",
+            "  - {{ name: c{i}, type: STATIC, load_assignment: {{ cluster_name: c{i}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 10.1.0.{}, port_value: 8080 }} }} }} }} ] }} ] }} }}\n",
             i % 250 + 1
         ));
     }
@@ -81,36 +86,41 @@ fn benches(c: &mut Criterion) {
         b.iter(|| resolve(black_box(&ev), black_box(&me)))
     });
 
-    let config = istio(200);
-    let mut balancer = Balancer::default();
-    let mut stats = Counters::default();
-    let handoff = evidence("192.0.2.7:20150");
-    c.bench_function("route_handoff_200_services", |b| {
-        b.iter(|| {
-            route(
-                &config,
-                &me,
-                0,
-                black_box(&handoff),
-                &mut balancer,
-                &mut stats,
-            )
-        })
-    });
-    let passthrough = evidence("192.0.2.7:443");
-    c.bench_function("route_passthrough_200_services", |b| {
-        b.iter(|| {
-            route(
-                &config,
-                &me,
-                0,
-                black_box(&passthrough),
-                &mut balancer,
-                &mut stats,
-            )
-        })
-    });
+    // Routing cost per accepted connection against the number of hand-off listeners: a hand-off
+    // to the last service, and a passthrough that matches none of them.
+    for services in [200u16, 1_000, 10_000] {
+        let config = istio(services);
+        let mut balancer = Balancer::default();
+        let mut stats = Counters::default();
+        let handoff = evidence(&format!("192.0.2.7:{}", 20000 + services - 1));
+        c.bench_function(&format!("route_handoff_{services}_services"), |b| {
+            b.iter(|| {
+                route(
+                    &config,
+                    &me,
+                    0,
+                    black_box(&handoff),
+                    &mut balancer,
+                    &mut stats,
+                )
+            })
+        });
+        let passthrough = evidence("192.0.2.7:443");
+        c.bench_function(&format!("route_passthrough_{services}_services"), |b| {
+            b.iter(|| {
+                route(
+                    &config,
+                    &me,
+                    0,
+                    black_box(&passthrough),
+                    &mut balancer,
+                    &mut stats,
+                )
+            })
+        });
+    }
 
+    let mut stats = Counters::default();
     let params = ConnParams {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Some(Duration::from_secs(3600)),

@@ -296,27 +296,9 @@ pub fn finish_original_dst(
 }
 
 /// The `bind_to_port: false` listener whose address is `dst`: an exact match first, then a
-/// wildcard of the same family and port (Envoy's order).
+/// wildcard of the same family and port (Envoy's order), looked up in the config's index.
 fn handoff_target(config: &Config, dst: SocketAddr) -> Option<usize> {
-    let candidates = || {
-        config
-            .listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.bind_to_port)
-    };
-    candidates()
-        .find(|(_, l)| l.socket_addresses().contains(&dst))
-        .or_else(|| {
-            candidates().find(|(_, l)| {
-                l.socket_addresses().iter().any(|a| {
-                    a.port() == dst.port()
-                        && a.ip().is_unspecified()
-                        && a.is_ipv4() == dst.is_ipv4()
-                })
-            })
-        })
-        .map(|(index, _)| index)
+    config.handoff.target(dst)
 }
 
 /// Which chain of a listener: an entry of `filter_chains`, or the `default_filter_chain`.

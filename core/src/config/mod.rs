@@ -10,6 +10,7 @@ pub mod bootstrap;
 mod cluster;
 mod envoy;
 mod error;
+pub mod handoff;
 mod internal_graph;
 mod knobs;
 pub mod limits;
@@ -48,6 +49,8 @@ pub struct Config {
     /// What the bootstrap carried that origdst accepts and ignores, one sentence each (the
     /// runtime logs them at start-up).
     pub notes: Vec<String>,
+    /// The `use_original_dst` hand-off targets by address (built from `listeners`).
+    pub handoff: handoff::HandoffIndex,
 }
 
 /// `envoy.bootstrap.internal_listener` settings.
@@ -440,11 +443,13 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
     listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
     let node = bootstrap::node(raw.node.as_ref());
     let dynamic = bootstrap::dynamic(raw.dynamic_resources.as_ref(), node.as_ref(), &clusters)?;
+    let handoff = handoff::HandoffIndex::build(&listeners);
     let config = Config {
         knobs,
         listeners,
         clusters,
         internal_listener,
+        handoff,
         node,
         dynamic,
         notes: Vec::new(),
