@@ -518,10 +518,21 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
         no_chain_before + 1.0,
         "the new connection was routed by the new config"
     );
+    // The dump in Envoy's shape: version 2, the new chain's match among the static listeners.
     let (_, dump) = admin::get(&gw.router, "/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("a JSON config dump");
+    let listeners = &dump["configs"][1];
+    assert_eq!(
+        listeners["@type"],
+        "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
+    );
+    assert_eq!(listeners["version_info"], "2", "{dump}");
+    let text = listeners["static_listeners"].to_string();
+    assert!(text.contains("\"destination_port\":8082"), "{text}");
+    let (_, yaml) = admin::get(&gw.router, "/config_dump?format=yaml");
     assert!(
-        dump.contains("generation 2") && dump.contains("destination_port: 8082"),
-        "{dump}"
+        yaml.contains("generation 2") && yaml.contains("destination_port: 8082"),
+        "{yaml}"
     );
     // The connection opened under generation 1 still relays.
     open.write_all(b"across the reload").unwrap();

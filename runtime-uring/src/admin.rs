@@ -6,7 +6,7 @@
 //! | `/stats` | the same numbers as JSON |
 //! | `/ready` | 200 once every shard runs and while not draining, else 503 |
 //! | `/healthz` | 200 while the process serves |
-//! | `/config_dump` | the running config (YAML as loaded) and its generation |
+//! | `/config_dump` | the running config in Envoy's `ConfigDump` JSON shape (`?format=yaml`: the file as loaded, with its generation) |
 //!
 //! Bounded in everything, because anyone who can reach it can open connections: one thread runs
 //! a `poll(2)` loop over the listener and at most [`CONNECTIONS_MAX`] open connections (more are
@@ -246,20 +246,31 @@ fn respond(method: &str, url: &str, observed: &Arc<Observed>) -> Answer {
         "/healthz" => text(200, PLAIN, "ok\n".into()),
         "/config_dump" => {
             let running = observed.running();
-            let source = running
-                .path
-                .as_ref()
-                .map_or("the embedded default".to_string(), |p| {
-                    p.display().to_string()
-                });
-            text(
-                200,
-                "application/yaml; charset=utf-8",
-                format!(
-                    "# origdst running config: generation {}, from {source}\n{}",
-                    running.generation, running.yaml
-                ),
-            )
+            if url
+                .split_once('?')
+                .is_some_and(|(_, query)| query == "format=yaml")
+            {
+                let source = running
+                    .path
+                    .as_ref()
+                    .map_or("the embedded default".to_string(), |p| {
+                        p.display().to_string()
+                    });
+                text(
+                    200,
+                    "application/yaml; charset=utf-8",
+                    format!(
+                        "# origdst running config: generation {}, from {source}\n{}",
+                        running.generation, running.yaml
+                    ),
+                )
+            } else {
+                text(
+                    200,
+                    "application/json",
+                    crate::config_dump::envoy_json(&running),
+                )
+            }
         }
         _ => text(
             404,

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 mod buf_ring;
+pub mod config_dump;
 pub mod demo;
 pub mod interception;
 mod kernel;

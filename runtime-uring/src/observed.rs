@@ -21,6 +21,8 @@ pub struct RunningConfig {
     pub path: Option<std::path::PathBuf>,
     /// 1 at start-up, +1 per accepted reload.
     pub generation: u64,
+    /// When it was loaded (`/config_dump`'s `last_updated`).
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// Access-log throughput, shared by the shards (dropped) and the writer thread (written).
@@ -78,6 +80,7 @@ impl Observed {
                 yaml: origdst_core::config::DEFAULT_YAML.to_string(),
                 path: None,
                 generation: 1,
+                loaded_at: std::time::SystemTime::now(),
             })),
             access_log: None,
             started_at: Instant::now(),

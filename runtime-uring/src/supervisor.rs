@@ -266,6 +266,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             yaml: settings.source.yaml.clone(),
             path: settings.source.path.clone(),
             generation: 1,
+            loaded_at: std::time::SystemTime::now(),
         })),
         access_log: access_counts,
         started_at: std::time::Instant::now(),
@@ -412,6 +413,7 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>], overrides: &KnobO
                 yaml,
                 path: Some(path),
                 generation,
+                loaded_at: std::time::SystemTime::now(),
             });
             observed.reloads_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(

@@ -343,7 +343,7 @@ pub(super) fn protocol_options(
 /// Rewrites proto-JSON's camelCase field names (`staticResources`, `portValue`) as the
 /// snake_case ones origdst reads, leaving data alone: the keys of metadata, runtime layers and
 /// extension maps, and whatever `node.metadata` holds. Whether anything changed.
-pub(super) fn snake_case_keys(value: &mut Value) -> bool {
+pub fn snake_case_keys(value: &mut Value) -> bool {
     normalize(value, None, 0)
 }
 
