@@ -145,6 +145,10 @@ counters! {
     OriginalSrcBound => "original_src_bound",
     /// `original_src` skipped: the client and the destination are of different IP families.
     OriginalSrcFamilyMismatch => "original_src_family_mismatch",
+    /// Connections a listener's socket accepted as a reload took the listener out of the config
+    /// (in the moment between its stop and its cancelled accept): reset, there is no config to
+    /// route them by.
+    AcceptListenerGone => "downstream_cx_listener_removed",
 }
 
 /// A shard's counters, indexed by [`Counter`].

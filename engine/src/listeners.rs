@@ -27,11 +27,22 @@ pub struct HandedSocket {
     pub config_index: usize,
 }
 
+/// What a group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// A pod's listening sockets (in-pod mode): counted as the pod's.
+    Pod,
+    /// One listener of the config (its sockets on this shard): added and removed by a reload.
+    Listener,
+}
+
 /// A group to start serving.
 #[derive(Debug, Clone)]
 pub struct GroupAdd {
     /// Its number (unique for the life of the process).
     pub group: GroupId,
+    /// A pod's or a listener's.
+    pub kind: GroupKind,
     /// Its name in logs, the access log and metrics (the pod's).
     pub name: Arc<str>,
     /// Its listening sockets for this shard.
@@ -53,11 +64,26 @@ pub enum ListenerChange {
 /// far below this; the shard refuses a group past it rather than grow without end).
 pub const LISTENERS_PER_SHARD_MAX: usize = 1 << 16;
 
-/// One group's connections, as the shard publishes them (per-pod counters).
+/// A new config for new connections, with the listeners it removes and adds (their sockets
+/// bound already): applied in that order — the removed stop, the config is swapped (listeners
+/// that stay are found in it by name), the added start.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The config.
+    pub config: Arc<origdst_core::config::Config>,
+    /// Listener groups to stop (their connections drain).
+    pub removed: Vec<GroupId>,
+    /// Listener groups to start (their `config_index` is into `config`).
+    pub added: Vec<GroupAdd>,
+}
+
+/// One group's connections, as the shard publishes them (per-pod and per-listener counters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupReport {
     /// The group.
     pub group: GroupId,
+    /// A pod's or a listener's.
+    pub kind: GroupKind,
     /// Its name.
     pub name: Arc<str>,
     /// Connections it accepted since it was added.

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use origdst_core::config::Config;
 use origdst_core::outcome::Outcome;
 use origdst_core::stats::Counters;
 
@@ -132,8 +131,9 @@ pub trait Control: Send + Sync {
     fn drain_requested(&self) -> bool;
     /// Reset whatever is open, now.
     fn abort_requested(&self) -> bool;
-    /// A new config for new connections, if one came.
-    fn take_reload(&self) -> Option<Arc<Config>>;
+    /// New configs for new connections (with the listeners they remove and add), in the order
+    /// they came.
+    fn take_reloads(&self) -> Vec<crate::listeners::Reload>;
     /// Listening sockets to add or remove (in-pod mode's pods), in the order they were asked.
     fn take_listener_changes(&self) -> Vec<crate::listeners::ListenerChange> {
         Vec::new()

@@ -556,13 +556,26 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     config.rewrite(&internal_cycle(&access));
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log("internal listeners form a cycle: a → b → a", TIMEOUT);
-    // A bound listener changed: the message reads as one sentence (it had a hole of spaces).
-    config.rewrite(origdst_core::config::DEFAULT_YAML);
+    // A new listener on an address something else holds: its bind fails, nothing changes.
+    let squatter = gw
+        .router
+        .run(|| std::net::TcpListener::bind("0.0.0.0:15009").expect("bind"));
+    let squatted = format!(
+        "  - name: squatted\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15009 }} }}\n    filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: s, cluster: BlackHoleCluster }} }} ] }} ]\n"
+    );
+    config.rewrite(
+        &chained_config(&format!("shards: 2, {access}"), 8082).replacen(
+            "  clusters:\n",
+            &format!("{squatted}  clusters:\n"),
+            1,
+        ),
+    );
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.wait_for_log(
-        "the bound listeners changed (addresses, order, transparent or freebind): that needs a restart",
+        "listener \"squatted\": cannot listen on 0.0.0.0:15009",
         TIMEOUT,
     );
+    drop(squatter);
     let metrics = settle(
         &gw,
         "origdst_config_reloads_total{result=\"rejected\"}",
@@ -608,4 +621,152 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     );
     assert_eq!(exit.stat("completed"), 2, "{}", exit.log);
     let _ = std::fs::remove_file(&log_path);
+}
+
+/// Connects to `dst` from the client, half-closes at once and reads until EOF: Ok(bytes, the
+/// echo server's greeting) or the error kind (refused, reset).
+fn ask(gw: &Gateway, dst: SocketAddr) -> Result<Vec<u8>, ErrorKind> {
+    gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.kind())?;
+        let mut got = Vec::new();
+        stream
+            .read_to_end(&mut got)
+            .map(|_| got)
+            .map_err(|e| e.kind())
+    })
+}
+
+/// Listeners come and go on SIGHUP (the path a control plane's LDS takes too): an added
+/// listener accepts on every shard, its connections counted under its name; a removed one stops
+/// at once (new connections are refused by the kernel) while its open connection drains
+/// byte-exact; the listeners the reload keeps are untouched.
+#[test]
+fn sighup_adds_and_removes_listeners_live() {
+    let gw = Gateway::new("livelst");
+    let port = 9000;
+    let extra_dst = addr(SERVER_V4[0], port);
+    let pass = addr(SERVER_V4[0], 8080);
+    // Answers with the address it was dialled on, then echoes whatever comes until EOF.
+    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let _ = stream.write_all(local.to_string().as_bytes());
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    let _server = Server::start(&gw.server, &[pass, extra_dst], echo);
+    // Port 9000 is captured to 15101, where generation 1 has no listener.
+    gw.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-i",
+            "rc",
+            "-p",
+            "tcp",
+            "--dport",
+            "9000",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15101",
+        ],
+    );
+    let base = origdst_core::config::DEFAULT_YAML;
+    let config = ConfigFile::new("livelst", base);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    assert_eq!(ask(&gw, extra_dst), Err(ErrorKind::ConnectionRefused));
+
+    // Generation 2 adds "extra" on 15101.
+    let extra = "  - name: extra\n    address: { socket_address: { address: 0.0.0.0, port_value: 15101 } }\n    listener_filters: [ { name: envoy.filters.listener.original_dst } ]\n    filter_chains: [ { filters: [ { name: envoy.filters.network.tcp_proxy, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: extra, cluster: PassthroughCluster } } ] } ]\n";
+    config.rewrite(&base.replacen("  clusters:\n", &format!("{extra}  clusters:\n"), 1));
+    let pushed = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let accepting = loop {
+        if ask(&gw, extra_dst).is_ok() {
+            break pushed.elapsed();
+        }
+        assert!(
+            pushed.elapsed() < TIMEOUT,
+            "the added listener never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Every shard has it: a burst of connections is served, each counted under its name.
+    for _ in 0..20 {
+        let got = ask(&gw, extra_dst).expect("through the added listener");
+        assert_eq!(got, extra_dst.to_string().into_bytes());
+    }
+    // An open connection through it, mid-conversation.
+    let mut open = gw.client.run(move || {
+        let stream = TcpStream::connect(extra_dst).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    });
+    let mut greeting = vec![0u8; extra_dst.to_string().len()];
+    open.read_exact(&mut greeting).expect("greeting");
+    let metrics = settle(&gw, "origdst_listener_cx_active{listener=\"extra\"}", 1.0);
+    assert!(
+        metrics.value("origdst_listener_cx_total{listener=\"extra\"}") >= 22.0,
+        "{}",
+        metrics.0
+    );
+
+    // Generation 3 takes it out again: it stops at once, its open connection drains.
+    config.rewrite(base);
+    let pushed = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let refusing = loop {
+        if ask(&gw, extra_dst) == Err(ErrorKind::ConnectionRefused) {
+            break pushed.elapsed();
+        }
+        assert!(
+            pushed.elapsed() < TIMEOUT,
+            "the removed listener kept accepting"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let metrics = settle(&gw, "origdst_listener_draining{listener=\"extra\"}", 1.0);
+    assert_eq!(
+        metrics.value("origdst_listener_draining{listener=\"extra\"}"),
+        1.0
+    );
+    let payload = vec![0x5au8; 256 * 1024];
+    open.write_all(&payload).expect("write while draining");
+    let mut back = vec![0u8; payload.len()];
+    open.read_exact(&mut back).expect("echo while draining");
+    assert_eq!(back, payload, "the draining connection relays byte-exact");
+    open.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).expect("clean end");
+    assert!(rest.is_empty());
+    // The listener the reloads kept never stopped.
+    assert_eq!(ask(&gw, pass), Ok(pass.to_string().into_bytes()));
+    let exit = proxy.stop_clean();
+    assert_eq!(
+        exit.stat("downstream_cx_listener_removed"),
+        0,
+        "{}",
+        exit.log
+    );
+    assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
+    println!(
+        "a SIGHUP's added listener accepted after {accepting:?}, a removed one refused after {refusing:?}"
+    );
 }

@@ -11,6 +11,7 @@ pub mod config_dump;
 pub mod demo;
 pub mod interception;
 mod kernel;
+mod listener_reload;
 pub mod metrics;
 pub mod observed;
 mod pipe_pool;

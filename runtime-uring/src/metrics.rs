@@ -205,6 +205,7 @@ impl Collector for Scrape {
         if let Some(pods) = &observed.pods {
             encode_pods(&mut encoder, observed, pods)?;
         }
+        encode_listeners(&mut encoder, observed)?;
         counter(
             &mut encoder,
             "admin_connections_evicted",
@@ -292,6 +293,58 @@ fn encode_pods(
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for report in &per_pod {
             let labels = [("pod", &*report.name)];
+            if is_counter {
+                ConstCounter::new(field(report)).encode(family.encode_family(&labels)?)?;
+            } else {
+                ConstGauge::new(field(report) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each listener's connections (labelled by listener): what a reload adds and removes.
+fn encode_listeners(
+    encoder: &mut DescriptorEncoder<'_>,
+    observed: &Observed,
+) -> Result<(), std::fmt::Error> {
+    let per_listener = crate::published::listeners(&observed.rows);
+    type Field = fn(&crate::published::GroupReport) -> u64;
+    let families: [(&str, &str, bool, Field); 4] = [
+        (
+            "listener_cx",
+            "Connections the listener accepted.",
+            true,
+            |g| g.accepted,
+        ),
+        (
+            "listener_cx_active",
+            "Open connections of the listener.",
+            false,
+            |g| g.active,
+        ),
+        (
+            "listener_draining",
+            "1 while a listener a reload removed drains its connections.",
+            false,
+            |g| u64::from(g.removed),
+        ),
+        (
+            "listener_cx_drain_reset",
+            "The listener's connections reset at the end of its drain after a reload removed it.",
+            true,
+            |g| g.drain_reset,
+        ),
+    ];
+    for (name, help, is_counter, field) in families {
+        let kind = if is_counter {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for report in &per_listener {
+            let labels = [("listener", &*report.name)];
             if is_counter {
                 ConstCounter::new(field(report)).encode(family.encode_family(&labels)?)?;
             } else {

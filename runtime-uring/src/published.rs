@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use origdst_core::stats::{Counter, Counters};
 
-pub use origdst_engine::listeners::GroupReport;
+pub use origdst_engine::listeners::{GroupKind, GroupReport};
 pub use origdst_engine::report::Gauge;
 
 /// One shard's published row.
@@ -96,10 +96,19 @@ pub fn render(rows: &[Arc<ShardRow>]) -> String {
 
 /// Each pod's connections summed over the shards, by pod name (sorted).
 pub fn pods(rows: &[Arc<ShardRow>]) -> Vec<GroupReport> {
+    summed(rows, GroupKind::Pod)
+}
+
+/// Each listener's connections summed over the shards, by listener name (sorted).
+pub fn listeners(rows: &[Arc<ShardRow>]) -> Vec<GroupReport> {
+    summed(rows, GroupKind::Listener)
+}
+
+fn summed(rows: &[Arc<ShardRow>], kind: GroupKind) -> Vec<GroupReport> {
     let mut by_name: std::collections::BTreeMap<Arc<str>, GroupReport> =
         std::collections::BTreeMap::new();
     for row in rows {
-        for report in row.groups() {
+        for report in row.groups().into_iter().filter(|r| r.kind == kind) {
             match by_name.get_mut(&report.name) {
                 Some(sum) => {
                     sum.accepted += report.accepted;

@@ -281,6 +281,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         None => None,
     };
     let me = Arc::new(self_addrs(&config));
+    let listener_groups = crate::listener_reload::ListenerGroups::new(&config);
     let origin = std::time::Instant::now();
     let own_upstreams = Arc::new(OwnUpstreams::new());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -306,6 +307,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
             access_log: access_sender.as_ref().map(|s| s.for_shard(id)),
             relay: relay.clone(),
             bind_listeners: in_pod.is_none(),
+            listener_groups: listener_groups.snapshot(),
             netns: in_pod.as_ref().map(|(registry, _)| Arc::clone(registry)),
         };
         let core = (config.knobs.pin_shards && !cores.is_empty()).then(|| cores[id % cores.len()]);
@@ -327,6 +329,7 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         &observed,
         (&events, &signals),
         in_pod.map(|(registry, _)| registry),
+        listener_groups,
     );
     for handle in handles {
         let _ = handle.join();
@@ -382,7 +385,7 @@ fn data_path_name(backend: Backend, data_path: DataPath) -> &'static str {
 /// SIGHUP: re-read the config file; if it is valid and changes nothing that needs a restart, new
 /// connections use it from each shard's next turn and open ones keep theirs. Otherwise the
 /// running config stays, and the log says why.
-fn reload(observed: &Observed, controls: &[Arc<ShardControl>], overrides: &KnobOverrides) {
+fn reload(observed: &Observed, controls: &[Arc<ShardControl>], context: &ReloadContext) {
     let running = observed.running();
     let outcome = (|| {
         let path = running
@@ -390,22 +393,43 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>], overrides: &KnobO
             .clone()
             .ok_or("running the embedded default config: there is no file to re-read")?;
         let yaml = read_config_file(&path)?;
-        let config = Config::from_yaml_with(&yaml, overrides)
+        let config = Config::from_yaml_with(&yaml, &context.overrides)
             .map_err(|err| format!("{}: {err}", path.display()))?;
         needs_no_restart(&running.config, &config)?;
         check_privileges(&config).map_err(|err| err.to_string())?;
+        let (removed, added) = crate::listener_reload::diff(&running.config, &config);
+        if context.in_pod && !(removed.is_empty() && added.is_empty()) {
+            return Err(format!(
+                "in-pod mode: the listeners cannot change on reload (each pod holds sockets for them; removed {removed:?}, added {added:?}): that needs a restart"
+            ));
+        }
         Ok::<_, String>((path, yaml, config))
     })();
-    match outcome {
+    let outcome = match outcome {
         // A drain that began while the file was being read and checked wins: its shards no longer
         // take new connections, and the reload has nothing to give them.
         Ok(_) if observed.draining.load(Ordering::Relaxed) => {
             tracing::warn!("config reload finished after draining began: not applied");
+            return;
         }
         Ok((path, yaml, config)) => {
             let config = Arc::new(config);
-            for control in controls {
-                control.reload(Arc::clone(&config));
+            let mut groups = context.groups.lock().unwrap_or_else(|p| p.into_inner());
+            crate::listener_reload::prepare(
+                &mut groups,
+                &running.config,
+                &config,
+                controls.len(),
+                crate::shard::LISTEN_BACKLOG,
+            )
+            .map(|reloads| (path, yaml, config, reloads))
+        }
+        Err(why) => Err(why),
+    };
+    match outcome {
+        Ok((path, yaml, config, reloads)) => {
+            for (control, reload) in controls.iter().zip(reloads) {
+                control.reload(reload);
             }
             let generation = running.generation + 1;
             *observed.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(RunningConfig {
@@ -431,25 +455,19 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>], overrides: &KnobO
     }
 }
 
-/// Why a reload that changes a bound listener is refused.
-const RELOAD_LISTENERS_CHANGED: &str = "the bound listeners changed (addresses, order, transparent or freebind): \
-     that needs a restart";
+/// What the reload thread needs besides the shards' controls.
+struct ReloadContext {
+    /// Command-line overrides, applied again to every reloaded file.
+    overrides: KnobOverrides,
+    /// In-pod mode: pods hold sockets for the config's listeners, which therefore cannot change.
+    in_pod: bool,
+    /// Each bound listener's group.
+    groups: std::sync::Mutex<crate::listener_reload::ListenerGroups>,
+}
 
-/// What a reload cannot change: the bound listeners (their sockets are open; same addresses and
-/// options at the same positions), and the knobs fixed at start-up (threads, pools, rings).
+/// What a reload cannot change: the knobs fixed at start-up (threads, pools, rings). (Listeners
+/// can change: see `listener_reload`.)
 fn needs_no_restart(old: &Config, new: &Config) -> Result<(), String> {
-    let bound = |config: &Config| -> Vec<(usize, Vec<SocketAddr>, bool, bool)> {
-        config
-            .listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_bound())
-            .map(|(i, l)| (i, l.socket_addresses().to_vec(), l.transparent, l.freebind))
-            .collect()
-    };
-    if bound(old) != bound(new) {
-        return Err(RELOAD_LISTENERS_CHANGED.into());
-    }
     let (a, b) = (&old.knobs, &new.knobs);
     let fixed = [
         ("origdst.shards", a.shards == b.shards),
@@ -516,14 +534,14 @@ fn shard_main(
 fn reload_thread(
     observed: Arc<Observed>,
     controls: Vec<Arc<ShardControl>>,
-    overrides: KnobOverrides,
+    context: ReloadContext,
 ) -> Result<crossbeam_channel::Sender<()>, EngineError> {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     thread::Builder::new()
         .name("origdst-reload".into())
         .spawn(move || {
             for () in rx {
-                reload(&observed, &controls, &overrides);
+                reload(&observed, &controls, &context);
             }
         })
         .map_err(|e| EngineError::Setup(format!("reload thread: {e}")))?;
@@ -537,6 +555,7 @@ fn supervise(
     observed: &Arc<Observed>,
     (events, signals): (&Receiver<ShardEvent>, &Receiver<i32>),
     netns: Option<Arc<crate::pods::netns::NetnsRegistry>>,
+    groups: crate::listener_reload::ListenerGroups,
 ) -> Result<(), EngineError> {
     let config = &settings.config;
     let rows = &observed.rows;
@@ -586,7 +605,11 @@ fn supervise(
     let reloads = reload_thread(
         Arc::clone(observed),
         controls.to_vec(),
-        settings.source.overrides.clone(),
+        ReloadContext {
+            overrides: settings.source.overrides.clone(),
+            in_pod: settings.in_pod.is_some(),
+            groups: std::sync::Mutex::new(groups),
+        },
     )?;
     let mut signalled = false;
     while running > 0 {
@@ -788,25 +811,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_listener_change_is_refused_in_one_readable_sentence() {
+    fn a_knob_change_needing_a_restart_is_refused_in_one_readable_sentence() {
         let old = Config::default_config();
-        let new = Config::from_yaml(
+        // Listeners may change on reload (`listener_reload`); the shard count may not.
+        let moved = Config::from_yaml(
             &origdst_core::config::DEFAULT_YAML.replace("port_value: 15001", "port_value: 15002"),
         )
         .unwrap();
-        let why = needs_no_restart(&old, &new).unwrap_err();
-        assert_eq!(
-            why,
-            "the bound listeners changed (addresses, order, transparent or freebind): that needs a restart"
-        );
-        assert!(!why.contains("  "), "a hole of spaces: {why:?}");
-        let mut shards = new;
-        shards.listeners = old.listeners.clone();
+        assert_eq!(needs_no_restart(&old, &moved), Ok(()));
+        let mut shards = old.clone();
         shards.knobs.shards = std::num::NonZeroU32::new(3);
-        assert_eq!(
-            needs_no_restart(&old, &shards).unwrap_err(),
-            "origdst.shards changed: that needs a restart"
-        );
+        let why = needs_no_restart(&old, &shards).unwrap_err();
+        assert_eq!(why, "origdst.shards changed: that needs a restart");
+        assert!(!why.contains("  "), "a hole of spaces: {why:?}");
         assert_eq!(needs_no_restart(&old, &old.clone()), Ok(()));
     }
 

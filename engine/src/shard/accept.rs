@@ -125,6 +125,12 @@ impl<K: Kernel> Shard<K> {
 
     pub(super) fn accept_one(&mut self, now: Instant, index: usize, fd: K::Socket) {
         let config_index = self.listeners[index].config_index;
+        if config_index == super::GONE {
+            self.io.kernel.arm_reset(&fd);
+            self.io.closing.push(fd);
+            self.stats.incr(Counter::AcceptListenerGone);
+            return;
+        }
         let group = self.listeners[index].group;
         let listener = &self.setup.config.listeners[config_index];
         let evidence = match self.io.kernel.accept_evidence(&fd, listener.transparent) {

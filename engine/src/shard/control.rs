@@ -1,10 +1,9 @@
 //! The supervisor's requests (drain, abort, reload) and what the shard publishes.
 
 use origdst_core::relay::Dir;
-use origdst_core::route::Balancer;
 use origdst_core::time::Instant;
 
-use super::{Shard, listener_names};
+use super::Shard;
 use crate::kernel::{Kernel, MORE};
 use crate::report::Gauge;
 use crate::timers::TimerKey;
@@ -22,8 +21,11 @@ impl<K: Kernel> Shard<K> {
         if flags & MORE == 0 {
             self.arm_wake();
         }
-        // Listener changes first: a pod added just before a drain is served (and drained) like
-        // every other, not dropped.
+        // Reloads (each with the listeners it removes and adds) and listener changes first: a
+        // pod added just before a drain is served (and drained) like every other, not dropped.
+        for reload in self.setup.control.take_reloads() {
+            self.apply_reload(now, reload);
+        }
         for change in self.setup.control.take_listener_changes() {
             self.change_listeners(now, change);
         }
@@ -32,19 +34,6 @@ impl<K: Kernel> Shard<K> {
         }
         if self.setup.control.abort_requested() {
             self.abort_all(now);
-        }
-        let reloaded = self.setup.control.take_reload();
-        if let Some(config) = reloaded {
-            // The supervisor only sends configs whose bound listeners are the ones this shard
-            // holds (same addresses, same order), so listener indexes stay valid.
-            debug_assert_eq!(
-                config.listen_addrs().count(),
-                self.setup.config.listen_addrs().count()
-            );
-            self.listener_names = listener_names(&config);
-            self.setup.config = config;
-            self.balancer = Balancer::default();
-            tracing::debug!(shard = self.setup.id, "config reloaded");
         }
     }
 

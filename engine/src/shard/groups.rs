@@ -10,10 +10,11 @@ use origdst_core::connection::Connection;
 use origdst_core::relay::Dir;
 use origdst_core::time::Instant;
 
-use super::{ListenerIo, Shard};
+use super::{GONE, ListenerIo, Shard};
 use crate::kernel::Kernel;
 use crate::listeners::{
-    GroupAdd, GroupId, GroupReport, LISTENERS_PER_SHARD_MAX, ListenerChange, NetnsId,
+    GroupAdd, GroupId, GroupKind, GroupReport, LISTENERS_PER_SHARD_MAX, ListenerChange, NetnsId,
+    Reload,
 };
 use crate::timers::TimerKey;
 use crate::token::{Kind, Token};
@@ -21,6 +22,7 @@ use crate::token::{Kind, Token};
 /// One group the shard serves or drains.
 pub(super) struct GroupIo {
     pub(super) name: Arc<str>,
+    kind: GroupKind,
     netns: Option<NetnsId>,
     removed: bool,
     accepted: u64,
@@ -28,6 +30,27 @@ pub(super) struct GroupIo {
     bytes_up: u64,
     bytes_down: u64,
     drain_reset: u64,
+}
+
+impl GroupIo {
+    /// A pod's (the access log names it).
+    pub(super) fn is_pod(&self) -> bool {
+        self.kind == GroupKind::Pod
+    }
+
+    pub(super) fn new(name: Arc<str>, kind: GroupKind, netns: Option<NetnsId>) -> Self {
+        Self {
+            name,
+            kind,
+            netns,
+            removed: false,
+            accepted: 0,
+            active: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            drain_reset: 0,
+        }
+    }
 }
 
 /// How often a shard publishes its groups' counters at most (they change with every connection;
@@ -40,6 +63,41 @@ impl<K: Kernel> Shard<K> {
             ListenerChange::Add(add) => self.add_group(add),
             ListenerChange::Remove(group) => self.remove_group(now, group),
         }
+    }
+
+    /// A reload: the removed listeners stop, the config is swapped (the listeners that stay are
+    /// found in it by name: their positions may have moved), the added start.
+    pub(super) fn apply_reload(&mut self, now: Instant, reload: Reload) {
+        for group in reload.removed {
+            self.remove_group(now, group);
+        }
+        let old = Arc::clone(&self.setup.config);
+        for index in 0..self.listeners.len() {
+            let entry = &mut self.listeners[index];
+            if entry.config_index == GONE {
+                continue;
+            }
+            let name = &old.listeners[entry.config_index].name;
+            entry.config_index = reload
+                .config
+                .listeners
+                .iter()
+                .position(|l| &l.name == name)
+                .unwrap_or(GONE);
+            if entry.config_index == GONE && entry.socket.is_some() {
+                // Gone from the config without being removed: it cannot go on accepting.
+                tracing::warn!(shard = self.setup.id, listener = %name,
+                    "a reload dropped a listener it did not remove; stopping it");
+                self.stop_listener(index);
+            }
+        }
+        self.listener_names = super::listener_names(&reload.config);
+        self.setup.config = reload.config;
+        self.balancer = origdst_core::route::Balancer::default();
+        for add in reload.added {
+            self.add_group(add);
+        }
+        tracing::debug!(shard = self.setup.id, "config reloaded");
     }
 
     fn add_group(&mut self, add: GroupAdd) {
@@ -92,19 +150,8 @@ impl<K: Kernel> Shard<K> {
             self.arm_accept(index);
         }
         tracing::debug!(shard = self.setup.id, group = %add.name, sockets = add.sockets.len(), "listeners added");
-        self.groups.insert(
-            add.group,
-            GroupIo {
-                name: add.name,
-                netns: add.netns,
-                removed: false,
-                accepted: 0,
-                active: 0,
-                bytes_up: 0,
-                bytes_down: 0,
-                drain_reset: 0,
-            },
-        );
+        self.groups
+            .insert(add.group, GroupIo::new(add.name, add.kind, add.netns));
         self.publish_groups(None);
     }
 
@@ -238,6 +285,7 @@ impl<K: Kernel> Shard<K> {
             .iter()
             .map(|(&group, g)| GroupReport {
                 group,
+                kind: g.kind,
                 name: Arc::clone(&g.name),
                 accepted: g.accepted,
                 active: g.active,

@@ -39,7 +39,7 @@ use origdst_core::time::Instant;
 use self::conn::{ConnIo, Watch};
 use self::io::Io;
 use crate::kernel::Kernel;
-use crate::listeners::GroupId;
+use crate::listeners::{GroupId, GroupKind};
 use crate::log_budget::LogBudget;
 use crate::own_upstreams::OwnUpstreams;
 use crate::report::{AccessLog, Control, Reporter};
@@ -89,7 +89,14 @@ pub struct Listening<S> {
     pub socket: S,
     /// Index into `config.listeners`.
     pub config_index: usize,
+    /// The listener's group, so a reload can remove it (and its connections drain); `None`: it
+    /// stays for the life of the shard.
+    pub group: Option<GroupId>,
 }
+
+/// A listener entry whose listener a reload took out of the config: an accept that still
+/// completes on it is reset (it has no config to be routed by).
+const GONE: usize = usize::MAX;
 
 struct ListenerIo<S> {
     /// `None` once it stopped (drain, its group removed).
@@ -183,6 +190,15 @@ impl<K: Kernel> Shard<K> {
             knobs.buffer_size_bytes,
             setup.fallback_buffers,
         );
+        let mut groups = std::collections::BTreeMap::new();
+        for l in &listening {
+            if let Some(group) = l.group {
+                let name = Arc::from(setup.config.listeners[l.config_index].name.as_str());
+                groups
+                    .entry(group)
+                    .or_insert_with(|| groups::GroupIo::new(name, GroupKind::Listener, None));
+            }
+        }
         let listeners = listening
             .into_iter()
             .map(|l| ListenerIo {
@@ -190,7 +206,7 @@ impl<K: Kernel> Shard<K> {
                 config_index: l.config_index,
                 armed: false,
                 generation: 0,
-                group: None,
+                group: l.group,
             })
             .collect();
         let listener_names = listener_names(&setup.config);
@@ -216,7 +232,7 @@ impl<K: Kernel> Shard<K> {
             inner_starts: VecDeque::new(),
             dir_path,
             peek_scratch: vec![0; PEEK_SCRATCH_BYTES].into_boxed_slice(),
-            groups: std::collections::BTreeMap::new(),
+            groups,
             groups_dirty: false,
             groups_published_at: None,
             groups_publish_pending: false,

@@ -124,6 +124,7 @@ impl<K: Kernel> Shard<K> {
                 listener: listener_name.unwrap_or_else(|| Arc::from("-")),
                 group: group
                     .and_then(|g| self.groups.get(&g))
+                    .filter(|g| g.is_pod())
                     .map(|g| Arc::clone(&g.name)),
                 bytes_received: core.bytes(Dir::ClientToUpstream),
                 bytes_sent: core.bytes(Dir::UpstreamToClient),

@@ -3,10 +3,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use origdst_core::config::Config;
 use origdst_engine::kernel::PipeEnds;
 use origdst_engine::listeners::ListenerChange;
 use origdst_engine::report::Control;
@@ -59,8 +57,8 @@ impl Control for SimControl {
     fn abort_requested(&self) -> bool {
         self.abort.load(Ordering::Acquire)
     }
-    fn take_reload(&self) -> Option<Arc<Config>> {
-        None
+    fn take_reloads(&self) -> Vec<origdst_engine::listeners::Reload> {
+        Vec::new()
     }
     fn take_listener_changes(&self) -> Vec<ListenerChange> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))

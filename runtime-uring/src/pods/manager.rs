@@ -18,7 +18,9 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket,
 };
 use origdst_core::config::Config;
-use origdst_engine::listeners::{GroupAdd, GroupId, HandedSocket, ListenerChange, NetnsId};
+use origdst_engine::listeners::{
+    GroupAdd, GroupId, GroupKind, HandedSocket, ListenerChange, NetnsId,
+};
 use origdst_rules::Spec;
 
 use super::netns::NetnsRegistry;
@@ -356,6 +358,7 @@ impl Manager {
                 .collect();
             control.change_listeners(ListenerChange::Add(GroupAdd {
                 group,
+                kind: GroupKind::Pod,
                 name: Arc::clone(&pod_name),
                 sockets,
                 netns: Some(netns_id),

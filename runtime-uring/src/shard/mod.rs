@@ -17,7 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use origdst_core::config::{Config, DataPath};
 use origdst_core::orig_dst::SelfAddrs;
 use origdst_core::stats::Counters;
-use origdst_engine::listeners::{GroupReport, ListenerChange};
+use origdst_engine::listeners::{GroupId, GroupReport, ListenerChange, Reload};
 use origdst_engine::own_upstreams::OwnUpstreams;
 use origdst_engine::report::{AccessLog, Control, Finished, Gauge, Reporter};
 use origdst_engine::shard::{Listening, Shard, ShardSetup};
@@ -38,8 +38,9 @@ pub(crate) struct ShardControl {
     wake: EventFd,
     drain: AtomicBool,
     abort: AtomicBool,
-    /// A reloaded config for new connections; taken on the next wake. Locked only on reload.
-    reload: std::sync::Mutex<Option<Arc<Config>>>,
+    /// Reloaded configs for new connections (with the listeners each removes and adds), in
+    /// order; taken on the next wake. Locked only on reload.
+    reload: std::sync::Mutex<Vec<Reload>>,
     /// Listening sockets to add or remove (pods), in order; taken on the next wake.
     listener_changes: std::sync::Mutex<Vec<ListenerChange>>,
 }
@@ -52,7 +53,7 @@ impl ShardControl {
             wake,
             drain: AtomicBool::new(false),
             abort: AtomicBool::new(false),
-            reload: std::sync::Mutex::new(None),
+            reload: std::sync::Mutex::new(Vec::new()),
             listener_changes: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -66,9 +67,13 @@ impl ShardControl {
         let _ = self.wake.write(1);
     }
 
-    /// New connections use `config` from the shard's next turn; open ones keep what they have.
-    pub(crate) fn reload(&self, config: Arc<Config>) {
-        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+    /// New connections use the reload's config from the shard's next turn, its removed listeners
+    /// stop and its added ones start; open connections keep what they have.
+    pub(crate) fn reload(&self, reload: Reload) {
+        self.reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reload);
         let _ = self.wake.write(1);
     }
 
@@ -102,8 +107,8 @@ impl Control for ShardControl {
         self.abort.load(Ordering::Acquire)
     }
 
-    fn take_reload(&self) -> Option<Arc<Config>> {
-        self.reload.lock().unwrap_or_else(|p| p.into_inner()).take()
+    fn take_reloads(&self) -> Vec<Reload> {
+        std::mem::take(&mut *self.reload.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn take_listener_changes(&self) -> Vec<ListenerChange> {
@@ -165,6 +170,8 @@ pub(crate) struct ShardSetup0 {
     pub(crate) bind_listeners: bool,
     /// Pods' network namespaces (in-pod mode), where their upstream sockets are made.
     pub(crate) netns: Option<Arc<crate::pods::netns::NetnsRegistry>>,
+    /// Each bound listener's group, by name (a reload removes and adds listeners by group).
+    pub(crate) listener_groups: Arc<std::collections::BTreeMap<String, GroupId>>,
 }
 
 /// Why a shard could not start.
@@ -254,6 +261,7 @@ pub(crate) fn build(setup: ShardSetup0) -> Result<Shard<RealKernel>, StartError>
             listening.push(Listening {
                 socket: socket.into(),
                 config_index,
+                group: setup.listener_groups.get(&listener.name).copied(),
             });
         }
     }
@@ -331,5 +339,5 @@ fn check_opcodes(ring: &IoUring) -> Result<(), String> {
 const SQ_ENTRIES: u32 = 4096;
 /// Completions can outnumber submissions (multishot): a deep CQ keeps overflow rare.
 const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
-const LISTEN_BACKLOG: i32 = 4096;
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 const BUFFER_GROUP: u16 = 0;

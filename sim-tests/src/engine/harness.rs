@@ -379,6 +379,8 @@ pub fn run(scenario: &EScenario) -> EReport {
             Listening {
                 socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
                 config_index,
+                // Each a listener group, as the runtime's are (counted per listener).
+                group: Some(origdst_engine::listeners::GroupId(1000 + u32::from(port))),
             }
         })
         .collect();

@@ -9,7 +9,9 @@ use origdst_core::orig_dst::RedirectRecord;
 use origdst_runtime_sim::kernel::Workload;
 use origdst_runtime_sim::kernel::net::{Ep, Net};
 
-use origdst_engine::listeners::{GroupAdd, GroupId, HandedSocket, ListenerChange, NetnsId};
+use origdst_engine::listeners::{
+    GroupAdd, GroupId, GroupKind, HandedSocket, ListenerChange, NetnsId,
+};
 use origdst_runtime_sim::kernel::SimControl;
 
 use super::scenario::{
@@ -118,6 +120,7 @@ impl Flows {
                 *listener = Some(at);
                 control.change_listeners(ListenerChange::Add(GroupAdd {
                     group: GroupId(EPod::group(index)),
+                    kind: GroupKind::Pod,
                     name: std::sync::Arc::from(EPod::name(index).as_str()),
                     // The capture listener's config (index 0 in the harness's config).
                     sockets: vec![HandedSocket {
