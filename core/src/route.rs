@@ -95,6 +95,23 @@ impl Balancer {
         *cursor = cursor.wrapping_add(1);
         pick
     }
+
+    /// The cursors for `new` after a reload from `old`: a cluster keeps its place in the round
+    /// by name (its position may have moved); a new cluster starts at its first endpoint.
+    pub fn carried_over(&self, old: &Config, new: &Config) -> Self {
+        let cursors = new
+            .clusters
+            .iter()
+            .map(|cluster| {
+                old.clusters
+                    .iter()
+                    .position(|c| c.name == cluster.name)
+                    .and_then(|i| self.cursors.get(i).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
+        Self { cursors }
+    }
 }
 
 /// Routes a connection accepted on `listener`. Counts hand-offs and missing metadata; the

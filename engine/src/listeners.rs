@@ -18,13 +18,14 @@ pub struct GroupId(pub u32);
 pub struct NetnsId(pub u32);
 
 /// A listening socket handed to the shard: its descriptor (the shard owns it from now on) and the
-/// listener of the config it serves (index into `config.listeners`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// listener of the config it serves, by name — found in whatever config the shard runs when the
+/// socket arrives (a reload in between may have moved it; a position would then name another).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandedSocket {
     /// The listening descriptor, its own `SO_REUSEPORT` member for this shard.
     pub fd: i32,
-    /// Index into `config.listeners`.
-    pub config_index: usize,
+    /// The listener's name.
+    pub listener: Arc<str>,
 }
 
 /// What a group is.
@@ -73,7 +74,7 @@ pub struct Reload {
     pub config: Arc<origdst_core::config::Config>,
     /// Listener groups to stop (their connections drain).
     pub removed: Vec<GroupId>,
-    /// Listener groups to start (their `config_index` is into `config`).
+    /// Listener groups to start (their listeners are `config`'s).
     pub added: Vec<GroupAdd>,
 }
 

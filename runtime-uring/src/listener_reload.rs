@@ -135,7 +135,7 @@ pub(crate) fn prepare(
                     .into_iter()
                     .map(|(fd, config_index)| HandedSocket {
                         fd: fd.into_raw_fd(),
-                        config_index,
+                        listener: Arc::from(new.listeners[config_index].name.as_str()),
                     })
                     .collect(),
                 netns: None,

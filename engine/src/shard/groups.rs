@@ -92,12 +92,21 @@ impl<K: Kernel> Shard<K> {
             }
         }
         self.listener_names = super::listener_names(&reload.config);
+        self.balancer = self.balancer.carried_over(&old, &reload.config);
         self.setup.config = reload.config;
-        self.balancer = origdst_core::route::Balancer::default();
         for add in reload.added {
             self.add_group(add);
         }
         tracing::debug!(shard = self.setup.id, "config reloaded");
+    }
+
+    /// The position of the listener named `name` in the running config.
+    fn config_index(&self, name: &str) -> Option<usize> {
+        self.setup
+            .config
+            .listeners
+            .iter()
+            .position(|l| l.name == name)
     }
 
     fn add_group(&mut self, add: GroupAdd) {
@@ -114,8 +123,8 @@ impl<K: Kernel> Shard<K> {
         } else {
             add.sockets
                 .iter()
-                .find(|s| s.config_index >= self.setup.config.listeners.len())
-                .map(|s| format!("no listener {} in the config", s.config_index))
+                .find(|s| self.config_index(&s.listener).is_none())
+                .map(|s| format!("no listener {:?} in the config", s.listener))
         };
         if let Some(why) = refusal {
             tracing::warn!(shard = self.setup.id, group = %add.name, "listeners not added: {why}");
@@ -126,20 +135,23 @@ impl<K: Kernel> Shard<K> {
             return;
         }
         for handed in &add.sockets {
+            let config_index = self
+                .config_index(&handed.listener)
+                .expect("checked above: every socket's listener is in the config");
             let socket = self.io.kernel.adopt(handed.fd);
             let index = match self.listeners.iter().position(ListenerIo::vacant) {
                 Some(index) => {
                     let entry = &mut self.listeners[index];
                     entry.generation = entry.generation.wrapping_add(1);
                     entry.socket = Some(socket);
-                    entry.config_index = handed.config_index;
+                    entry.config_index = config_index;
                     entry.group = Some(add.group);
                     index
                 }
                 None => {
                     self.listeners.push(ListenerIo {
                         socket: Some(socket),
-                        config_index: handed.config_index,
+                        config_index,
                         armed: false,
                         generation: 0,
                         group: Some(add.group),

@@ -20,6 +20,8 @@ pub struct SimControl {
     pub(super) abort: AtomicBool,
     /// Listener groups to add or remove (pods), for the shard's next wake.
     pub(super) changes: std::sync::Mutex<Vec<ListenerChange>>,
+    /// Reloaded configs, for the shard's next wake.
+    pub(super) reloads: std::sync::Mutex<Vec<origdst_engine::listeners::Reload>>,
 }
 
 impl SimControl {
@@ -35,6 +37,15 @@ impl SimControl {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(change);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Hands the shard a reloaded config at its next wake.
+    pub fn reload(&self, reload: origdst_engine::listeners::Reload) {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reload);
         self.pending.store(true, Ordering::Release);
     }
 
@@ -58,7 +69,7 @@ impl Control for SimControl {
         self.abort.load(Ordering::Acquire)
     }
     fn take_reloads(&self) -> Vec<origdst_engine::listeners::Reload> {
-        Vec::new()
+        std::mem::take(&mut *self.reloads.lock().unwrap_or_else(|p| p.into_inner()))
     }
     fn take_listener_changes(&self) -> Vec<ListenerChange> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))

@@ -125,6 +125,7 @@ impl SimKernel {
             drain: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             changes: std::sync::Mutex::new(Vec::new()),
+            reloads: std::sync::Mutex::new(Vec::new()),
         });
         Self {
             net,

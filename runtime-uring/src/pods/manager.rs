@@ -353,7 +353,7 @@ impl Manager {
                 .into_iter()
                 .map(|(fd, config_index)| HandedSocket {
                     fd: fd.into_raw_fd(),
-                    config_index,
+                    listener: Arc::from(config.listeners[config_index].name.as_str()),
                 })
                 .collect();
             control.change_listeners(ListenerChange::Add(GroupAdd {

@@ -140,6 +140,11 @@ impl AccessLog for SimLog {
 /// The capture listener (plain REDIRECT), a header-mode listener, and an outer listener whose
 /// cluster is an internal listener that restores the destination from shared filter state.
 fn config(scenario: &EScenario) -> Config {
+    let yaml = config_yaml(scenario);
+    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}\n{yaml}"))
+}
+
+fn config_yaml(scenario: &EScenario) -> String {
     let (pipes, records, conn_limit) = (scenario.pipes, scenario.records, scenario.conn_limit);
     const TCP_PROXY: &str =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -255,7 +260,38 @@ bootstrap_extensions:
         // large ones rarely fill.
         queue_kb = if pipes { 1 } else { 64 },
     );
-    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("engine scenario config: {e}\n{yaml}"))
+    yaml
+}
+
+/// `config` with its listeners in the reverse order (the same listeners, each at another
+/// position): what a reload that moves listeners hands the shard.
+fn reversed(config: &Config, scenario: &EScenario) -> Config {
+    let yaml = config_yaml(scenario);
+    let (head, rest) = yaml
+        .split_once("  listeners:\n")
+        .expect("the listeners section");
+    let (listeners, tail) = rest
+        .split_once("  clusters:\n")
+        .expect("the clusters section");
+    let mut items: Vec<String> = Vec::new();
+    for line in listeners.lines() {
+        if line.starts_with("  - name: ") || items.is_empty() {
+            items.push(String::new());
+        }
+        let item = items.last_mut().expect("an item");
+        item.push_str(line);
+        item.push('\n');
+    }
+    items.reverse();
+    let yaml = format!("{head}  listeners:\n{}  clusters:\n{tail}", items.concat());
+    let reversed = Config::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("reversed scenario config: {e}\n{yaml}"));
+    assert_eq!(reversed.listeners.len(), config.listeners.len());
+    assert_ne!(
+        reversed.listeners[0].name, config.listeners[0].name,
+        "the order changed"
+    );
+    reversed
 }
 
 /// What a run produced.
@@ -352,6 +388,12 @@ pub fn run(scenario: &EScenario) -> EReport {
         pods: scenario.pods.clone(),
         pod_state: Rc::clone(&pod_state),
         control: Rc::clone(&control_slot),
+        reload: scenario.reload_at_ms.map(|ms| {
+            (
+                ms * 1_000_000,
+                Arc::new(reversed(&config(scenario), scenario)),
+            )
+        }),
     };
     let mut kernel = SimKernel::new(
         Rc::clone(&net),
@@ -437,6 +479,7 @@ pub fn run(scenario: &EScenario) -> EReport {
         pods: Vec::new(),
         pod_state: Rc::clone(&pod_state),
         control: Rc::new(std::cell::OnceCell::new()),
+        reload: None,
     };
     let end = clock.load(std::sync::atomic::Ordering::Relaxed);
     for tick in 1..=10_000 {

@@ -244,6 +244,10 @@ pub struct EScenario {
     pub relay: bool,
     /// Pods added (and removed) while flows run.
     pub pods: Vec<EPod>,
+    /// The supervisor reloads the config at this virtual ms: the same listeners in the reverse
+    /// order (every listener's position changes; each must be found again by name, or flows
+    /// are routed by another listener's config).
+    pub reload_at_ms: Option<u64>,
 }
 
 impl EScenario {
@@ -414,6 +418,7 @@ impl EScenario {
             buffer_bytes: 65536,
             relay: false,
             pods: Vec::new(),
+            reload_at_ms: None,
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -534,6 +539,10 @@ impl EScenario {
                     flow.client_first = true;
                 }
             }
+        }
+        // Drawn last, so what the draws above give each seed stays as it was.
+        if rng.chance(200) {
+            scenario.reload_at_ms = Some(rng.range(0, 300));
         }
         scenario
     }

@@ -103,6 +103,8 @@ pub(super) struct Flows {
     pub(super) pod_state: PodStates,
     /// The shard's control (set once the kernel exists), through which pods come and go.
     pub(super) control: Rc<std::cell::OnceCell<std::sync::Arc<SimControl>>>,
+    /// A reload to hand the shard at this virtual ns (taken when sent).
+    pub(super) reload: Option<(u64, std::sync::Arc<origdst_core::config::Config>)>,
 }
 
 impl Flows {
@@ -122,10 +124,10 @@ impl Flows {
                     group: GroupId(EPod::group(index)),
                     kind: GroupKind::Pod,
                     name: std::sync::Arc::from(EPod::name(index).as_str()),
-                    // The capture listener's config (index 0 in the harness's config).
+                    // Serving the capture listener's config.
                     sockets: vec![HandedSocket {
                         fd,
-                        config_index: 0,
+                        listener: std::sync::Arc::from("capture"),
                     }],
                     netns: Some(NetnsId(EPod::netns(index))),
                 }));
@@ -234,6 +236,16 @@ impl Workload for Flows {
     fn step(&mut self, net: &mut Net, now: u64) {
         self.clock.store(now, std::sync::atomic::Ordering::Relaxed);
         self.pods_step(net, now);
+        if self.reload.as_ref().is_some_and(|(at, _)| now >= *at)
+            && let Some(control) = self.control.get()
+            && let Some((_, config)) = self.reload.take()
+        {
+            control.reload(origdst_engine::listeners::Reload {
+                config,
+                removed: Vec::new(),
+                added: Vec::new(),
+            });
+        }
         for endpoint in SPREAD_ENDPOINTS {
             if let Some(queue) = net.servers.get_mut(&endpoint) {
                 self.sinks.extend(queue.drain(..).map(|ep| (ep, false)));
@@ -440,9 +452,11 @@ impl Workload for Flows {
             .flat_map(|pod| [Some(pod.add_at_ms), pod.remove_at_ms])
             .flatten()
             .map(|ms| ms * 1_000_000);
+        let reload = self.reload.as_ref().map(|(at, _)| *at);
         starts
             .chain(resumes)
             .chain(pods)
+            .chain(reload)
             .chain(self.drain_at)
             .filter(|&t| t > now)
             .min()
@@ -452,7 +466,7 @@ impl Workload for Flows {
         if self.drain_at.is_some_and(|at| now >= at) {
             return true;
         }
-        if !self.pods_done() {
+        if !self.pods_done() || self.reload.is_some() {
             return false;
         }
         let state = self.state.borrow();
