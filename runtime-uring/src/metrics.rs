@@ -254,8 +254,7 @@ fn encode_pods(
         load(&pods.refused),
     )?;
     let per_pod = crate::published::pods(&observed.rows);
-    type Field = fn(&crate::published::GroupReport) -> u64;
-    let families: [(&str, &str, bool, Field); 5] = [
+    let families: [(&str, &str, bool, GroupField); 5] = [
         ("pod_cx", "Connections accepted in the pod.", true, |g| {
             g.accepted
         }),
@@ -284,15 +283,26 @@ fn encode_pods(
             |g| g.drain_reset,
         ),
     ];
-    for (name, help, is_counter, field) in families {
+    per_group(encoder, "pod", &per_pod, &families)
+}
+
+/// A family per field of `families` (name, help, counter?, field), one sample per group,
+/// labelled `label` = the group's name.
+fn per_group(
+    encoder: &mut DescriptorEncoder<'_>,
+    label: &str,
+    groups: &[crate::published::GroupReport],
+    families: &[(&str, &str, bool, GroupField)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, is_counter, field) in families {
         let kind = if is_counter {
             MetricType::Counter
         } else {
             MetricType::Gauge
         };
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-        for report in &per_pod {
-            let labels = [("pod", &*report.name)];
+        for report in groups {
+            let labels = [(label, &*report.name)];
             if is_counter {
                 ConstCounter::new(field(report)).encode(family.encode_family(&labels)?)?;
             } else {
@@ -303,14 +313,16 @@ fn encode_pods(
     Ok(())
 }
 
+/// One number of a group's report.
+type GroupField = fn(&crate::published::GroupReport) -> u64;
+
 /// Each listener's connections (labelled by listener): what a reload adds and removes.
 fn encode_listeners(
     encoder: &mut DescriptorEncoder<'_>,
     observed: &Observed,
 ) -> Result<(), std::fmt::Error> {
     let per_listener = crate::published::listeners(&observed.rows);
-    type Field = fn(&crate::published::GroupReport) -> u64;
-    let families: [(&str, &str, bool, Field); 4] = [
+    let families: [(&str, &str, bool, GroupField); 4] = [
         (
             "listener_cx",
             "Connections the listener accepted.",
@@ -336,23 +348,7 @@ fn encode_listeners(
             |g| g.drain_reset,
         ),
     ];
-    for (name, help, is_counter, field) in families {
-        let kind = if is_counter {
-            MetricType::Counter
-        } else {
-            MetricType::Gauge
-        };
-        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-        for report in &per_listener {
-            let labels = [("listener", &*report.name)];
-            if is_counter {
-                ConstCounter::new(field(report)).encode(family.encode_family(&labels)?)?;
-            } else {
-                ConstGauge::new(field(report) as i64).encode(family.encode_family(&labels)?)?;
-            }
-        }
-    }
-    Ok(())
+    per_group(encoder, "listener", &per_listener, &families)
 }
 
 /// `/stats`: the same numbers as JSON.

@@ -239,18 +239,23 @@ impl<K: Kernel> Shard<K> {
         self.stats.incr(Counter::AcceptPausedNoFd);
         tracing::warn!(shard = self.setup.id, open = self.conns.len(), error = %stdio::Error::from_raw_os_error(errno),
             "out of file descriptors; accepting paused until connections close (raise `ulimit -n`)");
-        for (index, listener) in self.listeners.iter().enumerate() {
+        for index in 0..self.listeners.len() {
+            let listener = &self.listeners[index];
             if let (true, Some(socket)) = (listener.armed, &listener.socket) {
-                let generation = listener.generation;
-                let token = Token::new(Kind::Cancel, index, generation, Dir::ClientToUpstream);
-                let target =
-                    Token::new(Kind::Accept, index, generation, Dir::ClientToUpstream).encode();
-                self.io
-                    .kernel
-                    .cancel_accept(K::raw(socket), target, token.encode());
+                let fd = K::raw(socket);
+                self.cancel_accept(index, fd);
             }
         }
         self.schedule_resume(now + ACCEPT_BACKOFF);
+    }
+
+    /// Cancels listener `index`'s multishot accept (on its socket `fd`); its last completion
+    /// comes without MORE.
+    pub(super) fn cancel_accept(&mut self, index: usize, fd: i32) {
+        let generation = self.listeners[index].generation;
+        let token = Token::new(Kind::Cancel, index, generation, Dir::ClientToUpstream);
+        let target = Token::new(Kind::Accept, index, generation, Dir::ClientToUpstream).encode();
+        self.io.kernel.cancel_accept(fd, target, token.encode());
     }
 
     pub(super) fn schedule_resume(&mut self, at: Instant) {

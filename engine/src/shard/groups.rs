@@ -17,7 +17,6 @@ use crate::listeners::{
     Reload,
 };
 use crate::timers::TimerKey;
-use crate::token::{Kind, Token};
 
 /// One group the shard serves or drains.
 pub(super) struct GroupIo {
@@ -207,13 +206,7 @@ impl<K: Kernel> Shard<K> {
         // handshakes that nobody accepts.
         self.io.kernel.stop_listening(&socket);
         if listener.armed {
-            let generation = listener.generation;
-            let token = Token::new(Kind::Cancel, index, generation, Dir::ClientToUpstream);
-            let target =
-                Token::new(Kind::Accept, index, generation, Dir::ClientToUpstream).encode();
-            self.io
-                .kernel
-                .cancel_accept(K::raw(&socket), target, token.encode());
+            self.cancel_accept(index, K::raw(&socket));
         }
         self.io.closing.push(socket);
     }
