@@ -770,3 +770,99 @@ fn sighup_adds_and_removes_listeners_live() {
         "a SIGHUP's added listener accepted after {accepting:?}, a removed one refused after {refusing:?}"
     );
 }
+
+/// A reload that brings 1 000 service listeners (Istio's `bind_to_port: false` services behind
+/// a `use_original_dst` virtual listener, what a control plane pushes) applies at once, routes
+/// by them, and leaves an open connection alone. Prints how long it took.
+#[test]
+fn a_reload_of_a_thousand_service_listeners_applies_without_touching_open_connections() {
+    let gw = Gateway::new("thousand");
+    let backend = addr(SERVER_V4[0], 8080);
+    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let _ = stream.write_all(local.to_string().as_bytes());
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    let _server = Server::start(&gw.server, &[backend], echo);
+    let virtual_outbound = origdst_core::config::DEFAULT_YAML.replacen(
+        "  - name: virtualOutbound\n",
+        "  - name: virtualOutbound\n    use_original_dst: true\n",
+        1,
+    );
+    let config = ConfigFile::new("thousand", &virtual_outbound);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    let mut open = gw.client.run(move || {
+        let stream = TcpStream::connect(backend).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    });
+    let mut greeting = vec![0u8; backend.to_string().len()];
+    open.read_exact(&mut greeting).expect("greeting");
+
+    const SERVICES: u16 = 1000;
+    let mut services = String::new();
+    for i in 0..SERVICES {
+        services.push_str(&format!(
+            "  - {{ name: svc{i}, address: {{ socket_address: {{ address: 0.0.0.0, port_value: {} }} }}, bind_to_port: false, filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: svc{i}, cluster: services }} }} ] }} ] }}\n",
+            20000 + i
+        ));
+    }
+    let cluster = format!(
+        "  - {{ name: services, type: STATIC, load_assignment: {{ cluster_name: services, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: 8080 }} }} }} }} ] }} ] }} }}\n",
+        SERVER_V4[0]
+    );
+    let pushed_yaml = virtual_outbound.replacen(
+        "  clusters:\n",
+        &format!("{services}  clusters:\n{cluster}"),
+        1,
+    );
+    config.rewrite(&pushed_yaml);
+    let pushed = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let metrics = settle(&gw, "origdst_config_generation", 2.0);
+    assert_eq!(
+        metrics.value("origdst_config_generation"),
+        2.0,
+        "{}",
+        proxy.log()
+    );
+    let applied = pushed.elapsed();
+    // A connection to the 501st service is handed to its listener and goes to its cluster.
+    let service = addr(SERVER_V4[0], 20500);
+    let routed = loop {
+        if let Ok(got) = ask(&gw, service) {
+            assert_eq!(
+                got,
+                backend.to_string().into_bytes(),
+                "via the service's cluster"
+            );
+            break pushed.elapsed();
+        }
+        assert!(
+            pushed.elapsed() < TIMEOUT,
+            "the pushed services never routed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The connection opened before the push never noticed.
+    open.write_all(b"after the push").unwrap();
+    let mut back = [0u8; 14];
+    open.read_exact(&mut back).expect("echo after the push");
+    assert_eq!(&back, b"after the push");
+    drop(open);
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("listener_handoff"), 1, "{}", exit.log);
+    println!(
+        "{SERVICES} service listeners: the reload applied {applied:?} after SIGHUP (generation 2 scraped), the first connection through one routed after {routed:?}"
+    );
+}
