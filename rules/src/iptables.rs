@@ -78,6 +78,30 @@ pub(crate) fn remove(spec: &Spec) -> Vec<Command> {
     out
 }
 
+/// `apply` for a namespace that holds no rule of origdst's (a pod just created): one
+/// `iptables-restore` per family, the jumps inside it — one process each, not two dozen.
+pub(crate) fn apply_fresh(spec: &Spec) -> Vec<Command> {
+    let mut out = Vec::new();
+    for family in spec.families() {
+        let mut tables = tables(spec, family);
+        let wanted = wanted_jumps(spec);
+        let mut script = String::new();
+        for table in &mut tables {
+            let mut text = table.restore();
+            let jumps: String = wanted
+                .iter()
+                .filter(|(t, _, _)| *t == table.name)
+                .map(|(_, builtin, chain)| format!("-A {builtin} -p tcp -j {chain}\n"))
+                .collect();
+            text = text.replacen("COMMIT\n", &format!("{jumps}COMMIT\n"), 1);
+            script.push_str(&text);
+        }
+        let restore = format!("{}-restore", family.iptables());
+        out.push(Command::new(&[restore.as_str(), "--noflush"], Mode::Once).with_stdin(script));
+    }
+    out
+}
+
 pub(crate) fn detach(spec: &Spec) -> Vec<Command> {
     let mut out = Vec::new();
     for family in spec.families() {

@@ -110,6 +110,19 @@ pub fn remove(spec: &Spec) -> Vec<Command> {
     out
 }
 
+/// `apply` for a namespace known to hold no rule of origdst's (a pod just created, checked by
+/// the caller): the same rules, installed in one transaction per family (iptables: one
+/// `iptables-restore` with the jumps inside it; nftables: `apply`'s one `nft -f`). Where origdst's
+/// rules may already be, use [`apply`], which converges.
+pub fn apply_fresh(spec: &Spec) -> Vec<Command> {
+    let mut out = match spec.backend {
+        Backend::Iptables => iptables::apply_fresh(spec),
+        Backend::Nftables => nftables::apply(spec),
+    };
+    out.extend(inbound_source_address(spec));
+    out
+}
+
 /// The commands that stop `spec`'s rules capturing new connections while the connections they
 /// already redirected keep working: the kernel translates those (REDIRECT's NAT) only while a
 /// NAT rule still exists in the namespace, so removing the rules outright breaks them mid-stream.
@@ -292,6 +305,31 @@ mod tests {
             "nothing else changes"
         );
         assert!(detached.contains("redirect to :15001"), "{detached}");
+        // A fresh namespace's apply (iptables): one restore per family, jumps included, the
+        // same rules as `apply`'s restore.
+        let iptables = Spec {
+            backend: Backend::Iptables,
+            ..spec.clone()
+        };
+        let fresh = apply_fresh(&iptables);
+        let restores: Vec<&Command> = fresh
+            .iter()
+            .filter(|c| c.argv[0].ends_with("-restore"))
+            .collect();
+        assert_eq!(restores.len(), 2, "{fresh:?}");
+        let script = restores[0].stdin.clone().expect("a script");
+        assert!(
+            script.contains("-A OUTPUT -p tcp -j ORIGDST_OUTPUT\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("-A PREROUTING -p tcp -j ORIGDST_INBOUND\n"),
+            "{script}"
+        );
+        let converging = apply(&iptables)[0].stdin.clone().expect("a script");
+        for line in converging.lines().filter(|l| l.starts_with("-A ORIGDST")) {
+            assert!(script.contains(line), "{line} missing from {script}");
+        }
         // Dropping what was detached: iptables in one restore per family, each chain flushed
         // then deleted.
         let spec = Spec {

@@ -334,7 +334,15 @@ impl Manager {
             .registry
             .run_in(&netns, || -> Result<Vec<Vec<(OwnedFd, usize)>>, String> {
                 let sockets = listen_in_pod(&config, shards)?;
-                crate::interception::execute(&origdst_rules::apply(&spec))
+                // A pod origdst never served gets its rules in one transaction per family; one
+                // that holds rules already (an earlier origdst's: they stay when it stops) gets
+                // the converging apply.
+                let commands = if holds_our_rules(&spec) {
+                    origdst_rules::apply(&spec)
+                } else {
+                    origdst_rules::apply_fresh(&spec)
+                };
+                crate::interception::execute(&commands)
                     .map_err(|err| format!("installing its capture rules: {err}"))?;
                 Ok(sockets)
             })
@@ -460,6 +468,35 @@ pub(crate) fn pod_spec(config: &Config, backend: origdst_rules::Backend) -> Resu
     spec.validate().map_err(|err| format!("pod rules: {err}"))?;
     crate::interception::check_ports(&spec, config, "the config")?;
     Ok(spec)
+}
+
+/// Whether the calling thread's namespace holds any of origdst's rules (or cannot tell).
+fn holds_our_rules(spec: &Spec) -> bool {
+    let save = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    match spec.backend {
+        // `nft -f` replaces the table whole either way.
+        origdst_rules::Backend::Nftables => false,
+        origdst_rules::Backend::Iptables => {
+            let mut tools = Vec::new();
+            if spec.ipv4 {
+                tools.push("iptables-save");
+            }
+            if spec.ipv6 {
+                tools.push("ip6tables-save");
+            }
+            tools
+                .into_iter()
+                .any(|tool| save(tool, &["-t", "nat"]).is_none_or(|text| text.contains("ORIGDST")))
+        }
+    }
 }
 
 /// One listening socket per shard for every address of every bound listener, made in the
