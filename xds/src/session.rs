@@ -1,0 +1,418 @@
+//! One ADS stream's protocol (state of the world, xDS v3), without I/O.
+//!
+//! ```text
+//!   connected ─▶ [CDS request] ─▶ CDS response ─▶ ACK/NACK (+ first time: [LDS request])
+//!                                 LDS response ─▶ ACK/NACK
+//!   disconnected ─▶ (reconnect after backoff) ─▶ connected: CDS and LDS again, with the versions
+//!                                                in force, the node sent again
+//! ```
+//!
+//! The rules it keeps (Envoy's, from the xDS protocol document):
+//! - clusters are asked for before listeners, and listeners only once the first cluster answer
+//!   was taken (a listener refers to clusters: it must not warm against nothing);
+//! - every response is answered: an ACK carries the response's version and nonce; a NACK carries
+//!   the version last accepted (empty if none), the nonce, and an error detail; the resources in
+//!   force stay as they were;
+//! - a response for a type not subscribed to, or whose nonce is not the latest, is stale and
+//!   answered with nothing (the server sends the current state again);
+//! - the node goes on the first request of a stream (on every one unless
+//!   `set_node_on_first_message_only`);
+//! - after a reconnect, each subscription is sent again with the version in force, so a server
+//!   that still has that version need not resend it.
+
+use std::collections::BTreeMap;
+
+/// The resource types origdst subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    /// CDS: `envoy.config.cluster.v3.Cluster`.
+    Cluster,
+    /// LDS: `envoy.config.listener.v3.Listener`.
+    Listener,
+}
+
+impl ResourceType {
+    /// Its type URL on the wire.
+    pub const fn type_url(self) -> &'static str {
+        match self {
+            Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+        }
+    }
+
+    /// The type a URL names, if it is one origdst subscribes to.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        [Self::Cluster, Self::Listener]
+            .into_iter()
+            .find(|t| t.type_url() == url)
+    }
+
+    /// Its short name in logs and metrics (`cds`, `lds`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cluster => "cds",
+            Self::Listener => "lds",
+        }
+    }
+}
+
+/// A `DiscoveryRequest`, as values (the transport turns it into the proto).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// What it asks for.
+    pub resource_type: ResourceType,
+    /// The version in force (empty: none yet).
+    pub version_info: String,
+    /// The nonce of the response it answers (empty for a subscription).
+    pub response_nonce: String,
+    /// Why the response was refused (a NACK); `None` for an ACK or a subscription.
+    pub error_detail: Option<String>,
+    /// Whether the node goes with it.
+    pub with_node: bool,
+}
+
+/// A `DiscoveryResponse`'s envelope (its resources are judged by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The type URL it carries.
+    pub type_url: String,
+    /// Its version.
+    pub version_info: String,
+    /// Its nonce.
+    pub nonce: String,
+}
+
+/// What the caller made of a response's resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and applied.
+    Accepted,
+    /// Refused; the message names the resource and the field.
+    Rejected(String),
+}
+
+/// What the session makes of a response before the caller judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Judge its resources, then call [`AdsSession::answer`].
+    Judge(ResourceType),
+    /// Stale (an older nonce) or a type not subscribed to: ignore it, answer nothing.
+    Ignore,
+}
+
+/// One subscription's state.
+#[derive(Debug, Clone, Default)]
+struct Subscription {
+    /// Subscribed on the current stream.
+    sent: bool,
+    /// The version accepted last (kept across reconnects).
+    accepted: String,
+    /// The nonce of the latest response on the current stream.
+    latest_nonce: String,
+}
+
+/// The ADS protocol for one proxy, across streams.
+#[derive(Debug, Clone)]
+pub struct AdsSession {
+    wants_clusters: bool,
+    wants_listeners: bool,
+    node_on_first_message_only: bool,
+    /// The node went out on the current stream.
+    node_sent: bool,
+    subscriptions: BTreeMap<ResourceType, Subscription>,
+    /// Clusters were accepted at least once (listeners may be asked for).
+    clusters_settled: bool,
+}
+
+impl AdsSession {
+    /// A session subscribing to clusters (`cds_config: { ads: {} }`) and/or listeners
+    /// (`lds_config`).
+    pub fn new(clusters: bool, listeners: bool, node_on_first_message_only: bool) -> Self {
+        Self {
+            wants_clusters: clusters,
+            wants_listeners: listeners,
+            node_on_first_message_only,
+            node_sent: false,
+            subscriptions: BTreeMap::new(),
+            clusters_settled: false,
+        }
+    }
+
+    /// A stream opened: the subscriptions to send on it (clusters first; listeners at once only
+    /// if there are no clusters to wait for, or clusters were settled on an earlier stream).
+    pub fn connected(&mut self) -> Vec<Request> {
+        self.node_sent = false;
+        for subscription in self.subscriptions.values_mut() {
+            subscription.sent = false;
+            subscription.latest_nonce.clear();
+        }
+        let mut out = Vec::new();
+        if self.wants_clusters {
+            out.push(self.subscribe(ResourceType::Cluster));
+        }
+        if self.wants_listeners && (!self.wants_clusters || self.clusters_settled) {
+            out.push(self.subscribe(ResourceType::Listener));
+        }
+        out
+    }
+
+    /// The stream ended: nothing is sent until the next [`Self::connected`]; what was accepted
+    /// stays in force.
+    pub fn disconnected(&mut self) {
+        for subscription in self.subscriptions.values_mut() {
+            subscription.sent = false;
+            subscription.latest_nonce.clear();
+        }
+        self.node_sent = false;
+    }
+
+    /// A response arrived: judge it, or ignore it.
+    pub fn received(&mut self, response: &Response) -> Disposition {
+        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+            return Disposition::Ignore;
+        };
+        let Some(subscription) = self.subscriptions.get_mut(&kind).filter(|s| s.sent) else {
+            return Disposition::Ignore;
+        };
+        // State of the world: each response replaces the last, whose answer no longer matters.
+        subscription.latest_nonce.clone_from(&response.nonce);
+        Disposition::Judge(kind)
+    }
+
+    /// The answer to a judged response: its ACK or NACK, and (the first time clusters are
+    /// accepted) the listener subscription that waited for them.
+    pub fn answer(&mut self, response: &Response, verdict: Verdict) -> Vec<Request> {
+        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+            return Vec::new();
+        };
+        let with_node = self.take_node();
+        let Some(subscription) = self.subscriptions.get_mut(&kind) else {
+            return Vec::new();
+        };
+        if subscription.latest_nonce != response.nonce {
+            // A newer response of the type came meanwhile; it gets the answer.
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match verdict {
+            Verdict::Accepted => {
+                subscription.accepted.clone_from(&response.version_info);
+                out.push(Request {
+                    resource_type: kind,
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    error_detail: None,
+                    with_node,
+                });
+                if kind == ResourceType::Cluster && !self.clusters_settled {
+                    self.clusters_settled = true;
+                    if self.wants_listeners {
+                        out.push(self.subscribe(ResourceType::Listener));
+                    }
+                }
+            }
+            Verdict::Rejected(why) => out.push(Request {
+                resource_type: kind,
+                version_info: subscription.accepted.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: Some(why),
+                with_node,
+            }),
+        }
+        out
+    }
+
+    /// The version in force for a type (empty: none accepted yet).
+    pub fn version(&self, kind: ResourceType) -> &str {
+        self.subscriptions
+            .get(&kind)
+            .map_or("", |s| s.accepted.as_str())
+    }
+
+    fn subscribe(&mut self, kind: ResourceType) -> Request {
+        let with_node = self.take_node();
+        let subscription = self.subscriptions.entry(kind).or_default();
+        subscription.sent = true;
+        Request {
+            resource_type: kind,
+            version_info: subscription.accepted.clone(),
+            response_nonce: String::new(),
+            error_detail: None,
+            with_node,
+        }
+    }
+
+    /// Whether the next request carries the node.
+    fn take_node(&mut self) -> bool {
+        let first = !self.node_sent;
+        self.node_sent = true;
+        first || !self.node_on_first_message_only
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(kind: ResourceType, version: &str, nonce: &str) -> Response {
+        Response {
+            type_url: kind.type_url().to_string(),
+            version_info: version.to_string(),
+            nonce: nonce.to_string(),
+        }
+    }
+
+    /// Feeds a response and its verdict; the requests sent in answer.
+    fn feed(session: &mut AdsSession, response: &Response, verdict: Verdict) -> Vec<Request> {
+        match session.received(response) {
+            Disposition::Judge(_) => session.answer(response, verdict),
+            Disposition::Ignore => Vec::new(),
+        }
+    }
+
+    use ResourceType::{Cluster, Listener};
+
+    #[test]
+    fn clusters_come_first_and_listeners_follow_the_first_accepted_clusters() {
+        let mut session = AdsSession::new(true, true, true);
+        let first = session.connected();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].resource_type, Cluster);
+        assert!(first[0].with_node, "the node opens the stream");
+        assert_eq!(first[0].version_info, "");
+        // A refused first answer: NACK with no version, and still no listeners.
+        let cds1 = response(Cluster, "v1", "n1");
+        let nack = feed(
+            &mut session,
+            &cds1,
+            Verdict::Rejected("cluster \"a\": bad".into()),
+        );
+        assert_eq!(
+            nack,
+            vec![Request {
+                resource_type: Cluster,
+                version_info: String::new(),
+                response_nonce: "n1".into(),
+                error_detail: Some("cluster \"a\": bad".into()),
+                with_node: false,
+            }]
+        );
+        // A good one: ACK, then the listener subscription.
+        let cds2 = response(Cluster, "v2", "n2");
+        let answer = feed(&mut session, &cds2, Verdict::Accepted);
+        assert_eq!(answer.len(), 2, "{answer:?}");
+        assert_eq!(
+            (
+                answer[0].resource_type,
+                answer[0].version_info.as_str(),
+                answer[0].response_nonce.as_str()
+            ),
+            (Cluster, "v2", "n2")
+        );
+        assert_eq!(answer[0].error_detail, None);
+        assert_eq!(answer[1].resource_type, Listener);
+        assert_eq!(answer[1].response_nonce, "");
+        // Listeners: NACK keeps the version in force (none), then ACK.
+        let lds1 = response(Listener, "l1", "n3");
+        let nack = feed(&mut session, &lds1, Verdict::Rejected("listener".into()));
+        assert_eq!(nack[0].version_info, "");
+        let lds2 = response(Listener, "l2", "n4");
+        let ack = feed(&mut session, &lds2, Verdict::Accepted);
+        assert_eq!(
+            (
+                ack[0].resource_type,
+                ack[0].version_info.as_str(),
+                ack[0].response_nonce.as_str()
+            ),
+            (Listener, "l2", "n4")
+        );
+        // A later bad cluster update is NACKed with the version still in force.
+        let cds3 = response(Cluster, "v3", "n5");
+        let nack = feed(&mut session, &cds3, Verdict::Rejected("x".into()));
+        assert_eq!(nack.len(), 1, "no second listener subscription");
+        assert_eq!(nack[0].version_info, "v2");
+        assert_eq!(session.version(Cluster), "v2");
+        assert_eq!(session.version(Listener), "l2");
+    }
+
+    #[test]
+    fn stale_and_unsubscribed_responses_get_no_answer() {
+        let mut session = AdsSession::new(true, true, false);
+        session.connected();
+        // Listeners were not asked for yet.
+        let early = response(Listener, "l1", "n1");
+        assert_eq!(session.received(&early), Disposition::Ignore);
+        // Not a type origdst knows.
+        let eds = Response {
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            version_info: "e1".into(),
+            nonce: "n2".into(),
+        };
+        assert_eq!(session.received(&eds), Disposition::Ignore);
+        // Two cluster responses before the first is judged: only the newest is answered.
+        let older = response(Cluster, "v1", "n3");
+        let newer = response(Cluster, "v2", "n4");
+        assert_eq!(session.received(&older), Disposition::Judge(Cluster));
+        assert_eq!(session.received(&newer), Disposition::Judge(Cluster));
+        assert!(session.answer(&older, Verdict::Accepted).is_empty());
+        let answer = session.answer(&newer, Verdict::Accepted);
+        assert_eq!(answer[0].version_info, "v2");
+        assert_eq!(answer[0].response_nonce, "n4");
+        // Every request carries the node unless told otherwise.
+        assert!(answer.iter().all(|r| r.with_node));
+    }
+
+    #[test]
+    fn a_reconnect_resubscribes_with_the_versions_in_force_and_the_node() {
+        let mut session = AdsSession::new(true, true, true);
+        session.connected();
+        feed(
+            &mut session,
+            &response(Cluster, "v7", "a"),
+            Verdict::Accepted,
+        );
+        feed(
+            &mut session,
+            &response(Listener, "l3", "b"),
+            Verdict::Accepted,
+        );
+        session.disconnected();
+        // A response from the dead stream is stale.
+        assert_eq!(
+            session.received(&response(Cluster, "v8", "c")),
+            Disposition::Ignore
+        );
+        let again = session.connected();
+        assert_eq!(again.len(), 2, "clusters were settled: listeners at once");
+        assert_eq!(
+            (
+                again[0].resource_type,
+                again[0].version_info.as_str(),
+                again[0].with_node
+            ),
+            (Cluster, "v7", true)
+        );
+        assert_eq!(
+            (
+                again[1].resource_type,
+                again[1].version_info.as_str(),
+                again[1].with_node
+            ),
+            (Listener, "l3", false)
+        );
+        assert!(again.iter().all(|r| r.response_nonce.is_empty()));
+    }
+
+    #[test]
+    fn listeners_alone_are_asked_for_at_once() {
+        let mut session = AdsSession::new(false, true, false);
+        let first = session.connected();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].resource_type, Listener);
+        assert_eq!(
+            ResourceType::from_type_url(Cluster.type_url()),
+            Some(Cluster)
+        );
+        assert_eq!(Listener.name(), "lds");
+    }
+}
