@@ -15,3 +15,4 @@
 pub mod backoff;
 pub mod session;
 pub mod stream;
+pub mod translate;

@@ -167,6 +167,7 @@ fn explicit_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StaticResources {
+    #[serde(default)]
     pub(crate) listeners: Vec<Listener>,
     #[serde(default)]
     pub(crate) clusters: Vec<Cluster>,

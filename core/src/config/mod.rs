@@ -429,7 +429,12 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
         validate_runtime(runtime)?;
     }
     let resources = &raw.static_resources;
-    if resources.listeners.is_empty() {
+    // Listeners from a control plane (`lds_config`): the bootstrap needs none of its own.
+    let dynamic_listeners = raw
+        .dynamic_resources
+        .as_ref()
+        .is_some_and(|d| d.lds_config.is_some());
+    if resources.listeners.is_empty() && !dynamic_listeners {
         return Err(ConfigError::new(
             "static_resources.listeners",
             "at least one listener is required",

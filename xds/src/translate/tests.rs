@@ -1,0 +1,211 @@
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use prost::Message;
+
+use super::judge;
+
+/// A bootstrap pointing at a control plane, with no listener of its own.
+const BOOTSTRAP: &str = "node: { id: n, cluster: c }
+dynamic_resources:
+  ads_config: { api_type: GRPC, grpc_services: [ { envoy_grpc: { cluster_name: xds } } ] }
+  cds_config: { ads: {} }
+  lds_config: { ads: {} }
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 15010 } } } } ] } ] }
+";
+
+fn socket(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+fn passthrough() -> Cluster {
+    Cluster {
+        name: "PassthroughCluster".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(Duration {
+            seconds: 2,
+            nanos: 500_000_000,
+        }),
+        ..Cluster::default()
+    }
+}
+
+fn service(name: &str, ip: &str) -> Cluster {
+    Cluster {
+        name: name.into(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(ip, 8080)),
+                        ..Endpoint::default()
+                    })),
+                    ..LbEndpoint::default()
+                }],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }),
+        ..Cluster::default()
+    }
+}
+
+fn tcp_proxy(cluster: &str) -> Filter {
+    let config = TcpProxy {
+        stat_prefix: cluster.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        idle_timeout: Some(Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        max_connect_attempts: Some(UInt32Value { value: 2 }),
+        ..TcpProxy::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(Any {
+            type_url: super::TCP_PROXY.into(),
+            value: config.encode_to_vec(),
+        })),
+    }
+}
+
+/// Istio's virtual outbound: capture on 15001, hand off by original destination, passthrough
+/// for the rest.
+fn virtual_outbound() -> Listener {
+    Listener {
+        name: "virtualOutbound".into(),
+        address: Some(socket("0.0.0.0", 15001)),
+        use_original_dst: Some(BoolValue { value: true }),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(Any {
+                type_url: super::ORIGINAL_DST.into(),
+                value: Vec::new(),
+            })),
+            ..ListenerFilter::default()
+        }],
+        filter_chains: vec![FilterChain {
+            filters: vec![tcp_proxy("PassthroughCluster")],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}
+
+fn service_listener(name: &str, port: u32) -> Listener {
+    Listener {
+        name: name.into(),
+        address: Some(socket("0.0.0.0", port)),
+        bind_to_port: Some(BoolValue { value: false }),
+        filter_chains: vec![FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port }),
+                ..FilterChainMatch::default()
+            }),
+            filters: vec![tcp_proxy(name)],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}
+
+#[test]
+fn an_istio_shaped_push_validates_into_the_config_a_file_would_give() {
+    let clusters = [passthrough(), service("reviews", "10.1.0.7")];
+    let listeners = [virtual_outbound(), service_listener("reviews", 9080)];
+    let (config, doc) = judge(BOOTSTRAP, &clusters, &listeners).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["virtualOutbound", "reviews"]);
+    assert!(config.listeners[0].use_original_dst);
+    assert!(!config.listeners[1].bind_to_port);
+    assert_eq!(
+        config.handoff.target("10.9.9.9:9080".parse().unwrap()),
+        Some(1)
+    );
+    let pass = &config.clusters[1];
+    assert_eq!(pass.name, "PassthroughCluster");
+    assert_eq!(pass.connect_timeout, std::time::Duration::from_millis(2500));
+    assert!(doc.contains("max_connect_attempts: 2"), "{doc}");
+    // The same document read again gives the same config: what is applied is what a file says.
+    assert_eq!(
+        origdst_core::config::Config::from_yaml(&doc).unwrap(),
+        config
+    );
+}
+
+#[test]
+fn refusals_name_the_resource_and_the_field() {
+    // A field origdst does not implement, set: named by its proto field.
+    let mut buffered = virtual_outbound();
+    buffered.per_connection_buffer_limit_bytes = Some(UInt32Value { value: 1024 });
+    let err = judge(BOOTSTRAP, &[passthrough()], &[buffered]).unwrap_err();
+    assert_eq!(
+        err,
+        "listener \"virtualOutbound\": per_connection_buffer_limit_bytes: not supported (proto field 5)"
+    );
+    // A nested one.
+    let mut chain = virtual_outbound();
+    chain.filter_chains[0].name = "main".into();
+    chain.filter_chains[0].transport_socket_connect_timeout = Some(Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    let err = judge(BOOTSTRAP, &[passthrough()], &[chain]).unwrap_err();
+    assert_eq!(
+        err,
+        "listener \"virtualOutbound\": filter_chains[0].transport_socket_connect_timeout: not supported (proto field 9)"
+    );
+    // What the validator refuses, named as the file loader names it, under the resource's name.
+    let mut eds = service("ratings", "10.1.0.8");
+    eds.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::Eds as i32,
+    ));
+    let err = judge(BOOTSTRAP, &[passthrough(), eds], &[virtual_outbound()]).unwrap_err();
+    assert!(err.starts_with("cluster \"ratings\": type:"), "{err}");
+    assert!(err.contains("EDS"), "{err}");
+    // A listener whose cluster was not pushed.
+    let err = judge(BOOTSTRAP, &[], &[service_listener("reviews", 9080)]).unwrap_err();
+    assert!(err.starts_with("listener \"reviews\": "), "{err}");
+    assert!(err.contains("reviews"), "{err}");
+    // Another filter than tcp_proxy.
+    let mut http = virtual_outbound();
+    http.filter_chains[0].filters[0] = Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager".into(),
+            value: Vec::new(),
+        })),
+    };
+    let err = judge(BOOTSTRAP, &[passthrough()], &[http]).unwrap_err();
+    assert!(err.contains("HttpConnectionManager"), "{err}");
+}
+
+#[test]
+fn clusters_without_listeners_are_a_valid_state() {
+    // Clusters arrive before listeners: that state must validate (else CDS would be NACKed).
+    let (config, _) = judge(BOOTSTRAP, &[passthrough()], &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.listeners.is_empty());
+    assert_eq!(config.clusters.len(), 2);
+}
