@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control_plane;
 pub mod echo_holder;
 pub mod netns;
 pub mod node;

@@ -21,3 +21,4 @@ mod shard;
 mod sockmap;
 pub mod supervisor;
 mod sys;
+pub mod xds_client;

@@ -206,6 +206,9 @@ impl Collector for Scrape {
             encode_pods(&mut encoder, observed, pods)?;
         }
         encode_listeners(&mut encoder, observed)?;
+        if let Some(xds) = &observed.xds {
+            encode_xds(&mut encoder, xds)?;
+        }
         counter(
             &mut encoder,
             "admin_connections_evicted",
@@ -315,6 +318,60 @@ fn per_group(
 
 /// One number of a group's report.
 type GroupField = fn(&crate::published::GroupReport) -> u64;
+
+/// The control plane's stream: up or not, pushes accepted and refused, the versions in force.
+fn encode_xds(
+    encoder: &mut DescriptorEncoder<'_>,
+    xds: &crate::xds_client::XdsGauges,
+) -> Result<(), std::fmt::Error> {
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    gauge(
+        encoder,
+        "xds_connected",
+        "1 while the ADS stream to the control plane is up.",
+        load(&xds.connected) as i64,
+    )?;
+    counter(
+        encoder,
+        "xds_streams",
+        "ADS streams opened (the first, then one per reconnect).",
+        load(&xds.streams),
+    )?;
+    let types = ["cds", "lds"];
+    {
+        let mut family = encoder.encode_descriptor(
+            "xds_updates",
+            "Pushes by type and result (accepted and ACKed, or refused and NACKed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, kind) in types.iter().enumerate() {
+            for (result, value) in [
+                ("accepted", &xds.accepted[i]),
+                ("rejected", &xds.rejected[i]),
+            ] {
+                ConstCounter::new(load(value))
+                    .encode(family.encode_family(&[("type", *kind), ("result", result)])?)?;
+            }
+        }
+    }
+    let versions = xds
+        .versions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut family = encoder.encode_descriptor(
+        "xds_version",
+        "Always 1; the label is the version in force, by type.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (kind, version) in types.iter().zip(&versions) {
+        ConstGauge::new(1)
+            .encode(family.encode_family(&[("type", *kind), ("version", version.as_str())])?)?;
+    }
+    Ok(())
+}
 
 /// Each listener's connections (labelled by listener): what a reload adds and removes.
 fn encode_listeners(

@@ -61,6 +61,8 @@ pub struct Observed {
     pub started_at: Instant,
     /// In-pod mode's pods, when it runs in that mode.
     pub pods: Option<Arc<crate::pods::PodGauges>>,
+    /// The control plane's stream, when the bootstrap has `dynamic_resources`.
+    pub xds: Option<Arc<crate::xds_client::XdsGauges>>,
 }
 
 impl Observed {
@@ -85,6 +87,7 @@ impl Observed {
             access_log: None,
             started_at: Instant::now(),
             pods: None,
+            xds: None,
         }
     }
 

@@ -271,6 +271,10 @@ pub fn run(settings: EngineSettings) -> Result<(), EngineError> {
         access_log: access_counts,
         started_at: std::time::Instant::now(),
         pods: in_pod.as_ref().map(|(_, gauges)| Arc::clone(gauges)),
+        xds: config
+            .dynamic
+            .is_some()
+            .then(|| Arc::new(crate::xds_client::XdsGauges::default())),
     });
     let admin = match config.knobs.admin {
         Some(addr) => Some(Admin::start(addr, Arc::clone(&observed)).map_err(|err| {
@@ -388,6 +392,12 @@ fn data_path_name(backend: Backend, data_path: DataPath) -> &'static str {
 fn reload(observed: &Observed, controls: &[Arc<ShardControl>], context: &ReloadContext) {
     let running = observed.running();
     let outcome = (|| {
+        if running.config.dynamic.is_some() {
+            return Err(
+                "the listeners and clusters come from the control plane (dynamic_resources): restart to change the bootstrap"
+                    .to_string(),
+            );
+        }
         let path = running
             .path
             .clone()
@@ -395,56 +405,17 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>], context: &ReloadC
         let yaml = read_config_file(&path)?;
         let config = Config::from_yaml_with(&yaml, &context.overrides)
             .map_err(|err| format!("{}: {err}", path.display()))?;
-        needs_no_restart(&running.config, &config)?;
-        check_privileges(&config).map_err(|err| err.to_string())?;
-        let (removed, added) = crate::listener_reload::diff(&running.config, &config);
-        if context.in_pod && !(removed.is_empty() && added.is_empty()) {
-            return Err(format!(
-                "in-pod mode: the listeners cannot change on reload (each pod holds sockets for them; removed {removed:?}, added {added:?}): that needs a restart"
-            ));
-        }
-        Ok::<_, String>((path, yaml, config))
+        apply_config(observed, controls, context, config, yaml, Some(path))
     })();
-    let outcome = match outcome {
-        // A drain that began while the file was being read and checked wins: its shards no longer
-        // take new connections, and the reload has nothing to give them.
-        Ok(_) if observed.draining.load(Ordering::Relaxed) => {
-            tracing::warn!("config reload finished after draining began: not applied");
-            return;
-        }
-        Ok((path, yaml, config)) => {
-            let config = Arc::new(config);
-            let mut groups = context.groups.lock().unwrap_or_else(|p| p.into_inner());
-            crate::listener_reload::prepare(
-                &mut groups,
-                &running.config,
-                &config,
-                controls.len(),
-                crate::shard::LISTEN_BACKLOG,
-            )
-            .map(|reloads| (path, yaml, config, reloads))
-        }
-        Err(why) => Err(why),
-    };
     match outcome {
-        Ok((path, yaml, config, reloads)) => {
-            for (control, reload) in controls.iter().zip(reloads) {
-                control.reload(reload);
-            }
-            let generation = running.generation + 1;
-            *observed.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(RunningConfig {
-                config,
-                yaml,
-                path: Some(path),
-                generation,
-                loaded_at: std::time::SystemTime::now(),
-            });
+        Ok(Some(generation)) => {
             observed.reloads_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 generation,
                 "config reloaded: new connections use it, open connections keep theirs"
             );
         }
+        Ok(None) => tracing::warn!("config reload finished after draining began: not applied"),
         Err(why) => {
             observed.reloads_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -455,10 +426,60 @@ fn reload(observed: &Observed, controls: &[Arc<ShardControl>], context: &ReloadC
     }
 }
 
-/// What the reload thread needs besides the shards' controls.
-struct ReloadContext {
-    /// Command-line overrides, applied again to every reloaded file.
-    overrides: KnobOverrides,
+/// Puts a new validated config in force (a reloaded file, or a control plane's push): checks
+/// what it may not change, binds the listeners it adds, hands every shard its reload. The new
+/// generation; `None` when a drain began meanwhile (nothing applied); or why not (nothing
+/// changed).
+pub(crate) fn apply_config(
+    observed: &Observed,
+    controls: &[Arc<ShardControl>],
+    context: &ReloadContext,
+    config: Config,
+    yaml: String,
+    path: Option<std::path::PathBuf>,
+) -> Result<Option<u64>, String> {
+    // One at a time: a reload and a push must not interleave their listener changes.
+    let mut groups = context.groups.lock().unwrap_or_else(|p| p.into_inner());
+    let running = observed.running();
+    needs_no_restart(&running.config, &config)?;
+    check_privileges(&config).map_err(|err| err.to_string())?;
+    let (removed, added) = crate::listener_reload::diff(&running.config, &config);
+    if context.in_pod && !(removed.is_empty() && added.is_empty()) {
+        return Err(format!(
+            "in-pod mode: the listeners cannot change on reload (each pod holds sockets for them; removed {removed:?}, added {added:?}): that needs a restart"
+        ));
+    }
+    // A drain that began while the config was being read and checked wins: its shards no
+    // longer take new connections, and the new config has nothing to give them.
+    if observed.draining.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let config = Arc::new(config);
+    let reloads = crate::listener_reload::prepare(
+        &mut groups,
+        &running.config,
+        &config,
+        controls.len(),
+        crate::shard::LISTEN_BACKLOG,
+    )?;
+    for (control, reload) in controls.iter().zip(reloads) {
+        control.reload(reload);
+    }
+    let generation = running.generation + 1;
+    *observed.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(RunningConfig {
+        config,
+        yaml,
+        path: path.or_else(|| running.path.clone()),
+        generation,
+        loaded_at: std::time::SystemTime::now(),
+    });
+    Ok(Some(generation))
+}
+
+/// What the reload thread (and a control plane's pushes) need besides the shards' controls.
+pub(crate) struct ReloadContext {
+    /// Command-line overrides, applied again to every reloaded file (and pushed config).
+    pub(crate) overrides: KnobOverrides,
     /// In-pod mode: pods hold sockets for the config's listeners, which therefore cannot change.
     in_pod: bool,
     /// Each bound listener's group.
@@ -534,7 +555,7 @@ fn shard_main(
 fn reload_thread(
     observed: Arc<Observed>,
     controls: Vec<Arc<ShardControl>>,
-    context: ReloadContext,
+    context: Arc<ReloadContext>,
 ) -> Result<crossbeam_channel::Sender<()>, EngineError> {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     thread::Builder::new()
@@ -557,6 +578,11 @@ fn supervise(
     netns: Option<Arc<crate::pods::netns::NetnsRegistry>>,
     groups: crate::listener_reload::ListenerGroups,
 ) -> Result<(), EngineError> {
+    let context = Arc::new(ReloadContext {
+        overrides: settings.source.overrides.clone(),
+        in_pod: settings.in_pod.is_some(),
+        groups: std::sync::Mutex::new(groups),
+    });
     let config = &settings.config;
     let rows = &observed.rows;
     let mut started = 0;
@@ -602,15 +628,20 @@ fn supervise(
     }
     print_startup(settings, config, backend, observed.data_path);
     observed.started.store(true, Ordering::Relaxed);
-    let reloads = reload_thread(
-        Arc::clone(observed),
-        controls.to_vec(),
-        ReloadContext {
-            overrides: settings.source.overrides.clone(),
-            in_pod: settings.in_pod.is_some(),
-            groups: std::sync::Mutex::new(groups),
-        },
-    )?;
+    if config.dynamic.is_some()
+        && let Some(gauges) = observed.xds.as_ref()
+        && let Err(err) = crate::xds_client::start(
+            Arc::clone(observed),
+            controls.to_vec(),
+            Arc::clone(&context),
+            Arc::clone(gauges),
+        )
+    {
+        controls.iter().for_each(|c| c.abort());
+        wait_exits(events, running);
+        return Err(EngineError::Setup(format!("xDS: {err}")));
+    }
+    let reloads = reload_thread(Arc::clone(observed), controls.to_vec(), context)?;
     let mut signalled = false;
     while running > 0 {
         select! {
@@ -727,10 +758,11 @@ fn print_startup(
         tracing::info!("config: {note}");
     }
     if let Some(dynamic) = &config.dynamic {
-        // Parsed and checked, not yet acted on: say so where an operator looks first.
-        tracing::warn!(
+        tracing::info!(
             xds_cluster = %config.clusters[dynamic.ads_cluster].name,
-            "dynamic_resources: the ADS client is not built yet; only the static resources are served"
+            cds = dynamic.cds,
+            lds = dynamic.lds,
+            "dynamic_resources: listeners and clusters from the control plane (ADS, state of the world)"
         );
     }
     if let Some(pods) = &settings.in_pod {

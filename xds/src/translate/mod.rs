@@ -673,6 +673,7 @@ pub fn judge(
     bootstrap: &str,
     clusters: &[Cluster],
     listeners: &[Listener],
+    overrides: &origdst_core::config::KnobOverrides,
 ) -> Result<(origdst_core::config::Config, String), String> {
     let mut pushed_clusters = Vec::new();
     for c in clusters {
@@ -695,7 +696,7 @@ pub fn judge(
     };
     let (static_clusters, static_listeners) = (statics("clusters"), statics("listeners"));
     let doc = document(bootstrap, &pushed_clusters, &pushed_listeners)?;
-    match origdst_core::config::Config::from_yaml(&doc) {
+    match origdst_core::config::Config::from_yaml_with(&doc, overrides) {
         Ok(config) => Ok((config, doc)),
         Err(err) => {
             // `static_resources.clusters[i]…` of a pushed one reads as the resource's name.

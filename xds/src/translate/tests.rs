@@ -10,7 +10,14 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::Message;
 
-use super::judge;
+/// `super::judge` without command-line overrides.
+fn judge(
+    bootstrap: &str,
+    clusters: &[Cluster],
+    listeners: &[Listener],
+) -> Result<(origdst_core::config::Config, String), String> {
+    super::judge(bootstrap, clusters, listeners, &Default::default())
+}
 
 /// A bootstrap pointing at a control plane, with no listener of its own.
 const BOOTSTRAP: &str = "node: { id: n, cluster: c }

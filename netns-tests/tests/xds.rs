@@ -1,0 +1,275 @@
+//! Driven by a control plane, against the real kernel: the real binary with an Envoy ADS
+//! bootstrap, a real ADS server (gRPC over HTTP/2) beside it. A pushed listener starts
+//! accepting; an invalid push is NACKed naming the field while the old config keeps serving; a
+//! listener pushed away stops at once while its open connection drains byte-exact; the control
+//! plane goes away and origdst keeps relaying; it comes back and origdst resubscribes with the
+//! versions in force.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::google::protobuf::Any;
+use origdst_netns_tests::admin;
+use origdst_netns_tests::config::ConfigFile;
+use origdst_netns_tests::control_plane::ControlPlane;
+use origdst_netns_tests::origdst_bin;
+use origdst_netns_tests::proxy::Proxy;
+use origdst_netns_tests::server::Server;
+use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
+use prost::Message;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn control_plane_addr() -> SocketAddr {
+    "127.0.0.1:15010".parse().unwrap()
+}
+
+fn bootstrap() -> String {
+    format!(
+        "node: {{ id: gateway-0, cluster: gateways }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds-grpc }} }} ]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ]
+",
+        control_plane_addr().port()
+    )
+}
+
+fn passthrough() -> Any {
+    let cluster = Cluster {
+        name: "PassthroughCluster".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        ..Cluster::default()
+    };
+    Any {
+        type_url: CDS.into(),
+        value: cluster.encode_to_vec(),
+    }
+}
+
+/// The capture listener on 15001 (the gateway's REDIRECT target), relaying to `cluster`.
+fn capture(cluster: &str) -> Any {
+    let proxy = TcpProxy {
+        stat_prefix: "capture".into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..TcpProxy::default()
+    };
+    let listener = Listener {
+        name: "capture".into(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "0.0.0.0".into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(15001)),
+                ..SocketAddress::default()
+            })),
+        }),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+                        .into(),
+                value: Vec::new(),
+            })),
+            ..ListenerFilter::default()
+        }],
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(Any {
+                    type_url:
+                        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+                            .into(),
+                    value: proxy.encode_to_vec(),
+                })),
+            }],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    };
+    Any {
+        type_url: LDS.into(),
+        value: listener.encode_to_vec(),
+    }
+}
+
+/// Connects from the client, half-closes, reads the echo server's greeting to its end.
+fn ask(gw: &Gateway, dst: SocketAddr) -> Result<Vec<u8>, std::io::ErrorKind> {
+    gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.kind())?;
+        let mut got = Vec::new();
+        stream
+            .read_to_end(&mut got)
+            .map(|_| got)
+            .map_err(|e| e.kind())
+    })
+}
+
+/// Polls `ask` until `want` holds (bounded): how long it took.
+fn until(
+    gw: &Gateway,
+    dst: SocketAddr,
+    since: Instant,
+    want: impl Fn(&Result<Vec<u8>, std::io::ErrorKind>) -> bool,
+) -> Duration {
+    loop {
+        if want(&ask(gw, dst)) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < TIMEOUT, "the push never took effect");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn listeners_come_and_go_as_a_control_plane_pushes_them() {
+    let gw = Gateway::new("xds");
+    let server = addr(SERVER_V4[0], 8080);
+    // Greets with the address it was dialled on, then echoes until EOF.
+    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let _ = stream.write_all(local.to_string().as_bytes());
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    let _server = Server::start(&gw.server, &[server], echo);
+    let control = ControlPlane::start(&gw.router, control_plane_addr());
+    let config = ConfigFile::new("xds", &bootstrap());
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    // Nothing pushed yet: nothing listens on the capture port.
+    assert_eq!(ask(&gw, server), Err(std::io::ErrorKind::ConnectionRefused));
+
+    // Clusters, then the capture listener: it accepts, and relays to the dialled destination.
+    control.push(CDS, "c1", vec![passthrough()]);
+    let pushed = Instant::now();
+    control.push(LDS, "l1", vec![capture("PassthroughCluster")]);
+    let accepting = until(&gw, server, pushed, |r| r.is_ok());
+    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    let mut open = gw.client.run(move || {
+        let stream = TcpStream::connect(server).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    });
+    let mut greeting = vec![0u8; server.to_string().len()];
+    open.read_exact(&mut greeting).expect("greeting");
+
+    // An invalid push (a cluster that does not exist) is NACKed naming it; l1 keeps serving.
+    control.push(LDS, "l2", vec![capture("NoSuchCluster")]);
+    let deadline = Instant::now() + TIMEOUT;
+    let nack = loop {
+        let nack = control
+            .seen()
+            .into_iter()
+            .find(|(type_url, _, _, error, _)| type_url == LDS && error.is_some());
+        if let Some(nack) = nack {
+            break nack;
+        }
+        assert!(Instant::now() < deadline, "no NACK: {:?}", control.seen());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let why = nack.3.expect("an error detail");
+    assert!(
+        why.contains("listener \"capture\"") && why.contains("NoSuchCluster"),
+        "{why}"
+    );
+    assert_eq!(nack.1, "l1", "a NACK carries the version in force");
+    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+
+    // The listener pushed away: it stops at once; the open connection drains byte-exact.
+    let pushed = Instant::now();
+    control.push(LDS, "l3", Vec::new());
+    let refusing = until(&gw, server, pushed, |r| {
+        *r == Err(std::io::ErrorKind::ConnectionRefused)
+    });
+    let payload = vec![0x6bu8; 128 * 1024];
+    open.write_all(&payload).expect("write while draining");
+    let mut back = vec![0u8; payload.len()];
+    open.read_exact(&mut back).expect("echo while draining");
+    assert_eq!(back, payload);
+    drop(open);
+
+    // Back again; then the control plane goes away: origdst keeps relaying with what it has.
+    control.push(LDS, "l4", vec![capture("PassthroughCluster")]);
+    until(&gw, server, Instant::now(), |r| r.is_ok());
+    let metrics = admin::scrape(&gw.router);
+    assert_eq!(metrics.value("origdst_xds_connected"), 1.0);
+    assert_eq!(
+        metrics.value("origdst_xds_updates_total{type=\"lds\",result=\"rejected\"}"),
+        1.0
+    );
+    let world = control.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    assert_eq!(
+        admin::scrape(&gw.router).value("origdst_xds_connected"),
+        0.0
+    );
+
+    // It comes back: origdst resubscribes with the versions in force and its node.
+    let control = ControlPlane::restart(&gw.router, control_plane_addr(), world);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let resubscribed = loop {
+        let seen = control.seen();
+        if seen.len() >= 2 {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "origdst never came back: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(resubscribed[0].0, CDS);
+    assert_eq!(resubscribed[0].1, "c1");
+    assert_eq!(resubscribed[0].4.as_deref(), Some("gateway-0"));
+    assert_eq!(resubscribed[1].0, LDS);
+    assert_eq!(resubscribed[1].1, "l4");
+    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
+    println!(
+        "a pushed listener accepted {accepting:?} after the push, a listener pushed away refused {refusing:?} after"
+    );
+}

@@ -1,0 +1,239 @@
+//! The control-plane client's thread: with `dynamic_resources` in the bootstrap, one thread with
+//! its own small runtime (never a shard) holds the ADS stream to the bootstrap's xDS cluster,
+//! judges every push by translating it into the bootstrap's document and validating that as a
+//! file is validated, puts what is valid in force through the same path a SIGHUP reload takes
+//! (listeners added and removed live, open connections kept), and ACKs or NACKs. When the
+//! control plane is gone, the last accepted config keeps serving; the thread reconnects after a
+//! jittered backoff and resubscribes with the versions in force.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use origdst_core::config::{ClusterKind, EndpointTarget};
+use origdst_xds::backoff::Backoff;
+use origdst_xds::session::{AdsSession, ResourceType, Verdict};
+use origdst_xds::stream::{self, StreamEnd};
+use prost::Message;
+
+use crate::observed::Observed;
+use crate::shard::ShardControl;
+use crate::supervisor::{ReloadContext, apply_config};
+
+/// What `/metrics` shows of the control plane.
+#[derive(Debug, Default)]
+pub struct XdsGauges {
+    /// 1 while an ADS stream is up.
+    pub connected: AtomicU64,
+    /// Pushes accepted, by type: clusters, listeners.
+    pub accepted: [AtomicU64; 2],
+    /// Pushes refused (NACKed), by type.
+    pub rejected: [AtomicU64; 2],
+    /// Streams opened since start.
+    pub streams: AtomicU64,
+    /// The versions in force, by type.
+    pub versions: std::sync::Mutex<[String; 2]>,
+}
+
+fn index(kind: ResourceType) -> usize {
+    match kind {
+        ResourceType::Cluster => 0,
+        ResourceType::Listener => 1,
+    }
+}
+
+/// A stream that stayed up this long resets the backoff.
+const STREAM_HEALTHY: Duration = Duration::from_secs(30);
+
+/// Starts the thread (the bootstrap's `dynamic_resources` were validated already).
+pub(crate) fn start(
+    observed: Arc<Observed>,
+    controls: Vec<Arc<ShardControl>>,
+    context: Arc<ReloadContext>,
+    gauges: Arc<XdsGauges>,
+) -> Result<(), String> {
+    let running = observed.running();
+    let config = &running.config;
+    let dynamic = config.dynamic.clone().ok_or("no dynamic_resources")?;
+    let ClusterKind::Static { endpoints } = &config.clusters[dynamic.ads_cluster].kind else {
+        return Err("the xDS cluster is not STATIC".into());
+    };
+    let Some(EndpointTarget::Socket(addr)) = endpoints.first().map(|e| e.target) else {
+        return Err("the xDS cluster has no socket endpoint".into());
+    };
+    let endpoint = format!("http://{addr}");
+    let node_info = config.node.clone().unwrap_or_default();
+    let node = Node {
+        id: node_info.id,
+        cluster: node_info.cluster,
+        user_agent_name: "origdst".into(),
+        ..Node::default()
+    };
+    let bootstrap = running.yaml.clone();
+    let session = AdsSession::new(
+        dynamic.cds,
+        dynamic.lds,
+        dynamic.set_node_on_first_message_only,
+    );
+    std::thread::Builder::new()
+        .name("origdst-xds".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!("xDS: no runtime for the control-plane client: {err}");
+                    return;
+                }
+            };
+            let mut client = Client {
+                observed,
+                controls,
+                context,
+                gauges,
+                bootstrap,
+                clusters: Vec::new(),
+                listeners: Vec::new(),
+            };
+            runtime.block_on(client.run(endpoint, node, session));
+        })
+        .map_err(|err| format!("xDS thread: {err}"))?;
+    Ok(())
+}
+
+struct Client {
+    observed: Arc<Observed>,
+    controls: Vec<Arc<ShardControl>>,
+    context: Arc<ReloadContext>,
+    gauges: Arc<XdsGauges>,
+    /// The bootstrap as loaded: what pushed resources are added to.
+    bootstrap: String,
+    /// The resources in force.
+    clusters: Vec<Cluster>,
+    listeners: Vec<Listener>,
+}
+
+impl Client {
+    async fn run(&mut self, endpoint: String, node: Node, mut session: AdsSession) {
+        let seed = u64::from(std::process::id())
+            ^ u64::from(
+                std::time::UNIX_EPOCH
+                    .elapsed()
+                    .map_or(0, |d| d.subsec_nanos()),
+            );
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30), seed);
+        while !self.observed.draining.load(Ordering::Relaxed) {
+            self.gauges.streams.fetch_add(1, Ordering::Relaxed);
+            self.gauges.connected.store(1, Ordering::Relaxed);
+            let opened = Instant::now();
+            let end = {
+                let mut judge =
+                    |kind: ResourceType, response: &DiscoveryResponse| self.judge(kind, response);
+                stream::run(endpoint.clone(), &node, &mut session, &mut judge).await
+            };
+            self.gauges.connected.store(0, Ordering::Relaxed);
+            if opened.elapsed() >= STREAM_HEALTHY {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            match end {
+                StreamEnd::Closed => {
+                    tracing::warn!(%endpoint, ?delay, "xDS: the control plane closed the stream; the config in force keeps serving");
+                }
+                StreamEnd::Failed(why) => {
+                    tracing::warn!(%endpoint, ?delay, "xDS: {why}; the config in force keeps serving");
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A push: decoded, translated with the other type in force, validated, applied.
+    fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+        let verdict = self.try_apply(kind, response);
+        let slot = index(kind);
+        match &verdict {
+            Verdict::Accepted => {
+                self.gauges.accepted[slot].fetch_add(1, Ordering::Relaxed);
+                self.gauges
+                    .versions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())[slot]
+                    .clone_from(&response.version_info);
+                tracing::info!(kind = kind.name(), version = %response.version_info,
+                    resources = response.resources.len(), "xDS: accepted");
+            }
+            Verdict::Rejected(why) => {
+                self.gauges.rejected[slot].fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(kind = kind.name(), version = %response.version_info,
+                    "xDS: refused (NACK): {why}");
+            }
+        }
+        verdict
+    }
+
+    fn try_apply(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+        let decoded = match kind {
+            ResourceType::Cluster => {
+                decode::<Cluster>(response).map(|c| (c, self.listeners.clone()))
+            }
+            ResourceType::Listener => {
+                decode::<Listener>(response).map(|l| (self.clusters.clone(), l))
+            }
+        };
+        let (clusters, listeners) = match decoded {
+            Ok(pair) => pair,
+            Err(why) => return Verdict::Rejected(why),
+        };
+        let judged = origdst_xds::translate::judge(
+            &self.bootstrap,
+            &clusters,
+            &listeners,
+            &self.context.overrides,
+        );
+        let (config, doc) = match judged {
+            Ok(judged) => judged,
+            Err(why) => return Verdict::Rejected(why),
+        };
+        match apply_config(
+            &self.observed,
+            &self.controls,
+            &self.context,
+            config,
+            doc,
+            None,
+        ) {
+            Ok(Some(_generation)) => {
+                self.clusters = clusters;
+                self.listeners = listeners;
+                Verdict::Accepted
+            }
+            Ok(None) => Verdict::Rejected("origdst is draining".into()),
+            Err(why) => Verdict::Rejected(why),
+        }
+    }
+}
+
+/// A response's resources as protos of the type it announces.
+fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Result<Vec<M>, String> {
+    response
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(i, any)| {
+            if any.type_url != response.type_url {
+                return Err(format!(
+                    "resources[{i}]: a {} in a {} response",
+                    any.type_url, response.type_url
+                ));
+            }
+            M::decode(any.value.as_slice()).map_err(|err| format!("resources[{i}]: {err}"))
+        })
+        .collect()
+}
