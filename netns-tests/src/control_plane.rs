@@ -27,8 +27,16 @@ pub type TypeState = (String, Vec<Any>);
 /// What the server serves, by type URL.
 pub type World = BTreeMap<String, TypeState>;
 
-/// A request as recorded: (type URL, version, nonce, error detail, node id).
-pub type Seen = (String, String, String, Option<String>, Option<String>);
+/// A request as recorded: (type URL, version, nonce, error detail, node id, the node's metadata
+/// keys, sorted and comma-separated).
+pub type Seen = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 struct Server {
     world: watch::Receiver<World>,
@@ -63,6 +71,12 @@ impl AggregatedDiscoveryService for Server {
                             request.response_nonce.clone(),
                             request.error_detail.as_ref().map(|s| s.message.clone()),
                             request.node.as_ref().map(|n| n.id.clone()),
+                            request.node.as_ref().and_then(|n| n.metadata.as_ref()).map(|m| {
+                                let mut keys: Vec<&str> =
+                                    m.fields.keys().map(String::as_str).collect();
+                                keys.sort_unstable();
+                                keys.join(",")
+                            }),
                         ));
                         // A subscription (no nonce) is answered with the current state.
                         if !request.response_nonce.is_empty() {

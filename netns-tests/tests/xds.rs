@@ -36,7 +36,7 @@ fn control_plane_addr() -> SocketAddr {
 
 fn bootstrap() -> String {
     format!(
-        "node: {{ id: gateway-0, cluster: gateways }}
+        "node: {{ id: gateway-0, cluster: gateways, metadata: {{ ISTIO_VERSION: \"1.24.0\", LABELS: {{ app: gateway }} }} }}
 dynamic_resources:
   ads_config:
     api_type: GRPC
@@ -202,7 +202,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         let nack = control
             .seen()
             .into_iter()
-            .find(|(type_url, _, _, error, _)| type_url == LDS && error.is_some());
+            .find(|(type_url, _, _, error, _, _)| type_url == LDS && error.is_some());
         if let Some(nack) = nack {
             break nack;
         }
@@ -264,6 +264,11 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     assert_eq!(resubscribed[0].0, CDS);
     assert_eq!(resubscribed[0].1, "c1");
     assert_eq!(resubscribed[0].4.as_deref(), Some("gateway-0"));
+    assert_eq!(
+        resubscribed[0].5.as_deref(),
+        Some("ISTIO_VERSION,LABELS"),
+        "the node's metadata goes to the control plane"
+    );
     assert_eq!(resubscribed[1].0, LDS);
     assert_eq!(resubscribed[1].1, "l4");
     assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));

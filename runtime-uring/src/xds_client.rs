@@ -14,6 +14,8 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::Value as ProtoValue;
+use envoy_types::pb::google::protobuf::value::Kind;
 use origdst_core::config::{ClusterKind, EndpointTarget};
 use origdst_xds::backoff::Backoff;
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
@@ -67,9 +69,24 @@ pub(crate) fn start(
     };
     let endpoint = format!("http://{addr}");
     let node_info = config.node.clone().unwrap_or_default();
+    let (region, zone, sub_zone) = node_info.locality.clone();
     let node = Node {
         id: node_info.id,
         cluster: node_info.cluster,
+        metadata: node_info
+            .metadata
+            .as_ref()
+            .and_then(|m| match to_proto(m, 0).kind {
+                Some(Kind::StructValue(fields)) => Some(fields),
+                _ => None,
+            }),
+        locality: (!(region.is_empty() && zone.is_empty() && sub_zone.is_empty())).then_some(
+            envoy_types::pb::envoy::config::core::v3::Locality {
+                region,
+                zone,
+                sub_zone,
+            },
+        ),
         user_agent_name: "origdst".into(),
         ..Node::default()
     };
@@ -218,6 +235,30 @@ impl Client {
             Err(why) => Verdict::Rejected(why),
         }
     }
+}
+
+/// The bootstrap's `node.metadata` (YAML) as the proto `Struct` the control plane reads (depth
+/// bounded as the bootstrap's own is).
+fn to_proto(value: &serde_yaml_ng::Value, depth: usize) -> ProtoValue {
+    use serde_yaml_ng::Value as Y;
+    let kind = match value {
+        _ if depth > 64 => Kind::NullValue(0),
+        Y::Null => Kind::NullValue(0),
+        Y::Bool(b) => Kind::BoolValue(*b),
+        Y::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Y::String(s) => Kind::StringValue(s.clone()),
+        Y::Sequence(items) => Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+            values: items.iter().map(|v| to_proto(v, depth + 1)).collect(),
+        }),
+        Y::Mapping(map) => Kind::StructValue(envoy_types::pb::google::protobuf::Struct {
+            fields: map
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), to_proto(v, depth + 1))))
+                .collect(),
+        }),
+        Y::Tagged(tagged) => return to_proto(&tagged.value, depth + 1),
+    };
+    ProtoValue { kind: Some(kind) }
 }
 
 /// A response's resources as protos of the type it announces.
