@@ -233,6 +233,35 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     // Back again; then the control plane goes away: origdst keeps relaying with what it has.
     control.push(LDS, "l4", vec![capture("PassthroughCluster")]);
     until(&gw, server, Instant::now(), |r| r.is_ok());
+    // The dump in Envoy's shape: the pushed resources in the dynamic sections with their
+    // versions, the bootstrap's own in the static ones.
+    let deadline = Instant::now() + TIMEOUT;
+    let dump = loop {
+        let (_, text) = admin::get(&gw.router, "/config_dump");
+        let dump: serde_json::Value = serde_json::from_str(&text).expect("a JSON dump");
+        if dump["configs"][1]["version_info"] == "l4" {
+            break dump;
+        }
+        assert!(Instant::now() < deadline, "{dump}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let listeners = &dump["configs"][1];
+    assert_eq!(listeners["dynamic_listeners"][0]["name"], "capture");
+    assert_eq!(
+        listeners["dynamic_listeners"][0]["active_state"]["version_info"],
+        "l4"
+    );
+    assert_eq!(listeners["static_listeners"], serde_json::json!([]));
+    let clusters = &dump["configs"][2];
+    assert_eq!(clusters["version_info"], "c1");
+    assert_eq!(
+        clusters["dynamic_active_clusters"][0]["cluster"]["name"],
+        "PassthroughCluster"
+    );
+    assert_eq!(
+        clusters["static_clusters"][0]["cluster"]["name"],
+        "xds-grpc"
+    );
     let metrics = admin::scrape(&gw.router);
     assert_eq!(metrics.value("origdst_xds_connected"), 1.0);
     assert_eq!(

@@ -268,7 +268,7 @@ fn respond(method: &str, url: &str, observed: &Arc<Observed>) -> Answer {
                 text(
                     200,
                     "application/json",
-                    crate::config_dump::envoy_json(&running),
+                    crate::config_dump::envoy_json(&running, observed.xds.as_deref()),
                 )
             }
         }

@@ -15,8 +15,9 @@ const CLUSTERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDu
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
-/// The running config as Envoy's `ConfigDump`.
-pub fn envoy_json(running: &RunningConfig) -> String {
+/// The running config as Envoy's `ConfigDump`; with a control plane (`xds`), what it pushed goes
+/// to the dynamic sections with its version and when it was accepted.
+pub fn envoy_json(running: &RunningConfig, xds: Option<&crate::xds_client::XdsGauges>) -> String {
     let mut doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&running.yaml).unwrap_or(serde_yaml_ng::Value::Null);
     // A proto-JSON bootstrap is dumped with the proto's own field names, as Envoy does.
@@ -41,14 +42,68 @@ pub fn envoy_json(running: &RunningConfig) -> String {
             .cloned()
             .unwrap_or_default()
     };
-    let listeners: Vec<Json> = resources("listeners")
-        .iter()
-        .map(|l| json!({ "listener": typed(LISTENER, l), "last_updated": updated }))
-        .collect();
-    let clusters: Vec<Json> = resources("clusters")
-        .iter()
-        .map(|c| json!({ "cluster": typed(CLUSTER, c), "last_updated": updated }))
-        .collect();
+    let (pushed, versions) = xds.map_or_else(Default::default, |x| {
+        (
+            x.pushed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            x.versions.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        )
+    });
+    let is_pushed = |slot: usize, resource: &Json| {
+        resource["name"]
+            .as_str()
+            .is_some_and(|name| pushed.names[slot].iter().any(|n| n == name))
+    };
+    let pushed_at = |slot: usize| {
+        pushed.at[slot].map_or_else(
+            || updated.clone(),
+            |at| humantime::format_rfc3339_millis(at).to_string(),
+        )
+    };
+    let mut listeners = Vec::new();
+    let mut dynamic_listeners = Vec::new();
+    for l in resources("listeners") {
+        if is_pushed(1, &l) {
+            dynamic_listeners.push(json!({
+                "name": l["name"],
+                "active_state": {
+                    "version_info": versions[1],
+                    "listener": typed(LISTENER, &l),
+                    "last_updated": pushed_at(1),
+                },
+            }));
+        } else {
+            listeners.push(json!({ "listener": typed(LISTENER, &l), "last_updated": updated }));
+        }
+    }
+    let mut clusters = Vec::new();
+    let mut dynamic_clusters = Vec::new();
+    for c in resources("clusters") {
+        if is_pushed(0, &c) {
+            dynamic_clusters.push(json!({
+                "version_info": versions[0],
+                "cluster": typed(CLUSTER, &c),
+                "last_updated": pushed_at(0),
+            }));
+        } else {
+            clusters.push(json!({ "cluster": typed(CLUSTER, &c), "last_updated": updated }));
+        }
+    }
+    // The bootstrap as written: without what was pushed.
+    if let Some(statics) = bootstrap
+        .get_mut("static_resources")
+        .and_then(Json::as_object_mut)
+    {
+        for (key, slot) in [("listeners", 1), ("clusters", 0)] {
+            if let Some(list) = statics.get_mut(key).and_then(Json::as_array_mut) {
+                list.retain(|r| !is_pushed(slot, r));
+            }
+        }
+    }
+    let (listeners_version, clusters_version) = if xds.is_some() {
+        (versions[1].clone(), versions[0].clone())
+    } else {
+        (version.clone(), version.clone())
+    };
     let dump = json!({
         "configs": [
             {
@@ -58,15 +113,15 @@ pub fn envoy_json(running: &RunningConfig) -> String {
             },
             {
                 "@type": LISTENERS_DUMP,
-                "version_info": version,
+                "version_info": listeners_version,
                 "static_listeners": listeners,
-                "dynamic_listeners": [],
+                "dynamic_listeners": dynamic_listeners,
             },
             {
                 "@type": CLUSTERS_DUMP,
-                "version_info": version,
+                "version_info": clusters_version,
                 "static_clusters": clusters,
-                "dynamic_active_clusters": [],
+                "dynamic_active_clusters": dynamic_clusters,
                 "dynamic_warming_clusters": [],
             },
         ]
@@ -89,7 +144,7 @@ mod tests {
             generation: 3,
             loaded_at: std::time::UNIX_EPOCH,
         };
-        let dump: Json = serde_json::from_str(&envoy_json(&running)).expect("JSON");
+        let dump: Json = serde_json::from_str(&envoy_json(&running, None)).expect("JSON");
         let configs = dump["configs"].as_array().expect("configs");
         assert_eq!(configs[0]["@type"], BOOTSTRAP_DUMP);
         assert!(configs[0]["bootstrap"].get("origdst").is_none());

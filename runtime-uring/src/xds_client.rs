@@ -39,6 +39,17 @@ pub struct XdsGauges {
     pub streams: AtomicU64,
     /// The versions in force, by type.
     pub versions: std::sync::Mutex<[String; 2]>,
+    /// The pushed resources in force (`/config_dump`'s dynamic sections).
+    pub pushed: std::sync::Mutex<Pushed>,
+}
+
+/// The names of the pushed resources in force, by type, and when each type was last accepted.
+#[derive(Debug, Default, Clone)]
+pub struct Pushed {
+    /// Clusters (index 0) and listeners (1), by name.
+    pub names: [Vec<String>; 2],
+    /// When each type was last accepted.
+    pub at: [Option<std::time::SystemTime>; 2],
 }
 
 fn index(kind: ResourceType) -> usize {
@@ -227,6 +238,13 @@ impl Client {
             None,
         ) {
             Ok(Some(_generation)) => {
+                let mut pushed = self.gauges.pushed.lock().unwrap_or_else(|p| p.into_inner());
+                pushed.names = [
+                    clusters.iter().map(|c| c.name.clone()).collect(),
+                    listeners.iter().map(|l| l.name.clone()).collect(),
+                ];
+                pushed.at[index(kind)] = Some(std::time::SystemTime::now());
+                drop(pushed);
                 self.clusters = clusters;
                 self.listeners = listeners;
                 Verdict::Accepted
