@@ -102,7 +102,7 @@ pub fn envoy_json(running: &RunningConfig, xds: Option<&crate::xds_client::XdsGa
     let (listeners_version, clusters_version) = if xds.is_some() {
         (versions[1].clone(), versions[0].clone())
     } else {
-        (version.clone(), version.clone())
+        (version.clone(), version)
     };
     let dump = json!({
         "configs": [
