@@ -307,3 +307,144 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         "a pushed listener accepted {accepting:?} after the push, a listener pushed away refused {refusing:?} after"
     );
 }
+
+/// A push of 1 000 service listeners (Istio's `bind_to_port: false` services behind a
+/// `use_original_dst` virtual listener) applies at once — printed, not asserted — routes by
+/// them, and leaves an open connection alone.
+#[test]
+fn a_push_of_a_thousand_service_listeners_applies_without_touching_open_connections() {
+    let gw = Gateway::new("xdsk");
+    let backend = addr(SERVER_V4[0], 8080);
+    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
+        std::thread::spawn(move || {
+            let _ = stream.write_all(local.to_string().as_bytes());
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    let _server = Server::start(&gw.server, &[backend], echo);
+    let control = ControlPlane::start(&gw.router, control_plane_addr());
+    let config = ConfigFile::new("xdsk", &bootstrap());
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    // The virtual outbound listener (hand-off by original destination) and its passthrough.
+    let services = Cluster {
+        name: "services".into(),
+        load_assignment: Some(
+            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+                cluster_name: "services".into(),
+                endpoints: vec![
+                    envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+                        lb_endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint {
+                            host_identifier: Some(
+                                envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
+                                    envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
+                                        address: Some(socket(SERVER_V4[0], 8080)),
+                                        ..Default::default()
+                                    },
+                                ),
+                            ),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        ),
+        ..Cluster::default()
+    };
+    control.push(
+        CDS,
+        "c1",
+        vec![
+            passthrough(),
+            Any {
+                type_url: CDS.into(),
+                value: services.encode_to_vec(),
+            },
+        ],
+    );
+    let mut outbound = Listener::decode(capture("PassthroughCluster").value.as_slice()).unwrap();
+    outbound.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    let outbound = Any {
+        type_url: LDS.into(),
+        value: outbound.encode_to_vec(),
+    };
+    control.push(LDS, "l1", vec![outbound.clone()]);
+    until(&gw, backend, Instant::now(), |r| r.is_ok());
+    let mut open = gw.client.run(move || {
+        let stream = TcpStream::connect(backend).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    });
+    let mut greeting = vec![0u8; backend.to_string().len()];
+    open.read_exact(&mut greeting).expect("greeting");
+
+    const SERVICES: u32 = 1000;
+    let mut listeners = vec![outbound];
+    for i in 0..SERVICES {
+        let proxy = TcpProxy {
+            stat_prefix: format!("svc{i}"),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("services".into())),
+            ..TcpProxy::default()
+        };
+        let listener = Listener {
+            name: format!("svc{i}"),
+            address: Some(socket("0.0.0.0", 20000 + i)),
+            bind_to_port: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(Any {
+                        type_url:
+                            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+                                .into(),
+                        value: proxy.encode_to_vec(),
+                    })),
+                }],
+                ..FilterChain::default()
+            }],
+            ..Listener::default()
+        };
+        listeners.push(Any {
+            type_url: LDS.into(),
+            value: listener.encode_to_vec(),
+        });
+    }
+    let service = addr(SERVER_V4[0], 20500);
+    let pushed = Instant::now();
+    control.push(LDS, "l2", listeners);
+    // Through the 501st service's listener to its cluster (the backend answers from 8080).
+    let routed = until(&gw, service, pushed, |r| {
+        r.as_ref()
+            .is_ok_and(|got| *got == backend.to_string().into_bytes())
+    });
+    open.write_all(b"after the push").unwrap();
+    let mut back = [0u8; 14];
+    open.read_exact(&mut back).expect("echo after the push");
+    assert_eq!(&back, b"after the push");
+    drop(open);
+    let exit = proxy.stop_clean();
+    assert!(exit.stat("listener_handoff") >= 1, "{}", exit.log);
+    println!(
+        "a push of {SERVICES} service listeners routed {routed:?} after the push (debug build)"
+    );
+}
+
+fn socket(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..SocketAddress::default()
+        })),
+    }
+}
