@@ -650,6 +650,8 @@ pub fn document(
 ) -> Result<String, String> {
     let mut doc: Value =
         serde_yaml_ng::from_str(bootstrap).map_err(|err| format!("the bootstrap: {err}"))?;
+    // A proto-JSON bootstrap (`staticResources`) takes the pushed resources as a YAML one does.
+    origdst_core::config::bootstrap::snake_case_keys(&mut doc);
     let resources = doc
         .get_mut("static_resources")
         .and_then(Value::as_mapping_mut)
@@ -686,6 +688,10 @@ pub fn judge(
     let statics = |key: &str| -> usize {
         serde_yaml_ng::from_str::<Value>(bootstrap)
             .ok()
+            .map(|mut d| {
+                origdst_core::config::bootstrap::snake_case_keys(&mut d);
+                d
+            })
             .and_then(|d| {
                 d.get("static_resources")
                     .and_then(|r| r.get(key))

@@ -216,3 +216,26 @@ fn clusters_without_listeners_are_a_valid_state() {
     assert!(config.listeners.is_empty());
     assert_eq!(config.clusters.len(), 2);
 }
+
+#[test]
+fn a_proto_json_bootstrap_takes_pushed_resources_too() {
+    let json = r#"{"node": {"id": "n", "cluster": "c"},
+      "dynamicResources": {"adsConfig": {"apiType": "GRPC", "grpcServices": [{"envoyGrpc": {"clusterName": "xds"}}]},
+                           "cdsConfig": {"ads": {}}, "ldsConfig": {"ads": {}}},
+      "staticResources": {"clusters": [{"name": "xds", "type": "STATIC", "loadAssignment": {"clusterName": "xds",
+        "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 15010}}}}]}]}}]}}"#;
+    let (config, _) =
+        judge(json, &[passthrough()], &[virtual_outbound()]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners[0].name, "virtualOutbound");
+    assert_eq!(config.clusters.len(), 2);
+    // A refusal of a pushed cluster is still named by the resource, past the static ones.
+    let mut eds = passthrough();
+    eds.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::Eds as i32,
+    ));
+    let err = judge(json, &[eds], &[]).unwrap_err();
+    assert!(
+        err.starts_with("cluster \"PassthroughCluster\": type:"),
+        "{err}"
+    );
+}
