@@ -79,6 +79,44 @@ impl Server {
         );
         (Self::start(ns, addrs, handler), seen)
     }
+
+    /// A server that greets each connection with the address it was accepted on, then echoes
+    /// until EOF, a thread per connection (one may stay open while others come and go).
+    pub fn greet_and_echo(ns: &Netns, addrs: &[SocketAddr]) -> Self {
+        let handler = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(local.to_string().as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+        Self::start(ns, addrs, handler)
+    }
+}
+
+/// Dials `dst` from inside `ns`, half-closes at once and reads to EOF: a `greet_and_echo`
+/// server's greeting, or the error kind (refused, reset).
+pub fn ask_greeting(ns: &Netns, dst: SocketAddr) -> Result<Vec<u8>, std::io::ErrorKind> {
+    ns.run(move || {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.kind())?;
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.kind())?;
+        let mut got = Vec::new();
+        stream
+            .read_to_end(&mut got)
+            .map(|_| got)
+            .map_err(|e| e.kind())
+    })
 }
 
 /// Dials `dst` from inside `ns` and returns what an `echo_local` server answered.

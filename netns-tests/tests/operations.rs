@@ -10,7 +10,7 @@ use origdst_netns_tests::admin::{self, Metrics};
 use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::proxy::Proxy;
-use origdst_netns_tests::server::{Server, ask_local};
+use origdst_netns_tests::server::{Server, ask_greeting, ask_local};
 use origdst_netns_tests::topology::{
     Gateway, PROXY_PORT, ROUTER_CLIENT_SIDE_V4, ROUTER_SERVER_SIDE_V4, SERVER_V4, addr,
 };
@@ -466,18 +466,7 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     let other = addr(SERVER_V4[0], 8081);
     // Greets with the address it was dialled on, then echoes; a thread per connection, since
     // one stays open across the reload.
-    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
-        std::thread::spawn(move || {
-            let _ = stream.write_all(local.to_string().as_bytes());
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    let _server = Server::start(&gw.server, &[pass, other], echo);
+    let _server = Server::greet_and_echo(&gw.server, &[pass, other]);
     // An access log that samples nothing: only failures and refusals are written.
     let log_path = std::env::temp_dir().join(format!("origdst-reload-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
@@ -623,21 +612,9 @@ fn sighup_reload_applies_to_new_connections_keeps_open_ones_and_rejects_bad_conf
     let _ = std::fs::remove_file(&log_path);
 }
 
-/// Connects to `dst` from the client, half-closes at once and reads until EOF: Ok(bytes, the
-/// echo server's greeting) or the error kind (refused, reset).
+/// `ask_greeting` from the client.
 fn ask(gw: &Gateway, dst: SocketAddr) -> Result<Vec<u8>, ErrorKind> {
-    gw.client.run(move || {
-        let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .shutdown(std::net::Shutdown::Write)
-            .map_err(|e| e.kind())?;
-        let mut got = Vec::new();
-        stream
-            .read_to_end(&mut got)
-            .map(|_| got)
-            .map_err(|e| e.kind())
-    })
+    ask_greeting(&gw.client, dst)
 }
 
 /// Listeners come and go on SIGHUP (the path a control plane's LDS takes too): an added
@@ -651,18 +628,7 @@ fn sighup_adds_and_removes_listeners_live() {
     let extra_dst = addr(SERVER_V4[0], port);
     let pass = addr(SERVER_V4[0], 8080);
     // Answers with the address it was dialled on, then echoes whatever comes until EOF.
-    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
-        std::thread::spawn(move || {
-            let _ = stream.write_all(local.to_string().as_bytes());
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    let _server = Server::start(&gw.server, &[pass, extra_dst], echo);
+    let _server = Server::greet_and_echo(&gw.server, &[pass, extra_dst]);
     // Port 9000 is captured to 15101, where generation 1 has no listener.
     gw.router.exec(
         "iptables",
@@ -778,18 +744,7 @@ fn sighup_adds_and_removes_listeners_live() {
 fn a_reload_of_a_thousand_service_listeners_applies_without_touching_open_connections() {
     let gw = Gateway::new("thousand");
     let backend = addr(SERVER_V4[0], 8080);
-    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
-        std::thread::spawn(move || {
-            let _ = stream.write_all(local.to_string().as_bytes());
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    let _server = Server::start(&gw.server, &[backend], echo);
+    let _server = Server::greet_and_echo(&gw.server, &[backend]);
     let virtual_outbound = origdst_core::config::DEFAULT_YAML.replacen(
         "  - name: virtualOutbound\n",
         "  - name: virtualOutbound\n    use_original_dst: true\n",

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -22,7 +21,7 @@ use origdst_netns_tests::config::ConfigFile;
 use origdst_netns_tests::control_plane::ControlPlane;
 use origdst_netns_tests::origdst_bin;
 use origdst_netns_tests::proxy::Proxy;
-use origdst_netns_tests::server::Server;
+use origdst_netns_tests::server::{Server, ask_greeting};
 use origdst_netns_tests::topology::{Gateway, SERVER_V4, addr};
 use prost::Message;
 
@@ -78,20 +77,9 @@ fn passthrough() -> Any {
 
 /// The capture listener on 15001 (the gateway's REDIRECT target), relaying to `cluster`.
 fn capture(cluster: &str) -> Any {
-    let proxy = TcpProxy {
-        stat_prefix: "capture".into(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
-        ..TcpProxy::default()
-    };
     let listener = Listener {
         name: "capture".into(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "0.0.0.0".into(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(15001)),
-                ..SocketAddress::default()
-            })),
-        }),
+        address: Some(socket("0.0.0.0", 15001)),
         listener_filters: vec![ListenerFilter {
             name: "envoy.filters.listener.original_dst".into(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(Any {
@@ -102,18 +90,7 @@ fn capture(cluster: &str) -> Any {
             })),
             ..ListenerFilter::default()
         }],
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(Any {
-                    type_url:
-                        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-                            .into(),
-                    value: proxy.encode_to_vec(),
-                })),
-            }],
-            ..FilterChain::default()
-        }],
+        filter_chains: vec![chain_to("capture", cluster)],
         ..Listener::default()
     };
     Any {
@@ -122,20 +99,30 @@ fn capture(cluster: &str) -> Any {
     }
 }
 
-/// Connects from the client, half-closes, reads the echo server's greeting to its end.
+/// A filter chain whose `tcp_proxy` (stat prefix `stat`) relays to `cluster`.
+fn chain_to(stat: &str, cluster: &str) -> FilterChain {
+    let proxy = TcpProxy {
+        stat_prefix: stat.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..TcpProxy::default()
+    };
+    FilterChain {
+        filters: vec![Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+                        .into(),
+                value: proxy.encode_to_vec(),
+            })),
+        }],
+        ..FilterChain::default()
+    }
+}
+
+/// `ask_greeting` from the client.
 fn ask(gw: &Gateway, dst: SocketAddr) -> Result<Vec<u8>, std::io::ErrorKind> {
-    gw.client.run(move || {
-        let mut stream = TcpStream::connect(dst).map_err(|e| e.kind())?;
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .shutdown(std::net::Shutdown::Write)
-            .map_err(|e| e.kind())?;
-        let mut got = Vec::new();
-        stream
-            .read_to_end(&mut got)
-            .map(|_| got)
-            .map_err(|e| e.kind())
-    })
+    ask_greeting(&gw.client, dst)
 }
 
 /// Polls `ask` until `want` holds (bounded): how long it took.
@@ -159,18 +146,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     let gw = Gateway::new("xds");
     let server = addr(SERVER_V4[0], 8080);
     // Greets with the address it was dialled on, then echoes until EOF.
-    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
-        std::thread::spawn(move || {
-            let _ = stream.write_all(local.to_string().as_bytes());
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    let _server = Server::start(&gw.server, &[server], echo);
+    let _server = Server::greet_and_echo(&gw.server, &[server]);
     let control = ControlPlane::start(&gw.router, control_plane_addr());
     let config = ConfigFile::new("xds", &bootstrap());
     let proxy = Proxy::start(
@@ -315,18 +291,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
 fn a_push_of_a_thousand_service_listeners_applies_without_touching_open_connections() {
     let gw = Gateway::new("xdsk");
     let backend = addr(SERVER_V4[0], 8080);
-    let echo = Arc::new(|mut stream: TcpStream, local: SocketAddr, _: SocketAddr| {
-        std::thread::spawn(move || {
-            let _ = stream.write_all(local.to_string().as_bytes());
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    let _server = Server::start(&gw.server, &[backend], echo);
+    let _server = Server::greet_and_echo(&gw.server, &[backend]);
     let control = ControlPlane::start(&gw.router, control_plane_addr());
     let config = ConfigFile::new("xdsk", &bootstrap());
     let proxy = Proxy::start(
@@ -391,27 +356,11 @@ fn a_push_of_a_thousand_service_listeners_applies_without_touching_open_connecti
     const SERVICES: u32 = 1000;
     let mut listeners = vec![outbound];
     for i in 0..SERVICES {
-        let proxy = TcpProxy {
-            stat_prefix: format!("svc{i}"),
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("services".into())),
-            ..TcpProxy::default()
-        };
         let listener = Listener {
             name: format!("svc{i}"),
             address: Some(socket("0.0.0.0", 20000 + i)),
             bind_to_port: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-            filter_chains: vec![FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.tcp_proxy".into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(Any {
-                        type_url:
-                            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-                                .into(),
-                        value: proxy.encode_to_vec(),
-                    })),
-                }],
-                ..FilterChain::default()
-            }],
+            filter_chains: vec![chain_to(&format!("svc{i}"), "services")],
             ..Listener::default()
         };
         listeners.push(Any {
