@@ -55,20 +55,14 @@ pub fn listener(l: &Listener) -> Result<Value, String> {
         put(&mut out, "additional_addresses", Value::Sequence(items));
     }
     rest.additional_addresses.clear();
-    for (key, value, clear) in [
-        ("use_original_dst", l.use_original_dst.map(|b| b.value), 0),
-        ("transparent", l.transparent.map(|b| b.value), 1),
-        ("freebind", l.freebind.map(|b| b.value), 2),
-        ("bind_to_port", l.bind_to_port.map(|b| b.value), 3),
+    for (key, value) in [
+        ("use_original_dst", rest.use_original_dst.take()),
+        ("transparent", rest.transparent.take()),
+        ("freebind", rest.freebind.take()),
+        ("bind_to_port", rest.bind_to_port.take()),
     ] {
         if let Some(value) = value {
-            put(&mut out, key, Value::Bool(value));
-        }
-        match clear {
-            0 => rest.use_original_dst = None,
-            1 => rest.transparent = None,
-            2 => rest.freebind = None,
-            _ => rest.bind_to_port = None,
+            put(&mut out, key, Value::Bool(value.value));
         }
     }
     match l.traffic_direction {
