@@ -1,13 +1,22 @@
-//! A control plane for the tests: a real ADS server (tonic, `envoy-types`' protos) in a thread that
-//! entered a test namespace. It serves the state of the world it is told (clusters, listeners,
-//! each with a version), sends a new state to every open stream at once, and records every
-//! request it receives (subscriptions, ACKs, NACKs with their error detail). Stopping it ends its
-//! streams, as a control plane that goes away does.
+//! A control plane for the tests: a real ADS server (tonic, `envoy-types`' protos) in a process of
+//! its own (`xds-server`), started inside a test namespace. It serves the state of the world the
+//! test writes into its state directory — one `DiscoveryResponse` per type, `cds.pb`, `lds.pb`,
+//! `eds.pb` — and sends a changed state to every open stream at once. Endpoints are served by the
+//! names each stream asked for, and sent again when a stream changes those names. Every request
+//! it receives (subscriptions, ACKs, NACKs with their error detail) is appended to `seen.bin`,
+//! length-delimited, for the test to read. Killing the process (SIGKILL) is a control plane that
+//! goes away; starting it again on the same directory is one that comes back with its state.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -15,11 +24,28 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::netns::Netns;
+
+/// The type URL of endpoints: served by name, not as a wildcard.
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The state files, by type URL.
+const STATE_FILES: [(&str, &str); 3] = [
+    (
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "cds.pb",
+    ),
+    (
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "lds.pb",
+    ),
+    (EDS, "eds.pb"),
+];
 
 /// The state of the world for one type: its version and resources.
 pub type TypeState = (String, Vec<Any>);
@@ -27,21 +53,18 @@ pub type TypeState = (String, Vec<Any>);
 /// What the server serves, by type URL.
 pub type World = BTreeMap<String, TypeState>;
 
-/// A request as recorded: (type URL, version, nonce, error detail, node id, the node's metadata
-/// keys, sorted and comma-separated).
-pub type Seen = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
+/// The server: the world it serves, and where each request goes.
 struct Server {
     world: watch::Receiver<World>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<std::fs::File>>,
     nonce: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What one stream subscribed to: the names asked for (empty: all) and the version last sent.
+#[derive(Default)]
+struct Subscribed {
+    names: Vec<String>,
+    sent: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -59,51 +82,51 @@ impl AggregatedDiscoveryService for Server {
         let nonce = Arc::clone(&self.nonce);
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            // The types this stream subscribed to, and the version each was last sent.
-            let mut subscribed: BTreeMap<String, String> = BTreeMap::new();
+            let mut subscribed: BTreeMap<String, Subscribed> = BTreeMap::new();
             loop {
-                let changed = tokio::select! {
+                tokio::select! {
                     request = incoming.message() => {
                         let Ok(Some(request)) = request else { return };
-                        seen.lock().unwrap().push((
-                            request.type_url.clone(),
-                            request.version_info.clone(),
-                            request.response_nonce.clone(),
-                            request.error_detail.as_ref().map(|s| s.message.clone()),
-                            request.node.as_ref().map(|n| n.id.clone()),
-                            request.node.as_ref().and_then(|n| n.metadata.as_ref()).map(|m| {
-                                let mut keys: Vec<&str> =
-                                    m.fields.keys().map(String::as_str).collect();
-                                keys.sort_unstable();
-                                keys.join(",")
-                            }),
-                        ));
-                        // A subscription (no nonce) is answered with the current state.
-                        if !request.response_nonce.is_empty() {
-                            continue;
+                        let record = request.encode_length_delimited_to_vec();
+                        let _ = seen.lock().unwrap().write_all(&record);
+                        let entry = subscribed.entry(request.type_url.clone()).or_default();
+                        let mut names = request.resource_names.clone();
+                        names.sort_unstable();
+                        if request.response_nonce.is_empty() || names != entry.names {
+                            // A subscription, or a changed one: answered with the current state.
+                            entry.names = names;
+                            entry.sent = None;
                         }
-                        subscribed.insert(request.type_url.clone(), String::new());
-                        false
                     }
                     change = world.changed() => {
                         if change.is_err() { return }
-                        true
                     }
-                };
-                let _ = changed;
+                }
                 let current = world.borrow_and_update().clone();
-                for (type_url, sent) in &mut subscribed {
+                for (type_url, subscription) in &mut subscribed {
                     let Some((version, resources)) = current.get(type_url) else {
                         continue;
                     };
-                    if version == sent {
+                    if subscription.sent.as_ref() == Some(version) {
                         continue;
                     }
-                    sent.clone_from(version);
+                    subscription.sent = Some(version.clone());
+                    let resources = if type_url == EDS {
+                        resources
+                            .iter()
+                            .filter(|any| {
+                                ClusterLoadAssignment::decode(any.value.as_slice())
+                                    .is_ok_and(|a| subscription.names.contains(&a.cluster_name))
+                            })
+                            .cloned()
+                            .collect()
+                    } else {
+                        resources.clone()
+                    };
                     let n = nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let response = DiscoveryResponse {
                         version_info: version.clone(),
-                        resources: resources.clone(),
+                        resources,
                         type_url: type_url.clone(),
                         nonce: format!("n{n}"),
                         ..DiscoveryResponse::default()
@@ -125,109 +148,180 @@ impl AggregatedDiscoveryService for Server {
     }
 }
 
-/// A running control plane.
-pub struct ControlPlane {
-    /// Dropped to stop: every stream ends with it.
-    world: Option<watch::Sender<World>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The state directory's world as it is now (a missing or torn file is no state for its type).
+fn read_world(dir: &Path) -> World {
+    let mut world = World::new();
+    for (type_url, file) in STATE_FILES {
+        let Ok(bytes) = std::fs::read(dir.join(file)) else {
+            continue;
+        };
+        if let Ok(response) = DiscoveryResponse::decode(bytes.as_slice()) {
+            world.insert(
+                type_url.to_string(),
+                (response.version_info, response.resources),
+            );
+        }
+    }
+    world
 }
 
-impl ControlPlane {
-    /// Serves ADS on `addr` inside `ns` (the state of the world empty until [`Self::push`]).
-    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        Self::start_with(ns, addr, World::new())
-    }
+/// The state files' identities: a new file (written whole, then renamed in) changes its inode.
+fn stamp(dir: &Path) -> Vec<Option<(u64, i64, i64)>> {
+    STATE_FILES
+        .iter()
+        .map(|(_, file)| {
+            std::fs::metadata(dir.join(file))
+                .ok()
+                .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+        })
+        .collect()
+}
 
-    fn start_with(ns: &Netns, addr: SocketAddr, world: World) -> Self {
-        let (world_tx, world_rx) = watch::channel(world);
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+/// The `xds-server` process: serves ADS on `addr` from `dir` until `lifetime` has passed (a test
+/// that forgets it leaves nothing running), printing `listening` once bound.
+pub fn serve(addr: SocketAddr, dir: &Path, lifetime: Duration) -> std::io::Result<()> {
+    let seen = std::fs::File::create(dir.join("seen.bin"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (world_tx, world_rx) = watch::channel(read_world(dir));
+        let dir = dir.to_path_buf();
+        tokio::spawn(async move {
+            let mut last = stamp(&dir);
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let now = stamp(&dir);
+                if now != last {
+                    last = now;
+                    world_tx.send_replace(read_world(&dir));
+                }
+            }
+        });
+        let socket = tokio::net::TcpListener::bind(addr).await?;
+        println!("listening");
         let server = Server {
             world: world_rx,
-            seen: Arc::clone(&seen),
+            seen: Arc::new(Mutex::new(seen)),
             nonce: Arc::default(),
         };
-        let thread = ns.spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let socket = tokio::net::TcpListener::bind(addr).await.expect("bind");
-                let _ = ready_tx.send(());
-                let _ = tonic::transport::Server::builder()
-                    .add_service(AggregatedDiscoveryServiceServer::new(server))
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(socket),
-                        async move {
-                            let _ = stop_rx.await;
-                        },
-                    )
-                    .await;
-            });
-        });
-        ready_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the control plane listens");
-        Self {
-            world: Some(world_tx),
-            seen,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(socket),
+                tokio::time::sleep(lifetime),
+            )
+            .await
+            .map_err(std::io::Error::other)
+    })
+}
+
+/// A control plane process, as the tests drive it.
+pub struct ControlPlane {
+    binary: String,
+    ns_name: String,
+    addr: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// How long a control plane process lives at most.
+const LIFETIME: Duration = Duration::from_secs(600);
+
+impl ControlPlane {
+    /// Starts `binary` (the `xds-server` built beside the tests) serving ADS on `addr` inside
+    /// `ns`, with an empty state of the world.
+    pub fn start(binary: &str, ns: &Netns, addr: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-xds", ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the control plane's state directory");
+        let mut control = Self {
+            binary: binary.to_string(),
+            ns_name: ns.name().to_string(),
+            addr,
+            dir,
+            child: None,
+        };
+        control.spawn(ns);
+        control
     }
 
-    /// Serves `version` of `type_url`'s resources from now on (sent to every open stream).
+    fn spawn(&mut self, ns: &Netns) {
+        assert_eq!(ns.name(), self.ns_name);
+        let mut child = ns
+            .command(&self.binary)
+            .args([
+                &self.addr.to_string(),
+                self.dir.to_str().expect("a UTF-8 temp path"),
+                &LIFETIME.as_secs().to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the control plane");
+        let stdout = child.stdout.take().expect("its stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("the control plane's first line");
+        assert_eq!(line.trim(), "listening", "the control plane did not start");
+        self.child = Some(child);
+    }
+
+    /// The process's PID (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Serves `version` of `type_url`'s resources from now on (sent to every open stream): the
+    /// state file is written whole and renamed into place, so the server never reads half.
     pub fn push(&self, type_url: &str, version: &str, resources: Vec<Any>) {
-        if let Some(sender) = &self.world {
-            sender.send_modify(|world| {
-                world.insert(type_url.to_string(), (version.to_string(), resources));
-            });
+        let file = STATE_FILES
+            .iter()
+            .find(|(url, _)| *url == type_url)
+            .map(|(_, file)| *file)
+            .unwrap_or_else(|| panic!("no state file for {type_url}"));
+        let response = DiscoveryResponse {
+            version_info: version.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            ..DiscoveryResponse::default()
+        };
+        let staged = self.dir.join(format!("{file}.new"));
+        std::fs::write(&staged, response.encode_to_vec()).expect("stage the state");
+        std::fs::rename(&staged, self.dir.join(file)).expect("put the state in place");
+    }
+
+    /// Every request received since this process started, in order.
+    pub fn seen(&self) -> Vec<DiscoveryRequest> {
+        let bytes = std::fs::read(self.dir.join("seen.bin")).unwrap_or_default();
+        let mut buf = bytes.as_slice();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            match DiscoveryRequest::decode_length_delimited(&mut buf) {
+                Ok(request) => out.push(request),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Kills the process (SIGKILL: its streams break, as a control plane that dies).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
-    /// Every request received so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// The state of the world it serves (to start another with it).
-    pub fn world(&self) -> World {
-        self.world
-            .as_ref()
-            .map(|w| w.borrow().clone())
-            .unwrap_or_default()
-    }
-
-    /// Stops serving (its streams end) and returns what it served.
-    pub fn stop(mut self) -> World {
-        let world = self.world();
-        self.shut_down();
-        world
-    }
-
-    fn shut_down(&mut self) {
-        // The streams end with the state's sender; then the server stops.
-        self.world = None;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    /// A control plane serving `world` from the start (a restart).
-    pub fn restart(ns: &Netns, addr: SocketAddr, world: World) -> Self {
-        Self::start_with(ns, addr, world)
+    /// Starts the process again on the same state (a control plane that comes back).
+    pub fn restart(&mut self, ns: &Netns) {
+        self.kill();
+        self.spawn(ns);
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.shut_down();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,8 +1,10 @@
 //! Driven by a control plane, against the real kernel: the real binary with an Envoy ADS
-//! bootstrap, a real ADS server (gRPC over HTTP/2) beside it. A pushed listener starts
-//! accepting; an invalid push is NACKed naming the field while the old config keeps serving; a
+//! bootstrap, a real ADS server (gRPC over HTTP/2) in a process of its own beside it. A pushed
+//! listener starts accepting; an invalid push is NACKed naming the field while the old config
+//! keeps serving; an update waiting for its cluster warms while the version in force serves; an
+//! EDS cluster warms until its endpoints come, and moved endpoints take new connections only; a
 //! listener pushed away stops at once while its open connection drains byte-exact; the control
-//! plane goes away and origdst keeps relaying; it comes back and origdst resubscribes with the
+//! plane is killed and origdst keeps relaying; it comes back and origdst resubscribes with the
 //! versions in force.
 
 use std::io::{Read, Write};
@@ -10,11 +12,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+    config_source, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 use origdst_netns_tests::admin;
 use origdst_netns_tests::config::ConfigFile;
@@ -27,6 +36,7 @@ use prost::Message;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn control_plane_addr() -> SocketAddr {
@@ -141,19 +151,113 @@ fn until(
     }
 }
 
+/// The tests' control plane process, built beside them.
+fn start_control_plane(ns: &origdst_netns_tests::netns::Netns) -> ControlPlane {
+    ControlPlane::start(env!("CARGO_BIN_EXE_xds-server"), ns, control_plane_addr())
+}
+
+/// Waits (bounded) for a request the control plane received that `want` picks.
+fn wait_for_request(
+    control: &ControlPlane,
+    what: &str,
+    want: impl Fn(&DiscoveryRequest) -> bool,
+) -> DiscoveryRequest {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = control.seen().into_iter().find(|r| want(r)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what}: {:#?}",
+            control.seen()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An EDS cluster (endpoints over ADS) for `service`.
+fn eds_cluster(name: &str, service: &str) -> Any {
+    let cluster = Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ConfigSource {
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                resource_api_version: ApiVersion::V3 as i32,
+                ..ConfigSource::default()
+            }),
+            service_name: service.into(),
+        }),
+        ..Cluster::default()
+    };
+    Any {
+        type_url: CDS.into(),
+        value: cluster.encode_to_vec(),
+    }
+}
+
+/// `service`'s endpoints: one at `endpoint`.
+fn assignment(service: &str, endpoint: SocketAddr) -> Any {
+    let assignment = ClusterLoadAssignment {
+        cluster_name: service.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket(&endpoint.ip().to_string(), endpoint.port().into())),
+                    ..Endpoint::default()
+                })),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    };
+    Any {
+        type_url: EDS.into(),
+        value: assignment.encode_to_vec(),
+    }
+}
+
+/// A connection from the client to `dst`, its greeting read.
+fn open_to(gw: &Gateway, dst: SocketAddr, greeting_len: usize) -> (TcpStream, Vec<u8>) {
+    gw.client.run(move || {
+        let mut stream = TcpStream::connect(dst).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut greeting = vec![0u8; greeting_len];
+        stream.read_exact(&mut greeting).expect("greeting");
+        (stream, greeting)
+    })
+}
+
+/// Writes `len` bytes and reads them back, byte-exact.
+fn echo(stream: &mut TcpStream, len: usize, byte: u8) {
+    let payload = vec![byte; len];
+    stream.write_all(&payload).expect("write");
+    let mut back = vec![0u8; len];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(back, payload);
+}
+
 #[test]
 fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     let gw = Gateway::new("xds");
     let server = addr(SERVER_V4[0], 8080);
+    let (first, second) = (addr(SERVER_V4[1], 9001), addr(SERVER_V4[1], 9002));
     // Greets with the address it was dialled on, then echoes until EOF.
-    let _server = Server::greet_and_echo(&gw.server, &[server]);
-    let control = ControlPlane::start(&gw.router, control_plane_addr());
+    let _server = Server::greet_and_echo(&gw.server, &[server, first, second]);
+    let mut control = start_control_plane(&gw.router);
     let config = ConfigFile::new("xds", &bootstrap());
     let proxy = Proxy::start(
         origdst_bin!(),
         &gw.router,
         &["--config", config.arg(), "--shards", "2"],
     );
+    let greeting = |a: SocketAddr| Ok(a.to_string().into_bytes());
     // Nothing pushed yet: nothing listens on the capture port.
     assert_eq!(ask(&gw, server), Err(std::io::ErrorKind::ConnectionRefused));
 
@@ -162,52 +266,97 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     let pushed = Instant::now();
     control.push(LDS, "l1", vec![capture("PassthroughCluster")]);
     let accepting = until(&gw, server, pushed, |r| r.is_ok());
-    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
-    let mut open = gw.client.run(move || {
-        let stream = TcpStream::connect(server).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-    });
-    let mut greeting = vec![0u8; server.to_string().len()];
-    open.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(ask(&gw, server), greeting(server));
+    let (mut open, _) = open_to(&gw, server, server.to_string().len());
 
-    // An invalid push (a cluster that does not exist) is NACKed naming it; l1 keeps serving.
-    control.push(LDS, "l2", vec![capture("NoSuchCluster")]);
-    let deadline = Instant::now() + TIMEOUT;
-    let nack = loop {
-        let nack = control
-            .seen()
-            .into_iter()
-            .find(|(type_url, _, _, error, _, _)| type_url == LDS && error.is_some());
-        if let Some(nack) = nack {
-            break nack;
-        }
-        assert!(Instant::now() < deadline, "no NACK: {:?}", control.seen());
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let why = nack.3.expect("an error detail");
-    assert!(
-        why.contains("listener \"capture\"") && why.contains("NoSuchCluster"),
-        "{why}"
+    // An invalid push (a field origdst does not implement) is NACKed naming it; l1 serves on.
+    let mut buffered = Listener::decode(capture("PassthroughCluster").value.as_slice()).unwrap();
+    buffered.per_connection_buffer_limit_bytes =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1024 });
+    control.push(
+        LDS,
+        "l2",
+        vec![Any {
+            type_url: LDS.into(),
+            value: buffered.encode_to_vec(),
+        }],
     );
-    assert_eq!(nack.1, "l1", "a NACK carries the version in force");
-    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    let nack = wait_for_request(&control, "NACK", |r| {
+        r.type_url == LDS && r.error_detail.is_some()
+    });
+    let why = nack.error_detail.expect("an error detail").message;
+    assert_eq!(
+        why,
+        "listener \"capture\": per_connection_buffer_limit_bytes: not supported (proto field 5)"
+    );
+    assert_eq!(
+        nack.version_info, "l1",
+        "a NACK carries the version in force"
+    );
+    assert_eq!(ask(&gw, server), greeting(server));
+
+    // An update naming a cluster not pushed yet warms: ACKed, and l1 keeps serving meanwhile.
+    control.push(LDS, "l3", vec![capture("svc")]);
+    wait_for_request(&control, "ACK of l3", |r| {
+        r.type_url == LDS && r.version_info == "l3"
+    });
+    assert_eq!(ask(&gw, server), greeting(server));
+    let metrics = admin::scrape(&gw.router);
+    assert_eq!(metrics.value("origdst_xds_warming{type=\"lds\"}"), 1.0);
+    let (_, text) = admin::get(&gw.router, "/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&text).expect("a JSON dump");
+    let capture_dump = &dump["configs"][1]["dynamic_listeners"][0];
+    assert_eq!(capture_dump["name"], "capture");
+    assert_eq!(
+        capture_dump["warming_state"]["listener"]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["cluster"],
+        "svc",
+        "{capture_dump}"
+    );
+    assert!(capture_dump["active_state"].is_object(), "{capture_dump}");
+
+    // The cluster arrives, of type EDS: it asks for its endpoints by name and warms itself.
+    control.push(
+        CDS,
+        "c2",
+        vec![passthrough(), eds_cluster("svc", "outbound|8080||svc")],
+    );
+    let subscribed = wait_for_request(&control, "EDS subscription", |r| r.type_url == EDS);
+    assert_eq!(subscribed.resource_names, vec!["outbound|8080||svc"]);
+    let metrics = admin::scrape(&gw.router);
+    assert_eq!(metrics.value("origdst_xds_warming{type=\"cds\"}"), 1.0);
+    assert_eq!(ask(&gw, server), greeting(server), "l1 still serves");
+
+    // Its endpoints arrive: the cluster and the listener waiting for it go in force.
+    let pushed = Instant::now();
+    control.push(EDS, "e1", vec![assignment("outbound|8080||svc", first)]);
+    let warmed = until(&gw, server, pushed, |r| *r == greeting(first));
+    let metrics = admin::scrape(&gw.router);
+    assert_eq!(metrics.value("origdst_xds_warming{type=\"lds\"}"), 0.0);
+    assert_eq!(metrics.value("origdst_xds_warming{type=\"cds\"}"), 0.0);
+    // The connection l1 accepted drains on, byte-exact (its listener version was replaced).
+    echo(&mut open, 64 * 1024, 0x5a);
+
+    // The endpoints move: new connections go to the new one, an open one stays where it is.
+    let (mut on_first, at) = open_to(&gw, server, first.to_string().len());
+    assert_eq!(at, first.to_string().into_bytes());
+    let pushed = Instant::now();
+    control.push(EDS, "e2", vec![assignment("outbound|8080||svc", second)]);
+    let moved = until(&gw, server, pushed, |r| *r == greeting(second));
+    echo(&mut on_first, 64 * 1024, 0x3c);
+    drop(on_first);
 
     // The listener pushed away: it stops at once; the open connection drains byte-exact.
     let pushed = Instant::now();
-    control.push(LDS, "l3", Vec::new());
+    control.push(LDS, "l4", Vec::new());
     let refusing = until(&gw, server, pushed, |r| {
         *r == Err(std::io::ErrorKind::ConnectionRefused)
     });
-    let payload = vec![0x6bu8; 128 * 1024];
-    open.write_all(&payload).expect("write while draining");
-    let mut back = vec![0u8; payload.len()];
-    open.read_exact(&mut back).expect("echo while draining");
-    assert_eq!(back, payload);
+    echo(&mut open, 128 * 1024, 0x6b);
     drop(open);
 
-    // Back again; then the control plane goes away: origdst keeps relaying with what it has.
-    control.push(LDS, "l4", vec![capture("PassthroughCluster")]);
+    // Back again; then the control plane dies: origdst keeps relaying with what it has.
+    control.push(LDS, "l5", vec![capture("PassthroughCluster")]);
     until(&gw, server, Instant::now(), |r| r.is_ok());
     // The dump in Envoy's shape: the pushed resources in the dynamic sections with their
     // versions, the bootstrap's own in the static ones.
@@ -215,7 +364,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     let dump = loop {
         let (_, text) = admin::get(&gw.router, "/config_dump");
         let dump: serde_json::Value = serde_json::from_str(&text).expect("a JSON dump");
-        if dump["configs"][1]["version_info"] == "l4" {
+        if dump["configs"][1]["version_info"] == "l5" {
             break dump;
         }
         assert!(Instant::now() < deadline, "{dump}");
@@ -225,15 +374,18 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     assert_eq!(listeners["dynamic_listeners"][0]["name"], "capture");
     assert_eq!(
         listeners["dynamic_listeners"][0]["active_state"]["version_info"],
-        "l4"
+        "l5"
     );
     assert_eq!(listeners["static_listeners"], serde_json::json!([]));
     let clusters = &dump["configs"][2];
-    assert_eq!(clusters["version_info"], "c1");
-    assert_eq!(
-        clusters["dynamic_active_clusters"][0]["cluster"]["name"],
-        "PassthroughCluster"
-    );
+    assert_eq!(clusters["version_info"], "c2");
+    let names: Vec<&str> = clusters["dynamic_active_clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["cluster"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["PassthroughCluster", "svc"]);
     assert_eq!(
         clusters["static_clusters"][0]["cluster"]["name"],
         "xds-grpc"
@@ -244,20 +396,25 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         metrics.value("origdst_xds_updates_total{type=\"lds\",result=\"rejected\"}"),
         1.0
     );
-    let world = control.stop();
+    assert_eq!(
+        metrics.value("origdst_xds_updates_total{type=\"eds\",result=\"accepted\"}"),
+        2.0
+    );
+    control.kill();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    assert_eq!(ask(&gw, server), greeting(server));
     assert_eq!(
         admin::scrape(&gw.router).value("origdst_xds_connected"),
         0.0
     );
 
-    // It comes back: origdst resubscribes with the versions in force and its node.
-    let control = ControlPlane::restart(&gw.router, control_plane_addr(), world);
+    // It comes back: origdst resubscribes with its node and the versions in force, in Envoy's
+    // order (clusters, their endpoints by name, listeners).
+    control.restart(&gw.router);
     let deadline = Instant::now() + Duration::from_secs(40);
     let resubscribed = loop {
         let seen = control.seen();
-        if seen.len() >= 2 {
+        if seen.len() >= 3 {
             break seen;
         }
         assert!(
@@ -266,21 +423,33 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(resubscribed[0].0, CDS);
-    assert_eq!(resubscribed[0].1, "c1");
-    assert_eq!(resubscribed[0].4.as_deref(), Some("gateway-0"));
+    let first_three: Vec<(&str, &str)> = resubscribed[..3]
+        .iter()
+        .map(|r| (r.type_url.as_str(), r.version_info.as_str()))
+        .collect();
+    assert_eq!(first_three, [(CDS, "c2"), (EDS, "e2"), (LDS, "l5")]);
+    assert_eq!(resubscribed[1].resource_names, vec!["outbound|8080||svc"]);
+    let node = resubscribed[0]
+        .node
+        .as_ref()
+        .expect("the node opens the stream");
+    assert_eq!(node.id, "gateway-0");
+    let mut keys: Vec<&str> = node
+        .metadata
+        .as_ref()
+        .map(|m| m.fields.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
     assert_eq!(
-        resubscribed[0].5.as_deref(),
-        Some("ISTIO_VERSION,LABELS"),
+        keys,
+        ["ISTIO_VERSION", "LABELS"],
         "the node's metadata goes to the control plane"
     );
-    assert_eq!(resubscribed[1].0, LDS);
-    assert_eq!(resubscribed[1].1, "l4");
-    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    assert_eq!(ask(&gw, server), greeting(server));
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
     println!(
-        "a pushed listener accepted {accepting:?} after the push, a listener pushed away refused {refusing:?} after"
+        "a pushed listener accepted {accepting:?} after the push, a warming one served {warmed:?} after its endpoints (EDS), moved endpoints served {moved:?} after, a listener pushed away refused {refusing:?} after"
     );
 }
 
@@ -292,7 +461,7 @@ fn a_push_of_a_thousand_service_listeners_applies_without_touching_open_connecti
     let gw = Gateway::new("xdsk");
     let backend = addr(SERVER_V4[0], 8080);
     let _server = Server::greet_and_echo(&gw.server, &[backend]);
-    let control = ControlPlane::start(&gw.router, control_plane_addr());
+    let control = start_control_plane(&gw.router);
     let config = ConfigFile::new("xdsk", &bootstrap());
     let proxy = Proxy::start(
         origdst_bin!(),
@@ -302,28 +471,20 @@ fn a_push_of_a_thousand_service_listeners_applies_without_touching_open_connecti
     // The virtual outbound listener (hand-off by original destination) and its passthrough.
     let services = Cluster {
         name: "services".into(),
-        load_assignment: Some(
-            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
-                cluster_name: "services".into(),
-                endpoints: vec![
-                    envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
-                        lb_endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint {
-                            host_identifier: Some(
-                                envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
-                                    envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
-                                        address: Some(socket(SERVER_V4[0], 8080)),
-                                        ..Default::default()
-                                    },
-                                ),
-                            ),
-                            ..Default::default()
-                        }],
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: "services".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(SERVER_V4[0], 8080)),
                         ..Default::default()
-                    },
-                ],
+                    })),
+                    ..Default::default()
+                }],
                 ..Default::default()
-            },
-        ),
+            }],
+            ..Default::default()
+        }),
         ..Cluster::default()
     };
     control.push(

@@ -75,6 +75,36 @@ pub fn envoy_json(running: &RunningConfig, xds: Option<&crate::xds_client::XdsGa
             listeners.push(json!({ "listener": typed(LISTENER, &l), "last_updated": updated }));
         }
     }
+    // Listeners taken but waiting for a cluster: Envoy's `warming_state` (beside the version in
+    // force, if one serves).
+    for warming in &pushed.warming[1] {
+        let Ok(l) = serde_json::to_value(warming) else {
+            continue;
+        };
+        let state = json!({
+            "version_info": versions[1],
+            "listener": typed(LISTENER, &l),
+            "last_updated": pushed_at(1),
+        });
+        match dynamic_listeners
+            .iter_mut()
+            .find(|d| d["name"] == l["name"])
+        {
+            Some(active) => active["warming_state"] = state,
+            None => dynamic_listeners.push(json!({ "name": l["name"], "warming_state": state })),
+        }
+    }
+    let dynamic_warming_clusters: Vec<Json> = pushed.warming[0]
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .map(|c| {
+            json!({
+                "version_info": versions[0],
+                "cluster": typed(CLUSTER, &c),
+                "last_updated": pushed_at(0),
+            })
+        })
+        .collect();
     let mut clusters = Vec::new();
     let mut dynamic_clusters = Vec::new();
     for c in resources("clusters") {
@@ -122,7 +152,7 @@ pub fn envoy_json(running: &RunningConfig, xds: Option<&crate::xds_client::XdsGa
                 "version_info": clusters_version,
                 "static_clusters": clusters,
                 "dynamic_active_clusters": dynamic_clusters,
-                "dynamic_warming_clusters": [],
+                "dynamic_warming_clusters": dynamic_warming_clusters,
             },
         ]
     });

@@ -337,7 +337,7 @@ fn encode_xds(
         "ADS streams opened (the first, then one per reconnect).",
         load(&xds.streams),
     )?;
-    let types = ["cds", "lds"];
+    let types = crate::xds_client::TYPES;
     {
         let mut family = encoder.encode_descriptor(
             "xds_updates",
@@ -369,6 +369,22 @@ fn encode_xds(
     for (kind, version) in types.iter().zip(&versions) {
         ConstGauge::new(1)
             .encode(family.encode_family(&[("type", *kind), ("version", version.as_str())])?)?;
+    }
+    let warming = xds
+        .pushed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .warming
+        .clone();
+    let mut warming_family = encoder.encode_descriptor(
+        "xds_warming",
+        "Pushed resources taken but not in force yet: clusters waiting for their endpoints (EDS), listeners waiting for a cluster.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (kind, resources) in ["cds", "lds"].iter().zip(&warming) {
+        ConstGauge::new(resources.len() as i64)
+            .encode(warming_family.encode_family(&[("type", *kind)])?)?;
     }
     Ok(())
 }

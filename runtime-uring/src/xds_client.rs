@@ -10,16 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::protobuf::value::Kind;
 use origdst_core::config::{ClusterKind, EndpointTarget};
 use origdst_xds::backoff::Backoff;
+use origdst_xds::compose::{self, Composed, Pushed};
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
-use origdst_xds::stream::{self, StreamEnd};
+use origdst_xds::stream::{self, Judge, StreamEnd};
 use prost::Message;
 
 use crate::observed::Observed;
@@ -31,31 +35,37 @@ use crate::supervisor::{ReloadContext, apply_config};
 pub struct XdsGauges {
     /// 1 while an ADS stream is up.
     pub connected: AtomicU64,
-    /// Pushes accepted, by type: clusters, listeners.
-    pub accepted: [AtomicU64; 2],
+    /// Pushes accepted, by type: clusters, listeners, endpoints ([`TYPES`]).
+    pub accepted: [AtomicU64; 3],
     /// Pushes refused (NACKed), by type.
-    pub rejected: [AtomicU64; 2],
+    pub rejected: [AtomicU64; 3],
     /// Streams opened since start.
     pub streams: AtomicU64,
     /// The versions in force, by type.
-    pub versions: std::sync::Mutex<[String; 2]>,
-    /// The pushed resources in force (`/config_dump`'s dynamic sections).
-    pub pushed: std::sync::Mutex<Pushed>,
+    pub versions: std::sync::Mutex<[String; 3]>,
+    /// The pushed resources in force and warming (`/config_dump`'s dynamic sections).
+    pub pushed: std::sync::Mutex<InForce>,
 }
 
-/// The names of the pushed resources in force, by type, and when each type was last accepted.
+/// The types in the order of [`XdsGauges`]' arrays, by their short names.
+pub const TYPES: [&str; 3] = ["cds", "lds", "eds"];
+
+/// The pushed resources in force and warming, and when each type was last accepted.
 #[derive(Debug, Default, Clone)]
-pub struct Pushed {
-    /// Clusters (index 0) and listeners (1), by name.
+pub struct InForce {
+    /// Clusters (index 0) and listeners (1) in force, by name.
     pub names: [Vec<String>; 2],
+    /// Clusters (0) and listeners (1) warming, each as the bootstrap's document would hold it.
+    pub warming: [Vec<serde_yaml_ng::Value>; 2],
     /// When each type was last accepted.
-    pub at: [Option<std::time::SystemTime>; 2],
+    pub at: [Option<std::time::SystemTime>; 3],
 }
 
 fn index(kind: ResourceType) -> usize {
     match kind {
         ResourceType::Cluster => 0,
         ResourceType::Listener => 1,
+        ResourceType::Endpoint => 2,
     }
 }
 
@@ -102,6 +112,8 @@ pub(crate) fn start(
         ..Node::default()
     };
     let bootstrap = running.yaml.clone();
+    // Before any push, every cluster in force is the bootstrap's own.
+    let statics: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
     let session = AdsSession::new(
         dynamic.cds,
         dynamic.lds,
@@ -126,8 +138,9 @@ pub(crate) fn start(
                 context,
                 gauges,
                 bootstrap,
-                clusters: Vec::new(),
-                listeners: Vec::new(),
+                statics,
+                pushed: Pushed::default(),
+                active: Vec::new(),
             };
             runtime.block_on(client.run(endpoint, node, session));
         })
@@ -142,9 +155,12 @@ struct Client {
     gauges: Arc<XdsGauges>,
     /// The bootstrap as loaded: what pushed resources are added to.
     bootstrap: String,
-    /// The resources in force.
-    clusters: Vec<Cluster>,
-    listeners: Vec<Listener>,
+    /// The bootstrap's own clusters (listeners may name them before any push).
+    statics: BTreeSet<String>,
+    /// The resources accepted, in force or warming.
+    pushed: Pushed,
+    /// The pushed listeners in force (bound).
+    active: Vec<Listener>,
 }
 
 impl Client {
@@ -160,11 +176,7 @@ impl Client {
             self.gauges.streams.fetch_add(1, Ordering::Relaxed);
             self.gauges.connected.store(1, Ordering::Relaxed);
             let opened = Instant::now();
-            let end = {
-                let mut judge =
-                    |kind: ResourceType, response: &DiscoveryResponse| self.judge(kind, response);
-                stream::run(endpoint.clone(), &node, &mut session, &mut judge).await
-            };
+            let end = stream::run(endpoint.clone(), &node, &mut session, self).await;
             self.gauges.connected.store(0, Ordering::Relaxed);
             if opened.elapsed() >= STREAM_HEALTHY {
                 backoff.reset();
@@ -182,8 +194,8 @@ impl Client {
         }
     }
 
-    /// A push: decoded, translated with the other type in force, validated, applied.
-    fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+    /// A push: decoded, translated with the other types in force, validated, applied.
+    fn verdict(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
         let verdict = self.try_apply(kind, response);
         let slot = index(kind);
         match &verdict {
@@ -207,23 +219,49 @@ impl Client {
     }
 
     fn try_apply(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+        let mut next = self.pushed.clone();
         let decoded = match kind {
-            ResourceType::Cluster => {
-                decode::<Cluster>(response).map(|c| (c, self.listeners.clone()))
-            }
-            ResourceType::Listener => {
-                decode::<Listener>(response).map(|l| (self.clusters.clone(), l))
-            }
+            ResourceType::Cluster => decode::<Cluster>(response).map(|c| next.clusters = c),
+            ResourceType::Listener => decode::<Listener>(response).map(|l| next.listeners = l),
+            // Not a wildcard type: an assignment absent from a response stays as it was, one
+            // not asked for is dropped.
+            ResourceType::Endpoint => decode::<ClusterLoadAssignment>(response).map(|all| {
+                let wanted = compose::endpoint_names(&next.clusters);
+                for assignment in all {
+                    if wanted.contains(&assignment.cluster_name) {
+                        next.assignments
+                            .insert(assignment.cluster_name.clone(), assignment);
+                    }
+                }
+            }),
         };
-        let (clusters, listeners) = match decoded {
-            Ok(pair) => pair,
+        if let Err(why) = decoded {
+            return Verdict::Rejected(why);
+        }
+        let wanted = compose::endpoint_names(&next.clusters);
+        next.assignments.retain(|name, _| wanted.contains(name));
+        let composed = match compose::compose(&next, &self.statics, &self.active) {
+            Ok(composed) => composed,
             Err(why) => return Verdict::Rejected(why),
         };
+        let overrides = &self.context.overrides;
+        if !(composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty()) {
+            // Warming resources are judged now, against stand-ins for what they wait for: a
+            // refusal names them when they arrive, not when what they wait for does.
+            let mut clusters = composed.clusters.clone();
+            clusters.extend(compose::stand_ins(&composed, &self.statics));
+            let listeners = compose::as_pushed(&composed);
+            if let Err(why) =
+                origdst_xds::translate::judge(&self.bootstrap, &clusters, &listeners, overrides)
+            {
+                return Verdict::Rejected(why);
+            }
+        }
         let judged = origdst_xds::translate::judge(
             &self.bootstrap,
-            &clusters,
-            &listeners,
-            &self.context.overrides,
+            &composed.clusters,
+            &composed.listeners,
+            overrides,
         );
         let (config, doc) = match judged {
             Ok(judged) => judged,
@@ -238,20 +276,52 @@ impl Client {
             None,
         ) {
             Ok(Some(_generation)) => {
-                let mut pushed = self.gauges.pushed.lock().unwrap_or_else(|p| p.into_inner());
-                pushed.names = [
-                    clusters.iter().map(|c| c.name.clone()).collect(),
-                    listeners.iter().map(|l| l.name.clone()).collect(),
-                ];
-                pushed.at[index(kind)] = Some(std::time::SystemTime::now());
-                drop(pushed);
-                self.clusters = clusters;
-                self.listeners = listeners;
+                self.publish(kind, &composed);
+                if !composed.warming_listeners.is_empty() || !composed.warming_clusters.is_empty() {
+                    tracing::info!(
+                        clusters = ?composed.warming_clusters.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                        listeners = ?composed.warming_listeners.iter().map(|l| &l.name).collect::<Vec<_>>(),
+                        "xDS: warming (waiting for clusters or their endpoints)"
+                    );
+                }
+                self.pushed = next;
+                self.active = composed.listeners;
                 Verdict::Accepted
             }
             Ok(None) => Verdict::Rejected("origdst is draining".into()),
             Err(why) => Verdict::Rejected(why),
         }
+    }
+
+    /// What `/config_dump` and `/metrics` show of what is in force and what warms.
+    fn publish(&self, kind: ResourceType, composed: &Composed) {
+        let warming_clusters = composed
+            .warming_clusters
+            .iter()
+            .filter_map(|c| origdst_xds::translate::cluster(c).ok())
+            .collect();
+        let warming_listeners = composed
+            .warming_listeners
+            .iter()
+            .filter_map(|l| origdst_xds::translate::listener(l).ok())
+            .collect();
+        let mut shown = self.gauges.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        shown.names = [
+            composed.clusters.iter().map(|c| c.name.clone()).collect(),
+            composed.listeners.iter().map(|l| l.name.clone()).collect(),
+        ];
+        shown.warming = [warming_clusters, warming_listeners];
+        shown.at[index(kind)] = Some(std::time::SystemTime::now());
+    }
+}
+
+impl Judge for Client {
+    fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+        self.verdict(kind, response)
+    }
+
+    fn endpoint_names(&self) -> Vec<String> {
+        compose::endpoint_names(&self.pushed.clusters)
     }
 }
 

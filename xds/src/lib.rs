@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod compose;
 pub mod session;
 pub mod stream;
 pub mod translate;

@@ -3,8 +3,9 @@
 //! ```text
 //!   connected ─▶ [CDS request] ─▶ CDS response ─▶ ACK/NACK (+ first time: [LDS request])
 //!                                 LDS response ─▶ ACK/NACK
-//!   disconnected ─▶ (reconnect after backoff) ─▶ connected: CDS and LDS again, with the versions
-//!                                                in force, the node sent again
+//!   accepted clusters name EDS services ─▶ [EDS request for exactly those names]
+//!   disconnected ─▶ (reconnect after backoff) ─▶ connected: CDS, EDS and LDS again, with the
+//!                                                versions in force, the node sent again
 //! ```
 //!
 //! The rules it keeps (Envoy's, from the xDS protocol document):
@@ -18,7 +19,10 @@
 //! - the node goes on the first request of a stream (on every one unless
 //!   `set_node_on_first_message_only`);
 //! - after a reconnect, each subscription is sent again with the version in force, so a server
-//!   that still has that version need not resend it.
+//!   that still has that version need not resend it;
+//! - endpoints (EDS) are not a wildcard type: their subscription names the services the accepted
+//!   clusters ask for, and is sent again (with the version in force and the latest nonce) each
+//!   time that set changes.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +31,8 @@ use std::collections::BTreeMap;
 pub enum ResourceType {
     /// CDS: `envoy.config.cluster.v3.Cluster`.
     Cluster,
+    /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`, by service name.
+    Endpoint,
     /// LDS: `envoy.config.listener.v3.Listener`.
     Listener,
 }
@@ -36,21 +42,23 @@ impl ResourceType {
     pub const fn type_url(self) -> &'static str {
         match self {
             Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Self::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
         }
     }
 
     /// The type a URL names, if it is one origdst subscribes to.
     pub fn from_type_url(url: &str) -> Option<Self> {
-        [Self::Cluster, Self::Listener]
+        [Self::Cluster, Self::Endpoint, Self::Listener]
             .into_iter()
             .find(|t| t.type_url() == url)
     }
 
-    /// Its short name in logs and metrics (`cds`, `lds`).
+    /// Its short name in logs and metrics (`cds`, `eds`, `lds`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Cluster => "cds",
+            Self::Endpoint => "eds",
             Self::Listener => "lds",
         }
     }
@@ -63,6 +71,9 @@ pub struct Request {
     pub resource_type: ResourceType,
     /// The version in force (empty: none yet).
     pub version_info: String,
+    /// The resources asked for: empty for the wildcard types (clusters, listeners), the service
+    /// names for endpoints.
+    pub resource_names: Vec<String>,
     /// The nonce of the response it answers (empty for a subscription).
     pub response_nonce: String,
     /// Why the response was refused (a NACK); `None` for an ACK or a subscription.
@@ -109,6 +120,8 @@ struct Subscription {
     accepted: String,
     /// The nonce of the latest response on the current stream.
     latest_nonce: String,
+    /// The names subscribed to (endpoints only; empty is the wildcard).
+    names: Vec<String>,
 }
 
 /// The ADS protocol for one proxy, across streams.
@@ -119,9 +132,13 @@ pub struct AdsSession {
     node_on_first_message_only: bool,
     /// The node went out on the current stream.
     node_sent: bool,
+    /// A stream is up (between [`Self::connected`] and [`Self::disconnected`]).
+    streaming: bool,
     subscriptions: BTreeMap<ResourceType, Subscription>,
     /// Clusters were accepted at least once (listeners may be asked for).
     clusters_settled: bool,
+    /// The EDS services the accepted clusters ask for (sorted; empty: no EDS subscription).
+    endpoint_names: Vec<String>,
 }
 
 impl AdsSession {
@@ -133,8 +150,10 @@ impl AdsSession {
             wants_listeners: listeners,
             node_on_first_message_only,
             node_sent: false,
+            streaming: false,
             subscriptions: BTreeMap::new(),
             clusters_settled: false,
+            endpoint_names: Vec::new(),
         }
     }
 
@@ -142,6 +161,7 @@ impl AdsSession {
     /// if there are no clusters to wait for, or clusters were settled on an earlier stream).
     pub fn connected(&mut self) -> Vec<Request> {
         self.node_sent = false;
+        self.streaming = true;
         for subscription in self.subscriptions.values_mut() {
             subscription.sent = false;
             subscription.latest_nonce.clear();
@@ -149,6 +169,9 @@ impl AdsSession {
         let mut out = Vec::new();
         if self.wants_clusters {
             out.push(self.subscribe(ResourceType::Cluster));
+        }
+        if !self.endpoint_names.is_empty() {
+            out.push(self.subscribe(ResourceType::Endpoint));
         }
         if self.wants_listeners && (!self.wants_clusters || self.clusters_settled) {
             out.push(self.subscribe(ResourceType::Listener));
@@ -164,6 +187,7 @@ impl AdsSession {
             subscription.latest_nonce.clear();
         }
         self.node_sent = false;
+        self.streaming = false;
     }
 
     /// A response arrived: judge it, or ignore it.
@@ -200,6 +224,7 @@ impl AdsSession {
                 out.push(Request {
                     resource_type: kind,
                     version_info: response.version_info.clone(),
+                    resource_names: subscription.names.clone(),
                     response_nonce: response.nonce.clone(),
                     error_detail: None,
                     with_node,
@@ -214,6 +239,7 @@ impl AdsSession {
             Verdict::Rejected(why) => out.push(Request {
                 resource_type: kind,
                 version_info: subscription.accepted.clone(),
+                resource_names: subscription.names.clone(),
                 response_nonce: response.nonce.clone(),
                 error_detail: Some(why),
                 with_node,
@@ -229,13 +255,45 @@ impl AdsSession {
             .map_or("", |s| s.accepted.as_str())
     }
 
+    /// The EDS services the clusters now in force ask for: the endpoint subscription to send if
+    /// that set changed while a stream is up (with the version in force and the latest nonce,
+    /// as the protocol wants a changed subscription sent). An emptied set sends nothing: the
+    /// assignments that still come are dropped by the caller, and the next stream asks for none.
+    pub fn want_endpoints(&mut self, mut names: Vec<String>) -> Option<Request> {
+        names.sort_unstable();
+        names.dedup();
+        if names == self.endpoint_names {
+            return None;
+        }
+        self.endpoint_names.clone_from(&names);
+        if names.is_empty() || !self.streaming {
+            return None;
+        }
+        let nonce = self
+            .subscriptions
+            .get(&ResourceType::Endpoint)
+            .filter(|s| s.sent)
+            .map(|s| s.latest_nonce.clone())
+            .unwrap_or_default();
+        let mut request = self.subscribe(ResourceType::Endpoint);
+        request.response_nonce = nonce;
+        Some(request)
+    }
+
     fn subscribe(&mut self, kind: ResourceType) -> Request {
         let with_node = self.take_node();
+        let names = if kind == ResourceType::Endpoint {
+            self.endpoint_names.clone()
+        } else {
+            Vec::new()
+        };
         let subscription = self.subscriptions.entry(kind).or_default();
         subscription.sent = true;
+        subscription.names.clone_from(&names);
         Request {
             resource_type: kind,
             version_info: subscription.accepted.clone(),
+            resource_names: names,
             response_nonce: String::new(),
             error_detail: None,
             with_node,
@@ -292,6 +350,7 @@ mod tests {
             vec![Request {
                 resource_type: Cluster,
                 version_info: String::new(),
+                resource_names: Vec::new(),
                 response_nonce: "n1".into(),
                 error_detail: Some("cluster \"a\": bad".into()),
                 with_node: false,
@@ -342,9 +401,15 @@ mod tests {
         // Listeners were not asked for yet.
         let early = response(Listener, "l1", "n1");
         assert_eq!(session.received(&early), Disposition::Ignore);
-        // Not a type origdst knows.
+        // Not a type origdst knows, and one it knows but did not subscribe to.
+        let rds = Response {
+            type_url: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration".into(),
+            version_info: "r1".into(),
+            nonce: "n2".into(),
+        };
+        assert_eq!(session.received(&rds), Disposition::Ignore);
         let eds = Response {
-            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            type_url: ResourceType::Endpoint.type_url().into(),
             version_info: "e1".into(),
             nonce: "n2".into(),
         };
@@ -414,5 +479,75 @@ mod tests {
             Some(Cluster)
         );
         assert_eq!(Listener.name(), "lds");
+    }
+
+    #[test]
+    fn endpoints_are_asked_for_by_name_as_the_accepted_clusters_change() {
+        use ResourceType::Endpoint;
+        let mut session = AdsSession::new(true, true, true);
+        // No stream yet: the names are kept for the next one, nothing is sent.
+        assert_eq!(session.want_endpoints(vec!["a".into()]), None);
+        assert_eq!(session.want_endpoints(Vec::new()), None);
+        session.connected();
+        feed(
+            &mut session,
+            &response(Cluster, "c1", "n1"),
+            Verdict::Accepted,
+        );
+        // The accepted clusters name two EDS services (in any order, twice): one request, sorted.
+        let eds = session
+            .want_endpoints(vec!["b".into(), "a".into(), "b".into()])
+            .expect("an EDS subscription");
+        assert_eq!(
+            (
+                eds.resource_type,
+                eds.resource_names.clone(),
+                eds.response_nonce.as_str()
+            ),
+            (Endpoint, vec!["a".to_string(), "b".to_string()], "")
+        );
+        assert_eq!(session.want_endpoints(vec!["a".into(), "b".into()]), None);
+        // An EDS answer carries the names; a NACK keeps the version in force.
+        let ack = feed(
+            &mut session,
+            &response(Endpoint, "e1", "n2"),
+            Verdict::Accepted,
+        );
+        assert_eq!(
+            ack[0].resource_names,
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert_eq!(ack[0].version_info, "e1");
+        let nack = feed(
+            &mut session,
+            &response(Endpoint, "e2", "n3"),
+            Verdict::Rejected("no".into()),
+        );
+        assert_eq!(
+            (nack[0].version_info.as_str(), nack[0].resource_names.len()),
+            ("e1", 2)
+        );
+        // A changed set is sent with the version in force and the latest nonce.
+        let changed = session.want_endpoints(vec!["c".into()]).expect("resent");
+        assert_eq!(
+            (
+                changed.resource_names.clone(),
+                changed.version_info.as_str(),
+                changed.response_nonce.as_str()
+            ),
+            (vec!["c".to_string()], "e1", "n3")
+        );
+        // A reconnect: clusters, endpoints by name, listeners, in Envoy's order.
+        session.disconnected();
+        let again = session.connected();
+        let kinds: Vec<_> = again.iter().map(|r| r.resource_type).collect();
+        assert_eq!(kinds, vec![Cluster, Endpoint, Listener]);
+        assert_eq!(again[1].resource_names, vec!["c".to_string()]);
+        assert_eq!(again[1].version_info, "e1");
+        assert_eq!(Endpoint.name(), "eds");
+        assert_eq!(
+            ResourceType::from_type_url(Endpoint.type_url()),
+            Some(Endpoint)
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::session::{AdsSession, Disposition, Request, ResourceType, Response, V
 /// gRPC's `INVALID_ARGUMENT`: a NACK's status code.
 const INVALID_ARGUMENT: i32 = 3;
 
-/// Requests queued towards the server at most (the session sends at most two per response).
+/// Requests queued towards the server at most (the session sends at most three per response).
 const OUTBOX: usize = 16;
 
 /// How a stream ended.
@@ -25,12 +25,31 @@ pub enum StreamEnd {
     Failed(String),
 }
 
+/// What the stream asks of its caller: a verdict on each response, and the EDS services the
+/// clusters in force ask for (asked after each verdict; a change is subscribed to at once).
+pub trait Judge: Send {
+    /// The resources' fate: valid and put in force, or refused naming resource and field.
+    fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict;
+
+    /// The EDS service names the clusters in force ask for.
+    fn endpoint_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl<F: FnMut(ResourceType, &DiscoveryResponse) -> Verdict + Send> Judge for F {
+    fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
+        self(kind, response)
+    }
+}
+
 /// The request as the proto (the node on the first of a stream, as the session says).
 pub fn to_proto(request: &Request, node: &Node) -> DiscoveryRequest {
     DiscoveryRequest {
         version_info: request.version_info.clone(),
         node: request.with_node.then(|| node.clone()),
         type_url: request.resource_type.type_url().to_string(),
+        resource_names: request.resource_names.clone(),
         response_nonce: request.response_nonce.clone(),
         error_detail: request.error_detail.as_ref().map(|why| Status {
             code: INVALID_ARGUMENT,
@@ -47,7 +66,7 @@ pub async fn run(
     endpoint: String,
     node: &Node,
     session: &mut AdsSession,
-    judge: &mut (dyn FnMut(ResourceType, &DiscoveryResponse) -> Verdict + Send),
+    judge: &mut dyn Judge,
 ) -> StreamEnd {
     let end = stream(endpoint, node, session, judge).await;
     session.disconnected();
@@ -58,13 +77,16 @@ async fn stream(
     endpoint: String,
     node: &Node,
     session: &mut AdsSession,
-    judge: &mut (dyn FnMut(ResourceType, &DiscoveryResponse) -> Verdict + Send),
+    judge: &mut dyn Judge,
 ) -> StreamEnd {
     let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
         Ok(client) => client,
         Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
     };
     let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
+    // The EDS names are known before the first stream only after a restart of this client; a
+    // reconnect asks for the ones the clusters in force name.
+    let _ = session.want_endpoints(judge.endpoint_names());
     for request in session.connected() {
         // The receiver is ours until the call below: room for the first requests is certain.
         let _ = outbox.try_send(to_proto(&request, node));
@@ -90,8 +112,10 @@ async fn stream(
         let Disposition::Judge(kind) = session.received(&envelope) else {
             continue;
         };
-        let verdict = judge(kind, &response);
-        for request in session.answer(&envelope, verdict) {
+        let verdict = judge.judge(kind, &response);
+        let mut answers = session.answer(&envelope, verdict);
+        answers.extend(session.want_endpoints(judge.endpoint_names()));
+        for request in answers {
             if outbox.send(to_proto(&request, node)).await.is_err() {
                 return StreamEnd::Failed("the request stream closed".into());
             }

@@ -130,6 +130,10 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
     };
     put(&mut out, "type", Value::from(kind));
     rest.cluster_discovery_type = None;
+    // An EDS cluster reaches the validator resolved (STATIC with its endpoints, `compose`); its
+    // source was judged there. Unresolved, it is shown as pushed (a warming cluster in the dump).
+    crate::compose::eds_service(c)?;
+    rest.eds_cluster_config = None;
     let policy = cluster::LbPolicy::try_from(c.lb_policy)
         .map_err(|_| format!("lb_policy: {} is not a policy", c.lb_policy))?;
     if policy != cluster::LbPolicy::RoundRobin {
@@ -219,7 +223,39 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
     Ok(Value::Mapping(out))
 }
 
+/// Endpoints as the file writes them. Envoy balances over the lowest priority that has healthy
+/// endpoints; with no health checking in origdst, every endpoint not reported unhealthy is
+/// healthy, so only the lowest priority present is used, and endpoints the control plane reports
+/// `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out (`DEGRADED` ones serve, as Envoy uses them
+/// when nothing better is left). Weights do not apply to round robin; hostnames and health-check
+/// settings are descriptive. Localities keep their places (empty when of another priority), so
+/// a refusal's index is the pushed one.
 fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    if !a.named_endpoints.is_empty() {
+        return Err("load_assignment.named_endpoints: not supported".into());
+    }
+    if a.policy
+        .as_ref()
+        .is_some_and(|p| !p.drop_overloads.is_empty())
+    {
+        return Err("load_assignment.policy.drop_overloads: not supported".into());
+    }
+    let down = [
+        HealthStatus::Unhealthy as i32,
+        HealthStatus::Draining as i32,
+        HealthStatus::Timeout as i32,
+    ];
+    let lowest = a
+        .endpoints
+        .iter()
+        .filter(|l| {
+            l.lb_endpoints
+                .iter()
+                .any(|e| !down.contains(&e.health_status))
+        })
+        .map(|l| l.priority)
+        .min();
     let mut out = Mapping::new();
     put(
         &mut out,
@@ -228,12 +264,28 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
     );
     let mut localities = Vec::new();
     for (i, locality) in a.endpoints.iter().enumerate() {
+        if locality.lb_config.is_some() {
+            return Err(format!(
+                "load_assignment.endpoints[{i}].leds_cluster_locality_config: not supported"
+            ));
+        }
         let mut endpoints = Vec::new();
         for (j, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("load_assignment.endpoints[{i}].lb_endpoints[{j}]");
+            if Some(locality.priority) != lowest {
+                continue;
+            }
+            if down.contains(&lb.health_status) {
+                continue;
+            }
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else {
                 return Err(format!("{path}.endpoint: required"));
             };
+            if !endpoint.additional_addresses.is_empty() {
+                return Err(format!(
+                    "{path}.endpoint.additional_addresses: not supported"
+                ));
+            }
             let a = endpoint
                 .address
                 .as_ref()
@@ -246,6 +298,9 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
             );
             let mut item = Mapping::new();
             put(&mut item, "endpoint", Value::Mapping(e));
+            if let Some(m) = &lb.metadata {
+                put(&mut item, "metadata", metadata(m));
+            }
             endpoints.push(Value::Mapping(item));
         }
         let mut item = Mapping::new();
@@ -254,6 +309,44 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
     }
     put(&mut out, "endpoints", Value::Sequence(localities));
     Ok(Value::Mapping(out))
+}
+
+/// An endpoint's metadata as the file writes it (`filter_metadata` only; the validator judges
+/// its values).
+fn metadata(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Value {
+    let mut namespaces = Mapping::new();
+    for (namespace, fields) in &m.filter_metadata {
+        let mut map = Mapping::new();
+        for (key, value) in &fields.fields {
+            put(&mut map, key, proto_value(value, 0));
+        }
+        put(&mut namespaces, namespace, Value::Mapping(map));
+    }
+    let mut out = Mapping::new();
+    put(&mut out, "filter_metadata", Value::Mapping(namespaces));
+    Value::Mapping(out)
+}
+
+/// A protobuf `Value` as YAML (depth bounded: what a control plane sends is text too).
+fn proto_value(v: &envoy_types::pb::google::protobuf::Value, depth: usize) -> Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &v.kind {
+        _ if depth > 32 => Value::Null,
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => Value::from(*n),
+        Some(Kind::StringValue(s)) => Value::from(s.clone()),
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StructValue(s)) => {
+            let mut map = Mapping::new();
+            for (key, value) in &s.fields {
+                put(&mut map, key, proto_value(value, depth + 1));
+            }
+            Value::Mapping(map)
+        }
+        Some(Kind::ListValue(l)) => {
+            Value::Sequence(l.values.iter().map(|v| proto_value(v, depth + 1)).collect())
+        }
+    }
 }
 
 fn address(a: &Address, path: &str) -> Result<Value, String> {

@@ -185,13 +185,13 @@ fn refusals_name_the_resource_and_the_field() {
         "listener \"virtualOutbound\": filter_chains[0].transport_socket_connect_timeout: not supported (proto field 9)"
     );
     // What the validator refuses, named as the file loader names it, under the resource's name.
-    let mut eds = service("ratings", "10.1.0.8");
-    eds.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
-        cluster::DiscoveryType::Eds as i32,
+    let mut dns = service("ratings", "10.1.0.8");
+    dns.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::StrictDns as i32,
     ));
-    let err = judge(BOOTSTRAP, &[passthrough(), eds], &[virtual_outbound()]).unwrap_err();
+    let err = judge(BOOTSTRAP, &[passthrough(), dns], &[virtual_outbound()]).unwrap_err();
     assert!(err.starts_with("cluster \"ratings\": type:"), "{err}");
-    assert!(err.contains("EDS"), "{err}");
+    assert!(err.contains("STRICT_DNS"), "{err}");
     // A listener whose cluster was not pushed.
     let err = judge(BOOTSTRAP, &[], &[service_listener("reviews", 9080)]).unwrap_err();
     assert!(err.starts_with("listener \"reviews\": "), "{err}");
@@ -229,13 +229,115 @@ fn a_proto_json_bootstrap_takes_pushed_resources_too() {
     assert_eq!(config.listeners[0].name, "virtualOutbound");
     assert_eq!(config.clusters.len(), 2);
     // A refusal of a pushed cluster is still named by the resource, past the static ones.
-    let mut eds = passthrough();
-    eds.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
-        cluster::DiscoveryType::Eds as i32,
+    let mut dns = passthrough();
+    dns.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::StrictDns as i32,
     ));
-    let err = judge(json, &[eds], &[]).unwrap_err();
+    let err = judge(json, &[dns], &[]).unwrap_err();
     assert!(
         err.starts_with("cluster \"PassthroughCluster\": type:"),
         "{err}"
+    );
+}
+
+#[test]
+fn eds_endpoints_serve_by_health_and_priority_with_their_metadata() {
+    use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata};
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let endpoint = |ip: &str, health: HealthStatus| LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket(ip, 9080)),
+            hostname: "descriptive".into(),
+            ..Endpoint::default()
+        })),
+        health_status: health as i32,
+        load_balancing_weight: Some(UInt32Value { value: 3 }),
+        ..LbEndpoint::default()
+    };
+    let mut tagged = endpoint("10.1.0.2", HealthStatus::Healthy);
+    tagged.metadata = Some(Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: [(
+                    "workload".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue("ratings-v1".into())),
+                    },
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Metadata::default()
+    });
+    let assignment = ClusterLoadAssignment {
+        cluster_name: "outbound|9080||ratings".into(),
+        endpoints: vec![
+            // A failover priority: unused while priority 0 has endpoints not reported down.
+            LocalityLbEndpoints {
+                priority: 1,
+                lb_endpoints: vec![endpoint("10.9.0.1", HealthStatus::Healthy)],
+                ..LocalityLbEndpoints::default()
+            },
+            LocalityLbEndpoints {
+                lb_endpoints: vec![
+                    endpoint("10.1.0.1", HealthStatus::Unhealthy),
+                    tagged,
+                    endpoint("10.1.0.3", HealthStatus::Draining),
+                    endpoint("10.1.0.4", HealthStatus::Degraded),
+                    endpoint("10.1.0.5", HealthStatus::Unknown),
+                    endpoint("10.1.0.6", HealthStatus::Timeout),
+                ],
+                ..LocalityLbEndpoints::default()
+            },
+        ],
+        ..ClusterLoadAssignment::default()
+    };
+    let mut eds = service("ratings", "10.1.0.8");
+    eds.load_assignment = None;
+    let eds = crate::compose::resolved(&eds, &assignment);
+    let (config, _) =
+        judge(BOOTSTRAP, std::slice::from_ref(&eds), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let origdst_core::config::ClusterKind::Static { endpoints } = &config.clusters[1].kind else {
+        panic!("{:?}", config.clusters[1]);
+    };
+    let served: Vec<String> = endpoints
+        .iter()
+        .map(|e| match e.target {
+            origdst_core::config::EndpointTarget::Socket(a) => a.ip().to_string(),
+            ref other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(served, ["10.1.0.2", "10.1.0.4", "10.1.0.5"]);
+    assert_eq!(
+        endpoints[0].metadata["istio"]["workload"], "ratings-v1",
+        "the endpoint's metadata goes with it"
+    );
+    // Every endpoint of priority 0 down: priority 1 serves.
+    let mut down = assignment;
+    down.endpoints[1]
+        .lb_endpoints
+        .retain(|e| e.health_status == HealthStatus::Unhealthy as i32);
+    let eds = crate::compose::resolved(&eds, &down);
+    let (config, _) =
+        judge(BOOTSTRAP, std::slice::from_ref(&eds), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let origdst_core::config::ClusterKind::Static { endpoints } = &config.clusters[1].kind else {
+        panic!();
+    };
+    assert_eq!(endpoints.len(), 1);
+    // What origdst cannot honour is refused by its field.
+    let mut named = down;
+    named.endpoints[0].lb_endpoints[0].host_identifier.replace(
+        lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket("10.9.0.1", 1)),
+            additional_addresses: vec![Default::default()],
+            ..Endpoint::default()
+        }),
+    );
+    let err = judge(BOOTSTRAP, &[crate::compose::resolved(&eds, &named)], &[]).unwrap_err();
+    assert_eq!(
+        err,
+        "cluster \"ratings\": load_assignment.endpoints[0].lb_endpoints[0].endpoint.additional_addresses: not supported"
     );
 }
