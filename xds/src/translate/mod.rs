@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::Message;
 use serde_yaml_ng::{Mapping, Value};
 
+mod extensions;
 #[cfg(test)]
 mod tests;
 
@@ -163,8 +164,27 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
         if let Some(port) = o.upstream_port_override {
             put(&mut m, "upstream_port_override", Value::from(port.value));
         }
-        if o.metadata_key.is_some() {
-            return Err("original_dst_lb_config.metadata_key: not supported over xDS yet".into());
+        if let Some(key) = &o.metadata_key {
+            use envoy_types::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
+            let mut path = Vec::new();
+            for (i, segment) in key.path.iter().enumerate() {
+                match &segment.segment {
+                    Some(Segment::Key(k)) => {
+                        let mut item = Mapping::new();
+                        put(&mut item, "key", Value::from(k.clone()));
+                        path.push(Value::Mapping(item));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "original_dst_lb_config.metadata_key.path[{i}]: only key segments are supported"
+                        ));
+                    }
+                }
+            }
+            let mut k = Mapping::new();
+            put(&mut k, "key", Value::from(key.key.clone()));
+            put(&mut k, "path", Value::Sequence(path));
+            put(&mut m, "metadata_key", Value::Mapping(k));
         }
         put(&mut out, "original_dst_lb_config", Value::Mapping(m));
         rest.lb_config = None;
@@ -219,6 +239,14 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
         put(&mut out, "upstream_bind_config", Value::Mapping(m));
         rest.upstream_bind_config = None;
     }
+    if let Some(ts) = &c.transport_socket {
+        put(
+            &mut out,
+            "transport_socket",
+            extensions::transport_socket(ts, "transport_socket")?,
+        );
+    }
+    rest.transport_socket = None;
     leftover(&rest, "", CLUSTER_FIELDS)?;
     Ok(Value::Mapping(out))
 }
@@ -411,6 +439,15 @@ fn listener_filter(f: &ListenerFilter, path: &str) -> Result<Value, String> {
             put(&mut m, "@type", Value::from(ORIGINAL_DST));
             put(&mut out, "typed_config", Value::Mapping(m));
         }
+        Some(listener_filter::ConfigType::TypedConfig(any))
+            if any.type_url == extensions::ORIGINAL_SRC =>
+        {
+            put(
+                &mut out,
+                "typed_config",
+                extensions::original_src(any, &format!("{path}.typed_config"))?,
+            );
+        }
         Some(listener_filter::ConfigType::TypedConfig(any)) => {
             return Err(format!(
                 "{path}.typed_config: {:?} is not supported over xDS",
@@ -495,10 +532,19 @@ fn network_filter(f: &Filter, path: &str) -> Result<Value, String> {
         Some(_) => return Err(format!("{path}.config_discovery: not supported")),
         None => return Err(format!("{path}.typed_config: required")),
     };
+    if any.type_url == extensions::SET_FILTER_STATE {
+        put(
+            &mut out,
+            "typed_config",
+            extensions::set_filter_state(any, &format!("{path}.typed_config"))?,
+        );
+        return Ok(Value::Mapping(out));
+    }
     if any.type_url != TCP_PROXY {
         return Err(format!(
-            "{path}.typed_config: {:?} is not supported over xDS (supported: {TCP_PROXY})",
-            any.type_url
+            "{path}.typed_config: {:?} is not supported over xDS (supported: {TCP_PROXY}, {})",
+            any.type_url,
+            extensions::SET_FILTER_STATE
         ));
     }
     let proxy = TcpProxy::decode(any.value.as_slice())

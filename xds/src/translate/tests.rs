@@ -341,3 +341,303 @@ fn eds_endpoints_serve_by_health_and_priority_with_their_metadata() {
         "cluster \"ratings\": load_assignment.endpoints[0].lb_endpoints[0].endpoint.additional_addresses: not supported"
     );
 }
+
+/// A `Struct` of string fields.
+fn strings(fields: &[(&str, &str)]) -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    Struct {
+        fields: fields
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue((*v).to_string())),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn original_src_set_filter_state_and_internal_upstream_push_as_a_file_writes_them() {
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, EnvoyInternalAddress, Metadata, SubstitutionFormatString, TransportSocket,
+        data_source, envoy_internal_address, substitution_format_string, transport_socket,
+    };
+    use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
+        FilterStateValue, filter_state_value,
+    };
+    use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
+    use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterState;
+    use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::{
+        InternalUpstreamTransport, internal_upstream_transport::MetadataValueSource,
+    };
+    use envoy_types::pb::envoy::r#type::metadata::v3::{
+        MetadataKey, MetadataKind, metadata_key, metadata_kind,
+    };
+    let any = |type_url: &str, value: Vec<u8>| Any {
+        type_url: type_url.into(),
+        value,
+    };
+    let value =
+        |key: &str, text: &str, shared: filter_state_value::SharedWithUpstream| FilterStateValue {
+            key: Some(filter_state_value::Key::ObjectKey(key.into())),
+            value: Some(filter_state_value::Value::FormatString(
+                SubstitutionFormatString {
+                    format: Some(substitution_format_string::Format::TextFormatSource(
+                        DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(text.into())),
+                            ..DataSource::default()
+                        },
+                    )),
+                    ..SubstitutionFormatString::default()
+                },
+            )),
+            shared_with_upstream: shared as i32,
+            ..FilterStateValue::default()
+        };
+    let set_state = SetFilterState {
+        on_new_connection: vec![
+            value(
+                "envoy.filters.listener.original_dst.local_ip",
+                "%DOWNSTREAM_LOCAL_ADDRESS%",
+                filter_state_value::SharedWithUpstream::Once,
+            ),
+            value(
+                "envoy.network.transport_socket.original_dst_address",
+                "192.0.2.1:8080",
+                filter_state_value::SharedWithUpstream::None,
+            ),
+        ],
+        ..SetFilterState::default()
+    };
+    let mut outbound = virtual_outbound();
+    outbound.listener_filters.push(ListenerFilter {
+        name: "envoy.filters.listener.original_src".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+            OriginalSrc {
+                bind_port: false,
+                mark: 123,
+            }
+            .encode_to_vec(),
+        ))),
+        ..ListenerFilter::default()
+    });
+    outbound.filter_chains[0].filters.insert(
+        0,
+        Filter {
+            name: "envoy.filters.network.set_filter_state".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+                set_state.encode_to_vec(),
+            ))),
+        },
+    );
+    outbound.filter_chains[0].filters[1] = tcp_proxy("to_internal");
+    let encap = Listener {
+        name: "encap".into(),
+        address: Some(Address {
+            address: Some(address::Address::EnvoyInternalAddress(
+                EnvoyInternalAddress {
+                    address_name_specifier: Some(
+                        envoy_internal_address::AddressNameSpecifier::ServerListenerName(
+                            "encap".into(),
+                        ),
+                    ),
+                    ..EnvoyInternalAddress::default()
+                },
+            )),
+        }),
+        listener_specifier: Some(
+            envoy_types::pb::envoy::config::listener::v3::listener::ListenerSpecifier::InternalListener(
+                Default::default(),
+            ),
+        ),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            ..ListenerFilter::default()
+        }],
+        filter_chains: vec![FilterChain {
+            filters: vec![tcp_proxy("by_metadata")],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    };
+    let mut by_metadata = passthrough();
+    by_metadata.name = "by_metadata".into();
+    by_metadata.connect_timeout = None;
+    by_metadata.lb_config = Some(cluster::LbConfig::OriginalDstLbConfig(
+        cluster::OriginalDstLbConfig {
+            metadata_key: Some(MetadataKey {
+                key: "envoy.lb".into(),
+                path: vec![metadata_key::PathSegment {
+                    segment: Some(metadata_key::path_segment::Segment::Key(
+                        "destination".into(),
+                    )),
+                }],
+            }),
+            ..cluster::OriginalDstLbConfig::default()
+        },
+    ));
+    let mut to_internal = service("to_internal", "192.0.2.20");
+    let internal_endpoint = LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: encap.address.clone(),
+            ..Endpoint::default()
+        })),
+        metadata: Some(Metadata {
+            filter_metadata: [
+                (
+                    "envoy.filters.listener.original_dst".to_string(),
+                    strings(&[("local", "192.0.2.9:443")]),
+                ),
+                (
+                    "envoy.lb".to_string(),
+                    strings(&[("destination", "192.0.2.10:443")]),
+                ),
+            ]
+            .into(),
+            ..Metadata::default()
+        }),
+        ..LbEndpoint::default()
+    };
+    to_internal.load_assignment.as_mut().unwrap().endpoints[0]
+        .lb_endpoints
+        .insert(0, internal_endpoint);
+    let host = |name: &str| MetadataValueSource {
+        kind: Some(MetadataKind {
+            kind: Some(metadata_kind::Kind::Host(Default::default())),
+        }),
+        name: name.into(),
+    };
+    to_internal.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.internal_upstream".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+            InternalUpstreamTransport {
+                passthrough_metadata: vec![host("envoy.filters.listener.original_dst"), host("envoy.lb")],
+                transport_socket: Some(TransportSocket {
+                    name: "envoy.transport_sockets.raw_buffer".into(),
+                    config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+                        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                        Vec::new(),
+                    ))),
+                }),
+            }
+            .encode_to_vec(),
+        ))),
+    });
+    // Internal listeners need the bootstrap's extension, as in Envoy.
+    let bootstrap = format!(
+        "{BOOTSTRAP}bootstrap_extensions:\n- name: envoy.bootstrap.internal_listener\n  typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener }}\n"
+    );
+    let (pushed, _) = judge(
+        &bootstrap,
+        &[passthrough(), by_metadata, to_internal],
+        &[outbound, encap],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The same resources as a file writes them.
+    let clusters = r#"
+- { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 2.5s }
+- name: by_metadata
+  type: ORIGINAL_DST
+  lb_policy: CLUSTER_PROVIDED
+  original_dst_lb_config: { metadata_key: { key: envoy.lb, path: [ { key: destination } ] } }
+- name: to_internal
+  type: STATIC
+  load_assignment:
+    cluster_name: to_internal
+    endpoints:
+    - lb_endpoints:
+      - endpoint: { address: { envoy_internal_address: { server_listener_name: encap } } }
+        metadata:
+          filter_metadata:
+            envoy.filters.listener.original_dst: { local: "192.0.2.9:443" }
+            envoy.lb: { destination: "192.0.2.10:443" }
+      - endpoint: { address: { socket_address: { address: 192.0.2.20, port_value: 8080 } } }
+  transport_socket:
+    name: envoy.transport_sockets.internal_upstream
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport
+      passthrough_metadata:
+      - { kind: { host: {} }, name: envoy.filters.listener.original_dst }
+      - { kind: { host: {} }, name: envoy.lb }
+      transport_socket:
+        name: envoy.transport_sockets.raw_buffer
+        typed_config: { "@type": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer }
+"#;
+    let clusters: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(clusters).unwrap();
+    let mut listeners: Vec<serde_yaml_ng::Value> = Vec::new();
+    let mut outbound_file = super::listener(&virtual_outbound()).unwrap();
+    let listeners_yaml = r#"
+- name: envoy.filters.listener.original_src
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 123 }
+"#;
+    let extra: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(listeners_yaml).unwrap();
+    outbound_file["listener_filters"]
+        .as_sequence_mut()
+        .unwrap()
+        .extend(extra);
+    let chain_filters = r#"
+- name: envoy.filters.network.set_filter_state
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config
+    on_new_connection:
+    - object_key: envoy.filters.listener.original_dst.local_ip
+      format_string: { text_format_source: { inline_string: "%DOWNSTREAM_LOCAL_ADDRESS%" } }
+      shared_with_upstream: ONCE
+    - object_key: envoy.network.transport_socket.original_dst_address
+      format_string: { text_format_source: { inline_string: "192.0.2.1:8080" } }
+- name: envoy.filters.network.tcp_proxy
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: to_internal, cluster: to_internal, idle_timeout: 3600s, max_connect_attempts: 2 }
+"#;
+    outbound_file["filter_chains"][0]["filters"] = serde_yaml_ng::from_str(chain_filters).unwrap();
+    listeners.push(outbound_file);
+    listeners.push(
+        serde_yaml_ng::from_str(
+            r#"
+name: encap
+address: { envoy_internal_address: { server_listener_name: encap } }
+internal_listener: {}
+listener_filters: [ { name: envoy.filters.listener.original_dst } ]
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: by_metadata, cluster: by_metadata, idle_timeout: 3600s, max_connect_attempts: 2 }
+"#,
+        )
+        .unwrap(),
+    );
+    let file = super::document(&bootstrap, &clusters, &listeners).unwrap();
+    let from_file =
+        origdst_core::config::Config::from_yaml(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pushed, from_file);
+    assert!(pushed.listeners[0].original_src.is_some());
+    assert_eq!(pushed.listeners[0].filter_chains[0].filter_state.len(), 2);
+    assert_eq!(pushed.clusters[3].passthrough_metadata.len(), 2);
+
+    // What of these extensions origdst does not do is refused by its field.
+    let mut keyed = set_state;
+    keyed.on_new_connection[1].factory_key = "f".into();
+    let mut chain = virtual_outbound();
+    chain.filter_chains[0].filters.insert(
+        0,
+        Filter {
+            name: "envoy.filters.network.set_filter_state".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+                keyed.encode_to_vec(),
+            ))),
+        },
+    );
+    let err = judge(BOOTSTRAP, &[passthrough()], &[chain]).unwrap_err();
+    assert_eq!(
+        err,
+        "listener \"virtualOutbound\": filter_chains[0].filters[0].typed_config.on_new_connection[1].factory_key: not supported"
+    );
+}
