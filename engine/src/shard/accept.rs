@@ -178,6 +178,12 @@ impl<K: Kernel> Shard<K> {
             let mut core = Connection::overflow(now, evidence.client, &mut self.stats);
             while core.poll_action().is_some() {}
             self.io.kernel.arm_reset(&fd);
+            // Accepted and reset at once: counted as its listener's (or pod's) like any other
+            // connection it logs (found by the push family: the log had it, the counters not).
+            if let Some(group) = group {
+                self.group_accepted(group);
+                self.group_released(group, &core);
+            }
             let listener_name = Arc::clone(&self.listener_names[config_index]);
             self.report_close(now, &core, Some(listener_name), group);
             return;

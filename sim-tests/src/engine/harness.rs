@@ -21,7 +21,8 @@ use origdst_runtime_sim::kernel::{SimKernel, Workload};
 
 use super::logs::{LogLines, Recorder};
 use super::scenario::{
-    EFault, ERoute, EScenario, PORTS, PROXY_IP, SPREAD_ENDPOINTS, TPROXY_LISTENER, dest,
+    DOOMED_PORT, EFault, ERoute, EScenario, FRESH_PORT, PORTS, PROXY_IP, PUSHED_ENDPOINTS,
+    SPREAD_ENDPOINTS, TPROXY_LISTENER, dest, listener_group,
 };
 use super::workload::{Flows, Side};
 
@@ -145,6 +146,46 @@ fn config(scenario: &EScenario) -> Config {
 }
 
 fn config_yaml(scenario: &EScenario) -> String {
+    config_yaml_shaped(scenario, scenario.push_at_ms.is_some(), true)
+}
+
+/// The config a control plane pushes (push scenarios), made as the xDS client makes it: the
+/// pushed protos (the `spread` cluster with moved endpoints, the `fresh` listener) composed and
+/// translated into the bootstrap's document beside its own resources (here: the harness's
+/// config without `doomed` and without the old `spread`), and judged by the one validator.
+fn pushed(scenario: &EScenario) -> Config {
+    use origdst_xds::compose::{Pushed, compose};
+    // (The bootstrap alone does not validate: its `spread` listener waits for the pushed cluster.)
+    let bootstrap = config_yaml_shaped(scenario, false, false);
+    let statics = config(scenario)
+        .clusters
+        .iter()
+        .map(|c| c.name.clone())
+        .filter(|name| name != "spread")
+        .collect();
+    let pushed = Pushed {
+        clusters: vec![super::push::spread_cluster()],
+        listeners: vec![super::push::fresh_listener()],
+        ..Pushed::default()
+    };
+    let composed = compose(&pushed, &statics, &[]).unwrap_or_else(|e| panic!("compose: {e}"));
+    assert!(
+        composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty(),
+        "nothing of the push waits"
+    );
+    let (config, _) = origdst_xds::translate::judge(
+        &bootstrap,
+        &composed.clusters,
+        &composed.listeners,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("the push: {e}"));
+    config
+}
+
+/// The harness's config, with or without the `doomed` listener and the `spread` cluster (the
+/// push's bootstrap has neither: the push removes one and brings the other anew).
+fn config_yaml_shaped(scenario: &EScenario, doomed: bool, spread_cluster: bool) -> String {
     let (pipes, records, conn_limit) = (scenario.pipes, scenario.records, scenario.conn_limit);
     const TCP_PROXY: &str =
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -224,18 +265,8 @@ static_resources:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: tproxy, cluster: pass, idle_timeout: 5s, max_connect_attempts: 2 }}
-  clusters:
-  - name: spread
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: spread
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.1, port_value: 9000 }} }} }}
-        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.2, port_value: 9000 }} }} }}
-        - endpoint: {{ address: {{ socket_address: {{ address: 10.0.2.3, port_value: 9000 }} }} }}
-  - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
+{doomed}  clusters:
+{spread}  - {{ name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s }}
   - {{ name: by_header, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, connect_timeout: 1s, original_dst_lb_config: {{ use_http_header: true }} }}
   - name: to_inner
     type: STATIC
@@ -251,6 +282,34 @@ bootstrap_extensions:
     \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
     buffer_size_kb: {queue_kb}
 ",
+        doomed = if doomed {
+            format!("  - name: doomed
+    traffic_direction: OUTBOUND
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {DOOMED_PORT} }} }}
+    listener_filters: [ {{ name: envoy.filters.listener.original_dst }} ]
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ \"@type\": {TCP_PROXY}, stat_prefix: doomed, cluster: pass, idle_timeout: 5s, max_connect_attempts: 2 }}
+")
+        } else {
+            String::new()
+        },
+        spread = if spread_cluster {
+            "  - name: spread
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: spread
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 10.0.2.1, port_value: 9000 } } }
+        - endpoint: { address: { socket_address: { address: 10.0.2.2, port_value: 9000 } } }
+        - endpoint: { address: { socket_address: { address: 10.0.2.3, port_value: 9000 } } }
+"
+        } else {
+            ""
+        },
         data_path = if scenario.relay { "kernel-sockmap" } else { "uring-splice" },
         budget = if pipes { 4 * 1024 * 1024 } else { 0 },
         buffer = scenario.buffer_bytes,
@@ -353,7 +412,7 @@ pub fn run(scenario: &EScenario) -> EReport {
     )));
     net.borrow_mut().require_records = scenario.records;
     net.borrow_mut().tproxy_listener = TPROXY_LISTENER;
-    for endpoint in SPREAD_ENDPOINTS {
+    for endpoint in SPREAD_ENDPOINTS.into_iter().chain(PUSHED_ENDPOINTS) {
         net.borrow_mut().servers.insert(endpoint, VecDeque::new());
     }
     for flow in &scenario.flows {
@@ -379,6 +438,7 @@ pub fn run(scenario: &EScenario) -> EReport {
     let clock = Arc::new(AtomicU64::new(0));
     let pod_state = Rc::new(RefCell::new(vec![(None, false); scenario.pods.len()]));
     let control_slot = Rc::new(std::cell::OnceCell::new());
+    let fresh_listener = Rc::new(std::cell::Cell::new(None));
     let workload = Flows {
         drain_at: scenario.drain_at_ms.map(|ms| ms * 1_000_000),
         flows: scenario.flows.clone(),
@@ -394,6 +454,10 @@ pub fn run(scenario: &EScenario) -> EReport {
                 Arc::new(reversed(&config(scenario), scenario)),
             )
         }),
+        push: scenario
+            .push_at_ms
+            .map(|ms| (ms * 1_000_000, Arc::new(pushed(scenario)))),
+        fresh_listener: Rc::clone(&fresh_listener),
     };
     let mut kernel = SimKernel::new(
         Rc::clone(&net),
@@ -407,8 +471,11 @@ pub fn run(scenario: &EScenario) -> EReport {
     let config = Arc::new(config(scenario));
     // Each bound socket serves the listener whose address names its port (the internal listener
     // among them has none: indices in the config and in PORTS differ).
+    // A push scenario's `doomed` listener is bound right after the others (DOOMED_LISTENER).
+    let doomed = scenario.push_at_ms.map(|_| DOOMED_PORT);
     let listening: Vec<Listening<_>> = PORTS
         .into_iter()
+        .chain(doomed)
         .map(|port| {
             let config_index = config
                 .listeners
@@ -422,7 +489,7 @@ pub fn run(scenario: &EScenario) -> EReport {
                 socket: kernel.listen(SocketAddr::new(PROXY_IP, port)),
                 config_index,
                 // Each a listener group, as the runtime's are (counted per listener).
-                group: Some(origdst_engine::listeners::GroupId(1000 + u32::from(port))),
+                group: Some(origdst_engine::listeners::GroupId(listener_group(port))),
             }
         })
         .collect();
@@ -433,6 +500,13 @@ pub fn run(scenario: &EScenario) -> EReport {
         me: Arc::new(SelfAddrs {
             listeners: PORTS
                 .into_iter()
+                .chain(
+                    scenario
+                        .push_at_ms
+                        .map(|_| [DOOMED_PORT, FRESH_PORT])
+                        .into_iter()
+                        .flatten(),
+                )
                 .map(|port| {
                     origdst_core::addr::ListenerAddr::new(SocketAddr::new(
                         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -480,6 +554,8 @@ pub fn run(scenario: &EScenario) -> EReport {
         pod_state: Rc::clone(&pod_state),
         control: Rc::new(std::cell::OnceCell::new()),
         reload: None,
+        push: None,
+        fresh_listener,
     };
     let end = clock.load(std::sync::atomic::Ordering::Relaxed);
     for tick in 1..=10_000 {

@@ -12,6 +12,7 @@
 mod harness;
 mod logs;
 mod oracle;
+mod push;
 mod scenario;
 mod workload;
 

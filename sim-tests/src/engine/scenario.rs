@@ -80,7 +80,12 @@ impl EHead {
 /// harness's config: the capture listener 2, the internal listener's inner one 3).
 pub(super) fn max_attempts(flow: &EFlow) -> u32 {
     match flow.route {
-        ERoute::Plain | ERoute::Outbound | ERoute::Tproxy | ERoute::TproxyLoop => 2,
+        ERoute::Plain
+        | ERoute::Outbound
+        | ERoute::Tproxy
+        | ERoute::TproxyLoop
+        | ERoute::Doomed
+        | ERoute::Fresh => 2,
         ERoute::Internal => 3,
         ERoute::Header | ERoute::Inbound | ERoute::Misdeclared | ERoute::Spread => 1,
     }
@@ -125,7 +130,35 @@ pub enum ERoute {
     /// to whichever the balancer picks (a sink there reads it and closes), and the connections
     /// spread evenly.
     Spread,
+    /// Through a listener a control-plane push removes ([`EScenario::push_at_ms`]): relayed as
+    /// a plain capture while it stands; after the push, refused by the kernel; open at the
+    /// push, drained until `drain_timeout`, then reset.
+    Doomed,
+    /// Through a listener the push adds: dialled only after the push, relayed as a plain capture.
+    Fresh,
 }
+
+/// What a control-plane push in the engine family changes, all in one reload: it removes the
+/// `doomed` listener (port [`DOOMED_PORT`]), adds the `fresh` one ([`FRESH_PORT`]), and moves
+/// the `spread` cluster's endpoints from [`SPREAD_ENDPOINTS`] to [`PUSHED_ENDPOINTS`] (for new
+/// connections only).
+pub(super) const DOOMED_PORT: u16 = 15008;
+/// The listener the push adds.
+pub(super) const FRESH_PORT: u16 = 15009;
+/// The `spread` cluster's endpoints after the push.
+pub(super) const PUSHED_ENDPOINTS: [SocketAddr; 3] = [
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)), 9000),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 2)), 9000),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 3)), 9000),
+];
+/// The engine group of a bound listener of the harness (the runtime makes every bound listener
+/// a group).
+pub(super) const fn listener_group(port: u16) -> u32 {
+    1000 + port as u32
+}
+/// A connection accepted this soon after the push (virtual ms) may be routed by either config:
+/// the shard applies the push on its first wake at or after it.
+pub(super) const PUSH_SETTLES_MS: u64 = 5;
 
 /// The STATIC endpoints of the `Spread` listener's cluster.
 pub(super) const SPREAD_ENDPOINTS: [SocketAddr; 3] = [
@@ -248,11 +281,34 @@ pub struct EScenario {
     /// order (every listener's position changes; each must be found again by name, or flows
     /// are routed by another listener's config).
     pub reload_at_ms: Option<u64>,
+    /// A control plane pushes a new config at this virtual ms (translated from its protos by the
+    /// xDS client's own translation): a listener removed, one added, a cluster's endpoints
+    /// moved, while flows run through all three.
+    pub push_at_ms: Option<u64>,
+}
+
+impl EScenario {
+    /// When the listener `flow` arrived on was removed (its pod's, or the pushed-away one).
+    pub fn removed_at_ms(&self, flow: &EFlow) -> Option<u64> {
+        match (flow.pod, flow.route) {
+            (Some(pod), _) => self.pods[pod].remove_at_ms,
+            (None, ERoute::Doomed) => self.push_at_ms,
+            _ => None,
+        }
+    }
 }
 
 impl EScenario {
     /// Draws the scenario of `seed`.
     pub fn draw(seed: u64) -> Self {
+        let (mut scenario, mut rng) = Self::draw_before_push(seed);
+        scenario.draw_push(&mut rng);
+        scenario
+    }
+
+    /// The scenario `seed` drew before the push family existed (a regression seed found then
+    /// replays what it found).
+    pub fn draw_before_push(seed: u64) -> (Self, Rng) {
         let mut rng = Rng::new(seed ^ 0x5eed_e761_4e00_0001);
         let count = rng.range(1, 16) as usize;
         let records = rng.chance(200);
@@ -419,6 +475,7 @@ impl EScenario {
             relay: false,
             pods: Vec::new(),
             reload_at_ms: None,
+            push_at_ms: None,
         };
         // Drawn last, so what the draws above give each seed stays as it was.
         for flow in &mut scenario.flows {
@@ -544,7 +601,60 @@ impl EScenario {
         if rng.chance(200) {
             scenario.reload_at_ms = Some(rng.range(0, 300));
         }
-        scenario
+        (scenario, rng)
+    }
+
+    /// A control-plane push, drawn after everything else (so what the draws before give each
+    /// seed stays as it was).
+    fn draw_push(&mut self, rng: &mut Rng) {
+        let scenario = self;
+        let records = scenario.records;
+        debug_assert!(scenario.push_at_ms.is_none());
+        // A control-plane push (not with the reload above: one config change at a time; not
+        // with records, whose routes bypass the listeners it changes).
+        // Not under descriptor exhaustion either: the supervisor binds the pushed listener, and
+        // a bind that fails refuses the whole push (the runtime's rule, not the shard's).
+        if scenario.reload_at_ms.is_none()
+            && !records
+            && scenario.fd_limit >= 100
+            && rng.chance(200)
+        {
+            let at = rng.range(30, 300);
+            scenario.push_at_ms = Some(at);
+            for flow in &mut scenario.flows {
+                if flow.route != ERoute::Plain || flow.pod.is_some() {
+                    continue;
+                }
+                match rng.range(0, 4) {
+                    0 => {
+                        flow.route = ERoute::Doomed;
+                        if flow.start_ms < at
+                            && flow.upload > 1
+                            && flow.fault == EFault::None
+                            && rng.chance(700)
+                        {
+                            // Open at the push and silent past its listener's drain (not past
+                            // the idle timeout): the drain's deadline must reset it.
+                            flow.pause = Some((flow.upload / 2, 3000));
+                            flow.client_first = true;
+                        }
+                    }
+                    1 => {
+                        flow.route = ERoute::Fresh;
+                        flow.start_ms = at + PUSH_SETTLES_MS + rng.range(0, 300);
+                    }
+                    2 => {
+                        // To the moved cluster, on either side of the push (an upload to a
+                        // sink: as the other STATIC-endpoint flows).
+                        flow.route = ERoute::Spread;
+                        flow.download = 0;
+                        flow.fault = EFault::None;
+                        flow.pause = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -643,6 +753,9 @@ pub(super) fn decoy_addr(id: usize) -> SocketAddr {
 }
 
 pub(super) const PROXY_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+/// The listener index (in the network's order) of the `doomed` listener: bound right after
+/// [`PORTS`] in push scenarios.
+pub(super) const DOOMED_LISTENER: usize = PORTS.len();
 /// The bound listeners, in config order: capture, header, outer, inbound, misdeclared, spread,
 /// tproxy.
 pub(super) const PORTS: [u16; 7] = [15001, 15002, 15003, 15004, 15005, 15006, 15007];

@@ -15,8 +15,9 @@ use origdst_engine::listeners::{
 use origdst_runtime_sim::kernel::SimControl;
 
 use super::scenario::{
-    EFault, EFlow, EHead, EPod, ERoute, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr,
-    dest, head, stream_byte,
+    DOOMED_LISTENER, DOOMED_PORT, EFault, EFlow, EHead, EPod, ERoute, FRESH_PORT, PROXY_IP,
+    PUSHED_ENDPOINTS, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr, dest, head,
+    listener_group, stream_byte,
 };
 
 /// How one side of a flow ended.
@@ -105,6 +106,12 @@ pub(super) struct Flows {
     pub(super) control: Rc<std::cell::OnceCell<std::sync::Arc<SimControl>>>,
     /// A reload to hand the shard at this virtual ns (taken when sent).
     pub(super) reload: Option<(u64, std::sync::Arc<origdst_core::config::Config>)>,
+    /// A control-plane push to hand the shard at this virtual ns (taken when sent): its config,
+    /// with the `doomed` listener's group removed and the `fresh` one's added.
+    pub(super) push: Option<(u64, std::sync::Arc<origdst_core::config::Config>)>,
+    /// The `fresh` listener's index in the network, once the push bound it (shared with the
+    /// world that goes on after the shard stopped).
+    pub(super) fresh_listener: Rc<std::cell::Cell<Option<usize>>>,
 }
 
 impl Flows {
@@ -141,6 +148,41 @@ impl Flows {
                 control.change_listeners(ListenerChange::Remove(GroupId(EPod::group(index))));
             }
         }
+    }
+
+    /// Hands the shard the push when it is due: the `fresh` listener's socket is bound first (as
+    /// the supervisor binds an added listener on every shard before the reload), then the
+    /// reload removes `doomed` and adds `fresh`.
+    fn push_step(&mut self, net: &mut Net, now: u64) {
+        if self.push.as_ref().is_none_or(|(at, _)| now < *at) {
+            return;
+        }
+        let Some(control) = self.control.get() else {
+            return;
+        };
+        let Some((_, config)) = self.push.take() else {
+            return;
+        };
+        if self.drain_at.is_some_and(|drain| now >= drain) {
+            // The supervisor refuses a push once draining (the control plane hears a NACK).
+            return;
+        }
+        let (index, fd) = net.listen(std::net::SocketAddr::new(PROXY_IP, FRESH_PORT));
+        self.fresh_listener.set(Some(index));
+        control.reload(origdst_engine::listeners::Reload {
+            config,
+            removed: vec![GroupId(listener_group(DOOMED_PORT))],
+            added: vec![GroupAdd {
+                group: GroupId(listener_group(FRESH_PORT)),
+                kind: GroupKind::Listener,
+                name: std::sync::Arc::from("fresh"),
+                sockets: vec![HandedSocket {
+                    fd,
+                    listener: std::sync::Arc::from("fresh"),
+                }],
+                netns: None,
+            }],
+        });
     }
 
     /// Every pod change is made.
@@ -236,6 +278,7 @@ impl Workload for Flows {
     fn step(&mut self, net: &mut Net, now: u64) {
         self.clock.store(now, std::sync::atomic::Ordering::Relaxed);
         self.pods_step(net, now);
+        self.push_step(net, now);
         if self.reload.as_ref().is_some_and(|(at, _)| now >= *at)
             && let Some(control) = self.control.get()
             && let Some((_, config)) = self.reload.take()
@@ -246,7 +289,7 @@ impl Workload for Flows {
                 added: Vec::new(),
             });
         }
-        for endpoint in SPREAD_ENDPOINTS {
+        for endpoint in SPREAD_ENDPOINTS.into_iter().chain(PUSHED_ENDPOINTS) {
             if let Some(queue) = net.servers.get_mut(&endpoint) {
                 self.sinks.extend(queue.drain(..).map(|ep| (ep, false)));
             }
@@ -272,7 +315,10 @@ impl Workload for Flows {
             let prefix = prefix(flow);
             let upload = prefix.len() as u64 + flow.upload;
             // The client: uploads (or resets at its byte), half-closes, reads the download.
-            if client.ep.is_none() && now >= flow.start_ms * 1_000_000 {
+            // (A flow through the pushed listener never starts if the push never came: the
+            // shard drained first.)
+            let unbound = flow.route == ERoute::Fresh && self.fresh_listener.get().is_none();
+            if client.ep.is_none() && now >= flow.start_ms * 1_000_000 && !unbound {
                 let record = || RedirectRecord(vec![0x7e, flow.id as u8]);
                 let pod_listener = flow
                     .pod
@@ -289,6 +335,16 @@ impl Workload for Flows {
                     ERoute::Internal => net.dial_redirected(client_addr(flow.id), dest(flow), 2),
                     ERoute::Inbound => net.dial_redirected(client_addr(flow.id), dest(flow), 3),
                     ERoute::Spread => net.dial_redirected(client_addr(flow.id), dest(flow), 5),
+                    ERoute::Doomed => {
+                        net.dial_redirected(client_addr(flow.id), dest(flow), DOOMED_LISTENER)
+                    }
+                    ERoute::Fresh => {
+                        let listener = self
+                            .fresh_listener
+                            .get()
+                            .expect("a fresh flow starts after the push bound its listener");
+                        net.dial_redirected(client_addr(flow.id), dest(flow), listener)
+                    }
                     ERoute::Tproxy | ERoute::TproxyLoop => {
                         net.dial_tproxy(client_addr(flow.id), dest(flow), TPROXY_LISTENER)
                     }
@@ -453,10 +509,12 @@ impl Workload for Flows {
             .flatten()
             .map(|ms| ms * 1_000_000);
         let reload = self.reload.as_ref().map(|(at, _)| *at);
+        let push = self.push.as_ref().map(|(at, _)| *at);
         starts
             .chain(resumes)
             .chain(pods)
             .chain(reload)
+            .chain(push)
             .chain(self.drain_at)
             .filter(|&t| t > now)
             .min()
@@ -466,7 +524,7 @@ impl Workload for Flows {
         if self.drain_at.is_some_and(|at| now >= at) {
             return true;
         }
-        if !self.pods_done() || self.reload.is_some() {
+        if !self.pods_done() || self.reload.is_some() || self.push.is_some() {
             return false;
         }
         let state = self.state.borrow();

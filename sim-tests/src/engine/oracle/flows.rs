@@ -9,8 +9,8 @@ use origdst_engine::shard::errno_kind;
 use super::{clean, closed_at, refused_connects};
 use crate::engine::harness::EReport;
 use crate::engine::scenario::{
-    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, SPREAD_ENDPOINTS,
-    client_addr, dest, max_attempts,
+    EFault, EHead, ERoute, EScenario, HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, PUSHED_ENDPOINTS,
+    SPREAD_ENDPOINTS, client_addr, dest, max_attempts,
 };
 use crate::engine::workload::{SideEnd, prefix};
 
@@ -79,11 +79,10 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         }
         // An early drain closes the listeners: a flow that dials later is refused by the kernel,
         // one still in the backlog is reset, one that had not started yet never runs.
-        // So does removing a flow's pod (its listener stops at once, its backlog is reset).
-        let pod_removed = flow
-            .pod
-            .is_some_and(|pod| scenario.pods[pod].remove_at_ms.is_some());
-        let shut_out = (scenario.drain_at_ms.is_some() || pod_removed)
+        // So does removing the flow's listener (its pod's, or one a push removed): it stops at
+        // once, its backlog is reset.
+        let listener_removed = scenario.removed_at_ms(flow).is_some();
+        let shut_out = (scenario.drain_at_ms.is_some() || listener_removed)
             && (client.ep.is_none()
                 || client.refused
                 || matches!(
@@ -126,9 +125,8 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         let starved = (scenario.fd_limit < 100
             && (record.outcome == Outcome::DrainAborted
                 || (parked && record.outcome == Outcome::ConnectTimeout)))
-            // Cut by an early drain, or by its pod's removal: reset at its deadline.
-            || ((scenario.drain_at_ms.is_some()
-                || flow.pod.is_some_and(|pod| scenario.pods[pod].remove_at_ms.is_some()))
+            // Cut by an early drain, or by its listener's removal: reset at its deadline.
+            || ((scenario.drain_at_ms.is_some() || scenario.removed_at_ms(flow).is_some())
                 && record.outcome == Outcome::DrainAborted)
             // Past the connection limit: reset at once (an internal listener's inner
             // connection needs a slot too; without one its outer connection fails to connect).
@@ -196,7 +194,7 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
             }
             if !record
                 .upstream
-                .is_some_and(|u| SPREAD_ENDPOINTS.contains(&u))
+                .is_some_and(|u| SPREAD_ENDPOINTS.contains(&u) || PUSHED_ENDPOINTS.contains(&u))
             {
                 fail(format!(
                     "flow {f} (STATIC endpoints): dialled {:?}, not an endpoint of its cluster",

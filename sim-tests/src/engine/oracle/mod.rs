@@ -3,6 +3,7 @@
 
 mod flows;
 mod pods;
+mod push;
 mod run;
 
 use std::fmt;
@@ -10,7 +11,7 @@ use std::fmt;
 use origdst_engine::report::Finished;
 
 use super::harness::EReport;
-use super::scenario::{ERoute, EScenario, SPREAD_ENDPOINTS, dest};
+use super::scenario::{ERoute, EScenario, PUSHED_ENDPOINTS, SPREAD_ENDPOINTS, dest};
 use super::workload::SideEnd;
 
 /// A broken rule.
@@ -33,6 +34,7 @@ pub fn check(scenario: &EScenario, report: &EReport) -> Vec<EViolation> {
     flows::check(scenario, report, &mut fail);
     run::check(scenario, report, &mut fail);
     pods::check(scenario, report, &mut fail);
+    push::check(scenario, report, &mut fail);
     v
 }
 
@@ -52,7 +54,11 @@ fn refused_connects(report: &EReport, flow: &super::scenario::EFlow) -> u32 {
             .unwrap_or(0)
     };
     match flow.route {
-        ERoute::Spread => SPREAD_ENDPOINTS.into_iter().map(refused).sum(),
+        ERoute::Spread => SPREAD_ENDPOINTS
+            .into_iter()
+            .chain(PUSHED_ENDPOINTS)
+            .map(refused)
+            .sum(),
         _ => refused(dest(flow)),
     }
 }

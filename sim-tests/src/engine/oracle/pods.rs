@@ -44,34 +44,36 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
                 ));
             }
         }
-        let Some(pod) = flow.pod else {
+        // Its listener removed (its pod's, or the one a push removed): nothing new reaches it,
+        // what it had open ends within the drain.
+        let Some(removed_ms) = scenario.removed_at_ms(flow) else {
             continue;
         };
-        let Some(removed_ms) = scenario.pods[pod].remove_at_ms else {
-            continue;
-        };
+        let whose = flow.pod.map_or_else(
+            || "the pushed-away listener".to_string(),
+            |pod| format!("pod {pod}"),
+        );
         if flow.start_ms > removed_ms + REMOVAL_SETTLES_MS {
-            // Dialled after its pod was removed: the kernel refuses it, nothing relays it.
+            // Dialled after its listener was removed: the kernel refuses it, nothing relays it.
             if !records.is_empty() || server.ep.is_some() {
                 fail(format!(
-                    "flow {f}: dialled {} ms after pod {pod} was removed, yet the proxy served it",
+                    "flow {f}: dialled {} ms after {whose} was removed, yet the proxy served it",
                     flow.start_ms - removed_ms
                 ));
             }
             if !client.refused && !matches!(client.end, SideEnd::Error(_)) {
                 fail(format!(
-                    "flow {f}: dialled after pod {pod} was removed, the client saw {:?} (not a refusal)",
+                    "flow {f}: dialled after {whose} was removed, the client saw {:?} (not a refusal)",
                     client.end
                 ));
             }
         }
-        // What the pod had open ends within its drain.
         let deadline = (removed_ms + DRAIN_TIMEOUT_MS + 50) * 1_000_000;
         for &i in &records {
             let at = report.finished_at[i];
             if at > deadline {
                 fail(format!(
-                    "flow {f}: pod {pod} was removed at {removed_ms} ms (drain_timeout {DRAIN_TIMEOUT_MS} ms), its connection closed only at {} ms",
+                    "flow {f}: {whose} was removed at {removed_ms} ms (drain_timeout {DRAIN_TIMEOUT_MS} ms), its connection closed only at {} ms",
                     at / 1_000_000
                 ));
             }

@@ -10,8 +10,8 @@ use origdst_engine::report::{Finished, Gauge};
 use super::{clean, refused_connects};
 use crate::engine::harness::EReport;
 use crate::engine::scenario::{
-    DRAIN_TIMEOUT_MS, EFlow, ERoute, EScenario, PROXY_IP, SPREAD_ENDPOINTS, client_addr, dest,
-    max_attempts,
+    DRAIN_TIMEOUT_MS, EFlow, ERoute, EScenario, PROXY_IP, PUSHED_ENDPOINTS, SPREAD_ENDPOINTS,
+    client_addr, dest, max_attempts,
 };
 
 /// Checks the run as a whole.
@@ -159,7 +159,9 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         let retried: u64 = report
             .connects
             .iter()
-            .filter(|(dest, _)| !SPREAD_ENDPOINTS.contains(dest))
+            .filter(|(dest, _)| {
+                !SPREAD_ENDPOINTS.contains(dest) && !PUSHED_ENDPOINTS.contains(dest)
+            })
             .map(|(_, &n)| u64::from(n.saturating_sub(1)))
             .sum();
         // (Retired looping attempts come back as clients that dial again: not retries.)
@@ -177,22 +179,22 @@ pub(super) fn check(scenario: &EScenario, report: &EReport, fail: &mut impl FnMu
         }
     }
     // Round robin over the STATIC endpoints: the connections routed there differ by at most one
-    // per endpoint, whatever order they came in.
-    let mut spread = [0u64; SPREAD_ENDPOINTS.len()];
-    for record in &report.finished {
-        if let Some(at) = SPREAD_ENDPOINTS
-            .iter()
-            .position(|&e| record.upstream == Some(e))
-        {
-            spread[at] += 1;
+    // per endpoint, whatever order they came in — over each set of endpoints a push put in force
+    // (the balancer keeps its place across the push: a contiguous run of its turns either way).
+    for endpoints in [SPREAD_ENDPOINTS, PUSHED_ENDPOINTS] {
+        let mut spread = [0u64; 3];
+        for record in &report.finished {
+            if let Some(at) = endpoints.iter().position(|&e| record.upstream == Some(e)) {
+                spread[at] += 1;
+            }
         }
-    }
-    if report.unsampled == 0
-        && spread.iter().max().unwrap_or(&0) - spread.iter().min().unwrap_or(&0) > 1
-    {
-        fail(format!(
-            "round robin over three STATIC endpoints gave {spread:?} connections"
-        ));
+        if report.unsampled == 0
+            && spread.iter().max().unwrap_or(&0) - spread.iter().min().unwrap_or(&0) > 1
+        {
+            fail(format!(
+                "round robin over three STATIC endpoints {endpoints:?} gave {spread:?} connections"
+            ));
+        }
     }
     // Pipes: every one the kernel made smaller than asked is counted; where pipes are configured
     // and descriptors are plenty, relaying leases them.
