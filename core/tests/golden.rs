@@ -106,9 +106,9 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "admin: { profile_path: /tmp/p, ignore_global_conn_limit: true }\nstatic_resources:\n",
     ),
     (
-        "dynamic_resources delta xDS",
+        "dynamic_resources REST",
         "static_resources:\n",
-        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: DELTA_GRPC, grpc_services: [ { envoy_grpc: { cluster_name: pass } } ] } }\nstatic_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: REST, grpc_services: [ { envoy_grpc: { cluster_name: pass } } ] } }\nstatic_resources:\n",
     ),
     (
         "dynamic_resources google_grpc",

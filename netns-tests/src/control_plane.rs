@@ -6,6 +6,9 @@
 //! it receives (subscriptions, ACKs, NACKs with their error detail) is appended to `seen.bin`,
 //! length-delimited, for the test to read. Killing the process (SIGKILL) is a control plane that
 //! goes away; starting it again on the same directory is one that comes back with its state.
+//! It speaks delta xDS too: each resource versioned by a digest of its bytes, only what differs
+//! from what the client holds sent (what it told on reconnect, what it ACKed since), removals
+//! by name; delta requests go to `seen-delta.bin`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -53,11 +56,54 @@ pub type TypeState = (String, Vec<Any>);
 /// What the server serves, by type URL.
 pub type World = BTreeMap<String, TypeState>;
 
-/// The server: the world it serves, and where each request goes.
+/// The server: the world it serves, and where each request goes (state-of-the-world requests
+/// to `seen`, delta ones to `seen_delta`).
 struct Server {
     world: watch::Receiver<World>,
     seen: Arc<Mutex<std::fs::File>>,
+    seen_delta: Arc<Mutex<std::fs::File>>,
     nonce: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A resource's name, by its type.
+fn resource_name(type_url: &str, any: &Any) -> Option<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    match type_url {
+        EDS => ClusterLoadAssignment::decode(any.value.as_slice())
+            .ok()
+            .map(|a| a.cluster_name),
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster" => {
+            Cluster::decode(any.value.as_slice()).ok().map(|c| c.name)
+        }
+        _ => Listener::decode(any.value.as_slice()).ok().map(|l| l.name),
+    }
+}
+
+/// A resource's version in a delta response: a digest of its bytes (FNV-1a), so an unchanged
+/// resource keeps its version across pushes and restarts.
+fn resource_version(any: &Any) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in &any.value {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// One delta stream's view of a type: what it subscribed to, what the client holds, and the
+/// response awaiting its answer.
+#[derive(Default)]
+struct DeltaSubscribed {
+    /// Names asked for; empty with `wildcard`.
+    names: Vec<String>,
+    wildcard: bool,
+    /// What the client holds: name → version.
+    held: BTreeMap<String, String>,
+    /// The world version last sent (a NACKed push is not sent again until the world changes).
+    sent_world: Option<String>,
+    /// The nonce sent last and what the client will hold once it ACKs it.
+    pending: Option<(String, BTreeMap<String, String>)>,
 }
 
 /// What one stream subscribed to: the names asked for (empty: all) and the version last sent.
@@ -142,9 +188,125 @@ impl AggregatedDiscoveryService for Server {
 
     async fn delta_aggregated_resources(
         &self,
-        _: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state of the world only"))
+        let mut incoming = request.into_inner();
+        let mut world = self.world.clone();
+        let seen = Arc::clone(&self.seen_delta);
+        let nonce = Arc::clone(&self.nonce);
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut subscribed: BTreeMap<String, DeltaSubscribed> = BTreeMap::new();
+            loop {
+                tokio::select! {
+                    request = incoming.message() => {
+                        let Ok(Some(request)) = request else { return };
+                        let record = request.encode_length_delimited_to_vec();
+                        let _ = seen.lock().unwrap().write_all(&record);
+                        let first = !subscribed.contains_key(&request.type_url);
+                        let entry = subscribed.entry(request.type_url.clone()).or_default();
+                        if first {
+                            entry.wildcard = request.resource_names_subscribe.is_empty()
+                                || request.resource_names_subscribe.iter().any(|n| n == "*");
+                            entry.held = request
+                                .initial_resource_versions
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect();
+                        }
+                        let mut changed = first;
+                        for name in &request.resource_names_subscribe {
+                            if name != "*" && !entry.names.contains(name) {
+                                entry.names.push(name.clone());
+                                changed = true;
+                            }
+                        }
+                        for name in &request.resource_names_unsubscribe {
+                            entry.names.retain(|n| n != name);
+                            entry.held.remove(name);
+                        }
+                        // An answer to the pending response: an ACK makes it held, a NACK
+                        // drops it (an answer to an older one changes nothing).
+                        if !request.response_nonce.is_empty()
+                            && let Some((sent, holds)) = entry.pending.take()
+                        {
+                            if sent != request.response_nonce {
+                                entry.pending = Some((sent, holds));
+                            } else if request.error_detail.is_none() {
+                                entry.held = holds;
+                            }
+                        }
+                        if changed {
+                            entry.sent_world = None;
+                        }
+                    }
+                    change = world.changed() => {
+                        if change.is_err() { return }
+                    }
+                }
+                let current = world.borrow_and_update().clone();
+                for (type_url, subscription) in &mut subscribed {
+                    let Some((version, resources)) = current.get(type_url) else {
+                        continue;
+                    };
+                    if subscription.sent_world.as_ref() == Some(version)
+                        || subscription.pending.is_some()
+                    {
+                        continue;
+                    }
+                    let wanted: BTreeMap<String, &Any> = resources
+                        .iter()
+                        .filter_map(|any| Some((resource_name(type_url, any)?, any)))
+                        .filter(|(name, _)| {
+                            subscription.wildcard || subscription.names.contains(name)
+                        })
+                        .collect();
+                    let changed: Vec<envoy_types::pb::envoy::service::discovery::v3::Resource> =
+                        wanted
+                            .iter()
+                            .filter(|(name, any)| {
+                                subscription.held.get(*name) != Some(&resource_version(any))
+                            })
+                            .map(|(name, any)| {
+                                envoy_types::pb::envoy::service::discovery::v3::Resource {
+                                    name: name.clone(),
+                                    version: resource_version(any),
+                                    resource: Some((*any).clone()),
+                                    ..Default::default()
+                                }
+                            })
+                            .collect();
+                    let removed: Vec<String> = subscription
+                        .held
+                        .keys()
+                        .filter(|name| !wanted.contains_key(*name))
+                        .cloned()
+                        .collect();
+                    subscription.sent_world = Some(version.clone());
+                    if changed.is_empty() && removed.is_empty() {
+                        continue;
+                    }
+                    let holds: BTreeMap<String, String> = wanted
+                        .iter()
+                        .map(|(name, any)| (name.clone(), resource_version(any)))
+                        .collect();
+                    let n = nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let response = DeltaDiscoveryResponse {
+                        system_version_info: version.clone(),
+                        resources: changed,
+                        type_url: type_url.clone(),
+                        removed_resources: removed,
+                        nonce: format!("d{n}"),
+                        ..DeltaDiscoveryResponse::default()
+                    };
+                    subscription.pending = Some((response.nonce.clone(), holds));
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -181,6 +343,7 @@ fn stamp(dir: &Path) -> Vec<Option<(u64, i64, i64)>> {
 /// that forgets it leaves nothing running), printing `listening` once bound.
 pub fn serve(addr: SocketAddr, dir: &Path, lifetime: Duration) -> std::io::Result<()> {
     let seen = std::fs::File::create(dir.join("seen.bin"))?;
+    let seen_delta = std::fs::File::create(dir.join("seen-delta.bin"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -203,6 +366,7 @@ pub fn serve(addr: SocketAddr, dir: &Path, lifetime: Duration) -> std::io::Resul
         let server = Server {
             world: world_rx,
             seen: Arc::new(Mutex::new(seen)),
+            seen_delta: Arc::new(Mutex::new(seen_delta)),
             nonce: Arc::default(),
         };
         tonic::transport::Server::builder()
@@ -297,6 +461,20 @@ impl ControlPlane {
         let mut out = Vec::new();
         while !buf.is_empty() {
             match DiscoveryRequest::decode_length_delimited(&mut buf) {
+                Ok(request) => out.push(request),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Every delta request received since this process started, in order.
+    pub fn seen_delta(&self) -> Vec<DeltaDiscoveryRequest> {
+        let bytes = std::fs::read(self.dir.join("seen-delta.bin")).unwrap_or_default();
+        let mut buf = bytes.as_slice();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            match DeltaDiscoveryRequest::decode_length_delimited(&mut buf) {
                 Ok(request) => out.push(request),
                 Err(_) => break,
             }

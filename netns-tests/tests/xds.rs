@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::Any;
 use origdst_netns_tests::admin;
 use origdst_netns_tests::config::ConfigFile;
@@ -44,11 +44,16 @@ fn control_plane_addr() -> SocketAddr {
 }
 
 fn bootstrap() -> String {
+    bootstrap_with("GRPC")
+}
+
+/// The bootstrap speaking `api_type` (`GRPC` or `DELTA_GRPC`).
+fn bootstrap_with(api_type: &str) -> String {
     format!(
         "node: {{ id: gateway-0, cluster: gateways, metadata: {{ ISTIO_VERSION: \"1.24.0\", LABELS: {{ app: gateway }} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds-grpc }} }} ]
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
@@ -64,9 +69,9 @@ static_resources:
         explicit_http_config: {{ http2_protocol_options: {{}} }}
     load_assignment:
       cluster_name: xds-grpc
-      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ]
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
 ",
-        control_plane_addr().port()
+        port = control_plane_addr().port()
     )
 }
 
@@ -451,6 +456,156 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     println!(
         "a pushed listener accepted {accepting:?} after the push, a warming one served {warmed:?} after its endpoints (EDS), moved endpoints served {moved:?} after, a listener pushed away refused {refusing:?} after"
     );
+}
+
+/// Delta xDS (`api_type: DELTA_GRPC`) against the same control plane speaking delta: resources
+/// arrive one by one with their own versions (an EDS cluster, its endpoints, the listener that
+/// waits for it), a refused change is NACKed and nothing of it held, a removal by name stops the
+/// listener, and after a restart the proxy tells what it holds so only what differs comes.
+#[test]
+fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
+    let gw = Gateway::new("xdsd");
+    let server = addr(SERVER_V4[0], 8080);
+    let endpoint = addr(SERVER_V4[1], 9001);
+    let _server = Server::greet_and_echo(&gw.server, &[server, endpoint]);
+    let mut control = start_control_plane(&gw.router);
+    let config = ConfigFile::new("xdsd", &bootstrap_with("DELTA_GRPC"));
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "2"],
+    );
+    let greeting = |a: SocketAddr| Ok(a.to_string().into_bytes());
+    // The first requests: clusters as a wildcard, with the node.
+    let first = wait_for_request_delta(&control, "a CDS subscription", |r| r.type_url == CDS);
+    assert!(first.resource_names_subscribe.is_empty(), "{first:?}");
+    assert_eq!(
+        first.node.as_ref().map(|n| n.id.as_str()),
+        Some("gateway-0")
+    );
+
+    control.push(
+        CDS,
+        "c1",
+        vec![passthrough(), eds_cluster("svc", "outbound|8080||svc")],
+    );
+    let eds = wait_for_request_delta(&control, "an EDS subscription", |r| r.type_url == EDS);
+    assert_eq!(eds.resource_names_subscribe, vec!["outbound|8080||svc"]);
+    control.push(EDS, "e1", vec![assignment("outbound|8080||svc", endpoint)]);
+    let pushed = Instant::now();
+    control.push(LDS, "l1", vec![capture("svc")]);
+    let accepting = until(&gw, server, pushed, |r| *r == greeting(endpoint));
+
+    // A refused change: NACKed naming the field, the listener in force serving on.
+    let mut buffered = Listener::decode(capture("svc").value.as_slice()).unwrap();
+    buffered.per_connection_buffer_limit_bytes =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 });
+    control.push(
+        LDS,
+        "l2",
+        vec![Any {
+            type_url: LDS.into(),
+            value: buffered.encode_to_vec(),
+        }],
+    );
+    let nack = wait_for_request_delta(&control, "a NACK", |r| r.error_detail.is_some());
+    assert_eq!(
+        nack.error_detail.map(|s| s.message).as_deref(),
+        Some(
+            "listener \"capture\": per_connection_buffer_limit_bytes: not supported (proto field 5)"
+        )
+    );
+    assert_eq!(ask(&gw, server), greeting(endpoint));
+
+    // Removed by name: the listener stops.
+    let pushed = Instant::now();
+    control.push(LDS, "l3", Vec::new());
+    let refusing = until(&gw, server, pushed, |r| {
+        *r == Err(std::io::ErrorKind::ConnectionRefused)
+    });
+    control.push(LDS, "l4", vec![capture("PassthroughCluster")]);
+    until(&gw, server, Instant::now(), |r| *r == greeting(server));
+    let metrics = admin::scrape(&gw.router);
+    assert_eq!(
+        metrics.value("origdst_xds_updates_total{type=\"lds\",result=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        metrics.value("origdst_xds_updates_total{type=\"eds\",result=\"accepted\"}"),
+        1.0
+    );
+
+    // Killed and started again: origdst tells what it holds, so nothing is sent again; a change
+    // made meanwhile arrives alone.
+    control.kill();
+    control.push(
+        CDS,
+        "c2",
+        vec![passthrough(), eds_cluster("svc", "outbound|8080||svc")],
+    );
+    control.push(LDS, "l5", vec![capture("svc")]);
+    control.restart(&gw.router);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let resubscribed = loop {
+        let seen = control.seen_delta();
+        if seen.iter().any(|r| r.type_url == LDS) {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "origdst never came back: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let kinds: Vec<&str> = resubscribed
+        .iter()
+        .take(3)
+        .map(|r| r.type_url.as_str())
+        .collect();
+    assert_eq!(kinds, [CDS, EDS, LDS]);
+    assert_eq!(
+        resubscribed[0].initial_resource_versions.len(),
+        2,
+        "the clusters held: {:?}",
+        resubscribed[0].initial_resource_versions
+    );
+    assert!(
+        resubscribed[1]
+            .initial_resource_versions
+            .contains_key("outbound|8080||svc")
+    );
+    assert!(
+        resubscribed[2]
+            .initial_resource_versions
+            .contains_key("capture")
+    );
+    // The listener changed while the control plane was away: only it comes, and applies.
+    until(&gw, server, Instant::now(), |r| *r == greeting(endpoint));
+    let exit = proxy.stop_clean();
+    assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
+    println!(
+        "delta xDS: a pushed listener accepted {accepting:?} after the push, one removed refused {refusing:?} after"
+    );
+}
+
+/// Waits (bounded) for a delta request the control plane received that `want` picks.
+fn wait_for_request_delta(
+    control: &ControlPlane,
+    what: &str,
+    want: impl Fn(&DeltaDiscoveryRequest) -> bool,
+) -> DeltaDiscoveryRequest {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = control.seen_delta().into_iter().find(|r| want(r)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what}: {:#?}",
+            control.seen_delta()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A push of 1 000 service listeners (Istio's `bind_to_port: false` services behind a

@@ -762,7 +762,8 @@ fn print_startup(
             xds_cluster = %config.clusters[dynamic.ads_cluster].name,
             cds = dynamic.cds,
             lds = dynamic.lds,
-            "dynamic_resources: listeners and clusters from the control plane (ADS, state of the world)"
+            "dynamic_resources: listeners and clusters from the control plane (ADS, {})",
+            if dynamic.delta { "delta" } else { "state of the world" }
         );
     }
     if let Some(pods) = &settings.in_pod {

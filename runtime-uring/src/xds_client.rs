@@ -16,12 +16,15 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::protobuf::value::Kind;
 use origdst_core::config::{ClusterKind, EndpointTarget};
 use origdst_xds::backoff::Backoff;
 use origdst_xds::compose::{self, Composed, Pushed};
+use origdst_xds::delta::DeltaSession;
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
 use origdst_xds::stream::{self, Judge, StreamEnd};
 use prost::Message;
@@ -114,11 +117,19 @@ pub(crate) fn start(
     let bootstrap = running.yaml.clone();
     // Before any push, every cluster in force is the bootstrap's own.
     let statics: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
-    let session = AdsSession::new(
-        dynamic.cds,
-        dynamic.lds,
-        dynamic.set_node_on_first_message_only,
-    );
+    let session = if dynamic.delta {
+        Protocol::Delta(DeltaSession::new(
+            dynamic.cds,
+            dynamic.lds,
+            dynamic.set_node_on_first_message_only,
+        ))
+    } else {
+        Protocol::StateOfTheWorld(AdsSession::new(
+            dynamic.cds,
+            dynamic.lds,
+            dynamic.set_node_on_first_message_only,
+        ))
+    };
     std::thread::Builder::new()
         .name("origdst-xds".into())
         .spawn(move || {
@@ -164,7 +175,7 @@ struct Client {
 }
 
 impl Client {
-    async fn run(&mut self, endpoint: String, node: Node, mut session: AdsSession) {
+    async fn run(&mut self, endpoint: String, node: Node, mut session: Protocol) {
         let seed = u64::from(std::process::id())
             ^ u64::from(
                 std::time::UNIX_EPOCH
@@ -176,7 +187,14 @@ impl Client {
             self.gauges.streams.fetch_add(1, Ordering::Relaxed);
             self.gauges.connected.store(1, Ordering::Relaxed);
             let opened = Instant::now();
-            let end = stream::run(endpoint.clone(), &node, &mut session, self).await;
+            let end = match &mut session {
+                Protocol::StateOfTheWorld(session) => {
+                    stream::run(endpoint.clone(), &node, session, self).await
+                }
+                Protocol::Delta(session) => {
+                    stream::run_delta(endpoint.clone(), &node, session, self).await
+                }
+            };
             self.gauges.connected.store(0, Ordering::Relaxed);
             if opened.elapsed() >= STREAM_HEALTHY {
                 backoff.reset();
@@ -194,9 +212,16 @@ impl Client {
         }
     }
 
-    /// A push: decoded, translated with the other types in force, validated, applied.
-    fn verdict(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
-        let verdict = self.try_apply(kind, response);
+    /// A push: decoded, merged with what is held, translated, validated, applied; counted and
+    /// logged under its `version`.
+    fn verdict(
+        &mut self,
+        kind: ResourceType,
+        version: &str,
+        resources: usize,
+        apply: impl FnOnce(&mut Self) -> Verdict,
+    ) -> Verdict {
+        let verdict = apply(self);
         let slot = index(kind);
         match &verdict {
             Verdict::Accepted => {
@@ -204,20 +229,19 @@ impl Client {
                 self.gauges
                     .versions
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())[slot]
-                    .clone_from(&response.version_info);
-                tracing::info!(kind = kind.name(), version = %response.version_info,
-                    resources = response.resources.len(), "xDS: accepted");
+                    .unwrap_or_else(|p| p.into_inner())[slot] = version.to_string();
+                tracing::info!(kind = kind.name(), %version, resources, "xDS: accepted");
             }
             Verdict::Rejected(why) => {
                 self.gauges.rejected[slot].fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(kind = kind.name(), version = %response.version_info,
-                    "xDS: refused (NACK): {why}");
+                tracing::warn!(kind = kind.name(), %version, "xDS: refused (NACK): {why}");
             }
         }
         verdict
     }
 
+    /// A state-of-the-world push: each type's resources replace what was held (endpoints are
+    /// not a wildcard type: an assignment absent from a response stays).
     fn try_apply(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
         let mut next = self.pushed.clone();
         let decoded = match kind {
@@ -238,6 +262,64 @@ impl Client {
         if let Err(why) = decoded {
             return Verdict::Rejected(why);
         }
+        self.put_in_force(kind, next)
+    }
+
+    /// A delta push: its resources replace the held ones of the same name or join them, its
+    /// removed names go.
+    fn try_apply_delta(
+        &mut self,
+        kind: ResourceType,
+        response: &DeltaDiscoveryResponse,
+    ) -> Verdict {
+        let mut next = self.pushed.clone();
+        let removed = &response.removed_resources;
+        let merged = match kind {
+            ResourceType::Cluster => {
+                upsert(&mut next.clusters, &response.resources, |c: &Cluster| {
+                    &c.name
+                })
+                .map(|()| {
+                    next.clusters.retain(|c| !removed.contains(&c.name));
+                })
+            }
+            ResourceType::Listener => {
+                upsert(&mut next.listeners, &response.resources, |l: &Listener| {
+                    &l.name
+                })
+                .map(|()| {
+                    next.listeners.retain(|l| !removed.contains(&l.name));
+                })
+            }
+            ResourceType::Endpoint => {
+                let mut all = Vec::new();
+                upsert(
+                    &mut all,
+                    &response.resources,
+                    |a: &ClusterLoadAssignment| &a.cluster_name,
+                )
+                .map(|()| {
+                    let wanted = compose::endpoint_names(&next.clusters);
+                    for assignment in all {
+                        if wanted.contains(&assignment.cluster_name) {
+                            next.assignments
+                                .insert(assignment.cluster_name.clone(), assignment);
+                        }
+                    }
+                    for name in removed {
+                        next.assignments.remove(name);
+                    }
+                })
+            }
+        };
+        if let Err(why) = merged {
+            return Verdict::Rejected(why);
+        }
+        self.put_in_force(kind, next)
+    }
+
+    /// `next` (what would be held) composed, judged and, if valid, put in force.
+    fn put_in_force(&mut self, kind: ResourceType, mut next: Pushed) -> Verdict {
         let wanted = compose::endpoint_names(&next.clusters);
         next.assignments.retain(|name, _| wanted.contains(name));
         let composed = match compose::compose(&next, &self.statics, &self.active) {
@@ -317,7 +399,24 @@ impl Client {
 
 impl Judge for Client {
     fn judge(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
-        self.verdict(kind, response)
+        self.verdict(
+            kind,
+            &response.version_info,
+            response.resources.len(),
+            |client| client.try_apply(kind, response),
+        )
+    }
+
+    fn judge_delta(&mut self, kind: ResourceType, response: &DeltaDiscoveryResponse) -> Verdict {
+        // A delta response need not name a version of the whole; its nonce names the push.
+        let version = if response.system_version_info.is_empty() {
+            response.nonce.as_str()
+        } else {
+            response.system_version_info.as_str()
+        };
+        self.verdict(kind, version, response.resources.len(), |client| {
+            client.try_apply_delta(kind, response)
+        })
     }
 
     fn endpoint_names(&self) -> Vec<String> {
@@ -347,6 +446,43 @@ fn to_proto(value: &serde_yaml_ng::Value, depth: usize) -> ProtoValue {
         Y::Tagged(tagged) => return to_proto(&tagged.value, depth + 1),
     };
     ProtoValue { kind: Some(kind) }
+}
+
+/// The protocol a stream speaks, and its session.
+enum Protocol {
+    /// `api_type: GRPC`.
+    StateOfTheWorld(AdsSession),
+    /// `api_type: DELTA_GRPC`.
+    Delta(DeltaSession),
+}
+
+/// A delta response's resources decoded into `held`: one of the same name replaced, a new one
+/// added. A resource's name must be its message's (else a removal by name would miss it).
+fn upsert<M: Message + Default>(
+    held: &mut Vec<M>,
+    resources: &[Resource],
+    name: impl Fn(&M) -> &String,
+) -> Result<(), String> {
+    for (i, resource) in resources.iter().enumerate() {
+        // A resource without a body refreshes its TTL only.
+        let Some(any) = &resource.resource else {
+            continue;
+        };
+        let message = M::decode(any.value.as_slice())
+            .map_err(|err| format!("resources[{i}] ({:?}): {err}", resource.name))?;
+        if *name(&message) != resource.name {
+            return Err(format!(
+                "resources[{i}]: named {:?}, its resource is {:?}",
+                resource.name,
+                name(&message)
+            ));
+        }
+        match held.iter_mut().find(|h| *name(h) == resource.name) {
+            Some(slot) => *slot = message,
+            None => held.push(message),
+        }
+    }
+    Ok(())
 }
 
 /// A response's resources as protos of the type it announces.

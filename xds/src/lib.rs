@@ -5,7 +5,9 @@
 //! resources were accepted, disconnected), it says which requests to send — the subscriptions in
 //! Envoy's order (clusters before listeners), each response ACKed with its version and nonce or
 //! NACKed with the last accepted version, the nonce and an error detail, everything resent after a
-//! reconnect with the versions in force. [`backoff::Backoff`] spaces reconnects with jitter. The
+//! reconnect with the versions in force; [`delta::DeltaSession`] is the same for incremental
+//! (delta) xDS. [`compose`] decides what of the pushed resources is in force and what warms.
+//! [`backoff::Backoff`] spaces reconnects with jitter. The
 //! gRPC transport (tonic, `envoy-types`' protos) and the translation of resources into origdst's
 //! validated config plug in around them; the state machine is what the tests pin.
 
@@ -14,6 +16,7 @@
 
 pub mod backoff;
 pub mod compose;
+pub mod delta;
 pub mod session;
 pub mod stream;
 pub mod translate;

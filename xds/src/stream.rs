@@ -5,9 +5,12 @@
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::rpc::Status;
 
+use crate::delta::{DeltaRequest, DeltaSession};
 use crate::session::{AdsSession, Disposition, Request, ResourceType, Response, Verdict};
 
 /// gRPC's `INVALID_ARGUMENT`: a NACK's status code.
@@ -35,6 +38,13 @@ pub trait Judge: Send {
     fn endpoint_names(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// A delta response's fate: its changes and removals applied to what is held, valid and put
+    /// in force, or refused (nothing of it held).
+    fn judge_delta(&mut self, kind: ResourceType, response: &DeltaDiscoveryResponse) -> Verdict {
+        let _ = (kind, response);
+        Verdict::Rejected("this client takes state-of-the-world responses only".into())
+    }
 }
 
 impl<F: FnMut(ResourceType, &DiscoveryResponse) -> Verdict + Send> Judge for F {
@@ -57,6 +67,94 @@ pub fn to_proto(request: &Request, node: &Node) -> DiscoveryRequest {
             details: Vec::new(),
         }),
         ..DiscoveryRequest::default()
+    }
+}
+
+/// A delta request as the proto.
+pub fn to_delta_proto(request: &DeltaRequest, node: &Node) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: request.with_node.then(|| node.clone()),
+        type_url: request.resource_type.type_url().to_string(),
+        resource_names_subscribe: request.subscribe.clone(),
+        resource_names_unsubscribe: request.unsubscribe.clone(),
+        initial_resource_versions: request
+            .initial_versions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        response_nonce: request.response_nonce.clone(),
+        error_detail: request.error_detail.as_ref().map(|why| Status {
+            code: INVALID_ARGUMENT,
+            message: why.clone(),
+            details: Vec::new(),
+        }),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+/// Runs one delta stream to `endpoint`: subscribes, judges every response with `judge`,
+/// answers it. Returns when the stream ends; the session keeps what was accepted.
+pub async fn run_delta(
+    endpoint: String,
+    node: &Node,
+    session: &mut DeltaSession,
+    judge: &mut dyn Judge,
+) -> StreamEnd {
+    let end = delta_stream(endpoint, node, session, judge).await;
+    session.disconnected();
+    end
+}
+
+async fn delta_stream(
+    endpoint: String,
+    node: &Node,
+    session: &mut DeltaSession,
+    judge: &mut dyn Judge,
+) -> StreamEnd {
+    let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
+        Ok(client) => client,
+        Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
+    };
+    let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
+    let _ = session.want_endpoints(judge.endpoint_names());
+    for request in session.connected() {
+        let _ = outbox.try_send(to_delta_proto(&request, node));
+    }
+    let call = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await;
+    let mut responses = match call {
+        Ok(response) => response.into_inner(),
+        Err(status) => return StreamEnd::Failed(format!("opening the delta stream: {status}")),
+    };
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return StreamEnd::Closed,
+            Err(status) => return StreamEnd::Failed(format!("the stream broke: {status}")),
+        };
+        let Some(kind) = session.received(&response.type_url) else {
+            continue;
+        };
+        let verdict = judge.judge_delta(kind, &response);
+        let changed: Vec<(String, String)> = response
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let mut answers = session.answer(
+            kind,
+            &response.nonce,
+            verdict,
+            &changed,
+            &response.removed_resources,
+        );
+        answers.extend(session.want_endpoints(judge.endpoint_names()));
+        for request in answers {
+            if outbox.send(to_delta_proto(&request, node)).await.is_err() {
+                return StreamEnd::Failed("the request stream closed".into());
+            }
+        }
     }
 }
 

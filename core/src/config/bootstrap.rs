@@ -33,6 +33,9 @@ pub struct DynamicResources {
     pub cds: bool,
     /// Send the node only on the stream's first request.
     pub set_node_on_first_message_only: bool,
+    /// Incremental (delta) xDS (`api_type: DELTA_GRPC`): resources come and go one by one,
+    /// each with its own version; else state of the world (`GRPC`).
+    pub delta: bool,
     /// The gRPC service's `timeout` (per request), if given.
     pub grpc_timeout: Option<std::time::Duration>,
     /// `initial_fetch_timeout` of `cds_config` / `lds_config`: how long to wait for the first
@@ -152,25 +155,20 @@ pub(super) fn dynamic(
     let Some(ads) = &raw.ads_config else {
         return Err(ConfigError::new(
             format!("{path}.ads_config"),
-            "required: origdst takes dynamic resources over one ADS stream (state of the world)",
+            "required: origdst takes dynamic resources over one ADS stream",
         ));
     };
     let ads_path = format!("{path}.ads_config");
-    match ads.api_type.as_str() {
-        "GRPC" => {}
-        "DELTA_GRPC" | "AGGREGATED_DELTA_GRPC" => {
-            return Err(ConfigError::new(
-                format!("{ads_path}.api_type"),
-                "delta xDS is not supported: use GRPC (state of the world)",
-            ));
-        }
+    let delta = match ads.api_type.as_str() {
+        "GRPC" => false,
+        "DELTA_GRPC" | "AGGREGATED_DELTA_GRPC" => true,
         other => {
             return Err(ConfigError::new(
                 format!("{ads_path}.api_type"),
-                format!("{other:?} is not supported (supported: GRPC)"),
+                format!("{other:?} is not supported (supported: GRPC, DELTA_GRPC)"),
             ));
         }
-    }
+    };
     version(
         ads.transport_api_version.as_deref(),
         &format!("{ads_path}.transport_api_version"),
@@ -271,6 +269,7 @@ pub(super) fn dynamic(
         lds,
         cds,
         set_node_on_first_message_only: ads.set_node_on_first_message_only.unwrap_or(false),
+        delta,
         grpc_timeout,
         initial_fetch_timeout,
     }))
