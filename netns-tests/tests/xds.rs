@@ -263,8 +263,17 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         &["--config", config.arg(), "--shards", "2"],
     );
     let greeting = |a: SocketAddr| Ok(a.to_string().into_bytes());
-    // Nothing pushed yet: nothing listens on the capture port.
+    // Nothing pushed yet: nothing listens on the capture port, and origdst is not ready (as
+    // Envoy initializing: a node's readiness gate waits for the control plane's config).
     assert_eq!(ask(&gw, server), Err(std::io::ErrorKind::ConnectionRefused));
+    let (status, text) = admin::get(&gw.router, "/ready");
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            503,
+            "initializing: waiting for the control plane's first listeners\n"
+        )
+    );
 
     // Clusters, then the capture listener: it accepts, and relays to the dialled destination.
     control.push(CDS, "c1", vec![passthrough()]);
@@ -272,6 +281,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     control.push(LDS, "l1", vec![capture("PassthroughCluster")]);
     let accepting = until(&gw, server, pushed, |r| r.is_ok());
     assert_eq!(ask(&gw, server), greeting(server));
+    assert_eq!(admin::get(&gw.router, "/ready").0, 200);
     let (mut open, _) = open_to(&gw, server, server.to_string().len());
 
     // An invalid push (a field origdst does not implement) is NACKed naming it; l1 serves on.
@@ -585,6 +595,42 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
     println!(
         "delta xDS: a pushed listener accepted {accepting:?} after the push, one removed refused {refusing:?} after"
+    );
+}
+
+/// With no control plane answering, origdst is ready once `initial_fetch_timeout` passes (as
+/// Envoy finishes initializing), serving what its bootstrap has.
+#[test]
+fn without_a_control_plane_readiness_waits_for_the_initial_fetch_timeout() {
+    let gw = Gateway::new("xdsr");
+    let bootstrap = bootstrap().replace(
+        "lds_config: { ads: {}, resource_api_version: V3 }",
+        "lds_config: { ads: {}, resource_api_version: V3, initial_fetch_timeout: 0.5s }",
+    );
+    assert!(bootstrap.contains("initial_fetch_timeout"), "{bootstrap}");
+    let config = ConfigFile::new("xdsr", &bootstrap);
+    let started = Instant::now();
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    assert_eq!(admin::get(&gw.router, "/ready").0, 503);
+    let deadline = started + TIMEOUT;
+    while admin::get(&gw.router, "/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "ready after {waited:?}"
+    );
+    let exit = proxy.stop_clean();
+    assert!(
+        exit.log.contains("within initial_fetch_timeout"),
+        "{}",
+        exit.log
     );
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/metrics` | OpenMetrics text (Prometheus) |
 //! | `/stats` | the same numbers as JSON |
-//! | `/ready` | 200 once every shard runs and while not draining, else 503 |
+//! | `/ready` | 200 once every shard runs (and, with a control plane, its first listeners were taken or `initial_fetch_timeout` passed) and while not draining, else 503 |
 //! | `/healthz` | 200 while the process serves |
 //! | `/config_dump` | the running config in Envoy's `ConfigDump` JSON shape (`?format=yaml`: the file as loaded, with its generation) |
 //!
@@ -239,6 +239,12 @@ fn respond(method: &str, url: &str, observed: &Arc<Observed>) -> Answer {
                 text(200, PLAIN, "ready\n".into())
             } else if observed.draining.load(Ordering::Relaxed) {
                 text(503, PLAIN, "draining\n".into())
+            } else if !observed.xds_initialized() {
+                text(
+                    503,
+                    PLAIN,
+                    "initializing: waiting for the control plane's first listeners\n".into(),
+                )
             } else {
                 text(503, PLAIN, "starting\n".into())
             }

@@ -98,6 +98,17 @@ impl Observed {
 
     /// Ready for traffic: every shard started and not draining.
     pub fn ready(&self) -> bool {
-        self.started.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.xds_initialized()
+    }
+
+    /// With a control plane: its first listeners (or clusters, if it sends no listeners) were
+    /// taken, or `initial_fetch_timeout` passed without them (Envoy's initialization). Without
+    /// one: always.
+    pub fn xds_initialized(&self) -> bool {
+        self.xds
+            .as_ref()
+            .is_none_or(|x| x.initialized.load(Ordering::Relaxed))
     }
 }

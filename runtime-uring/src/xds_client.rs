@@ -48,7 +48,13 @@ pub struct XdsGauges {
     pub versions: std::sync::Mutex<[String; 3]>,
     /// The pushed resources in force and warming (`/config_dump`'s dynamic sections).
     pub pushed: std::sync::Mutex<InForce>,
+    /// The first listeners (or clusters, without LDS) were taken, or `initial_fetch_timeout`
+    /// passed: `/ready` answers 200 from then on.
+    pub initialized: std::sync::atomic::AtomicBool,
 }
+
+/// Envoy's default `initial_fetch_timeout`: how long start-up waits for the first push.
+const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The types in the order of [`XdsGauges`]' arrays, by their short names.
 pub const TYPES: [&str; 3] = ["cds", "lds", "eds"];
@@ -143,6 +149,18 @@ pub(crate) fn start(
                     return;
                 }
             };
+            // Ready without the first push once the initial fetch timeout passes (0: wait for
+            // it however long it takes), as Envoy finishes initializing.
+            let fetch_timeout = dynamic.initial_fetch_timeout.unwrap_or(INITIAL_FETCH_TIMEOUT);
+            if !fetch_timeout.is_zero() {
+                let gauges = Arc::clone(&gauges);
+                runtime.spawn(async move {
+                    tokio::time::sleep(fetch_timeout).await;
+                    if !gauges.initialized.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(?fetch_timeout, "xDS: no listeners from the control plane within initial_fetch_timeout; ready with what the bootstrap has");
+                    }
+                });
+            }
             let mut client = Client {
                 observed,
                 controls,
@@ -152,6 +170,7 @@ pub(crate) fn start(
                 statics,
                 pushed: Pushed::default(),
                 active: Vec::new(),
+                lds: dynamic.lds,
             };
             runtime.block_on(client.run(endpoint, node, session));
         })
@@ -172,6 +191,8 @@ struct Client {
     pushed: Pushed,
     /// The pushed listeners in force (bound).
     active: Vec<Listener>,
+    /// Listeners come from the control plane (else clusters alone initialize).
+    lds: bool,
 }
 
 impl Client {
@@ -226,6 +247,9 @@ impl Client {
         match &verdict {
             Verdict::Accepted => {
                 self.gauges.accepted[slot].fetch_add(1, Ordering::Relaxed);
+                if kind == ResourceType::Listener || (kind == ResourceType::Cluster && !self.lds) {
+                    self.gauges.initialized.store(true, Ordering::Relaxed);
+                }
                 self.gauges
                     .versions
                     .lock()
