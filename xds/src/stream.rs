@@ -16,6 +16,12 @@ use crate::session::{AdsSession, Disposition, Request, ResourceType, Response, V
 /// gRPC's `INVALID_ARGUMENT`: a NACK's status code.
 const INVALID_ARGUMENT: i32 = 3;
 
+/// The largest response origdst takes from the control plane (tonic's default is 4 MiB; a
+/// mesh's listeners or endpoints in one state-of-the-world response can pass that, and Envoy
+/// sets no limit). What is taken is bounded again as a document
+/// (`origdst_core::config::limits::PUSHED_CONFIG_BYTES_MAX`).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Requests queued towards the server at most (the session sends at most three per response).
 const OUTBOX: usize = 16;
 
@@ -112,7 +118,7 @@ async fn delta_stream(
     judge: &mut dyn Judge,
 ) -> StreamEnd {
     let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
-        Ok(client) => client,
+        Ok(client) => client.max_decoding_message_size(MESSAGE_BYTES_MAX),
         Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
     };
     let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
@@ -178,7 +184,7 @@ async fn stream(
     judge: &mut dyn Judge,
 ) -> StreamEnd {
     let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
-        Ok(client) => client,
+        Ok(client) => client.max_decoding_message_size(MESSAGE_BYTES_MAX),
         Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
     };
     let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);

@@ -1,7 +1,7 @@
 //! The ADS client against an in-process ADS server over real gRPC (tonic, HTTP/2 on loopback),
 //! as ztunnel tests its xDS client: the subscription order, ACK and NACK with versions and
 //! nonces (a NACKed update, then good ones back to back), and a control-plane restart that is
-//! resubscribed with the versions in force.
+//! resubscribed with the versions in force, then a response larger than gRPC's usual 4 MiB.
 
 use std::sync::{Arc, Mutex};
 
@@ -113,6 +113,14 @@ impl AggregatedDiscoveryService for Scripted {
                     // After the restart: both subscriptions, with the versions in force.
                     next(&mut incoming, 1, &seen).await;
                     next(&mut incoming, 1, &seen).await;
+                    // A mesh's worth of listeners in one response, past gRPC's usual 4 MiB.
+                    let many: Vec<Any> = (0..40_000)
+                        .map(|i| listener(&format!("{i:0>160}")))
+                        .collect();
+                    let big = response(LDS, "l2", "e", many);
+                    assert!(big.encoded_len() > 4 * 1024 * 1024, "{}", big.encoded_len());
+                    send(big).await;
+                    next(&mut incoming, 1, &seen).await; // ACK l2
                 }
             }
             // The control plane goes away: the stream ends.
@@ -181,9 +189,10 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
     assert_eq!(end, StreamEnd::Closed);
     assert_eq!(
         judged,
-        ["v1", "v2", "v3", "l1"],
+        ["v1", "v2", "v3", "l1", "l2"],
         "every response judged once, in order"
     );
+    assert_eq!(session.version(ResourceType::Listener), "l2");
 
     let seen = seen.lock().unwrap();
     let summary: Vec<(usize, &str, &str, &str, bool, bool)> = seen
@@ -210,6 +219,7 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
             (0, "lds", "l1", "d", false, false), // ACK
             (1, "cds", "v3", "", false, true),   // after the restart: the node again, v3 in force
             (1, "lds", "l1", "", false, false),
+            (1, "lds", "l2", "e", false, false), // the 6 MiB response taken
         ]
     );
     let nack = &seen[1].1;

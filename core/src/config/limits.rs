@@ -7,20 +7,25 @@
 use super::ConfigError;
 
 /// The largest config file origdst reads (a static bootstrap with hundreds of listeners is
-/// under 1 MiB; xDS resources do not come through this path).
+/// under 1 MiB).
 pub const CONFIG_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The largest document the xDS client makes of pushed resources (the bootstrap with them
+/// added): 10 000 service listeners with their clusters come to about 4 MiB; what a control
+/// plane can send is bounded again by the gRPC message limit.
+pub const PUSHED_CONFIG_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The deepest flow nesting (`[`/`{`) accepted. Envoy configs written as YAML or JSON nest about
 /// 15 levels; serde's own recursion limit (128) would refuse deeper documents after parsing them.
 pub const FLOW_DEPTH_MAX: usize = 64;
 
-/// Refuses text over [`CONFIG_BYTES_MAX`] or nested deeper than [`FLOW_DEPTH_MAX`].
-pub(crate) fn preflight(text: &str) -> Result<(), ConfigError> {
-    if text.len() > CONFIG_BYTES_MAX {
+/// Refuses text over `bytes_max` or nested deeper than [`FLOW_DEPTH_MAX`].
+pub(crate) fn preflight(text: &str, bytes_max: usize) -> Result<(), ConfigError> {
+    if text.len() > bytes_max {
         return Err(ConfigError::new(
             "",
             format!(
-                "the config is {} bytes, more than the limit of {CONFIG_BYTES_MAX} bytes",
+                "the config is {} bytes, more than the limit of {bytes_max} bytes",
                 text.len()
             ),
         ));
@@ -127,7 +132,7 @@ mod tests {
             "]".repeat(200_000)
         );
         // The scan stops at the first level past the limit, before the parser sees anything.
-        let err = preflight(&text).unwrap_err();
+        let err = preflight(&text, CONFIG_BYTES_MAX).unwrap_err();
         assert!(err.reason.contains("limit of 64"), "{err}");
         assert!(err.reason.contains("line 2"), "{err}");
         let err = crate::config::Config::from_yaml(&text).unwrap_err();
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn size_limit_names_itself() {
         let text = format!("# {}\n", "x".repeat(CONFIG_BYTES_MAX));
-        let err = preflight(&text).unwrap_err();
+        let err = preflight(&text, CONFIG_BYTES_MAX).unwrap_err();
         assert!(err.to_string().contains("limit of 4194304 bytes"), "{err}");
     }
 
@@ -150,7 +155,7 @@ mod tests {
             "[".repeat(100)
         );
         assert_eq!(flow_depth(&text).0, 2);
-        preflight(&text).unwrap();
+        preflight(&text, CONFIG_BYTES_MAX).unwrap();
     }
 
     #[test]
@@ -165,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_embedded_default_and_json_style_configs_pass() {
-        preflight(crate::config::DEFAULT_YAML).unwrap();
+        preflight(crate::config::DEFAULT_YAML, CONFIG_BYTES_MAX).unwrap();
         let json = r#"{"static_resources": {"listeners": [{"name": "a", "filter_chains": [{"filters": []}]}]}}"#;
         assert_eq!(flow_depth(json).0, 7);
     }

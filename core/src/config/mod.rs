@@ -355,7 +355,19 @@ impl Config {
     /// Parses YAML text, applies command-line overrides to its `origdst:` section, and validates
     /// the result: an override passes the same checks as the field it replaces.
     pub fn from_yaml_with(text: &str, overrides: &KnobOverrides) -> Result<Self, ConfigError> {
-        limits::preflight(text)?;
+        limits::preflight(text, limits::CONFIG_BYTES_MAX)?;
+        Self::from_checked_text(text, overrides)
+    }
+
+    /// A document the xDS client made from pushed resources (the bootstrap with them added),
+    /// judged as a file is, under the larger bound such documents have
+    /// ([`limits::PUSHED_CONFIG_BYTES_MAX`]: a mesh's thousands of listeners).
+    pub fn from_pushed_yaml(text: &str, overrides: &KnobOverrides) -> Result<Self, ConfigError> {
+        limits::preflight(text, limits::PUSHED_CONFIG_BYTES_MAX)?;
+        Self::from_checked_text(text, overrides)
+    }
+
+    fn from_checked_text(text: &str, overrides: &KnobOverrides) -> Result<Self, ConfigError> {
         let error = |path: String, reason: String| {
             ConfigError::new(&path, without_path_prefix(&path, &reason))
         };

@@ -835,7 +835,7 @@ pub fn judge(
     };
     let (static_clusters, static_listeners) = (statics("clusters"), statics("listeners"));
     let doc = document(bootstrap, &pushed_clusters, &pushed_listeners)?;
-    match origdst_core::config::Config::from_yaml_with(&doc, overrides) {
+    match origdst_core::config::Config::from_pushed_yaml(&doc, overrides) {
         Ok(config) => Ok((config, doc)),
         Err(err) => {
             // `static_resources.clusters[i]…` of a pushed one reads as the resource's name.

@@ -641,3 +641,44 @@ filter_chains:
         "listener \"virtualOutbound\": filter_chains[0].filters[0].typed_config.on_new_connection[1].factory_key: not supported"
     );
 }
+
+#[test]
+fn ten_thousand_service_listeners_push_in_one_document() {
+    // A mesh's services as Istio pushes them: one `bind_to_port: false` listener each, behind the
+    // virtual outbound. Past the file's 4 MiB bound as a document, within the pushed one.
+    const SERVICES: u32 = 10_000;
+    let mut listeners = vec![virtual_outbound()];
+    for i in 0..SERVICES {
+        let mut l = service_listener(&format!("outbound_svc{i}_9080"), 9080);
+        l.filter_chains[0].filters = vec![tcp_proxy("reviews")];
+        l.address = Some(socket(
+            &format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
+            9080,
+        ));
+        listeners.push(l);
+    }
+    let clusters = [passthrough(), service("reviews", "10.1.0.7")];
+    let (config, doc) = judge(BOOTSTRAP, &clusters, &listeners).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners.len(), SERVICES as usize + 1);
+    eprintln!(
+        "{SERVICES} service listeners: a {} byte document",
+        doc.len()
+    );
+    assert!(
+        doc.len() > origdst_core::config::limits::CONFIG_BYTES_MAX,
+        "{} bytes: the push needs the larger bound to mean anything here",
+        doc.len()
+    );
+    // Routed by the hand-off index: the last service's address finds its listener.
+    let last = SERVICES - 1;
+    let addr = format!(
+        "10.{}.{}.{}:9080",
+        100 + last / 65536,
+        (last / 256) % 256,
+        last % 256
+    );
+    assert_eq!(
+        config.handoff.target(addr.parse().unwrap()),
+        Some(SERVICES as usize)
+    );
+}
