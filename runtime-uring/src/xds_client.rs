@@ -16,18 +16,16 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::protobuf::value::Kind;
 use origdst_core::config::{ClusterKind, EndpointTarget};
 use origdst_xds::backoff::Backoff;
 use origdst_xds::compose::{self, Composed, Pushed};
 use origdst_xds::delta::DeltaSession;
+use origdst_xds::resources;
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
 use origdst_xds::stream::{self, Judge, StreamEnd};
-use prost::Message;
 
 use crate::observed::Observed;
 use crate::shard::ShardControl;
@@ -269,19 +267,25 @@ impl Client {
     fn try_apply(&mut self, kind: ResourceType, response: &DiscoveryResponse) -> Verdict {
         let mut next = self.pushed.clone();
         let decoded = match kind {
-            ResourceType::Cluster => decode::<Cluster>(response).map(|c| next.clusters = c),
-            ResourceType::Listener => decode::<Listener>(response).map(|l| next.listeners = l),
+            ResourceType::Cluster => {
+                resources::state_of_the_world::<Cluster>(response).map(|c| next.clusters = c)
+            }
+            ResourceType::Listener => {
+                resources::state_of_the_world::<Listener>(response).map(|l| next.listeners = l)
+            }
             // Not a wildcard type: an assignment absent from a response stays as it was, one
             // not asked for is dropped.
-            ResourceType::Endpoint => decode::<ClusterLoadAssignment>(response).map(|all| {
-                let wanted = compose::endpoint_names(&next.clusters);
-                for assignment in all {
-                    if wanted.contains(&assignment.cluster_name) {
-                        next.assignments
-                            .insert(assignment.cluster_name.clone(), assignment);
+            ResourceType::Endpoint => {
+                resources::state_of_the_world::<ClusterLoadAssignment>(response).map(|all| {
+                    let wanted = compose::endpoint_names(&next.clusters);
+                    for assignment in all {
+                        if wanted.contains(&assignment.cluster_name) {
+                            next.assignments
+                                .insert(assignment.cluster_name.clone(), assignment);
+                        }
                     }
-                }
-            }),
+                })
+            }
         };
         if let Err(why) = decoded {
             return Verdict::Rejected(why);
@@ -299,26 +303,29 @@ impl Client {
         let mut next = self.pushed.clone();
         let removed = &response.removed_resources;
         let merged = match kind {
-            ResourceType::Cluster => {
-                upsert(&mut next.clusters, &response.resources, |c: &Cluster| {
-                    &c.name
-                })
-                .map(|()| {
-                    next.clusters.retain(|c| !removed.contains(&c.name));
-                })
-            }
-            ResourceType::Listener => {
-                upsert(&mut next.listeners, &response.resources, |l: &Listener| {
-                    &l.name
-                })
-                .map(|()| {
-                    next.listeners.retain(|l| !removed.contains(&l.name));
-                })
-            }
+            ResourceType::Cluster => resources::upsert(
+                &mut next.clusters,
+                &response.type_url,
+                &response.resources,
+                |c: &Cluster| &c.name,
+            )
+            .map(|()| {
+                next.clusters.retain(|c| !removed.contains(&c.name));
+            }),
+            ResourceType::Listener => resources::upsert(
+                &mut next.listeners,
+                &response.type_url,
+                &response.resources,
+                |l: &Listener| &l.name,
+            )
+            .map(|()| {
+                next.listeners.retain(|l| !removed.contains(&l.name));
+            }),
             ResourceType::Endpoint => {
                 let mut all = Vec::new();
-                upsert(
+                resources::upsert(
                     &mut all,
+                    &response.type_url,
                     &response.resources,
                     |a: &ClusterLoadAssignment| &a.cluster_name,
                 )
@@ -478,51 +485,4 @@ enum Protocol {
     StateOfTheWorld(AdsSession),
     /// `api_type: DELTA_GRPC`.
     Delta(DeltaSession),
-}
-
-/// A delta response's resources decoded into `held`: one of the same name replaced, a new one
-/// added. A resource's name must be its message's (else a removal by name would miss it).
-fn upsert<M: Message + Default>(
-    held: &mut Vec<M>,
-    resources: &[Resource],
-    name: impl Fn(&M) -> &String,
-) -> Result<(), String> {
-    for (i, resource) in resources.iter().enumerate() {
-        // A resource without a body refreshes its TTL only.
-        let Some(any) = &resource.resource else {
-            continue;
-        };
-        let message = M::decode(any.value.as_slice())
-            .map_err(|err| format!("resources[{i}] ({:?}): {err}", resource.name))?;
-        if *name(&message) != resource.name {
-            return Err(format!(
-                "resources[{i}]: named {:?}, its resource is {:?}",
-                resource.name,
-                name(&message)
-            ));
-        }
-        match held.iter_mut().find(|h| *name(h) == resource.name) {
-            Some(slot) => *slot = message,
-            None => held.push(message),
-        }
-    }
-    Ok(())
-}
-
-/// A response's resources as protos of the type it announces.
-fn decode<M: Message + Default>(response: &DiscoveryResponse) -> Result<Vec<M>, String> {
-    response
-        .resources
-        .iter()
-        .enumerate()
-        .map(|(i, any)| {
-            if any.type_url != response.type_url {
-                return Err(format!(
-                    "resources[{i}]: a {} in a {} response",
-                    any.type_url, response.type_url
-                ));
-            }
-            M::decode(any.value.as_slice()).map_err(|err| format!("resources[{i}]: {err}"))
-        })
-        .collect()
 }
