@@ -167,16 +167,21 @@ fn wait_for_request(
     what: &str,
     want: impl Fn(&DiscoveryRequest) -> bool,
 ) -> DiscoveryRequest {
+    wait_for(what, || control.seen(), want)
+}
+
+/// Waits (bounded) for an item of `seen()` that `want` picks.
+fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    seen: impl Fn() -> Vec<T>,
+    want: impl Fn(&T) -> bool,
+) -> T {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        if let Some(found) = control.seen().into_iter().find(|r| want(r)) {
+        if let Some(found) = seen().into_iter().find(|r| want(r)) {
             return found;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no {what}: {:#?}",
-            control.seen()
-        );
+        assert!(Instant::now() < deadline, "no {what}: {:#?}", seen());
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -640,18 +645,7 @@ fn wait_for_request_delta(
     what: &str,
     want: impl Fn(&DeltaDiscoveryRequest) -> bool,
 ) -> DeltaDiscoveryRequest {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(found) = control.seen_delta().into_iter().find(|r| want(r)) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what}: {:#?}",
-            control.seen_delta()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(what, || control.seen_delta(), want)
 }
 
 /// A push of 1 000 service listeners (Istio's `bind_to_port: false` services behind a

@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::plan::Plan;
 use crate::session::{ResourceType, Verdict};
 
 /// A `DeltaDiscoveryRequest`, as values (the transport turns it into the proto).
@@ -54,57 +55,32 @@ struct Subscription {
 /// The delta ADS protocol for one proxy, across streams.
 #[derive(Debug, Clone)]
 pub struct DeltaSession {
-    wants_clusters: bool,
-    wants_listeners: bool,
-    node_on_first_message_only: bool,
-    node_sent: bool,
-    streaming: bool,
+    plan: Plan,
     subscriptions: BTreeMap<ResourceType, Subscription>,
-    clusters_settled: bool,
-    /// The EDS services the accepted clusters ask for (sorted).
-    endpoint_names: Vec<String>,
 }
 
 impl DeltaSession {
     /// A session subscribing to clusters and/or listeners (and the endpoints clusters name).
     pub fn new(clusters: bool, listeners: bool, node_on_first_message_only: bool) -> Self {
         Self {
-            wants_clusters: clusters,
-            wants_listeners: listeners,
-            node_on_first_message_only,
-            node_sent: false,
-            streaming: false,
+            plan: Plan::new(clusters, listeners, node_on_first_message_only),
             subscriptions: BTreeMap::new(),
-            clusters_settled: false,
-            endpoint_names: Vec::new(),
         }
     }
 
     /// A stream opened: the subscriptions to send on it, in Envoy's order.
     pub fn connected(&mut self) -> Vec<DeltaRequest> {
-        self.node_sent = false;
-        self.streaming = true;
         for subscription in self.subscriptions.values_mut() {
             subscription.sent = false;
             subscription.names.clear();
         }
-        let mut out = Vec::new();
-        if self.wants_clusters {
-            out.push(self.subscribe(ResourceType::Cluster));
-        }
-        if !self.endpoint_names.is_empty() {
-            out.push(self.subscribe(ResourceType::Endpoint));
-        }
-        if self.wants_listeners && (!self.wants_clusters || self.clusters_settled) {
-            out.push(self.subscribe(ResourceType::Listener));
-        }
-        out
+        let kinds = self.plan.opened();
+        kinds.into_iter().map(|kind| self.subscribe(kind)).collect()
     }
 
     /// The stream ended: what was accepted stays held.
     pub fn disconnected(&mut self) {
-        self.streaming = false;
-        self.node_sent = false;
+        self.plan.closed();
         for subscription in self.subscriptions.values_mut() {
             subscription.sent = false;
             subscription.names.clear();
@@ -131,7 +107,7 @@ impl DeltaSession {
         changed: &[(String, String)],
         removed: &[String],
     ) -> Vec<DeltaRequest> {
-        let with_node = self.take_node();
+        let with_node = self.plan.take_node();
         let subscription = self.subscriptions.entry(kind).or_default();
         let error_detail = match verdict {
             Verdict::Accepted => {
@@ -155,25 +131,17 @@ impl DeltaSession {
             error_detail,
             with_node,
         }];
-        if accepted && kind == ResourceType::Cluster && !self.clusters_settled {
-            self.clusters_settled = true;
-            if self.wants_listeners {
-                out.push(self.subscribe(ResourceType::Listener));
-            }
+        if accepted && self.plan.accepted(kind) {
+            out.push(self.subscribe(ResourceType::Listener));
         }
         out
     }
 
     /// The EDS services the clusters in force ask for: the request that changes the endpoint
     /// subscription to them, if it changed while a stream is up.
-    pub fn want_endpoints(&mut self, mut names: Vec<String>) -> Option<DeltaRequest> {
-        names.sort_unstable();
-        names.dedup();
-        if names == self.endpoint_names {
-            return None;
-        }
-        self.endpoint_names.clone_from(&names);
-        if !self.streaming {
+    pub fn want_endpoints(&mut self, names: Vec<String>) -> Option<DeltaRequest> {
+        let names = self.plan.endpoints(names)?;
+        if !self.plan.streaming {
             return None;
         }
         let subscribed = self
@@ -184,7 +152,7 @@ impl DeltaSession {
         let Some(before) = subscribed else {
             return (!names.is_empty()).then(|| self.subscribe(ResourceType::Endpoint));
         };
-        let with_node = self.take_node();
+        let with_node = self.plan.take_node();
         let subscription = self
             .subscriptions
             .entry(ResourceType::Endpoint)
@@ -220,12 +188,8 @@ impl DeltaSession {
     }
 
     fn subscribe(&mut self, kind: ResourceType) -> DeltaRequest {
-        let with_node = self.take_node();
-        let names = if kind == ResourceType::Endpoint {
-            self.endpoint_names.clone()
-        } else {
-            Vec::new()
-        };
+        let with_node = self.plan.take_node();
+        let names = self.plan.names(kind);
         let subscription = self.subscriptions.entry(kind).or_default();
         subscription.sent = true;
         subscription.names.clone_from(&names);
@@ -242,12 +206,6 @@ impl DeltaSession {
             error_detail: None,
             with_node,
         }
-    }
-
-    fn take_node(&mut self) -> bool {
-        let first = !self.node_sent;
-        self.node_sent = true;
-        first || !self.node_on_first_message_only
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod compose;
 pub mod delta;
+mod plan;
 pub mod resources;
 pub mod session;
 pub mod stream;

@@ -26,6 +26,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::plan::Plan;
+
 /// The resource types origdst subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceType {
@@ -127,18 +129,8 @@ struct Subscription {
 /// The ADS protocol for one proxy, across streams.
 #[derive(Debug, Clone)]
 pub struct AdsSession {
-    wants_clusters: bool,
-    wants_listeners: bool,
-    node_on_first_message_only: bool,
-    /// The node went out on the current stream.
-    node_sent: bool,
-    /// A stream is up (between [`Self::connected`] and [`Self::disconnected`]).
-    streaming: bool,
+    plan: Plan,
     subscriptions: BTreeMap<ResourceType, Subscription>,
-    /// Clusters were accepted at least once (listeners may be asked for).
-    clusters_settled: bool,
-    /// The EDS services the accepted clusters ask for (sorted; empty: no EDS subscription).
-    endpoint_names: Vec<String>,
 }
 
 impl AdsSession {
@@ -146,37 +138,20 @@ impl AdsSession {
     /// (`lds_config`).
     pub fn new(clusters: bool, listeners: bool, node_on_first_message_only: bool) -> Self {
         Self {
-            wants_clusters: clusters,
-            wants_listeners: listeners,
-            node_on_first_message_only,
-            node_sent: false,
-            streaming: false,
+            plan: Plan::new(clusters, listeners, node_on_first_message_only),
             subscriptions: BTreeMap::new(),
-            clusters_settled: false,
-            endpoint_names: Vec::new(),
         }
     }
 
     /// A stream opened: the subscriptions to send on it (clusters first; listeners at once only
     /// if there are no clusters to wait for, or clusters were settled on an earlier stream).
     pub fn connected(&mut self) -> Vec<Request> {
-        self.node_sent = false;
-        self.streaming = true;
         for subscription in self.subscriptions.values_mut() {
             subscription.sent = false;
             subscription.latest_nonce.clear();
         }
-        let mut out = Vec::new();
-        if self.wants_clusters {
-            out.push(self.subscribe(ResourceType::Cluster));
-        }
-        if !self.endpoint_names.is_empty() {
-            out.push(self.subscribe(ResourceType::Endpoint));
-        }
-        if self.wants_listeners && (!self.wants_clusters || self.clusters_settled) {
-            out.push(self.subscribe(ResourceType::Listener));
-        }
-        out
+        let kinds = self.plan.opened();
+        kinds.into_iter().map(|kind| self.subscribe(kind)).collect()
     }
 
     /// The stream ended: nothing is sent until the next [`Self::connected`]; what was accepted
@@ -186,8 +161,7 @@ impl AdsSession {
             subscription.sent = false;
             subscription.latest_nonce.clear();
         }
-        self.node_sent = false;
-        self.streaming = false;
+        self.plan.closed();
     }
 
     /// A response arrived: judge it, or ignore it.
@@ -209,7 +183,7 @@ impl AdsSession {
         let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
             return Vec::new();
         };
-        let with_node = self.take_node();
+        let with_node = self.plan.take_node();
         let Some(subscription) = self.subscriptions.get_mut(&kind) else {
             return Vec::new();
         };
@@ -229,11 +203,8 @@ impl AdsSession {
                     error_detail: None,
                     with_node,
                 });
-                if kind == ResourceType::Cluster && !self.clusters_settled {
-                    self.clusters_settled = true;
-                    if self.wants_listeners {
-                        out.push(self.subscribe(ResourceType::Listener));
-                    }
+                if self.plan.accepted(kind) {
+                    out.push(self.subscribe(ResourceType::Listener));
                 }
             }
             Verdict::Rejected(why) => out.push(Request {
@@ -259,14 +230,9 @@ impl AdsSession {
     /// that set changed while a stream is up (with the version in force and the latest nonce,
     /// as the protocol wants a changed subscription sent). An emptied set sends nothing: the
     /// assignments that still come are dropped by the caller, and the next stream asks for none.
-    pub fn want_endpoints(&mut self, mut names: Vec<String>) -> Option<Request> {
-        names.sort_unstable();
-        names.dedup();
-        if names == self.endpoint_names {
-            return None;
-        }
-        self.endpoint_names.clone_from(&names);
-        if names.is_empty() || !self.streaming {
+    pub fn want_endpoints(&mut self, names: Vec<String>) -> Option<Request> {
+        let names = self.plan.endpoints(names)?;
+        if names.is_empty() || !self.plan.streaming {
             return None;
         }
         let nonce = self
@@ -281,12 +247,8 @@ impl AdsSession {
     }
 
     fn subscribe(&mut self, kind: ResourceType) -> Request {
-        let with_node = self.take_node();
-        let names = if kind == ResourceType::Endpoint {
-            self.endpoint_names.clone()
-        } else {
-            Vec::new()
-        };
+        let with_node = self.plan.take_node();
+        let names = self.plan.names(kind);
         let subscription = self.subscriptions.entry(kind).or_default();
         subscription.sent = true;
         subscription.names.clone_from(&names);
@@ -298,13 +260,6 @@ impl AdsSession {
             error_detail: None,
             with_node,
         }
-    }
-
-    /// Whether the next request carries the node.
-    fn take_node(&mut self) -> bool {
-        let first = !self.node_sent;
-        self.node_sent = true;
-        first || !self.node_on_first_message_only
     }
 }
 

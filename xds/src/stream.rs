@@ -117,9 +117,9 @@ async fn delta_stream(
     session: &mut DeltaSession,
     judge: &mut dyn Judge,
 ) -> StreamEnd {
-    let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
-        Ok(client) => client.max_decoding_message_size(MESSAGE_BYTES_MAX),
-        Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
+    let mut client = match connect(endpoint).await {
+        Ok(client) => client,
+        Err(end) => return end,
     };
     let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
     let _ = session.want_endpoints(judge.endpoint_names());
@@ -164,6 +164,17 @@ async fn delta_stream(
     }
 }
 
+/// The ADS client on a new HTTP/2 connection to `endpoint`, taking responses up to
+/// [`MESSAGE_BYTES_MAX`].
+async fn connect(
+    endpoint: String,
+) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamEnd> {
+    AggregatedDiscoveryServiceClient::connect(endpoint)
+        .await
+        .map(|client| client.max_decoding_message_size(MESSAGE_BYTES_MAX))
+        .map_err(|err| StreamEnd::Failed(format!("connecting: {err}")))
+}
+
 /// Runs one stream to `endpoint` (`http://ip:port`): subscribes, judges every response with
 /// `judge`, answers it. Returns when the stream ends; the session keeps what was accepted.
 pub async fn run(
@@ -183,9 +194,9 @@ async fn stream(
     session: &mut AdsSession,
     judge: &mut dyn Judge,
 ) -> StreamEnd {
-    let mut client = match AggregatedDiscoveryServiceClient::connect(endpoint).await {
-        Ok(client) => client.max_decoding_message_size(MESSAGE_BYTES_MAX),
-        Err(err) => return StreamEnd::Failed(format!("connecting: {err}")),
+    let mut client = match connect(endpoint).await {
+        Ok(client) => client,
+        Err(end) => return end,
     };
     let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
     // The EDS names are known before the first stream only after a restart of this client; a
