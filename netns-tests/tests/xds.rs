@@ -475,8 +475,9 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
 
 /// Delta xDS (`api_type: DELTA_GRPC`) against the same control plane speaking delta: resources
 /// arrive one by one with their own versions (an EDS cluster, its endpoints, the listener that
-/// waits for it), a refused change is NACKed and nothing of it held, a removal by name stops the
-/// listener, and after a restart the proxy tells what it holds so only what differs comes.
+/// waits for it), a refused change is NACKed and nothing of it held, a cluster removed under a
+/// listener in force leaves it bound, a removal by name stops the listener, and after a restart
+/// the proxy tells what it holds so only what differs comes.
 #[test]
 fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     let gw = Gateway::new("xdsd");
@@ -532,6 +533,21 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     );
     assert_eq!(ask(&gw, server), greeting(endpoint));
 
+    // The cluster goes away while the listener naming it is in force (control planes remove a
+    // cluster before the listener): the listener stays bound, its connections fail (not
+    // refused); the cluster comes back, its endpoints are asked for again, and it serves.
+    control.push(CDS, "c2", vec![passthrough()]);
+    until(&gw, server, Instant::now(), |r| match r {
+        Ok(got) => got.is_empty(),
+        Err(kind) => *kind != std::io::ErrorKind::ConnectionRefused,
+    });
+    control.push(
+        CDS,
+        "c3",
+        vec![passthrough(), eds_cluster("svc", "outbound|8080||svc")],
+    );
+    until(&gw, server, Instant::now(), |r| *r == greeting(endpoint));
+
     // Removed by name: the listener stops.
     let pushed = Instant::now();
     control.push(LDS, "l3", Vec::new());
@@ -545,9 +561,10 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
         metrics.value("origdst_xds_updates_total{type=\"lds\",result=\"rejected\"}"),
         1.0
     );
+    // The endpoints came twice: first, and again once the cluster came back.
     assert_eq!(
         metrics.value("origdst_xds_updates_total{type=\"eds\",result=\"accepted\"}"),
-        1.0
+        2.0
     );
 
     // Killed and started again: origdst tells what it holds, so nothing is sent again; a change
@@ -555,7 +572,7 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     control.kill();
     control.push(
         CDS,
-        "c2",
+        "c4",
         vec![passthrough(), eds_cluster("svc", "outbound|8080||svc")],
     );
     control.push(LDS, "l5", vec![capture("svc")]);

@@ -46,8 +46,8 @@ pub struct XdsGauges {
     pub versions: std::sync::Mutex<[String; 3]>,
     /// The pushed resources in force and warming (`/config_dump`'s dynamic sections).
     pub pushed: std::sync::Mutex<InForce>,
-    /// The first listeners (or clusters, without LDS) were taken, or `initial_fetch_timeout`
-    /// passed: `/ready` answers 200 from then on.
+    /// The first listeners (or clusters, without LDS) were taken with nothing left warming, or
+    /// `initial_fetch_timeout` passed: `/ready` answers 200 from then on.
     pub initialized: std::sync::atomic::AtomicBool,
 }
 
@@ -168,6 +168,8 @@ pub(crate) fn start(
                 statics,
                 pushed: Pushed::default(),
                 active: Vec::new(),
+                active_clusters: Vec::new(),
+                listeners_taken: false,
                 lds: dynamic.lds,
             };
             runtime.block_on(client.run(endpoint, node, session));
@@ -189,6 +191,11 @@ struct Client {
     pushed: Pushed,
     /// The pushed listeners in force (bound).
     active: Vec<Listener>,
+    /// The pushed clusters in force (EDS ones resolved): earlier versions serve while an EDS
+    /// update waits for its endpoints.
+    active_clusters: Vec<Cluster>,
+    /// Listeners were taken at least once.
+    listeners_taken: bool,
     /// Listeners come from the control plane (else clusters alone initialize).
     lds: bool,
 }
@@ -245,9 +252,6 @@ impl Client {
         match &verdict {
             Verdict::Accepted => {
                 self.gauges.accepted[slot].fetch_add(1, Ordering::Relaxed);
-                if kind == ResourceType::Listener || (kind == ResourceType::Cluster && !self.lds) {
-                    self.gauges.initialized.store(true, Ordering::Relaxed);
-                }
                 self.gauges
                     .versions
                     .lock()
@@ -301,48 +305,35 @@ impl Client {
         response: &DeltaDiscoveryResponse,
     ) -> Verdict {
         let mut next = self.pushed.clone();
-        let removed = &response.removed_resources;
+        let removed = resources::removed_names(response);
+        let (type_url, changed) = (&response.type_url, &response.resources);
         let merged = match kind {
-            ResourceType::Cluster => resources::upsert(
-                &mut next.clusters,
-                &response.type_url,
-                &response.resources,
-                |c: &Cluster| &c.name,
-            )
-            .map(|()| {
-                next.clusters.retain(|c| !removed.contains(&c.name));
-            }),
-            ResourceType::Listener => resources::upsert(
-                &mut next.listeners,
-                &response.type_url,
-                &response.resources,
-                |l: &Listener| &l.name,
-            )
-            .map(|()| {
-                next.listeners.retain(|l| !removed.contains(&l.name));
-            }),
-            ResourceType::Endpoint => {
-                let mut all = Vec::new();
-                resources::upsert(
-                    &mut all,
-                    &response.type_url,
-                    &response.resources,
-                    |a: &ClusterLoadAssignment| &a.cluster_name,
-                )
-                .map(|()| {
-                    let wanted = compose::endpoint_names(&next.clusters);
-                    for assignment in all {
-                        if wanted.contains(&assignment.cluster_name) {
-                            next.assignments
-                                .insert(assignment.cluster_name.clone(), assignment);
-                        }
-                    }
-                    for name in removed {
-                        next.assignments.remove(name);
-                    }
+            ResourceType::Cluster => {
+                resources::upsert(&mut next.clusters, type_url, changed, &removed, |c| &c.name)
+            }
+            ResourceType::Listener => {
+                resources::upsert(&mut next.listeners, type_url, changed, &removed, |l| {
+                    &l.name
                 })
             }
+            ResourceType::Endpoint => {
+                let mut held: Vec<ClusterLoadAssignment> = std::mem::take(&mut next.assignments)
+                    .into_values()
+                    .collect();
+                let merged =
+                    resources::upsert(&mut held, type_url, changed, &removed, |a| &a.cluster_name);
+                // (What no cluster asks for is dropped when the whole is put in force.)
+                next.assignments = held
+                    .into_iter()
+                    .map(|a| (a.cluster_name.clone(), a))
+                    .collect();
+                merged
+            }
         };
+        for error in &response.resource_errors {
+            tracing::warn!(kind = kind.name(), resource = ?error.resource_name, detail = ?error.error_detail,
+                "xDS: the control plane reports a resource it cannot provide");
+        }
         if let Err(why) = merged {
             return Verdict::Rejected(why);
         }
@@ -353,16 +344,16 @@ impl Client {
     fn put_in_force(&mut self, kind: ResourceType, mut next: Pushed) -> Verdict {
         let wanted = compose::endpoint_names(&next.clusters);
         next.assignments.retain(|name, _| wanted.contains(name));
-        let composed = match compose::compose(&next, &self.statics, &self.active) {
-            Ok(composed) => composed,
-            Err(why) => return Verdict::Rejected(why),
-        };
+        let composed =
+            match compose::compose(&next, &self.statics, &self.active_clusters, &self.active) {
+                Ok(composed) => composed,
+                Err(why) => return Verdict::Rejected(why),
+            };
         let overrides = &self.context.overrides;
         if !(composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty()) {
             // Warming resources are judged now, against stand-ins for what they wait for: a
             // refusal names them when they arrive, not when what they wait for does.
-            let mut clusters = composed.clusters.clone();
-            clusters.extend(compose::stand_ins(&composed, &self.statics));
+            let clusters = compose::check_clusters(&composed, &self.statics);
             let listeners = compose::as_pushed(&composed);
             if let Err(why) =
                 origdst_xds::translate::judge(&self.bootstrap, &clusters, &listeners, overrides)
@@ -370,9 +361,10 @@ impl Client {
                 return Verdict::Rejected(why);
             }
         }
+        let in_force = compose::in_force_clusters(&composed);
         let judged = origdst_xds::translate::judge(
             &self.bootstrap,
-            &composed.clusters,
+            &in_force,
             &composed.listeners,
             overrides,
         );
@@ -397,7 +389,24 @@ impl Client {
                         "xDS: warming (waiting for clusters or their endpoints)"
                     );
                 }
+                if !composed.missing.is_empty() {
+                    tracing::warn!(
+                        clusters = ?composed.missing.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                        "xDS: listeners in force name clusters that are gone; their connections fail until the clusters return or the listeners change"
+                    );
+                }
+                if kind == ResourceType::Listener {
+                    self.listeners_taken = true;
+                }
+                // Ready as Envoy is initialized: the first listeners taken, nothing warming.
+                if (self.listeners_taken || !self.lds)
+                    && composed.warming_clusters.is_empty()
+                    && composed.warming_listeners.is_empty()
+                {
+                    self.gauges.initialized.store(true, Ordering::Relaxed);
+                }
                 self.pushed = next;
+                self.active_clusters = composed.clusters;
                 self.active = composed.listeners;
                 Verdict::Accepted
             }
@@ -420,7 +429,10 @@ impl Client {
             .collect();
         let mut shown = self.gauges.pushed.lock().unwrap_or_else(|p| p.into_inner());
         shown.names = [
-            composed.clusters.iter().map(|c| c.name.clone()).collect(),
+            compose::in_force_clusters(composed)
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
             composed.listeners.iter().map(|l| l.name.clone()).collect(),
         ];
         shown.warming = [warming_clusters, warming_listeners];

@@ -3,16 +3,21 @@
 //!
 //! ```text
 //!   cluster (type EDS) ── its service's assignment arrived? ── yes ─▶ a STATIC cluster with those
-//!                                                             └ no ──▶ warming (not in force)
+//!                                                             └ no ──▶ warming; the version in
+//!                                                               force (if any) serves meanwhile
 //!   listener ── every cluster its tcp_proxy names is in force? ── yes ─▶ in force (bound)
-//!                                                               └ no ──▶ warming (not bound); an
-//!                                                                 earlier version of it whose
-//!                                                                 clusters are ready keeps serving
+//!                                                               └ no ──▶ new: warming (not bound)
+//!                                                                 in force: stays bound, each
+//!                                                                 missing cluster an endpoint-
+//!                                                                 less stand-in; an update of it
+//!                                                                 warms while it serves
 //! ```
 //!
 //! This is Envoy's warming: a resource is taken (and ACKed) when it arrives, and used once what
-//! it depends on has arrived too. A listener whose cluster goes away warms again: it stops
-//! accepting and its connections drain, as a listener pushed away does.
+//! it depends on has arrived too; what is in force keeps serving meanwhile. A listener in force
+//! is never unbound for a cluster that went away (a control plane removes a cluster before the
+//! listener that names it): connections to that cluster fail, as Envoy's `tcp_proxy` with no
+//! cluster, and the listener's other chains go on serving.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +27,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use prost::Message;
+
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// The resources accepted from the control plane, by type.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +53,8 @@ pub struct Composed {
     pub listeners: Vec<Listener>,
     /// Listeners, or new versions of listeners, waiting for a cluster.
     pub warming_listeners: Vec<Listener>,
+    /// Endpoint-less stand-ins, in force, for clusters a listener in force names that are gone.
+    pub missing: Vec<Cluster>,
 }
 
 /// The EDS service a cluster takes its endpoints from (`eds_cluster_config.service_name`, else
@@ -83,6 +93,20 @@ pub fn eds_service(c: &Cluster) -> Result<Option<String>, String> {
     if ![ApiVersion::Auto as i32, ApiVersion::V3 as i32].contains(&source.resource_api_version) {
         return Err("eds_cluster_config.eds_config.resource_api_version: only V3".into());
     }
+    if !source.authorities.is_empty() {
+        return Err("eds_cluster_config.eds_config.authorities: not supported".into());
+    }
+    // Istio sends `0s` (wait for the endpoints however long): what origdst does; a timeout
+    // after which the cluster would serve with no endpoints is not implemented.
+    if source
+        .initial_fetch_timeout
+        .is_some_and(|t| t.seconds != 0 || t.nanos != 0)
+    {
+        return Err(
+            "eds_cluster_config.eds_config.initial_fetch_timeout: only 0s (wait for the endpoints) is supported"
+                .into(),
+        );
+    }
     Ok(Some(if config.service_name.is_empty() {
         c.name.clone()
     } else {
@@ -115,12 +139,14 @@ fn chain_clusters(chain: &FilterChain) -> Vec<String> {
         .filters
         .iter()
         .filter_map(|f| match &f.config_type {
-            Some(filter::ConfigType::TypedConfig(any)) => TcpProxy::decode(any.value.as_slice())
-                .ok()
-                .and_then(|p| match p.cluster_specifier {
-                    Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => Some(name),
-                    _ => None,
-                }),
+            Some(filter::ConfigType::TypedConfig(any)) if any.type_url == TCP_PROXY => {
+                TcpProxy::decode(any.value.as_slice()).ok().and_then(|p| {
+                    match p.cluster_specifier {
+                        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => Some(name),
+                        _ => None,
+                    }
+                })
+            }
             _ => None,
         })
         .collect()
@@ -140,11 +166,12 @@ pub fn resolved(c: &Cluster, assignment: &ClusterLoadAssignment) -> Cluster {
     out
 }
 
-/// What of `pushed` is in force and what warms, given the bootstrap's static clusters and the
-/// listeners in force now (`active`, whose earlier versions keep serving while an update warms).
+/// What of `pushed` is in force and what warms, given the bootstrap's static clusters and what
+/// is in force now (`active_clusters`, `active`: earlier versions serve while an update warms).
 pub fn compose(
     pushed: &Pushed,
     statics: &BTreeSet<String>,
+    active_clusters: &[Cluster],
     active: &[Listener],
 ) -> Result<Composed, String> {
     let mut out = Composed::default();
@@ -153,7 +180,12 @@ pub fn compose(
             None => out.clusters.push(c.clone()),
             Some(service) => match pushed.assignments.get(&service) {
                 Some(assignment) => out.clusters.push(resolved(c, assignment)),
-                None => out.warming_clusters.push(c.clone()),
+                None => {
+                    out.warming_clusters.push(c.clone());
+                    if let Some(old) = active_clusters.iter().find(|o| o.name == c.name) {
+                        out.clusters.push(old.clone());
+                    }
+                }
             },
         }
     }
@@ -162,47 +194,89 @@ pub fn compose(
         .map(String::as_str)
         .chain(out.clusters.iter().map(|c| c.name.as_str()))
         .collect();
-    let is_ready = |l: &Listener| {
+    let missing_of = |l: &Listener| -> Vec<String> {
         listener_clusters(l)
-            .iter()
-            .all(|name| ready.contains(name.as_str()))
+            .into_iter()
+            .filter(|name| !ready.contains(name.as_str()))
+            .collect()
     };
+    let mut missing = BTreeSet::new();
     for l in &pushed.listeners {
-        if is_ready(l) {
+        if missing_of(l).is_empty() {
             out.listeners.push(l.clone());
             continue;
         }
-        out.warming_listeners.push(l.clone());
-        if let Some(old) = active.iter().find(|a| a.name == l.name && is_ready(a)) {
-            out.listeners.push(old.clone());
+        match active.iter().find(|a| a.name == l.name) {
+            // Never in force: it waits for its clusters.
+            None => out.warming_listeners.push(l.clone()),
+            // In force, and a cluster it names went away: it stays bound.
+            Some(old) if old == l => {
+                missing.extend(missing_of(l));
+                out.listeners.push(l.clone());
+            }
+            // An update waiting for its clusters: the version in force serves meanwhile.
+            Some(old) => {
+                missing.extend(missing_of(old));
+                out.warming_listeners.push(l.clone());
+                out.listeners.push(old.clone());
+            }
         }
     }
+    out.missing = missing.into_iter().map(stand_in).collect();
     Ok(out)
 }
 
-/// The clusters a check of everything pushed needs beside the ready ones: each warming EDS
-/// cluster with no endpoints, and an endpoint-less STATIC stand-in for each cluster a warming
-/// listener names that was not pushed at all. With them, a warming resource is judged by the
-/// validator when it arrives (and refused then, naming its field), not when it warms.
-pub fn stand_ins(composed: &Composed, statics: &BTreeSet<String>) -> Vec<Cluster> {
-    let mut out: Vec<Cluster> = composed
+/// An endpoint-less STATIC cluster named `name`: its connections fail at once (no healthy
+/// upstream), counted and logged.
+fn stand_in(name: String) -> Cluster {
+    Cluster {
+        name,
+        ..Cluster::default()
+    }
+}
+
+/// The clusters a check of everything pushed judges: those in force, each warming EDS cluster
+/// in place of its version in force (with no endpoints), and an endpoint-less stand-in for each
+/// cluster a warming listener names that was not pushed at all. With them, a warming resource is
+/// judged by the validator when it arrives (and refused then, naming its field), not when it
+/// warms.
+pub fn check_clusters(composed: &Composed, statics: &BTreeSet<String>) -> Vec<Cluster> {
+    let warming: Vec<Cluster> = composed
         .warming_clusters
         .iter()
         .map(|c| resolved(c, &ClusterLoadAssignment::default()))
         .collect();
+    let mut out: Vec<Cluster> = composed
+        .clusters
+        .iter()
+        .filter(|c| !warming.iter().any(|w| w.name == c.name))
+        .cloned()
+        .collect();
+    // (A stand-in serving for a cluster whose pushed version warms: the pushed one is judged.)
+    out.extend(
+        composed
+            .missing
+            .iter()
+            .filter(|m| !warming.iter().any(|w| w.name == m.name))
+            .cloned(),
+    );
+    out.extend(warming);
     let mut known: BTreeSet<String> = statics.clone();
-    known.extend(composed.clusters.iter().map(|c| c.name.clone()));
     known.extend(out.iter().map(|c| c.name.clone()));
     for l in &composed.warming_listeners {
         for name in listener_clusters(l) {
             if known.insert(name.clone()) {
-                out.push(Cluster {
-                    name,
-                    ..Cluster::default()
-                });
+                out.push(stand_in(name));
             }
         }
     }
+    out
+}
+
+/// The clusters in force: those pushed and resolved, and the stand-ins for missing ones.
+pub fn in_force_clusters(composed: &Composed) -> Vec<Cluster> {
+    let mut out = composed.clusters.clone();
+    out.extend(composed.missing.iter().cloned());
     out
 }
 
@@ -262,7 +336,7 @@ mod tests {
                 filters: vec![Filter {
                     name: "envoy.filters.network.tcp_proxy".into(),
                     config_type: Some(filter::ConfigType::TypedConfig(Any {
-                        type_url: "t".into(),
+                        type_url: TCP_PROXY.into(),
                         value: proxy.encode_to_vec(),
                     })),
                 }],
@@ -296,13 +370,13 @@ mod tests {
             endpoint_names(&pushed.clusters),
             vec!["outbound|80||svc".to_string()]
         );
-        let composed = compose(&pushed, &statics, &[]).unwrap();
+        let composed = compose(&pushed, &statics, &[], &[]).unwrap();
         assert_eq!(names(&composed.warming_clusters, |c| &c.name), ["svc"]);
         assert_eq!(names(&composed.warming_listeners, |l| &l.name), ["a"]);
         assert_eq!(names(&composed.listeners, |l| &l.name), ["b", "c"]);
-        // The stand-in check sees the warming cluster, endpoint-less, and the listener waiting.
-        let stand_ins = stand_ins(&composed, &statics);
-        assert_eq!(names(&stand_ins, |c| &c.name), ["svc"]);
+        // The check sees the warming cluster, endpoint-less, and the listener waiting.
+        let checked = check_clusters(&composed, &statics);
+        assert_eq!(names(&checked, |c| &c.name), ["", "svc"]);
         assert_eq!(as_pushed(&composed).len(), 3);
 
         // The endpoints arrive: the cluster is STATIC with them, under its own name.
@@ -313,7 +387,7 @@ mod tests {
         pushed
             .assignments
             .insert("outbound|80||svc".into(), assignment);
-        let composed = compose(&pushed, &statics, &[]).unwrap();
+        let composed = compose(&pushed, &statics, &[], &[]).unwrap();
         assert!(composed.warming_clusters.is_empty());
         assert!(composed.warming_listeners.is_empty());
         let svc = &composed.clusters[0];
@@ -341,22 +415,150 @@ mod tests {
             listeners: vec![listener("capture", "not-yet", 2)],
             ..Pushed::default()
         };
-        let composed = compose(&pushed, &statics, std::slice::from_ref(&old)).unwrap();
-        assert_eq!(composed.listeners, vec![old.clone()]);
+        let composed = compose(&pushed, &statics, &[], std::slice::from_ref(&old)).unwrap();
+        assert_eq!(composed.listeners, vec![old]);
         assert_eq!(composed.warming_listeners, pushed.listeners);
-        // The stand-in for the missing cluster, and the new version in the full check.
-        let stand_ins = stand_ins(&composed, &statics);
-        assert_eq!(names(&stand_ins, |c| &c.name), ["not-yet"]);
+        assert!(composed.missing.is_empty());
+        // The check judges the new version, with a stand-in for the cluster it waits for.
+        let checked = check_clusters(&composed, &statics);
+        assert_eq!(names(&checked, |c| &c.name), ["not-yet"]);
         assert_eq!(as_pushed(&composed), pushed.listeners);
-        // A listener whose cluster went away altogether warms, and nothing of it serves.
-        let composed = compose(&pushed, &BTreeSet::new(), &[old]).unwrap();
-        assert!(composed.listeners.is_empty());
+    }
+
+    #[test]
+    fn a_listener_in_force_stays_bound_when_its_cluster_goes_away() {
+        // Control planes remove a cluster before the listener that names it: the listener
+        // serves on, connections to the gone cluster fail (an endpoint-less stand-in).
+        let serving = listener("capture", "svc", 1);
+        let pushed = Pushed {
+            listeners: vec![serving.clone()],
+            ..Pushed::default()
+        };
+        let composed = compose(
+            &pushed,
+            &BTreeSet::new(),
+            &[],
+            std::slice::from_ref(&serving),
+        )
+        .unwrap();
+        assert_eq!(composed.listeners, vec![serving.clone()]);
+        assert!(composed.warming_listeners.is_empty());
+        assert_eq!(names(&composed.missing, |c| &c.name), ["svc"]);
+        assert_eq!(names(&in_force_clusters(&composed), |c| &c.name), ["svc"]);
+        // An update of it that needs another missing cluster: the version in force serves
+        // (standing in for what it lost), the update warms.
+        let update = Pushed {
+            listeners: vec![listener("capture", "other", 2)],
+            ..Pushed::default()
+        };
+        let composed = compose(
+            &update,
+            &BTreeSet::new(),
+            &[],
+            std::slice::from_ref(&serving),
+        )
+        .unwrap();
+        assert_eq!(composed.listeners, vec![serving]);
+        assert_eq!(composed.warming_listeners, update.listeners);
+        assert_eq!(names(&composed.missing, |c| &c.name), ["svc"]);
+    }
+
+    #[test]
+    fn a_cluster_pushed_back_warms_while_its_stand_in_serves() {
+        // The listener in force lost `svc`, then `svc` comes back as EDS without endpoints yet:
+        // the stand-in serves, the pushed version warms, and the check judges it alone.
+        let serving = listener("capture", "svc", 1);
+        let pushed = Pushed {
+            clusters: vec![eds("svc", "")],
+            listeners: vec![serving.clone()],
+            ..Pushed::default()
+        };
+        let composed = compose(
+            &pushed,
+            &BTreeSet::new(),
+            &[],
+            std::slice::from_ref(&serving),
+        )
+        .unwrap();
+        assert_eq!(names(&composed.missing, |c| &c.name), ["svc"]);
+        assert_eq!(names(&composed.warming_clusters, |c| &c.name), ["svc"]);
+        let checked = check_clusters(&composed, &BTreeSet::new());
+        assert_eq!(
+            names(&checked, |c| &c.name),
+            ["svc"],
+            "judged once, as pushed"
+        );
+        assert!(checked[0].load_assignment.is_some());
+    }
+
+    #[test]
+    fn an_eds_cluster_whose_new_version_waits_keeps_the_one_in_force() {
+        let statics = BTreeSet::new();
+        let assignment = ClusterLoadAssignment {
+            cluster_name: "old-service".into(),
+            ..ClusterLoadAssignment::default()
+        };
+        let in_force = resolved(&eds("svc", "old-service"), &assignment);
+        // The cluster now names another service, whose endpoints have not come.
+        let pushed = Pushed {
+            clusters: vec![eds("svc", "new-service")],
+            listeners: vec![listener("capture", "svc", 1)],
+            ..Pushed::default()
+        };
+        let composed = compose(
+            &pushed,
+            &statics,
+            std::slice::from_ref(&in_force),
+            &pushed.listeners,
+        )
+        .unwrap();
+        assert_eq!(composed.clusters, vec![in_force]);
+        assert_eq!(names(&composed.warming_clusters, |c| &c.name), ["svc"]);
+        assert_eq!(
+            composed.listeners, pushed.listeners,
+            "the listener serves on"
+        );
+        // The check judges the new version alone under its name.
+        let checked = check_clusters(&composed, &statics);
+        assert_eq!(checked.len(), 1);
+        assert_eq!(
+            checked[0]
+                .load_assignment
+                .as_ref()
+                .map(|a| a.endpoints.len()),
+            Some(0)
+        );
     }
 
     #[test]
     fn eds_configuration_outside_ads_is_refused_by_its_field() {
         let mut c = eds("svc", "");
         assert_eq!(eds_service(&c), Ok(Some("svc".into())));
+        // Istio's `initial_fetch_timeout: 0s` (wait) is what origdst does; a timeout is not.
+        let source = c
+            .eds_cluster_config
+            .as_mut()
+            .and_then(|e| e.eds_config.as_mut())
+            .unwrap();
+        source.initial_fetch_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        assert_eq!(eds_service(&c), Ok(Some("svc".into())));
+        let source = c
+            .eds_cluster_config
+            .as_mut()
+            .and_then(|e| e.eds_config.as_mut())
+            .unwrap();
+        source.initial_fetch_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        });
+        assert!(
+            eds_service(&c)
+                .unwrap_err()
+                .starts_with("eds_cluster_config.eds_config.initial_fetch_timeout:")
+        );
         c.eds_cluster_config.as_mut().unwrap().eds_config = Some(ConfigSource::default());
         assert!(
             eds_service(&c)
@@ -381,7 +583,7 @@ mod tests {
             ..Pushed::default()
         };
         assert!(
-            compose(&pushed, &BTreeSet::new(), &[])
+            compose(&pushed, &BTreeSet::new(), &[], &[])
                 .unwrap_err()
                 .starts_with("cluster \"\": eds_cluster_config")
         );

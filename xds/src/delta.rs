@@ -112,6 +112,10 @@ impl DeltaSession {
         let error_detail = match verdict {
             Verdict::Accepted => {
                 for (name, version) in changed {
+                    // Endpoints not asked for are not held (the client drops them).
+                    if kind == ResourceType::Endpoint && !subscription.names.contains(name) {
+                        continue;
+                    }
                     subscription.versions.insert(name.clone(), version.clone());
                 }
                 for name in removed {
@@ -121,7 +125,6 @@ impl DeltaSession {
             }
             Verdict::Rejected(why) => Some(why),
         };
-        let accepted = error_detail.is_none();
         let mut out = vec![DeltaRequest {
             resource_type: kind,
             subscribe: Vec::new(),
@@ -131,7 +134,7 @@ impl DeltaSession {
             error_detail,
             with_node,
         }];
-        if accepted && self.plan.accepted(kind) {
+        if self.plan.answered(kind) {
             out.push(self.subscribe(ResourceType::Listener));
         }
         out

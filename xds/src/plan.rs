@@ -1,6 +1,6 @@
 //! What both ADS protocols (state of the world, [`crate::session`]; delta, [`crate::delta`])
 //! decide alike: which types a stream subscribes to and in what order (Envoy's: clusters, their
-//! endpoints, then listeners once clusters were first accepted), which request carries the node,
+//! endpoints, then listeners once clusters were first answered), which request carries the node,
 //! and the EDS names the clusters in force ask for.
 
 use crate::session::ResourceType;
@@ -15,7 +15,7 @@ pub(crate) struct Plan {
     node_sent: bool,
     /// A stream is up.
     pub(crate) streaming: bool,
-    /// Clusters were accepted at least once (listeners may be asked for).
+    /// Clusters were answered at least once (listeners may be asked for).
     clusters_settled: bool,
     /// The EDS services the accepted clusters ask for (sorted, no repeats).
     pub(crate) endpoint_names: Vec<String>,
@@ -58,9 +58,11 @@ impl Plan {
         self.streaming = false;
     }
 
-    /// A response of `kind` was accepted: whether listeners are to be asked for now (the first
-    /// accepted clusters).
-    pub(crate) fn accepted(&mut self, kind: ResourceType) -> bool {
+    /// A response of `kind` was answered (accepted or not): whether listeners are to be asked
+    /// for now — after the first clusters, whatever became of them, as Envoy goes on to LDS
+    /// when its first CDS update fails (a mesh's one unsupported cluster must not keep every
+    /// listener away).
+    pub(crate) fn answered(&mut self, kind: ResourceType) -> bool {
         if kind != ResourceType::Cluster || self.clusters_settled {
             return false;
         }

@@ -10,16 +10,50 @@ use prost::Message;
 /// The type URL of the wrapper.
 const RESOURCE: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
 
+/// The most resources one response may carry (a mesh's listeners or endpoints are thousands;
+/// this bounds the work a control plane can ask of one push).
+pub const RESOURCES_MAX: usize = 100_000;
+
+/// Refuses what of a `Resource` wrapper origdst does not honour: resources do not expire here
+/// (`ttl`, `cache_control`), and aliases are for virtual hosts.
+fn wrapper(r: &Resource, i: usize) -> Result<(), String> {
+    let field = if r.ttl.is_some() {
+        "ttl: not supported (resources do not expire here)"
+    } else if r.cache_control.is_some() {
+        "cache_control: not supported"
+    } else if !r.aliases.is_empty() {
+        "aliases: not supported"
+    } else {
+        return Ok(());
+    };
+    Err(format!("resources[{i}] ({:?}).{field}", name_of(r)))
+}
+
+/// A delta resource's name (`name`, or the newer `resource_name.name`).
+pub fn name_of(r: &Resource) -> &str {
+    match &r.resource_name {
+        Some(named) if r.name.is_empty() => &named.name,
+        _ => &r.name,
+    }
+}
+
 /// A state-of-the-world response's resources, each of the type the response announces.
 pub fn state_of_the_world<M: Message + Default>(
     response: &DiscoveryResponse,
 ) -> Result<Vec<M>, String> {
+    if response.resources.len() > RESOURCES_MAX {
+        return Err(format!(
+            "{} resources in one response, more than the limit of {RESOURCES_MAX}",
+            response.resources.len()
+        ));
+    }
     let mut out = Vec::with_capacity(response.resources.len());
     for (i, any) in response.resources.iter().enumerate() {
         let wrapped;
         let any = if any.type_url == RESOURCE {
             wrapped = Resource::decode(any.value.as_slice())
                 .map_err(|err| format!("resources[{i}]: not a Resource: {err}"))?;
+            wrapper(&wrapped, i)?;
             match &wrapped.resource {
                 Some(inner) => inner,
                 // A TTL refresh: the resource stays as it is (it is in this list by name only).
@@ -39,32 +73,68 @@ pub fn state_of_the_world<M: Message + Default>(
 }
 
 /// A delta response's resources decoded into `held`: one of the same name replaced, a new one
-/// added. A resource's name must be its message's (else a removal by name would miss it).
+/// added, then those named in `removed` dropped. A resource's name must be its message's (else
+/// a removal by name would miss it).
 pub fn upsert<M: Message + Default>(
     held: &mut Vec<M>,
     type_url: &str,
     resources: &[Resource],
+    removed: &[String],
     name: impl Fn(&M) -> &String,
 ) -> Result<(), String> {
+    if resources.len() + removed.len() > RESOURCES_MAX {
+        return Err(format!(
+            "{} resources changed or removed in one response, more than the limit of {RESOURCES_MAX}",
+            resources.len() + removed.len()
+        ));
+    }
+    let mut index: std::collections::HashMap<String, usize> = held
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (name(m).clone(), i))
+        .collect();
     for (i, resource) in resources.iter().enumerate() {
+        wrapper(resource, i)?;
         // A resource without a body refreshes its TTL only.
         let Some(any) = &resource.resource else {
             continue;
         };
         let message: M = body(any, type_url, i)?;
-        if *name(&message) != resource.name {
+        let wanted = name_of(resource);
+        if name(&message) != wanted {
             return Err(format!(
-                "resources[{i}]: named {:?}, its resource is {:?}",
-                resource.name,
+                "resources[{i}]: named {wanted:?}, its resource is {:?}",
                 name(&message)
             ));
         }
-        match held.iter_mut().find(|h| *name(h) == resource.name) {
-            Some(slot) => *slot = message,
-            None => held.push(message),
+        match index.get(wanted) {
+            Some(&at) => held[at] = message,
+            None => {
+                index.insert(wanted.to_string(), held.len());
+                held.push(message);
+            }
         }
     }
+    if !removed.is_empty() {
+        let removed: std::collections::HashSet<&str> = removed.iter().map(String::as_str).collect();
+        held.retain(|m| !removed.contains(name(m).as_str()));
+    }
     Ok(())
+}
+
+/// A delta response's removed names: `removed_resources` and the newer
+/// `removed_resource_names`.
+pub fn removed_names(
+    response: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+) -> Vec<String> {
+    let mut out = response.removed_resources.clone();
+    out.extend(
+        response
+            .removed_resource_names
+            .iter()
+            .map(|n| n.name.clone()),
+    );
+    out
 }
 
 fn body<M: Message + Default>(any: &Any, type_url: &str, i: usize) -> Result<M, String> {
@@ -167,17 +237,32 @@ mod tests {
             wrapped("b", None),
             wrapped("c", Some(cluster("c"))),
         ];
-        upsert(&mut held, CDS, &changes, |c: &Cluster| &c.name).unwrap();
-        assert_eq!(names(&held), ["a", "b", "c"]);
+        upsert(&mut held, CDS, &changes, &["b".into()], |c: &Cluster| {
+            &c.name
+        })
+        .unwrap();
+        assert_eq!(names(&held), ["a", "c"]);
         assert_eq!(held[0].alt_stat_name, "changed");
         // A resource whose name is not its message's is refused.
         let err = upsert(
             &mut held,
             CDS,
             &[wrapped("x", Some(cluster("y")))],
+            &[],
             |c: &Cluster| &c.name,
         )
         .unwrap_err();
         assert_eq!(err, "resources[0]: named \"x\", its resource is \"y\"");
+        // A TTL: refused (nothing expires here).
+        let mut expiring = wrapped("c", Some(cluster("c")));
+        expiring.ttl = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        });
+        let err = upsert(&mut held, CDS, &[expiring], &[], |c: &Cluster| &c.name).unwrap_err();
+        assert!(
+            err.ends_with(".ttl: not supported (resources do not expire here)"),
+            "{err}"
+        );
     }
 }

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The rules it keeps (Envoy's, from the xDS protocol document):
-//! - clusters are asked for before listeners, and listeners only once the first cluster answer
-//!   was taken (a listener refers to clusters: it must not warm against nothing);
+//! - clusters are asked for before listeners, and listeners only once the first cluster response
+//!   was answered, ACKed or NACKed (a listener refers to clusters: it should not warm against
+//!   nothing; and one refused cluster must not keep every listener away);
 //! - every response is answered: an ACK carries the response's version and nonce; a NACK carries
 //!   the version last accepted (empty if none), the nonce, and an error detail; the resources in
 //!   force stay as they were;
@@ -203,9 +204,6 @@ impl AdsSession {
                     error_detail: None,
                     with_node,
                 });
-                if self.plan.accepted(kind) {
-                    out.push(self.subscribe(ResourceType::Listener));
-                }
             }
             Verdict::Rejected(why) => out.push(Request {
                 resource_type: kind,
@@ -215,6 +213,9 @@ impl AdsSession {
                 error_detail: Some(why),
                 with_node,
             }),
+        }
+        if self.plan.answered(kind) {
+            out.push(self.subscribe(ResourceType::Listener));
         }
         out
     }
@@ -286,14 +287,15 @@ mod tests {
     use ResourceType::{Cluster, Listener};
 
     #[test]
-    fn clusters_come_first_and_listeners_follow_the_first_accepted_clusters() {
+    fn clusters_come_first_and_listeners_follow_the_first_answered_clusters() {
         let mut session = AdsSession::new(true, true, true);
         let first = session.connected();
         assert_eq!(first.len(), 1, "{first:?}");
         assert_eq!(first[0].resource_type, Cluster);
         assert!(first[0].with_node, "the node opens the stream");
         assert_eq!(first[0].version_info, "");
-        // A refused first answer: NACK with no version, and still no listeners.
+        // A refused first answer: NACK with no version — and listeners are asked for all the
+        // same (as Envoy goes on to LDS when its first CDS update fails).
         let cds1 = response(Cluster, "v1", "n1");
         let nack = feed(
             &mut session,
@@ -301,20 +303,23 @@ mod tests {
             Verdict::Rejected("cluster \"a\": bad".into()),
         );
         assert_eq!(
-            nack,
-            vec![Request {
+            nack[0],
+            Request {
                 resource_type: Cluster,
                 version_info: String::new(),
                 resource_names: Vec::new(),
                 response_nonce: "n1".into(),
                 error_detail: Some("cluster \"a\": bad".into()),
                 with_node: false,
-            }]
+            }
         );
-        // A good one: ACK, then the listener subscription.
+        assert_eq!(nack.len(), 2, "{nack:?}");
+        assert_eq!(nack[1].resource_type, Listener);
+        assert_eq!(nack[1].response_nonce, "");
+        // A good one: ACK alone (listeners were asked for).
         let cds2 = response(Cluster, "v2", "n2");
         let answer = feed(&mut session, &cds2, Verdict::Accepted);
-        assert_eq!(answer.len(), 2, "{answer:?}");
+        assert_eq!(answer.len(), 1, "{answer:?}");
         assert_eq!(
             (
                 answer[0].resource_type,
@@ -324,8 +329,6 @@ mod tests {
             (Cluster, "v2", "n2")
         );
         assert_eq!(answer[0].error_detail, None);
-        assert_eq!(answer[1].resource_type, Listener);
-        assert_eq!(answer[1].response_nonce, "");
         // Listeners: NACK keeps the version in force (none), then ACK.
         let lds1 = response(Listener, "l1", "n3");
         let nack = feed(&mut session, &lds1, Verdict::Rejected("listener".into()));

@@ -143,18 +143,15 @@ async fn delta_stream(
             continue;
         };
         let verdict = judge.judge_delta(kind, &response);
+        // Held now: what came with a body (a body-less one refreshes a TTL only).
         let changed: Vec<(String, String)> = response
             .resources
             .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
+            .filter(|r| r.resource.is_some())
+            .map(|r| (crate::resources::name_of(r).to_string(), r.version.clone()))
             .collect();
-        let mut answers = session.answer(
-            kind,
-            &response.nonce,
-            verdict,
-            &changed,
-            &response.removed_resources,
-        );
+        let removed = crate::resources::removed_names(&response);
+        let mut answers = session.answer(kind, &response.nonce, verdict, &changed, &removed);
         answers.extend(session.want_endpoints(judge.endpoint_names()));
         for request in answers {
             if outbox.send(to_delta_proto(&request, node)).await.is_err() {

@@ -100,11 +100,11 @@ impl AggregatedDiscoveryService for Scripted {
                     next(&mut incoming, 0, &seen).await; // CDS subscription
                     send(response(CDS, "v1", "a", vec![cluster("bad")])).await;
                     next(&mut incoming, 0, &seen).await; // NACK
+                    next(&mut incoming, 0, &seen).await; // LDS subscription
                     // Two updates back to back: each is answered, in order.
                     send(response(CDS, "v2", "b", vec![cluster("good")])).await;
                     send(response(CDS, "v3", "c", vec![cluster("better")])).await;
                     next(&mut incoming, 0, &seen).await; // ACK v2
-                    next(&mut incoming, 0, &seen).await; // LDS subscription
                     next(&mut incoming, 0, &seen).await; // ACK v3
                     send(response(LDS, "l1", "d", vec![listener("out")])).await;
                     next(&mut incoming, 0, &seen).await; // ACK l1
@@ -213,8 +213,8 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
         vec![
             (0, "cds", "", "", false, true),     // subscribe, the node with it
             (0, "cds", "", "a", true, false),    // NACK of v1: no version in force
+            (0, "lds", "", "", false, false),    // listeners once clusters were first answered
             (0, "cds", "v2", "b", false, false), // ACK
-            (0, "lds", "", "", false, false),    // listeners once clusters were first accepted
             (0, "cds", "v3", "c", false, false), // ACK
             (0, "lds", "l1", "d", false, false), // ACK
             (1, "cds", "v3", "", false, true),   // after the restart: the node again, v3 in force

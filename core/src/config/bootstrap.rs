@@ -258,9 +258,17 @@ pub(super) fn dynamic(
         if let Some(text) = &source.initial_fetch_timeout {
             let timeout =
                 super::parse_duration(&format!("{source_path}.initial_fetch_timeout"), text)?;
-            initial_fetch_timeout = Some(
-                initial_fetch_timeout.map_or(timeout, |t: std::time::Duration| t.max(timeout)),
-            );
+            // The longer wait of the two, and `0s` (wait however long) the longest.
+            initial_fetch_timeout = Some(initial_fetch_timeout.map_or(
+                timeout,
+                |t: std::time::Duration| {
+                    if t.is_zero() || timeout.is_zero() {
+                        std::time::Duration::ZERO
+                    } else {
+                        t.max(timeout)
+                    }
+                },
+            ));
         }
         *flag = true;
     }

@@ -168,7 +168,7 @@ fn pushed(scenario: &EScenario) -> Config {
         listeners: vec![super::push::fresh_listener()],
         ..Pushed::default()
     };
-    let composed = compose(&pushed, &statics, &[]).unwrap_or_else(|e| panic!("compose: {e}"));
+    let composed = compose(&pushed, &statics, &[], &[]).unwrap_or_else(|e| panic!("compose: {e}"));
     assert!(
         composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty(),
         "nothing of the push waits"

@@ -263,11 +263,19 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
     if !a.named_endpoints.is_empty() {
         return Err("load_assignment.named_endpoints: not supported".into());
     }
-    if a.policy
-        .as_ref()
-        .is_some_and(|p| !p.drop_overloads.is_empty())
-    {
-        return Err("load_assignment.policy.drop_overloads: not supported".into());
+    if let Some(policy) = &a.policy {
+        if !policy.drop_overloads.is_empty() {
+            return Err("load_assignment.policy.drop_overloads: not supported".into());
+        }
+        // (`overprovisioning_factor` and `weighted_priority_health` tune how traffic spills
+        // between priorities as hosts turn unhealthy; with no health checking here nothing
+        // spills, and they change nothing.)
+        if policy.endpoint_stale_after.is_some() {
+            return Err(
+                "load_assignment.policy.endpoint_stale_after: not supported (endpoints do not go stale here)"
+                    .into(),
+            );
+        }
     }
     let down = [
         HealthStatus::Unhealthy as i32,
@@ -327,6 +335,11 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
             let mut item = Mapping::new();
             put(&mut item, "endpoint", Value::Mapping(e));
             if let Some(m) = &lb.metadata {
+                if !m.typed_filter_metadata.is_empty() {
+                    return Err(format!(
+                        "{path}.metadata.typed_filter_metadata: not supported"
+                    ));
+                }
                 put(&mut item, "metadata", metadata(m));
             }
             endpoints.push(Value::Mapping(item));

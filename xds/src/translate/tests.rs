@@ -340,6 +340,25 @@ fn eds_endpoints_serve_by_health_and_priority_with_their_metadata() {
         err,
         "cluster \"ratings\": load_assignment.endpoints[0].lb_endpoints[0].endpoint.additional_addresses: not supported"
     );
+    // Endpoints that would go stale, and typed metadata: refused by their fields.
+    let mut stale = ClusterLoadAssignment {
+        cluster_name: "ratings".into(),
+        ..ClusterLoadAssignment::default()
+    };
+    stale.policy = Some(
+        envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy {
+            endpoint_stale_after: Some(Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    );
+    let err = judge(BOOTSTRAP, &[crate::compose::resolved(&eds, &stale)], &[]).unwrap_err();
+    assert!(
+        err.starts_with("cluster \"ratings\": load_assignment.policy.endpoint_stale_after:"),
+        "{err}"
+    );
 }
 
 /// A `Struct` of string fields.
