@@ -229,21 +229,21 @@ impl AdsSession {
 
     /// The EDS services the clusters now in force ask for: the endpoint subscription to send if
     /// that set changed while a stream is up (with the version in force and the latest nonce,
-    /// as the protocol wants a changed subscription sent). An emptied set sends nothing: the
-    /// assignments that still come are dropped by the caller, and the next stream asks for none.
+    /// as the protocol wants a changed subscription sent). An emptied set is sent as an empty
+    /// list — for a type that is not a wildcard one, an unsubscription from everything — if
+    /// endpoints were asked for on this stream; a new stream asks for none.
     pub fn want_endpoints(&mut self, names: Vec<String>) -> Option<Request> {
         let names = self.plan.endpoints(names)?;
-        if names.is_empty() || !self.plan.streaming {
-            return None;
-        }
-        let nonce = self
+        let subscribed = self
             .subscriptions
             .get(&ResourceType::Endpoint)
             .filter(|s| s.sent)
-            .map(|s| s.latest_nonce.clone())
-            .unwrap_or_default();
+            .map(|s| s.latest_nonce.clone());
+        if !self.plan.streaming || (names.is_empty() && subscribed.is_none()) {
+            return None;
+        }
         let mut request = self.subscribe(ResourceType::Endpoint);
-        request.response_nonce = nonce;
+        request.response_nonce = subscribed.unwrap_or_default();
         Some(request)
     }
 
@@ -495,6 +495,14 @@ mod tests {
             ),
             (vec!["c".to_string()], "e1", "n3")
         );
+        // Emptied: an empty list, the unsubscription from everything of a non-wildcard type;
+        // then asked for again.
+        let emptied = session.want_endpoints(Vec::new()).expect("unsubscribed");
+        assert_eq!(
+            (emptied.resource_type, emptied.resource_names.len()),
+            (Endpoint, 0)
+        );
+        session.want_endpoints(vec!["c".into()]).expect("subscribed again");
         // A reconnect: clusters, endpoints by name, listeners, in Envoy's order.
         session.disconnected();
         let again = session.connected();
