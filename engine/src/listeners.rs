@@ -100,3 +100,42 @@ pub struct GroupReport {
     /// Removed: draining (or drained).
     pub removed: bool,
 }
+
+/// What makes a bound listener the same one across a reload (its addresses and socket options:
+/// a listener whose binding changed is removed and added again).
+pub type Binding = (Vec<std::net::SocketAddr>, bool, bool);
+
+/// Each bound listener of `config` (by name) with its binding.
+pub fn bound(config: &origdst_core::config::Config) -> std::collections::BTreeMap<&str, Binding> {
+    config
+        .listeners
+        .iter()
+        .filter(|l| l.is_bound())
+        .map(|l| {
+            (
+                l.name.as_str(),
+                (l.socket_addresses().to_vec(), l.transparent, l.freebind),
+            )
+        })
+        .collect()
+}
+
+/// The bound listeners `new` removes and adds against `old`, by name: what a reload (a SIGHUP,
+/// a control-plane push) stops and starts.
+pub fn diff(
+    old: &origdst_core::config::Config,
+    new: &origdst_core::config::Config,
+) -> (Vec<String>, Vec<String>) {
+    let (before, after) = (bound(old), bound(new));
+    let removed = before
+        .iter()
+        .filter(|(name, binding)| after.get(*name) != Some(binding))
+        .map(|(name, _)| (*name).to_string())
+        .collect();
+    let added = after
+        .iter()
+        .filter(|(name, binding)| before.get(*name) != Some(binding))
+        .map(|(name, _)| (*name).to_string())
+        .collect();
+    (removed, added)
+}

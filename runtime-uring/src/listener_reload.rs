@@ -6,12 +6,11 @@
 //! `drain_timeout` (the engine's listener groups).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use origdst_core::config::Config;
-use origdst_engine::listeners::{GroupAdd, GroupId, GroupKind, HandedSocket, Reload};
+use origdst_engine::listeners::{GroupAdd, GroupId, GroupKind, HandedSocket, Reload, bound, diff};
 
 use crate::sys;
 
@@ -24,23 +23,6 @@ pub(crate) struct ListenerGroups {
 
 /// Listener groups are numbered from here (pods' from 1: the two never meet).
 const FIRST_LISTENER_GROUP: u32 = 1 << 31;
-
-/// What makes a bound listener the same one across a reload.
-type Binding = (Vec<SocketAddr>, bool, bool);
-
-fn bound(config: &Config) -> BTreeMap<&str, Binding> {
-    config
-        .listeners
-        .iter()
-        .filter(|l| l.is_bound())
-        .map(|l| {
-            (
-                l.name.as_str(),
-                (l.socket_addresses().to_vec(), l.transparent, l.freebind),
-            )
-        })
-        .collect()
-}
 
 impl ListenerGroups {
     /// A group for every bound listener of `config`.
@@ -66,22 +48,6 @@ impl ListenerGroups {
     pub(crate) fn snapshot(&self) -> Arc<BTreeMap<String, GroupId>> {
         Arc::new(self.by_name.clone())
     }
-}
-
-/// The bound listeners `new` removes and adds against `old`, by name.
-pub(crate) fn diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
-    let (before, after) = (bound(old), bound(new));
-    let removed = before
-        .iter()
-        .filter(|(name, binding)| after.get(*name) != Some(binding))
-        .map(|(name, _)| (*name).to_string())
-        .collect();
-    let added = after
-        .iter()
-        .filter(|(name, binding)| before.get(*name) != Some(binding))
-        .map(|(name, _)| (*name).to_string())
-        .collect();
-    (removed, added)
 }
 
 /// The per-shard reloads for `new` (its added listeners' sockets bound), and the groups updated

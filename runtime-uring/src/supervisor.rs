@@ -443,7 +443,7 @@ pub(crate) fn apply_config(
     let running = observed.running();
     needs_no_restart(&running.config, &config)?;
     check_privileges(&config).map_err(|err| err.to_string())?;
-    let (removed, added) = crate::listener_reload::diff(&running.config, &config);
+    let (removed, added) = origdst_engine::listeners::diff(&running.config, &config);
     if context.in_pod && !(removed.is_empty() && added.is_empty()) {
         return Err(format!(
             "in-pod mode: the listeners cannot change on reload (each pod holds sockets for them; removed {removed:?}, added {added:?}): that needs a restart"

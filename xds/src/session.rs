@@ -502,7 +502,9 @@ mod tests {
             (emptied.resource_type, emptied.resource_names.len()),
             (Endpoint, 0)
         );
-        session.want_endpoints(vec!["c".into()]).expect("subscribed again");
+        session
+            .want_endpoints(vec!["c".into()])
+            .expect("subscribed again");
         // A reconnect: clusters, endpoints by name, listeners, in Envoy's order.
         session.disconnected();
         let again = session.connected();

@@ -173,6 +173,7 @@ fn pushed(scenario: &EScenario) -> Config {
         composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty(),
         "nothing of the push waits"
     );
+    let before = config(scenario);
     let (config, _) = origdst_xds::translate::judge(
         &bootstrap,
         &composed.clusters,
@@ -180,6 +181,11 @@ fn pushed(scenario: &EScenario) -> Config {
         &Default::default(),
     )
     .unwrap_or_else(|e| panic!("the push: {e}"));
+    // The supervisor's diff stops `doomed` and starts `fresh`, and keeps the rest.
+    assert_eq!(
+        origdst_engine::listeners::diff(&before, &config),
+        (vec!["doomed".to_string()], vec!["fresh".to_string()])
+    );
     config
 }
 
@@ -454,9 +460,11 @@ pub fn run(scenario: &EScenario) -> EReport {
                 Arc::new(reversed(&config(scenario), scenario)),
             )
         }),
-        push: scenario
-            .push_at_ms
-            .map(|ms| (ms * 1_000_000, Arc::new(pushed(scenario)))),
+        push: scenario.push_at_ms.map(|ms| super::workload::Push {
+            at: ms * 1_000_000,
+            before: Arc::new(config(scenario)),
+            config: Arc::new(pushed(scenario)),
+        }),
         fresh_listener: Rc::clone(&fresh_listener),
     };
     let mut kernel = SimKernel::new(

@@ -15,9 +15,9 @@ use origdst_engine::listeners::{
 use origdst_runtime_sim::kernel::SimControl;
 
 use super::scenario::{
-    DOOMED_LISTENER, DOOMED_PORT, EFault, EFlow, EHead, EPod, ERoute, FRESH_PORT, PROXY_IP,
-    PUSHED_ENDPOINTS, SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr, dest, head,
-    listener_group, stream_byte,
+    DOOMED_LISTENER, EFault, EFlow, EHead, EPod, ERoute, FRESH_PORT, PROXY_IP, PUSHED_ENDPOINTS,
+    SPREAD_ENDPOINTS, TPROXY_LISTENER, client_addr, decoy_addr, dest, head, listener_group,
+    stream_byte,
 };
 
 /// How one side of a flow ended.
@@ -106,9 +106,8 @@ pub(super) struct Flows {
     pub(super) control: Rc<std::cell::OnceCell<std::sync::Arc<SimControl>>>,
     /// A reload to hand the shard at this virtual ns (taken when sent).
     pub(super) reload: Option<(u64, std::sync::Arc<origdst_core::config::Config>)>,
-    /// A control-plane push to hand the shard at this virtual ns (taken when sent): its config,
-    /// with the `doomed` listener's group removed and the `fresh` one's added.
-    pub(super) push: Option<(u64, std::sync::Arc<origdst_core::config::Config>)>,
+    /// A control-plane push to hand the shard (taken when sent).
+    pub(super) push: Option<Push>,
     /// The `fresh` listener's index in the network, once the push bound it (shared with the
     /// world that goes on after the shard stopped).
     pub(super) fresh_listener: Rc<std::cell::Cell<Option<usize>>>,
@@ -154,34 +153,57 @@ impl Flows {
     /// the supervisor binds an added listener on every shard before the reload), then the
     /// reload removes `doomed` and adds `fresh`.
     fn push_step(&mut self, net: &mut Net, now: u64) {
-        if self.push.as_ref().is_none_or(|(at, _)| now < *at) {
+        if self.push.as_ref().is_none_or(|p| now < p.at) {
             return;
         }
         let Some(control) = self.control.get() else {
             return;
         };
-        let Some((_, config)) = self.push.take() else {
+        let Some(push) = self.push.take() else {
             return;
         };
         if self.drain_at.is_some_and(|drain| now >= drain) {
             // The supervisor refuses a push once draining (the control plane hears a NACK).
             return;
         }
-        let (index, fd) = net.listen(std::net::SocketAddr::new(PROXY_IP, FRESH_PORT));
-        self.fresh_listener.set(Some(index));
+        // What the supervisor stops and starts: its own diff of the two configs.
+        let (removed, added) = origdst_engine::listeners::diff(&push.before, &push.config);
+        let port = |config: &origdst_core::config::Config, name: &str| {
+            config
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .and_then(|l| l.socket_addresses().first().map(std::net::SocketAddr::port))
+                .expect("a bound listener has an address")
+        };
+        let removed = removed
+            .iter()
+            .map(|name| GroupId(listener_group(port(&push.before, name))))
+            .collect();
+        let added = added
+            .iter()
+            .map(|name| {
+                let at = port(&push.config, name);
+                let (index, fd) = net.listen(std::net::SocketAddr::new(PROXY_IP, at));
+                if at == FRESH_PORT {
+                    self.fresh_listener.set(Some(index));
+                }
+                GroupAdd {
+                    group: GroupId(listener_group(at)),
+                    kind: GroupKind::Listener,
+                    name: std::sync::Arc::from(name.as_str()),
+                    sockets: vec![HandedSocket {
+                        fd,
+                        listener: std::sync::Arc::from(name.as_str()),
+                    }],
+                    netns: None,
+                }
+            })
+            .collect();
         control.reload(origdst_engine::listeners::Reload {
-            config,
-            removed: vec![GroupId(listener_group(DOOMED_PORT))],
-            added: vec![GroupAdd {
-                group: GroupId(listener_group(FRESH_PORT)),
-                kind: GroupKind::Listener,
-                name: std::sync::Arc::from("fresh"),
-                sockets: vec![HandedSocket {
-                    fd,
-                    listener: std::sync::Arc::from("fresh"),
-                }],
-                netns: None,
-            }],
+            config: push.config,
+            removed,
+            added,
         });
     }
 
@@ -195,6 +217,14 @@ impl Flows {
                 listener.is_some() && (pod.remove_at_ms.is_none() || *removed)
             })
     }
+}
+
+/// A control-plane push: at this virtual ns, the config in force (`before`) gives way to
+/// `config`; the listeners the supervisor's diff of the two removes and adds stop and start.
+pub(super) struct Push {
+    pub(super) at: u64,
+    pub(super) before: std::sync::Arc<origdst_core::config::Config>,
+    pub(super) config: std::sync::Arc<origdst_core::config::Config>,
 }
 
 /// Each pod's listener in the network (once added) and whether it was removed.
@@ -509,7 +539,7 @@ impl Workload for Flows {
             .flatten()
             .map(|ms| ms * 1_000_000);
         let reload = self.reload.as_ref().map(|(at, _)| *at);
-        let push = self.push.as_ref().map(|(at, _)| *at);
+        let push = self.push.as_ref().map(|p| p.at);
         starts
             .chain(resumes)
             .chain(pods)
