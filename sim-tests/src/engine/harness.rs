@@ -150,7 +150,8 @@ fn config_yaml(scenario: &EScenario) -> String {
 }
 
 /// The config a control plane pushes (push scenarios), made as the xDS client makes it: the
-/// pushed protos (the `spread` cluster with moved endpoints, the `fresh` listener) composed and
+/// pushed protos (the `spread` cluster, now EDS, with its moved endpoints, the `fresh` listener)
+/// composed (the EDS cluster resolved with its assignment) and
 /// translated into the bootstrap's document beside its own resources (here: the harness's
 /// config without `doomed` and without the old `spread`), and judged by the one validator.
 fn pushed(scenario: &EScenario) -> Config {
@@ -165,9 +166,17 @@ fn pushed(scenario: &EScenario) -> Config {
         .collect();
     let pushed = Pushed {
         clusters: vec![super::push::spread_cluster()],
+        assignments: [(
+            super::push::SPREAD_SERVICE.to_string(),
+            super::push::spread_assignment(),
+        )]
+        .into(),
         listeners: vec![super::push::fresh_listener()],
-        ..Pushed::default()
     };
+    assert_eq!(
+        origdst_xds::compose::endpoint_names(&pushed.clusters),
+        [super::push::SPREAD_SERVICE]
+    );
     let composed = compose(&pushed, &statics, &[], &[]).unwrap_or_else(|e| panic!("compose: {e}"));
     assert!(
         composed.warming_clusters.is_empty() && composed.warming_listeners.is_empty(),

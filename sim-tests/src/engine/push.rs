@@ -1,11 +1,12 @@
 //! The resources a control plane pushes in the engine family's push scenarios, as protos (what
-//! arrives over ADS): the `spread` cluster with its endpoints moved to [`PUSHED_ENDPOINTS`], and
-//! the `fresh` listener, a capture listener on [`FRESH_PORT`]. The harness composes and
-//! translates them as the xDS client does.
+//! arrives over ADS): the `spread` cluster, now of type EDS, with its endpoints
+//! ([`PUSHED_ENDPOINTS`]) in an assignment of its own, and the `fresh` listener, a capture
+//! listener on [`FRESH_PORT`]. The harness composes and translates them as the xDS client does.
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, SocketAddress, TrafficDirection, address, socket_address,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, TrafficDirection,
+    address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -31,35 +32,52 @@ fn socket(addr: std::net::SocketAddr) -> Address {
     }
 }
 
-/// `spread`, STATIC, round robin over the pushed endpoints.
+/// The EDS service `spread` takes its endpoints from.
+pub(super) const SPREAD_SERVICE: &str = "outbound|9000||spread";
+
+/// `spread`, of type EDS (endpoints over ADS, from [`SPREAD_SERVICE`]), round robin.
 pub(super) fn spread_cluster() -> Cluster {
     Cluster {
         name: "spread".into(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Static as i32,
+            cluster::DiscoveryType::Eds as i32,
         )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ConfigSource {
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                resource_api_version: ApiVersion::V3 as i32,
+                ..ConfigSource::default()
+            }),
+            service_name: SPREAD_SERVICE.into(),
+        }),
         connect_timeout: Some(Duration {
             seconds: 1,
             nanos: 0,
         }),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: "spread".into(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: PUSHED_ENDPOINTS
-                    .iter()
-                    .map(|&e| LbEndpoint {
-                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                            address: Some(socket(e)),
-                            ..Endpoint::default()
-                        })),
-                        ..LbEndpoint::default()
-                    })
-                    .collect(),
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }),
         ..Cluster::default()
+    }
+}
+
+/// [`SPREAD_SERVICE`]'s endpoints: the pushed ones.
+pub(super) fn spread_assignment() -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: SPREAD_SERVICE.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: PUSHED_ENDPOINTS
+                .iter()
+                .map(|&e| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(e)),
+                        ..Endpoint::default()
+                    })),
+                    ..LbEndpoint::default()
+                })
+                .collect(),
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
     }
 }
 
