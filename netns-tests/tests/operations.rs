@@ -687,9 +687,19 @@ fn sighup_adds_and_removes_listeners_live() {
     });
     let mut greeting = vec![0u8; extra_dst.to_string().len()];
     open.read_exact(&mut greeting).expect("greeting");
+    // (Each shard publishes its listener counters at most every 100 ms: wait for both shards'
+    // latest, the total first — settling on one shard's gauge alone read the other's stale.)
+    let metrics = settle(&gw, "origdst_listener_cx_total{listener=\"extra\"}", 22.0);
+    assert_eq!(
+        metrics.value("origdst_listener_cx_total{listener=\"extra\"}"),
+        22.0,
+        "{}",
+        metrics.0
+    );
     let metrics = settle(&gw, "origdst_listener_cx_active{listener=\"extra\"}", 1.0);
-    assert!(
-        metrics.value("origdst_listener_cx_total{listener=\"extra\"}") >= 22.0,
+    assert_eq!(
+        metrics.value("origdst_listener_cx_active{listener=\"extra\"}"),
+        1.0,
         "{}",
         metrics.0
     );
