@@ -276,7 +276,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         (status, text.as_str()),
         (
             503,
-            "initializing: waiting for the control plane's first listeners\n"
+            "initializing: waiting for the control plane's first listeners and endpoints\n"
         )
     );
 
@@ -376,8 +376,9 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     drop(open);
 
     // Back again; then the control plane dies: origdst keeps relaying with what it has.
+    let pushed = Instant::now();
     control.push(LDS, "l5", vec![capture("PassthroughCluster")]);
-    until(&gw, server, Instant::now(), |r| r.is_ok());
+    let again = until(&gw, server, pushed, |r| r.is_ok());
     // The dump in Envoy's shape: the pushed resources in the dynamic sections with their
     // versions, the bootstrap's own in the static ones.
     let deadline = Instant::now() + TIMEOUT;
@@ -469,7 +470,7 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
     println!(
-        "a pushed listener accepted {accepting:?} after the push, a warming one served {warmed:?} after its endpoints (EDS), moved endpoints served {moved:?} after, a listener pushed away refused {refusing:?} after"
+        "the first push (clusters, then the listener) accepted {accepting:?} after it, a listener pushed alone {again:?}, a warming one served {warmed:?} after its endpoints (EDS), moved endpoints served {moved:?} after, a listener pushed away refused {refusing:?} after"
     );
 }
 
@@ -507,10 +508,21 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     );
     let eds = wait_for_request_delta(&control, "an EDS subscription", |r| r.type_url == EDS);
     assert_eq!(eds.resource_names_subscribe, vec!["outbound|8080||svc"]);
-    control.push(EDS, "e1", vec![assignment("outbound|8080||svc", endpoint)]);
-    let pushed = Instant::now();
+    // The listener before the endpoints: taken (ACKed), warming with its cluster; not ready.
     control.push(LDS, "l1", vec![capture("svc")]);
+    wait_for_request_delta(&control, "the ACK of l1", |r| {
+        r.type_url == LDS && !r.response_nonce.is_empty() && r.error_detail.is_none()
+    });
+    assert_eq!(ask(&gw, server), Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(
+        admin::get(&gw.router, "/ready").0,
+        503,
+        "a cluster still warms"
+    );
+    let pushed = Instant::now();
+    control.push(EDS, "e1", vec![assignment("outbound|8080||svc", endpoint)]);
     let accepting = until(&gw, server, pushed, |r| *r == greeting(endpoint));
+    assert_eq!(admin::get(&gw.router, "/ready").0, 200);
 
     // A refused change: NACKed naming the field, the listener in force serving on.
     let mut buffered = Listener::decode(capture("svc").value.as_slice()).unwrap();
@@ -616,7 +628,7 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     let exit = proxy.stop_clean();
     assert_eq!(exit.stat("drain_aborted"), 0, "{}", exit.log);
     println!(
-        "delta xDS: a pushed listener accepted {accepting:?} after the push, one removed refused {refusing:?} after"
+        "delta xDS: a warming listener accepted {accepting:?} after its endpoints were pushed, one removed refused {refusing:?} after"
     );
 }
 

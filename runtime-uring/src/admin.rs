@@ -243,7 +243,8 @@ fn respond(method: &str, url: &str, observed: &Arc<Observed>) -> Answer {
                 text(
                     503,
                     PLAIN,
-                    "initializing: waiting for the control plane's first listeners\n".into(),
+                    "initializing: waiting for the control plane's first listeners and endpoints\n"
+                        .into(),
                 )
             } else {
                 text(503, PLAIN, "starting\n".into())

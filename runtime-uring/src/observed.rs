@@ -103,9 +103,9 @@ impl Observed {
             && self.xds_initialized()
     }
 
-    /// With a control plane: its first listeners (or clusters, if it sends no listeners) were
-    /// taken, or `initial_fetch_timeout` passed without them (Envoy's initialization). Without
-    /// one: always.
+    /// With a control plane: its first listener response (or cluster response, if it sends no
+    /// listeners) was answered with no cluster waiting for its endpoints, or
+    /// `initial_fetch_timeout` passed (Envoy's initialization). Without one: always.
     pub fn xds_initialized(&self) -> bool {
         self.xds
             .as_ref()

@@ -46,8 +46,9 @@ pub struct XdsGauges {
     pub versions: std::sync::Mutex<[String; 3]>,
     /// The pushed resources in force and warming (`/config_dump`'s dynamic sections).
     pub pushed: std::sync::Mutex<InForce>,
-    /// The first listeners (or clusters, without LDS) were taken with nothing left warming, or
-    /// `initial_fetch_timeout` passed: `/ready` answers 200 from then on.
+    /// The first listener response (or cluster response, without LDS) was answered with no
+    /// cluster waiting for its endpoints, or `initial_fetch_timeout` passed: `/ready` answers
+    /// 200 from then on.
     pub initialized: std::sync::atomic::AtomicBool,
 }
 
@@ -169,7 +170,7 @@ pub(crate) fn start(
                 pushed: Pushed::default(),
                 active: Vec::new(),
                 active_clusters: Vec::new(),
-                listeners_taken: false,
+                first_answered: false,
                 lds: dynamic.lds,
             };
             runtime.block_on(client.run(endpoint, node, session));
@@ -194,8 +195,9 @@ struct Client {
     /// The pushed clusters in force (EDS ones resolved): earlier versions serve while an EDS
     /// update waits for its endpoints.
     active_clusters: Vec<Cluster>,
-    /// Listeners were taken at least once.
-    listeners_taken: bool,
+    /// The first listener response (or, without LDS, cluster response) was answered, ACKed or
+    /// NACKed: Envoy's listener (cluster) initialization is done either way.
+    first_answered: bool,
     /// Listeners come from the control plane (else clusters alone initialize).
     lds: bool,
 }
@@ -248,6 +250,24 @@ impl Client {
         apply: impl FnOnce(&mut Self) -> Verdict,
     ) -> Verdict {
         let verdict = apply(self);
+        let initializing = if self.lds {
+            ResourceType::Listener
+        } else {
+            ResourceType::Cluster
+        };
+        self.first_answered |= kind == initializing;
+        // Ready as Envoy is initialized: the first listeners answered (a refused push must not
+        // hold readiness forever), and no cluster waiting for its endpoints.
+        let clusters_warming = !self
+            .gauges
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warming[0]
+            .is_empty();
+        if self.first_answered && !clusters_warming {
+            self.gauges.initialized.store(true, Ordering::Relaxed);
+        }
         let slot = index(kind);
         match &verdict {
             Verdict::Accepted => {
@@ -394,16 +414,6 @@ impl Client {
                         clusters = ?composed.missing.iter().map(|c| &c.name).collect::<Vec<_>>(),
                         "xDS: listeners in force name clusters that are gone; their connections fail until the clusters return or the listeners change"
                     );
-                }
-                if kind == ResourceType::Listener {
-                    self.listeners_taken = true;
-                }
-                // Ready as Envoy is initialized: the first listeners taken, nothing warming.
-                if (self.listeners_taken || !self.lds)
-                    && composed.warming_clusters.is_empty()
-                    && composed.warming_listeners.is_empty()
-                {
-                    self.gauges.initialized.store(true, Ordering::Relaxed);
                 }
                 self.pushed = next;
                 self.active_clusters = composed.clusters;

@@ -174,6 +174,12 @@ pub fn compose(
     active_clusters: &[Cluster],
     active: &[Listener],
 ) -> Result<Composed, String> {
+    // By name, once: a mesh pushes thousands of each.
+    let active_clusters: BTreeMap<&str, &Cluster> = active_clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let active: BTreeMap<&str, &Listener> = active.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut out = Composed::default();
     for c in &pushed.clusters {
         match eds_service(c).map_err(|why| format!("cluster {:?}: {why}", c.name))? {
@@ -182,8 +188,8 @@ pub fn compose(
                 Some(assignment) => out.clusters.push(resolved(c, assignment)),
                 None => {
                     out.warming_clusters.push(c.clone());
-                    if let Some(old) = active_clusters.iter().find(|o| o.name == c.name) {
-                        out.clusters.push(old.clone());
+                    if let Some(old) = active_clusters.get(c.name.as_str()) {
+                        out.clusters.push((*old).clone());
                     }
                 }
             },
@@ -206,11 +212,11 @@ pub fn compose(
             out.listeners.push(l.clone());
             continue;
         }
-        match active.iter().find(|a| a.name == l.name) {
+        match active.get(l.name.as_str()) {
             // Never in force: it waits for its clusters.
             None => out.warming_listeners.push(l.clone()),
             // In force, and a cluster it names went away: it stays bound.
-            Some(old) if old == l => {
+            Some(old) if *old == l => {
                 missing.extend(missing_of(l));
                 out.listeners.push(l.clone());
             }
@@ -218,7 +224,7 @@ pub fn compose(
             Some(old) => {
                 missing.extend(missing_of(old));
                 out.warming_listeners.push(l.clone());
-                out.listeners.push(old.clone());
+                out.listeners.push((*old).clone());
             }
         }
     }
@@ -246,10 +252,11 @@ pub fn check_clusters(composed: &Composed, statics: &BTreeSet<String>) -> Vec<Cl
         .iter()
         .map(|c| resolved(c, &ClusterLoadAssignment::default()))
         .collect();
+    let warming_names: BTreeSet<&str> = warming.iter().map(|w| w.name.as_str()).collect();
     let mut out: Vec<Cluster> = composed
         .clusters
         .iter()
-        .filter(|c| !warming.iter().any(|w| w.name == c.name))
+        .filter(|c| !warming_names.contains(c.name.as_str()))
         .cloned()
         .collect();
     // (A stand-in serving for a cluster whose pushed version warms: the pushed one is judged.)
@@ -257,9 +264,10 @@ pub fn check_clusters(composed: &Composed, statics: &BTreeSet<String>) -> Vec<Cl
         composed
             .missing
             .iter()
-            .filter(|m| !warming.iter().any(|w| w.name == m.name))
+            .filter(|m| !warming_names.contains(m.name.as_str()))
             .cloned(),
     );
+    drop(warming_names);
     out.extend(warming);
     let mut known: BTreeSet<String> = statics.clone();
     known.extend(out.iter().map(|c| c.name.clone()));
@@ -283,10 +291,15 @@ pub fn in_force_clusters(composed: &Composed) -> Vec<Cluster> {
 /// The listeners with every warming version in place of the one in force (what the check of
 /// everything pushed judges).
 pub fn as_pushed(composed: &Composed) -> Vec<Listener> {
+    let warming: BTreeSet<&str> = composed
+        .warming_listeners
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
     let mut out: Vec<Listener> = composed
         .listeners
         .iter()
-        .filter(|l| !composed.warming_listeners.iter().any(|w| w.name == l.name))
+        .filter(|l| !warming.contains(l.name.as_str()))
         .cloned()
         .collect();
     out.extend(composed.warming_listeners.iter().cloned());
@@ -494,8 +507,12 @@ mod tests {
     #[test]
     fn an_eds_cluster_whose_new_version_waits_keeps_the_one_in_force() {
         let statics = BTreeSet::new();
+        // The version in force has an endpoint (the new one, judged, has none yet).
         let assignment = ClusterLoadAssignment {
             cluster_name: "old-service".into(),
+            endpoints: vec![
+                envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints::default(),
+            ],
             ..ClusterLoadAssignment::default()
         };
         let in_force = resolved(&eds("svc", "old-service"), &assignment);
