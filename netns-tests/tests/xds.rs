@@ -632,6 +632,40 @@ fn a_delta_control_plane_drives_listeners_clusters_and_endpoints() {
     );
 }
 
+/// A control plane whose address drops SYNs: each connection attempt gives up after the xDS
+/// cluster's `connect_timeout` (1 s here) and the client tries again after its backoff, rather
+/// than waiting out the kernel's minutes of SYN retries.
+#[test]
+fn a_black_holed_control_plane_is_retried_after_the_connect_timeout() {
+    let gw = Gateway::new("xdsb");
+    let port = control_plane_addr().port().to_string();
+    gw.router.exec(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"],
+    );
+    let config = ConfigFile::new("xdsb", &bootstrap());
+    let started = Instant::now();
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    let deadline = started + Duration::from_secs(8);
+    loop {
+        let streams = admin::scrape(&gw.router).value("origdst_xds_streams_total");
+        if streams >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{streams} connection attempts in 8 s: the client waits on a black-holed control plane"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = proxy.stop_clean();
+    assert!(exit.log.contains("connecting"), "{}", exit.log);
+}
+
 /// With no control plane answering, origdst is ready once `initial_fetch_timeout` passes (as
 /// Envoy finishes initializing), serving what its bootstrap has.
 #[test]

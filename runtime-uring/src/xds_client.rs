@@ -96,7 +96,10 @@ pub(crate) fn start(
     let Some(EndpointTarget::Socket(addr)) = endpoints.first().map(|e| e.target) else {
         return Err("the xDS cluster has no socket endpoint".into());
     };
-    let endpoint = format!("http://{addr}");
+    let endpoint = stream::ControlPlane {
+        uri: format!("http://{addr}"),
+        connect_timeout: config.clusters[dynamic.ads_cluster].connect_timeout,
+    };
     let node_info = config.node.clone().unwrap_or_default();
     let (region, zone, sub_zone) = node_info.locality.clone();
     let node = Node {
@@ -203,7 +206,8 @@ struct Client {
 }
 
 impl Client {
-    async fn run(&mut self, endpoint: String, node: Node, mut session: Protocol) {
+    async fn run(&mut self, control: stream::ControlPlane, node: Node, mut session: Protocol) {
+        let endpoint = control.uri.clone();
         let seed = u64::from(std::process::id())
             ^ u64::from(
                 std::time::UNIX_EPOCH
@@ -217,11 +221,9 @@ impl Client {
             let opened = Instant::now();
             let end = match &mut session {
                 Protocol::StateOfTheWorld(session) => {
-                    stream::run(endpoint.clone(), &node, session, self).await
+                    stream::run(&control, &node, session, self).await
                 }
-                Protocol::Delta(session) => {
-                    stream::run_delta(endpoint.clone(), &node, session, self).await
-                }
+                Protocol::Delta(session) => stream::run_delta(&control, &node, session, self).await,
             };
             self.gauges.connected.store(0, Ordering::Relaxed);
             if opened.elapsed() >= STREAM_HEALTHY {

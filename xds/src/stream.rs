@@ -101,7 +101,7 @@ pub fn to_delta_proto(request: &DeltaRequest, node: &Node) -> DeltaDiscoveryRequ
 /// Runs one delta stream to `endpoint`: subscribes, judges every response with `judge`,
 /// answers it. Returns when the stream ends; the session keeps what was accepted.
 pub async fn run_delta(
-    endpoint: String,
+    endpoint: &ControlPlane,
     node: &Node,
     session: &mut DeltaSession,
     judge: &mut dyn Judge,
@@ -112,7 +112,7 @@ pub async fn run_delta(
 }
 
 async fn delta_stream(
-    endpoint: String,
+    endpoint: &ControlPlane,
     node: &Node,
     session: &mut DeltaSession,
     judge: &mut dyn Judge,
@@ -163,19 +163,46 @@ async fn delta_stream(
 
 /// The ADS client on a new HTTP/2 connection to `endpoint`, taking responses up to
 /// [`MESSAGE_BYTES_MAX`].
+///
+/// The connection gives up after the xDS cluster's `connect_timeout` (a control plane that
+/// black-holes SYNs must not hold the client for the kernel's minutes of retries), and HTTP/2
+/// pings find a control plane that vanished without a reset (a partition): the stream fails and
+/// the client reconnects, instead of waiting on a dead connection.
 async fn connect(
-    endpoint: String,
+    upstream: &ControlPlane,
 ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamEnd> {
-    AggregatedDiscoveryServiceClient::connect(endpoint)
+    let endpoint = tonic::transport::Endpoint::from_shared(upstream.uri.clone())
+        .map_err(|err| StreamEnd::Failed(format!("the control plane's address: {err}")))?
+        .connect_timeout(upstream.connect_timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
         .await
-        .map(|client| client.max_decoding_message_size(MESSAGE_BYTES_MAX))
-        .map_err(|err| StreamEnd::Failed(format!("connecting: {err}")))
+        .map_err(|err| StreamEnd::Failed(format!("connecting: {err}")))?;
+    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// How often an idle stream's connection is pinged.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is given up.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the control plane is: its `http://ip:port`, and how long a connection attempt may take
+/// (the xDS cluster's `connect_timeout`).
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// `http://ip:port`.
+    pub uri: String,
+    /// The xDS cluster's `connect_timeout`.
+    pub connect_timeout: std::time::Duration,
 }
 
 /// Runs one stream to `endpoint` (`http://ip:port`): subscribes, judges every response with
 /// `judge`, answers it. Returns when the stream ends; the session keeps what was accepted.
 pub async fn run(
-    endpoint: String,
+    endpoint: &ControlPlane,
     node: &Node,
     session: &mut AdsSession,
     judge: &mut dyn Judge,
@@ -186,7 +213,7 @@ pub async fn run(
 }
 
 async fn stream(
-    endpoint: String,
+    endpoint: &ControlPlane,
     node: &Node,
     session: &mut AdsSession,
     judge: &mut dyn Judge,

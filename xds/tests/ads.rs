@@ -179,13 +179,16 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
         judged.push(response.version_info.clone());
         judge(kind, response)
     };
-    let endpoint = format!("http://{addr}");
-    let end = stream::run(endpoint.clone(), &node, &mut session, &mut judge).await;
+    let endpoint = stream::ControlPlane {
+        uri: format!("http://{addr}"),
+        connect_timeout: std::time::Duration::from_secs(1),
+    };
+    let end = stream::run(&endpoint, &node, &mut session, &mut judge).await;
     assert_eq!(end, StreamEnd::Closed);
     assert_eq!(session.version(ResourceType::Cluster), "v3");
     assert_eq!(session.version(ResourceType::Listener), "l1");
     // The control plane restarted: a new stream resubscribes with what is in force.
-    let end = stream::run(endpoint, &node, &mut session, &mut judge).await;
+    let end = stream::run(&endpoint, &node, &mut session, &mut judge).await;
     assert_eq!(end, StreamEnd::Closed);
     assert_eq!(
         judged,
