@@ -526,7 +526,8 @@ fn client_reset_while_waiting_is_noticed(tag: &str, args: &[&str]) {
     for stream in clients {
         reset_on_close(&stream);
     }
-    let released = within_a_second(|| sockets(&proxy) == idle_fds);
+    // (At most as many as when idle: a socket of the earlier step may close meanwhile.)
+    let released = within_a_second(|| sockets(&proxy) <= idle_fds);
     assert!(
         released.is_some(),
         "origdst still holds {} sockets ({} idle) a second after the clients reset:\n{}",
@@ -591,7 +592,8 @@ fn client_reset_while_waiting_is_noticed(tag: &str, args: &[&str]) {
     for stream in clients {
         reset_on_close(&stream);
     }
-    let released = within_a_second(|| sockets(&proxy) == idle_fds);
+    // (At most as many as when idle: a socket of the earlier step may close meanwhile.)
+    let released = within_a_second(|| sockets(&proxy) <= idle_fds);
     assert!(
         released.is_some(),
         "origdst still holds {} sockets ({} idle) a second after the clients reset",
