@@ -9,7 +9,6 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
@@ -18,9 +17,17 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::Message;
 use serde_yaml_ng::{Mapping, Value};
 
+mod endpoints;
 mod extensions;
+mod fields;
 #[cfg(test)]
 mod tests;
+
+use endpoints::load_assignment;
+use fields::{
+    CLUSTER_FIELDS, FILTER_CHAIN_FIELDS, FILTER_CHAIN_MATCH_FIELDS, LISTENER_FIELDS,
+    SOCKET_ADDRESS_FIELDS, TCP_PROXY_FIELDS,
+};
 
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -249,145 +256,6 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
     rest.transport_socket = None;
     leftover(&rest, "", CLUSTER_FIELDS)?;
     Ok(Value::Mapping(out))
-}
-
-/// Endpoints as the file writes them. Envoy balances over the lowest priority that has healthy
-/// endpoints; with no health checking in origdst, every endpoint not reported unhealthy is
-/// healthy, so only the lowest priority present is used, and endpoints the control plane reports
-/// `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out (`DEGRADED` ones serve, as Envoy uses them
-/// when nothing better is left). Weights do not apply to round robin; hostnames and health-check
-/// settings are descriptive. Localities keep their places (empty when of another priority), so
-/// a refusal's index is the pushed one.
-fn load_assignment(a: &ClusterLoadAssignment) -> Result<Value, String> {
-    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
-    if !a.named_endpoints.is_empty() {
-        return Err("load_assignment.named_endpoints: not supported".into());
-    }
-    if let Some(policy) = &a.policy {
-        if !policy.drop_overloads.is_empty() {
-            return Err("load_assignment.policy.drop_overloads: not supported".into());
-        }
-        // (`overprovisioning_factor` and `weighted_priority_health` tune how traffic spills
-        // between priorities as hosts turn unhealthy; with no health checking here nothing
-        // spills, and they change nothing.)
-        if policy.endpoint_stale_after.is_some() {
-            return Err(
-                "load_assignment.policy.endpoint_stale_after: not supported (endpoints do not go stale here)"
-                    .into(),
-            );
-        }
-    }
-    let down = [
-        HealthStatus::Unhealthy as i32,
-        HealthStatus::Draining as i32,
-        HealthStatus::Timeout as i32,
-    ];
-    let lowest = a
-        .endpoints
-        .iter()
-        .filter(|l| {
-            l.lb_endpoints
-                .iter()
-                .any(|e| !down.contains(&e.health_status))
-        })
-        .map(|l| l.priority)
-        .min();
-    let mut out = Mapping::new();
-    put(
-        &mut out,
-        "cluster_name",
-        Value::from(a.cluster_name.clone()),
-    );
-    let mut localities = Vec::new();
-    for (i, locality) in a.endpoints.iter().enumerate() {
-        if locality.lb_config.is_some() {
-            return Err(format!(
-                "load_assignment.endpoints[{i}].leds_cluster_locality_config: not supported"
-            ));
-        }
-        let mut endpoints = Vec::new();
-        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
-            let path = format!("load_assignment.endpoints[{i}].lb_endpoints[{j}]");
-            if Some(locality.priority) != lowest {
-                continue;
-            }
-            if down.contains(&lb.health_status) {
-                continue;
-            }
-            let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else {
-                return Err(format!("{path}.endpoint: required"));
-            };
-            if !endpoint.additional_addresses.is_empty() {
-                return Err(format!(
-                    "{path}.endpoint.additional_addresses: not supported"
-                ));
-            }
-            let a = endpoint
-                .address
-                .as_ref()
-                .ok_or(format!("{path}.endpoint.address: required"))?;
-            let mut e = Mapping::new();
-            put(
-                &mut e,
-                "address",
-                address(a, &format!("{path}.endpoint.address"))?,
-            );
-            let mut item = Mapping::new();
-            put(&mut item, "endpoint", Value::Mapping(e));
-            if let Some(m) = &lb.metadata {
-                if !m.typed_filter_metadata.is_empty() {
-                    return Err(format!(
-                        "{path}.metadata.typed_filter_metadata: not supported"
-                    ));
-                }
-                put(&mut item, "metadata", metadata(m));
-            }
-            endpoints.push(Value::Mapping(item));
-        }
-        let mut item = Mapping::new();
-        put(&mut item, "lb_endpoints", Value::Sequence(endpoints));
-        localities.push(Value::Mapping(item));
-    }
-    put(&mut out, "endpoints", Value::Sequence(localities));
-    Ok(Value::Mapping(out))
-}
-
-/// An endpoint's metadata as the file writes it (`filter_metadata` only; the validator judges
-/// its values).
-fn metadata(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Value {
-    let mut namespaces = Mapping::new();
-    for (namespace, fields) in &m.filter_metadata {
-        let mut map = Mapping::new();
-        for (key, value) in &fields.fields {
-            put(&mut map, key, proto_value(value, 0));
-        }
-        put(&mut namespaces, namespace, Value::Mapping(map));
-    }
-    let mut out = Mapping::new();
-    put(&mut out, "filter_metadata", Value::Mapping(namespaces));
-    Value::Mapping(out)
-}
-
-/// A protobuf `Value` as YAML (depth bounded: what a control plane sends is text too).
-fn proto_value(v: &envoy_types::pb::google::protobuf::Value, depth: usize) -> Value {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    match &v.kind {
-        _ if depth > 32 => Value::Null,
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::NumberValue(n)) => Value::from(*n),
-        Some(Kind::StringValue(s)) => Value::from(s.clone()),
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::StructValue(s)) => {
-            let mut map = Mapping::new();
-            for (key, value) in &s.fields {
-                put(&mut map, key, proto_value(value, depth + 1));
-            }
-            Value::Mapping(map)
-        }
-        Some(Kind::ListValue(l)) => {
-            Value::Sequence(l.values.iter().map(|v| proto_value(v, depth + 1)).collect())
-        }
-    }
 }
 
 fn address(a: &Address, path: &str) -> Result<Value, String> {
@@ -633,158 +501,6 @@ fn leftover<M: Message + Default + PartialEq>(
     };
     Err(format!("{at}: not supported (proto field {number})"))
 }
-
-/// Field numbers and names of the messages whose unsupported fields are named (from the
-/// protos' definitions).
-const LISTENER_FIELDS: &[(u32, &str)] = &[
-    (1, "name"),
-    (2, "address"),
-    (3, "filter_chains"),
-    (4, "use_original_dst"),
-    (5, "per_connection_buffer_limit_bytes"),
-    (6, "metadata"),
-    (7, "deprecated_v1"),
-    (8, "drain_type"),
-    (9, "listener_filters"),
-    (10, "transparent"),
-    (11, "freebind"),
-    (12, "tcp_fast_open_queue_length"),
-    (13, "socket_options"),
-    (15, "listener_filters_timeout"),
-    (16, "traffic_direction"),
-    (17, "continue_on_listener_filters_timeout"),
-    (18, "udp_listener_config"),
-    (19, "api_listener"),
-    (20, "connection_balance_config"),
-    (21, "reuse_port"),
-    (22, "access_log"),
-    (24, "tcp_backlog_size"),
-    (25, "default_filter_chain"),
-    (26, "bind_to_port"),
-    (27, "internal_listener"),
-    (28, "stat_prefix"),
-    (29, "enable_reuse_port"),
-    (30, "enable_mptcp"),
-    (31, "ignore_global_conn_limit"),
-    (32, "filter_chain_matcher"),
-    (33, "additional_addresses"),
-    (34, "max_connections_to_accept_per_socket_event"),
-    (35, "bypass_overload_manager"),
-    (36, "fcds_config"),
-    (37, "tcp_keepalive"),
-    (38, "per_connection_buffer_high_watermark_timeout"),
-    (39, "stats_matcher"),
-];
-const CLUSTER_FIELDS: &[(u32, &str)] = &[
-    (1, "name"),
-    (2, "type"),
-    (3, "eds_cluster_config"),
-    (4, "connect_timeout"),
-    (5, "per_connection_buffer_limit_bytes"),
-    (6, "lb_policy"),
-    (8, "health_checks"),
-    (9, "max_requests_per_connection"),
-    (10, "circuit_breakers"),
-    (13, "http_protocol_options"),
-    (14, "http2_protocol_options"),
-    (16, "dns_refresh_rate"),
-    (17, "dns_lookup_family"),
-    (18, "dns_resolvers"),
-    (19, "outlier_detection"),
-    (20, "cleanup_interval"),
-    (21, "upstream_bind_config"),
-    (22, "lb_subset_config"),
-    (23, "ring_hash_lb_config"),
-    (24, "transport_socket"),
-    (25, "metadata"),
-    (26, "protocol_selection"),
-    (27, "common_lb_config"),
-    (28, "alt_stat_name"),
-    (29, "common_http_protocol_options"),
-    (30, "upstream_connection_options"),
-    (31, "close_connections_on_host_health_failure"),
-    (32, "ignore_health_on_host_removal"),
-    (33, "load_assignment"),
-    (34, "original_dst_lb_config"),
-    (36, "typed_extension_protocol_options"),
-    (37, "least_request_lb_config"),
-    (38, "cluster_type"),
-    (39, "respect_dns_ttl"),
-    (40, "filters"),
-    (41, "load_balancing_policy"),
-    (42, "lrs_server"),
-    (43, "transport_socket_matches"),
-    (44, "dns_failure_refresh_rate"),
-    (45, "use_tcp_for_dns_lookups"),
-    (46, "upstream_http_protocol_options"),
-    (47, "track_timeout_budgets"),
-    (48, "upstream_config"),
-    (49, "track_cluster_stats"),
-    (50, "preconnect_policy"),
-    (51, "connection_pool_per_downstream_connection"),
-    (52, "maglev_lb_config"),
-    (53, "dns_resolution_config"),
-    (54, "wait_for_warm_on_init"),
-    (55, "typed_dns_resolver_config"),
-    (56, "round_robin_lb_config"),
-    (57, "lrs_report_endpoint_metrics"),
-    (58, "dns_jitter"),
-    (59, "transport_socket_matcher"),
-    (60, "per_connection_buffer_high_watermark_timeout"),
-    (61, "stats_matcher"),
-    (62, "queuing_policies"),
-];
-const SOCKET_ADDRESS_FIELDS: &[(u32, &str)] = &[
-    (1, "protocol"),
-    (2, "address"),
-    (3, "port_value"),
-    (4, "named_port"),
-    (5, "resolver_name"),
-    (6, "ipv4_compat"),
-    (7, "network_namespace_filepath"),
-];
-const FILTER_CHAIN_FIELDS: &[(u32, &str)] = &[
-    (1, "filter_chain_match"),
-    (3, "filters"),
-    (4, "use_proxy_proto"),
-    (5, "metadata"),
-    (6, "transport_socket"),
-    (7, "name"),
-    (9, "transport_socket_connect_timeout"),
-];
-const FILTER_CHAIN_MATCH_FIELDS: &[(u32, &str)] = &[
-    (3, "prefix_ranges"),
-    (4, "address_suffix"),
-    (5, "suffix_len"),
-    (6, "source_prefix_ranges"),
-    (7, "source_ports"),
-    (8, "destination_port"),
-    (9, "transport_protocol"),
-    (10, "application_protocols"),
-    (11, "server_names"),
-    (12, "source_type"),
-    (13, "direct_source_prefix_ranges"),
-];
-const TCP_PROXY_FIELDS: &[(u32, &str)] = &[
-    (1, "stat_prefix"),
-    (2, "cluster"),
-    (3, "downstream_idle_timeout"),
-    (4, "upstream_idle_timeout"),
-    (5, "access_log"),
-    (7, "max_connect_attempts"),
-    (8, "idle_timeout"),
-    (9, "metadata_match"),
-    (10, "weighted_clusters"),
-    (11, "hash_policy"),
-    (12, "tunneling_config"),
-    (13, "max_downstream_connection_duration"),
-    (14, "on_demand"),
-    (15, "access_log_flush_interval"),
-    (16, "flush_access_log_on_connected"),
-    (17, "access_log_options"),
-    (18, "backoff_options"),
-    (20, "max_downstream_connection_duration_jitter_percentage"),
-];
 
 /// The bootstrap document with the pushed clusters and listeners added to its static ones: what
 /// the one validator judges. A pushed resource's name may not be a static one's (Envoy refuses
