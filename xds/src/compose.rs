@@ -548,6 +548,32 @@ mod tests {
     }
 
     #[test]
+    fn only_tcp_proxy_filters_name_clusters() {
+        // A filter of another type whose bytes would decode as a TcpProxy names nothing.
+        let mut l = listener("capture", "real", 1);
+        let ghost = TcpProxy {
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("ghost".into())),
+            ..TcpProxy::default()
+        };
+        l.filter_chains[0].filters.insert(
+            0,
+            Filter {
+                name: "envoy.filters.network.set_filter_state".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(Any {
+                    type_url:
+                        "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
+                            .into(),
+                    value: ghost.encode_to_vec(),
+                })),
+            },
+        );
+        assert_eq!(
+            listener_clusters(&l).into_iter().collect::<Vec<_>>(),
+            ["real"]
+        );
+    }
+
+    #[test]
     fn eds_configuration_outside_ads_is_refused_by_its_field() {
         let mut c = eds("svc", "");
         assert_eq!(eds_service(&c), Ok(Some("svc".into())));

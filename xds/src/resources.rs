@@ -265,4 +265,79 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn names_come_from_name_or_resource_name_and_removals_from_both_fields() {
+        use envoy_types::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, ResourceName,
+        };
+        let mut newer = wrapped("", Some(cluster("n")));
+        newer.resource_name = Some(ResourceName {
+            name: "n".into(),
+            ..ResourceName::default()
+        });
+        assert_eq!(name_of(&newer), "n");
+        let mut both = wrapped("a", Some(cluster("a")));
+        both.resource_name = Some(ResourceName {
+            name: "other".into(),
+            ..ResourceName::default()
+        });
+        assert_eq!(name_of(&both), "a", "the name field wins when set");
+        let mut held: Vec<Cluster> = Vec::new();
+        upsert(&mut held, CDS, &[newer], &[], |c: &Cluster| &c.name).unwrap();
+        assert_eq!(names(&held), ["n"]);
+        let response = DeltaDiscoveryResponse {
+            removed_resources: vec!["x".into()],
+            removed_resource_names: vec![ResourceName {
+                name: "y".into(),
+                ..ResourceName::default()
+            }],
+            ..DeltaDiscoveryResponse::default()
+        };
+        assert_eq!(removed_names(&response), ["x", "y"]);
+    }
+
+    #[test]
+    fn a_response_is_bounded_in_resources() {
+        let at_limit = DiscoveryResponse {
+            type_url: CDS.into(),
+            resources: vec![cluster(""); RESOURCES_MAX],
+            ..DiscoveryResponse::default()
+        };
+        assert_eq!(
+            state_of_the_world::<Cluster>(&at_limit).unwrap().len(),
+            RESOURCES_MAX
+        );
+        let over = DiscoveryResponse {
+            type_url: CDS.into(),
+            resources: vec![cluster(""); RESOURCES_MAX + 1],
+            ..DiscoveryResponse::default()
+        };
+        assert!(
+            state_of_the_world::<Cluster>(&over)
+                .unwrap_err()
+                .contains("more than the limit of 100000")
+        );
+        // A delta: what changes and what is removed count together.
+        let mut held: Vec<Cluster> = Vec::new();
+        let removed = vec![String::new(); RESOURCES_MAX - 1];
+        upsert(
+            &mut held,
+            CDS,
+            &[wrapped("a", Some(cluster("a")))],
+            &removed,
+            |c: &Cluster| &c.name,
+        )
+        .unwrap();
+        let removed = vec![String::new(); RESOURCES_MAX];
+        let err = upsert(
+            &mut held,
+            CDS,
+            &[wrapped("a", Some(cluster("a")))],
+            &removed,
+            |c: &Cluster| &c.name,
+        )
+        .unwrap_err();
+        assert!(err.contains("more than the limit"), "{err}");
+    }
 }

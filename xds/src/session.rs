@@ -505,8 +505,11 @@ mod tests {
         session
             .want_endpoints(vec!["c".into()])
             .expect("subscribed again");
-        // A reconnect: clusters, endpoints by name, listeners, in Envoy's order.
+        // Between streams nothing is sent; the names wait for the next stream.
         session.disconnected();
+        assert_eq!(session.want_endpoints(vec!["c".into(), "d".into()]), None);
+        assert_eq!(session.want_endpoints(vec!["c".into()]), None);
+        // A reconnect: clusters, endpoints by name, listeners, in Envoy's order.
         let again = session.connected();
         let kinds: Vec<_> = again.iter().map(|r| r.resource_type).collect();
         assert_eq!(kinds, vec![Cluster, Endpoint, Listener]);
