@@ -98,51 +98,125 @@ pub fn to_delta_proto(request: &DeltaRequest, node: &Node) -> DeltaDiscoveryRequ
     }
 }
 
-/// Runs one delta stream to `endpoint`: subscribes, judges every response with `judge`,
-/// answers it. Returns when the stream ends; the session keeps what was accepted.
+/// Runs one state-of-the-world stream to `endpoint`: subscribes, judges every response with
+/// `judge`, answers it. Returns when the stream ends; the session keeps what was accepted.
+pub async fn run(
+    endpoint: &ControlPlane,
+    node: &Node,
+    session: &mut AdsSession,
+    judge: &mut dyn Judge,
+) -> StreamEnd {
+    drive(endpoint, node, session, judge).await
+}
+
+/// Runs one delta stream to `endpoint`, as [`run`] does.
 pub async fn run_delta(
     endpoint: &ControlPlane,
     node: &Node,
     session: &mut DeltaSession,
     judge: &mut dyn Judge,
 ) -> StreamEnd {
-    let end = delta_stream(endpoint, node, session, judge).await;
-    session.disconnected();
-    end
+    drive(endpoint, node, session, judge).await
 }
 
-async fn delta_stream(
-    endpoint: &ControlPlane,
-    node: &Node,
-    session: &mut DeltaSession,
-    judge: &mut dyn Judge,
-) -> StreamEnd {
-    let mut client = match connect(endpoint).await {
-        Ok(client) => client,
-        Err(end) => return end,
-    };
-    let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
-    let _ = session.want_endpoints(judge.endpoint_names());
-    for request in session.connected() {
-        let _ = outbox.try_send(to_delta_proto(&request, node));
+/// What differs between the two protocols on the wire: the call that opens the stream, the
+/// requests that open it, and the answer to a response (judged by `judge`). Everything else —
+/// connecting, the request queue, reading responses, how a stream ends — is [`drive`]'s.
+trait Wire {
+    type Request: Send + 'static;
+    type Response;
+
+    /// The stream's opening requests (the EDS names the clusters in force want, asked first).
+    fn opening(&mut self, judge: &mut dyn Judge, node: &Node) -> Vec<Self::Request>;
+
+    /// The requests answering `response` (none for one to ignore).
+    fn respond(
+        &mut self,
+        response: &Self::Response,
+        judge: &mut dyn Judge,
+        node: &Node,
+    ) -> Vec<Self::Request>;
+
+    /// The stream ended.
+    fn closed(&mut self);
+
+    /// Opens the stream on `client`, its requests read from `requests`.
+    async fn open(
+        client: &mut AdsClient,
+        requests: tokio_stream::wrappers::ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Streaming<Self::Response>, tonic::Status>;
+}
+
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+impl Wire for AdsSession {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn opening(&mut self, judge: &mut dyn Judge, node: &Node) -> Vec<DiscoveryRequest> {
+        // The EDS names are known before the first stream only after a restart of this client;
+        // a reconnect asks for the ones the clusters in force name.
+        let _ = self.want_endpoints(judge.endpoint_names());
+        self.connected().iter().map(|r| to_proto(r, node)).collect()
     }
-    let call = client
-        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(requests))
-        .await;
-    let mut responses = match call {
-        Ok(response) => response.into_inner(),
-        Err(status) => return StreamEnd::Failed(format!("opening the delta stream: {status}")),
-    };
-    loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return StreamEnd::Closed,
-            Err(status) => return StreamEnd::Failed(format!("the stream broke: {status}")),
+
+    fn respond(
+        &mut self,
+        response: &DiscoveryResponse,
+        judge: &mut dyn Judge,
+        node: &Node,
+    ) -> Vec<DiscoveryRequest> {
+        let envelope = Response {
+            type_url: response.type_url.clone(),
+            version_info: response.version_info.clone(),
+            nonce: response.nonce.clone(),
         };
-        let Some(kind) = session.received(&response.type_url) else {
-            continue;
+        let Disposition::Judge(kind) = self.received(&envelope) else {
+            return Vec::new();
         };
-        let verdict = judge.judge_delta(kind, &response);
+        let verdict = judge.judge(kind, response);
+        let mut answers = self.answer(&envelope, verdict);
+        answers.extend(self.want_endpoints(judge.endpoint_names()));
+        answers.iter().map(|r| to_proto(r, node)).collect()
+    }
+
+    fn closed(&mut self) {
+        self.disconnected();
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: tokio_stream::wrappers::ReceiverStream<DiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
+        Ok(client
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+impl Wire for DeltaSession {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn opening(&mut self, judge: &mut dyn Judge, node: &Node) -> Vec<DeltaDiscoveryRequest> {
+        let _ = self.want_endpoints(judge.endpoint_names());
+        self.connected()
+            .iter()
+            .map(|r| to_delta_proto(r, node))
+            .collect()
+    }
+
+    fn respond(
+        &mut self,
+        response: &DeltaDiscoveryResponse,
+        judge: &mut dyn Judge,
+        node: &Node,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let Some(kind) = self.received(&response.type_url) else {
+            return Vec::new();
+        };
+        let verdict = judge.judge_delta(kind, response);
         // Held now: what came with a body (a body-less one refreshes a TTL only).
         let changed: Vec<(String, String)> = response
             .resources
@@ -150,11 +224,72 @@ async fn delta_stream(
             .filter(|r| r.resource.is_some())
             .map(|r| (crate::resources::name_of(r).to_string(), r.version.clone()))
             .collect();
-        let removed = crate::resources::removed_names(&response);
-        let mut answers = session.answer(kind, &response.nonce, verdict, &changed, &removed);
-        answers.extend(session.want_endpoints(judge.endpoint_names()));
-        for request in answers {
-            if outbox.send(to_delta_proto(&request, node)).await.is_err() {
+        let removed = crate::resources::removed_names(response);
+        let mut answers = self.answer(kind, &response.nonce, verdict, &changed, &removed);
+        answers.extend(self.want_endpoints(judge.endpoint_names()));
+        answers.iter().map(|r| to_delta_proto(r, node)).collect()
+    }
+
+    fn closed(&mut self) {
+        self.disconnected();
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: tokio_stream::wrappers::ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
+        Ok(client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+/// One stream of either protocol, until the server closes it or it fails; the session is told
+/// it ended either way.
+async fn drive<W: Wire>(
+    endpoint: &ControlPlane,
+    node: &Node,
+    session: &mut W,
+    judge: &mut dyn Judge,
+) -> StreamEnd {
+    let end = drive_open(endpoint, node, session, judge).await;
+    session.closed();
+    end
+}
+
+async fn drive_open<W: Wire>(
+    endpoint: &ControlPlane,
+    node: &Node,
+    session: &mut W,
+    judge: &mut dyn Judge,
+) -> StreamEnd {
+    let mut client = match connect(endpoint).await {
+        Ok(client) => client,
+        Err(end) => return end,
+    };
+    let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
+    for request in session.opening(judge, node) {
+        // The receiver is ours until the call below: room for the first requests is certain.
+        let _ = outbox.try_send(request);
+    }
+    let mut responses = match W::open(
+        &mut client,
+        tokio_stream::wrappers::ReceiverStream::new(requests),
+    )
+    .await
+    {
+        Ok(responses) => responses,
+        Err(status) => return StreamEnd::Failed(format!("opening the stream: {status}")),
+    };
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return StreamEnd::Closed,
+            Err(status) => return StreamEnd::Failed(format!("the stream broke: {status}")),
+        };
+        for request in session.respond(&response, judge, node) {
+            if outbox.send(request).await.is_err() {
                 return StreamEnd::Failed("the request stream closed".into());
             }
         }
@@ -168,9 +303,7 @@ async fn delta_stream(
 /// black-holes SYNs must not hold the client for the kernel's minutes of retries), and HTTP/2
 /// pings find a control plane that vanished without a reset (a partition): the stream fails and
 /// the client reconnects, instead of waiting on a dead connection.
-async fn connect(
-    upstream: &ControlPlane,
-) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamEnd> {
+async fn connect(upstream: &ControlPlane) -> Result<AdsClient, StreamEnd> {
     let endpoint = tonic::transport::Endpoint::from_shared(upstream.uri.clone())
         .map_err(|err| StreamEnd::Failed(format!("the control plane's address: {err}")))?
         .connect_timeout(upstream.connect_timeout)
@@ -197,67 +330,4 @@ pub struct ControlPlane {
     pub uri: String,
     /// The xDS cluster's `connect_timeout`.
     pub connect_timeout: std::time::Duration,
-}
-
-/// Runs one stream to `endpoint` (`http://ip:port`): subscribes, judges every response with
-/// `judge`, answers it. Returns when the stream ends; the session keeps what was accepted.
-pub async fn run(
-    endpoint: &ControlPlane,
-    node: &Node,
-    session: &mut AdsSession,
-    judge: &mut dyn Judge,
-) -> StreamEnd {
-    let end = stream(endpoint, node, session, judge).await;
-    session.disconnected();
-    end
-}
-
-async fn stream(
-    endpoint: &ControlPlane,
-    node: &Node,
-    session: &mut AdsSession,
-    judge: &mut dyn Judge,
-) -> StreamEnd {
-    let mut client = match connect(endpoint).await {
-        Ok(client) => client,
-        Err(end) => return end,
-    };
-    let (outbox, requests) = tokio::sync::mpsc::channel(OUTBOX);
-    // The EDS names are known before the first stream only after a restart of this client; a
-    // reconnect asks for the ones the clusters in force name.
-    let _ = session.want_endpoints(judge.endpoint_names());
-    for request in session.connected() {
-        // The receiver is ours until the call below: room for the first requests is certain.
-        let _ = outbox.try_send(to_proto(&request, node));
-    }
-    let call = client
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(requests))
-        .await;
-    let mut responses = match call {
-        Ok(response) => response.into_inner(),
-        Err(status) => return StreamEnd::Failed(format!("opening the stream: {status}")),
-    };
-    loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return StreamEnd::Closed,
-            Err(status) => return StreamEnd::Failed(format!("the stream broke: {status}")),
-        };
-        let envelope = Response {
-            type_url: response.type_url.clone(),
-            version_info: response.version_info.clone(),
-            nonce: response.nonce.clone(),
-        };
-        let Disposition::Judge(kind) = session.received(&envelope) else {
-            continue;
-        };
-        let verdict = judge.judge(kind, &response);
-        let mut answers = session.answer(&envelope, verdict);
-        answers.extend(session.want_endpoints(judge.endpoint_names()));
-        for request in answers {
-            if outbox.send(to_proto(&request, node)).await.is_err() {
-                return StreamEnd::Failed("the request stream closed".into());
-            }
-        }
-    }
 }
