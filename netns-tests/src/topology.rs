@@ -163,6 +163,16 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Captures the client side's connections to port `dport` to the router's port `to`
+    /// instead (IPv4, ahead of the gateway's own REDIRECT rules).
+    pub fn redirect_port(&self, dport: u16, to: u16) {
+        let rule = format!(
+            "-t nat -I PREROUTING 1 -i rc -p tcp --dport {dport} -j REDIRECT --to-ports {to}"
+        );
+        self.router
+            .exec("iptables", &rule.split(' ').collect::<Vec<_>>());
+    }
+
     /// Source preservation's return path: the server answers the *client's* address, so the
     /// router must deliver those replies to origdst's transparent upstream socket instead of
     /// forwarding them to the client. `-m socket --transparent` finds that socket; the mark sends

@@ -630,26 +630,7 @@ fn sighup_adds_and_removes_listeners_live() {
     // Answers with the address it was dialled on, then echoes whatever comes until EOF.
     let _server = Server::greet_and_echo(&gw.server, &[pass, extra_dst]);
     // Port 9000 is captured to 15101, where generation 1 has no listener.
-    gw.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-I",
-            "PREROUTING",
-            "1",
-            "-i",
-            "rc",
-            "-p",
-            "tcp",
-            "--dport",
-            "9000",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15101",
-        ],
-    );
+    gw.redirect_port(9000, 15101);
     let base = origdst_core::config::DEFAULT_YAML;
     let config = ConfigFile::new("livelst", base);
     let proxy = Proxy::start(

@@ -616,26 +616,7 @@ fn inbound_passthrough_connects_from_127_0_0_6_without_capabilities() {
         },
     );
     let _app = Server::start(&gw.router, &[app], handler);
-    gw.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-I",
-            "PREROUTING",
-            "1",
-            "-i",
-            "rc",
-            "-p",
-            "tcp",
-            "--dport",
-            "8080",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ],
-    );
+    gw.redirect_port(8080, 15006);
     let yaml = r#"origdst: { upstream_mark: null, shards: 1 }
 static_resources:
   listeners:
