@@ -51,10 +51,10 @@ const STATE_FILES: [(&str, &str); 3] = [
 ];
 
 /// The state of the world for one type: its version and resources.
-pub type TypeState = (String, Vec<Any>);
+type TypeState = (String, Vec<Any>);
 
 /// What the server serves, by type URL.
-pub type World = BTreeMap<String, TypeState>;
+type World = BTreeMap<String, TypeState>;
 
 /// The server: the world it serves, and where each request goes (state-of-the-world requests
 /// to `seen`, delta ones to `seen_delta`).
@@ -428,11 +428,6 @@ impl ControlPlane {
             .expect("the control plane's first line");
         assert_eq!(line.trim(), "listening", "the control plane did not start");
         self.child = Some(child);
-    }
-
-    /// The process's PID (while it runs).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Serves `version` of `type_url`'s resources from now on (sent to every open stream): the

@@ -267,7 +267,6 @@ pub fn check_clusters(composed: &Composed, statics: &BTreeSet<String>) -> Vec<Cl
             .filter(|m| !warming_names.contains(m.name.as_str()))
             .cloned(),
     );
-    drop(warming_names);
     out.extend(warming);
     let mut known: BTreeSet<String> = statics.clone();
     known.extend(out.iter().map(|c| c.name.clone()));
