@@ -19,6 +19,7 @@ use origdst_engine::kernel::{Errno, RelayedSource, TcpCounts};
 use crate::sys;
 
 /// Bytes aligned as an ELF parser needs them (`include_bytes!` promises no alignment).
+#[cfg(not(origdst_no_bpf))]
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized>(B);
 
