@@ -202,6 +202,9 @@ pub fn route(
         ClusterKind::OriginalDst(lb) => {
             original_dst_upstream(config, me, lb, &state, evidence, resolution)?
         }
+        // Validation refuses a chain naming the control plane's cluster; were one to get here,
+        // it has no endpoint a connection could use.
+        ClusterKind::ControlPlane { .. } => return Err(RefuseReason::NoHealthyUpstream),
     };
     Ok(Route {
         listener: handling,

@@ -336,11 +336,59 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "origdst: { destination_policy: { deny_cidrs: [ 10.0.0.0/40 ] } }\nstatic_resources:\n",
     ),
     (
+        "endpoint pipe outside the xDS cluster",
+        "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
+        "  - name: pass\n    type: STATIC\n    load_assignment: { cluster_name: pass, endpoints: [ { lb_endpoints: [ { endpoint: { address: { pipe: { path: /run/x.sock } } } } ] } ] }\n",
+    ),
+    (
+        "dns_lookup_family on a cluster that looks nothing up",
+        "    lb_policy: CLUSTER_PROVIDED\n",
+        "    lb_policy: CLUSTER_PROVIDED\n    dns_lookup_family: V4_ONLY\n",
+    ),
+    (
         "too many shards",
         "static_resources:\n",
         "origdst: { shards: 300 }\nstatic_resources:\n",
     ),
 ];
+
+/// The xDS cluster's refusals: BASE with `dynamic_resources` naming cluster `xds`, defined as
+/// given (case, the cluster's fields after its name and type).
+const UNSUPPORTED_XDS_CLUSTER: &[(&str, &str)] = &[
+    (
+        "xDS cluster host name malformed",
+        "    type: STRICT_DNS\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: \"cp..example\", port_value: 18000 } } } } ] } ] }\n",
+    ),
+    (
+        "xDS cluster host name without a port",
+        "    type: LOGICAL_DNS\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: cp.example } } } } ] } ] }\n",
+    ),
+    (
+        "xDS cluster abstract Unix socket",
+        "    type: STATIC\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { pipe: { path: \"@xds\" } } } } ] } ] }\n",
+    ),
+    (
+        "xDS cluster dns_lookup_family unknown",
+        "    type: STRICT_DNS\n    dns_lookup_family: V5_ONLY\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: cp.example, port_value: 18000 } } } } ] } ] }\n",
+    ),
+    (
+        "xDS cluster by name over TLS",
+        "    type: STRICT_DNS\n    transport_socket: { name: envoy.transport_sockets.tls }\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: cp.example, port_value: 18000 } } } } ] } ] }\n",
+    ),
+    (
+        "xDS cluster by name without endpoints",
+        "    type: STRICT_DNS\n",
+    ),
+];
+
+/// BASE with a control plane reached through cluster `xds`, defined by `fields`.
+fn with_xds_cluster(fields: &str) -> String {
+    BASE.replacen(
+        "static_resources:\n",
+        "node: { id: a, cluster: b }\ndynamic_resources: { ads_config: { api_type: GRPC, grpc_services: [ { envoy_grpc: { cluster_name: xds } } ] } }\nstatic_resources:\n",
+        1,
+    ) + "  - name: xds\n" + fields
+}
 
 #[test]
 fn every_unsupported_input_is_refused_with_a_pinned_message() {
@@ -360,5 +408,154 @@ fn every_unsupported_input_is_refused_with_a_pinned_message() {
         );
         actual.push_str(&format!("{case}\n    {error}\n"));
     }
+    let dns_cluster = "    type: STRICT_DNS\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: cp.example, port_value: 18000 } } } } ] } ] }\n";
+    let named_by_a_listener =
+        with_xds_cluster(dns_cluster).replacen("cluster: pass", "cluster: xds", 1);
+    let cases = UNSUPPORTED_XDS_CLUSTER
+        .iter()
+        .map(|(case, fields)| (*case, with_xds_cluster(fields)))
+        .chain([(
+            "xDS cluster by host name named by a listener",
+            named_by_a_listener,
+        )]);
+    for (case, yaml) in cases {
+        let Err(error) = Config::from_yaml(&yaml) else {
+            panic!("case {case:?} was accepted:\n{yaml}");
+        };
+        assert!(
+            !error.path.is_empty(),
+            "case {case:?}: the error names no field: {error}"
+        );
+        actual.push_str(&format!("{case}\n    {error}\n"));
+    }
     check("unsupported.expected", &actual);
+}
+
+/// The xDS bootstraps people copy: go-control-plane's sample (STRICT_DNS at an IP, the
+/// deprecated `http2_protocol_options` on the cluster, `admin.access_log_path`), Envoy's quick
+/// start (STRICT_DNS at a host name, no `transport_api_version`), and Istio's (a STATIC cluster
+/// reaching the agent through a Unix socket): each validates, its control plane where it says.
+#[test]
+fn published_xds_bootstraps_validate_with_their_control_plane_where_they_say() {
+    use origdst_core::config::{ClusterKind, ControlPlaneTarget, DnsFamily};
+    let go_control_plane = r#"
+node:
+  cluster: test-cluster
+  id: test-id
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc:
+        cluster_name: xds_cluster
+  cds_config:
+    resource_api_version: V3
+    ads: {}
+  lds_config:
+    resource_api_version: V3
+    ads: {}
+static_resources:
+  clusters:
+  - connect_timeout: 1s
+    type: STRICT_DNS
+    http2_protocol_options: {}
+    name: xds_cluster
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: 127.0.0.1
+                port_value: 18000
+admin:
+  access_log_path: /dev/null
+  address:
+    socket_address:
+      address: 0.0.0.0
+      port_value: 19000
+"#;
+    let quick_start = r#"
+node: { cluster: test-cluster, id: test-id }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    grpc_services:
+    - envoy_grpc:
+        cluster_name: xds_cluster
+  cds_config: { ads: {} }
+  lds_config: { ads: {} }
+static_resources:
+  clusters:
+  - type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    name: xds_cluster
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address:
+                address: my-control-plane
+                port_value: 18000
+"#;
+    let istio = r#"
+node: { id: "sidecar~10.0.0.1~web-0.default~default.svc.cluster.local", cluster: web.default }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [ { envoy_grpc: { cluster_name: xds-grpc } } ]
+  cds_config: { ads: {}, initial_fetch_timeout: 0s, resource_api_version: V3 }
+  lds_config: { ads: {}, initial_fetch_timeout: 0s, resource_api_version: V3 }
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [ { lb_endpoints: [ { endpoint: { address: { pipe: { path: ./etc/istio/proxy/XDS } } } } ] } ]
+"#;
+    let expect = [
+        (
+            go_control_plane,
+            vec![ControlPlaneTarget::Socket(
+                "127.0.0.1:18000".parse().unwrap(),
+            )],
+            DnsFamily::Auto,
+        ),
+        (
+            quick_start,
+            vec![ControlPlaneTarget::Host {
+                name: "my-control-plane".into(),
+                port: 18000,
+            }],
+            DnsFamily::V4Only,
+        ),
+        (
+            istio,
+            vec![ControlPlaneTarget::Pipe("./etc/istio/proxy/XDS".into())],
+            DnsFamily::Auto,
+        ),
+    ];
+    for (yaml, targets, family) in expect {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let dynamic = config.dynamic.as_ref().expect("dynamic_resources");
+        assert_eq!(
+            config.clusters[dynamic.ads_cluster].kind,
+            ClusterKind::ControlPlane { targets, family },
+            "{yaml}"
+        );
+    }
 }

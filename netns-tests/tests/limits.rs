@@ -357,6 +357,14 @@ const SETTLE_MAX: Duration = Duration::from_secs(20);
 fn per_user_pipe_limit_shrinks_pipes_but_stays_byte_exact() {
     let gw = Gateway::new("pipeuser");
     let dst = addr(SERVER_V4[0], 8094);
+    // Small socket buffers past origdst (its sends, the server's receives: both per netns), so
+    // each stream's 4 MiB holds its pipe full until the server reads. With the kernel's
+    // autotuned megabytes there the pipes drained into the buffers, were given back and reused,
+    // and whether 64 of them were ever held at once was a race a loaded machine lost.
+    gw.router
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_wmem=4096 131072 131072"]);
+    gw.server
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_rmem=4096 131072 131072"]);
     let accepted = Arc::new(std::sync::Barrier::new(PIPE_STREAMS + 1));
     let go = Arc::new(std::sync::Barrier::new(PIPE_STREAMS + 1));
     let (done_tx, done) = std::sync::mpsc::channel();

@@ -666,6 +666,56 @@ fn a_black_holed_control_plane_is_retried_after_the_connect_timeout() {
     assert!(exit.log.contains("connecting"), "{}", exit.log);
 }
 
+/// The xDS cluster as go-control-plane's and Envoy's published bootstraps give it —
+/// `STRICT_DNS`, the control plane by host name — behind a replica that is down: the real binary
+/// falls through the dead endpoint, looks `localhost` up (its ::1 refuses too, then 127.0.0.1
+/// answers), takes the control plane's clusters and listeners, and relays through them.
+#[test]
+fn a_control_plane_named_by_host_name_past_a_dead_replica_drives_the_proxy() {
+    let gw = Gateway::new("xdsn");
+    let server = addr(SERVER_V4[0], 8080);
+    let _server = Server::greet_and_echo(&gw.server, &[server]);
+    let control = start_control_plane(&gw.router);
+    let port = control_plane_addr().port();
+    let one = format!(
+        "lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ]"
+    );
+    let two = format!(
+        "lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {dead} }} }} }} }}, \
+         {{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {port} }} }} }} }} ]",
+        dead = port + 1
+    );
+    let bootstrap = bootstrap()
+        .replace("    type: STATIC\n", "    type: STRICT_DNS\n")
+        .replace(&one, &two);
+    assert!(
+        bootstrap.contains("STRICT_DNS") && bootstrap.contains("localhost"),
+        "{bootstrap}"
+    );
+    let config = ConfigFile::new("xdsn", &bootstrap);
+    let proxy = Proxy::start(
+        origdst_bin!(),
+        &gw.router,
+        &["--config", config.arg(), "--shards", "1"],
+    );
+    control.push(CDS, "c1", vec![passthrough()]);
+    let pushed = Instant::now();
+    control.push(LDS, "l1", vec![capture("PassthroughCluster")]);
+    let accepting = until(&gw, server, pushed, |r| r.is_ok());
+    println!(
+        "a control plane by host name: the pushed listener accepting {accepting:?} after the push"
+    );
+    assert_eq!(ask(&gw, server), Ok(server.to_string().into_bytes()));
+    wait_for_request(&control, "ACK of l1", |r| {
+        r.type_url == LDS && r.version_info == "l1" && r.error_detail.is_none()
+    });
+    assert_eq!(
+        admin::scrape(&gw.router).value("origdst_xds_connected"),
+        1.0
+    );
+    proxy.stop_clean();
+}
+
 /// With no control plane answering, origdst is ready once `initial_fetch_timeout` passes (as
 /// Envoy finishes initializing), serving what its bootstrap has.
 #[test]

@@ -133,7 +133,8 @@ pub(crate) struct ShardRelay {
 impl ShardRelay {
     /// Puts a connected pair in the map and kicks what each socket holds already.
     /// `between`: a pause between the two updates (BUGGIFY only: it makes a server that speaks
-    /// at once spill, so the real-kernel tests cover the handed-back path).
+    /// at once spill, so the real-kernel tests cover the handed-back path), ended early once the
+    /// upstream has spilled.
     pub(crate) fn insert(
         &mut self,
         client: i32,
@@ -148,7 +149,14 @@ impl ShardRelay {
             .insert(client_cookie, upstream, 0)
             .map_err(map_errno)?;
         if let Some(pause) = between {
-            std::thread::sleep(pause);
+            // Until the upstream's first bytes were passed and marked, or `pause` at most: a
+            // fixed sleep lost the race to a server slowed by a loaded machine (no spill).
+            let until = std::time::Instant::now() + pause;
+            while self.spilled.get(&upstream_cookie, 0).is_err()
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         if let Err(err) = self.peers.insert(upstream_cookie, client, 0) {
             // Take the first one out again: the pair is relayed by the shard. (If the upstream

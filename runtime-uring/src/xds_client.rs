@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::protobuf::value::Kind;
-use origdst_core::config::{ClusterKind, EndpointTarget};
+use origdst_core::config::{ClusterKind, ControlPlaneTarget, DnsFamily, EndpointTarget};
 use origdst_xds::backoff::Backoff;
 use origdst_xds::compose::{self, Composed, Pushed};
 use origdst_xds::delta::DeltaSession;
@@ -90,16 +90,29 @@ pub(crate) fn start(
     let running = observed.running();
     let config = &running.config;
     let dynamic = config.dynamic.clone().ok_or("no dynamic_resources")?;
-    let ClusterKind::Static { endpoints } = &config.clusters[dynamic.ads_cluster].kind else {
-        return Err("the xDS cluster is not STATIC".into());
+    let xds_cluster = &config.clusters[dynamic.ads_cluster];
+    // Validation took a STATIC xDS cluster with socket endpoints only, or a control plane's.
+    let (targets, family) = match &xds_cluster.kind {
+        ClusterKind::Static { endpoints } => (
+            endpoints
+                .iter()
+                .filter_map(|e| match e.target {
+                    EndpointTarget::Socket(addr) => Some(ControlPlaneTarget::Socket(addr)),
+                    EndpointTarget::Internal { .. } => None,
+                })
+                .collect::<Vec<_>>(),
+            DnsFamily::default(),
+        ),
+        ClusterKind::ControlPlane { targets, family } => (targets.clone(), *family),
+        ClusterKind::OriginalDst(_) => (Vec::new(), DnsFamily::default()),
     };
-    let Some(EndpointTarget::Socket(addr)) = endpoints.first().map(|e| e.target) else {
-        return Err("the xDS cluster has no socket endpoint".into());
-    };
-    let endpoint = stream::ControlPlane {
-        uri: format!("http://{addr}"),
-        connect_timeout: config.clusters[dynamic.ads_cluster].connect_timeout,
-    };
+    if targets.is_empty() {
+        return Err(format!(
+            "the xDS cluster {:?} has no endpoint to reach the control plane at",
+            xds_cluster.name
+        ));
+    }
+    let endpoint = stream::ControlPlane::new(targets, family, xds_cluster.connect_timeout);
     let node_info = config.node.clone().unwrap_or_default();
     let (region, zone, sub_zone) = node_info.locality.clone();
     let node = Node {
@@ -207,7 +220,7 @@ struct Client {
 
 impl Client {
     async fn run(&mut self, control: stream::ControlPlane, node: Node, mut session: Protocol) {
-        let endpoint = control.uri.clone();
+        let endpoint = control.to_string();
         let seed = u64::from(std::process::id())
             ^ u64::from(
                 std::time::UNIX_EPOCH

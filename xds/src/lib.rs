@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod compose;
 pub mod delta;
+pub mod dial;
 mod plan;
 pub mod resources;
 pub mod session;

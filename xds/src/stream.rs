@@ -10,6 +10,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::rpc::Status;
 
+pub use crate::dial::ControlPlane;
+
 use crate::delta::{DeltaRequest, DeltaSession};
 use crate::session::{AdsSession, Disposition, Request, ResourceType, Response, Verdict};
 
@@ -296,38 +298,46 @@ async fn drive_open<W: Wire>(
     }
 }
 
-/// The ADS client on a new HTTP/2 connection to `endpoint`, taking responses up to
+/// The ADS client on a new HTTP/2 connection to `upstream`, taking responses up to
 /// [`MESSAGE_BYTES_MAX`].
 ///
-/// The connection gives up after the xDS cluster's `connect_timeout` (a control plane that
-/// black-holes SYNs must not hold the client for the kernel's minutes of retries), and HTTP/2
-/// pings find a control plane that vanished without a reset (a partition): the stream fails and
-/// the client reconnects, instead of waiting on a dead connection.
+/// The connection is made by [`ControlPlane::dial`] (each address given up after the xDS
+/// cluster's `connect_timeout`: a control plane that black-holes SYNs must not hold the client
+/// for the kernel's minutes of retries), and HTTP/2 pings find a control plane that vanished
+/// without a reset (a partition): the stream fails and the client reconnects, instead of waiting
+/// on a dead connection.
 async fn connect(upstream: &ControlPlane) -> Result<AdsClient, StreamEnd> {
-    let endpoint = tonic::transport::Endpoint::from_shared(upstream.uri.clone())
-        .map_err(|err| StreamEnd::Failed(format!("the control plane's address: {err}")))?
-        .connect_timeout(upstream.connect_timeout)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", upstream.authority()))
+            .map_err(|err| StreamEnd::Failed(format!("the control plane's address: {err}")))?
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+    let plane = upstream.clone();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let plane = plane.clone();
+        async move { plane.dial().await }
+    });
     let channel = endpoint
-        .connect()
+        .connect_with_connector(connector)
         .await
-        .map_err(|err| StreamEnd::Failed(format!("connecting: {err}")))?;
+        .map_err(|err| StreamEnd::Failed(format!("connecting: {}", chain(&err))))?;
     Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// An error with its causes (tonic's transport error says only "transport error" itself).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// How often an idle stream's connection is pinged.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Where the control plane is: its `http://ip:port`, and how long a connection attempt may take
-/// (the xDS cluster's `connect_timeout`).
-#[derive(Debug, Clone)]
-pub struct ControlPlane {
-    /// `http://ip:port`.
-    pub uri: String,
-    /// The xDS cluster's `connect_timeout`.
-    pub connect_timeout: std::time::Duration,
-}

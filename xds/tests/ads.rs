@@ -1,7 +1,9 @@
 //! The ADS client against an in-process ADS server over real gRPC (tonic, HTTP/2 on loopback),
 //! as ztunnel tests its xDS client: the subscription order, ACK and NACK with versions and
 //! nonces (a NACKed update, then good ones back to back), and a control-plane restart that is
-//! resubscribed with the versions in force, then a response larger than gRPC's usual 4 MiB.
+//! resubscribed with the versions in force, then a response larger than gRPC's usual 4 MiB; and
+//! the control plane reached as published bootstraps name it: by host name past a dead replica,
+//! through a Unix socket, and out of reach with every address named.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
+use origdst_core::config::{ControlPlaneTarget, DnsFamily};
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
 use origdst_xds::stream::{self, StreamEnd};
 use prost::Message;
@@ -179,10 +182,7 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
         judged.push(response.version_info.clone());
         judge(kind, response)
     };
-    let endpoint = stream::ControlPlane {
-        uri: format!("http://{addr}"),
-        connect_timeout: std::time::Duration::from_secs(1),
-    };
+    let endpoint = stream::ControlPlane::at(addr, std::time::Duration::from_secs(1));
     let end = stream::run(&endpoint, &node, &mut session, &mut judge).await;
     assert_eq!(end, StreamEnd::Closed);
     assert_eq!(session.version(ResourceType::Cluster), "v3");
@@ -237,4 +237,133 @@ async fn ack_nack_versions_nonces_and_a_control_plane_restart_over_real_grpc() {
         seen[0].1.node.as_ref().map(|n| n.id.as_str()),
         Some(node.id.as_str())
     );
+}
+
+/// A control plane that answers each stream's cluster subscription with version `v1`, takes
+/// the ACK, and ends the stream.
+struct OneAnswer;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for OneAnswer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let seen = Seen::default();
+            next(&mut incoming, 0, &seen).await; // CDS subscription
+            tx.send(Ok(response(CDS, "v1", "a", vec![cluster("good")])))
+                .await
+                .expect("the client reads");
+            next(&mut incoming, 0, &seen).await; // ACK
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("state of the world only"))
+    }
+}
+
+/// One stream to `plane`, clusters only: how it ended and the cluster version it left in force.
+async fn one_stream(plane: &stream::ControlPlane) -> (StreamEnd, String) {
+    let node = Node {
+        id: "gateway-0".into(),
+        cluster: "gateways".into(),
+        ..Node::default()
+    };
+    let mut session = AdsSession::new(true, false, true);
+    let end = stream::run(plane, &node, &mut session, &mut judge).await;
+    (end, session.version(ResourceType::Cluster).to_string())
+}
+
+/// A port nothing listens on (bound, then closed).
+fn dead_port() -> std::net::SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn the_control_plane_reached_by_host_name_past_a_dead_endpoint() {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(OneAnswer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(socket)),
+    );
+    // As go-control-plane's bootstrap names it (STRICT_DNS), behind a replica that is down.
+    // `localhost` is ::1 first (AUTO), where nothing listens either: the name's next address
+    // serves.
+    let plane = stream::ControlPlane::new(
+        vec![
+            ControlPlaneTarget::Socket(dead_port()),
+            ControlPlaneTarget::Host {
+                name: "localhost".into(),
+                port,
+            },
+        ],
+        DnsFamily::Auto,
+        std::time::Duration::from_secs(2),
+    );
+    assert_eq!(one_stream(&plane).await, (StreamEnd::Closed, "v1".into()));
+    // The next attempt starts at the next endpoint (round robin): the name, straight away.
+    assert_eq!(one_stream(&plane).await, (StreamEnd::Closed, "v1".into()));
+}
+
+#[tokio::test]
+async fn the_control_plane_reached_through_a_unix_socket() {
+    let path = std::env::temp_dir().join(format!("origdst-xds-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(OneAnswer))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(socket)),
+    );
+    // As Istio's bootstrap reaches its agent (`pipe`).
+    let plane = stream::ControlPlane::new(
+        vec![ControlPlaneTarget::Pipe(path.clone())],
+        DnsFamily::Auto,
+        std::time::Duration::from_secs(2),
+    );
+    assert_eq!(one_stream(&plane).await, (StreamEnd::Closed, "v1".into()));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_control_plane_out_of_reach_names_every_address_tried() {
+    let dead = dead_port();
+    let plane = stream::ControlPlane::new(
+        vec![
+            ControlPlaneTarget::Socket(dead),
+            ControlPlaneTarget::Pipe("/nonexistent/origdst/XDS".into()),
+            ControlPlaneTarget::Host {
+                name: "no-such-host.invalid".into(),
+                port: 15010,
+            },
+        ],
+        DnsFamily::Auto,
+        std::time::Duration::from_secs(2),
+    );
+    let (end, version) = one_stream(&plane).await;
+    assert_eq!(version, "", "nothing was accepted");
+    let StreamEnd::Failed(why) = end else {
+        panic!("a stream to nowhere must fail: {end:?}");
+    };
+    for named in [
+        dead.to_string().as_str(),
+        "/nonexistent/origdst/XDS",
+        "no-such-host.invalid",
+    ] {
+        assert!(why.contains(named), "{named} missing from: {why}");
+    }
 }

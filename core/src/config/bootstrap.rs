@@ -1,7 +1,8 @@
 //! What a stock Envoy bootstrap carries besides its static resources, and how origdst takes it:
 //! `node` (who this proxy is to a control plane), `admin` (its address becomes origdst's admin
 //! address; the rest is Envoy's own and ignored, said in a note), `dynamic_resources` (ADS,
-//! state of the world: `ads_config` over gRPC to a STATIC cluster of the bootstrap, `lds_config`
+//! state of the world or delta: `ads_config` over gRPC to a cluster of the bootstrap — STATIC,
+//! by host name or through a Unix socket —, `lds_config`
 //! and `cds_config` as `ads: {}`), and proto-JSON's camelCase spelling of every field. Every field
 //! outside this is still refused, naming its path.
 
@@ -25,7 +26,7 @@ pub struct Node {
 /// `dynamic_resources`: what a control plane provides over one ADS stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicResources {
-    /// The STATIC cluster the stream goes to (index into `clusters`).
+    /// The cluster the stream goes to (index into `clusters`): STATIC, or `ClusterKind::ControlPlane`.
     pub ads_cluster: usize,
     /// Listeners come from the stream (`lds_config: { ads: {} }`).
     pub lds: bool,
@@ -209,12 +210,18 @@ pub(super) fn dynamic(
         ));
     };
     match &clusters[ads_cluster].kind {
-        ClusterKind::Static { endpoints } if !endpoints.is_empty() => {}
+        ClusterKind::Static { endpoints }
+            if !endpoints.is_empty()
+                && endpoints
+                    .iter()
+                    .all(|e| matches!(e.target, super::EndpointTarget::Socket(_))) => {}
+        ClusterKind::ControlPlane { .. } => {}
         _ => {
             return Err(ConfigError::new(
                 name_path,
                 format!(
-                    "cluster {:?} must be STATIC with at least one endpoint (the control plane's address)",
+                    "cluster {:?} must be STATIC with socket endpoints, STRICT_DNS or LOGICAL_DNS, \
+                     or reach a Unix socket (pipe), with at least one endpoint (the control plane's address)",
                     envoy_grpc.cluster_name
                 ),
             ));

@@ -1,18 +1,22 @@
 //! Cluster validation: ORIGINAL_DST with its `original_dst_lb_config`, STATIC with endpoints by
-//! socket or internal address, and the transport socket.
+//! socket or internal address, the transport socket, and the xDS cluster reached by host name
+//! or Unix socket (the control-plane client's alone).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    BindSource, Cluster, ClusterKind, ConfigError, Endpoint, EndpointTarget, FilterMetadata,
-    Listener, ListenerAddress, MetadataKey, OriginalDstLb, envoy, parse_duration, port_number,
-    socket_address, typed,
+    BindSource, Cluster, ClusterKind, ConfigError, ControlPlaneTarget, DnsFamily, Endpoint,
+    EndpointTarget, FilterMetadata, Listener, ListenerAddress, MetadataKey, OriginalDstLb, envoy,
+    parse_duration, port_number, socket_address, typed,
 };
 
+/// The clusters, in order; `xds_cluster` is the name `dynamic_resources` gives the control
+/// plane's (checked there), the one cluster that may be reached by name or Unix socket.
 pub(super) fn validate(
     raw: &[envoy::Cluster],
     listeners: &[Listener],
+    xds_cluster: Option<&str>,
 ) -> Result<Vec<Cluster>, ConfigError> {
     let mut clusters: Vec<Cluster> = Vec::with_capacity(raw.len());
     for (index, cluster) in raw.iter().enumerate() {
@@ -23,7 +27,8 @@ pub(super) fn validate(
                 format!("duplicate cluster name {:?}", cluster.name),
             ));
         }
-        clusters.push(validate_one(&path, cluster, listeners)?);
+        let control_plane = xds_cluster == Some(cluster.name.as_str());
+        clusters.push(validate_one(&path, cluster, listeners, control_plane)?);
     }
     Ok(clusters)
 }
@@ -32,6 +37,7 @@ fn validate_one(
     path: &str,
     raw: &envoy::Cluster,
     listeners: &[Listener],
+    control_plane: bool,
 ) -> Result<Cluster, ConfigError> {
     let connect_timeout = match &raw.connect_timeout {
         Some(text) => parse_duration(&format!("{path}.connect_timeout"), text)?,
@@ -45,7 +51,19 @@ fn validate_one(
     }
     let kind = match raw.kind.as_str() {
         "ORIGINAL_DST" => original_dst(path, raw)?,
+        "STATIC" if control_plane && has_pipe(raw) => control_plane_cluster(path, raw)?,
         "STATIC" => static_cluster(path, raw, listeners)?,
+        "STRICT_DNS" | "LOGICAL_DNS" if control_plane => control_plane_cluster(path, raw)?,
+        dns @ ("STRICT_DNS" | "LOGICAL_DNS") => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!(
+                    "{dns} is not supported for a cluster that carries connections (no DNS on the \
+                     data path: ORIGINAL_DST, STATIC or, from a control plane, EDS); only the xDS \
+                     cluster (the one dynamic_resources.ads_config names) may be reached by host name"
+                ),
+            ));
+        }
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
@@ -63,7 +81,21 @@ fn validate_one(
         None => BindSource::default(),
         Some(bind) => bind_config(&format!("{path}.upstream_bind_config"), bind)?,
     };
+    if raw.dns_lookup_family.is_some() && !matches!(kind, ClusterKind::ControlPlane { .. }) {
+        return Err(ConfigError::new(
+            format!("{path}.dns_lookup_family"),
+            "only a STRICT_DNS or LOGICAL_DNS cluster looks names up",
+        ));
+    }
     super::bootstrap::protocol_options(path, &raw.typed_extension_protocol_options)?;
+    if let Some(http2) = &raw.http2_protocol_options
+        && !http2.is_mapping()
+    {
+        return Err(ConfigError::new(
+            format!("{path}.http2_protocol_options"),
+            "must be a mapping (`http2_protocol_options: {}`)",
+        ));
+    }
     Ok(Cluster {
         name: raw.name.clone(),
         connect_timeout,
@@ -266,6 +298,12 @@ fn endpoint(
 ) -> Result<Endpoint, ConfigError> {
     let address_path = format!("{path}.endpoint.address");
     let address = &raw.endpoint.address;
+    if address.pipe.is_some() {
+        return Err(ConfigError::new(
+            format!("{address_path}.pipe"),
+            "a Unix socket endpoint is supported only in the xDS cluster (origdst relays TCP)",
+        ));
+    }
     let target = match (&address.socket_address, &address.envoy_internal_address) {
         (Some(socket), None) => {
             let socket_path = format!("{address_path}.socket_address");
@@ -374,6 +412,208 @@ fn transport_socket(path: &str, raw: &envoy::TypedFilter) -> Result<Vec<String>,
 
 /// Envoy's default cluster connect timeout.
 const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Whether any endpoint of the cluster is a Unix socket.
+fn has_pipe(raw: &envoy::Cluster) -> bool {
+    raw.load_assignment.as_ref().is_some_and(|assignment| {
+        assignment
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .any(|e| e.endpoint.address.pipe.is_some())
+    })
+}
+
+/// The xDS cluster reached by host name (`STRICT_DNS`, `LOGICAL_DNS`) or Unix socket: its
+/// endpoints, in order, for the control-plane client to try in turn. Envoy's published xDS
+/// bootstraps (go-control-plane's, the quick start's) name the control plane by host name, and
+/// Istio's reaches its agent through a Unix socket.
+fn control_plane_cluster(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigError> {
+    match raw.lb_policy.as_deref() {
+        None | Some("ROUND_ROBIN") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!(
+                    "{other:?} is not supported for the xDS cluster (supported: ROUND_ROBIN: each \
+                     connection attempt tries the next endpoint)"
+                ),
+            ));
+        }
+    }
+    for (field, present) in [
+        (
+            "original_dst_lb_config",
+            raw.original_dst_lb_config.is_some(),
+        ),
+        ("upstream_bind_config", raw.upstream_bind_config.is_some()),
+        ("transport_socket", raw.transport_socket.is_some()),
+    ] {
+        if present {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                "not supported on the xDS cluster (origdst reaches its control plane over plaintext gRPC)",
+            ));
+        }
+    }
+    let family = match raw.dns_lookup_family.as_deref() {
+        None | Some("AUTO") => DnsFamily::Auto,
+        Some("V4_PREFERRED") => DnsFamily::V4Preferred,
+        Some("V4_ONLY") => DnsFamily::V4Only,
+        Some("V6_ONLY") => DnsFamily::V6Only,
+        Some("ALL") => DnsFamily::All,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.dns_lookup_family"),
+                format!("{other:?} is not one of AUTO, V4_PREFERRED, V4_ONLY, V6_ONLY, ALL"),
+            ));
+        }
+    };
+    let assignment_path = format!("{path}.load_assignment");
+    let Some(assignment) = &raw.load_assignment else {
+        return Err(ConfigError::new(
+            assignment_path,
+            "required: the control plane's address",
+        ));
+    };
+    if assignment.cluster_name != raw.name {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.cluster_name"),
+            format!(
+                "{:?} differs from the cluster's name {:?}",
+                assignment.cluster_name, raw.name
+            ),
+        ));
+    }
+    let mut targets = Vec::new();
+    for (locality_index, locality) in assignment.endpoints.iter().enumerate() {
+        for (index, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
+            let endpoint_path =
+                format!("{assignment_path}.endpoints[{locality_index}].lb_endpoints[{index}]");
+            if lb_endpoint.metadata.is_some() {
+                return Err(ConfigError::new(
+                    format!("{endpoint_path}.metadata"),
+                    "not used for the xDS cluster's endpoints",
+                ));
+            }
+            let address_path = format!("{endpoint_path}.endpoint.address");
+            targets.push(control_plane_target(
+                &address_path,
+                &lb_endpoint.endpoint.address,
+            )?);
+        }
+    }
+    if targets.is_empty() {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.endpoints"),
+            "at least one endpoint is required (the control plane's address)",
+        ));
+    }
+    if targets.len() > ENDPOINTS_MAX {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.endpoints"),
+            format!(
+                "{} endpoints; at most {ENDPOINTS_MAX} are supported",
+                targets.len()
+            ),
+        ));
+    }
+    Ok(ClusterKind::ControlPlane { targets, family })
+}
+
+/// The longest path a Unix socket address holds (`sun_path`, less its terminating NUL).
+const PIPE_PATH_MAX: usize = 107;
+
+fn control_plane_target(
+    path: &str,
+    address: &envoy::Address,
+) -> Result<ControlPlaneTarget, ConfigError> {
+    match (
+        &address.socket_address,
+        &address.pipe,
+        &address.envoy_internal_address,
+    ) {
+        (Some(socket), None, None) => {
+            let socket_path = format!("{path}.socket_address");
+            if let Ok(addr) = socket_address(&socket_path, socket) {
+                return Ok(ControlPlaneTarget::Socket(addr));
+            }
+            if let Some(protocol) = socket.protocol.as_deref().filter(|&p| p != "TCP") {
+                return Err(ConfigError::new(
+                    format!("{socket_path}.protocol"),
+                    format!("only TCP is supported, got {protocol:?}"),
+                ));
+            }
+            host_name(&format!("{socket_path}.address"), &socket.address)?;
+            let port = u16::try_from(socket.port_value)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{socket_path}.port_value"),
+                        format!("{} is not a port (1..=65535)", socket.port_value),
+                    )
+                })?;
+            Ok(ControlPlaneTarget::Host {
+                name: socket.address.clone(),
+                port,
+            })
+        }
+        (None, Some(pipe), None) => {
+            let pipe_path = format!("{path}.pipe.path");
+            if pipe.path.is_empty() || pipe.path.contains('\0') {
+                return Err(ConfigError::new(
+                    pipe_path,
+                    "must be a non-empty path without NUL",
+                ));
+            }
+            if pipe.path.starts_with('@') {
+                return Err(ConfigError::new(
+                    pipe_path,
+                    "abstract Unix sockets (@name) are not supported: give a path",
+                ));
+            }
+            if pipe.path.len() > PIPE_PATH_MAX {
+                return Err(ConfigError::new(
+                    pipe_path,
+                    format!(
+                        "{} bytes; a Unix socket's path holds at most {PIPE_PATH_MAX}",
+                        pipe.path.len()
+                    ),
+                ));
+            }
+            Ok(ControlPlaneTarget::Pipe(pipe.path.clone().into()))
+        }
+        _ => Err(ConfigError::new(
+            path,
+            "exactly one of socket_address and pipe is required for the xDS cluster",
+        )),
+    }
+}
+
+/// A DNS name: 1–253 bytes of dot-separated labels, each 1–63 letters, digits, `-` or `_`, not
+/// beginning or ending with `-`.
+fn host_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if name_ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("{name:?} is neither an IP address nor a host name"),
+        ))
+    }
+}
 /// Envoy's default header for `use_http_header`.
 const HTTP_HEADER_DEFAULT: &str = "x-envoy-original-dst-host";
 /// A bound on the per-shard round-robin table; more is a typo.

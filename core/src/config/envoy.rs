@@ -216,7 +216,7 @@ pub(crate) struct Listener {
     pub(crate) internal_listener: Option<Value>,
 }
 
-/// Exactly one of the two (checked during validation).
+/// Exactly one of these (checked during validation); a `pipe` only for the xDS cluster.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Address {
@@ -224,6 +224,15 @@ pub(crate) struct Address {
     pub(crate) socket_address: Option<SocketAddress>,
     #[serde(default)]
     pub(crate) envoy_internal_address: Option<InternalAddress>,
+    #[serde(default)]
+    pub(crate) pipe: Option<Pipe>,
+}
+
+/// A Unix socket's path (Istio's bootstrap reaches its agent's xDS proxy through one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pipe {
+    pub(crate) path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +383,13 @@ pub(crate) struct Cluster {
     /// Protocol options by extension name (an xDS cluster asks for HTTP/2 here).
     #[serde(default)]
     pub(crate) typed_extension_protocol_options: BTreeMap<String, Value>,
+    /// The deprecated spelling of the same (`http2_protocol_options: {}` on the cluster), which
+    /// many published xDS bootstraps still carry.
+    #[serde(default)]
+    pub(crate) http2_protocol_options: Option<Value>,
+    /// A DNS cluster's address family (the xDS cluster's only).
+    #[serde(default)]
+    pub(crate) dns_lookup_family: Option<String>,
 }
 
 /// `upstream_bind_config` (Envoy's `BindConfig`): the source address of upstream connections.

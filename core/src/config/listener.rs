@@ -169,6 +169,12 @@ fn listener_address(
     raw: &envoy::Listener,
     internal: Option<InternalListenerSettings>,
 ) -> Result<ListenerAddress, ConfigError> {
+    if raw.address.pipe.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.address.pipe"),
+            "a listener on a Unix socket is not supported (origdst relays TCP)",
+        ));
+    }
     match (
         &raw.address.socket_address,
         &raw.address.envoy_internal_address,
@@ -611,6 +617,16 @@ fn tcp_proxy(
             ),
         ));
     };
+    if matches!(clusters[cluster].kind, ClusterKind::ControlPlane { .. }) {
+        return Err(ConfigError::new(
+            format!("{config_path}.cluster"),
+            format!(
+                "{:?} is the xDS cluster, reached by host name or Unix socket: only the \
+                 control-plane client connects to it",
+                proxy.cluster
+            ),
+        ));
+    }
     let max_connect_attempts = proxy.max_connect_attempts.unwrap_or(1);
     if !(1..=CONNECT_ATTEMPTS_MAX).contains(&max_connect_attempts) {
         return Err(ConfigError::new(

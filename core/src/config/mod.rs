@@ -298,6 +298,62 @@ pub enum ClusterKind {
         /// `load_assignment` endpoints, flattened in order.
         endpoints: Vec<Endpoint>,
     },
+    /// The xDS cluster, where it is reached by host name (`STRICT_DNS`, `LOGICAL_DNS`) or
+    /// through a Unix socket (`pipe`): only the control-plane client connects to it (it looks
+    /// names up itself, off the shards), so no listener may name it.
+    ControlPlane {
+        /// Its endpoints, in order.
+        targets: Vec<ControlPlaneTarget>,
+        /// `dns_lookup_family`: which addresses of a name are tried.
+        family: DnsFamily,
+    },
+}
+
+/// One endpoint of a control plane's cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlPlaneTarget {
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// A host name and port, looked up at each connection attempt.
+    Host {
+        /// The name (checked as a DNS name: letters, digits, `-`, `_`, dots).
+        name: String,
+        /// The port.
+        port: u16,
+    },
+    /// A Unix socket's path.
+    Pipe(std::path::PathBuf),
+}
+
+/// `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsFamily {
+    /// `AUTO` (Envoy's default): IPv6 addresses first, then IPv4.
+    #[default]
+    Auto,
+    /// `V4_PREFERRED`: IPv4 addresses first, then IPv6.
+    V4Preferred,
+    /// `V4_ONLY`.
+    V4Only,
+    /// `V6_ONLY`.
+    V6Only,
+    /// `ALL`: every address, in the resolver's order.
+    All,
+}
+
+impl DnsFamily {
+    /// The addresses of a name to try, in the order to try them.
+    pub fn order(self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        match self {
+            Self::All => {}
+            Self::V4Only => addrs.retain(SocketAddr::is_ipv4),
+            Self::V6Only => addrs.retain(SocketAddr::is_ipv6),
+            // A stable sort keeps the resolver's order within each family.
+            Self::Auto => addrs.sort_by_key(SocketAddr::is_ipv4),
+            Self::V4Preferred => addrs.sort_by_key(SocketAddr::is_ipv6),
+        }
+        addrs
+    }
 }
 
 /// `original_dst_lb_config`.
@@ -456,7 +512,14 @@ fn validate(raw: envoy::Bootstrap) -> Result<Config, ConfigError> {
     // clusters, then the chains (which refer to clusters).
     let mut listeners =
         listener::validate_addresses(&resources.listeners, &knobs, internal_listener)?;
-    let clusters = cluster::validate(&resources.clusters, &listeners)?;
+    let xds_cluster = raw
+        .dynamic_resources
+        .as_ref()
+        .and_then(|d| d.ads_config.as_ref())
+        .and_then(|ads| ads.grpc_services.first())
+        .and_then(|service| service.envoy_grpc.as_ref())
+        .map(|grpc| grpc.cluster_name.as_str());
+    let clusters = cluster::validate(&resources.clusters, &listeners, xds_cluster)?;
     listener::validate_chains(&resources.listeners, &mut listeners, &clusters)?;
     let node = bootstrap::node(raw.node.as_ref());
     let dynamic = bootstrap::dynamic(raw.dynamic_resources.as_ref(), node.as_ref(), &clusters)?;
