@@ -392,33 +392,25 @@ fn with_xds_cluster(fields: &str) -> String {
 
 #[test]
 fn every_unsupported_input_is_refused_with_a_pinned_message() {
-    let mut actual = String::new();
-    for (case, from, to) in UNSUPPORTED {
+    let edited = UNSUPPORTED.iter().map(|(case, from, to)| {
         assert!(
             BASE.contains(from),
             "case {case:?}: the base has no {from:?}"
         );
-        let yaml = BASE.replacen(from, to, 1);
-        let Err(error) = Config::from_yaml(&yaml) else {
-            panic!("case {case:?} was accepted:\n{yaml}");
-        };
-        assert!(
-            !error.path.is_empty(),
-            "case {case:?}: the error names no field: {error}"
-        );
-        actual.push_str(&format!("{case}\n    {error}\n"));
-    }
+        (*case, BASE.replacen(from, to, 1))
+    });
     let dns_cluster = "    type: STRICT_DNS\n    load_assignment: { cluster_name: xds, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: cp.example, port_value: 18000 } } } } ] } ] }\n";
     let named_by_a_listener =
         with_xds_cluster(dns_cluster).replacen("cluster: pass", "cluster: xds", 1);
-    let cases = UNSUPPORTED_XDS_CLUSTER
+    let xds_clusters = UNSUPPORTED_XDS_CLUSTER
         .iter()
         .map(|(case, fields)| (*case, with_xds_cluster(fields)))
         .chain([(
             "xDS cluster by host name named by a listener",
             named_by_a_listener,
         )]);
-    for (case, yaml) in cases {
+    let mut actual = String::new();
+    for (case, yaml) in edited.chain(xds_clusters) {
         let Err(error) = Config::from_yaml(&yaml) else {
             panic!("case {case:?} was accepted:\n{yaml}");
         };

@@ -257,37 +257,16 @@ fn static_cluster(
             "only an ORIGINAL_DST cluster takes original_dst_lb_config",
         ));
     }
-    let mut endpoints = Vec::new();
     let Some(assignment) = &raw.load_assignment else {
         // Istio's BlackHoleCluster: STATIC with no endpoints.
-        return Ok(ClusterKind::Static { endpoints });
+        return Ok(ClusterKind::Static {
+            endpoints: Vec::new(),
+        });
     };
-    let assignment_path = format!("{path}.load_assignment");
-    if assignment.cluster_name != raw.name {
-        return Err(ConfigError::new(
-            format!("{assignment_path}.cluster_name"),
-            format!(
-                "{:?} differs from the cluster's name {:?}",
-                assignment.cluster_name, raw.name
-            ),
-        ));
-    }
-    for (locality_index, locality) in assignment.endpoints.iter().enumerate() {
-        for (index, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
-            let endpoint_path =
-                format!("{assignment_path}.endpoints[{locality_index}].lb_endpoints[{index}]");
-            endpoints.push(endpoint(&endpoint_path, lb_endpoint, listeners)?);
-        }
-    }
-    if endpoints.len() > ENDPOINTS_MAX {
-        return Err(ConfigError::new(
-            format!("{assignment_path}.endpoints"),
-            format!(
-                "{} endpoints; at most {ENDPOINTS_MAX} are supported",
-                endpoints.len()
-            ),
-        ));
-    }
+    let endpoints = assigned(path, raw, assignment)?
+        .into_iter()
+        .map(|(endpoint_path, lb_endpoint)| endpoint(&endpoint_path, lb_endpoint, listeners))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ClusterKind::Static { endpoints })
 }
 
@@ -469,13 +448,43 @@ fn control_plane_cluster(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind
             ));
         }
     };
-    let assignment_path = format!("{path}.load_assignment");
     let Some(assignment) = &raw.load_assignment else {
         return Err(ConfigError::new(
-            assignment_path,
+            format!("{path}.load_assignment"),
             "required: the control plane's address",
         ));
     };
+    let mut targets = Vec::new();
+    for (endpoint_path, lb_endpoint) in assigned(path, raw, assignment)? {
+        if lb_endpoint.metadata.is_some() {
+            return Err(ConfigError::new(
+                format!("{endpoint_path}.metadata"),
+                "not used for the xDS cluster's endpoints",
+            ));
+        }
+        let address_path = format!("{endpoint_path}.endpoint.address");
+        targets.push(control_plane_target(
+            &address_path,
+            &lb_endpoint.endpoint.address,
+        )?);
+    }
+    if targets.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment.endpoints"),
+            "at least one endpoint is required (the control plane's address)",
+        ));
+    }
+    Ok(ClusterKind::ControlPlane { targets, family })
+}
+
+/// A `load_assignment`'s endpoints with their paths, flattened in order, once it is checked to
+/// name its cluster and to hold at most [`ENDPOINTS_MAX`] (before any is looked at).
+fn assigned<'a>(
+    path: &str,
+    raw: &envoy::Cluster,
+    assignment: &'a envoy::LoadAssignment,
+) -> Result<Vec<(String, &'a envoy::LbEndpoint)>, ConfigError> {
+    let assignment_path = format!("{path}.load_assignment");
     if assignment.cluster_name != raw.name {
         return Err(ConfigError::new(
             format!("{assignment_path}.cluster_name"),
@@ -485,40 +494,27 @@ fn control_plane_cluster(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind
             ),
         ));
     }
-    let mut targets = Vec::new();
+    let count: usize = assignment
+        .endpoints
+        .iter()
+        .map(|l| l.lb_endpoints.len())
+        .sum();
+    if count > ENDPOINTS_MAX {
+        return Err(ConfigError::new(
+            format!("{assignment_path}.endpoints"),
+            format!("{count} endpoints; at most {ENDPOINTS_MAX} are supported"),
+        ));
+    }
+    let mut out = Vec::with_capacity(count);
     for (locality_index, locality) in assignment.endpoints.iter().enumerate() {
         for (index, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
-            let endpoint_path =
-                format!("{assignment_path}.endpoints[{locality_index}].lb_endpoints[{index}]");
-            if lb_endpoint.metadata.is_some() {
-                return Err(ConfigError::new(
-                    format!("{endpoint_path}.metadata"),
-                    "not used for the xDS cluster's endpoints",
-                ));
-            }
-            let address_path = format!("{endpoint_path}.endpoint.address");
-            targets.push(control_plane_target(
-                &address_path,
-                &lb_endpoint.endpoint.address,
-            )?);
+            out.push((
+                format!("{assignment_path}.endpoints[{locality_index}].lb_endpoints[{index}]"),
+                lb_endpoint,
+            ));
         }
     }
-    if targets.is_empty() {
-        return Err(ConfigError::new(
-            format!("{assignment_path}.endpoints"),
-            "at least one endpoint is required (the control plane's address)",
-        ));
-    }
-    if targets.len() > ENDPOINTS_MAX {
-        return Err(ConfigError::new(
-            format!("{assignment_path}.endpoints"),
-            format!(
-                "{} endpoints; at most {ENDPOINTS_MAX} are supported",
-                targets.len()
-            ),
-        ));
-    }
-    Ok(ClusterKind::ControlPlane { targets, family })
+    Ok(out)
 }
 
 /// The longest path a Unix socket address holds (`sun_path`, less its terminating NUL).
