@@ -261,6 +261,21 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "    type: STRICT_DNS\n",
     ),
     (
+        "cluster STRICT_DNS by host name for connections",
+        "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
+        "  - name: pass\n    type: STRICT_DNS\n    load_assignment: { cluster_name: pass, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: backend.example, port_value: 80 } } } } ] } ] }\n",
+    ),
+    (
+        "cluster LOGICAL_DNS with two endpoints",
+        "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
+        "  - name: pass\n    type: LOGICAL_DNS\n    load_assignment: { cluster_name: pass, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 10.0.0.1, port_value: 80 } } } }, { endpoint: { address: { socket_address: { address: 10.0.0.2, port_value: 80 } } } } ] } ] }\n",
+    ),
+    (
+        "cluster STRICT_DNS address outside its family",
+        "  - name: pass\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n",
+        "  - name: pass\n    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY\n    load_assignment: { cluster_name: pass, endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: \"fd00::1\", port_value: 80 } } } } ] } ] }\n",
+    ),
+    (
         "cluster health_checks",
         "    lb_policy: CLUSTER_PROVIDED\n",
         "    lb_policy: CLUSTER_PROVIDED\n    health_checks: []\n",

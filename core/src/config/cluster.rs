@@ -3,6 +3,7 @@
 //! or Unix socket (the control-plane client's alone).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::{
@@ -54,16 +55,7 @@ fn validate_one(
         "STATIC" if control_plane && has_pipe(raw) => control_plane_cluster(path, raw)?,
         "STATIC" => static_cluster(path, raw, listeners)?,
         "STRICT_DNS" | "LOGICAL_DNS" if control_plane => control_plane_cluster(path, raw)?,
-        dns @ ("STRICT_DNS" | "LOGICAL_DNS") => {
-            return Err(ConfigError::new(
-                format!("{path}.type"),
-                format!(
-                    "{dns} is not supported for a cluster that carries connections (no DNS on the \
-                     data path: ORIGINAL_DST, STATIC or, from a control plane, EDS); only the xDS \
-                     cluster (the one dynamic_resources.ads_config names) may be reached by host name"
-                ),
-            ));
-        }
+        dns @ ("STRICT_DNS" | "LOGICAL_DNS") => dns_cluster(path, raw, listeners, dns)?,
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
@@ -81,7 +73,8 @@ fn validate_one(
         None => BindSource::default(),
         Some(bind) => bind_config(&format!("{path}.upstream_bind_config"), bind)?,
     };
-    if raw.dns_lookup_family.is_some() && !matches!(kind, ClusterKind::ControlPlane { .. }) {
+    if raw.dns_lookup_family.is_some() && !matches!(raw.kind.as_str(), "STRICT_DNS" | "LOGICAL_DNS")
+    {
         return Err(ConfigError::new(
             format!("{path}.dns_lookup_family"),
             "only a STRICT_DNS or LOGICAL_DNS cluster looks names up",
@@ -133,7 +126,7 @@ fn bind_config(path: &str, raw: &envoy::BindConfig) -> Result<BindSource, Config
                 format!("only TCP is supported, got {protocol:?}"),
             ));
         }
-        let ip: std::net::IpAddr = address.address.parse().map_err(|_| {
+        let ip: IpAddr = address.address.parse().map_err(|_| {
             ConfigError::new(
                 format!("{at}.address"),
                 format!("{:?} is not an IP address", address.address),
@@ -146,8 +139,8 @@ fn bind_config(path: &str, raw: &envoy::BindConfig) -> Result<BindSource, Config
             ));
         }
         let taken = match ip {
-            std::net::IpAddr::V4(ip) => out.v4.replace(ip).is_some(),
-            std::net::IpAddr::V6(ip) => out.v6.replace(ip).is_some(),
+            IpAddr::V4(ip) => out.v4.replace(ip).is_some(),
+            IpAddr::V6(ip) => out.v6.replace(ip).is_some(),
         };
         if taken {
             return Err(ConfigError::new(
@@ -392,6 +385,89 @@ fn transport_socket(path: &str, raw: &envoy::TypedFilter) -> Result<Vec<String>,
 /// Envoy's default cluster connect timeout.
 const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
+/// A `STRICT_DNS` or `LOGICAL_DNS` cluster that carries connections: taken as STATIC where its
+/// endpoints are IP addresses (what looking them up gives: control planes built on
+/// go-control-plane's examples push these), refused naming the first host name — the data path
+/// looks nothing up (a shard must never wait on a resolver), so a name needs EDS.
+fn dns_cluster(
+    path: &str,
+    raw: &envoy::Cluster,
+    listeners: &[Listener],
+    dns: &str,
+) -> Result<ClusterKind, ConfigError> {
+    match raw.lb_policy.as_deref() {
+        None | Some("ROUND_ROBIN") => {}
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!("{other:?} is not supported for a {dns} cluster (supported: ROUND_ROBIN)"),
+            ));
+        }
+    }
+    let Some(assignment) = &raw.load_assignment else {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            format!("required: a {dns} cluster names its hosts"),
+        ));
+    };
+    let family = dns_family(path, raw)?;
+    let endpoints = assigned(path, raw, assignment)?;
+    if dns == "LOGICAL_DNS" && endpoints.len() != 1 {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment.endpoints"),
+            format!(
+                "a LOGICAL_DNS cluster has exactly one endpoint (as Envoy requires), {} given",
+                endpoints.len()
+            ),
+        ));
+    }
+    for (endpoint_path, lb_endpoint) in &endpoints {
+        let Some(socket) = &lb_endpoint.endpoint.address.socket_address else {
+            continue;
+        };
+        let at = format!("{endpoint_path}.endpoint.address.socket_address.address");
+        let Ok(ip) = socket.address.parse::<IpAddr>() else {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "{:?} is a host name, and origdst's data path looks no name up (a shard never \
+                     waits on a resolver): give IP addresses (a {dns} cluster of IP addresses is \
+                     taken as STATIC) or push the endpoints over EDS; only the xDS cluster (the one \
+                     dynamic_resources.ads_config names) may be reached by host name",
+                    socket.address
+                ),
+            ));
+        };
+        if family.order(vec![SocketAddr::new(ip, 0)]).is_empty() {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "{ip} is outside dns_lookup_family {}",
+                    raw.dns_lookup_family.as_deref().unwrap_or("AUTO")
+                ),
+            ));
+        }
+    }
+    static_cluster(path, raw, listeners)
+}
+
+/// `dns_lookup_family` (Envoy's default: AUTO).
+fn dns_family(path: &str, raw: &envoy::Cluster) -> Result<DnsFamily, ConfigError> {
+    Ok(match raw.dns_lookup_family.as_deref() {
+        None | Some("AUTO") => DnsFamily::Auto,
+        Some("V4_PREFERRED") => DnsFamily::V4Preferred,
+        Some("V4_ONLY") => DnsFamily::V4Only,
+        Some("V6_ONLY") => DnsFamily::V6Only,
+        Some("ALL") => DnsFamily::All,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.dns_lookup_family"),
+                format!("{other:?} is not one of AUTO, V4_PREFERRED, V4_ONLY, V6_ONLY, ALL"),
+            ));
+        }
+    })
+}
+
 /// Whether any endpoint of the cluster is a Unix socket.
 fn has_pipe(raw: &envoy::Cluster) -> bool {
     raw.load_assignment.as_ref().is_some_and(|assignment| {
@@ -435,19 +511,7 @@ fn control_plane_cluster(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind
             ));
         }
     }
-    let family = match raw.dns_lookup_family.as_deref() {
-        None | Some("AUTO") => DnsFamily::Auto,
-        Some("V4_PREFERRED") => DnsFamily::V4Preferred,
-        Some("V4_ONLY") => DnsFamily::V4Only,
-        Some("V6_ONLY") => DnsFamily::V6Only,
-        Some("ALL") => DnsFamily::All,
-        Some(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.dns_lookup_family"),
-                format!("{other:?} is not one of AUTO, V4_PREFERRED, V4_ONLY, V6_ONLY, ALL"),
-            ));
-        }
-    };
+    let family = dns_family(path, raw)?;
     let Some(assignment) = &raw.load_assignment else {
         return Err(ConfigError::new(
             format!("{path}.load_assignment"),

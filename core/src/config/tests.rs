@@ -143,8 +143,8 @@ fn bad_values_name_the_field_and_the_reason() {
         ),
         (
             MINIMAL.replace("type: ORIGINAL_DST", "type: STRICT_DNS"),
-            "static_resources.clusters[0].type",
-            "not supported",
+            "static_resources.clusters[0].lb_policy",
+            "not supported for a STRICT_DNS cluster",
         ),
         (
             MINIMAL.replace("lb_policy: CLUSTER_PROVIDED", "lb_policy: ROUND_ROBIN"),
@@ -537,4 +537,42 @@ fn upstream_bind_config_refuses_what_cannot_work() {
         "{ source_address: { address: 127.0.0.6 }, freebind: true }",
     ));
     assert!(error.to_string().contains("freebind"), "{error}");
+}
+
+/// A STRICT_DNS or LOGICAL_DNS cluster whose endpoints are IP addresses is what looking them up
+/// gives: it is taken as STATIC, its family honoured.
+#[test]
+fn a_dns_cluster_of_ip_addresses_is_taken_as_static() {
+    for (kind, family, endpoints) in [
+        (
+            "STRICT_DNS",
+            "AUTO",
+            "10.0.0.1, port_value: 80 } } } }, { endpoint: { address: { socket_address: { address: \"fd00::1\", port_value: 80",
+        ),
+        ("LOGICAL_DNS", "V4_ONLY", "10.0.0.1, port_value: 80"),
+    ] {
+        let yaml = MINIMAL.replace(
+            "  - { name: pass, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n",
+            &format!(
+                "  - name: pass\n    type: {kind}\n    dns_lookup_family: {family}\n    load_assignment: {{ cluster_name: pass, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: {endpoints} }} }} }} }} ] }} ] }}\n"
+            ),
+        );
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{kind}: {e}\n{yaml}"));
+        let ClusterKind::Static { endpoints } = &config.clusters[0].kind else {
+            panic!("{kind}: {:?}", config.clusters[0].kind);
+        };
+        let addrs: Vec<String> = endpoints
+            .iter()
+            .map(|e| match e.target {
+                EndpointTarget::Socket(addr) => addr.to_string(),
+                EndpointTarget::Internal { .. } => "internal".into(),
+            })
+            .collect();
+        let want: &[&str] = if kind == "STRICT_DNS" {
+            &["10.0.0.1:80", "[fd00::1]:80"]
+        } else {
+            &["10.0.0.1:80"]
+        };
+        assert_eq!(addrs, want, "{kind}");
+    }
 }

@@ -148,6 +148,20 @@ pub fn cluster(c: &Cluster) -> Result<Value, String> {
         put(&mut out, "lb_policy", Value::from(policy.as_str_name()));
     }
     rest.lb_policy = 0;
+    let family = cluster::DnsLookupFamily::try_from(c.dns_lookup_family).map_err(|_| {
+        format!(
+            "dns_lookup_family: {} is not an address family",
+            c.dns_lookup_family
+        )
+    })?;
+    if family != cluster::DnsLookupFamily::Auto {
+        put(
+            &mut out,
+            "dns_lookup_family",
+            Value::from(family.as_str_name()),
+        );
+    }
+    rest.dns_lookup_family = 0;
     if let Some(d) = &c.connect_timeout {
         put(&mut out, "connect_timeout", Value::from(duration(d)));
     }

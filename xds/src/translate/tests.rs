@@ -185,13 +185,41 @@ fn refusals_name_the_resource_and_the_field() {
         "listener \"virtualOutbound\": filter_chains[0].transport_socket_connect_timeout: not supported (proto field 9)"
     );
     // What the validator refuses, named as the file loader names it, under the resource's name.
+    // A DNS cluster of IP addresses is taken as STATIC (go-control-plane's examples push
+    // LOGICAL_DNS with V4_ONLY); a host name is refused, naming it: no DNS on the data path.
     let mut dns = service("ratings", "10.1.0.8");
     dns.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::LogicalDns as i32,
+    ));
+    dns.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
+    let (config, _) = judge(BOOTSTRAP, &[passthrough(), dns], &[virtual_outbound()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ratings = config
+        .clusters
+        .iter()
+        .find(|c| c.name == "ratings")
+        .unwrap();
+    assert!(
+        matches!(&ratings.kind, origdst_core::config::ClusterKind::Static { endpoints } if endpoints.len() == 1),
+        "{ratings:?}"
+    );
+    let mut named = service("ratings", "ratings.default.svc.cluster.local");
+    named.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
         cluster::DiscoveryType::StrictDns as i32,
     ));
-    let err = judge(BOOTSTRAP, &[passthrough(), dns], &[virtual_outbound()]).unwrap_err();
-    assert!(err.starts_with("cluster \"ratings\": type:"), "{err}");
-    assert!(err.contains("STRICT_DNS"), "{err}");
+    let err = judge(BOOTSTRAP, &[passthrough(), named], &[virtual_outbound()]).unwrap_err();
+    assert!(err.starts_with("cluster \"ratings\": "), "{err}");
+    assert!(
+        err.contains("\"ratings.default.svc.cluster.local\" is a host name"),
+        "{err}"
+    );
+    let mut v6_only = service("ratings", "10.1.0.8");
+    v6_only.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::StrictDns as i32,
+    ));
+    v6_only.dns_lookup_family = cluster::DnsLookupFamily::V6Only as i32;
+    let err = judge(BOOTSTRAP, &[passthrough(), v6_only], &[virtual_outbound()]).unwrap_err();
+    assert!(err.contains("outside dns_lookup_family V6_ONLY"), "{err}");
     // A listener whose cluster was not pushed.
     let err = judge(BOOTSTRAP, &[], &[service_listener("reviews", 9080)]).unwrap_err();
     assert!(err.starts_with("listener \"reviews\": "), "{err}");
@@ -235,7 +263,7 @@ fn a_proto_json_bootstrap_takes_pushed_resources_too() {
     ));
     let err = judge(json, &[dns], &[]).unwrap_err();
     assert!(
-        err.starts_with("cluster \"PassthroughCluster\": type:"),
+        err.starts_with("cluster \"PassthroughCluster\": lb_policy:"),
         "{err}"
     );
 }
