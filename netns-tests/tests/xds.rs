@@ -411,10 +411,74 @@ fn listeners_come_and_go_as_a_control_plane_pushes_them() {
         clusters["static_clusters"][0]["cluster"]["name"],
         "xds-grpc"
     );
+    // A push mixing what origdst takes with what it cannot (a cluster with a field it does not
+    // implement): that one is set aside and named in the NACK, the rest goes into force — as
+    // Envoy's CDS takes the valid clusters of a response and rejects the others.
+    let mut extra = Cluster::decode(passthrough().value.as_slice()).unwrap();
+    extra.name = "extra".into();
+    let mut limited = extra.clone();
+    limited.name = "limited".into();
+    limited.per_connection_buffer_limit_bytes =
+        Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1024 });
+    let any = |c: &Cluster| Any {
+        type_url: CDS.into(),
+        value: c.encode_to_vec(),
+    };
+    control.push(
+        CDS,
+        "c3",
+        vec![
+            passthrough(),
+            eds_cluster("svc", "outbound|8080||svc"),
+            any(&extra),
+            any(&limited),
+        ],
+    );
+    let nack = wait_for_request(&control, "NACK of c3", |r| {
+        r.type_url == CDS && r.error_detail.is_some()
+    });
+    assert_eq!(
+        nack.error_detail.expect("a detail").message,
+        "cluster \"limited\": per_connection_buffer_limit_bytes: not supported (proto field 5) \
+         (set aside; the rest of the push is in force)"
+    );
+    assert_eq!(
+        nack.version_info, "c2",
+        "the NACK carries the version in force"
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, text) = admin::get(&gw.router, "/config_dump");
+        let dump: serde_json::Value = serde_json::from_str(&text).expect("a JSON dump");
+        let names: Vec<String> = dump["configs"][2]["dynamic_active_clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_string))
+            .collect();
+        if names.iter().any(|n| n == "extra") {
+            assert!(!names.iter().any(|n| n == "limited"), "{names:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rest of c3 never went into force: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ask(&gw, server), greeting(server), "l5 serves on");
     let metrics = admin::scrape(&gw.router);
     assert_eq!(metrics.value("origdst_xds_connected"), 1.0);
     assert_eq!(
         metrics.value("origdst_xds_updates_total{type=\"lds\",result=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        metrics.value("origdst_xds_updates_total{type=\"cds\",result=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        metrics.value("origdst_xds_resources_set_aside_total{type=\"cds\"}"),
         1.0
     );
     assert_eq!(

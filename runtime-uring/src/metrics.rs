@@ -355,6 +355,18 @@ fn encode_xds(
             }
         }
     }
+    {
+        let mut family = encoder.encode_descriptor(
+            "xds_resources_set_aside",
+            "Resources not taken from pushes whose rest went into force (NACKed, named), by type.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, kind) in types.iter().enumerate() {
+            ConstCounter::new(load(&xds.set_aside[i]))
+                .encode(family.encode_family(&[("type", *kind)])?)?;
+        }
+    }
     let versions = xds
         .versions
         .lock()

@@ -24,6 +24,7 @@ use origdst_xds::backoff::Backoff;
 use origdst_xds::compose::{self, Composed, Pushed};
 use origdst_xds::delta::DeltaSession;
 use origdst_xds::resources;
+use origdst_xds::screen;
 use origdst_xds::session::{AdsSession, ResourceType, Verdict};
 use origdst_xds::stream::{self, Judge, StreamEnd};
 
@@ -38,8 +39,10 @@ pub struct XdsGauges {
     pub connected: AtomicU64,
     /// Pushes accepted, by type: clusters, listeners, endpoints ([`TYPES`]).
     pub accepted: [AtomicU64; 3],
-    /// Pushes refused (NACKed), by type.
+    /// Pushes refused (NACKed), by type: wholly, or with some resources set aside.
     pub rejected: [AtomicU64; 3],
+    /// Resources set aside (not taken) from pushes whose rest went into force, by type.
+    pub set_aside: [AtomicU64; 3],
     /// Streams opened since start.
     pub streams: AtomicU64,
     /// The versions in force, by type.
@@ -329,7 +332,7 @@ impl Client {
         if let Err(why) = decoded {
             return Verdict::Rejected(why);
         }
-        self.put_in_force(kind, next)
+        self.put_in_force_screened(kind, next)
     }
 
     /// A delta push: its resources replace the held ones of the same name or join them, its
@@ -372,7 +375,44 @@ impl Client {
         if let Err(why) = merged {
             return Verdict::Rejected(why);
         }
-        self.put_in_force(kind, next)
+        self.put_in_force_screened(kind, next)
+    }
+
+    /// `next` put in force with what of it cannot be taken set aside, as Envoy takes the valid
+    /// listeners and clusters of a push and rejects the others (`origdst_xds::screen`): the
+    /// response is NACKed naming each one set aside, the rest in force.
+    fn put_in_force_screened(&mut self, kind: ResourceType, mut next: Pushed) -> Verdict {
+        let mut reasons = screen::untranslatable(&mut next, &self.pushed, kind);
+        let mut named_by_validator = 0;
+        loop {
+            if !reasons.is_empty() && next == self.pushed {
+                // Nothing of the push is left to take.
+                return self.set_aside(kind, reasons, false);
+            }
+            match self.put_in_force(kind, next.clone()) {
+                Verdict::Accepted if reasons.is_empty() => return Verdict::Accepted,
+                Verdict::Accepted => return self.set_aside(kind, reasons, true),
+                Verdict::Rejected(why) => {
+                    let name = (named_by_validator < screen::VALIDATOR_SET_ASIDE_MAX)
+                        .then(|| screen::named(&why, &next, &self.pushed, kind))
+                        .flatten();
+                    let Some(name) = name else {
+                        // Refused as a whole (or past the bound): nothing of it is taken.
+                        reasons.push(why);
+                        return Verdict::Rejected(screen::detail(&reasons, false));
+                    };
+                    screen::set_aside(&mut next, &self.pushed, kind, &name);
+                    reasons.push(why);
+                    named_by_validator += 1;
+                }
+            }
+        }
+    }
+
+    /// The NACK of a push some of whose resources were set aside, counted.
+    fn set_aside(&self, kind: ResourceType, reasons: Vec<String>, rest_in_force: bool) -> Verdict {
+        self.gauges.set_aside[index(kind)].fetch_add(reasons.len() as u64, Ordering::Relaxed);
+        Verdict::Rejected(screen::detail(&reasons, rest_in_force))
     }
 
     /// `next` (what would be held) composed, judged and, if valid, put in force.

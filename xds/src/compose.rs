@@ -32,7 +32,7 @@ const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 /// The resources accepted from the control plane, by type.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pushed {
     /// The clusters (CDS), as pushed.
     pub clusters: Vec<Cluster>,

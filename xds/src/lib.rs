@@ -7,7 +7,8 @@
 //! NACKed with the last accepted version, the nonce and an error detail, everything resent after a
 //! reconnect with the versions in force; [`delta::DeltaSession`] is the same for incremental
 //! (delta) xDS. [`compose`] decides what of the pushed resources is in force and what warms.
-//! [`backoff::Backoff`] spaces reconnects with jitter. The
+//! [`screen`] sets aside what of a push cannot be taken, as Envoy does, so the rest goes into
+//! force. [`backoff::Backoff`] spaces reconnects with jitter. The
 //! gRPC transport (tonic, `envoy-types`' protos) and the translation of resources into origdst's
 //! validated config plug in around them; the state machine is what the tests pin.
 
@@ -20,6 +21,7 @@ pub mod delta;
 pub mod dial;
 mod plan;
 pub mod resources;
+pub mod screen;
 pub mod session;
 pub mod stream;
 pub mod translate;
