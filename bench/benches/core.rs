@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the core's hot paths: original-destination resolution, routing a
-//! connection through an Istio-sized listener set, and one connection's whole state-machine life.
+//! connection through an Istio-sized listener set, carrying the balancer over a reload of a
+//! mesh's clusters, and one connection's whole state-machine life.
 //! `cargo bench -p bench --bench core`.
 
 use std::hint::black_box;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use origdst_core::addr::{ClientAddr, ListenerAddr, LocalAddr};
-use origdst_core::config::Config;
 use origdst_core::config::ConnParams;
+use origdst_core::config::{Config, KnobOverrides};
 use origdst_core::connection::{Action, Connection};
 use origdst_core::orig_dst::{AcceptEvidence, RecordAnswer, SelfAddrs, SockOptAnswer, resolve};
 use origdst_core::relay::Dir;
@@ -79,6 +80,54 @@ fn istio(services: u16) -> Config {
     .expect("a valid benchmark config")
 }
 
+/// `count` STATIC clusters (one endpoint each) behind one capture listener, named from
+/// `first` on: the next push's config shares all but the first name.
+fn clusters(count: usize, first: usize) -> Config {
+    let mut clusters = String::new();
+    for i in first..first + count {
+        clusters.push_str(&format!(
+            "  - {{ name: c{i}, type: STATIC, load_assignment: {{ cluster_name: c{i}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 10.1.{}.{}, port_value: 8080 }} }} }} }} ] }} ] }} }}\n",
+            i / 250 % 250,
+            i % 250 + 1
+        ));
+    }
+    Config::from_yaml(&format!(
+        "static_resources:\n  listeners:\n  - {{ name: capture, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: c, cluster: c{first} }} }} ] }} ] }}\n  clusters:\n{clusters}"
+    ))
+    .expect("a valid benchmark config")
+}
+
+/// A pushed mesh: a `use_original_dst` capture listener and `count` hand-off service listeners
+/// (`bind_to_port: false`), each with a STATIC cluster of its own.
+fn mesh(count: usize) -> String {
+    let chain = |cluster: &str| {
+        format!(
+            "filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }} }} ] }} ]"
+        )
+    };
+    let mut listeners = format!(
+        "  - {{ name: virtualOutbound, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, use_original_dst: true, {} }}\n",
+        chain("PassthroughCluster")
+    );
+    let mut clusters =
+        "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
+            .to_string();
+    for i in 0..count {
+        listeners.push_str(&format!(
+            "  - {{ name: svc{i}, address: {{ socket_address: {{ address: 10.96.{}.{}, port_value: 8080 }} }}, bind_to_port: false, {} }}\n",
+            i / 250 % 250,
+            i % 250 + 1,
+            chain(&format!("c{i}"))
+        ));
+        clusters.push_str(&format!(
+            "  - {{ name: c{i}, type: STATIC, load_assignment: {{ cluster_name: c{i}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 10.1.{}.{}, port_value: 8080 }} }} }} }} ] }} ] }} }}\n",
+            i / 250 % 250,
+            i % 250 + 1
+        ));
+    }
+    format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
+}
+
 fn benches(c: &mut Criterion) {
     let me = me();
     let ev = evidence("192.0.2.7:80");
@@ -117,6 +166,27 @@ fn benches(c: &mut Criterion) {
                     &mut stats,
                 )
             })
+        });
+    }
+
+    // What a reload (a SIGHUP, every control-plane push) costs each shard's balancer: the
+    // round-robin cursors carried over to the new config by cluster name, at a mesh's numbers of
+    // clusters.
+    for count in [1_000usize, 10_000] {
+        let (old, new) = (clusters(count, 0), clusters(count, 1));
+        let balancer = Balancer::default().carried_over(&old, &old);
+        c.bench_function(&format!("reload_carry_balancer_{count}_clusters"), |b| {
+            b.iter(|| black_box(balancer.carried_over(black_box(&old), black_box(&new))))
+        });
+    }
+
+    // Judging a mesh's config, what every control-plane push costs the xDS thread: `count`
+    // service listeners, each with its own cluster, validated as a pushed document is.
+    for count in [1_000usize, 10_000] {
+        let text = mesh(count);
+        let overrides = KnobOverrides::default();
+        c.bench_function(&format!("validate_{count}_services"), |b| {
+            b.iter(|| Config::from_pushed_yaml(black_box(&text), &overrides).expect("valid"))
         });
     }
 

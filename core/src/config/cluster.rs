@@ -12,6 +12,15 @@ use super::{
     parse_duration, port_number, socket_address, typed,
 };
 
+/// origdst's own listeners, as endpoints are checked against them: every one (internal
+/// endpoints name theirs), and the addresses of the bound ones (an endpoint there would loop),
+/// gathered once rather than searched per endpoint (a mesh's thousands of listeners and
+/// endpoints made that quadratic).
+struct OwnListeners<'a> {
+    listeners: &'a [Listener],
+    bound: Vec<SocketAddr>,
+}
+
 /// The clusters, in order; `xds_cluster` is the name `dynamic_resources` gives the control
 /// plane's (checked there), the one cluster that may be reached by name or Unix socket.
 pub(super) fn validate(
@@ -19,17 +28,28 @@ pub(super) fn validate(
     listeners: &[Listener],
     xds_cluster: Option<&str>,
 ) -> Result<Vec<Cluster>, ConfigError> {
+    let own = OwnListeners {
+        listeners,
+        bound: listeners
+            .iter()
+            .filter(|l| l.is_bound())
+            .flat_map(|l| l.socket_addresses().iter().copied())
+            .collect(),
+    };
     let mut clusters: Vec<Cluster> = Vec::with_capacity(raw.len());
+    // Names taken so far, indexed (a search of them per cluster was quadratic in a mesh's).
+    let mut names: std::collections::HashSet<&str> =
+        std::collections::HashSet::with_capacity(raw.len());
     for (index, cluster) in raw.iter().enumerate() {
         let path = format!("static_resources.clusters[{index}]");
-        if clusters.iter().any(|c| c.name == cluster.name) {
+        if !names.insert(cluster.name.as_str()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
                 format!("duplicate cluster name {:?}", cluster.name),
             ));
         }
         let control_plane = xds_cluster == Some(cluster.name.as_str());
-        clusters.push(validate_one(&path, cluster, listeners, control_plane)?);
+        clusters.push(validate_one(&path, cluster, &own, control_plane)?);
     }
     Ok(clusters)
 }
@@ -37,7 +57,7 @@ pub(super) fn validate(
 fn validate_one(
     path: &str,
     raw: &envoy::Cluster,
-    listeners: &[Listener],
+    own: &OwnListeners<'_>,
     control_plane: bool,
 ) -> Result<Cluster, ConfigError> {
     let connect_timeout = match &raw.connect_timeout {
@@ -53,9 +73,9 @@ fn validate_one(
     let kind = match raw.kind.as_str() {
         "ORIGINAL_DST" => original_dst(path, raw)?,
         "STATIC" if control_plane && has_pipe(raw) => control_plane_cluster(path, raw)?,
-        "STATIC" => static_cluster(path, raw, listeners)?,
+        "STATIC" => static_cluster(path, raw, own)?,
         "STRICT_DNS" | "LOGICAL_DNS" if control_plane => control_plane_cluster(path, raw)?,
-        dns @ ("STRICT_DNS" | "LOGICAL_DNS") => dns_cluster(path, raw, listeners, dns)?,
+        dns @ ("STRICT_DNS" | "LOGICAL_DNS") => dns_cluster(path, raw, own, dns)?,
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
@@ -233,7 +253,7 @@ fn original_dst(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigE
 fn static_cluster(
     path: &str,
     raw: &envoy::Cluster,
-    listeners: &[Listener],
+    own: &OwnListeners<'_>,
 ) -> Result<ClusterKind, ConfigError> {
     match raw.lb_policy.as_deref() {
         None | Some("ROUND_ROBIN") => {}
@@ -258,7 +278,7 @@ fn static_cluster(
     };
     let endpoints = assigned(path, raw, assignment)?
         .into_iter()
-        .map(|(endpoint_path, lb_endpoint)| endpoint(&endpoint_path, lb_endpoint, listeners))
+        .map(|(endpoint_path, lb_endpoint)| endpoint(&endpoint_path, lb_endpoint, own))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ClusterKind::Static { endpoints })
 }
@@ -266,7 +286,7 @@ fn static_cluster(
 fn endpoint(
     path: &str,
     raw: &envoy::LbEndpoint,
-    listeners: &[Listener],
+    own: &OwnListeners<'_>,
 ) -> Result<Endpoint, ConfigError> {
     let address_path = format!("{path}.endpoint.address");
     let address = &raw.endpoint.address;
@@ -281,15 +301,13 @@ fn endpoint(
             let socket_path = format!("{address_path}.socket_address");
             let addr = socket_address(&socket_path, socket)?;
             // Connecting to a bound listener of our own would loop through origdst forever.
-            let own = listeners.iter().filter(|l| l.is_bound()).any(|l| {
-                l.socket_addresses().iter().any(|bound| {
-                    bound.port() == addr.port()
-                        && (bound.ip() == addr.ip()
-                            || (bound.ip().is_unspecified()
-                                && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
-                })
+            let loops = own.bound.iter().any(|bound| {
+                bound.port() == addr.port()
+                    && (bound.ip() == addr.ip()
+                        || (bound.ip().is_unspecified()
+                            && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
             });
-            if own {
+            if loops {
                 return Err(ConfigError::new(
                     socket_path,
                     format!(
@@ -301,7 +319,7 @@ fn endpoint(
         }
         (None, Some(internal)) => {
             let name = &internal.server_listener_name;
-            let Some(listener) = listeners.iter().position(|l| {
+            let Some(listener) = own.listeners.iter().position(|l| {
                 matches!(&l.address, ListenerAddress::Internal { server_listener_name } if server_listener_name == name)
             }) else {
                 return Err(ConfigError::new(
@@ -392,7 +410,7 @@ const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 fn dns_cluster(
     path: &str,
     raw: &envoy::Cluster,
-    listeners: &[Listener],
+    own: &OwnListeners<'_>,
     dns: &str,
 ) -> Result<ClusterKind, ConfigError> {
     match raw.lb_policy.as_deref() {
@@ -448,7 +466,7 @@ fn dns_cluster(
             ));
         }
     }
-    static_cluster(path, raw, listeners)
+    static_cluster(path, raw, own)
 }
 
 /// `dns_lookup_family` (Envoy's default: AUTO).

@@ -1,6 +1,7 @@
 //! Listener validation: addresses and listener filters first (clusters refer to internal
 //! listeners), filter chains once the clusters are known.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -18,6 +19,11 @@ pub(super) fn validate_addresses(
     internal: Option<InternalListenerSettings>,
 ) -> Result<Vec<Listener>, ConfigError> {
     let mut listeners: Vec<Listener> = Vec::with_capacity(raw.len());
+    // What is taken, indexed: a pushed mesh has thousands of listeners, and a search of the
+    // listeners so far for each made validation quadratic.
+    let mut names: HashSet<String> = HashSet::with_capacity(raw.len());
+    let mut addresses: HashSet<(bool, SocketAddr)> = HashSet::with_capacity(raw.len());
+    let mut internal_names: HashSet<String> = HashSet::new();
     for (index, raw) in raw.iter().enumerate() {
         let path = format!("static_resources.listeners[{index}]");
         let listener = validate_one(&path, raw, knobs, internal)?;
@@ -40,7 +46,7 @@ pub(super) fn validate_addresses(
                 ));
             }
         }
-        if listeners.iter().any(|l| l.name == listener.name) {
+        if !names.insert(listener.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
                 format!("duplicate listener name {:?}", listener.name),
@@ -51,10 +57,7 @@ pub(super) fn validate_addresses(
                 for addr in addrs {
                     // Bound listeners may not share an address; neither may hand-off targets
                     // (which one would get the connection?).
-                    if listeners.iter().any(|l| {
-                        l.bind_to_port == listener.bind_to_port
-                            && l.socket_addresses().contains(addr)
-                    }) {
+                    if !addresses.insert((listener.bind_to_port, *addr)) {
                         return Err(ConfigError::new(
                             format!("{path}.address"),
                             format!("{addr} is used by another listener"),
@@ -65,9 +68,7 @@ pub(super) fn validate_addresses(
             ListenerAddress::Internal {
                 server_listener_name,
             } => {
-                if listeners.iter().any(|l| {
-                    matches!(&l.address, ListenerAddress::Internal { server_listener_name: other } if other == server_listener_name)
-                }) {
+                if !internal_names.insert(server_listener_name.clone()) {
                     return Err(ConfigError::new(
                         format!("{path}.address.envoy_internal_address.server_listener_name"),
                         format!("{server_listener_name:?} is used by another internal listener"),
@@ -308,6 +309,14 @@ pub(super) fn validate_chains(
     listeners: &mut [Listener],
     clusters: &[Cluster],
 ) -> Result<(), ConfigError> {
+    let index_by_name = ClusterIndex {
+        clusters,
+        by_name: clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect(),
+    };
     for (index, (raw, listener)) in raw.iter().zip(listeners.iter_mut()).enumerate() {
         let path = format!("static_resources.listeners[{index}]");
         let mut chains: Vec<FilterChain> = Vec::with_capacity(raw.filter_chains.len());
@@ -316,7 +325,7 @@ pub(super) fn validate_chains(
             let chain = filter_chain(
                 &chain_path,
                 chain,
-                clusters,
+                &index_by_name,
                 format!("filter_chains[{chain_index}]"),
             )?;
             if chains.iter().any(|c| c.matcher == chain.matcher) {
@@ -340,7 +349,7 @@ pub(super) fn validate_chains(
                 Some(filter_chain(
                     &chain_path,
                     chain,
-                    clusters,
+                    &index_by_name,
                     "default_filter_chain".into(),
                 )?)
             }
@@ -413,10 +422,17 @@ fn check_internal_header_mode(
     Ok(())
 }
 
+/// The clusters and their positions by name: a mesh's thousands of chains each find their
+/// cluster without a search of them all.
+struct ClusterIndex<'a> {
+    clusters: &'a [Cluster],
+    by_name: HashMap<&'a str, usize>,
+}
+
 fn filter_chain(
     path: &str,
     raw: &envoy::FilterChain,
-    clusters: &[Cluster],
+    clusters: &ClusterIndex<'_>,
     default_name: String,
 ) -> Result<FilterChain, ConfigError> {
     let matcher = match &raw.filter_chain_match {
@@ -573,7 +589,7 @@ fn set_filter_state(
 fn tcp_proxy(
     path: &str,
     filter: &envoy::TypedFilter,
-    clusters: &[Cluster],
+    clusters: &ClusterIndex<'_>,
 ) -> Result<TcpProxy, ConfigError> {
     // Envoy accepts the short name too (the seed's internal-listener example uses it).
     if filter.name != "envoy.filters.network.tcp_proxy" && filter.name != "tcp_proxy" {
@@ -608,7 +624,7 @@ fn tcp_proxy(
             "must not be empty",
         ));
     }
-    let Some(cluster) = clusters.iter().position(|c| c.name == proxy.cluster) else {
+    let Some(&cluster) = clusters.by_name.get(proxy.cluster.as_str()) else {
         return Err(ConfigError::new(
             format!("{config_path}.cluster"),
             format!(
@@ -617,7 +633,10 @@ fn tcp_proxy(
             ),
         ));
     };
-    if matches!(clusters[cluster].kind, ClusterKind::ControlPlane { .. }) {
+    if matches!(
+        clusters.clusters[cluster].kind,
+        ClusterKind::ControlPlane { .. }
+    ) {
         return Err(ConfigError::new(
             format!("{config_path}.cluster"),
             format!(
