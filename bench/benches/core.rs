@@ -44,22 +44,31 @@ fn evidence(dst: &str) -> AcceptEvidence {
     }
 }
 
+/// A filter chain relaying to `cluster`.
+fn chain(cluster: &str) -> String {
+    format!(
+        "filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }} }} ] }} ]"
+    )
+}
+
+/// Istio's `use_original_dst` capture listener and its passthrough cluster: the start of the
+/// listeners' and the clusters' lists.
+fn virtual_outbound() -> (String, String) {
+    (
+        format!(
+            "  - {{ name: virtualOutbound, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, use_original_dst: true, {} }}\n",
+            chain("PassthroughCluster")
+        ),
+        "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
+            .to_string(),
+    )
+}
+
 /// Istio's outbound shape with `services` hand-off listeners (`bind_to_port: false`, what a
 /// control plane pushes one per service) behind a `use_original_dst` capture listener, over up to
 /// 100 STATIC clusters (compact: 10 000 listeners stay under the config size limit).
 fn istio(services: u16) -> Config {
-    let chain = |cluster: &str| {
-        format!(
-            "filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }} }} ] }} ]"
-        )
-    };
-    let mut listeners = format!(
-        "  - {{ name: virtualOutbound, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, use_original_dst: true, {} }}\n",
-        chain("PassthroughCluster")
-    );
-    let mut clusters =
-        "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
-            .to_string();
+    let (mut listeners, mut clusters) = virtual_outbound();
     let cluster_count = services.clamp(1, 100);
     for i in 0..services {
         let port = 20000 + i;
@@ -100,18 +109,7 @@ fn clusters(count: usize, first: usize) -> Config {
 /// A pushed mesh: a `use_original_dst` capture listener and `count` hand-off service listeners
 /// (`bind_to_port: false`), each with a STATIC cluster of its own.
 fn mesh(count: usize) -> String {
-    let chain = |cluster: &str| {
-        format!(
-            "filter_chains: [ {{ filters: [ {{ name: envoy.filters.network.tcp_proxy, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster} }} }} ] }} ]"
-        )
-    };
-    let mut listeners = format!(
-        "  - {{ name: virtualOutbound, address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}, use_original_dst: true, {} }}\n",
-        chain("PassthroughCluster")
-    );
-    let mut clusters =
-        "  - { name: PassthroughCluster, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED }\n"
-            .to_string();
+    let (mut listeners, mut clusters) = virtual_outbound();
     for i in 0..count {
         listeners.push_str(&format!(
             "  - {{ name: svc{i}, address: {{ socket_address: {{ address: 10.96.{}.{}, port_value: 8080 }} }}, bind_to_port: false, {} }}\n",

@@ -255,15 +255,7 @@ fn static_cluster(
     raw: &envoy::Cluster,
     own: &OwnListeners<'_>,
 ) -> Result<ClusterKind, ConfigError> {
-    match raw.lb_policy.as_deref() {
-        None | Some("ROUND_ROBIN") => {}
-        Some(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!("{other:?} is not supported for a STATIC cluster (supported: ROUND_ROBIN)"),
-            ));
-        }
-    }
+    round_robin_only(path, raw, "a STATIC cluster")?;
     if raw.original_dst_lb_config.is_some() {
         return Err(ConfigError::new(
             format!("{path}.original_dst_lb_config"),
@@ -413,15 +405,7 @@ fn dns_cluster(
     own: &OwnListeners<'_>,
     dns: &str,
 ) -> Result<ClusterKind, ConfigError> {
-    match raw.lb_policy.as_deref() {
-        None | Some("ROUND_ROBIN") => {}
-        Some(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!("{other:?} is not supported for a {dns} cluster (supported: ROUND_ROBIN)"),
-            ));
-        }
-    }
+    round_robin_only(path, raw, &format!("a {dns} cluster"))?;
     let Some(assignment) = &raw.load_assignment else {
         return Err(ConfigError::new(
             format!("{path}.load_assignment"),
@@ -486,6 +470,17 @@ fn dns_family(path: &str, raw: &envoy::Cluster) -> Result<DnsFamily, ConfigError
     })
 }
 
+/// `lb_policy`: round robin (given or by default) is the only policy `what` supports.
+fn round_robin_only(path: &str, raw: &envoy::Cluster, what: &str) -> Result<(), ConfigError> {
+    match raw.lb_policy.as_deref() {
+        None | Some("ROUND_ROBIN") => Ok(()),
+        Some(other) => Err(ConfigError::new(
+            format!("{path}.lb_policy"),
+            format!("{other:?} is not supported for {what} (supported: ROUND_ROBIN)"),
+        )),
+    }
+}
+
 /// Whether any endpoint of the cluster is a Unix socket.
 fn has_pipe(raw: &envoy::Cluster) -> bool {
     raw.load_assignment.as_ref().is_some_and(|assignment| {
@@ -502,18 +497,8 @@ fn has_pipe(raw: &envoy::Cluster) -> bool {
 /// bootstraps (go-control-plane's, the quick start's) name the control plane by host name, and
 /// Istio's reaches its agent through a Unix socket.
 fn control_plane_cluster(path: &str, raw: &envoy::Cluster) -> Result<ClusterKind, ConfigError> {
-    match raw.lb_policy.as_deref() {
-        None | Some("ROUND_ROBIN") => {}
-        Some(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!(
-                    "{other:?} is not supported for the xDS cluster (supported: ROUND_ROBIN: each \
-                     connection attempt tries the next endpoint)"
-                ),
-            ));
-        }
-    }
+    // Each connection attempt tries the next endpoint.
+    round_robin_only(path, raw, "the xDS cluster")?;
     for (field, present) in [
         (
             "original_dst_lb_config",
