@@ -76,64 +76,75 @@ impl ControlPlane {
         let mut tried = 0;
         let mut failures = Vec::new();
         for offset in 0..self.targets.len() {
+            if tried == ADDRESSES_PER_ATTEMPT_MAX {
+                break;
+            }
             let target = &self.targets[(start + offset) % self.targets.len()];
-            let addresses = match target {
-                ControlPlaneTarget::Pipe(path) => {
-                    tried += 1;
-                    match self.within(tokio::net::UnixStream::connect(path)).await {
-                        Ok(stream) => return Ok(TokioIo::new(Box::new(stream))),
-                        Err(err) => failures.push(format!("{}: {err}", path.display())),
-                    }
-                    if tried >= ADDRESSES_PER_ATTEMPT_MAX {
-                        break;
-                    }
-                    continue;
-                }
-                ControlPlaneTarget::Socket(addr) => vec![*addr],
-                ControlPlaneTarget::Host { name, port } => {
-                    match self
-                        .within(tokio::net::lookup_host((name.as_str(), *port)))
-                        .await
-                    {
-                        Ok(found) => {
-                            let ordered = self.family.order(found.collect());
-                            if ordered.is_empty() {
-                                failures.push(format!(
-                                    "{name}: no address of the family {:?}",
-                                    self.family
-                                ));
-                            }
-                            ordered
-                        }
-                        Err(err) => {
-                            failures.push(format!("looking up {name}: {err}"));
-                            Vec::new()
-                        }
-                    }
-                }
-            };
-            for addr in addresses {
-                if tried >= ADDRESSES_PER_ATTEMPT_MAX {
+            for address in self.addresses(target, &mut failures).await {
+                if tried == ADDRESSES_PER_ATTEMPT_MAX {
                     break;
                 }
                 tried += 1;
-                match self.within(tokio::net::TcpStream::connect(addr)).await {
-                    Ok(stream) => {
-                        // gRPC's small frames must not wait for Nagle.
-                        stream.set_nodelay(true)?;
-                        return Ok(TokioIo::new(Box::new(stream)));
-                    }
-                    Err(err) => failures.push(format!("{addr}: {err}")),
+                match self.connect(&address).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(err) => failures.push(format!("{address}: {err}")),
                 }
-            }
-            if tried >= ADDRESSES_PER_ATTEMPT_MAX {
-                break;
             }
         }
         Err(io::Error::new(
             io::ErrorKind::NotConnected,
             failures.join("; "),
         ))
+    }
+
+    /// What `target` is reached at: itself, or its name's addresses in the family's order (a
+    /// failed lookup said in `failures`).
+    async fn addresses(
+        &self,
+        target: &ControlPlaneTarget,
+        failures: &mut Vec<String>,
+    ) -> Vec<Address> {
+        match target {
+            ControlPlaneTarget::Pipe(path) => vec![Address::Unix(path.clone())],
+            ControlPlaneTarget::Socket(addr) => vec![Address::Tcp(*addr)],
+            ControlPlaneTarget::Host { name, port } => {
+                let found = self
+                    .within(tokio::net::lookup_host((name.as_str(), *port)))
+                    .await;
+                match found {
+                    Ok(found) => {
+                        let ordered = self.family.order(found.collect());
+                        if ordered.is_empty() {
+                            failures.push(format!(
+                                "{name}: no address of the family {:?}",
+                                self.family
+                            ));
+                        }
+                        ordered.into_iter().map(Address::Tcp).collect()
+                    }
+                    Err(err) => {
+                        failures.push(format!("looking up {name}: {err}"));
+                        Vec::new()
+                    }
+                }
+            }
+        }
+    }
+
+    /// A stream to `address`, within the connect timeout.
+    async fn connect(&self, address: &Address) -> io::Result<TokioIo<Box<dyn Stream>>> {
+        let stream: Box<dyn Stream> = match address {
+            Address::Unix(path) => {
+                Box::new(self.within(tokio::net::UnixStream::connect(path)).await?)
+            }
+            Address::Tcp(addr) => {
+                let stream = self.within(tokio::net::TcpStream::connect(addr)).await?;
+                // gRPC's small frames must not wait for Nagle.
+                stream.set_nodelay(true)?;
+                Box::new(stream)
+            }
+        };
+        Ok(TokioIo::new(stream))
     }
 
     /// `step`, given up after the connect timeout.
@@ -163,6 +174,21 @@ impl std::fmt::Display for ControlPlane {
             }
         }
         Ok(())
+    }
+}
+
+/// One address of the control plane's.
+enum Address {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "{}", path.display()),
+        }
     }
 }
 

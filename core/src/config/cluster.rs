@@ -440,7 +440,7 @@ fn dns_cluster(
                 ),
             ));
         };
-        if family.order(vec![SocketAddr::new(ip, 0)]).is_empty() {
+        if !family.admits(ip) {
             return Err(ConfigError::new(
                 at,
                 format!(
@@ -598,8 +598,8 @@ fn control_plane_target(
     ) {
         (Some(socket), None, None) => {
             let socket_path = format!("{path}.socket_address");
-            if let Ok(addr) = socket_address(&socket_path, socket) {
-                return Ok(ControlPlaneTarget::Socket(addr));
+            if socket.address.parse::<IpAddr>().is_ok() {
+                return socket_address(&socket_path, socket).map(ControlPlaneTarget::Socket);
             }
             if let Some(protocol) = socket.protocol.as_deref().filter(|&p| p != "TCP") {
                 return Err(ConfigError::new(

@@ -342,12 +342,20 @@ pub enum DnsFamily {
 }
 
 impl DnsFamily {
+    /// Whether an address of `ip`'s family is one this family takes.
+    pub fn admits(self, ip: IpAddr) -> bool {
+        match self {
+            Self::V4Only => ip.is_ipv4(),
+            Self::V6Only => ip.is_ipv6(),
+            Self::Auto | Self::V4Preferred | Self::All => true,
+        }
+    }
+
     /// The addresses of a name to try, in the order to try them.
     pub fn order(self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        addrs.retain(|a| self.admits(a.ip()));
         match self {
-            Self::All => {}
-            Self::V4Only => addrs.retain(SocketAddr::is_ipv4),
-            Self::V6Only => addrs.retain(SocketAddr::is_ipv6),
+            Self::All | Self::V4Only | Self::V6Only => {}
             // A stable sort keeps the resolver's order within each family.
             Self::Auto => addrs.sort_by_key(SocketAddr::is_ipv4),
             Self::V4Preferred => addrs.sort_by_key(SocketAddr::is_ipv6),
